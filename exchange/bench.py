@@ -1,0 +1,164 @@
+"""Benchmarks (``voltbourse bench KIND``). Figures, not pass/fail: quote medians.
+
+* ``engine``: the pure engine on a fixed, seeded workload in-process
+  (about 55 % resting limits, 25 % crossing, 20 % cancels/modifies over the 24
+  products of a day). Prints ``commands_per_s``, ``trades``, ``p50_us``,
+  ``p99_us`` (per-command processing time), median of ``--repeat`` runs.
+* ``journal``: durable throughput through the runtime (engine + group commit
+  to the embedded PostgreSQL in a throw-away data directory), with
+  ``--concurrency`` submitters each waiting for its ack. Prints
+  ``commands_per_s``, ``p50_ms``, ``p99_ms`` (submit -> ack after COMMIT),
+  ``avg_batch`` and ``commits``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import platform
+import shutil
+import statistics
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from .core.engine import MarketConfig, MarketEngine
+from .core.units import to_us
+from . import workload
+
+BENCH_T0 = to_us(datetime(2026, 11, 21, 8, 0, tzinfo=timezone.utc))  # day-ahead products of 2026-11-22 are open
+
+
+def _pct(sorted_vals: list[float], q: float) -> float:
+    return sorted_vals[min(len(sorted_vals) - 1, int(len(sorted_vals) * q))]
+
+
+def _open_products(engine: MarketEngine) -> list[str]:
+    return sorted(pid for pid, pb in engine.products.items() if pb.state.value == "open")
+
+
+def engine_once(commands: int, seed: int, members: int = 200) -> dict:
+    engine = MarketEngine(MarketConfig())
+    names = workload.members(members)
+    for c in workload.registrations(names, BENCH_T0):
+        engine.process(c)
+    flow = workload.OrderFlow(_open_products(engine), names, seed=seed, first_order_id=engine.next_order_id)
+    cmds = list(flow.stream(commands, BENCH_T0 + 1))
+    first_trade = engine.next_trade_id
+    lat = [0] * len(cmds)
+    process = engine.process
+    clock = time.perf_counter_ns
+    events = 0
+    t = time.perf_counter()
+    for i, c in enumerate(cmds):
+        a = clock()
+        events += len(process(c))
+        lat[i] = clock() - a
+    elapsed = time.perf_counter() - t
+    lat.sort()
+    return {
+        "commands": len(cmds),
+        "seconds": round(elapsed, 3),
+        "commands_per_s": round(len(cmds) / elapsed),
+        "events": events,
+        "trades": engine.next_trade_id - first_trade,
+        "open_orders": len(engine.orders),
+        "p50_us": round(_pct(lat, 0.50) / 1000, 2),
+        "p99_us": round(_pct(lat, 0.99) / 1000, 2),
+        "state_hash": engine.state_hash(),
+    }
+
+
+def bench_engine(commands: int = 200_000, seed: int = 1, repeat: int = 3) -> dict:
+    runs = [engine_once(commands, seed) for _ in range(repeat)]
+    assert len({r["state_hash"] for r in runs}) == 1, "engine is not deterministic"
+    med = sorted(runs, key=lambda r: r["commands_per_s"])[len(runs) // 2]
+    med = dict(med)
+    med["runs_commands_per_s"] = [r["commands_per_s"] for r in runs]
+    med["repeat"] = repeat
+    med["python"] = platform.python_version()
+    med["seed"] = seed
+    return med
+
+
+async def _journal_async(dsn: str, commands: int, seed: int, concurrency: int) -> dict:
+    from .clock import ManualClock
+    from .config import load_settings
+    from .service import open_market
+
+    settings = load_settings(database_url=dsn, market_id="bench")
+    market = await open_market(dsn, settings, ManualClock(BENCH_T0), keep_stats=True)
+    rt = market.runtime
+    try:
+        names = workload.members(200)
+        await asyncio.gather(*(rt.submit(c) for c in workload.registrations(names, 0)))
+        flow = workload.OrderFlow(_open_products(rt.engine), names, seed=seed, first_order_id=rt.engine.next_order_id)
+        it = iter(flow.stream(commands, 0))
+        lat: list[int] = []
+        stats = rt.stats
+        stats.commit_seconds.clear()
+        stats.batch_sizes.clear()
+
+        async def client() -> None:
+            for cmd in it:
+                t0 = time.perf_counter_ns()
+                await rt.submit(cmd)
+                lat.append(time.perf_counter_ns() - t0)
+
+        t = time.perf_counter()
+        await asyncio.gather(*(client() for _ in range(concurrency)))
+        elapsed = time.perf_counter() - t
+        lat.sort()
+        commits = sorted(stats.commit_seconds)
+        return {
+            "commands": len(lat),
+            "seconds": round(elapsed, 3),
+            "commands_per_s": round(len(lat) / elapsed),
+            "p50_ms": round(_pct(lat, 0.50) / 1e6, 2),
+            "p99_ms": round(_pct(lat, 0.99) / 1e6, 2),
+            "concurrency": concurrency,
+            "commits": len(commits),
+            "avg_batch": round(statistics.mean(stats.batch_sizes), 1) if stats.batch_sizes else 0,
+            "commit_p50_ms": round(_pct(commits, 0.5) * 1000, 2) if commits else None,
+            "commit_p99_ms": round(_pct(commits, 0.99) * 1000, 2) if commits else None,
+            "trades": rt.engine.next_trade_id - 1,
+        }
+    finally:
+        await market.close()
+
+
+def bench_journal(commands: int = 100_000, seed: int = 1, concurrency: int = 256, dsn: str | None = None) -> dict:
+    """Against ``dsn``, or a fresh embedded PostgreSQL in a temporary directory (removed after)."""
+    from .db import EmbeddedPostgres, upgrade
+
+    if dsn is not None:
+        upgrade(dsn)
+        return asyncio.run(_journal_async(dsn, commands, seed, concurrency))
+    from .config import load_settings
+
+    base = load_settings().data_dir
+    base.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix="bench-", dir=base))
+    try:
+        with EmbeddedPostgres(tmp / "pg") as pg:
+            upgrade(pg.dsn)
+            return asyncio.run(_journal_async(pg.dsn, commands, seed, concurrency))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def run(kind: str, commands: int | None = None, seed: int = 1, as_json: bool = False, **kw) -> int:
+    if kind == "engine":
+        result = bench_engine(commands or 200_000, seed, **kw)
+    elif kind == "journal":
+        result = bench_journal(commands or 100_000, seed, **kw)
+    else:
+        raise SystemExit(f"unknown benchmark {kind!r} (engine, journal)")
+    result = {"bench": kind, **result}
+    if as_json:
+        print(json.dumps(result))
+    else:
+        for k, v in result.items():
+            print(f"{k:>22}: {v}")
+    return 0

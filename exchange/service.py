@@ -1,0 +1,79 @@
+"""Wiring: settings -> market config, clock, database pool, journal, runtime.
+
+Used by ``voltbourse serve``, the demo, the benchmarks and the integration
+tests, so they all run the same assembly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import asyncpg
+
+from .clock import Clock, RealClock, SimClock
+from .config import Settings
+from .core.calendar import CalendarConfig, GateMode
+from .core.engine import MarketConfig, MarketEngine
+from .core.model import Mechanism, SelfTradePrevention
+from .db import create_pool
+from .journal import Journal
+from .runtime import MarketRuntime
+
+
+def market_config(s: Settings) -> MarketConfig:
+    return MarketConfig(
+        market_id=s.market_id,
+        calendar=CalendarConfig(
+            timezone=s.timezone,
+            product_minutes=s.product_minutes,
+            gate=GateMode(s.gate),
+            gate_day_ahead_local_time=s.gate_day_ahead_local_time,
+            gate_rolling_minutes=s.gate_rolling_minutes,
+            open_days_before=s.open_days_before,
+        ),
+        price_min=s.price_min_ticks,
+        price_max=s.price_max_ticks,
+        min_quantity=s.min_quantity_wh,
+        self_trade_prevention=SelfTradePrevention(s.self_trade_prevention),
+        mechanism=Mechanism(s.mechanism),
+        risk_checks=s.risk_checks,
+    )
+
+
+def make_clock(s: Settings) -> Clock:
+    if s.clock == "sim":
+        from datetime import datetime, timezone
+
+        return SimClock(s.sim_start or datetime.now(timezone.utc), speed=s.sim_speed)
+    return RealClock()
+
+
+@dataclass
+class Market:
+    pool: asyncpg.Pool
+    journal: Journal
+    runtime: MarketRuntime
+
+    @property
+    def engine(self) -> MarketEngine:
+        return self.runtime.engine
+
+    async def close(self) -> None:
+        await self.runtime.stop()
+        await self.pool.close()
+
+
+async def open_market(dsn: str, settings: Settings, clock: Clock | None = None, *, config: MarketConfig | None = None,
+                      keep_stats: bool = False, verify_replay: bool = True) -> Market:
+    """Connect, recover the market from its journal and start its runtime."""
+    pool = await create_pool(dsn, min_size=1, max_size=settings.journal_pool_size)
+    try:
+        journal = Journal(pool, settings.market_id)
+        cfg = await journal.load_or_store_config(config or market_config(settings))
+        runtime = MarketRuntime(MarketEngine(cfg), journal, clock or make_clock(settings),
+                                max_batch=settings.journal_max_batch, keep_stats=keep_stats)
+        await runtime.start(verify=verify_replay)
+    except BaseException:
+        await pool.close()
+        raise
+    return Market(pool, journal, runtime)

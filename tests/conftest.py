@@ -1,0 +1,70 @@
+"""Shared fixtures.
+
+``pg_dsn`` (session): a real PostgreSQL, migrated to head. By default an
+embedded server in a fresh directory under the per-user data dir (never inside
+the checkout: as root the embedded server chowns its data dir and widens parent
+permissions); set VOLTBOURSE_TEST_DATABASE_URL to use an existing server instead
+(its tables are dropped and recreated by the migrations, so point it at a scratch DB).
+
+``pool`` (function): an asyncpg pool (json/jsonb codecs) on ``pg_dsn`` with all
+tables truncated before the test.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import platformdirs
+import pytest
+
+from exchange.db import TABLES, EmbeddedPostgres, create_pool, upgrade
+
+
+def test_data_root() -> Path:
+    """Per-user directory under which tests create their PostgreSQL data dirs."""
+    return platformdirs.user_data_path("voltbourse")
+
+
+test_data_root.__test__ = False  # not a test
+
+
+@pytest.fixture(scope="session")
+def pg_dsn() -> Iterator[str]:
+    external = os.environ.get("VOLTBOURSE_TEST_DATABASE_URL")
+    if external:
+        upgrade(external)
+        yield external
+        return
+    pgdata = test_data_root() / f"test-pg-{os.getpid()}"
+    shutil.rmtree(pgdata, ignore_errors=True)
+    pg = EmbeddedPostgres(pgdata).start()
+    try:
+        upgrade(pg.dsn)
+        yield pg.dsn
+    finally:
+        pg.stop()
+        shutil.rmtree(pgdata, ignore_errors=True)
+
+
+@pytest.fixture
+async def pool(pg_dsn: str) -> AsyncIterator:
+    pool = await create_pool(pg_dsn, min_size=1, max_size=4)
+    try:
+        await pool.execute("TRUNCATE " + ", ".join(TABLES))
+        yield pool
+    finally:
+        await pool.close()
+
+
+@pytest.fixture
+def scratch_pgdata() -> Iterator[Path]:
+    """A fresh, not yet existing pgdata path under the per-user data dir; removed afterwards."""
+    base = test_data_root()
+    base.mkdir(parents=True, exist_ok=True)
+    path = base / f"test-pg-scratch-{os.getpid()}"
+    shutil.rmtree(path, ignore_errors=True)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
