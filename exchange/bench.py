@@ -128,13 +128,14 @@ async def _journal_async(dsn: str, commands: int, seed: int, concurrency: int) -
         await market.close()
 
 
-def bench_journal(commands: int = 100_000, seed: int = 1, concurrency: int = 256, dsn: str | None = None) -> dict:
+def bench_journal(commands: int = 100_000, seed: int = 1, concurrency: int = 128, dsn: str | None = None) -> dict:
     """Against ``dsn``, or a fresh embedded PostgreSQL in a temporary directory (removed after)."""
     from .db import EmbeddedPostgres, upgrade
+    from .service import run_async
 
     if dsn is not None:
         upgrade(dsn)
-        return asyncio.run(_journal_async(dsn, commands, seed, concurrency))
+        return run_async(_journal_async(dsn, commands, seed, concurrency))
     from .config import load_settings
 
     base = load_settings().data_dir
@@ -143,7 +144,7 @@ def bench_journal(commands: int = 100_000, seed: int = 1, concurrency: int = 256
     try:
         with EmbeddedPostgres(tmp / "pg") as pg:
             upgrade(pg.dsn)
-            return asyncio.run(_journal_async(pg.dsn, commands, seed, concurrency))
+            return run_async(_journal_async(pg.dsn, commands, seed, concurrency))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import asyncpg
+import orjson
 import psutil
 
 if TYPE_CHECKING:
@@ -268,11 +269,11 @@ _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
 def _jsonb_encode(value: Any) -> bytes:
-    return b"\x01" + _dumps(value).encode()  # jsonb binary format: version byte 1, then the text
+    return b"\x01" + orjson.dumps(value)  # jsonb binary format: version byte 1, then the text
 
 
 def _jsonb_decode(data: bytes) -> Any:
-    return json.loads(data[1:])
+    return orjson.loads(data[1:])
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:

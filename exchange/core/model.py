@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 from enum import Enum
+from operator import attrgetter
 from typing import ClassVar
 
 
@@ -343,14 +344,17 @@ EVENTS: dict[str, type[Event]] = _registry(Event)
 _FIELDS: dict[type, tuple[str, ...]] = {
     cls: tuple(f.name for f in fields(cls)) for cls in (*COMMANDS.values(), *EVENTS.values())
 }
+# Per class: ("type", field names...) and a getter returning (tag, values...); the enums
+# are str-valued, so the values are JSON-ready as they are.
+_KEYS = {cls: ("type", *names) for cls, names in _FIELDS.items()}
+_GETTERS = {cls: (lambda tag, get: (lambda obj: (tag, *get(obj))))(cls.type, attrgetter(*names) if len(names) > 1
+            else (lambda n: lambda obj: (getattr(obj, n),))(names[0]))
+            for cls, names in _FIELDS.items()}
 
 
 def _to_dict(obj) -> dict:
-    d = {"type": obj.type}
-    for name in _FIELDS[type(obj)]:
-        v = getattr(obj, name)
-        d[name] = v.value if isinstance(v, Enum) else v
-    return d
+    cls = type(obj)
+    return dict(zip(_KEYS[cls], _GETTERS[cls](obj)))
 
 
 def command_to_dict(cmd: Command) -> dict:
