@@ -29,9 +29,9 @@ from exchange import __version__
 
 log = logging.getLogger("voltbourse")
 
-DEFAULT_DEMO_SPEED = 60  # simulated seconds per wall-clock second
+DEFAULT_DEMO_SPEED = 600
 DEFAULT_DEMO_DURATION = 60.0  # wall-clock seconds
-DEFAULT_DEMO_MEMBERS = 8
+DEFAULT_DEMO_MEMBERS = 24
 DEFAULT_BENCH_COMMANDS = {"engine": 100_000, "journal": 20_000}
 DEFAULT_BENCH_SEED = 1
 

@@ -1,0 +1,177 @@
+"""``voltbourse demo`` / ``make demo``: a community trading on an accelerated clock.
+
+Starts the embedded PostgreSQL (or uses ``VOLTBOURSE_DATABASE_URL``), creates a
+fresh demo market with rolling gate closure (60 minutes before delivery) on a
+simulated clock running ``speed`` times faster than the wall clock, registers
+members (consumers, prosumers, a battery owner) and lets simple seeded trading
+bots submit orders through the same runtime the service uses (durable before
+acknowledged). The console shows delivery days opening, orders matching and
+gates closing; the HTTP views are served while it runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections import defaultdict
+from datetime import datetime, timezone
+
+from .config import Settings
+from .core.model import CancelOrder, ModifyOrder, PlaceOrder, RegisterMember, Side, TimeInForce, TradeEvent
+from .core.units import MONEY_UNITS_PER_EUR, from_us, price_eur_per_mwh
+from .db import database, upgrade
+from .journal import Entry
+from .server import start_http
+from .service import Market, open_market, run_async
+
+log = logging.getLogger(__name__)
+
+ROLES = ("consumer", "prosumer", "prosumer", "consumer", "battery")
+
+
+class Bot:
+    """A zero-intelligence-constrained style trader: random limit prices on the right side
+    of its private value (buyers) or cost (sellers), never at a loss."""
+
+    def __init__(self, member: str, role: str, rng: random.Random) -> None:
+        self.member = member
+        self.role = role
+        self.rng = rng
+        self.value = rng.randrange(6_000, 16_000)  # ticks: 60-160 EUR/MWh willingness to pay
+        self.cost = rng.randrange(2_000, 10_000)  # ticks: PV marginal cost + opportunity
+        self.open: list[int] = []
+
+    def next_command(self, products: list[str]) -> PlaceOrder | CancelOrder | ModifyOrder:
+        r = self.rng
+        if self.open and r.random() < 0.15:
+            oid = self.open.pop(r.randrange(len(self.open)))
+            if r.random() < 0.5:
+                return CancelOrder(0, self.member, oid)
+            return ModifyOrder(0, self.member, oid, price=None, quantity=r.randrange(1, 10) * 100)
+        if self.role == "consumer":
+            side = Side.BUY
+        elif self.role == "prosumer":
+            side = Side.SELL if r.random() < 0.7 else Side.BUY
+        else:
+            side = Side.BUY if r.random() < 0.5 else Side.SELL
+        if side is Side.BUY:
+            price = r.randrange(self.value - 4_000, self.value + 1)
+        else:
+            price = r.randrange(self.cost, self.cost + 4_000)
+        tif = TimeInForce.IOC if r.random() < 0.1 else TimeInForce.GTC
+        return PlaceOrder(0, self.member, r.choice(products[:6]), side, price, r.randrange(1, 20) * 100, tif)
+
+
+class Console:
+    """Prints what the committed event stream shows (it is a downstream subscriber)."""
+
+    def __init__(self, market: Market, zone) -> None:
+        self.market = market
+        self.zone = zone
+        self.trades = 0
+        self.energy = 0
+        self.value = 0
+        self.per_product: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0, 0])  # trades, Wh, money, expired
+
+    def local(self, us: int) -> str:
+        return from_us(us).astimezone(self.zone).strftime("%a %d %b %H:%M")
+
+    def __call__(self, entries: list[Entry]) -> None:
+        opened: dict[str, list[str]] = defaultdict(list)
+        for e in entries:
+            for ev in e.events:
+                t = ev.type
+                if t == "trade":
+                    assert isinstance(ev, TradeEvent)
+                    self.trades += 1
+                    self.energy += ev.quantity
+                    self.value += ev.quantity * ev.price
+                    s = self.per_product[ev.product_id]
+                    s[0] += 1
+                    s[1] += ev.quantity
+                    s[2] += ev.quantity * ev.price
+                elif t == "order_expired":
+                    self.per_product[ev.product_id][3] += 1
+                elif t == "product_state" and ev.state == "open":
+                    opened[self.local(ev.ts)].append(ev.product_id)
+                elif t == "product_state" and ev.state == "closed":
+                    n, wh, money, expired = self.per_product[ev.product_id]
+                    vwap = f"{price_eur_per_mwh(money // wh):>7} EUR/MWh" if wh else "     no trades"
+                    print(f"  [{self.local(ev.ts)}] gate closed  {ev.product_id}: {n:4d} trades "
+                          f"{wh / 1000:8.1f} kWh  VWAP {vwap}  {expired} orders expired", flush=True)
+        for when, pids in opened.items():
+            print(f"  [{when}] opened {len(pids)} products ({pids[0]} .. {pids[-1]})", flush=True)
+
+
+async def _demo(dsn: str, settings: Settings, speed: int, duration: float, members: int) -> int:
+    from .clock import SimClock
+
+    zone = settings.tz
+    # Start the simulated clock at 22:50 local: the next day's products are open and the
+    # first rolling gate (23:00 for 00:00 delivery) closes within seconds.
+    today = datetime.now(zone).date()
+    start = datetime(today.year, today.month, today.day, 22, 50, tzinfo=zone).astimezone(timezone.utc)
+    clock = SimClock(start, speed=speed)
+    market = await open_market(dsn, settings, clock)
+    rt = market.runtime
+    console = Console(market, zone)
+    rt.subscribers.append(console)
+    runner = await start_http(market, settings.host, settings.port)
+    base = f"http://{settings.host}:{settings.port}"
+    rng = random.Random(42)
+    bots = [Bot(f"member-{i:03d}", ROLES[i % len(ROLES)], random.Random(rng.random())) for i in range(members)]
+    for b in bots:
+        await rt.submit(RegisterMember(0, b.member, collateral=50 * MONEY_UNITS_PER_EUR * 1000,
+                                       export_capacity_w=10_000 if b.role != "consumer" else 0))
+    print(f"Voltbourse demo - market {settings.market_id}, {members} members, clock x{speed} "
+          f"(starts {start.astimezone(zone):%Y-%m-%d %H:%M %Z}), rolling gate 60 min before delivery")
+    print(f"  watch: {base}/api/products  {base}/api/market  {base}/api/trades  {base}/ready")
+    print(f"  journal: PostgreSQL {dsn}  (tables journal, trades; market_id = '{settings.market_id}')")
+
+    async def bot_loop(bot: Bot) -> None:
+        while True:
+            open_products = sorted((pb.product.start_us, pid) for pid, pb in rt.engine.products.items()
+                                   if pb.state.value == "open")
+            if open_products:
+                cmd = bot.next_command([pid for _, pid in open_products])
+                res = await rt.submit(cmd)
+                first = res.events[0]
+                if first.type == "order_accepted" and isinstance(cmd, PlaceOrder) and cmd.tif is TimeInForce.GTC:
+                    bot.open.append(first.order_id)
+            await asyncio.sleep(bot.rng.uniform(0.02, 0.2))
+
+    tasks = [asyncio.create_task(bot_loop(b)) for b in bots]
+    t0 = time.monotonic()
+    last = (t0, 0)
+    try:
+        while duration <= 0 or time.monotonic() - t0 < duration:
+            await asyncio.sleep(5)
+            now = time.monotonic()
+            rate = (rt.cmd_seq - last[1]) / (now - last[0])
+            last = (now, rt.cmd_seq)
+            print(f"  [{console.local(clock.now_us())}] {rate:6.0f} commands/s  {console.trades} trades  "
+                  f"{console.energy / 1000:.1f} kWh  {len(rt.engine.orders)} open orders  seq {rt.committed_seq}",
+                  flush=True)
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await runner.cleanup()
+        value = console.value // 10**8
+        print(f"Done: {rt.cmd_seq} commands journaled, {console.trades} trades, {console.energy / 1000:.1f} kWh "
+              f"worth {value} EUR; state hash {rt.engine.state_hash()[:16]}")
+        print(f"  replay it: VOLTBOURSE_MARKET_ID={settings.market_id} voltbourse serve  (recovers from the journal)")
+        await market.close()
+    return 0
+
+
+def run_demo(settings: Settings, speed: int = 600, duration: float = 60.0, members: int = 24) -> int:
+    market_id = f"demo-{datetime.now(timezone.utc):%Y%m%d%H%M%S}"
+    settings = settings.model_copy(update={"market_id": market_id, "gate": "rolling", "gate_rolling_minutes": 60,
+                                           "clock": "sim", "sim_speed": speed})
+    with database(settings) as dsn:
+        upgrade(dsn)
+        return run_async(_demo(dsn, settings, speed, duration, members))
+
