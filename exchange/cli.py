@@ -32,7 +32,7 @@ log = logging.getLogger("voltbourse")
 DEFAULT_DEMO_SPEED = 600
 DEFAULT_DEMO_DURATION = 60.0  # wall-clock seconds
 DEFAULT_DEMO_MEMBERS = 24
-DEFAULT_BENCH_COMMANDS = {"engine": 100_000, "journal": 20_000}
+DEFAULT_BENCH_COMMANDS = {"engine": 200_000, "journal": 50_000}
 DEFAULT_BENCH_SEED = 1
 
 
