@@ -68,7 +68,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from exchange import bench
 
     commands = args.commands if args.commands is not None else DEFAULT_BENCH_COMMANDS[args.kind]
-    return _finish(bench.run(args.kind, commands=commands, seed=args.seed, as_json=args.json))
+    extra = {"repeat": args.repeat} if args.kind == "engine" else {"concurrency": args.concurrency}
+    return _finish(bench.run(args.kind, commands=commands, seed=args.seed, as_json=args.json, **extra))
 
 
 def cmd_db_upgrade(args: argparse.Namespace) -> int:
@@ -133,10 +134,11 @@ def build_parser() -> argparse.ArgumentParser:
         b = bench_sub.add_parser(kind, help=help_)
         b.add_argument("--json", action="store_true", help="print one JSON object")
         b.add_argument("--commands", type=int, help=f"number of commands (default {DEFAULT_BENCH_COMMANDS[kind]})")
+        b.add_argument("--seed", type=int, default=DEFAULT_BENCH_SEED, help="random seed")
         if kind == "engine":
-            b.add_argument("--seed", type=int, default=DEFAULT_BENCH_SEED, help="random seed")
+            b.add_argument("--repeat", type=int, default=3, help="runs; the median is reported")
         else:
-            b.set_defaults(seed=DEFAULT_BENCH_SEED)
+            b.add_argument("--concurrency", type=int, default=128, help="concurrent submitters awaiting acks")
         b.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("db", help="database tasks")
