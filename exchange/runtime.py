@@ -90,16 +90,25 @@ class MarketRuntime:
         ]
         await self.submit(Tick(0))  # list/open products due now
 
-    async def stop(self) -> None:
-        """Finish what was submitted (it is committed and acknowledged), then stop."""
-        if not self.running:
-            return
-        self.running = False
-        await self.queue.join()
-        await self._groups.join()
+    async def stop(self, drain_timeout: float = 30.0) -> None:
+        """Finish what was submitted (committed and acknowledged), then stop the tasks.
+        After a failure, or if draining takes longer than ``drain_timeout`` (database
+        down), the tasks are stopped anyway: what was not committed was not acknowledged."""
+        was_running, self.running = self.running, False
+        if was_running and self.failed is None:
+            try:
+                await asyncio.wait_for(self._drain(), drain_timeout)
+            except asyncio.TimeoutError:
+                log.error("market %s: stopping with uncommitted commands (not acknowledged)", self.journal.market_id)
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+        self._refuse_queued("market stopped")
+
+    async def _drain(self) -> None:
+        await self.queue.join()
+        await self._groups.join()
 
     # ----------------------------------------------------------------- submit
     async def submit(self, cmd: Command) -> Result:
@@ -228,7 +237,11 @@ class MarketRuntime:
         log.critical("market %s stopped: %r", self.journal.market_id, exc)
         self.failed = exc
         self.running = False
+        self._refuse_queued(f"market stopped: {exc!r}")
+
+    def _refuse_queued(self, why: str) -> None:
         while not self.queue.empty():
             _, fut, _ = self.queue.get_nowait()
+            self.queue.task_done()
             if fut is not None and not fut.done():
-                fut.set_exception(MarketUnavailable(f"market stopped: {exc!r}"))
+                fut.set_exception(MarketUnavailable(why))
