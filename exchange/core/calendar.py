@@ -50,6 +50,8 @@ class CalendarConfig:
         ZoneInfo(self.timezone)  # raises for an unknown zone
         if self.gate_rolling_minutes < 0 or self.open_days_before < 0:
             raise ValueError("gate_rolling_minutes and open_days_before must be >= 0")
+        if self.gate is GateMode.DAY_AHEAD and self.open_days_before < 1:
+            raise ValueError("with the day-ahead gate (on D-1), products must open at least one day before delivery")
 
 
 @dataclass(frozen=True, slots=True)
