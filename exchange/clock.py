@@ -31,8 +31,17 @@ class Clock:
 
 
 class RealClock(Clock):
+    """Wall-clock UTC; if the system clock steps back (NTP), it holds still instead."""
+
+    def __init__(self) -> None:
+        self._last = 0
+
     def now_us(self) -> int:
-        return time.time_ns() // 1000
+        t = time.time_ns() // 1000
+        if t < self._last:
+            return self._last
+        self._last = t
+        return t
 
 
 class SimClock(Clock):

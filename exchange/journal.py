@@ -32,11 +32,18 @@ class ReplayMismatch(RuntimeError):
 
 @dataclass(slots=True)
 class Entry:
-    """One processed command awaiting (or past) its commit."""
+    """One processed command awaiting (or past) its commit.
+
+    ``command_dict`` is the command as processed (serialised right after
+    ``process()``, so nothing done to the command object later reaches the
+    journal); ``origin`` is the submitter's context (e.g. a peer session and
+    its request id), opaque to the runtime and journal."""
 
     cmd_seq: int
     command: Command
     events: list[Event]
+    command_dict: dict
+    origin: object = None
 
 
 class Journal:
@@ -67,8 +74,8 @@ class Journal:
         trows = []
         for e in entries:
             evs = e.events
-            jrows.append((mid, e.cmd_seq, evs[0].seq, evs[-1].seq, from_us(e.command.ts),
-                          command_to_dict(e.command), [event_to_dict(ev) for ev in evs]))
+            jrows.append((mid, e.cmd_seq, evs[0].seq, evs[-1].seq, from_us(e.command_dict["ts"]),
+                          e.command_dict, [event_to_dict(ev) for ev in evs]))
             for ev in evs:
                 if type(ev) is TradeEvent:
                     start = engine.products[ev.product_id].product.start_us
@@ -85,13 +92,30 @@ class Journal:
                     if trows:
                         await conn.copy_records_to_table("trades", records=trows, columns=TRADE_COLUMNS)
             except asyncpg.UniqueViolationError:
-                # A retry of a group whose COMMIT did reach the server: it is durable already.
-                last = jrows[-1][1]
-                have = await conn.fetchval(
-                    "SELECT count(*) FROM journal WHERE market_id = $1 AND cmd_seq BETWEEN $2 AND $3",
-                    self.market_id, jrows[0][1], last)
-                if have != len(jrows):
+                # A retry of a group whose COMMIT did reach the server: it is durable already
+                # if exactly these commands with exactly these event ranges are there.
+                have = await conn.fetch(
+                    "SELECT cmd_seq, first_seq, last_seq FROM journal WHERE market_id = $1 "
+                    "AND cmd_seq BETWEEN $2 AND $3 ORDER BY cmd_seq", self.market_id, jrows[0][1], jrows[-1][1])
+                if [tuple(r) for r in have] != [(r[1], r[2], r[3]) for r in jrows]:
                     raise
+
+    async def lock_writer(self) -> asyncpg.Connection:
+        """Take the market's single-writer lock (a PostgreSQL session advisory lock) on a
+        dedicated connection, held until that connection is released or dies. A second
+        instance of the same market refuses to start instead of interleaving its journal."""
+        conn = await self.pool.acquire()
+        ok = await conn.fetchval("SELECT pg_try_advisory_lock(hashtextextended($1, 0))", "voltbourse:" + self.market_id)
+        if not ok:
+            await self.pool.release(conn)
+            raise RuntimeError(f"market {self.market_id} is already running in another process")
+        return conn
+
+    async def unlock_writer(self, conn: asyncpg.Connection) -> None:
+        try:
+            await conn.execute("SELECT pg_advisory_unlock_all()")
+        finally:
+            await self.pool.release(conn)
 
     # ----------------------------------------------------------------- read
     async def last_positions(self) -> tuple[int, int]:

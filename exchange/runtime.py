@@ -2,16 +2,19 @@
 
 Flow of a command::
 
-    submit() --queue--> engine task: stamp time, engine.process() (pure)
+    submit() --queue--> engine task: stamp time, engine.process() (pure), serialise
                  |--> pending group --> writer task: one transaction (COPY)
                                           |--> after COMMIT: resolve the caller's
-                                               future, publish to subscribers
+                                               future, then call subscribers in order
 
 The engine task keeps processing the next commands while the previous group
 is being committed (pipelining), so the group grows with load; but nothing a
-command produced is visible to anyone before its group has committed. If a
-commit fails it is retried with back-off, and nothing is acknowledged
-meanwhile; the in-memory state is never ahead of what will be written.
+command produced is visible to anyone before its group has committed. A
+failing commit is retried with back-off and nothing is acknowledged
+meanwhile. If the engine or the writer fails, the market stops as a whole:
+every command not yet committed is refused (``MarketUnavailable``), and a
+restart rebuilds the state from the journal. Only one process may run a
+market (an advisory lock in PostgreSQL).
 """
 
 from __future__ import annotations
@@ -22,16 +25,23 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import asyncpg
+
 from .clock import Clock
 from .core.engine import MarketEngine
-from .core.model import Command, Event, Tick
+from .core.model import Command, Event, Tick, command_to_dict
 from .journal import Entry, Journal
 
 log = logging.getLogger(__name__)
 
 
 class MarketUnavailable(RuntimeError):
-    """The runtime is not running (starting, stopping or failed)."""
+    """The runtime is not running (starting, stopping or failed); the command's outcome
+    is not committed unless it was acknowledged."""
+
+
+class MarketBusy(RuntimeError):
+    """The command queue is full (back-pressure): try again later."""
 
 
 @dataclass(slots=True)
@@ -52,6 +62,7 @@ class Stats:
 
 
 Subscriber = Callable[[list[Entry]], None]
+_Item = tuple[Command, "asyncio.Future | None", int, object]
 
 
 class MarketRuntime:
@@ -61,71 +72,130 @@ class MarketRuntime:
         self.journal = journal
         self.clock = clock
         self.max_batch = max_batch
-        self.queue: asyncio.Queue[tuple[Command, asyncio.Future | None, int]] = asyncio.Queue(queue_size)
+        self.queue: asyncio.Queue[_Item] = asyncio.Queue(queue_size)
         self._groups: asyncio.Queue[list[tuple[Entry, asyncio.Future | None, int]]] = asyncio.Queue(8)
+        self._pending: set[asyncio.Future] = set()  # submitted, not yet resolved
         self.cmd_seq = 0
         self.committed_seq = 0  # last event seq that is durable
         self.subscribers: list[Subscriber] = []
         self.stats = Stats() if keep_stats else None
         self._tasks: list[asyncio.Task] = []
+        self._lock_conn: asyncpg.Connection | None = None
         self.running = False
+        self.closed = False
         self.failed: BaseException | None = None
         self.commit_failures = 0
         self.on_commit: Callable[[float, int], None] | None = None  # (seconds, commands) for metrics
 
     # ----------------------------------------------------------------- lifecycle
     async def start(self, verify: bool = True) -> None:
-        """Rebuild the engine from the journal, then start the tasks."""
-        t = time.perf_counter()
-        self.cmd_seq = await self.journal.replay(self.engine, verify=verify)
-        self.committed_seq = self.engine.seq
-        self.clock.not_before(self.engine.now)
-        log.info("market %s recovered %d commands (seq %d) in %.2fs, state %s", self.journal.market_id,
-                 self.cmd_seq, self.engine.seq, time.perf_counter() - t, self.engine.state_hash()[:16])
-        self.running = True
-        self._tasks = [
-            asyncio.create_task(self._engine_loop(), name="engine"),
-            asyncio.create_task(self._writer_loop(), name="journal-writer"),
-            asyncio.create_task(self._timer_loop(), name="timer"),
-        ]
-        await self.submit(Tick(0))  # list/open products due now
+        """Take the single-writer lock, rebuild the engine from the journal, start the tasks."""
+        self._lock_conn = await self.journal.lock_writer()
+        try:
+            t = time.perf_counter()
+            self.cmd_seq = await self.journal.replay(self.engine, verify=verify)
+            self.committed_seq = self.engine.seq
+            self.clock.not_before(self.engine.now)
+            log.info("market %s recovered %d commands (seq %d) in %.2fs, state %s", self.journal.market_id,
+                     self.cmd_seq, self.engine.seq, time.perf_counter() - t, self.engine.state_hash()[:16])
+            self.running = True
+            self._tasks = [
+                asyncio.create_task(self._engine_loop(), name="engine"),
+                asyncio.create_task(self._writer_loop(), name="journal-writer"),
+                asyncio.create_task(self._timer_loop(), name="timer"),
+            ]
+            await self.submit(Tick(0))  # list/open products due now
+        except BaseException:
+            await self._shutdown("market failed to start")
+            raise
 
     async def stop(self, drain_timeout: float = 30.0) -> None:
-        """Finish what was submitted (committed and acknowledged), then stop the tasks.
-        After a failure, or if draining takes longer than ``drain_timeout`` (database
-        down), the tasks are stopped anyway: what was not committed was not acknowledged."""
+        """Finish what was submitted (committed and acknowledged), then stop. After a
+        failure, or if draining takes longer than ``drain_timeout`` (database down), stop
+        anyway: what was not committed is refused, never acknowledged."""
+        if self.closed:
+            return
         was_running, self.running = self.running, False
         if was_running and self.failed is None:
             try:
                 await asyncio.wait_for(self._drain(), drain_timeout)
             except asyncio.TimeoutError:
-                log.error("market %s: stopping with uncommitted commands (not acknowledged)", self.journal.market_id)
-        for t in self._tasks:
-            t.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks = []
-        self._refuse_queued("market stopped")
+                log.error("market %s: stopping with uncommitted commands (refused)", self.journal.market_id)
+        await self._shutdown("market stopped")
 
     async def _drain(self) -> None:
         await self.queue.join()
         await self._groups.join()
 
+    async def _shutdown(self, why: str) -> None:
+        self.running = False
+        self.closed = True
+        current = asyncio.current_task()
+        tasks = [t for t in self._tasks if t is not current]
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._tasks = []
+        self._refuse_all(why)
+        if self._lock_conn is not None:
+            conn, self._lock_conn = self._lock_conn, None
+            try:
+                await self.journal.unlock_writer(conn)
+            except Exception:  # noqa: BLE001 - the connection may be gone; the lock goes with it
+                log.warning("could not release the writer lock cleanly", exc_info=True)
+
+    def _refuse_all(self, why: str) -> None:
+        while not self.queue.empty():
+            self.queue.get_nowait()
+            self.queue.task_done()
+        while not self._groups.empty():
+            self._groups.get_nowait()
+            self._groups.task_done()
+        for fut in list(self._pending):
+            if not fut.done():
+                fut.set_exception(MarketUnavailable(why))
+        self._pending.clear()
+
+    def _fail(self, exc: BaseException) -> None:
+        """An engine or writer failure: stop the whole market (from a task of its own)."""
+        if self.failed is None:
+            log.critical("market %s stopped: %r", self.journal.market_id, exc)
+            self.failed = exc
+        self.running = False
+        asyncio.get_running_loop().create_task(self._shutdown(f"market stopped: {exc!r}"))
+
     # ----------------------------------------------------------------- submit
-    async def submit(self, cmd: Command) -> Result:
-        """Queue a command; returns once its events are durable. The command's ``ts`` is
-        set by the runtime from its clock when the engine takes it."""
-        if not self.running:
-            raise MarketUnavailable(str(self.failed) if self.failed else "market is not running")
+    def _new_future(self) -> asyncio.Future:
         fut = asyncio.get_running_loop().create_future()
-        await self.queue.put((cmd, fut, time.perf_counter_ns()))
+        self._pending.add(fut)
+        fut.add_done_callback(self._pending.discard)
+        return fut
+
+    def _check_open(self) -> None:
+        if not self.running:
+            raise MarketUnavailable(f"market stopped: {self.failed!r}" if self.failed else "market is not running")
+
+    async def submit(self, cmd: Command, origin: object = None) -> Result:
+        """Queue a command and wait until its events are durable. The command's ``ts`` is
+        stamped by the runtime when the engine takes it. ``origin`` reaches subscribers."""
+        self._check_open()
+        fut = self._new_future()
+        await self.queue.put((cmd, fut, time.perf_counter_ns(), origin))
+        if self.closed and not fut.done():  # the put completed after a shutdown
+            fut.set_exception(MarketUnavailable("market stopped"))
         return await fut
 
-    def submit_nowait(self, cmd: Command) -> asyncio.Future:
-        """Like :meth:`submit` but raises ``asyncio.QueueFull`` instead of waiting for room."""
-        if not self.running:
-            raise MarketUnavailable("market is not running")
-        fut = asyncio.get_running_loop().create_future()
-        self.queue.put_nowait((cmd, fut, time.perf_counter_ns()))
+    def enqueue(self, cmd: Command, origin: object = None, *, future: bool = False) -> asyncio.Future | None:
+        """Queue without waiting: raises :class:`MarketBusy` when the queue is full. The
+        outcome reaches the subscribers (with ``origin``), and the future if asked for."""
+        self._check_open()
+        fut = self._new_future() if future else None
+        try:
+            self.queue.put_nowait((cmd, fut, time.perf_counter_ns(), origin))
+        except asyncio.QueueFull:
+            if fut is not None:
+                self._pending.discard(fut)
+            raise MarketBusy(f"command queue full ({self.queue.maxsize})") from None
         return fut
 
     # ----------------------------------------------------------------- tasks
@@ -135,32 +205,22 @@ class MarketRuntime:
         clock = self.clock
         try:
             while True:
-                first = await q.get()
-                items = [first]
+                items = [await q.get()]
                 while len(items) < self.max_batch and not q.empty():
                     items.append(q.get_nowait())
                 group = []
-                try:
-                    for i, (cmd, fut, t0) in enumerate(items):
-                        cmd.ts = clock.now_us()
-                        events = engine.process(cmd)
-                        if not events:  # nothing happened (a tick with nothing due): nothing to persist
-                            if fut is not None and not fut.done():
-                                fut.set_result(Result(self.cmd_seq, [], t0))
-                            continue
-                        self.cmd_seq += 1
-                        group.append((Entry(self.cmd_seq, cmd, events), fut, t0))
-                except Exception as exc:
-                    # An engine bug. What was processed before stays consistent and is committed;
-                    # the failing command and everything after it are refused, and the market stops.
-                    for _, fut, _ in items[i:]:
+                for cmd, fut, t0, origin in items:
+                    ts = clock.now_us()
+                    # Never stamp before the engine's clock (a wall clock may step back): the
+                    # journaled ts is then exactly the time the engine used.
+                    cmd.ts = ts if ts > engine.now else engine.now
+                    events = engine.process(cmd)
+                    if not events:  # nothing happened (a tick with nothing due): nothing to persist
                         if fut is not None and not fut.done():
-                            fut.set_exception(MarketUnavailable(f"engine error: {exc!r}"))
-                    if group:
-                        await self._groups.put(group)
-                    for _ in items:
-                        q.task_done()
-                    raise
+                            fut.set_result(Result(self.cmd_seq, [], t0))
+                        continue
+                    self.cmd_seq += 1
+                    group.append((Entry(self.cmd_seq, cmd, events, command_to_dict(cmd), origin), fut, t0))
                 if group:
                     await self._groups.put(group)
                 for _ in items:
@@ -168,8 +228,9 @@ class MarketRuntime:
         except asyncio.CancelledError:
             raise
         except BaseException as exc:
+            # An engine bug: the state may be ahead of the journal. Stop; what was not
+            # committed is refused, and a restart replays the journal.
             self._fail(exc)
-            raise
 
     async def _writer_loop(self) -> None:
         groups = self._groups
@@ -195,13 +256,6 @@ class MarketRuntime:
                         delay = min(delay * 2, 5.0)
                 elapsed = time.perf_counter() - t
                 self.committed_seq = entries[-1].events[-1].seq
-                if self.stats is not None:
-                    self.stats.commits += 1
-                    self.stats.commands += len(entries)
-                    self.stats.commit_seconds.append(elapsed)
-                    self.stats.batch_sizes.append(len(entries))
-                if self.on_commit is not None:
-                    self.on_commit(elapsed, len(entries))
                 for e, fut, t0 in batch:
                     if fut is not None and not fut.done():
                         fut.set_result(Result(e.cmd_seq, e.events, t0))
@@ -211,13 +265,25 @@ class MarketRuntime:
                     except Exception:  # a subscriber must never stop the market
                         log.exception("subscriber failed; removing it")
                         self.subscribers.remove(sub)
+                self._record(elapsed, len(entries))
                 for _ in range(n_groups):
                     groups.task_done()
         except asyncio.CancelledError:
             raise
         except BaseException as exc:
             self._fail(exc)
-            raise
+
+    def _record(self, elapsed: float, n: int) -> None:
+        if self.stats is not None:
+            self.stats.commits += 1
+            self.stats.commands += n
+            self.stats.commit_seconds.append(elapsed)
+            self.stats.batch_sizes.append(n)
+        if self.on_commit is not None:
+            try:
+                self.on_commit(elapsed, n)
+            except Exception:  # metrics must never stop the market
+                log.exception("on_commit hook failed")
 
     async def _timer_loop(self) -> None:
         """Send a Tick when the calendar has something due (openings, gate closures, deliveries)."""
@@ -232,16 +298,3 @@ class MarketRuntime:
                     await self.submit(Tick(0))
                 except MarketUnavailable:
                     return
-
-    def _fail(self, exc: BaseException) -> None:
-        log.critical("market %s stopped: %r", self.journal.market_id, exc)
-        self.failed = exc
-        self.running = False
-        self._refuse_queued(f"market stopped: {exc!r}")
-
-    def _refuse_queued(self, why: str) -> None:
-        while not self.queue.empty():
-            _, fut, _ = self.queue.get_nowait()
-            self.queue.task_done()
-            if fut is not None and not fut.done():
-                fut.set_exception(MarketUnavailable(why))

@@ -223,3 +223,78 @@ async def test_sigkill_mid_load_loses_no_ack_and_duplicates_nothing(pool, pg_dsn
         assert ntrades == engine.next_trade_id - 1
     finally:
         await market.close()
+
+
+async def test_second_instance_of_a_market_is_refused(pool, pg_dsn):
+    market = await _open(pg_dsn, market_id="solo")
+    try:
+        with pytest.raises(RuntimeError, match="already running"):
+            await _open(pg_dsn, market_id="solo")
+    finally:
+        await market.close()
+    market = await _open(pg_dsn, market_id="solo")  # the lock is released on stop
+    await market.close()
+
+
+async def test_engine_failure_stops_market_refuses_uncommitted_and_recovers(pool, pg_dsn):
+    from exchange.core.model import Tick
+    from exchange.runtime import MarketUnavailable
+
+    class Unknown(Tick):  # a command type the engine has no handler for: an engine error
+        pass
+
+    market = await _open(pg_dsn, market_id="boom")
+    rt = market.runtime
+    await rt.submit(RegisterMember(0, "dan", collateral=10**15))
+    pid = _open_products(rt.engine)[0]
+    ok = await rt.submit(PlaceOrder(0, "dan", pid, Side.BUY, 4000, 100))
+    committed_hash = rt.engine.state_hash()
+    with pytest.raises(MarketUnavailable):
+        await rt.submit(Unknown(0))
+    for _ in range(50):
+        if rt.closed:
+            break
+        await asyncio.sleep(0.02)
+    assert rt.closed and rt.failed is not None
+    with pytest.raises(MarketUnavailable):
+        await rt.submit(PlaceOrder(0, "dan", pid, Side.BUY, 4000, 100))
+    await market.close()
+    market = await _open(pg_dsn, market_id="boom")
+    try:
+        assert market.engine.state_hash() == committed_hash
+        assert ok.events[0].order_id in market.engine.orders
+    finally:
+        await market.close()
+
+
+async def test_wall_clock_stepping_back_does_not_break_replay(pool, pg_dsn):
+    from exchange.clock import Clock
+
+    class SteppingClock(Clock):
+        """A wall clock that jumps back by ten minutes once (an NTP step)."""
+
+        def __init__(self) -> None:
+            self.t = BENCH_T0
+            self.calls = 0
+
+        def now_us(self) -> int:
+            self.calls += 1
+            self.t += 1_000_000 if self.calls != 6 else -600_000_000
+            return self.t
+
+    market = await _open(pg_dsn, market_id="ntp", clock=SteppingClock())
+    rt = market.runtime
+    await rt.submit(RegisterMember(0, "eve", collateral=10**15, export_capacity_w=10**6))
+    pid = _open_products(rt.engine)[0]
+    for i in range(6):
+        await rt.submit(PlaceOrder(0, "eve", pid, Side.SELL, 5000 + i, 100))
+    before = rt.engine.state_hash()
+    rows = await pool.fetch("SELECT ts, events FROM journal WHERE market_id='ntp' ORDER BY cmd_seq")
+    stamps = [r["ts"] for r in rows]
+    assert stamps == sorted(stamps), "journaled command times went backwards"
+    await market.close()
+    market = await _open(pg_dsn, market_id="ntp")  # replay verifies every event
+    try:
+        assert market.engine.state_hash() == before
+    finally:
+        await market.close()

@@ -408,7 +408,10 @@ class MarketEngine:
                 self._emit(Duplicate, ts, member, coid, prev[0], prev[1], prev[2])
                 return
         err = None
-        if self.halted:
+        if type(cmd.side) is not Side or type(cmd.tif) is not TimeInForce or type(cmd.price) is not int \
+                or type(cmd.quantity) is not int:
+            err = Reason.INVALID_VALUE, "side/tif must be enums and price/quantity integers"
+        elif self.halted:
             err = Reason.MARKET_HALTED, f"market halted: {self.halt_reason}"
         err = (err or self._check_member(member) or self._check_product(cmd.product_id)
                or self._check_price_qty(cmd.price, cmd.quantity))
@@ -545,7 +548,9 @@ class MarketEngine:
         qty = o.remaining if cmd.quantity is None else cmd.quantity
         pb = self.products[o.product_id]
         err = None
-        if self.halted:
+        if type(price) is not int or type(qty) is not int:
+            err = Reason.INVALID_VALUE, "price/quantity must be integers"
+        elif self.halted:
             err = Reason.MARKET_HALTED, f"market halted: {self.halt_reason}"
         err = err or self._check_member(cmd.member) or self._check_price_qty(price, qty)
         if err is None and price == o.price and qty == o.remaining:
