@@ -267,6 +267,32 @@ def test_reason_invalid_value():
     assert "d" not in m.e.accounts
 
 
+def test_reason_invalid_value_for_untyped_order_fields():
+    m = Mkt()
+    assert_rejected(m, PlaceOrder, "a", m.p, "buy", 1000, 10, reason=Reason.INVALID_VALUE)
+    assert_rejected(m, PlaceOrder, "a", m.p, BUY, 1000.0, 10, reason=Reason.INVALID_VALUE)
+    assert_rejected(m, PlaceOrder, "a", m.p, BUY, 1000, True, reason=Reason.INVALID_VALUE)
+    oid = m.rest("a", BUY, 1000, 10)
+    assert_rejected(m, ModifyOrder, "a", oid, price=999.5, reason=Reason.INVALID_VALUE)
+
+
+def test_reason_nonce_reused_for_signed_orders():
+    m = Mkt()
+    evs = m.do(PlaceOrder, "a", m.p, BUY, 1000, 10, signature="0xsig", nonce=5)
+    assert isinstance(evs[0], OrderAccepted) and evs[0].signature == "0xsig"
+    rej = assert_rejected(m, PlaceOrder, "a", m.p, BUY, 1000, 10, signature="0xsig", nonce=5,
+                          reason=Reason.NONCE_REUSED)
+    assert "5" in rej.detail
+    assert_rejected(m, PlaceOrder, "a", m.p, BUY, 1000, 10, signature="0xsig", nonce=4, reason=Reason.NONCE_REUSED)
+    # another member has its own nonces; a higher nonce is fine
+    assert isinstance(m.do(PlaceOrder, "b", m.p, BUY, 1000, 10, nonce=5)[0], OrderAccepted)
+    assert isinstance(m.do(PlaceOrder, "a", m.p, BUY, 1000, 10, nonce=9)[0], OrderAccepted)
+    # a nonce is consumed when the order passes validation but fails the risk check
+    m.reg("poor", collateral=0)
+    assert m.do(PlaceOrder, "poor", m.p, BUY, 1000, 10, nonce=1)[0].reason == Reason.INSUFFICIENT_COLLATERAL.value
+    assert_rejected(m, PlaceOrder, "poor", m.p, BUY, 1000, 10, nonce=1, reason=Reason.NONCE_REUSED)
+
+
 def test_every_reason_is_covered_by_a_test():
     names = [n for n in globals() if n.startswith("test_reason_")]
     for r in Reason:

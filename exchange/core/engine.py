@@ -124,7 +124,8 @@ class MarketConfig:
 
 
 class Account:
-    __slots__ = ("member", "collateral", "export_capacity_w", "suspended", "open_exposure", "net_payable")
+    __slots__ = ("member", "collateral", "export_capacity_w", "suspended", "open_exposure", "net_payable",
+                 "last_nonce")
 
     def __init__(self, member: str) -> None:
         self.member = member
@@ -133,6 +134,7 @@ class Account:
         self.suspended = False
         self.open_exposure = 0  # money the member's resting orders could cost
         self.net_payable = 0  # money owed for trades not yet settled (negative: owed to it)
+        self.last_nonce = -1  # highest nonce of a signed order seen (replay protection)
 
 
 class ProductBook:
@@ -419,6 +421,12 @@ class MarketEngine:
         if err is None and mech_call and cmd.tif is not TimeInForce.GTC:
             err = Reason.TIF_NOT_SUPPORTED, f"{cmd.tif.value} is not supported in a call auction"
         pb = self.products.get(cmd.product_id)
+        if err is None and cmd.nonce is not None:
+            acct = self.accounts[member]
+            if type(cmd.nonce) is not int or cmd.nonce <= acct.last_nonce:
+                err = Reason.NONCE_REUSED, f"nonce {cmd.nonce} is not above the last one used ({acct.last_nonce})"
+            else:
+                acct.last_nonce = cmd.nonce  # consumed by this signed order, whatever its outcome
         if err is None:
             err = self._check_risk(pb, member, cmd.side, cmd.price, cmd.quantity)
         if err is not None:
@@ -662,8 +670,8 @@ class MarketEngine:
             "halted": [self.halted, self.halt_reason],
             "products": [[pid, pb.state.value] for pid, pb in sorted(self.products.items())],
             "books": {pid: [o.snapshot() for o in pb.book.orders()] for pid, pb in sorted(self.products.items())},
-            "accounts": [[a.member, a.collateral, a.export_capacity_w, a.suspended, a.open_exposure, a.net_payable]
-                         for _, a in sorted(self.accounts.items())],
+            "accounts": [[a.member, a.collateral, a.export_capacity_w, a.suspended, a.open_exposure, a.net_payable,
+                          a.last_nonce] for _, a in sorted(self.accounts.items())],
             "positions": {pid: sorted([m, *v] for m, v in pos.items()) for pid, pos in sorted(self.positions.items())},
             "open_sell": sorted([k[0], k[1], v] for k, v in self.open_sell.items() if v),
             "client_ids": sorted([k[0], k[1], *v] for k, v in self.client_ids.items()),

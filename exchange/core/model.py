@@ -54,6 +54,7 @@ class Reason(str, Enum):
     INSUFFICIENT_COLLATERAL = "INSUFFICIENT_COLLATERAL"
     EXPORT_CAPACITY_EXCEEDED = "EXPORT_CAPACITY_EXCEEDED"
     UNKNOWN_ORDER = "UNKNOWN_ORDER"  # not an open order of this member
+    NONCE_REUSED = "NONCE_REUSED"  # a signed order's nonce was not above the member's last one
     NO_CHANGE = "NO_CHANGE"
     INVALID_VALUE = "INVALID_VALUE"
 
@@ -109,6 +110,7 @@ class PlaceOrder(Command):
     tif: TimeInForce = TimeInForce.GTC
     client_order_id: str | None = None
     signature: str | None = None
+    nonce: int | None = None  # of a signed order: must exceed the member's last used nonce
 
 
 @dataclass(slots=True)
