@@ -117,6 +117,21 @@ class Settings(BaseSettings):
     journal_max_batch: int = Field(2000, ge=1)
     journal_pool_size: int = Field(4, ge=1)
 
+    # --- peer WebSocket API --------------------------------------------------
+    #: seconds between WebSocket pings; a peer that does not answer is disconnected
+    ws_heartbeat_s: float = Field(20.0, gt=0)
+    #: largest accepted frame; a bigger one closes the connection (1009)
+    ws_max_message_bytes: int = Field(16_384, ge=1024)
+    #: messages queued to a peer before it counts as a slow consumer and is dropped (1013)
+    ws_send_queue: int = Field(4096, ge=16)
+    #: per-connection rate limit: sustained messages/s and burst
+    ws_rate_per_s: float = Field(500.0, gt=0)
+    ws_burst: int = Field(1000, ge=1)
+    #: show counterparties in execution reports and trade lists (default: anonymous)
+    disclose_counterparty: bool = False
+    #: chain id of the EIP-712 domain of signed orders
+    chain_id: int = Field(1337, ge=1)
+
     @classmethod
     def settings_customise_sources(
         cls,

@@ -118,7 +118,7 @@ async def _demo(dsn: str, settings: Settings, speed: int, duration: float, membe
     rt = market.runtime
     console = Console(market, zone)
     rt.subscribers.append(console)
-    runner = await start_http(market, settings.host, settings.port)
+    runner = await start_http(market, settings)
     base = f"http://{settings.host}:{settings.port}"
     rng = random.Random(42)
     bots = [Bot(f"member-{i:03d}", ROLES[i % len(ROLES)], random.Random(rng.random())) for i in range(members)]

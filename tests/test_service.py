@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 async def test_http_views(pool, pg_dsn):
     settings = load_settings(database_url=pg_dsn, market_id="http")
     market = await open_market(pg_dsn, settings, ManualClock(BENCH_T0))
-    runner = await start_http(market, "127.0.0.1", 0)
+    runner = await start_http(market, settings, "127.0.0.1", 0)
     port = runner.addresses[0][1]
     base = f"http://127.0.0.1:{port}"
     try:

@@ -1,0 +1,2 @@
+"""The exchange's edges for people and programs: the peer WebSocket API, the
+operator REST API, public market data and metrics (aiohttp)."""

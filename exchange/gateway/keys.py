@@ -1,0 +1,20 @@
+"""Typed keys of the objects the aiohttp application shares with its handlers."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+if TYPE_CHECKING:
+    from ..config import Settings
+    from ..members import MemberRegistry
+    from ..metrics import Metrics
+    from ..service import Market
+    from .marketdata import MarketData
+
+MARKET: web.AppKey[Market] = web.AppKey("market")
+SETTINGS: web.AppKey[Settings] = web.AppKey("settings")
+METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
+MEMBERS: web.AppKey[MemberRegistry] = web.AppKey("members")
+MARKET_DATA: web.AppKey[MarketData] = web.AppKey("market_data")

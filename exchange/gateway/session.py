@@ -1,0 +1,322 @@
+"""One peer WebSocket connection: login, requests, rate limit, bounded send queue.
+
+Engine requests (place, cancel, modify, cancel_all) are queued to the market
+runtime with their origin and answered by :class:`MarketData` after their
+commit. Reads (orders, trades, positions) and subscriptions are answered here.
+A session never blocks the engine: outgoing messages go through a bounded
+queue drained by the session's own sender task, and a peer that does not keep
+up is disconnected (close code 1013) instead of stalling anyone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING
+
+import orjson
+from aiohttp import WSCloseCode, WSMsgType, web
+
+from ..core.model import CancelAll as CancelAllCmd
+from ..core.model import CancelOrder, ModifyOrder, PlaceOrder, Side, TimeInForce
+from ..runtime import MarketBusy, MarketUnavailable
+from . import auth
+from .keys import MARKET, MARKET_DATA, METRICS, SETTINGS
+from .marketdata import Pending
+from .protocol import PROTOCOL_VERSION, ProtocolError, parse
+
+if TYPE_CHECKING:
+    from ..config import Settings
+    from ..service import Market
+    from .marketdata import MarketData
+
+log = logging.getLogger(__name__)
+
+MAX_LOGIN_ATTEMPTS = 5
+_SIDES = {"buy": Side.BUY, "sell": Side.SELL}
+_TIFS = {"gtc": TimeInForce.GTC, "ioc": TimeInForce.IOC, "fok": TimeInForce.FOK}
+
+
+class TokenBucket:
+    __slots__ = ("rate", "burst", "tokens", "t")
+
+    def __init__(self, rate: float, burst: float) -> None:
+        self.rate, self.burst, self.tokens, self.t = rate, burst, burst, time.monotonic()
+
+    def take(self) -> bool:
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.t) * self.rate)
+        self.t = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return True
+        return False
+
+
+class Session:
+    def __init__(self, ws: web.WebSocketResponse, market: Market, md: MarketData, settings: Settings,
+                 metrics=None) -> None:
+        self.ws = ws
+        self.market = market
+        self.md = md
+        self.settings = settings
+        self.metrics = metrics
+        self.member: str | None = None
+        self.challenge = auth.new_challenge(settings.market_id)
+        self.login_failures = 0
+        self.bucket = TokenBucket(settings.ws_rate_per_s, settings.ws_burst)
+        self.limited = 0
+        self.out: asyncio.Queue[str | tuple | None] = asyncio.Queue(settings.ws_send_queue)
+        self.closed = False
+        self.sender = asyncio.create_task(self._sender())
+
+    # ------------------------------------------------------------------ output
+    def send(self, msg: dict) -> None:
+        self.send_raw(orjson.dumps(msg).decode())
+
+    def send_raw(self, data: str) -> None:
+        if self.closed:
+            return
+        try:
+            self.out.put_nowait(data)
+        except asyncio.QueueFull:
+            if self.metrics is not None:
+                self.metrics.slow_consumer_dropped()
+            log.warning("dropping slow consumer %s (%d messages queued)", self.member, self.out.qsize())
+            self.close(WSCloseCode.TRY_AGAIN_LATER, "slow consumer: send queue full")
+
+    def error(self, request_id, code: str, message: str) -> None:
+        if self.metrics is not None:
+            self.metrics.ws_error(code)
+        self.send({"type": "error", "id": request_id, "code": code, "message": message})
+
+    async def _sender(self) -> None:
+        ws = self.ws
+        try:
+            while True:
+                data = await self.out.get()
+                if data is None:
+                    return
+                if type(data) is tuple:  # (code, reason): close after what was queued before it
+                    await ws.close(code=data[0], message=data[1])
+                    return
+                await ws.send_str(data)
+        except (ConnectionError, RuntimeError, asyncio.CancelledError):
+            return
+
+    def close(self, code: int, reason: str, *, flush: bool = False) -> None:
+        """Close the connection; with ``flush``, after sending what is already queued
+        (so a peer closed for a policy violation sees the errors that led to it)."""
+        if self.closed:
+            return
+        self.closed = True
+        self.md.detach(self)
+        if flush:
+            try:
+                self.out.put_nowait((code, reason.encode()[:120]))
+                return
+            except asyncio.QueueFull:
+                pass
+        self.sender.cancel()
+        asyncio.get_running_loop().create_task(self.ws.close(code=code, message=reason.encode()[:120]))
+
+    async def finish(self) -> None:
+        """Normal end: flush what is queued, then stop the sender."""
+        if not self.closed:
+            self.closed = True
+            self.md.detach(self)
+            try:
+                self.out.put_nowait(None)
+            except asyncio.QueueFull:
+                self.sender.cancel()
+        await asyncio.gather(self.sender, return_exceptions=True)
+
+    # ------------------------------------------------------------------ input
+    async def handle(self, raw: str) -> None:
+        if not self.bucket.take():
+            self.limited += 1
+            if self.limited > self.settings.ws_burst:
+                self.close(WSCloseCode.POLICY_VIOLATION, "rate limit exceeded repeatedly", flush=True)
+                return
+            self.error(None, "RATE_LIMITED",
+                       f"more than {self.settings.ws_rate_per_s} messages/s (burst {self.settings.ws_burst}); "
+                       "this message was dropped")
+            return
+        t0 = time.perf_counter_ns()
+        try:
+            msg = parse(raw)
+        except ProtocolError as exc:
+            self.error(exc.request_id, exc.code, exc.message)
+            return
+        kind = msg.type
+        if kind == "ping":
+            self.send({"type": "response", "id": msg.id, "result": {"pong": True,
+                       "server_time": datetime.now(timezone.utc).isoformat()}})
+            return
+        if kind == "login":
+            self._login(msg)
+            return
+        if self.member is None:
+            self.error(msg.id, "NOT_AUTHENTICATED", "log in first: sign the hello challenge and send `login`")
+            return
+        try:
+            if kind == "place":
+                self._place(msg, t0)
+            elif kind == "cancel":
+                self._submit(CancelOrder(0, self.member, msg.order_id), msg.id, kind, t0)
+            elif kind == "modify":
+                self._submit(ModifyOrder(0, self.member, msg.order_id, msg.price, msg.quantity), msg.id, kind, t0)
+            elif kind == "cancel_all":
+                self._submit(CancelAllCmd(0, self.member, msg.product_id), msg.id, kind, t0)
+            elif kind == "orders":
+                self.send({"type": "response", "id": msg.id,
+                           "result": {"seq": self.md.seq, "orders": self.md.member_orders(self.member, msg.product_id)}})
+            elif kind == "trades":
+                await self._trades(msg)
+            elif kind == "positions":
+                await self._positions(msg)
+            elif kind == "subscribe":
+                self._subscribe(msg)
+            elif kind == "unsubscribe":
+                self._unsubscribe(msg)
+        except MarketBusy as exc:
+            self.error(msg.id, "BUSY", f"the exchange is busy, retry shortly ({exc})")
+        except MarketUnavailable as exc:
+            self.error(msg.id, "UNAVAILABLE", f"the market is not available: {exc}")
+
+    def _login(self, msg) -> None:
+        if self.member is not None:
+            self.error(msg.id, "ALREADY_AUTHENTICATED", f"this session is bound to {self.member}")
+            return
+        try:
+            signer = auth.recover_login(self.challenge, msg.signature)
+        except ValueError as exc:
+            signer, why = None, str(exc)
+        else:
+            why = "the signature is not by that address"
+        claimed = auth.checksum(msg.address)
+        if signer != claimed:
+            self.login_failures += 1
+            self.error(msg.id, "BAD_SIGNATURE", f"login refused: {why}")
+            if self.login_failures >= MAX_LOGIN_ATTEMPTS:
+                self.close(WSCloseCode.POLICY_VIOLATION, "too many failed logins", flush=True)
+            return
+        acct = self.market.engine.accounts.get(claimed)
+        if acct is None:
+            self.error(msg.id, "UNKNOWN_MEMBER", f"{claimed} is not a registered member of {self.settings.market_id}")
+            return
+        if acct.suspended:
+            self.error(msg.id, "MEMBER_SUSPENDED", f"{claimed} is suspended")
+            return
+        self.member = claimed
+        self.challenge = ""  # single use
+        self.md.attach(self)
+        self.send({"type": "response", "id": msg.id, "result": {"member": claimed, "market_id": self.settings.market_id}})
+
+    def _place(self, msg, t0: int) -> None:
+        if msg.signature is not None:
+            typed = auth.order_typed_data(self.settings.market_id, self.settings.chain_id, product_id=msg.product_id,
+                                          side=msg.side, price=msg.price, quantity=msg.quantity, tif=msg.tif,
+                                          client_order_id=msg.client_order_id, nonce=msg.nonce)
+            try:
+                signer = auth.recover_order_signer(typed, msg.signature)
+            except ValueError as exc:
+                self.error(msg.id, "BAD_SIGNATURE", str(exc))
+                return
+            if signer != self.member:
+                self.error(msg.id, "BAD_SIGNATURE", f"the order is signed by {signer}, not by {self.member}")
+                return
+        cmd = PlaceOrder(0, self.member, msg.product_id, _SIDES[msg.side], msg.price, msg.quantity, _TIFS[msg.tif],
+                         msg.client_order_id, msg.signature, msg.nonce)
+        self._submit(cmd, msg.id, "place", t0)
+
+    def _submit(self, cmd, request_id, kind: str, t0: int) -> None:
+        self.market.runtime.enqueue(cmd, Pending(self, request_id, kind, t0))
+
+    async def _trades(self, msg) -> None:
+        m = self.market
+        rows = await m.pool.fetch(
+            "SELECT trade_id, seq, product_id, buyer, seller, energy_wh, price_ticks, ts FROM trades "
+            "WHERE market_id = $1 AND (buyer = $2 OR seller = $2) AND seq > $3 AND ($4::text IS NULL OR product_id = $4) "
+            "ORDER BY seq LIMIT $5", self.settings.market_id, self.member, msg.after, msg.product_id, msg.limit)
+        out = []
+        for r in rows:
+            side = "buy" if r["buyer"] == self.member else "sell"
+            out.append({"trade_id": r["trade_id"], "seq": r["seq"], "product_id": r["product_id"], "side": side,
+                        "price": r["price_ticks"], "quantity": r["energy_wh"], "ts": r["ts"].isoformat(),
+                        "counterparty": (r["seller"] if side == "buy" else r["buyer"])
+                        if self.settings.disclose_counterparty else None})
+        self.send({"type": "response", "id": msg.id, "result": {"trades": out}})
+
+    async def _positions(self, msg) -> None:
+        rows = await self.market.pool.fetch(
+            "SELECT product_id, "
+            "sum(CASE WHEN buyer = $2 THEN energy_wh ELSE 0 END) AS bought, "
+            "sum(CASE WHEN seller = $2 THEN energy_wh ELSE 0 END) AS sold, "
+            "sum(CASE WHEN buyer = $2 THEN energy_wh::numeric * price_ticks ELSE 0 END) - "
+            "sum(CASE WHEN seller = $2 THEN energy_wh::numeric * price_ticks ELSE 0 END) AS payable "
+            "FROM trades WHERE market_id = $1 AND (buyer = $2 OR seller = $2) GROUP BY product_id ORDER BY product_id",
+            self.settings.market_id, self.member)
+        out = [{"product_id": r["product_id"], "bought": int(r["bought"]), "sold": int(r["sold"]),
+                "net": int(r["bought"]) - int(r["sold"]), "payable": int(r["payable"]),
+                "state": self.md.product_states.get(r["product_id"])} for r in rows]
+        self.send({"type": "response", "id": msg.id, "result": {"positions": out}})
+
+    def _subscribe(self, msg) -> None:
+        md = self.md
+        if msg.product_id is not None and msg.product_id not in md.product_states:
+            self.error(msg.id, "UNKNOWN_PRODUCT", f"no product {msg.product_id}")
+            return
+        if msg.channel == "book":
+            md.book_subs[msg.product_id].add(self)
+            self.send({"type": "response", "id": msg.id, "result": {"channel": "book", "product_id": msg.product_id}})
+            self.send(md.snapshot(msg.product_id))
+        elif msg.channel == "trades":
+            md.trade_subs[msg.product_id].add(self)
+            self.send({"type": "response", "id": msg.id, "result": {"channel": "trades", "product_id": msg.product_id}})
+        else:
+            md.product_subs.add(self)
+            self.send({"type": "response", "id": msg.id, "result": {
+                "channel": "products", "seq": md.seq, "halted": md.halted[0], "products": md.products_view()}})
+
+    def _unsubscribe(self, msg) -> None:
+        md = self.md
+        if msg.channel == "book":
+            md.book_subs.get(msg.product_id, set()).discard(self)
+        elif msg.channel == "trades":
+            md.trade_subs.get(msg.product_id, set()).discard(self)
+        else:
+            md.product_subs.discard(self)
+        self.send({"type": "response", "id": msg.id, "result": {"channel": msg.channel, "product_id": msg.product_id,
+                                                                  "subscribed": False}})
+
+
+async def ws_handler(request: web.Request) -> web.WebSocketResponse:
+    app = request.app
+    settings = app[SETTINGS]
+    ws = web.WebSocketResponse(heartbeat=settings.ws_heartbeat_s, max_msg_size=settings.ws_max_message_bytes)
+    await ws.prepare(request)
+    metrics = app.get(METRICS)
+    session = Session(ws, app[MARKET], app[MARKET_DATA], settings, metrics)
+    if metrics is not None:
+        metrics.peer_connected()
+    session.send({"type": "hello", "protocol": PROTOCOL_VERSION, "market_id": settings.market_id,
+                  "challenge": session.challenge, "server_time": datetime.now(timezone.utc).isoformat(),
+                  "eip712_domain": auth.domain(settings.chain_id)})
+    try:
+        async for m in ws:
+            if session.closed:
+                break
+            if m.type == WSMsgType.TEXT:
+                await session.handle(m.data)
+            elif m.type == WSMsgType.BINARY:
+                session.error(None, "BINARY_NOT_SUPPORTED", "send JSON text frames")
+            elif m.type == WSMsgType.ERROR:
+                break
+    finally:
+        await session.finish()
+        if metrics is not None:
+            metrics.peer_disconnected()
+    return ws
