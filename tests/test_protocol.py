@@ -1,0 +1,64 @@
+"""Protocol models: the published schema is current, and parsing is strict and precise."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from hypothesis import given, strategies as st
+
+from exchange.gateway.protocol import SERVER_MESSAGE, ProtocolError, json_schema, parse
+
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+
+
+def test_published_schema_is_current():
+    assert json.loads((DOCS / "ws-schema.json").read_text()) == json.loads(json.dumps(json_schema())), \
+        "regenerate: python -m exchange.gateway.protocol > docs/ws-schema.json"
+
+
+def test_schema_covers_every_client_message():
+    names = set(json_schema()["client_to_server"]["discriminator"]["mapping"])
+    assert names == {"login", "place", "cancel", "modify", "cancel_all", "orders", "trades", "positions",
+                     "subscribe", "unsubscribe", "ping"}
+
+
+@pytest.mark.parametrize("raw,code", [
+    ("", "MALFORMED_JSON"),
+    ("nul", "MALFORMED_JSON"),
+    ('{"type":"place","id":1,"product_id":"p","side":"buy","price":1,"quantity":1,"signature":"0x' + "ab" * 65 + '"}',
+     "INVALID_MESSAGE"),
+    ('{"type":"ping","id":-1}', "INVALID_MESSAGE"),
+    ('{"type":"ping","id":""}', "INVALID_MESSAGE"),
+    ('{"type":"trades","id":1,"limit":5000}', "INVALID_MESSAGE"),
+])
+def test_precise_codes(raw, code):
+    with pytest.raises(ProtocolError) as e:
+        parse(raw)
+    assert e.value.code == code
+
+
+def test_valid_place_round_trip():
+    m = parse('{"type":"place","id":"a","product_id":"20261122T1100Z-60","side":"sell","price":-500,'
+              '"quantity":1000,"tif":"fok","client_order_id":"x.1"}')
+    assert (m.side, m.price, m.quantity, m.tif) == ("sell", -500, 1000, "fok")
+
+
+@given(st.text(max_size=200))
+def test_parse_never_raises_anything_but_protocol_error(text):
+    try:
+        parse(text)
+    except ProtocolError as e:
+        assert e.code in {"MALFORMED_JSON", "INVALID_MESSAGE", "UNKNOWN_TYPE"} and e.message
+
+
+def test_server_message_examples_validate():
+    for msg in [
+        {"type": "error", "id": None, "code": "MALFORMED_JSON", "message": "x"},
+        {"type": "book", "product_id": "p", "seq": 5, "prev_seq": 3, "changes": [["buy", 100, 0, 0]]},
+        {"type": "execution", "exec": "fill", "seq": 1, "ts": "t", "order_id": 1, "product_id": "p", "side": "buy",
+         "price": 1, "quantity": 1, "remaining": 0, "trade_id": 1, "liquidity": "taker", "counterparty": None,
+         "client_order_id": None},
+    ]:
+        SERVER_MESSAGE.validate_python(msg)
