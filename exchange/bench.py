@@ -154,8 +154,12 @@ def run(kind: str, commands: int | None = None, seed: int = 1, as_json: bool = F
         result = bench_engine(commands or 200_000, seed, **kw)
     elif kind == "journal":
         result = bench_journal(commands or 100_000, seed, **kw)
+    elif kind == "e2e":
+        from .bench_e2e import bench_e2e
+
+        result = bench_e2e(commands or 40_000, seed, **kw)
     else:
-        raise SystemExit(f"unknown benchmark {kind!r} (engine, journal)")
+        raise SystemExit(f"unknown benchmark {kind!r} (engine, journal, e2e)")
     result = {"bench": kind, **result}
     if as_json:
         print(json.dumps(result))

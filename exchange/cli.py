@@ -32,7 +32,7 @@ log = logging.getLogger("voltbourse")
 DEFAULT_DEMO_SPEED = 600
 DEFAULT_DEMO_DURATION = 60.0  # wall-clock seconds
 DEFAULT_DEMO_MEMBERS = 24
-DEFAULT_BENCH_COMMANDS = {"engine": 200_000, "journal": 50_000}
+DEFAULT_BENCH_COMMANDS = {"engine": 200_000, "journal": 50_000, "e2e": 40_000}
 DEFAULT_BENCH_SEED = 1
 
 
@@ -68,7 +68,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from exchange import bench
 
     commands = args.commands if args.commands is not None else DEFAULT_BENCH_COMMANDS[args.kind]
-    extra = {"repeat": args.repeat} if args.kind == "engine" else {"concurrency": args.concurrency}
+    extra = {"engine": lambda: {"repeat": args.repeat}, "journal": lambda: {"concurrency": args.concurrency},
+             "e2e": lambda: {"connections": args.connections, "window": args.window}}[args.kind]()
     return _finish(bench.run(args.kind, commands=commands, seed=args.seed, as_json=args.json, **extra))
 
 
@@ -130,15 +131,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="benchmarks")
     bench_sub = p.add_subparsers(dest="kind", required=True, metavar="KIND")
-    for kind, help_ in (("engine", "pure matching engine throughput"), ("journal", "journal group-commit throughput")):
+    for kind, help_ in (("engine", "pure matching engine throughput"), ("journal", "journal group-commit throughput"),
+                        ("e2e", "orders/s and ack latency over WebSocket against a server it starts")):
         b = bench_sub.add_parser(kind, help=help_)
         b.add_argument("--json", action="store_true", help="print one JSON object")
         b.add_argument("--commands", type=int, help=f"number of commands (default {DEFAULT_BENCH_COMMANDS[kind]})")
         b.add_argument("--seed", type=int, default=DEFAULT_BENCH_SEED, help="random seed")
         if kind == "engine":
             b.add_argument("--repeat", type=int, default=3, help="runs; the median is reported")
-        else:
+        elif kind == "journal":
             b.add_argument("--concurrency", type=int, default=128, help="concurrent submitters awaiting acks")
+        else:
+            b.add_argument("--connections", type=int, default=40, help="authenticated WebSocket sessions")
+            b.add_argument("--window", type=int, default=4, help="requests in flight per session")
         b.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("db", help="database tasks")

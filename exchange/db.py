@@ -63,7 +63,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 #: The tables of the current schema (alembic/versions), in creation order.
-TABLES = ("markets", "journal", "trades", "consumer_cursors")
+TABLES = ("markets", "journal", "trades", "consumer_cursors", "members")
 
 HANDLE_PIDS_FILE = ".handle_pids.json"
 POSTMASTER_PID_FILE = "postmaster.pid"

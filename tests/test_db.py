@@ -27,6 +27,16 @@ from exchange.db import (
     upgrade,
 )
 
+def _head() -> str:
+    from alembic.script import ScriptDirectory
+
+    from exchange.db import alembic_config
+
+    return ScriptDirectory.from_config(alembic_config("postgresql://unused")).get_current_head()
+
+
+HEAD = _head()
+
 integration = pytest.mark.integration
 
 
@@ -171,21 +181,21 @@ def test_downgrade_upgrade_roundtrip(pg_dsn: str) -> None:
         finally:
             await conn.close()
 
-    assert current_revision(pg_dsn) == "0001"
+    assert current_revision(pg_dsn) == HEAD
     try:
         downgrade(pg_dsn, "base")
         assert current_revision(pg_dsn) is None
         assert asyncio.run(tables()) == {"alembic_version"}
     finally:
         upgrade(pg_dsn)
-    assert current_revision(pg_dsn) == "0001"
+    assert current_revision(pg_dsn) == HEAD
     assert asyncio.run(tables()) == {*TABLES, "alembic_version"}
 
 
 @integration
 async def test_upgrade_callable_inside_event_loop(pg_dsn: str) -> None:
     upgrade(pg_dsn)  # already at head: a no-op, but must not trip over the running loop
-    assert current_revision(pg_dsn) == "0001"
+    assert current_revision(pg_dsn) == HEAD
 
 
 # --------------------------------------------------------------------------- own servers
@@ -255,7 +265,7 @@ def test_restart_after_kill_9(scratch_pgdata: Path) -> None:
         assert postmaster_pid(scratch_pgdata) == server_pid  # attached to the running server
         assert pg.dsn == dsn
         upgrade(pg.dsn)
-        assert current_revision(pg.dsn) == "0001"
+        assert current_revision(pg.dsn) == HEAD
         pg.stop()
         assert wait_gone(server_pid), "server not stopped: stale handle kept it alive"
     finally:
