@@ -27,6 +27,7 @@ from exchange.db import (
     upgrade,
 )
 
+
 def _head() -> str:
     from alembic.script import ScriptDirectory
 

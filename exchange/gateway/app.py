@@ -11,11 +11,11 @@ from ..config import Settings
 from ..core.units import iso
 from ..metrics import Metrics, add_metrics_route
 from ..service import Market
-from .keys import MARKET, MARKET_DATA, MEMBERS, METRICS, SETTINGS
+from .keys import MARKET, MARKET_DATA, MEMBERS, METRICS, SETTINGS, SOCKETS
 from .marketdata import MarketData
 from .operator import add_operator_routes, make_registry
 from .protocol import json_schema
-from .session import ws_handler
+from .session import close_sockets, ws_handler
 
 
 def _json(data, status: int = 200) -> web.Response:
@@ -123,6 +123,8 @@ async def make_app(market: Market, settings: Settings) -> web.Application:
     app.router.add_get("/api/trades", trades)
     app.router.add_get("/api/schema/ws", ws_schema)
     app.router.add_get("/ws", ws_handler)
+    app[SOCKETS] = set()
+    app.on_shutdown.append(close_sockets)
     add_operator_routes(app)
     add_metrics_route(app)
     return app

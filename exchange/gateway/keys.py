@@ -18,3 +18,4 @@ SETTINGS: web.AppKey[Settings] = web.AppKey("settings")
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
 MEMBERS: web.AppKey[MemberRegistry] = web.AppKey("members")
 MARKET_DATA: web.AppKey[MarketData] = web.AppKey("market_data")
+SOCKETS: web.AppKey[set] = web.AppKey("sockets")  # open peer WebSockets, closed on shutdown

@@ -23,7 +23,7 @@ from ..core.model import CancelAll as CancelAllCmd
 from ..core.model import CancelOrder, ModifyOrder, PlaceOrder, Side, TimeInForce
 from ..runtime import MarketBusy, MarketUnavailable
 from . import auth
-from .keys import MARKET, MARKET_DATA, METRICS, SETTINGS
+from .keys import MARKET, MARKET_DATA, METRICS, SETTINGS, SOCKETS
 from .marketdata import Pending
 from .protocol import PROTOCOL_VERSION, ProtocolError, parse
 
@@ -296,8 +296,10 @@ class Session:
 async def ws_handler(request: web.Request) -> web.WebSocketResponse:
     app = request.app
     settings = app[SETTINGS]
-    ws = web.WebSocketResponse(heartbeat=settings.ws_heartbeat_s, max_msg_size=settings.ws_max_message_bytes)
+    ws = web.WebSocketResponse(heartbeat=settings.ws_heartbeat_s, max_msg_size=settings.ws_max_message_bytes,
+                               timeout=2.0)  # close handshake: do not hold a socket for long
     await ws.prepare(request)
+    app[SOCKETS].add(ws)
     metrics = app.get(METRICS)
     session = Session(ws, app[MARKET], app[MARKET_DATA], settings, metrics)
     if metrics is not None:
@@ -316,7 +318,14 @@ async def ws_handler(request: web.Request) -> web.WebSocketResponse:
             elif m.type == WSMsgType.ERROR:
                 break
     finally:
+        app[SOCKETS].discard(ws)
         await session.finish()
         if metrics is not None:
             metrics.peer_disconnected()
     return ws
+
+
+async def close_sockets(app: web.Application) -> None:
+    """On shutdown: tell every peer (1001 going away) instead of waiting for them to leave."""
+    await asyncio.gather(*(ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutdown")
+                           for ws in list(app[SOCKETS])), return_exceptions=True)
