@@ -14,15 +14,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import secrets
 import time
 from collections import defaultdict
 from datetime import datetime, timezone
 
+from eth_account import Account
+from pydantic import SecretStr
+
 from .config import Settings
-from .core.model import CancelOrder, ModifyOrder, PlaceOrder, RegisterMember, Side, TimeInForce, TradeEvent
+from .core.model import CancelOrder, ModifyOrder, PlaceOrder, Side, TimeInForce, TradeEvent
 from .core.units import MONEY_UNITS_PER_EUR, from_us, price_eur_per_mwh
 from .db import database, upgrade
+from .gateway.keys import MEMBERS
 from .journal import Entry
+from .members import MemberIn
 from .server import start_http
 from .service import Market, open_market, run_async
 
@@ -119,16 +125,27 @@ async def _demo(dsn: str, settings: Settings, speed: int, duration: float, membe
     console = Console(market, zone)
     rt.subscribers.append(console)
     runner = await start_http(market, settings)
-    base = f"http://{settings.host}:{settings.port}"
+    host, port = runner.addresses[0][:2]
+    base = f"http://{host}:{port}"
     rng = random.Random(42)
-    bots = [Bot(f"member-{i:03d}", ROLES[i % len(ROLES)], random.Random(rng.random())) for i in range(members)]
-    for b in bots:
-        await rt.submit(RegisterMember(0, b.member, collateral=50 * MONEY_UNITS_PER_EUR * 1000,
-                                       export_capacity_w=10_000 if b.role != "consumer" else 0))
+    # Members are Ethereum key pairs (deterministic for the demo), registered like an operator does.
+    keys = [Account.from_key(random.Random(f"demo-member-{i}").randbytes(32)) for i in range(members)]
+    registry = runner.app[MEMBERS]
+    bots = []
+    for i, key in enumerate(keys):
+        role = ROLES[i % len(ROLES)]
+        await registry.create(MemberIn(address=key.address, name=f"member {i:03d}", role=role,
+                                       export_capacity_w=10_000 if role != "consumer" else 0,
+                                       retail_tariff_ticks=30_000, feed_in_tariff_ticks=8_000,
+                                       collateral=50_000 * MONEY_UNITS_PER_EUR))
+        bots.append(Bot(key.address, role, random.Random(rng.random())))
+    token = settings.operator_token.get_secret_value()
     print(f"Voltbourse demo - market {settings.market_id}, {members} members, clock x{speed} "
           f"(starts {start.astimezone(zone):%Y-%m-%d %H:%M %Z}), rolling gate 60 min before delivery")
-    print(f"  watch: {base}/api/products  {base}/api/market  {base}/api/trades  {base}/ready")
-    print(f"  journal: PostgreSQL {dsn}  (tables journal, trades; market_id = '{settings.market_id}')")
+    print(f"  market data: {base}/api/products  {base}/api/market  {base}/api/trades  metrics {base}/metrics")
+    print(f"  peers:       ws://{host}:{port}/ws (docs/websocket.md); a member key to try: 0x{keys[0].key.hex()}")
+    print(f"  operator:    {base}/api/operator/... with 'Authorization: Bearer {token}' (docs/rest.md)")
+    print(f"  journal:     PostgreSQL {dsn}  (tables journal, trades; market_id = '{settings.market_id}')")
 
     async def bot_loop(bot: Bot) -> None:
         while True:
@@ -169,8 +186,9 @@ async def _demo(dsn: str, settings: Settings, speed: int, duration: float, membe
 
 def run_demo(settings: Settings, speed: int = 600, duration: float = 60.0, members: int = 24) -> int:
     market_id = f"demo-{datetime.now(timezone.utc):%Y%m%d%H%M%S}"
+    token = settings.operator_token or SecretStr(secrets.token_urlsafe(16))
     settings = settings.model_copy(update={"market_id": market_id, "gate": "rolling", "gate_rolling_minutes": 60,
-                                           "clock": "sim", "sim_speed": speed})
+                                           "clock": "sim", "sim_speed": speed, "operator_token": token})
     with database(settings) as dsn:
         upgrade(dsn)
         return run_async(_demo(dsn, settings, speed, duration, members))
