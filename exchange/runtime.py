@@ -167,9 +167,14 @@ class MarketRuntime:
     # ----------------------------------------------------------------- submit
     def _new_future(self) -> asyncio.Future:
         fut = asyncio.get_running_loop().create_future()
-        self._pending.add(fut)
-        fut.add_done_callback(self._pending.discard)
+        self._pending.add(fut)  # removed when resolved (_resolve) or refused (_refuse_all)
         return fut
+
+    def _resolve(self, fut: asyncio.Future | None, result: Result) -> None:
+        if fut is not None:
+            self._pending.discard(fut)
+            if not fut.done():  # a caller may have given up (cancelled)
+                fut.set_result(result)
 
     def _check_open(self) -> None:
         if not self.running:
@@ -216,8 +221,7 @@ class MarketRuntime:
                     cmd.ts = ts if ts > engine.now else engine.now
                     events = engine.process(cmd)
                     if not events:  # nothing happened (a tick with nothing due): nothing to persist
-                        if fut is not None and not fut.done():
-                            fut.set_result(Result(self.cmd_seq, [], t0))
+                        self._resolve(fut, Result(self.cmd_seq, [], t0))
                         continue
                     self.cmd_seq += 1
                     group.append((Entry(self.cmd_seq, cmd, events, command_to_dict(cmd), origin), fut, t0))
@@ -257,8 +261,7 @@ class MarketRuntime:
                 elapsed = time.perf_counter() - t
                 self.committed_seq = entries[-1].events[-1].seq
                 for e, fut, t0 in batch:
-                    if fut is not None and not fut.done():
-                        fut.set_result(Result(e.cmd_seq, e.events, t0))
+                    self._resolve(fut, Result(e.cmd_seq, e.events, t0))
                 for sub in list(self.subscribers):
                     try:
                         sub(entries)
