@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import asyncpg
 
 from .core.engine import MarketConfig, MarketEngine
-from .core.model import Command, Event, TradeEvent, command_from_dict, command_to_dict, event_to_dict
+from .core.model import Command, Event, TradeEvent, command_from_dict, event_to_dict
 from .core.units import from_us
 
 log = logging.getLogger(__name__)

@@ -24,7 +24,6 @@ from exchange.core.model import (
     PlaceOrder,
     RegisterMember,
     Side,
-    TradeEvent,
 )
 from exchange.core.units import US_PER_MIN
 from exchange.journal import Journal

@@ -58,7 +58,6 @@ from .model import (
     TradeEvent,
     UpdateCollateral,
 )
-from .units import US_PER_MIN
 
 DAY_US = 86_400_000_000
 #: A delivery day is listed (its products visible, pre-open) this long before it opens.

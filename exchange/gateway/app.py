@@ -8,7 +8,6 @@ import asyncio
 from aiohttp import web
 
 from ..config import Settings
-from ..core.units import iso
 from ..metrics import Metrics, add_metrics_route
 from ..service import Market
 from .keys import MARKET, MARKET_DATA, MEMBERS, METRICS, SETTINGS, SOCKETS
@@ -16,6 +15,7 @@ from .marketdata import MarketData
 from .operator import add_operator_routes, make_registry
 from .protocol import json_schema
 from .session import close_sockets, ws_handler
+from .views import market_summary, product_summary, products_sorted
 
 
 def _json(data, status: int = 200) -> web.Response:
@@ -40,27 +40,18 @@ async def ready(request: web.Request) -> web.Response:
 
 
 async def market_info(request: web.Request) -> web.Response:
-    m = request.app[MARKET]
-    e = m.engine
-    return _json({
-        "market_id": e.config.market_id,
-        "config": e.config.to_dict(),
-        "seq": m.runtime.committed_seq,
-        "commands": m.runtime.cmd_seq,
-        "halted": e.halted,
-        "now": iso(e.now) if e.now else None,
-        "state_hash": e.state_hash(),
-    })
-
-
-def _product_view(pb) -> dict:
-    return {**pb.product.to_dict(), "state": pb.state.value, "best_bid": pb.book.best_bid(),
-            "best_ask": pb.book.best_ask()}
+    return _json(market_summary(request.app[MARKET]))
 
 
 async def products(request: web.Request) -> web.Response:
-    e = request.app[MARKET].engine
-    return _json([_product_view(pb) for _, pb in sorted(e.products.items(), key=lambda kv: kv[1].product.start_us)])
+    """Calendar data from the engine (immutable); state and best prices from the committed mirror."""
+    md = request.app[MARKET_DATA]
+    out = []
+    for pb in products_sorted(request.app[MARKET].engine):
+        pid = pb.product.product_id
+        bid, ask = md.best(pid)
+        out.append(product_summary(pb, bid, ask, md.product_states.get(pid)))
+    return _json(out)
 
 
 async def book(request: web.Request) -> web.Response:

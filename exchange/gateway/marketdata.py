@@ -147,6 +147,13 @@ class MarketData:
         return {"type": "book_snapshot", "product_id": pid, "seq": self.book_seq.get(pid, 0), "bids": bids,
                 "asks": asks}
 
+    def best(self, pid: str) -> tuple[int | None, int | None]:
+        """Best committed bid and ask of a product."""
+        lv = self.levels.get(pid)
+        if lv is None:
+            return None, None
+        return (max(lv["buy"]) if lv["buy"] else None), (min(lv["sell"]) if lv["sell"] else None)
+
     def member_orders(self, member: str, product_id: str | None = None) -> list[dict]:
         out = [self.orders[i] for i in sorted(self.by_member.get(member, ()))]
         return [o.view() for o in out if product_id is None or o.product_id == product_id]

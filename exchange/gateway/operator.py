@@ -46,6 +46,7 @@ from ..members import (
 )
 from ..runtime import MarketBusy, MarketUnavailable, Result
 from .keys import MARKET, MEMBERS, SETTINGS
+from .views import market_summary, product_summary, products_sorted
 
 __all__ = ["OPERATOR_ROUTES", "add_operator_routes", "make_registry", "openapi"]
 
@@ -271,20 +272,8 @@ async def member_cancel_all(request: web.Request) -> web.Response:
 async def market_view(request: web.Request) -> web.Response:
     market = request.config_dict[MARKET]
     e, rt = market.engine, market.runtime
-    return _json({
-        "market_id": e.config.market_id,
-        "config": e.config.to_dict(),
-        "running": rt.running,
-        "halted": e.halted,
-        "halt_reason": e.halt_reason,
-        "seq": rt.committed_seq,
-        "engine_seq": e.seq,
-        "commands": rt.cmd_seq,
-        "now": iso(e.now) if e.now else None,
-        "members": len(e.accounts),
-        "open_orders": len(e.orders),
-        "state_hash": e.state_hash(),
-    })
+    return _json({**market_summary(market), "running": rt.running, "halt_reason": e.halt_reason,
+                  "engine_seq": e.seq, "members": len(e.accounts), "open_orders": len(e.orders)})
 
 
 async def halt(request: web.Request) -> web.Response:
@@ -305,9 +294,8 @@ def _open_orders(pb) -> int:
 
 async def list_products(request: web.Request) -> web.Response:
     e = request.config_dict[MARKET].engine
-    return _json([{**pb.product.to_dict(), "state": pb.state.value, "best_bid": pb.book.best_bid(),
-                   "best_ask": pb.book.best_ask(), "open_orders": _open_orders(pb)}
-                  for pb in sorted(e.products.values(), key=lambda pb: pb.product.start_us)])
+    return _json([{**product_summary(pb, pb.book.best_bid(), pb.book.best_ask()), "open_orders": _open_orders(pb)}
+                  for pb in products_sorted(e)])
 
 
 def _order_view(o) -> dict:

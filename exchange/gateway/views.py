@@ -1,0 +1,26 @@
+"""Market and product summaries shared by the public routes and the operator API."""
+
+from __future__ import annotations
+
+from ..core.units import iso
+
+
+def market_summary(market) -> dict:
+    e, rt = market.engine, market.runtime
+    return {
+        "market_id": e.config.market_id,
+        "config": e.config.to_dict(),
+        "seq": rt.committed_seq,
+        "commands": rt.cmd_seq,
+        "halted": e.halted,
+        "now": iso(e.now) if e.now else None,
+        "state_hash": e.state_hash(),
+    }
+
+
+def product_summary(pb, best_bid: int | None, best_ask: int | None, state: str | None = None) -> dict:
+    return {**pb.product.to_dict(), "state": state or pb.state.value, "best_bid": best_bid, "best_ask": best_ask}
+
+
+def products_sorted(engine) -> list:
+    return sorted(engine.products.values(), key=lambda pb: pb.product.start_us)
