@@ -11,7 +11,7 @@ venv: $(STAMP)
 # Reinstall only when the dependency/packaging description changes.
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet -e '.[dev,chain,load]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,chain,load,community,browser]'
 	touch $(STAMP)
 
 test: venv

@@ -35,6 +35,18 @@ DEFAULT_DEMO_MEMBERS = 24
 DEFAULT_BENCH_COMMANDS = {"engine": 200_000, "journal": 50_000, "e2e": 40_000}
 DEFAULT_BENCH_SEED = 1
 
+# Subsystems add their own commands: each module defines
+# ``add_commands(sub, bench_sub)`` taking the top-level and the ``bench``
+# subparser collections. Plugin modules must import only the standard library at
+# module level (heavy imports go inside their handlers) so ``voltbourse --help``
+# stays fast. A module that is not installed is skipped.
+PLUGINS = (
+    "settlement.cli",
+    "exchange.flexibility.cli",
+    "clients.cli",
+    "clients.community.cli",
+)
+
 
 def _settings(**overrides: Any):
     from exchange.config import load_settings
@@ -154,6 +166,17 @@ def build_parser() -> argparse.ArgumentParser:
     d = db_sub.add_parser("url", help="print the database URL in use (starts the embedded DB)")
     d.add_argument("--keep", action="store_true", help="leave the embedded server running afterwards")
     d.set_defaults(func=cmd_db_url)
+
+    import importlib
+
+    for name in PLUGINS:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name is not None and name.startswith(exc.name):
+                continue  # subsystem not present in this build
+            raise
+        module.add_commands(sub, bench_sub)
     return parser
 
 

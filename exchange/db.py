@@ -63,7 +63,10 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 #: The tables of the current schema (alembic/versions), in creation order.
-TABLES = ("markets", "journal", "trades", "consumer_cursors", "members")
+CORE_TABLES = ("markets", "journal", "trades", "consumer_cursors", "members")
+SETTLEMENT_TABLES: tuple[str, ...] = ()  # settlement/ (alembic 0003)
+FLEX_TABLES: tuple[str, ...] = ()  # exchange/flexibility/ (alembic 0004)
+TABLES = CORE_TABLES + SETTLEMENT_TABLES + FLEX_TABLES
 
 HANDLE_PIDS_FILE = ".handle_pids.json"
 POSTMASTER_PID_FILE = "postmaster.pid"

@@ -53,7 +53,10 @@ def pg_dsn() -> Iterator[str]:
 async def pool(pg_dsn: str) -> AsyncIterator:
     pool = await create_pool(pg_dsn, min_size=1, max_size=4)
     try:
-        await pool.execute("TRUNCATE " + ", ".join(TABLES))
+        # every table of the schema (subsystems add their own), not only the core TABLES
+        names = await pool.fetch("SELECT tablename FROM pg_tables WHERE schemaname = current_schema() "
+                                 "AND tablename <> 'alembic_version'")
+        await pool.execute("TRUNCATE " + ", ".join(sorted({*TABLES, *(r[0] for r in names)})))
         yield pool
     finally:
         await pool.close()

@@ -10,7 +10,7 @@ from aiohttp import web
 from ..config import Settings
 from ..metrics import Metrics, add_metrics_route
 from ..service import Market
-from .keys import MARKET, MARKET_DATA, MEMBERS, METRICS, SETTINGS, SOCKETS
+from .keys import MARKET, MARKET_DATA, MEMBERS, METRICS, SETTINGS, SOCKETS, WS_HANDLERS
 from .marketdata import MarketData
 from .operator import add_operator_routes, make_registry
 from .protocol import json_schema
@@ -115,6 +115,7 @@ async def make_app(market: Market, settings: Settings) -> web.Application:
     app.router.add_get("/api/schema/ws", ws_schema)
     app.router.add_get("/ws", ws_handler)
     app[SOCKETS] = set()
+    app[WS_HANDLERS] = {}
     app.on_shutdown.append(close_sockets)
     add_operator_routes(app)
     add_metrics_route(app)

@@ -19,3 +19,7 @@ METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
 MEMBERS: web.AppKey[MemberRegistry] = web.AppKey("members")
 MARKET_DATA: web.AppKey[MarketData] = web.AppKey("market_data")
 SOCKETS: web.AppKey[set] = web.AppKey("sockets")  # open peer WebSockets, closed on shutdown
+# Extension request handlers: message type -> ``async def handler(session, msg)``.
+# Subsystems (settlement proofs, flexibility) register theirs at app build time;
+# the session calls them for authenticated requests of that type.
+WS_HANDLERS: web.AppKey[dict] = web.AppKey("ws_handlers")

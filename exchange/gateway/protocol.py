@@ -134,13 +134,22 @@ class Ping(_Msg):
     type: Literal["ping"]
 
 
+class TradeProof(_Msg):
+    """The Merkle inclusion proof of one of the member's own trades, once its batch is
+    anchored on chain (see docs/settlement.md for the leaf encoding)."""
+
+    type: Literal["trade_proof"]
+    trade_id: Annotated[int, Field(ge=1, le=MAX_INT)]
+
+
 ClientMessage = Annotated[
-    Login | Place | Cancel | Modify | CancelAll | Orders | Trades | Positions | Subscribe | Unsubscribe | Ping,
+    Login | Place | Cancel | Modify | CancelAll | Orders | Trades | Positions | Subscribe | Unsubscribe | Ping
+    | TradeProof,
     Field(discriminator="type"),
 ]
 CLIENT_MESSAGE = TypeAdapter(ClientMessage)
 MESSAGE_TYPES = ("login", "place", "cancel", "modify", "cancel_all", "orders", "trades", "positions", "subscribe",
-                 "unsubscribe", "ping")
+                 "unsubscribe", "ping", "trade_proof")
 
 
 class ProtocolError(Exception):

@@ -23,7 +23,7 @@ from ..core.model import CancelAll as CancelAllCmd
 from ..core.model import CancelOrder, ModifyOrder, PlaceOrder, Side, TimeInForce
 from ..runtime import MarketBusy, MarketUnavailable
 from . import auth
-from .keys import MARKET, MARKET_DATA, METRICS, SETTINGS, SOCKETS
+from .keys import MARKET, MARKET_DATA, METRICS, SETTINGS, SOCKETS, WS_HANDLERS
 from .marketdata import Pending
 from .protocol import PROTOCOL_VERSION, ProtocolError, parse
 
@@ -57,8 +57,9 @@ class TokenBucket:
 
 class Session:
     def __init__(self, ws: web.WebSocketResponse, market: Market, md: MarketData, settings: Settings,
-                 metrics=None) -> None:
+                 metrics=None, handlers: dict | None = None) -> None:
         self.ws = ws
+        self.handlers = handlers if handlers is not None else {}
         self.market = market
         self.md = md
         self.settings = settings
@@ -181,6 +182,12 @@ class Session:
                 self._subscribe(msg)
             elif kind == "unsubscribe":
                 self._unsubscribe(msg)
+            else:
+                handler = self.handlers.get(kind)
+                if handler is None:
+                    self.error(msg.id, "UNAVAILABLE", f"{kind!r} is not served by this exchange")
+                else:
+                    await handler(self, msg)
         except MarketBusy as exc:
             self.error(msg.id, "BUSY", f"the exchange is busy, retry shortly ({exc})")
         except MarketUnavailable as exc:
@@ -301,7 +308,7 @@ async def ws_handler(request: web.Request) -> web.WebSocketResponse:
     await ws.prepare(request)
     app[SOCKETS].add(ws)
     metrics = app.get(METRICS)
-    session = Session(ws, app[MARKET], app[MARKET_DATA], settings, metrics)
+    session = Session(ws, app[MARKET], app[MARKET_DATA], settings, metrics, app.get(WS_HANDLERS))
     if metrics is not None:
         metrics.peer_connected()
     session.send({"type": "hello", "protocol": PROTOCOL_VERSION, "market_id": settings.market_id,

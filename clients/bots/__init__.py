@@ -1,0 +1,1 @@
+"""Voltbourse clients: SDK, bots, community demo data."""
