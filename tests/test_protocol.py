@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given, strategies as st
 
-from exchange.gateway.protocol import SERVER_MESSAGE, ProtocolError, json_schema, parse
+from exchange.gateway.protocol import MESSAGE_TYPES, SERVER_MESSAGE, ProtocolError, json_schema, parse
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 
@@ -20,8 +20,9 @@ def test_published_schema_is_current():
 
 def test_schema_covers_every_client_message():
     names = set(json_schema()["client_to_server"]["discriminator"]["mapping"])
-    assert names == {"login", "place", "cancel", "modify", "cancel_all", "orders", "trades", "positions",
-                     "subscribe", "unsubscribe", "ping"}
+    assert names == set(MESSAGE_TYPES)
+    assert {"login", "place", "cancel", "modify", "cancel_all", "orders", "trades", "positions",
+            "subscribe", "unsubscribe", "ping", "trade_proof"} <= names
 
 
 @pytest.mark.parametrize("raw,code", [
