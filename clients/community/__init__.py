@@ -1,0 +1,13 @@
+"""Community demo data and KPIs.
+
+* :mod:`clients.community.profiles`: member profiles (BDEW standard load
+  profiles via demandlib, clear-sky PV via pvlib, seeded noise, batteries),
+  15-min integer Wh per member for any day, hourly aggregation.
+* :mod:`clients.community.kpis`: self-sufficiency, cost against grid-only
+  baselines, the P2P matrix, all exact integers/fractions.
+* :mod:`clients.community.cli`: ``voltbourse community profile`` and
+  ``voltbourse bench efficiency``.
+
+The heavy libraries (pandas, demandlib, pvlib) are imported only by
+:mod:`~clients.community.profiles`; importing this package imports nothing.
+"""
