@@ -3,10 +3,24 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+SOLCJS := contracts/node_modules/solc/soljson.js
 
-.PHONY: venv test demo bench serve clean
+.PHONY: venv chromium test demo bench serve clean
 
-venv: $(STAMP)
+venv: $(STAMP) $(SOLCJS) chromium
+
+# The Solidity compiler: npm's solc (solc-js), pinned in contracts/package-lock.json,
+# driven by settlement/solc_shim.js. Never downloads a compiler at run time.
+$(SOLCJS): contracts/package.json contracts/package-lock.json
+	cd contracts && npm ci --no-audit --no-fund --loglevel=error
+	touch $(SOLCJS)
+
+# Browser tests drive Debian's Chromium (never a downloaded browser).
+chromium:
+	@test -x /usr/bin/chromium || { \
+	  echo "installing Debian's chromium for the browser tests"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; }
 
 # Reinstall only when the dependency/packaging description changes.
 $(STAMP): pyproject.toml
@@ -28,5 +42,5 @@ serve: venv
 	$(BIN)/voltbourse serve
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info .pytest_cache .hypothesis
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .hypothesis contracts/node_modules
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

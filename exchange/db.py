@@ -64,7 +64,8 @@ log = logging.getLogger(__name__)
 
 #: The tables of the current schema (alembic/versions), in creation order.
 CORE_TABLES = ("markets", "journal", "trades", "consumer_cursors", "members")
-SETTLEMENT_TABLES: tuple[str, ...] = ()  # settlement/ (alembic 0003)
+SETTLEMENT_TABLES: tuple[str, ...] = (  # settlement/ (alembic 0003)
+    "settlement_deployments", "order_signatures", "settlement_batches", "settlement_withdrawals")
 FLEX_TABLES: tuple[str, ...] = ()  # exchange/flexibility/ (alembic 0004)
 TABLES = CORE_TABLES + SETTLEMENT_TABLES + FLEX_TABLES
 

@@ -167,10 +167,14 @@ _PATCHABLE = frozenset(MemberPatch.model_fields)
 class MemberRegistry:
     """The members of one market: rows in ``members``, accounts in the engine."""
 
-    def __init__(self, pool: asyncpg.Pool, market_id: str, runtime: MarketRuntime) -> None:
+    def __init__(self, pool: asyncpg.Pool, market_id: str, runtime: MarketRuntime, *,
+                 chain_collateral: bool = False) -> None:
         self.pool = pool
         self.market_id = market_id
         self.runtime = runtime
+        # With on-chain settlement the chain owns collateral (deposits, settled batches,
+        # withdrawals): the registry then never sends it, and the row's value is ignored.
+        self.chain_collateral = chain_collateral
         # One writer at a time: the row and the engine command of two concurrent updates of
         # a member must not interleave (row A, row B, command B, command A).
         self._lock = asyncio.Lock()
@@ -228,14 +232,16 @@ class MemberRegistry:
             stale = []
             for m in await self.list():
                 a = accounts.get(m.address)
-                if a is None or (a.collateral, a.export_capacity_w, a.suspended) != (
-                        m.collateral, m.export_capacity_w, m.suspended):
+                collateral = None if self.chain_collateral else m.collateral
+                if a is None or (a.export_capacity_w, a.suspended) != (m.export_capacity_w, m.suspended) or (
+                        collateral is not None and a.collateral != collateral):
                     stale.append(m)
             await asyncio.gather(*(self._register(m) for m in stale))
             return len(stale)
 
     async def _register(self, m: Member) -> Result:
-        res = await self.runtime.submit(RegisterMember(0, member=m.address, collateral=m.collateral,
+        collateral = None if self.chain_collateral else m.collateral
+        res = await self.runtime.submit(RegisterMember(0, member=m.address, collateral=collateral,
                                                        export_capacity_w=m.export_capacity_w,
                                                        suspended=m.suspended))
         for ev in res.events:

@@ -124,7 +124,7 @@ class MarketConfig:
 
 class Account:
     __slots__ = ("member", "collateral", "export_capacity_w", "suspended", "open_exposure", "net_payable",
-                 "last_nonce")
+                 "last_nonce", "settlement_ref")
 
     def __init__(self, member: str) -> None:
         self.member = member
@@ -134,6 +134,7 @@ class Account:
         self.open_exposure = 0  # money the member's resting orders could cost
         self.net_payable = 0  # money owed for trades not yet settled (negative: owed to it)
         self.last_nonce = -1  # highest nonce of a signed order seen (replay protection)
+        self.settlement_ref = 0  # last settlement batch whose payable was applied
 
 
 class ProductBook:
@@ -606,17 +607,18 @@ class MarketEngine:
         return len(victims)
 
     def _register(self, cmd: RegisterMember, ts: int) -> None:
-        if not cmd.member or cmd.collateral < 0 or cmd.export_capacity_w < 0:
+        if not cmd.member or (cmd.collateral is not None and cmd.collateral < 0) or cmd.export_capacity_w < 0:
             self._reject(ts, cmd.member, RegisterMember.type, Reason.INVALID_VALUE,
                          "member id must be non-empty; collateral and export capacity must be >= 0")
             return
         acct = self.accounts.get(cmd.member)
         if acct is None:
             acct = self.accounts[cmd.member] = Account(cmd.member)
-        acct.collateral = cmd.collateral
+        if cmd.collateral is not None:
+            acct.collateral = cmd.collateral
         acct.export_capacity_w = cmd.export_capacity_w
         acct.suspended = cmd.suspended
-        self._emit(MemberUpdated, ts, cmd.member, cmd.collateral, cmd.export_capacity_w, cmd.suspended)
+        self._emit(MemberUpdated, ts, cmd.member, acct.collateral, cmd.export_capacity_w, cmd.suspended)
         if cmd.suspended:
             self._cancel_member_orders(cmd.member, None, CancelReason.SUSPENDED, ts)
 
@@ -626,11 +628,25 @@ class MarketEngine:
             self._reject(ts, cmd.member, UpdateCollateral.type, Reason.UNKNOWN_MEMBER,
                          f"member {cmd.member} is not registered")
             return
-        if cmd.collateral < 0:
-            self._reject(ts, cmd.member, UpdateCollateral.type, Reason.INVALID_VALUE, "collateral must be >= 0")
+        if cmd.collateral < 0 or cmd.withdrawal < 0 or cmd.settlement_ref < 0:
+            self._reject(ts, cmd.member, UpdateCollateral.type, Reason.INVALID_VALUE,
+                         "collateral, withdrawal and settlement_ref must be >= 0")
             return
+        settled = cmd.settled_payable
+        if cmd.settlement_ref and cmd.settlement_ref <= acct.settlement_ref:
+            settled = 0  # this batch's payable was applied already
+        net_payable = acct.net_payable - settled
+        if cmd.withdrawal:
+            needed = acct.open_exposure + max(net_payable, 0)
+            if cmd.collateral < needed:
+                self._reject(ts, cmd.member, UpdateCollateral.type, Reason.INSUFFICIENT_COLLATERAL,
+                             f"withdrawing {cmd.withdrawal} would leave {cmd.collateral}, below the {needed} "
+                             "backing open buy orders and unsettled trades")
+                return
         acct.collateral = cmd.collateral
-        acct.net_payable -= cmd.settled_payable
+        acct.net_payable = net_payable
+        if cmd.settlement_ref > acct.settlement_ref:
+            acct.settlement_ref = cmd.settlement_ref
         self._emit(CollateralUpdated, ts, cmd.member, acct.collateral, acct.net_payable)
 
     def _halt(self, cmd: Halt, ts: int) -> None:
@@ -670,7 +686,7 @@ class MarketEngine:
             "products": [[pid, pb.state.value] for pid, pb in sorted(self.products.items())],
             "books": {pid: [o.snapshot() for o in pb.book.orders()] for pid, pb in sorted(self.products.items())},
             "accounts": [[a.member, a.collateral, a.export_capacity_w, a.suspended, a.open_exposure, a.net_payable,
-                          a.last_nonce] for _, a in sorted(self.accounts.items())],
+                          a.last_nonce, a.settlement_ref] for _, a in sorted(self.accounts.items())],
             "positions": {pid: sorted([m, *v] for m, v in pos.items()) for pid, pos in sorted(self.positions.items())},
             "open_sell": sorted([k[0], k[1], v] for k, v in self.open_sell.items() if v),
             "client_ids": sorted([k[0], k[1], *v] for k, v in self.client_ids.items()),

@@ -79,11 +79,13 @@ class Command:
 
 @dataclass(slots=True)
 class RegisterMember(Command):
-    """Create or update a member (upsert). Collateral in money units, capacity in W."""
+    """Create or update a member (upsert). Collateral in money units, capacity in W.
+    ``collateral=None`` leaves the collateral as it is (0 for a new member): used when
+    on-chain settlement owns collateral and the registry only manages the rest."""
 
     type: ClassVar[str] = "register_member"
     member: str
-    collateral: int = 0
+    collateral: int | None = 0
     export_capacity_w: int = 0
     suspended: bool = False
 
@@ -91,12 +93,20 @@ class RegisterMember(Command):
 @dataclass(slots=True)
 class UpdateCollateral(Command):
     """Fed by settlement: the member's deposited collateral (absolute), and how much
-    of its trade payable has been settled since the last update."""
+    of its trade payable has been settled since the last update.
+
+    ``settlement_ref`` (a settlement batch id) makes the payable part idempotent: an
+    update whose ref is not above the last applied one keeps its collateral but does
+    not apply ``settled_payable`` again. ``withdrawal`` > 0 asks to release that much:
+    the update is refused (INSUFFICIENT_COLLATERAL) when the new collateral would not
+    cover the member's open buy exposure plus unsettled payable."""
 
     type: ClassVar[str] = "update_collateral"
     member: str
     collateral: int
     settled_payable: int = 0
+    settlement_ref: int = 0
+    withdrawal: int = 0
 
 
 @dataclass(slots=True)
