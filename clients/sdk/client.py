@@ -1,0 +1,763 @@
+"""Asyncio client of the Voltbourse peer WebSocket API (docs/websocket.md).
+
+::
+
+    from clients.sdk import VoltbourseClient
+
+    async with VoltbourseClient("ws://127.0.0.1:8080/ws", private_key) as c:
+        reports = c.executions()                       # private stream, start it before trading
+        r = await c.place("20261122T1100Z-60", "buy", price=8550, quantity=2500,
+                          client_order_id=c.new_client_order_id())
+        print(r.order_id, r.status, r.fills)
+        async for ex in reports:                       # Execution models
+            print(ex.exec, ex.quantity, ex.price)
+
+What it does
+------------
+* **Login**: answers the server's ``hello`` challenge with an EIP-191 signature
+  (:func:`exchange.gateway.auth.sign_login`).
+* **Requests** return when the exchange answers (for orders: after the journal
+  commit). Each is built from the server's own pydantic model
+  (:mod:`exchange.gateway.protocol`), so a malformed request fails locally
+  (``pydantic.ValidationError``) before it is sent. An error response raises a
+  :class:`~clients.sdk.errors.RequestError` subclass carrying the ``code``.
+* **Signed orders** (``sign_orders=True``): each ``place`` carries an EIP-712
+  signature (:func:`exchange.gateway.auth.sign_order`) and a nonce that only
+  grows (microseconds since the epoch, or last + 1), so it stays above the
+  member's last nonce across restarts of the client.
+* **Streams**: :meth:`executions` (private reports), :meth:`subscribe_book`
+  (a local book from a snapshot + ``seq``/``prev_seq`` deltas; on a gap it
+  re-subscribes by itself and yields a fresh snapshot), :meth:`subscribe_trades`,
+  :meth:`subscribe_products`.
+* **Reconnection**: when the socket drops, requests in flight fail at once with
+  :class:`~clients.sdk.errors.ConnectionLost` (never silently resent: an order may
+  have been accepted before the drop). The client reconnects in the background
+  with exponential back-off and jitter, logs in again, re-subscribes every
+  stream (book feeds yield a fresh snapshot) and calls the ``on_connect`` hooks.
+  New requests wait for the connection (up to their timeout).
+
+Retrying orders safely
+----------------------
+Give a ``client_order_id`` (:meth:`new_client_order_id` makes one). Sending the
+same id again never creates a second order: the exchange answers with the
+original outcome (``OrderResult.duplicate is True``, same ``order_id``), even
+after a restart of the exchange. ``place(..., client_order_id=..., retries=N)``
+does exactly that on :class:`ConnectionLost` / :class:`RequestTimeout`. Without a
+client order id, look the order up (:meth:`orders`, :meth:`my_trades`) before
+placing it again. Execution reports sent while the connection was down are not
+replayed: after a reconnection reconcile with :meth:`orders` and
+:meth:`my_trades` (``after`` = the last ``seq`` you processed).
+
+Extension points (for ``clients/sdk/proofs.py``, ``clients/sdk/flex.py``, ...)
+-----------------------------------------------------------------------------
+Other modules add message types without editing this file:
+
+* ``await client.request({"type": "trade_proof", "trade_id": 7})`` sends any
+  message (the ``id`` is added), waits for its answer and returns the
+  ``result`` (a dict or list), raising the typed error on an ``error`` answer.
+  ``timeout=`` and ``wait_connected=`` as for every request.
+* ``client.on("flex_invitation", callback)`` calls ``callback(msg: dict)`` (a
+  plain function or a coroutine function) for every unsolicited server message of
+  that ``type`` (``"*"``: every one); returns a function that removes it.
+* ``client.messages("flex_invitation", "flex_dispatch")`` is an async iterator
+  (:class:`Feed`) of those messages as dicts.
+* ``client.on_connect(callback)`` runs ``callback(client)`` after every login,
+  including re-logins after a reconnection (re-subscribe extension channels there).
+* ``client.member``, ``client.hello`` (the server's ``Hello``, with the market id
+  and the EIP-712 domain), ``client.account`` (the eth-account ``LocalAccount``)
+  for modules that sign their own payloads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import itertools
+import logging
+import random
+import secrets
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+
+import aiohttp
+import orjson
+from eth_account import Account
+from pydantic import BaseModel
+
+from exchange.gateway import auth
+from exchange.gateway import protocol as P
+
+from .book import BookGap, BookUpdate, LocalBook
+from .errors import (
+    AuthenticationError,
+    ClientClosed,
+    ConnectionLost,
+    OutcomeUnknown,
+    RequestError,
+    RequestTimeout,
+    error_for,
+)
+from .models import (
+    BookDelta,
+    BookSnapshot,
+    CancelAllResult,
+    CancelResult,
+    Execution,
+    Hello,
+    LoginResult,
+    MarketState,
+    MyTrade,
+    OpenOrder,
+    OrderResult,
+    Position,
+    ProductsResult,
+    ProductState,
+    PublicTrade,
+)
+
+__all__ = ["BookFeed", "Feed", "VoltbourseClient"]
+
+log = logging.getLogger(__name__)
+
+_END = object()
+
+
+class Feed:
+    """An async iterator over messages pushed by the server (``async for x in feed``).
+
+    Items are queued from the moment the feed is created; ``maxsize`` bounds the
+    queue (0: unbounded) and drops the oldest item when full (``dropped`` counts them).
+    Iteration ends when the feed or the client is closed. Use as an async context
+    manager (or call :meth:`close`) to stop it.
+    """
+
+    def __init__(self, client: VoltbourseClient, types: Iterable[str], maxsize: int = 0,
+                 parse: Callable[[dict], Any] | None = None, accept: Callable[[dict], bool] | None = None) -> None:
+        self._client = client
+        self.types = tuple(types)
+        self._parse = parse
+        self._accept = accept
+        self._items: deque = deque(maxlen=maxsize or None)
+        self._waiter: asyncio.Future | None = None
+        self.closed = False
+        self.dropped = 0
+        client._feeds.add(self)
+
+    def _push(self, item: Any) -> None:
+        if self.closed:
+            return
+        if self._items.maxlen is not None and len(self._items) == self._items.maxlen:
+            self.dropped += 1
+        self._items.append(item)
+        w = self._waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+
+    def _deliver(self, msg: dict) -> None:
+        if self._accept is not None and not self._accept(msg):
+            return
+        self._push(self._parse(msg) if self._parse is not None else msg)
+
+    def __aiter__(self) -> Feed:
+        return self
+
+    async def __anext__(self) -> Any:
+        while not self._items:
+            if self.closed:
+                raise StopAsyncIteration
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        item = self._items.popleft()
+        if item is _END:
+            self.closed = True
+            raise StopAsyncIteration
+        return item
+
+    async def get(self, timeout: float | None = None) -> Any:
+        """The next item (``asyncio.TimeoutError`` after ``timeout`` s; ``StopAsyncIteration`` at the end)."""
+        return await asyncio.wait_for(self.__anext__(), timeout)
+
+    def pending(self) -> int:
+        return len(self._items)
+
+    def _end(self) -> None:
+        if not self.closed:
+            self._push(_END)
+
+    async def close(self) -> None:
+        self._end()
+        self.closed = True
+        self._client._feeds.discard(self)
+
+    async def __aenter__(self) -> Feed:
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
+
+
+class BookFeed(Feed):
+    """A subscription to one product's book: yields :class:`~clients.sdk.book.BookUpdate`
+    (first a snapshot, then one per delta; a fresh snapshot with ``resync=True`` after a
+    gap or a reconnection). ``book`` is the local :class:`~clients.sdk.book.LocalBook`,
+    always current; ``gaps`` counts the resyncs caused by a missed delta."""
+
+    def __init__(self, client: VoltbourseClient, product_id: str, maxsize: int = 0) -> None:
+        super().__init__(client, (), maxsize)
+        self.product_id = product_id
+        self.book = LocalBook(product_id)
+        self.gaps = 0
+        self._resync_next = False
+        self._resyncing: asyncio.Task | None = None
+
+    def _on_snapshot(self, snap: BookSnapshot) -> None:
+        self.book.reset(snap)
+        self._push(BookUpdate(self.product_id, self.book, snap.seq, None, self._resync_next))
+        self._resync_next = False
+
+    def _on_delta(self, delta: BookDelta) -> None:
+        if not self.book.synced:
+            return  # waiting for a snapshot: deltas before it are already in it
+        try:
+            if self.book.apply(delta):
+                self._push(BookUpdate(self.product_id, self.book, delta.seq, delta))
+        except BookGap as exc:
+            self.gaps += 1
+            log.info("book gap (%s): resyncing", exc)
+            self._start_resync()
+
+    def _start_resync(self) -> None:
+        self.book.invalidate()
+        self._resync_next = True
+        if self._resyncing is None or self._resyncing.done():
+            self._resyncing = asyncio.get_running_loop().create_task(self._resync())
+
+    async def _resync(self) -> None:
+        c = self._client
+        try:
+            await c.request({"type": "unsubscribe", "channel": "book", "product_id": self.product_id})
+            await c.request({"type": "subscribe", "channel": "book", "product_id": self.product_id})
+        except (OutcomeUnknown, ClientClosed):
+            pass  # a reconnection re-subscribes anyway
+        except RequestError as exc:  # e.g. the product is gone
+            log.warning("book resync of %s failed: %s", self.product_id, exc)
+
+    async def close(self) -> None:
+        if self.closed:
+            return
+        await super().close()
+        c = self._client
+        if c._book_feeds.get(self.product_id) is self:
+            del c._book_feeds[self.product_id]
+            if c.connected:
+                try:
+                    await c.request({"type": "unsubscribe", "channel": "book", "product_id": self.product_id},
+                                    timeout=5)
+                except (OutcomeUnknown, RequestError, ClientClosed):
+                    pass
+
+
+def _dump(model: BaseModel) -> dict:
+    return model.model_dump(mode="json", exclude_none=True)
+
+
+class VoltbourseClient:
+    """One member's connection to the exchange (see the module docstring).
+
+    :param url: ``ws://host:port/ws``
+    :param private_key: the member's key (hex string, bytes, or an eth-account ``LocalAccount``)
+    :param sign_orders: sign every ``place`` with EIP-712 (nonce handled by the client)
+    :param request_timeout: seconds to wait for an answer (``RequestTimeout`` after)
+    :param reconnect: reconnect automatically after a drop
+    :param backoff_initial, backoff_max: exponential back-off bounds (seconds); each delay
+        is drawn uniformly from [d/2, d] (jitter) with d = min(max, initial * 2**attempt)
+    :param session: an ``aiohttp.ClientSession`` to share between many clients (its connector
+        should have ``limit=0``); by default the client owns one
+    """
+
+    def __init__(self, url: str, private_key, *, sign_orders: bool = False, request_timeout: float = 10.0,
+                 reconnect: bool = True, backoff_initial: float = 0.2, backoff_max: float = 10.0,
+                 connect_timeout: float = 10.0, heartbeat: float | None = 20.0,
+                 session: aiohttp.ClientSession | None = None, nonce_start: int | None = None) -> None:
+        self.url = url
+        self.account = private_key if hasattr(private_key, "address") and hasattr(private_key, "key") \
+            else Account.from_key(private_key)
+        self.address: str = self.account.address
+        self.sign_orders = sign_orders
+        self.request_timeout = request_timeout
+        self.reconnect = reconnect
+        self.backoff_initial = backoff_initial
+        self.backoff_max = backoff_max
+        self.connect_timeout = connect_timeout
+        self.heartbeat = heartbeat
+        self._own_session = session is None
+        self._http = session
+        self._ws: aiohttp.ClientWebSocketResponse | None = None
+        self._reader: asyncio.Task | None = None
+        self._supervisor: asyncio.Task | None = None
+        self._ids = itertools.count(1)
+        self._pending: dict[int, tuple[asyncio.Future, dict]] = {}
+        self._connected = asyncio.Event()
+        self._closing = False
+        self._fatal: BaseException | None = None
+        self._nonce = (nonce_start - 1) if nonce_start is not None else 0
+        self._nonce_from_clock = nonce_start is None
+        self._callbacks: dict[str, list[Callable]] = {}
+        self._connect_hooks: list[Callable] = []
+        self._feeds: set[Feed] = set()
+        self._exec_feeds: list[Feed] = []
+        self._book_feeds: dict[str, BookFeed] = {}
+        self._trade_subs: set[str | None] = set()  # product ids (None: all)
+        self._products_sub = False
+        #: test hook: a callable given each incoming message dict; returning True drops it
+        self.drop_filter: Callable[[dict], bool] | None = None
+        self.hello: Hello | None = None
+        self.member: str | None = None
+        self.market_id: str | None = None
+        #: product_id -> state, kept current once :meth:`subscribe_products` was called
+        self.product_states: dict[str, str] = {}
+        self.halted = False
+        self.connects = 0  # successful logins (1 + reconnections)
+        self.disconnects = 0
+        self._coid_prefix = secrets.token_hex(4)
+        self._coid_counter = itertools.count(1)
+
+    # ------------------------------------------------------------------ lifecycle
+    async def __aenter__(self) -> VoltbourseClient:
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
+
+    async def connect(self) -> None:
+        """Connect and log in (raises on failure); then keep the connection up."""
+        if self._http is None:
+            self._http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+        try:
+            await self._connect_once()
+        except BaseException:
+            await self.close()
+            raise
+        self._supervisor = asyncio.get_running_loop().create_task(self._supervise())
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    async def wait_connected(self, timeout: float | None = None) -> None:
+        await asyncio.wait_for(self._connected.wait(), timeout)
+
+    async def close(self) -> None:
+        if self._closing:
+            return
+        self._closing = True
+        self._connected.clear()
+        tasks = [t for t in (self._supervisor, self._reader) if t is not None and t is not asyncio.current_task()]
+        for t in tasks:
+            t.cancel()
+        if self._ws is not None:
+            try:
+                await asyncio.wait_for(self._ws.close(), 2)
+            except (asyncio.TimeoutError, aiohttp.ClientError, ConnectionError, RuntimeError):
+                pass
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._fail_pending(ClientClosed("the client was closed"))
+        for f in list(self._feeds):
+            f._end()
+        if self._own_session and self._http is not None:
+            await self._http.close()
+
+    async def _connect_once(self) -> None:
+        """Open the socket, read ``hello``, log in, re-subscribe, run the connect hooks."""
+        assert self._http is not None
+        ws = await asyncio.wait_for(self._http.ws_connect(self.url, heartbeat=self.heartbeat, max_msg_size=0),
+                                    self.connect_timeout)
+        try:
+            raw = await ws.receive_json(timeout=self.connect_timeout)
+            hello = Hello.model_validate(raw)
+            self._ws, self.hello, self.market_id = ws, hello, hello.market_id
+            self._reader = asyncio.get_running_loop().create_task(self._read(ws))
+            login = P.Login(type="login", id=self._next_id(), address=self.address,
+                            signature=auth.sign_login(hello.challenge, self.account.key))
+            try:
+                result = LoginResult.model_validate(await self._call(_dump(login), wait_connected=False))
+            except AuthenticationError as exc:
+                self._fatal = exc
+                raise
+            self.member = result.member
+            # re-subscribe every stream (fresh book snapshots follow)
+            for pid, feed in self._book_feeds.items():
+                feed.book.invalidate()
+                feed._resync_next = self.connects > 0
+                await self._call({"type": "subscribe", "channel": "book", "product_id": pid}, wait_connected=False)
+            for pid in self._trade_subs:
+                msg = {"type": "subscribe", "channel": "trades"}
+                if pid is not None:
+                    msg["product_id"] = pid
+                await self._call(msg, wait_connected=False)
+            if self._products_sub:
+                self._on_products(await self._call({"type": "subscribe", "channel": "products"},
+                                                   wait_connected=False))
+        except BaseException:
+            if self._reader is not None:
+                self._reader.cancel()
+            await ws.close()
+            raise
+        self.connects += 1
+        self._connected.set()
+        for hook in list(self._connect_hooks):
+            try:
+                r = hook(self)
+                if inspect.isawaitable(r):
+                    await r
+            except Exception:
+                log.exception("on_connect hook failed")
+
+    async def _supervise(self) -> None:
+        while not self._closing:
+            reader = self._reader
+            if reader is not None:
+                await asyncio.gather(reader, return_exceptions=True)
+            if self._closing:
+                return
+            self._connected.clear()
+            self.disconnects += 1
+            self._fail_pending(ConnectionLost("the connection to the exchange was lost; the request may or may "
+                                              "not have been executed"))
+            for feed in self._book_feeds.values():
+                feed.book.invalidate()
+            if not self.reconnect:
+                self._fatal = ConnectionLost("connection lost (reconnect disabled)")
+                for f in list(self._feeds):
+                    f._end()
+                return
+            attempt = 0
+            while not self._closing:
+                d = min(self.backoff_max, self.backoff_initial * 2 ** attempt)
+                await asyncio.sleep(random.uniform(d / 2, d))
+                try:
+                    await self._connect_once()
+                    log.info("%s reconnected (attempt %d)", self.address, attempt + 1)
+                    break
+                except AuthenticationError as exc:
+                    log.error("%s: login refused on reconnection, giving up: %s", self.address, exc)
+                    self._fail_pending(ClientClosed(f"login refused: {exc}"))
+                    for f in list(self._feeds):
+                        f._end()
+                    return
+                except (aiohttp.ClientError, OSError, asyncio.TimeoutError, OutcomeUnknown, RequestError,
+                        ValueError) as exc:
+                    attempt += 1
+                    log.debug("%s: reconnect attempt %d failed: %r", self.address, attempt, exc)
+
+    async def _read(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        try:
+            async for m in ws:
+                if m.type == aiohttp.WSMsgType.TEXT:
+                    try:
+                        msg = orjson.loads(m.data)
+                    except orjson.JSONDecodeError:
+                        log.warning("unreadable frame from the server: %.200s", m.data)
+                        continue
+                    if self.drop_filter is not None and self.drop_filter(msg):
+                        continue
+                    try:
+                        self._dispatch(msg)
+                    except Exception:
+                        log.exception("handling %.200s", m.data)
+                elif m.type in (aiohttp.WSMsgType.ERROR, aiohttp.WSMsgType.CLOSE):
+                    break
+        finally:
+            self._connected.clear()
+            # fail what is in flight on this socket at once (the supervisor reconnects)
+            if not self._closing:
+                self._fail_pending(ConnectionLost("the connection to the exchange was lost; the request may or "
+                                                  "may not have been executed"))
+
+    def _fail_pending(self, exc: BaseException) -> None:
+        pending, self._pending = self._pending, {}
+        for fut, req in pending.values():
+            if not fut.done():
+                e = type(exc)(str(exc), req) if isinstance(exc, OutcomeUnknown) else exc
+                fut.set_exception(e)
+
+    # ------------------------------------------------------------------ dispatch
+    def _dispatch(self, msg: dict) -> None:
+        t = msg.get("type")
+        if t == "response" or t == "error":
+            entry = self._pending.pop(msg.get("id"), None)
+            if entry is not None:
+                fut, req = entry
+                if not fut.done():
+                    if t == "response":
+                        fut.set_result(msg.get("result"))
+                    else:
+                        fut.set_exception(error_for(msg.get("code", "?"), msg.get("message", ""), msg.get("id"), req))
+                return
+            if t == "error":
+                log.warning("unsolicited error from the server: %s", msg)
+        elif t == "execution":
+            if self._exec_feeds:
+                ex = Execution.model_validate(msg)
+                for f in self._exec_feeds:
+                    f._push(ex)
+        elif t == "book" or t == "book_snapshot":
+            feed = self._book_feeds.get(msg.get("product_id"))
+            if feed is not None:
+                if t == "book":
+                    feed._on_delta(BookDelta.model_validate(msg))
+                else:
+                    feed._on_snapshot(BookSnapshot.model_validate(msg))
+        elif t == "product_state":
+            self.product_states[msg["product_id"]] = msg["state"]
+        elif t == "market_state":
+            self.halted = bool(msg.get("halted"))
+        for f in self._feeds:
+            if t in f.types or "*" in f.types:
+                f._deliver(msg)
+        for key in (t, "*"):
+            for cb in self._callbacks.get(key, ()):
+                try:
+                    r = cb(msg)
+                    if inspect.isawaitable(r):
+                        asyncio.ensure_future(r)
+                except Exception:
+                    log.exception("callback for %r failed", t)
+
+    # ------------------------------------------------------------------ requests
+    def _next_id(self) -> int:
+        return next(self._ids)
+
+    async def _call(self, msg: dict, timeout: float | None = None, wait_connected: bool = True) -> Any:
+        if self._fatal is not None and not self._connected.is_set():
+            raise ClientClosed(f"the client stopped: {self._fatal}")
+        if self._closing:
+            raise ClientClosed("the client is closed")
+        timeout = self.request_timeout if timeout is None else timeout
+        deadline = time.monotonic() + timeout
+        if wait_connected and not self._connected.is_set():
+            try:
+                await asyncio.wait_for(self._connected.wait(), timeout)
+            except asyncio.TimeoutError:
+                raise ConnectionLost(f"not connected to the exchange within {timeout} s (nothing was sent)",
+                                     msg) from None
+        ws = self._ws
+        if ws is None or ws.closed:
+            raise ConnectionLost("not connected to the exchange (nothing was sent)", msg)
+        if "id" not in msg:
+            msg["id"] = self._next_id()
+        fut = asyncio.get_running_loop().create_future()
+        self._pending[msg["id"]] = (fut, msg)
+        try:
+            await ws.send_str(orjson.dumps(msg).decode())
+        except (ConnectionError, RuntimeError, aiohttp.ClientError) as exc:
+            self._pending.pop(msg["id"], None)
+            raise ConnectionLost(f"sending failed: {exc!r}; the request may or may not have reached the exchange",
+                                 msg) from None
+        try:
+            return await asyncio.wait_for(asyncio.shield(fut), max(0.0, deadline - time.monotonic()))
+        except asyncio.TimeoutError:
+            self._pending.pop(msg["id"], None)
+            raise RequestTimeout(f"no answer to {msg.get('type')} {msg['id']} within {timeout} s; it may or may "
+                                 "not have been executed", msg) from None
+
+    async def request(self, msg: dict, *, timeout: float | None = None, wait_connected: bool = True) -> Any:
+        """Send any request (``id`` added) and return its ``result``; an ``error`` answer raises
+        the matching :class:`RequestError`. The generic hook for extension modules."""
+        msg = dict(msg)
+        msg.pop("id", None)
+        return await self._call(msg, timeout, wait_connected)
+
+    async def _model_call(self, model_cls: type[BaseModel], timeout: float | None = None, **fields) -> Any:
+        msg = _dump(model_cls(id=self._next_id(), **fields))
+        return await self._call(msg, timeout)
+
+    # ------------------------------------------------------------------ orders
+    def new_client_order_id(self, prefix: str = "sdk") -> str:
+        """A fresh client order id, unique for this client object (``prefix-<random>-<n>``)."""
+        return f"{prefix}-{self._coid_prefix}-{next(self._coid_counter)}"
+
+    def next_nonce(self) -> int:
+        """The next EIP-712 order nonce: last + 1, and (unless ``nonce_start`` was given) at least
+        the current time in µs, so that a restarted client stays above the nonces it used before."""
+        self._nonce = max(self._nonce + 1, time.time_ns() // 1000 if self._nonce_from_clock else 0)
+        return self._nonce
+
+    async def place(self, product_id: str, side: str, price: int, quantity: int, tif: str = "gtc", *,
+                    client_order_id: str | None = None, sign: bool | None = None, retries: int = 0,
+                    timeout: float | None = None) -> OrderResult:
+        """Place a limit order (price in ticks of 0.01 EUR/MWh, quantity in Wh).
+
+        Returns the :class:`OrderResult` after the order is durable. ``retries`` > 0 resends
+        the same order after :class:`ConnectionLost`/:class:`RequestTimeout` (needs a
+        ``client_order_id``: the exchange then answers the original outcome, never a second
+        order); each resend waits for the reconnection."""
+        if retries and client_order_id is None:
+            raise ValueError("retries need a client_order_id (that is what makes a resend safe)")
+        sign = self.sign_orders if sign is None else sign
+        attempt = 0
+        while True:
+            fields: dict[str, Any] = dict(type="place", product_id=product_id, side=side, price=price,
+                                          quantity=quantity, tif=tif, client_order_id=client_order_id)
+            if sign:
+                nonce = self.next_nonce()
+                typed = auth.order_typed_data(self._market(), self._chain_id(), product_id=product_id, side=side,
+                                              price=price, quantity=quantity, tif=tif,
+                                              client_order_id=client_order_id, nonce=nonce)
+                fields.update(signature=auth.sign_order(typed, self.account.key), nonce=nonce)
+            try:
+                return OrderResult.model_validate(await self._model_call(P.Place, timeout, **fields))
+            except OutcomeUnknown:
+                if attempt >= retries:
+                    raise
+                attempt += 1
+                log.info("resending order %s after a lost answer (attempt %d)", client_order_id, attempt)
+
+    async def cancel(self, order_id: int, *, timeout: float | None = None) -> CancelResult:
+        return CancelResult.model_validate(await self._model_call(P.Cancel, timeout, type="cancel",
+                                                                  order_id=order_id))
+
+    async def modify(self, order_id: int, *, price: int | None = None, quantity: int | None = None,
+                     timeout: float | None = None) -> OrderResult:
+        """New price and/or remaining quantity (quantity down at the same price keeps priority)."""
+        return OrderResult.model_validate(await self._model_call(P.Modify, timeout, type="modify", order_id=order_id,
+                                                                 price=price, quantity=quantity))
+
+    async def cancel_all(self, product_id: str | None = None, *, timeout: float | None = None) -> int:
+        """Cancel my resting orders (of one product or all); returns how many."""
+        r = await self._model_call(P.CancelAll, timeout, type="cancel_all", product_id=product_id)
+        return CancelAllResult.model_validate(r).cancelled
+
+    # ------------------------------------------------------------------ queries
+    async def orders(self, product_id: str | None = None) -> list[OpenOrder]:
+        r = await self._model_call(P.Orders, None, type="orders", product_id=product_id)
+        return [OpenOrder.model_validate(o) for o in r["orders"]]
+
+    async def my_trades(self, product_id: str | None = None, after: int = 0, limit: int = 100) -> list[MyTrade]:
+        """My trades with ``seq`` > ``after`` (page with the last ``seq`` seen)."""
+        r = await self._model_call(P.Trades, None, type="trades", product_id=product_id, after=after, limit=limit)
+        return [MyTrade.model_validate(t) for t in r["trades"]]
+
+    async def all_my_trades(self, product_id: str | None = None) -> list[MyTrade]:
+        out: list[MyTrade] = []
+        after = 0
+        while True:
+            page = await self.my_trades(product_id, after=after, limit=1000)
+            out.extend(page)
+            if len(page) < 1000:
+                return out
+            after = page[-1].seq
+
+    async def positions(self) -> list[Position]:
+        r = await self._model_call(P.Positions, None, type="positions")
+        return [Position.model_validate(p) for p in r["positions"]]
+
+    async def ping(self) -> dict:
+        return await self._model_call(P.Ping, None, type="ping")
+
+    # ------------------------------------------------------------------ streams
+    def executions(self, maxsize: int = 0) -> Feed:
+        """Private execution reports (:class:`~clients.sdk.models.Execution`) from now on."""
+        feed = Feed(self, (), maxsize)
+        self._exec_feeds.append(feed)
+        orig_close = feed.close
+
+        async def close() -> None:
+            if feed in self._exec_feeds:
+                self._exec_feeds.remove(feed)
+            await orig_close()
+
+        feed.close = close  # type: ignore[method-assign]
+        return feed
+
+    async def subscribe_book(self, product_id: str, maxsize: int = 0) -> BookFeed:
+        """Subscribe to a product's book; the feed yields a snapshot first, then deltas, and
+        resyncs by itself on a gap. One feed per product and client."""
+        if product_id in self._book_feeds:
+            raise ValueError(f"already subscribed to the book of {product_id}")
+        feed = BookFeed(self, product_id, maxsize)
+        self._book_feeds[product_id] = feed
+        try:
+            await self._model_call(P.Subscribe, None, type="subscribe", channel="book", product_id=product_id)
+        except BaseException:
+            self._book_feeds.pop(product_id, None)
+            self._feeds.discard(feed)
+            raise
+        return feed
+
+    async def subscribe_trades(self, product_id: str | None = None, maxsize: int = 0) -> Feed:
+        """Public trades (:class:`~clients.sdk.models.PublicTrade`) of one product or all."""
+        feed = Feed(self, ("trade",), maxsize, parse=PublicTrade.model_validate,
+                    accept=lambda m: product_id is None or m.get("product_id") == product_id)
+        await self._model_call(P.Subscribe, None, type="subscribe", channel="trades", product_id=product_id)
+        self._trade_subs.add(product_id)
+        return feed
+
+    async def subscribe_products(self, maxsize: int = 0) -> tuple[ProductsResult, Feed]:
+        """Every product's state now, and a feed of changes (``ProductState`` / ``MarketState``).
+        ``product_states`` stays current from then on."""
+        feed = Feed(self, ("product_state", "market_state"), maxsize,
+                    parse=lambda m: ProductState.model_validate(m) if m["type"] == "product_state"
+                    else MarketState.model_validate(m))
+        r = self._on_products(await self._model_call(P.Subscribe, None, type="subscribe", channel="products"))
+        self._products_sub = True
+        return r, feed
+
+    async def products(self) -> ProductsResult:
+        """Every product's state (subscribes to the products channel to keep ``product_states`` current)."""
+        r = self._on_products(await self._model_call(P.Subscribe, None, type="subscribe", channel="products"))
+        self._products_sub = True
+        return r
+
+    def open_products(self) -> list[str]:
+        """Products currently open for trading, by delivery start (needs :meth:`products` once)."""
+        return sorted(p for p, s in self.product_states.items() if s == "open")
+
+    def _on_products(self, result: dict) -> ProductsResult:
+        r = ProductsResult.model_validate(result)
+        self.product_states = {p.product_id: p.state for p in r.products}
+        self.halted = r.halted
+        return r
+
+    # ------------------------------------------------------------------ extension hooks
+    def on(self, type_: str, callback: Callable[[dict], Any]) -> Callable[[], None]:
+        """Call ``callback(msg)`` for every unsolicited message of ``type_`` (``"*"``: all);
+        coroutine functions are scheduled. Returns a function that removes the callback."""
+        self._callbacks.setdefault(type_, []).append(callback)
+
+        def remove() -> None:
+            lst = self._callbacks.get(type_, [])
+            if callback in lst:
+                lst.remove(callback)
+
+        return remove
+
+    def messages(self, *types: str, maxsize: int = 0) -> Feed:
+        """An async iterator of the unsolicited messages (dicts) of the given types (``"*"``: all)."""
+        return Feed(self, types or ("*",), maxsize)
+
+    def on_connect(self, callback: Callable[[VoltbourseClient], Awaitable[None] | None]) -> Callable[[], None]:
+        """Run ``callback(client)`` after every (re)login; returns a remover."""
+        self._connect_hooks.append(callback)
+        return lambda: self._connect_hooks.remove(callback) if callback in self._connect_hooks else None
+
+    # ------------------------------------------------------------------ helpers
+    def _market(self) -> str:
+        if self.market_id is None:
+            raise ClientClosed("not connected yet")
+        return self.market_id
+
+    def _chain_id(self) -> int:
+        assert self.hello is not None
+        return int(self.hello.eip712_domain["chainId"])
+
+    async def _force_disconnect(self) -> None:
+        """Testing aid: drop the socket as a network failure would (the client reconnects)."""
+        if self._ws is not None:
+            await self._ws.close(code=4000, message=b"client test disconnect")

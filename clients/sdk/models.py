@@ -1,0 +1,122 @@
+"""Typed results of the peer protocol.
+
+Requests are the server's own pydantic models (:mod:`exchange.gateway.protocol`);
+so are the server-pushed messages (``Execution``, ``BookSnapshot``, ``BookDelta``,
+``PublicTrade``, ``ProductState``, ``MarketState``, ``Hello``), re-exported here.
+The ``result`` objects of responses are plain dicts on the wire; the models
+below give them types (integers: energy in Wh, prices in ticks of 0.01 EUR/MWh,
+money in units of 1e-8 EUR). Unknown fields are ignored so a newer server does
+not break an older SDK.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from exchange.gateway.protocol import (  # noqa: F401  (re-exported)
+    BookDelta,
+    BookSnapshot,
+    Execution,
+    Hello,
+    MarketState,
+    ProductState,
+    PublicTrade,
+)
+
+__all__ = [
+    "BookDelta", "BookSnapshot", "CancelAllResult", "CancelResult", "Execution", "Fill", "Hello", "LoginResult",
+    "MarketState", "MyTrade", "OpenOrder", "OrderResult", "Position", "ProductInfo", "ProductState",
+    "ProductsResult", "PublicTrade", "Side", "Tif",
+]
+
+Side = Literal["buy", "sell"]
+Tif = Literal["gtc", "ioc", "fok"]
+
+
+class _Result(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class LoginResult(_Result):
+    member: str
+    market_id: str
+
+
+class Fill(_Result):
+    trade_id: int
+    price: int
+    quantity: int
+
+
+class OrderResult(_Result):
+    """Outcome of ``place`` / ``modify`` (after the journal commit).
+
+    A resubmission of a known ``client_order_id`` answers ``duplicate=True`` with the
+    original ``order_id`` and ``original_seq`` only (the other fields are ``None``):
+    the order exists once; ask :meth:`~clients.sdk.VoltbourseClient.orders` for its state.
+    """
+
+    order_id: int
+    status: Literal["resting", "filled", "cancelled"] | None = None
+    remaining: int | None = None
+    filled: int = 0
+    fills: tuple[Fill, ...] = ()
+    seq: int | None = None
+    reason: str | None = None
+    priority_kept: bool | None = None
+    price: int | None = None
+    duplicate: bool = False
+    original_seq: int | None = None
+
+
+class CancelResult(_Result):
+    order_id: int
+    status: str
+    remaining: int
+
+
+class CancelAllResult(_Result):
+    cancelled: int
+
+
+class OpenOrder(_Result):
+    order_id: int
+    product_id: str
+    side: Side
+    price: int
+    quantity: int
+    remaining: int
+    client_order_id: str | None = None
+
+
+class MyTrade(_Result):
+    trade_id: int
+    seq: int
+    product_id: str
+    side: Side
+    price: int
+    quantity: int
+    ts: str
+    counterparty: str | None = None
+
+
+class Position(_Result):
+    product_id: str
+    bought: int
+    sold: int
+    net: int
+    payable: int
+    state: str | None = None
+
+
+class ProductInfo(_Result):
+    product_id: str
+    state: str
+
+
+class ProductsResult(_Result):
+    seq: int
+    halted: bool
+    products: tuple[ProductInfo, ...]
