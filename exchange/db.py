@@ -66,7 +66,7 @@ log = logging.getLogger(__name__)
 CORE_TABLES = ("markets", "journal", "trades", "consumer_cursors", "members")
 SETTLEMENT_TABLES: tuple[str, ...] = (  # settlement/ (alembic 0003)
     "settlement_deployments", "order_signatures", "settlement_batches", "settlement_withdrawals")
-FLEX_TABLES: tuple[str, ...] = ()  # exchange/flexibility/ (alembic 0004)
+FLEX_TABLES: tuple[str, ...] = ("flex_offers", "flex_baselines", "flex_meter", "flex_events", "flex_invitations", "flex_bids", "flex_activations", "flex_delivery", "flex_shares", "flex_payouts")  # exchange/flexibility/ (alembic 0004)
 TABLES = CORE_TABLES + SETTLEMENT_TABLES + FLEX_TABLES
 
 HANDLE_PIDS_FILE = ".handle_pids.json"

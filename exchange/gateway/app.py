@@ -8,6 +8,7 @@ import asyncio
 from aiohttp import web
 
 from ..config import Settings
+from ..flexibility.web import add_flexibility
 from ..metrics import Metrics, add_metrics_route
 from ..service import Market
 from .keys import MARKET, MARKET_DATA, MEMBERS, METRICS, SETTINGS, SOCKETS, WS_HANDLERS
@@ -119,5 +120,6 @@ async def make_app(market: Market, settings: Settings) -> web.Application:
     app.on_shutdown.append(close_sockets)
     add_operator_routes(app)
     add_metrics_route(app)
+    add_flexibility(app)  # exchange/flexibility: flex_* WS messages, /api/operator/flexibility/...
     return app
 

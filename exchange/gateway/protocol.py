@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
 PROTOCOL_VERSION = 1
 MAX_INT = 2**53 - 1  # exact in every JSON implementation
@@ -142,14 +142,89 @@ class TradeProof(_Msg):
     trade_id: Annotated[int, Field(ge=1, le=MAX_INT)]
 
 
+# --- flexibility (exchange/flexibility, docs/flexibility.md)
+FlexTime = Annotated[AwareDatetime, Field(description="ISO 8601 with offset, e.g. 2026-11-22T17:00:00Z")]
+EnergyWh = Annotated[int, Field(ge=0, le=10**12, description="Wh")]
+
+
+class FlexOffer(_Msg):
+    """Offer flexibility for a delivery period: ``up`` = consume less / produce more.
+    Give at most one of ``energy_wh`` (limit over the period) and ``duration_minutes``
+    (energy = power x duration); neither: power over the whole period."""
+
+    type: Literal["flex_offer"]
+    period_start: FlexTime
+    period_minutes: Annotated[int, Field(ge=15, le=1440, multiple_of=15)] = 60
+    direction: Literal["up", "down"]
+    power_w: Annotated[int, Field(ge=1, le=10**9, description="W")]
+    energy_wh: Annotated[int, Field(ge=1, le=10**12)] | None = None
+    duration_minutes: Annotated[int, Field(ge=1, le=1440)] | None = None
+    price: Annotated[int, Field(ge=0, le=10**9, description="ticks of 0.01 EUR/MWh asked for activated energy")]
+    kind: Literal["reduction", "shift"] = "reduction"
+
+    @model_validator(mode="after")
+    def _one_limit(self) -> FlexOffer:
+        if self.energy_wh is not None and self.duration_minutes is not None:
+            raise ValueError("give energy_wh or duration_minutes, not both")
+        return self
+
+
+class FlexOfferCancel(_Msg):
+    type: Literal["flex_offer_cancel"]
+    offer_id: Annotated[int, Field(ge=1, le=MAX_INT)]
+
+
+class FlexBaselineSlot(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    start: FlexTime
+    consumption_wh: EnergyWh
+    generation_wh: EnergyWh = 0
+
+
+class FlexBaseline(_Msg):
+    """Forecast consumption/generation per 15-minute slot (Wh)."""
+
+    type: Literal["flex_baseline"]
+    slots: Annotated[list[FlexBaselineSlot], Field(min_length=1, max_length=192)]
+
+
+class FlexMeterReading(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    interval_start: FlexTime
+    consumption_wh: EnergyWh
+    generation_wh: EnergyWh = 0
+
+
+class FlexMeter(_Msg):
+    """Metered consumption/generation per 10-minute interval (Wh)."""
+
+    type: Literal["flex_meter"]
+    readings: Annotated[list[FlexMeterReading], Field(min_length=1, max_length=144)]
+
+
+class FlexRespond(_Msg):
+    """Accept or decline a ``flex_invitation``."""
+
+    type: Literal["flex_respond"]
+    invitation_id: Annotated[int, Field(ge=1, le=MAX_INT)]
+    accept: bool
+
+
+class FlexStatus(_Msg):
+    """My offers, invitations, dispatch instructions, delivery checks and payouts."""
+
+    type: Literal["flex_status"]
+
+
 ClientMessage = Annotated[
     Login | Place | Cancel | Modify | CancelAll | Orders | Trades | Positions | Subscribe | Unsubscribe | Ping
-    | TradeProof,
+    | TradeProof | FlexOffer | FlexOfferCancel | FlexBaseline | FlexMeter | FlexRespond | FlexStatus,
     Field(discriminator="type"),
 ]
 CLIENT_MESSAGE = TypeAdapter(ClientMessage)
 MESSAGE_TYPES = ("login", "place", "cancel", "modify", "cancel_all", "orders", "trades", "positions", "subscribe",
-                 "unsubscribe", "ping", "trade_proof")
+                 "unsubscribe", "ping", "trade_proof", "flex_offer", "flex_offer_cancel", "flex_baseline",
+                 "flex_meter", "flex_respond", "flex_status")
 
 
 class ProtocolError(Exception):
@@ -296,8 +371,75 @@ class MarketState(_Out):
     ts: str
 
 
+class FlexInvitationOut(_Out):
+    """Invited to a demand-response event with one of my offers: answer with ``flex_respond``."""
+
+    type: Literal["flex_invitation"]
+    event_id: int
+    invitation_id: int
+    offer_id: int
+    direction: Literal["up", "down"]
+    period_start: str
+    period_end: str
+    power_w: int
+    respond_by: str
+    reserve: bool = Field(description="a reserve call during an event: accepting dispatches at once")
+    rank: int
+
+
+class FlexEventOut(_Out):
+    type: Literal["flex_event"]
+    event_id: int
+    phase: str
+    reason: str
+
+
+class FlexDispatchOut(_Out):
+    """Dispatch instruction: change my power by ``power_w`` in ``direction`` from ``start`` to ``end``."""
+
+    type: Literal["flex_dispatch"]
+    event_id: int
+    instruction_id: int
+    offer_id: int
+    bid_id: int | None
+    direction: Literal["up", "down"]
+    power_w: int
+    start: str
+    end: str
+    energy_wh: int
+    reserve: bool
+
+
+class FlexDeliveryOut(_Out):
+    """The 10-minute delivery check of one interval (baseline minus metered, Wh)."""
+
+    type: Literal["flex_delivery"]
+    event_id: int
+    member: str
+    interval_start: str
+    interval_end: str
+    required_wh: int
+    baseline_wh: int
+    metered_wh: int | None
+    delivered_wh: int
+    shortfall_wh: int
+    over_wh: int
+
+
+class FlexPayoutOut(_Out):
+    """My share of an event's revenue (money units of 1e-8 EUR); settled on chain later."""
+
+    type: Literal["flex_payout"]
+    event_id: int
+    delivered_wh: int
+    share: int
+    penalty: int
+    payout: int
+
+
 ServerMessage = Annotated[
-    Hello | Response | Error | Execution | BookSnapshot | BookDelta | PublicTrade | ProductState | MarketState,
+    Hello | Response | Error | Execution | BookSnapshot | BookDelta | PublicTrade | ProductState | MarketState
+    | FlexInvitationOut | FlexEventOut | FlexDispatchOut | FlexDeliveryOut | FlexPayoutOut,
     Field(discriminator="type"),
 ]
 SERVER_MESSAGE = TypeAdapter(ServerMessage)

@@ -1,0 +1,180 @@
+"""Flexibility end to end: bots (SDK over real WebSockets) declare baselines and offers,
+the operator opens an event over REST, invitations go out (a decline invites the next),
+the pooled bid goes to the simulated balancing market, which activates it; bots deliver
+(one only partly), the 10-minute checks call reserves, and the revenue shares are
+written as pending payouts for the on-chain settlement."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime, timedelta, timezone
+
+import aiohttp
+import pytest
+from eth_account import Account
+
+from clients.bots.flex_bot import FlexBot
+from clients.sdk.client import VoltbourseClient
+from exchange.clock import ManualClock
+from exchange.config import load_settings
+from exchange.core.model import RegisterMember
+from exchange.core.units import to_us
+from exchange.flexibility.core import FlexConfig, ProductRules
+from exchange.flexibility.market import SimulatedBalancingMarket
+from exchange.flexibility.web import FLEX
+from exchange.server import start_http
+from exchange.service import open_market
+
+pytestmark = pytest.mark.integration
+
+T = datetime(2026, 11, 22, 12, 0, tzinfo=timezone.utc)
+P = T + timedelta(hours=2)  # the event's delivery period
+KEYS = [Account.from_key(bytes([i + 1]) * 32) for i in range(7)]
+TOKEN = {"Authorization": "Bearer op-secret"}
+
+
+async def until(pred, timeout=5.0):
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while not pred():
+        if loop.time() > end:
+            raise AssertionError("condition not reached")
+        await asyncio.sleep(0.02)
+
+
+async def test_demand_response_event_end_to_end(pg_dsn, pool):
+    clock = ManualClock(T)
+    settings = load_settings(database_url=pg_dsn, market_id="flex-e2e", operator_token="op-secret")
+    market = await open_market(pg_dsn, settings, clock)
+    for k in KEYS:
+        await market.runtime.submit(RegisterMember(0, k.address, collateral=10**15, export_capacity_w=10**7))
+    runner = await start_http(market, settings, "127.0.0.1", 0)
+    host, port = runner.addresses[0][:2]
+    base, url = f"http://{host}:{port}", f"ws://{host}:{port}/ws"
+    flex = runner.app[FLEX]
+    await flex.stop()  # the test steps the service itself
+    flex.market = SimulatedBalancingMarket(seed=3, force_activation=True)
+    flex.config = FlexConfig(rules=ProductRules(), reserve_margin_ppm=100_000)
+    flex.grace_us = 0
+    clients = []
+    try:
+        bots = []
+        for i, k in enumerate(KEYS):
+            c = VoltbourseClient(url, k.key, reconnect=False)
+            await c.connect()
+            clients.append(c)
+            bots.append(FlexBot(c, seed=i, power_w=300_000, price=5_000 + 500 * i,
+                                consumption_wh_per_slot=200_000,
+                                delivery_ppm=400_000 if i == 1 else 1_000_000,  # bot 1 delivers 40 %
+                                accept_ppm=0 if i == 2 else 1_000_000))  # bot 2 declines
+        offers = [await b.declare(P) for b in bots]
+        assert all(o["status"] == "open" and o["power_w"] == 300_000 for o in offers)
+
+        async with aiohttp.ClientSession(headers=TOKEN) as http:
+            r = await http.get(f"{base}/api/operator/flexibility/viability", params={"period_start": P.isoformat()})
+            v = await r.json()
+            assert r.status == 200 and v["consumption_wh"] > 0 and v["generation_wh"] == 0
+            r = await http.post(f"{base}/api/operator/flexibility/events",
+                                json={"period_start": P.isoformat(), "target_w": 1_000_000})
+            ev = await r.json()
+            assert r.status == 201, ev
+            eid = ev["event_id"]
+            assert len(ev["invitations"]) == 5  # 1.3 MW to cover: 5 x 300 kW
+            await until(lambda: sum(len(b.invitations) for b in bots) >= 6)  # the decline invited the 6th
+            for b in bots:
+                await b.settle_answers()
+            e = flex.events[eid]
+            assert sum(i.status == "accepted" for i in e.invitations.values()) == 5
+            assert any(i.status == "declined" and i.member == KEYS[2].address for i in e.invitations.values())
+
+            clock.set(to_us(P) - 25 * 60 * 1_000_000)  # the market's gate: bids, then activation
+            await flex.step()
+            await flex.step()
+            bids = await (await http.get(f"{base}/api/operator/flexibility/bids")).json()
+            assert [b["volume_w"] for b in bids] == [1_300_000]  # 1.5 MW x 0.9 -> 1.35 -> 1.3 MW
+            assert bids[0]["status"] == "activated" and bids[0]["activated_w"] >= 100_000
+            activated = bids[0]["activated_w"]
+            await until(lambda: sum(sum(i["power_w"] for i in b.instructions) for b in bots) == activated)
+
+            for k in range(6):
+                t0 = P + timedelta(minutes=10 * k)
+                clock.set(to_us(t0 + timedelta(minutes=10)))
+                await asyncio.gather(*(b.report(t0) for b in bots if b.instructions))
+                n_before = sum(len(b.instructions) for b in bots)
+                await flex.step()
+                await asyncio.sleep(0.05)
+                if k == 0:
+                    await until(lambda: sum(len(b.instructions) for b in bots) > n_before)  # reserves called
+
+            ev = await (await http.get(f"{base}/api/operator/flexibility/events/{eid}")).json()
+            assert ev["phase"] == "settled"
+            assert any(a["reserve"] for a in ev["activations"])
+            assert any(d["shortfall_wh"] > 0 and d["member"] == KEYS[1].address for d in ev["delivery"])
+            assert ev["revenue_units"] > 0 and ev["penalty_units"] > 0
+            payouts = await (await http.get(f"{base}/api/operator/flexibility/payouts")).json()
+            assert sum(p["amount_units"] for p in payouts) == ev["revenue_units"] - ev["penalty_units"]
+            assert all(p["status"] == "pending" for p in payouts)
+            shares = ev["shares"]
+            assert sum(s["share_units"] for s in shares) == ev["revenue_units"]
+            metrics = await (await http.get(f"{base}/metrics")).text()
+            assert "voltbourse_flex_reserve_calls_total" in metrics and 'voltbourse_flex_events{phase="settled"} 1.0' \
+                in metrics
+            r = await http.post(f"{base}/api/operator/flexibility/events", json={"period_start": "nope"})
+            assert r.status == 422
+            async with aiohttp.ClientSession() as anon:
+                assert (await anon.get(f"{base}/api/operator/flexibility/events")).status == 401
+
+        await until(lambda: any(b.payouts for b in bots))
+        # the settlement worker's contract: pending payouts -> settled with a batch id
+        n = await flex.store.mark_settled([p["payout_id"] for p in payouts], batch_id=1)
+        assert n == len(payouts) and await flex.store.pending_payouts() == []
+        # stored state
+        assert await pool.fetchval("SELECT count(*) FROM flex_delivery WHERE market_id = 'flex-e2e'") > 0
+        assert await pool.fetchval("SELECT phase FROM flex_events WHERE event_id = $1", eid) == "settled"
+    finally:
+        for c in clients:
+            await c.close()
+        await runner.cleanup()
+        await market.close()
+
+
+async def test_ws_validation_and_errors(pg_dsn, pool):
+    clock = ManualClock(T)
+    settings = load_settings(database_url=pg_dsn, market_id="flex-ws", operator_token="op-secret")
+    market = await open_market(pg_dsn, settings, clock)
+    await market.runtime.submit(RegisterMember(0, KEYS[0].address, collateral=0, export_capacity_w=0))
+    runner = await start_http(market, settings, "127.0.0.1", 0)
+    host, port = runner.addresses[0][:2]
+    c = VoltbourseClient(f"ws://{host}:{port}/ws", KEYS[0].key, reconnect=False)
+    await c.connect()
+    try:
+        from clients.sdk.errors import RequestError
+
+        async def code(msg):
+            with pytest.raises(RequestError) as e:
+                await c.request(msg)
+            return e.value.code
+
+        assert await code({"type": "flex_offer", "period_start": "2026-11-22T14:00:00", "direction": "up",
+                           "power_w": 1, "price": 1}) == "INVALID_MESSAGE"  # naive time
+        assert await code({"type": "flex_offer", "period_start": "2026-11-22T14:05:00Z", "direction": "up",
+                           "power_w": 1, "price": 1}) == "INVALID_PERIOD"
+        assert await code({"type": "flex_offer", "period_start": "2026-11-22T11:00:00Z", "direction": "up",
+                           "power_w": 1, "price": 1}) == "PERIOD_STARTED"
+        assert await code({"type": "flex_offer", "period_start": "2026-11-22T14:00:00Z", "direction": "up",
+                           "power_w": 1.5, "price": 1}) == "INVALID_MESSAGE"
+        assert await code({"type": "flex_respond", "invitation_id": 99, "accept": True}) == "UNKNOWN_INVITATION"
+        assert await code({"type": "flex_offer_cancel", "offer_id": 99}) == "UNKNOWN_OFFER"
+        assert await code({"type": "flex_meter", "readings": [{"interval_start": "2026-11-22T12:00:00Z",
+                                                                "consumption_wh": 5}]}) == "INTERVAL_NOT_OVER"
+        r = await c.request({"type": "flex_offer", "period_start": "2026-11-22T14:00:00Z", "direction": "up",
+                             "power_w": 6000, "duration_minutes": 30, "price": 9000})
+        assert r["offer"]["energy_wh"] == 3000
+        st = await c.request({"type": "flex_status"})
+        assert [o["offer_id"] for o in st["offers"]] == [r["offer"]["offer_id"]]
+        assert (await c.request({"type": "flex_offer_cancel", "offer_id": r["offer"]["offer_id"]}))["status"] == \
+            "cancelled"
+    finally:
+        await c.close()
+        await runner.cleanup()
+        await market.close()
