@@ -192,8 +192,12 @@ class _Session:
 
 
 def run_session(sched: Schedules, seed: int, periods: int = 6, mode: str = "zi-c", max_steps: int = 3000,
-                unit_wh: int = 1000) -> SessionResult:
-    """Run ``periods`` trading periods of ``sched`` with ZI traders (``mode`` ``zi-c`` or ``zi-u``)."""
+                unit_wh: int = 1000, clear_after_trade: bool = True) -> SessionResult:
+    """Run ``periods`` trading periods of ``sched`` with ZI traders (``mode`` ``zi-c`` or ``zi-u``).
+
+    ``clear_after_trade=False`` keeps the other orders in the book after a
+    trade (a plain persistent CDA book), for comparison.
+    """
     if mode not in ("zi-c", "zi-u"):
         raise ValueError("mode is 'zi-c' or 'zi-u'")
     s = _Session(sched, unit_wh)
@@ -248,9 +252,10 @@ def run_session(sched: Schedules, seed: int, periods: int = 6, mode: str = "zi-c
                 nxt[sl] += 1
                 live.pop(b, None)
                 live.pop(sl, None)
-            for j, oid in sorted(live.items()):  # clear the book after a trade
-                s.do(CancelOrder(0, members[j], oid))
-            live.clear()
+            if clear_after_trade:
+                for j, oid in sorted(live.items()):  # clear the book after a trade
+                    s.do(CancelOrder(0, members[j], oid))
+                live.clear()
         for j, oid in sorted(live.items()):
             s.do(CancelOrder(0, members[j], oid))
     res.commands = s.commands
