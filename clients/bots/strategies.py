@@ -315,8 +315,9 @@ class BatteryPlanner:
         """Optimal (on a SoC grid) arbitrage: (grid charge Wh, discharge Wh) per hour.
 
         Dynamic programming over the hours with the SoC on a grid of at most
-        ``2 * LEVELS + 1`` levels around the initial SoC (step = the larger of
-        1 Wh and the usable range / LEVELS), maximising sells minus buys at
+        ``LEVELS + 1`` levels between the minimum and the maximum SoC, anchored
+        at the initial SoC (step = the larger of 1 Wh and the usable range /
+        LEVELS, rounded up), maximising sells minus buys at
         the reference prices (exact integers), ending at or above the initial
         SoC. Charging j steps stores ``j * step`` and buys ``ceil(j * step / eff)``
         from the grid; both directions within the power limit; never both in

@@ -50,7 +50,16 @@ from fractions import Fraction
 
 from exchange.core.calendar import ProductState
 from exchange.core.engine import MarketConfig, MarketEngine
-from exchange.core.model import CancelOrder, OrderAccepted, PlaceOrder, RegisterMember, Side, Tick, TimeInForce, TradeEvent
+from exchange.core.model import (
+    CancelOrder,
+    OrderAccepted,
+    PlaceOrder,
+    RegisterMember,
+    Side,
+    Tick,
+    TimeInForce,
+    TradeEvent,
+)
 from exchange.core.units import to_us
 
 T0 = to_us(datetime(2026, 11, 21, 8, tzinfo=timezone.utc))  # next day's 24 products are open until 11:00 UTC
@@ -97,7 +106,7 @@ class Schedules:
         return q, surplus, lo, hi
 
 
-def _spread(total: int, hi: int, lo: int, n_traders: int, units: int) -> tuple[tuple[int, ...], ...]:
+def _spread(hi: int, lo: int, n_traders: int, units: int) -> tuple[tuple[int, ...], ...]:
     """``n_traders * units`` steps from ``hi`` to ``lo`` (EUR/MWh), dealt round robin."""
     n = n_traders * units
     steps = [(hi * (n - 1 - i) + lo * i) // (n - 1) * EUR for i in range(n)]
@@ -112,14 +121,14 @@ def _rev(sched: tuple[tuple[int, ...], ...]) -> tuple[tuple[int, ...], ...]:
 #: figures): 6 buyers and 6 sellers, 3 units each unless noted, values/costs in 1..200.
 MARKETS: dict[str, Schedules] = {
     # linear, symmetric around 105; 9-10 units trade
-    "symmetric": Schedules("symmetric", _spread(0, 190, 20, 6, 3), _rev(_spread(0, 190, 20, 6, 3))),
+    "symmetric": Schedules("symmetric", _spread(190, 20, 6, 3), _rev(_spread(190, 20, 6, 3))),
     # flat supply (every cost 80..90), steep demand
-    "flat_supply": Schedules("flat_supply", _spread(0, 200, 40, 6, 3),
+    "flat_supply": Schedules("flat_supply", _spread(200, 40, 6, 3),
                              _rev(tuple(tuple(80 * EUR + (t * 3 + k) * 50 for k in range(3)) for t in range(6)))),
     # demand steeper than supply, few extra-marginal units
-    "steep_demand": Schedules("steep_demand", _spread(0, 200, 60, 6, 2), _rev(_spread(0, 140, 30, 6, 4))),
+    "steep_demand": Schedules("steep_demand", _spread(200, 60, 6, 2), _rev(_spread(140, 30, 6, 4))),
     # many extra-marginal traders on both sides (the hard case for ZI-C)
-    "extramarginal": Schedules("extramarginal", _spread(0, 150, 10, 8, 3), _rev(_spread(0, 180, 50, 8, 3))),
+    "extramarginal": Schedules("extramarginal", _spread(150, 10, 8, 3), _rev(_spread(180, 50, 8, 3))),
 }
 
 
