@@ -58,7 +58,7 @@ from typing import Iterable, Sequence
 from zoneinfo import ZoneInfo
 
 from exchange.core.calendar import product_id_for
-from exchange.core.units import UTC, US_PER_MIN, to_us
+from exchange.core.units import UTC, US_PER_MIN, from_us, to_us
 
 SLOT_MINUTES = 15
 PPT = 10**12  # parts per 10**12 of the annual energy
@@ -349,8 +349,6 @@ def hourly_table(profiles: dict[str, Profile], minutes: int = 60) -> dict[str, d
 
 
 def _dt(us: int) -> datetime:
-    from exchange.core.units import from_us
-
     return from_us(us)
 
 
