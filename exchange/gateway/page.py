@@ -1,0 +1,313 @@
+"""The operator page: login, the single-page app, its static assets and its live feed.
+
+Routes (see docs/operator-page.md):
+
+``GET  /operator``               the page (303 to the login form without a session)
+``GET  /operator/login``         the login form
+``POST /operator/login``         ``token=<operator token>`` (form) or ``{"token": ...}`` (JSON):
+                                 sets the session cookie (HttpOnly, SameSite=Strict)
+``POST /operator/logout``        ends the session (and closes its feed sockets)
+``GET  /operator/session``       200 ``{"operator": true, "expires_in_s"}`` or 401
+``GET  /operator/static/...``    HTML/CSS/JS (no data in them)
+``GET  /ws/operator``            the live feed (:mod:`.feed`): needs the session cookie
+                                 and, when the browser sends one, a same-origin ``Origin``
+
+The page calls the operator REST API (``/api/operator/...``) with its session
+cookie instead of the bearer token: a request that carries a valid session
+cookie and the header ``X-Voltbourse-Page: 1`` (which a cross-site form or
+image cannot send) is handed to the operator route as if it carried the
+token. Everything else about those routes (validation, errors) is unchanged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import html
+import json
+import logging
+import secrets
+import time
+from collections import defaultdict, deque
+from pathlib import Path
+
+from aiohttp import WSMsgType, web
+from multidict import CIMultiDict
+
+from .feed import FeedClient, OperatorFeed
+from .keys import MARKET, MARKET_DATA, MEMBERS, OPERATOR_FEED, PAGE_SESSIONS, SETTINGS
+
+log = logging.getLogger(__name__)
+
+STATIC = Path(__file__).resolve().parent / "static"
+COOKIE = "vb_operator"
+PAGE_HEADER = "X-Voltbourse-Page"
+SESSION_TTL_S = 12 * 3600
+MAX_SESSIONS = 256
+LOGIN_FAILURES_PER_MIN = 10
+
+
+class PageSessions:
+    """Operator page sessions (in memory: a restart logs the pages out)."""
+
+    def __init__(self, ttl_s: float = SESSION_TTL_S) -> None:
+        self.ttl_s = ttl_s
+        self.expiry: dict[str, float] = {}
+        self.sockets: dict[str, set[web.WebSocketResponse]] = defaultdict(set)
+        self.failures: dict[str, deque] = defaultdict(deque)
+
+    def create(self) -> str:
+        now = time.monotonic()
+        for sid, exp in list(self.expiry.items()):
+            if exp <= now:
+                self.expiry.pop(sid, None)
+        while len(self.expiry) >= MAX_SESSIONS:  # the oldest goes
+            self.expiry.pop(min(self.expiry, key=self.expiry.__getitem__))
+        sid = secrets.token_urlsafe(32)
+        self.expiry[sid] = now + self.ttl_s
+        return sid
+
+    def valid(self, sid: str | None) -> bool:
+        if not sid:
+            return False
+        exp = self.expiry.get(sid)
+        if exp is None:
+            return False
+        if exp <= time.monotonic():
+            self.expiry.pop(sid, None)
+            return False
+        return True
+
+    def remaining(self, sid: str) -> int:
+        return max(0, int(self.expiry.get(sid, 0) - time.monotonic()))
+
+    async def end(self, sid: str) -> None:
+        self.expiry.pop(sid, None)
+        for ws in list(self.sockets.pop(sid, ())):
+            await ws.close(code=4401, message=b"logged out")
+
+    def throttled(self, who: str) -> bool:
+        q = self.failures[who]
+        now = time.monotonic()
+        while q and q[0] < now - 60:
+            q.popleft()
+        return len(q) >= LOGIN_FAILURES_PER_MIN
+
+    def failed(self, who: str) -> None:
+        self.failures[who].append(time.monotonic())
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _token(request: web.Request) -> str:
+    secret = request.config_dict[SETTINGS].operator_token
+    return secret.get_secret_value() if secret is not None else ""
+
+
+def _sid(request: web.Request) -> str | None:
+    sid = request.cookies.get(COOKIE)
+    return sid if request.config_dict[PAGE_SESSIONS].valid(sid) else None
+
+
+def _same_origin(request: web.Request) -> bool:
+    """No ``Origin`` (not a browser's cross-origin request) or one naming this host."""
+    origin = request.headers.get("Origin")
+    if origin is None:
+        return True
+    host = request.headers.get("Host", "")
+    return origin in (f"http://{host}", f"https://{host}")
+
+
+def _security_headers(request: web.Request, resp: web.StreamResponse) -> web.StreamResponse:
+    host = request.headers.get("Host", "")
+    resp.headers["Content-Security-Policy"] = (
+        f"default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+        f"connect-src 'self' ws://{host} wss://{host}; frame-ancestors 'none'; base-uri 'none'; form-action 'self'")
+    resp.headers["X-Content-Type-Options"] = "nosniff"
+    resp.headers["Referrer-Policy"] = "same-origin"  # "no-referrer" makes Chromium send Origin: null
+    resp.headers["Cache-Control"] = "no-store"
+    return resp
+
+
+def _wants_json(request: web.Request) -> bool:
+    return request.content_type == "application/json" or "application/json" in request.headers.get("Accept", "")
+
+
+def _err(status: int, code: str, message: str) -> web.Response:
+    return web.json_response({"error": code, "message": message}, status=status)
+
+
+def _login_html(message: str = "") -> str:
+    page = (STATIC / "login.html").read_text()
+    note = f'<p class="form-error" role="alert" id="login-error">{html.escape(message)}</p>' if message else ""
+    return page.replace("<!--MESSAGE-->", note)
+
+
+# --------------------------------------------------------------------------- handlers
+
+
+async def page(request: web.Request) -> web.StreamResponse:
+    if _sid(request) is None:
+        raise web.HTTPSeeOther("/operator/login")
+    return _security_headers(request, web.FileResponse(STATIC / "index.html"))
+
+
+async def login_form(request: web.Request) -> web.StreamResponse:
+    if _sid(request) is not None:
+        raise web.HTTPSeeOther("/operator")
+    return _security_headers(request, web.Response(text=_login_html(), content_type="text/html"))
+
+
+async def login(request: web.Request) -> web.StreamResponse:
+    sessions = request.app[PAGE_SESSIONS]
+    as_json = _wants_json(request)
+
+    def refuse(status: int, code: str, message: str) -> web.StreamResponse:
+        if as_json:
+            return _err(status, code, message)
+        return _security_headers(request, web.Response(text=_login_html(message), content_type="text/html",
+                                                       status=status))
+
+    if not _same_origin(request):
+        return refuse(403, "FORBIDDEN", "cross-origin login refused")
+    token = _token(request)
+    if not token:
+        return refuse(503, "OPERATOR_DISABLED", "The operator login is disabled: no operator token is configured.")
+    who = request.remote or "?"
+    if sessions.throttled(who):
+        return refuse(429, "TOO_MANY_ATTEMPTS", "Too many failed logins; wait a minute.")
+    try:
+        if request.content_type == "application/json":
+            body = await request.json()
+            given = body.get("token") if isinstance(body, dict) else None
+        else:
+            given = (await request.post()).get("token")
+    except (ValueError, json.JSONDecodeError):
+        given = None
+    if not isinstance(given, str) or not given or not hmac.compare_digest(given.encode(), token.encode()):
+        sessions.failed(who)
+        await asyncio.sleep(0.2)  # slow down guessing
+        return refuse(401, "UNAUTHENTICATED", "Wrong operator token.")
+    sid = sessions.create()
+    resp: web.StreamResponse
+    if as_json:
+        resp = web.json_response({"operator": True, "expires_in_s": int(sessions.ttl_s)})
+    else:
+        resp = web.HTTPSeeOther("/operator")
+    resp.set_cookie(COOKIE, sid, httponly=True, samesite="Strict", path="/", secure=request.secure,
+                    max_age=int(sessions.ttl_s))
+    if isinstance(resp, web.HTTPException):
+        raise resp
+    return resp
+
+
+async def logout(request: web.Request) -> web.StreamResponse:
+    if not _same_origin(request):
+        return _err(403, "FORBIDDEN", "cross-origin logout refused")
+    sid = request.cookies.get(COOKIE)
+    if sid:
+        await request.app[PAGE_SESSIONS].end(sid)
+    resp = web.json_response({"operator": False}) if _wants_json(request) else web.HTTPSeeOther("/operator/login")
+    resp.del_cookie(COOKIE, path="/")
+    if isinstance(resp, web.HTTPException):
+        raise resp
+    return resp
+
+
+async def session_info(request: web.Request) -> web.Response:
+    sid = _sid(request)
+    if sid is None:
+        return _err(401, "UNAUTHENTICATED", "log in at /operator/login")
+    return web.json_response({"operator": True, "expires_in_s": request.app[PAGE_SESSIONS].remaining(sid)})
+
+
+async def feed_ws(request: web.Request) -> web.StreamResponse:
+    if not _same_origin(request):
+        return _err(403, "FORBIDDEN", "cross-origin feed connection refused")
+    sid = _sid(request)
+    if sid is None:
+        return _err(401, "UNAUTHENTICATED", "the operator feed needs the operator page session (log in first)")
+    ws = web.WebSocketResponse(heartbeat=20.0, max_msg_size=4096)
+    await ws.prepare(request)
+    app = request.app
+    feed = app[OPERATOR_FEED]
+    sessions = app[PAGE_SESSIONS]
+    sessions.sockets[sid].add(ws)
+    client = FeedClient(ws, feed.queue_size)
+    client.task = asyncio.create_task(client.pump(), name="operator-page")
+    feed.attach(client)
+    try:
+        async for msg in ws:
+            if msg.type == WSMsgType.TEXT:
+                try:
+                    req = json.loads(msg.data)
+                except ValueError:
+                    req = None
+                feed.request(client, req)
+            elif msg.type == WSMsgType.BINARY:
+                await ws.close(code=1003, message=b"text frames only")
+    finally:
+        feed.detach(client)
+        client.task.cancel()
+        await asyncio.gather(client.task, return_exceptions=True)
+        group = sessions.sockets.get(sid)
+        if group is not None:
+            group.discard(ws)
+            if not group:
+                sessions.sockets.pop(sid, None)
+    return ws
+
+
+@web.middleware
+async def page_session_auth(request: web.Request, handler):
+    """Let the page call ``/api/operator/...`` with its session cookie (plus the
+    ``X-Voltbourse-Page`` header) instead of the bearer token."""
+    if (request.path.startswith("/api/operator/") and "Authorization" not in request.headers
+            and request.headers.get(PAGE_HEADER) == "1" and COOKIE in request.cookies):
+        if not _same_origin(request):
+            return _err(403, "FORBIDDEN", "cross-origin request refused")
+        token = _token(request)
+        if token and _sid(request) is not None:
+            headers = CIMultiDict(request.headers)
+            headers["Authorization"] = f"Bearer {token}"
+            request = request.clone(headers=headers)
+    return await handler(request)
+
+
+async def _start_feed(app: web.Application) -> None:
+    await app[OPERATOR_FEED].start()
+
+
+async def _close_pages(app: web.Application) -> None:
+    sessions = app[PAGE_SESSIONS]
+    socks = [ws for group in sessions.sockets.values() for ws in group]
+    await asyncio.gather(*(ws.close(code=1001, message=b"server shutdown") for ws in socks),
+                         return_exceptions=True)
+
+
+async def _stop_feed(app: web.Application) -> None:
+    await app[OPERATOR_FEED].stop()
+
+
+def add_page_routes(app: web.Application) -> OperatorFeed:
+    """Add the operator page, its login and its feed to ``app`` (needs ``MARKET``,
+    ``SETTINGS``; uses ``MARKET_DATA`` and ``MEMBERS`` when present). Returns the feed
+    hub (also ``app[OPERATOR_FEED]``), which subsystems may publish to right away."""
+    settings = app[SETTINGS]
+    feed = OperatorFeed(app[MARKET], app.get(MARKET_DATA), app.get(MEMBERS), timezone=settings.timezone)
+    app[OPERATOR_FEED] = feed
+    app[PAGE_SESSIONS] = PageSessions()
+    app.middlewares.append(page_session_auth)
+    app.router.add_get("/operator", page)
+    app.router.add_get("/operator/", page)
+    app.router.add_get("/operator/login", login_form)
+    app.router.add_post("/operator/login", login)
+    app.router.add_post("/operator/logout", logout)
+    app.router.add_get("/operator/session", session_info)
+    app.router.add_static("/operator/static", STATIC)
+    app.router.add_get("/ws/operator", feed_ws)
+    app.on_startup.append(_start_feed)
+    app.on_shutdown.append(_close_pages)
+    app.on_cleanup.append(_stop_feed)
+    return feed

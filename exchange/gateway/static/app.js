@@ -1,0 +1,538 @@
+// The operator page: follows /ws/operator and renders the market, the community,
+// settlement and flexibility; operator actions call /api/operator/... with the
+// page session (cookie + X-Voltbourse-Page header).
+import * as fmt from "./format.js";
+import { depthChart, priceVolumeChart, viridis } from "./charts.js";
+
+const $ = (sel) => document.querySelector(sel);
+const S = {
+  tz: "UTC", market: null, products: [], books: new Map(), trades: [], members: new Map(), p2p: null, kpis: null,
+  settlement: null, flexibility: null, selected: null, day: null, history: new Map(), connected: false,
+};
+const MAX_TRADES = 300;
+
+// ------------------------------------------------------------------ helpers
+function h(tag, attrs = {}, ...children) {
+  const e = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (v === undefined || v === null || v === false) continue;
+    if (k === "class") e.className = v;
+    else if (k === "text") e.textContent = v;
+    else if (k.startsWith("on")) e.addEventListener(k.slice(2), v);
+    else e.setAttribute(k, v === true ? "" : String(v));
+  }
+  for (const c of children) if (c !== null && c !== undefined) e.append(c);
+  return e;
+}
+const who = (addr) => {
+  const m = S.members.get(addr);
+  return m && m.name ? m.name : fmt.shortAddr(addr);
+};
+const STATE_TEXT = { open: "open", closing_soon: "closing soon", closed: "closed", pre_open: "pre-open",
+                     delivered: "delivered" };
+const periodLabel = (p) => `${fmt.hm(p.start, S.tz)}–${fmt.hm(p.end, S.tz)}`;
+
+// ------------------------------------------------------------------ render scheduling
+const dirty = new Set();
+let scheduled = false;
+function schedule(...parts) {
+  parts.forEach((p) => dirty.add(p));
+  if (scheduled) return;
+  scheduled = true;
+  const run = () => {
+    if (!scheduled) return;
+    scheduled = false;
+    const parts = [...dirty];
+    dirty.clear();
+    for (const p of parts) {
+      try { RENDER[p](); } catch (e) { console.error("render", p, e); }
+    }
+  };
+  requestAnimationFrame(run);
+  setTimeout(run, 150); // hidden tabs do not run animation frames
+}
+
+// ------------------------------------------------------------------ feed
+let ws = null, backoff = 500;
+function connect() {
+  const url = `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/ws/operator`;
+  ws = new WebSocket(url);
+  ws.onopen = () => { backoff = 500; setConn(true); };
+  ws.onmessage = (ev) => { try { onMessage(JSON.parse(ev.data)); } catch (e) { console.error(e); } };
+  ws.onclose = async (ev) => {
+    setConn(false, ev.code);
+    const r = await fetch("/operator/session", { credentials: "same-origin" }).catch(() => null);
+    if (r && r.status === 401) { location.href = "/operator/login"; return; }
+    setTimeout(connect, backoff);
+    backoff = Math.min(backoff * 2, 10000);
+  };
+}
+function setConn(ok, code) {
+  S.connected = ok;
+  const c = $("#conn");
+  c.textContent = ok ? "live" : `disconnected${code ? ` (${code})` : ""}, retrying…`;
+  c.className = "conn " + (ok ? "ok" : "bad");
+}
+function requestHistory(pid) {
+  if (ws && ws.readyState === WebSocket.OPEN && pid) ws.send(JSON.stringify({ type: "history", product_id: pid }));
+}
+
+function onMessage(m) {
+  switch (m.topic) {
+    case "hello": S.tz = m.timezone || "UTC"; $("#market-id").textContent = m.market_id; break;
+    case "market": S.market = m; S.tz = m.timezone || S.tz; schedule("market"); break;
+    case "members":
+      S.members = new Map(m.members.map((x) => [x.address, x]));
+      schedule("members", "p2p", "trades");
+      break;
+    case "products": S.products = m.products; S.now = m.now; schedule("products", "selection", "market"); break;
+    case "book": S.books.set(m.product_id, m); if (m.product_id === S.selected) schedule("book"); break;
+    case "trades": {
+      if (m.snapshot) S.trades = m.trades.slice().reverse();
+      else {
+        for (const t of m.trades) {
+          S.trades.unshift(t);
+          const hist = S.history.get(t.product_id);
+          if (hist) hist.push([t.ts, t.price, t.quantity]);
+        }
+        S.trades.length = Math.min(S.trades.length, MAX_TRADES);
+      }
+      schedule("trades", "pv");
+      break;
+    }
+    case "history": S.history.set(m.product_id, m.trades); if (m.product_id === S.selected) schedule("pv"); break;
+    case "p2p": S.p2p = m; schedule("p2p"); break;
+    case "kpis": S.kpis = m; schedule("kpis"); break;
+    case "settlement": S.settlement = m; schedule("settlement"); break;
+    case "flexibility": S.flexibility = m; schedule("flex"); break;
+    default: break;
+  }
+}
+
+// ------------------------------------------------------------------ selection
+function select(pid, fromUser) {
+  if (!pid || pid === S.selected) return;
+  S.selected = pid;
+  const p = S.products.find((x) => x.product_id === pid);
+  if (p) S.day = p.delivery_day;
+  if (fromUser) history.replaceState(null, "", `#p=${encodeURIComponent(pid)}`);
+  if (!S.history.has(pid)) requestHistory(pid);
+  schedule("products", "selection", "book", "trades", "pv");
+}
+function autoSelect() {
+  const fromHash = decodeURIComponent((location.hash.match(/^#p=(.+)$/) || [])[1] || "");
+  if (!S.selected && fromHash && S.products.some((p) => p.product_id === fromHash)) return select(fromHash);
+  if (S.selected && S.products.some((p) => p.product_id === S.selected)) return;
+  const open = S.products.find((p) => p.state === "open") || S.products[0];
+  if (open) { S.selected = null; select(open.product_id); }
+}
+
+// ------------------------------------------------------------------ renderers
+const RENDER = {
+  market() {
+    const m = S.market;
+    if (!m) return;
+    $("#market-id").textContent = m.market_id;
+    const b = $("#market-state");
+    b.textContent = m.halted ? `Halted${m.halt_reason ? `: ${m.halt_reason}` : ""}` : "Trading";
+    b.className = "badge " + (m.halted ? "halted" : "running");
+    b.dataset.halted = String(m.halted);
+    $("#clock").textContent = fmt.dateTime(m.now, S.tz);
+    $("#clock").setAttribute("datetime", m.now);
+    $("#halt-btn").disabled = m.halted;
+    $("#resume-btn").disabled = !m.halted;
+  },
+
+  products() {
+    autoSelect();
+    const box = $("#products");
+    const days = [...new Set(S.products.map((p) => p.delivery_day))];
+    if (!days.includes(S.day)) {
+      const sel = S.products.find((p) => p.product_id === S.selected);
+      const open = S.products.find((p) => p.state === "open");
+      S.day = sel ? sel.delivery_day : open ? open.delivery_day : days[0];
+    }
+    $("#products-day").textContent = S.day ? `delivery day ${S.day} (${S.tz})` : "";
+    $("#days").replaceChildren(...days.map((d) => {
+      const ps = S.products.filter((p) => p.delivery_day === d);
+      const open = ps.filter((p) => p.state === "open").length;
+      return h("button", { type: "button", class: `day${d === S.day ? " selected" : ""}`, "aria-pressed": String(d === S.day),
+                           "data-day": d, onclick: () => { S.day = d; schedule("products"); } },
+        `${fmt.dayLabel(ps[0].start, S.tz)}`, h("span", { class: "day-note",
+          text: open ? ` ${open}/${ps.length} open` : ` ${ps.length} products` }));
+    }));
+    const tiles = S.products.filter((p) => p.delivery_day === S.day).map((p) => {
+      const sel = p.product_id === S.selected;
+      const last = p.last_price === null ? "–" : fmt.price(p.last_price);
+      const label = `${p.delivery_day} ${periodLabel(p)}, ${STATE_TEXT[p.display] || p.display}` +
+        (p.display === "open" || p.display === "closing_soon" ? `, gate in ${fmt.duration(p.gate_in_s)}` : "") +
+        `, last price ${last} EUR/MWh, ${fmt.kwh(p.volume_wh)} kWh traded`;
+      return h("button", { type: "button", class: `tile st-${p.display}${sel ? " selected" : ""}`,
+                           "aria-pressed": String(sel), "aria-label": label, "data-product-id": p.product_id,
+                           "data-display": p.display, onclick: () => select(p.product_id, true) },
+        h("span", { class: "tile-time", text: periodLabel(p) }),
+        h("span", { class: "tile-state", text: STATE_TEXT[p.display] || p.display }),
+        h("span", { class: "tile-price", text: last }),
+        h("span", { class: "tile-vol", text: `${fmt.kwh(p.volume_wh)} kWh` }));
+    });
+    if (!tiles.length) box.replaceChildren(h("p", { class: "empty", text: "No products listed yet." }));
+    else box.replaceChildren(...tiles);
+    renderProductOptions();
+  },
+
+  selection() {
+    const p = S.products.find((x) => x.product_id === S.selected);
+    $("#sel-product").textContent = p ? `${p.delivery_day} ${periodLabel(p)} (${p.product_id})` : "–";
+    const st = $("#sel-state");
+    st.textContent = p ? STATE_TEXT[p.display] || p.display : "";
+    st.className = p ? `st st-${p.display}` : "st";
+  },
+
+  book() {
+    const book = S.books.get(S.selected);
+    depthChart($("#depth"), book, fmt);
+    const tb = $("#ladder tbody");
+    if (!book || (!book.bids.length && !book.asks.length)) {
+      tb.replaceChildren(h("tr", {}, h("td", { colspan: 5, class: "empty", text: "The book is empty." })));
+      return;
+    }
+    const N = 10;
+    const asks = book.asks.slice(0, N).reverse(), bids = book.bids.slice(0, N);
+    const vmax = Math.max(1, ...asks.map((l) => l[1]), ...bids.map((l) => l[1]));
+    const row = (side, [p, v, n]) => {
+      const bar = h("span", { class: `bar bar-${side}` });
+      bar.style.width = `${Math.max(2, Math.round((v / vmax) * 100))}%`;
+      const vol = h("td", { class: `num vol-${side}` }, bar, h("span", { class: "v", text: fmt.kwh(v) }));
+      const cells = side === "ask"
+        ? [h("td", {}), h("td", {}), h("th", { scope: "row", class: "num price ask", text: fmt.price(p) }), vol,
+           h("td", { class: "num", text: n })]
+        : [h("td", { class: "num", text: n }), vol, h("th", { scope: "row", class: "num price bid", text: fmt.price(p) }),
+           h("td", {}), h("td", {})];
+      return h("tr", { class: `lvl-${side}`, "data-side": side, "data-price": p, "data-wh": v }, ...cells);
+    };
+    const spread = book.asks.length && book.bids.length ? book.asks[0][0] - book.bids[0][0] : null;
+    tb.replaceChildren(...asks.map((l) => row("ask", l)),
+      h("tr", { class: "spread" }, h("td", { colspan: 5,
+        text: spread === null ? "one-sided book" : `spread ${fmt.price(spread)} EUR/MWh` })),
+      ...bids.map((l) => row("bid", l)));
+  },
+
+  trades() {
+    const all = $("#all-trades").checked;
+    const rows = S.trades.filter((t) => all || t.product_id === S.selected).slice(0, 50);
+    const tb = $("#trades tbody");
+    if (!rows.length) {
+      tb.replaceChildren(h("tr", {}, h("td", { colspan: 5, class: "empty", text: "No trades yet." })));
+      return;
+    }
+    tb.replaceChildren(...rows.map((t) => h("tr", { "data-trade-id": t.trade_id, "data-product-id": t.product_id },
+      h("td", { text: fmt.hms(t.ts, S.tz) }),
+      h("td", { text: productShort(t.product_id) }),
+      h("td", { class: "num", text: fmt.price(t.price) }),
+      h("td", { class: "num", text: fmt.kwh(t.quantity) }),
+      h("td", { class: "who", text: `${who(t.seller)} → ${who(t.buyer)}`, title: `${t.seller} → ${t.buyer}` }))));
+  },
+
+  pv() { priceVolumeChart($("#pv"), S.history.get(S.selected) || [], fmt, S.tz); },
+
+  members() {
+    const sel = $("#cancel-member"), keep = sel.value;
+    const ms = [...S.members.values()].sort((a, b) => (a.name || a.address).localeCompare(b.name || b.address));
+    sel.replaceChildren(...ms.map((m) => h("option", { value: m.address,
+      text: `${m.name || fmt.shortAddr(m.address)} (${m.role}) ${fmt.shortAddr(m.address)}` })));
+    if (keep) sel.value = keep;
+  },
+
+  kpis() {
+    const k = S.kpis;
+    if (!k) return;
+    const card = (id, label, value, unit, note) => h("div", { class: "kpi", role: "listitem", "data-kpi": id },
+      h("span", { class: "kpi-label", text: label }),
+      h("span", { class: "kpi-value" }, h("strong", { text: value }), unit ? ` ${unit}` : ""),
+      note ? h("span", { class: "kpi-note", text: note }) : null);
+    const cards = [
+      card("traded_energy", "Traded energy", fmt.kwh(k.traded_energy_wh), "kWh", `${fmt.count(k.trades)} trades`),
+      card("p2p_energy", "P2P volume", fmt.kwh(k.p2p_energy_wh), "kWh", `${fmt.eur(k.p2p_money)} EUR`),
+      card("traded_value", "Traded value", fmt.eur(k.traded_money), "EUR"),
+      card("vwap", "Average price", k.vwap_ticks === null ? "–" : fmt.price(k.vwap_ticks), "EUR/MWh", "volume-weighted"),
+      card("members_trading", "Members trading", `${k.members_trading} / ${k.members}`),
+      card("savings", "Savings vs grid only", fmt.eur(k.savings_money), "EUR",
+           "buyers' retail tariff minus sellers' feed-in tariff, per kWh traded"),
+    ];
+    for (const [key, v] of Object.entries(k.community || {})) cards.push(card(key, key.replaceAll("_", " "), String(v)));
+    $("#kpis").replaceChildren(...cards);
+  },
+
+  p2p() {
+    const m = S.p2p;
+    const heat = $("#p2p-heat"), list = $("#p2p-list");
+    if (!m || !m.cells.length) {
+      heat.replaceChildren(h("p", { class: "empty", text: "No trades yet." }));
+      list.replaceChildren();
+      $("#p2p-legend").replaceChildren();
+      return;
+    }
+    const sellers = [...new Set(m.cells.map((c) => c.seller))].sort((a, b) => who(a).localeCompare(who(b)));
+    const buyers = [...new Set(m.cells.map((c) => c.buyer))].sort((a, b) => who(a).localeCompare(who(b)));
+    const cell = new Map(m.cells.map((c) => [`${c.seller}|${c.buyer}`, c]));
+    const max = Math.max(...m.cells.map((c) => c.energy_wh));
+    const rowTot = new Map(), colTot = new Map();
+    for (const c of m.cells) {
+      const r = rowTot.get(c.seller) || { wh: 0, money: 0n }, k = colTot.get(c.buyer) || { wh: 0, money: 0n };
+      r.wh += c.energy_wh; r.money += BigInt(c.money); k.wh += c.energy_wh; k.money += BigInt(c.money);
+      rowTot.set(c.seller, r); colTot.set(c.buyer, k);
+    }
+    const head = h("tr", {}, h("th", { scope: "col", class: "corner", text: "seller \\ buyer" }),
+      ...buyers.map((b) => h("th", { scope: "col", class: "colhead", title: b }, h("span", { text: who(b) }))),
+      h("th", { scope: "col", class: "total", text: "sold kWh" }));
+    const rows = sellers.map((s) => h("tr", {}, h("th", { scope: "row", class: "rowhead", title: s, text: who(s) }),
+      ...buyers.map((b) => {
+        const c = cell.get(`${s}|${b}`);
+        if (!c) return h("td", { class: "heat zero", "aria-label": `${who(s)} to ${who(b)}: nothing` });
+        const col = viridis(c.energy_wh / max);
+        const text = `${who(s)} → ${who(b)}: ${fmt.kwh(c.energy_wh)} kWh, ${fmt.eur(c.money)} EUR, ${c.trades} trades`;
+        const td = h("td", { class: "heat", tabindex: 0, "aria-label": text, "data-tip": text,
+                             "data-seller": s, "data-buyer": b, "data-wh": c.energy_wh, "data-money": c.money });
+        td.style.background = col.bg;
+        td.style.color = col.fg;
+        return td;
+      }),
+      h("td", { class: "total num", "data-row-total": s, "data-wh": rowTot.get(s).wh,
+                "data-money": rowTot.get(s).money.toString(), text: fmt.kwh(rowTot.get(s).wh) })));
+    const foot = h("tr", {}, h("th", { scope: "row", class: "total", text: "bought kWh" }),
+      ...buyers.map((b) => h("td", { class: "total num", "data-col-total": b, "data-wh": colTot.get(b).wh,
+                                     "data-money": colTot.get(b).money.toString(), text: fmt.kwh(colTot.get(b).wh) })),
+      h("td", { class: "total num grand", id: "p2p-grand", "data-wh": m.total_energy_wh, "data-money": m.total_money,
+                text: `${fmt.kwh(m.total_energy_wh)} kWh / ${fmt.eur(m.total_money)} EUR` }));
+    heat.replaceChildren(h("table", { class: "heatmap", id: "p2p-table",
+                                      "aria-label": "Energy traded from each seller (rows) to each buyer (columns)" },
+      h("thead", {}, head), h("tbody", {}, ...rows), h("tfoot", {}, foot)));
+    // legend
+    const steps = [0, 0.25, 0.5, 0.75, 1].map((t) => {
+      const c = viridis(t), sw = h("span", { class: "swatch" });
+      sw.style.background = c.bg;
+      return h("span", { class: "legend-step" }, sw, `${fmt.kwh(Math.round(max * t))}`);
+    });
+    $("#p2p-legend").replaceChildren(h("span", { class: "muted", text: "kWh per pair: " }), ...steps);
+    // table alternative
+    const sorted = [...m.cells].sort((a, b) => b.energy_wh - a.energy_wh);
+    list.replaceChildren(h("table", { class: "plain", id: "p2p-pairs" },
+      h("caption", { text: "Energy and value traded per seller and buyer pair" }),
+      h("thead", {}, h("tr", {}, ...["Seller", "Buyer", "kWh", "EUR", "Trades"].map((t) => h("th", { scope: "col", text: t })))),
+      h("tbody", {}, ...sorted.map((c) => h("tr", { "data-wh": c.energy_wh, "data-money": c.money },
+        h("td", { text: who(c.seller), title: c.seller }), h("td", { text: who(c.buyer), title: c.buyer }),
+        h("td", { class: "num", text: fmt.kwh(c.energy_wh) }), h("td", { class: "num", text: fmt.eur(c.money) }),
+        h("td", { class: "num", text: c.trades })))),
+      h("tfoot", {}, h("tr", {}, h("th", { scope: "row", colspan: 2, text: "Total" }),
+        h("td", { class: "num", text: fmt.kwh(m.total_energy_wh) }), h("td", { class: "num", text: fmt.eur(m.total_money) }),
+        h("td", { class: "num", text: m.trades })))));
+  },
+
+  settlement() {
+    const s = S.settlement, box = $("#settlement");
+    if (!s) return;
+    const stateBadge = (st) => h("span", { class: `st st-batch-${st}`, text: st });
+    const rec = s.reconcile;
+    const summary = h("div", { class: "kpis", role: "list" },
+      h("div", { class: "kpi", role: "listitem" }, h("span", { class: "kpi-label", text: "Last anchored block" }),
+        h("span", { class: "kpi-value" }, h("strong", { text: s.last_anchored_block ?? "–" }))),
+      h("div", { class: "kpi", role: "listitem" }, h("span", { class: "kpi-label", text: "Trades awaiting a batch" }),
+        h("span", { class: "kpi-value" }, h("strong", { text: fmt.count(s.pending_trades) }))),
+      h("div", { class: `kpi ${rec ? (rec.ok ? "ok" : "bad") : ""}`, role: "listitem", id: "reconcile" },
+        h("span", { class: "kpi-label", text: "Reconciliation" }),
+        h("span", { class: "kpi-value" }, h("strong", { text: rec ? (rec.ok ? "✓ consistent" : "✗ differences") : "not run" })),
+        rec ? h("span", { class: "kpi-note", text: `checked ${fmt.dateTime(rec.checked_at, S.tz)}` }) : null),
+      s.chain_id !== undefined ? h("div", { class: "kpi", role: "listitem" }, h("span", { class: "kpi-label", text: "Chain" }),
+        h("span", { class: "kpi-value" }, h("strong", { text: `id ${s.chain_id}` })),
+        s.registry ? h("span", { class: "kpi-note mono", title: s.registry, text: `registry ${fmt.shortAddr(s.registry)}` })
+          : null) : null);
+    const parts = [];
+    if (s.alert) parts.push(h("p", { class: "alert", role: "alert", text: s.alert }));
+    parts.push(summary);
+    if (rec && !rec.ok && rec.differences?.length) {
+      parts.push(h("ul", { class: "differences", "aria-label": "Reconciliation differences" },
+        ...rec.differences.map((d) => h("li", { text: d }))));
+    }
+    const batches = s.batches || [];
+    parts.push(h("div", { class: "scroll" }, h("table", { class: "plain", id: "batches" },
+      h("caption", { text: "Settlement batches (latest first)" }),
+      h("thead", {}, h("tr", {}, ...["Batch", "State", "Trades", "Trade ids", "Merkle root", "Transaction", "Block",
+                                      "Anchored"].map((t) => h("th", { scope: "col", text: t })))),
+      h("tbody", {}, ...(batches.length ? batches.map((b) => h("tr", { "data-batch": b.batch_id },
+        h("td", { class: "num", text: b.batch_id }), h("td", {}, stateBadge(b.state)),
+        h("td", { class: "num", text: fmt.count(b.trade_count) }),
+        h("td", { class: "num", text: `${b.first_trade_id}–${b.last_trade_id}` }),
+        h("td", { class: "mono", title: b.root, text: fmt.shortAddr(b.root) }),
+        h("td", { class: "mono", title: b.tx_hash || "", text: b.tx_hash ? fmt.shortAddr(b.tx_hash) : "–" }),
+        h("td", { class: "num", text: b.block ?? "–" }),
+        h("td", { text: b.anchored_at ? fmt.dateTime(b.anchored_at, S.tz) : "–" })))
+        : [h("tr", {}, h("td", { colspan: 8, class: "empty", text: "No batches yet." }))])))));
+    box.replaceChildren(...parts);
+  },
+
+  flex() {
+    const f = S.flexibility, box = $("#flex");
+    if (!f) return;
+    const TITLES = { offers: "Offers", events: "Events", bids: "Balancing-market bids", activations: "Activations",
+                     delivery: "Delivery vs baseline", shares: "Revenue shares" };
+    const keys = [...Object.keys(TITLES), ...Object.keys(f).filter((k) => !(k in TITLES) && Array.isArray(f[k]))];
+    box.replaceChildren(...keys.filter((k) => k in f || k in TITLES).map((k) => {
+      const rows = Array.isArray(f[k]) ? f[k] : [];
+      const title = TITLES[k] || k;
+      if (!rows.length) return h("div", { class: "card", "data-flex": k }, h("h3", { text: title }),
+                                 h("p", { class: "empty", text: "None yet." }));
+      const cols = [...new Set(rows.flatMap((r) => Object.keys(r)))];
+      return h("div", { class: "card", "data-flex": k }, h("h3", { text: title }), h("div", { class: "scroll" },
+        h("table", { class: "plain" }, h("caption", { class: "sr-only", text: title }),
+          h("thead", {}, h("tr", {}, ...cols.map((c) => h("th", { scope: "col", text: c.replaceAll("_", " ") })))),
+          h("tbody", {}, ...rows.map((r) => h("tr", {}, ...cols.map((c) => flexCell(c, r[c]))))))));
+    }));
+  },
+};
+
+// Generic flexibility values: format by field-name suffix, keep the integer otherwise.
+function flexCell(col, v) {
+  let text;
+  if (v === null || v === undefined) text = "–";
+  else if (typeof v === "object") text = JSON.stringify(v);
+  else if (/_wh$/.test(col) && Number.isInteger(v)) text = `${fmt.kwh(v)} kWh`;
+  else if (/_w$/.test(col) && Number.isInteger(v)) text = `${fmt.kwh(v)} kW`;
+  else if (/(_ticks|^price)$/.test(col) && Number.isInteger(v)) text = `${fmt.price(v)} EUR/MWh`;
+  else if (/(money|_units|revenue|amount)$/.test(col) && /^-?\d+$/.test(String(v))) text = `${fmt.eur(v)} EUR`;
+  else if (member(v)) text = who(v);
+  else text = String(v);
+  return h("td", { text, title: typeof v === "string" ? v : undefined,
+                   class: typeof v === "number" ? "num" : undefined });
+}
+const member = (v) => typeof v === "string" && /^0x[0-9a-fA-F]{40}$/.test(v);
+
+function productShort(pid) {
+  const p = S.products.find((x) => x.product_id === pid);
+  return p ? periodLabel(p) : pid;
+}
+
+function renderProductOptions() {
+  const fill = (sel, first) => {
+    const keep = sel.value;
+    const opts = S.products.filter((p) => p.state !== "delivered").map((p) =>
+      h("option", { value: p.product_id, text: `${p.delivery_day} ${periodLabel(p)} (${STATE_TEXT[p.display]})` }));
+    sel.replaceChildren(...(first ? [first] : []), ...opts);
+    if (keep && [...sel.options].some((o) => o.value === keep)) sel.value = keep;
+  };
+  fill($("#cancel-product"), h("option", { value: "", text: "all products" }));
+  fill($("#flex-product"));
+}
+
+// ------------------------------------------------------------------ actions
+function confirmDialog(title, text) {
+  const d = $("#confirm");
+  $("#confirm-title").textContent = title;
+  $("#confirm-text").textContent = text;
+  d.returnValue = "";
+  return new Promise((resolve) => {
+    d.addEventListener("close", () => resolve(d.returnValue === "ok"), { once: true });
+    d.showModal();
+    $("#confirm-cancel").focus();
+  });
+}
+
+async function api(method, path, body) {
+  const r = await fetch(path, {
+    method, credentials: "same-origin",
+    headers: { "X-Voltbourse-Page": "1", ...(body === undefined ? {} : { "Content-Type": "application/json" }) },
+    body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  let data = null;
+  const text = await r.text();
+  try { data = JSON.parse(text); } catch { data = { message: text.trim() } }
+  if (!r.ok) {
+    const msg = data && (data.message || data.error) ? `${data.error ? data.error + ": " : ""}${data.message || ""}`
+      : `HTTP ${r.status}`;
+    throw new Error(`${r.status} ${msg}`);
+  }
+  return data;
+}
+
+function status(text, ok) {
+  const s = $("#action-status");
+  s.textContent = text;
+  s.className = "action-status " + (ok ? "ok" : "bad");
+}
+
+async function act(title, question, method, path, body, done) {
+  if (!(await confirmDialog(title, question))) { status("Cancelled: nothing was changed.", true); return; }
+  try {
+    const res = await api(method, path, body);
+    status(done(res), true);
+  } catch (e) {
+    status(`${title} failed: ${e.message}`, false);
+  }
+}
+
+function wireActions() {
+  $("#halt-form").addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    const reason = $("#halt-reason").value.trim() || "operator halt";
+    act("Halt the market", `Halt market ${S.market?.market_id ?? ""}? No new orders or modifies will be accepted ` +
+        `(cancels still work). Reason: "${reason}".`, "POST", "/api/operator/market/halt", { reason },
+        (r) => `Market halted (seq ${r.seq}).`);
+  });
+  $("#resume-btn").addEventListener("click", () =>
+    act("Resume the market", `Resume trading on market ${S.market?.market_id ?? ""}?`, "POST",
+        "/api/operator/market/resume", {}, (r) => `Market resumed (seq ${r.seq}).`));
+  $("#cancel-form").addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    const addr = $("#cancel-member").value, pid = $("#cancel-product").value;
+    if (!addr) { status("Choose a member first.", false); return; }
+    act("Cancel a member's orders", `Cancel every resting order of ${who(addr)} (${addr})` +
+        (pid ? ` in ${productShort(pid)} (${pid})` : " in all products") + "?", "POST",
+        `/api/operator/members/${addr}/cancel-all`, pid ? { product_id: pid } : {},
+        (r) => `Cancelled ${r.cancelled} order(s) of ${who(addr)}.`);
+  });
+  $("#flex-form").addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    const pid = $("#flex-product").value, direction = $("#flex-direction").value;
+    const p = S.products.find((x) => x.product_id === pid);
+    const raw = $("#flex-power").value.trim();
+    const target_w = raw === "" ? null : fmt.parseKwToW(raw);
+    if (!p) { status("Choose a delivery period first.", false); return; }
+    if (target_w !== null && (Number.isNaN(target_w) || target_w <= 0) || (raw !== "" && target_w === null)) {
+      status("Power: a positive number of kW with at most 3 decimals, or empty for every eligible offer.", false);
+      return;
+    }
+    const body = { period_start: p.start, direction, ...(target_w === null ? {} : { target_w }) };
+    act("Open a flexibility event", `Open a ${direction} flexibility event ` +
+        `${target_w === null ? "inviting every eligible offer" : `of ${fmt.kwh(target_w)} kW`} for ` +
+        `${p.delivery_day} ${periodLabel(p)} (${pid})?`, "POST", "/api/operator/flexibility/events", body,
+        (r) => `Flexibility event opened${r && r.event_id !== undefined ? ` (event ${r.event_id})` : ""}.`);
+  });
+  $("#all-trades").addEventListener("change", () => schedule("trades"));
+  $("#p2p-toggle").addEventListener("click", (ev) => {
+    const table = ev.currentTarget.getAttribute("aria-pressed") !== "true";
+    ev.currentTarget.setAttribute("aria-pressed", String(table));
+    ev.currentTarget.textContent = table ? "Show as heat map" : "Show as table";
+    $("#p2p-heat").hidden = table;
+    $("#p2p-list").hidden = !table;
+  });
+  // heat-map tooltip on hover and keyboard focus
+  const tip = $("#p2p-tip");
+  const show = (ev) => {
+    const td = ev.target.closest("td.heat[data-tip]");
+    if (!td) return;
+    tip.textContent = td.dataset.tip;
+    tip.hidden = false;
+    const r = td.getBoundingClientRect();
+    tip.style.left = `${Math.max(4, Math.min(window.innerWidth - 264, r.left))}px`;
+    tip.style.top = `${Math.min(window.innerHeight - 60, r.bottom + 6)}px`;
+  };
+  const hide = () => { tip.hidden = true; };
+  const heat = $("#p2p-heat");
+  heat.addEventListener("mouseover", show);
+  heat.addEventListener("focusin", show);
+  heat.addEventListener("mouseout", hide);
+  heat.addEventListener("focusout", hide);
+  document.addEventListener("keydown", (ev) => { if (ev.key === "Escape") hide(); });
+}
+
+wireActions();
+connect();
