@@ -14,6 +14,7 @@ from ..service import Market
 from .keys import MARKET, MARKET_DATA, MEMBERS, METRICS, SETTINGS, SOCKETS, WS_HANDLERS
 from .marketdata import MarketData
 from .operator import add_operator_routes, make_registry
+from .page import add_page_routes
 from .protocol import json_schema
 from .session import close_sockets, ws_handler
 from .views import market_summary, product_summary, products_sorted
@@ -120,6 +121,7 @@ async def make_app(market: Market, settings: Settings) -> web.Application:
     app.on_shutdown.append(close_sockets)
     add_operator_routes(app)
     add_metrics_route(app)
+    add_page_routes(app)
     add_flexibility(app)  # exchange/flexibility: flex_* WS messages, /api/operator/flexibility/...
     return app
 

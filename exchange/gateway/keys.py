@@ -11,7 +11,9 @@ if TYPE_CHECKING:
     from ..members import MemberRegistry
     from ..metrics import Metrics
     from ..service import Market
+    from .feed import OperatorFeed
     from .marketdata import MarketData
+    from .page import PageSessions
 
 MARKET: web.AppKey[Market] = web.AppKey("market")
 SETTINGS: web.AppKey[Settings] = web.AppKey("settings")
@@ -23,3 +25,7 @@ SOCKETS: web.AppKey[set] = web.AppKey("sockets")  # open peer WebSockets, closed
 # Subsystems (settlement proofs, flexibility) register theirs at app build time;
 # the session calls them for authenticated requests of that type.
 WS_HANDLERS: web.AppKey[dict] = web.AppKey("ws_handlers")
+# The operator page (exchange/gateway/page.py): the feed hub any subsystem may publish to
+# (``app[OPERATOR_FEED].publish(topic, payload)``) and the page's login sessions.
+OPERATOR_FEED: web.AppKey[OperatorFeed] = web.AppKey("operator_feed")
+PAGE_SESSIONS: web.AppKey[PageSessions] = web.AppKey("page_sessions")
