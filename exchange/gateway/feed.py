@@ -43,13 +43,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import defaultdict, deque
+from collections import deque
 from collections.abc import Callable
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from ..core.units import from_us, iso
+from ..core.units import iso, to_us
 
 if TYPE_CHECKING:
     from aiohttp import web
@@ -153,6 +154,7 @@ class OperatorFeed:
         self._last_slow = 0.0
         self._tasks: list[asyncio.Task] = []
         self._started = False
+        self._buffer: list | None = None  # committed groups held back while start() loads history
 
     # ------------------------------------------------------------------ publish API
     def publish(self, topic: str, payload: dict, key: str | None = None) -> None:
@@ -319,8 +321,6 @@ class OperatorFeed:
                 self.seq = max(self.seq, e.events[-1].seq)
         self._dirty_market = True
 
-    _buffer: list | None = None
-
     def _on_trade(self, ev) -> None:
         pid, price, qty = ev.product_id, ev.price, ev.quantity
         ts = iso(ev.ts)
@@ -454,11 +454,7 @@ class OperatorFeed:
 
 
 def _iso_us(s: str) -> int:
-    from datetime import datetime
-
-    from ..core.units import to_us
-
     return to_us(datetime.fromisoformat(s))
 
 
-__all__ = ["FeedClient", "OperatorFeed", "from_us"]
+__all__ = ["FeedClient", "OperatorFeed"]

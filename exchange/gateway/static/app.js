@@ -113,6 +113,7 @@ function onMessage(m) {
 function select(pid, fromUser) {
   if (!pid || pid === S.selected) return;
   S.selected = pid;
+  if (fromUser) S.userSelected = true;
   const p = S.products.find((x) => x.product_id === pid);
   if (p) S.day = p.delivery_day;
   if (fromUser) history.replaceState(null, "", `#p=${encodeURIComponent(pid)}`);
@@ -121,10 +122,12 @@ function select(pid, fromUser) {
 }
 function autoSelect() {
   const fromHash = decodeURIComponent((location.hash.match(/^#p=(.+)$/) || [])[1] || "");
-  if (!S.selected && fromHash && S.products.some((p) => p.product_id === fromHash)) return select(fromHash);
-  if (S.selected && S.products.some((p) => p.product_id === S.selected)) return;
-  const open = S.products.find((p) => p.state === "open") || S.products[0];
-  if (open) { S.selected = null; select(open.product_id); }
+  if (!S.selected && fromHash && S.products.some((p) => p.product_id === fromHash)) return select(fromHash, true);
+  const cur = S.products.find((p) => p.product_id === S.selected);
+  // keep the operator's choice; an automatic choice follows the market to the next open product
+  if (cur && (S.userSelected || cur.state === "open")) return;
+  const open = S.products.find((p) => p.state === "open") || cur || S.products[0];
+  if (open && open.product_id !== S.selected) { S.selected = null; select(open.product_id); }
 }
 
 // ------------------------------------------------------------------ renderers
