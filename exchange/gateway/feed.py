@@ -221,6 +221,8 @@ class OperatorFeed:
         try:
             await self._load_trades(upto)
             await self._load_members()
+        except Exception:  # noqa: BLE001 - the page must never keep the exchange from starting
+            log.exception("operator feed: could not load the committed history; following from seq %d", upto)
         finally:
             self._buffer = None
         self.seq = max(self.seq, upto)
