@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 SOLCJS := contracts/node_modules/solc/soljson.js
 
-.PHONY: venv chromium test demo bench serve clean
+.PHONY: venv chromium test demo bench serve clean loadtest
 
 venv: $(STAMP) $(SOLCJS) chromium
 
@@ -40,6 +40,12 @@ bench: venv
 
 serve: venv
 	$(BIN)/voltbourse serve
+
+# Locust over the WebSocket API against a local exchange it starts (docs/loadtest.md).
+USERS    ?= 20
+DURATION ?= 15s
+loadtest: venv
+	$(BIN)/python -m loadtest.run --users $(USERS) --duration $(DURATION)
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .hypothesis contracts/node_modules

@@ -1,0 +1,1 @@
+"""Locust load tests of the peer WebSocket API (see docs/loadtest.md)."""
