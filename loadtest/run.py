@@ -28,9 +28,10 @@ TOKEN = "loadtest-operator-token"
 
 
 def _members(n: int, seed: str) -> list[dict]:
-    from loadtest.locustfile import loadtest_key
+    from clients.sdk.keys import member_key  # the keys of loadtest.locustfile.loadtest_key (not imported here:
+    # importing locust monkey-patches the process with gevent)
 
-    return [{"address": loadtest_key(i, seed).address, "name": f"loadtest {i}", "role": "prosumer",
+    return [{"address": member_key(f"loadtest-{seed}", i).address, "name": f"loadtest {i}", "role": "prosumer",
              "export_capacity_w": 10**9, "retail_tariff_ticks": 30_000, "feed_in_tariff_ticks": 8_000,
              "collateral": 10**17} for i in range(n)]
 

@@ -262,6 +262,16 @@ class BookFeed(Feed):
                     pass
 
 
+def _order_result(result: Any, request: dict) -> OrderResult:
+    """Parse an order outcome; an answer without one (seen when a calendar transition was
+    applied in the same command: the server then answers ``{"seq": n}``) is reported as
+    :class:`OutcomeUnknown`, so a ``client_order_id`` resend (``retries``) settles it."""
+    if not isinstance(result, dict) or "order_id" not in result:
+        raise OutcomeUnknown(f"the exchange answered without an order outcome ({result!r}); the order may or "
+                             "may not exist: resend with the same client_order_id or check orders()", request)
+    return OrderResult.model_validate(result)
+
+
 def _dump(model: BaseModel) -> dict:
     return model.model_dump(mode="json", exclude_none=True)
 
@@ -612,7 +622,7 @@ class VoltbourseClient:
                                               client_order_id=client_order_id, nonce=nonce)
                 fields.update(signature=auth.sign_order(typed, self.account.key), nonce=nonce)
             try:
-                return OrderResult.model_validate(await self._model_call(P.Place, timeout, **fields))
+                return _order_result(await self._model_call(P.Place, timeout, **fields), fields)
             except OutcomeUnknown:
                 if attempt >= retries:
                     raise
@@ -626,8 +636,8 @@ class VoltbourseClient:
     async def modify(self, order_id: int, *, price: int | None = None, quantity: int | None = None,
                      timeout: float | None = None) -> OrderResult:
         """New price and/or remaining quantity (quantity down at the same price keeps priority)."""
-        return OrderResult.model_validate(await self._model_call(P.Modify, timeout, type="modify", order_id=order_id,
-                                                                 price=price, quantity=quantity))
+        return _order_result(await self._model_call(P.Modify, timeout, type="modify", order_id=order_id,
+                                                    price=price, quantity=quantity), {"order_id": order_id})
 
     async def cancel_all(self, product_id: str | None = None, *, timeout: float | None = None) -> int:
         """Cancel my resting orders (of one product or all); returns how many."""
