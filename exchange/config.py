@@ -132,6 +132,23 @@ class Settings(BaseSettings):
     #: chain id of the EIP-712 domain of signed orders
     chain_id: int = Field(1337, ge=1)
 
+    # --- settlement (settlement/, docs/settlement.md) --------------------------
+    #: anchor and settle trades on chain; the chain then owns members' collateral
+    settlement_enabled: bool = True
+    #: JSON-RPC node to use; unset: an in-process py-evm chain (eth-tester), empty at every start
+    chain_rpc_url: str | None = None
+    #: operator key (0x hex) that deploys the contracts and anchors batches; required with
+    #: chain_rpc_url, defaults to eth-tester's first funded key in process
+    chain_operator_key: SecretStr | None = None
+    #: trades per batch (at most), and the age after which a smaller batch is sent anyway
+    settlement_batch_size: int = Field(1000, ge=1, le=20_000)
+    settlement_max_age_s: float = Field(5.0, gt=0)
+    #: seconds between worker polls when there is nothing to do
+    settlement_poll_s: float = Field(0.5, gt=0)
+    #: first and longest wait between retries after a chain error
+    settlement_retry_s: float = Field(1.0, gt=0)
+    settlement_retry_max_s: float = Field(60.0, gt=0)
+
     @classmethod
     def settings_customise_sources(
         cls,

@@ -1,0 +1,114 @@
+"""Reconciliation: every trade in the database is in exactly one anchored batch whose
+root is on chain and whose net amounts match what the chain applied.
+
+Checks, per market:
+
+- every trade has a batch (or is reported as pending, not yet batched);
+- each batch's trades are exactly its recorded id range and count (one batch per trade
+  is structural: ``trades.batch_id`` is a single column);
+- the Merkle root and the net amounts recomputed from the trades equal the recorded ones;
+- the batch is anchored on the active deployment, and the registry holds the same
+  root, trade count and sequence range for its id;
+- the ``NetSettled`` events of its anchoring transaction equal the recorded nets;
+- the registry holds no batch the database does not know (batch count).
+
+Any difference is reported with what was expected and what was found.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+from web3.logs import DISCARD
+
+from .merkle import MerkleTree, leaf
+from .netting import net_amounts
+from .worker import batch_trades
+
+
+@dataclass
+class Report:
+    trades: int = 0
+    batches: int = 0
+    anchored: int = 0
+    pending_trades: int = 0
+    differences: list[str] = field(default_factory=list)
+    checked_at: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return not self.differences
+
+    def as_dict(self) -> dict:
+        return {"ok": self.ok, "trades": self.trades, "batches": self.batches, "anchored": self.anchored,
+                "pending_trades": self.pending_trades, "differences": self.differences,
+                "checked_at": self.checked_at}
+
+
+async def reconcile(pool, market_id: str, chain, *, deployment_id: int | None = None) -> Report:
+    rep = Report(checked_at=datetime.now(timezone.utc).isoformat())
+    diff = rep.differences.append
+    async with pool.acquire() as conn:
+        rep.trades = await conn.fetchval("SELECT count(*) FROM trades WHERE market_id = $1", market_id)
+        rep.pending_trades = await conn.fetchval(
+            "SELECT count(*) FROM trades WHERE market_id = $1 AND batch_id IS NULL", market_id)
+        orphans = await conn.fetch(
+            "SELECT DISTINCT t.batch_id FROM trades t LEFT JOIN settlement_batches b "
+            "ON b.market_id = t.market_id AND b.batch_id = t.batch_id "
+            "WHERE t.market_id = $1 AND t.batch_id IS NOT NULL AND b.batch_id IS NULL", market_id)
+        for r in orphans:
+            diff(f"trades point at batch {r['batch_id']}, which is not recorded")
+        if deployment_id is None:
+            deployment_id = await conn.fetchval(
+                "SELECT deployment_id FROM settlement_deployments WHERE market_id = $1 AND active", market_id)
+        batches = await conn.fetch("SELECT * FROM settlement_batches WHERE market_id = $1 ORDER BY batch_id",
+                                   market_id)
+        rep.batches = len(batches)
+        for b in batches:
+            bid = b["batch_id"]
+            trades = await batch_trades(conn, market_id, bid)
+            ids = [t.trade_id for t in trades]
+            if len(trades) != b["trade_count"] or (ids and (ids[0], ids[-1]) != (b["first_trade_id"],
+                                                                                  b["last_trade_id"])):
+                diff(f"batch {bid}: records {b['trade_count']} trades {b['first_trade_id']}..{b['last_trade_id']}, "
+                     f"the database has {len(trades)}" + (f" ({ids[0]}..{ids[-1]})" if ids else ""))
+                continue
+            root = "0x" + MerkleTree([leaf(t) for t in trades]).root.hex()
+            if root != b["root"]:
+                diff(f"batch {bid}: recorded root {b['root']} but its trades hash to {root}")
+            nets = {m: a for m, a in b["nets"]}
+            if nets != net_amounts(trades):
+                diff(f"batch {bid}: recorded net amounts differ from its trades' net amounts")
+            if b["state"] != "anchored":
+                diff(f"batch {bid}: not anchored (state {b['state']}"
+                     + (f", last error: {b['last_error']}" if b["last_error"] else "") + ")")
+                continue
+            if b["deployment_id"] != deployment_id:
+                diff(f"batch {bid}: anchored on deployment {b['deployment_id']}, not the active {deployment_id}")
+                continue
+            rep.anchored += 1
+            c_root, c_first, c_last, c_count, c_at = chain.batch_on_chain(bid)
+            if not c_at:
+                diff(f"batch {bid}: recorded as anchored (tx {b['tx_hash']}) but the registry has no such batch")
+                continue
+            if "0x" + bytes(c_root).hex() != b["root"]:
+                diff(f"batch {bid}: root on chain 0x{bytes(c_root).hex()} != recorded {b['root']}")
+            if (c_first, c_last, c_count) != (b["first_seq"], b["last_seq"], b["trade_count"]):
+                diff(f"batch {bid}: chain has seq {c_first}..{c_last} x{c_count}, recorded "
+                     f"{b['first_seq']}..{b['last_seq']} x{b['trade_count']}")
+            receipt = chain.receipt(b["tx_hash"], 0) if b["tx_hash"] else None
+            if receipt is None:
+                diff(f"batch {bid}: no receipt for its transaction {b['tx_hash']}")
+                continue
+            settled = {}
+            for ev in chain.registry.events.NetSettled().process_receipt(receipt, errors=DISCARD):
+                if ev["args"]["batchId"] == bid:
+                    settled[ev["args"]["member"]] = ev["args"]["amount"]
+            if {m.lower(): a for m, a in settled.items()} != {m.lower(): a for m, a in nets.items()}:
+                diff(f"batch {bid}: net amounts settled on chain differ from the recorded ones")
+        if deployment_id is not None:
+            on_chain = chain.registry.functions.batchCount().call()
+            if on_chain != rep.anchored:
+                diff(f"the registry holds {on_chain} batches, the database {rep.anchored} anchored ones")
+    return rep

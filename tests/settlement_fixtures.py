@@ -1,0 +1,87 @@
+"""Shared pieces of the settlement tests: compiled contracts, a fresh in-process chain,
+a market whose members are key pairs funded on chain, and trade generation."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from eth_account import Account
+
+from exchange.bench import BENCH_T0
+from exchange.clock import ManualClock
+from exchange.config import load_settings
+from exchange.core.model import PlaceOrder, RegisterMember, Side
+from exchange.gateway.auth import order_typed_data, sign_order
+from exchange.service import open_market
+from settlement.chain import Chain
+from settlement.compiler import compile_contracts
+from settlement.worker import SettlementWorker
+
+MEMBER_KEYS = [Account.from_key(bytes([i + 1]) * 32) for i in range(6)]
+DEPOSIT = 10**14  # 1 000 000 EUR in money units (1e-8 EUR)
+
+
+@pytest.fixture(scope="session")
+def artifacts():
+    return compile_contracts()
+
+
+@pytest.fixture
+def chain(artifacts):
+    return Chain.in_process(artifacts=artifacts)
+
+
+def reconnect(chain: Chain) -> Chain:
+    """A new connection to the same chain, as a restarted worker process would make."""
+    return Chain(chain.w3, chain.operator, in_process=True, tester=chain.tester, artifacts=chain.artifacts)
+
+
+async def open_test_market(pg_dsn: str, market_id: str = "s"):
+    settings = load_settings(database_url=pg_dsn, market_id=market_id)
+    return await open_market(pg_dsn, settings, ManualClock(BENCH_T0))
+
+
+def open_products(engine) -> list[str]:
+    return sorted(p for p, pb in engine.products.items() if pb.state.value == "open")
+
+
+def make_worker(pool, market, chain, **kw) -> SettlementWorker:
+    kw.setdefault("batch_size", 7)
+    kw.setdefault("max_age_s", 3600)
+    return SettlementWorker(pool, market.journal.market_id, chain, runtime=market.runtime, **kw)
+
+
+async def register_and_fund(market, worker: SettlementWorker, chain: Chain) -> None:
+    """Register the key-pair members (collateral owned by the chain) and deposit on chain;
+    the worker's chain scan feeds the deposits to the engine."""
+    for acct in MEMBER_KEYS:
+        await market.runtime.submit(RegisterMember(0, acct.address, collateral=None, export_capacity_w=10**9))
+        await worker._chain(chain.fund_member, acct, DEPOSIT)
+    await worker.scan_chain()
+
+
+async def trade(market, n_pairs: int, seed: int = 1, signed_every: int = 3, chain_id: int = 1337) -> int:
+    """Submit ``n_pairs`` crossing sell/buy pairs between random members; every
+    ``signed_every``-th order is EIP-712 signed. Returns the number of trades."""
+    rng = random.Random(seed)
+    rt = market.runtime
+    pids = open_products(rt.engine)
+    nonces = {a.address: 0 for a in MEMBER_KEYS}
+    trades = 0
+    for i in range(n_pairs):
+        seller, buyer = rng.sample(MEMBER_KEYS, 2)
+        pid = rng.choice(pids[:3])
+        price = rng.randint(-500, 30_000)
+        qty = rng.randint(1, 5_000)
+        for acct, side in ((seller, Side.SELL), (buyer, Side.BUY)):
+            sig = nonce = None
+            if (2 * i + (side is Side.BUY)) % signed_every == 0:
+                nonces[acct.address] += 1
+                nonce = nonces[acct.address]
+                typed = order_typed_data(market.journal.market_id, chain_id, product_id=pid, side=side.value,
+                                         price=price, quantity=qty, tif="gtc", client_order_id=None, nonce=nonce)
+                sig = sign_order(typed, acct.key)
+            res = await rt.submit(PlaceOrder(0, acct.address, pid, side, price, qty, signature=sig, nonce=nonce))
+            trades += sum(1 for ev in res.events if ev.type == "trade")
+    return trades
