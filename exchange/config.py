@@ -141,7 +141,7 @@ class Settings(BaseSettings):
     #: chain_rpc_url, defaults to eth-tester's first funded key in process
     chain_operator_key: SecretStr | None = None
     #: trades per batch (at most), and the age after which a smaller batch is sent anyway
-    settlement_batch_size: int = Field(1000, ge=1, le=20_000)
+    settlement_batch_size: int = Field(2000, ge=1, le=20_000)
     settlement_max_age_s: float = Field(5.0, gt=0)
     #: seconds between worker polls when there is nothing to do
     settlement_poll_s: float = Field(0.5, gt=0)

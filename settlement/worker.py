@@ -79,7 +79,7 @@ async def batch_trades(conn, market_id: str, batch_id: int) -> list[TradeRecord]
 
 class SettlementWorker:
     def __init__(self, pool: asyncpg.Pool, market_id: str, chain: Chain, *, runtime=None,
-                 batch_size: int = 1000, max_age_s: float = 5.0, poll_s: float = 0.5,
+                 batch_size: int = 2000, max_age_s: float = 5.0, poll_s: float = 0.5,
                  retry_s: float = 1.0, retry_max_s: float = 60.0,
                  publish: Callable[[dict], None] | None = None,
                  fault: Callable[[str], None] | None = None) -> None:
@@ -193,7 +193,11 @@ class SettlementWorker:
     async def step(self, *, force: bool = False) -> bool:
         """One round of every stage; True when something moved. ``force`` forms a
         batch of whatever is pending, whatever its age."""
-        moved = await self.ingest()
+        moved = False
+        for _ in range(50):  # catch up with the journal first, so batches come out full
+            if not await self.ingest():
+                break
+            moved = True
         while await self.form_batch(force=force):
             moved = True
         moved |= await self.send_pending()
@@ -401,8 +405,10 @@ class SettlementWorker:
             "SELECT batch_id, nets FROM settlement_batches WHERE market_id = $1 AND state = 'anchored' "
             "AND NOT collateral_applied ORDER BY batch_id", self.market_id)
         for b in rows:
-            for member, amount in b["nets"]:
-                rejected = await self._engine_collateral(member, settled=-amount, ref=b["batch_id"])
+            # one command per member, committed together (the engine applies each ref once)
+            results = await asyncio.gather(*(self._engine_collateral(member, settled=-amount, ref=b["batch_id"])
+                                             for member, amount in b["nets"]))
+            for (member, _), rejected in zip(b["nets"], results):
                 if rejected is not None:
                     log.warning("settlement: engine refused collateral of %s after batch %d: %s", member,
                                 b["batch_id"], rejected.detail)
