@@ -9,9 +9,9 @@ Leaf encoding (the contract's ``tradeLeaf`` computes the same)::
         address seller,
         uint64  energy_wh,
         int64   price_ticks,       # 0.01 EUR/MWh
-        bytes32 signatures_hash))  # keccak256(buy_sig || sell_sig) of the signed orders
-                                   # (a missing signature contributes no bytes);
-                                   # bytes32(0) when neither order was signed
+        bytes32 signatures_hash))  # keccak256(buy_sig || sell_sig), 65 bytes each, of the
+                                   # signed orders; an unsigned side contributes 65 zero
+                                   # bytes; bytes32(0) when neither order was signed
 
 Inner nodes: ``keccak256(0x01 || min(a, b) || max(a, b))`` (sorted pairs, so a
 proof is just the list of sibling hashes). The 0x00/0x01 prefixes keep a leaf from
@@ -55,8 +55,13 @@ def product_hash(product_id: str) -> bytes:
 def signatures_hash(buy_signature: str | None, sell_signature: str | None) -> bytes:
     if buy_signature is None and sell_signature is None:
         return ZERO32
-    raw = b"".join(bytes.fromhex(s.removeprefix("0x")) for s in (buy_signature, sell_signature) if s is not None)
-    return keccak(raw)
+    parts = []
+    for sig in (buy_signature, sell_signature):
+        raw = bytes(65) if sig is None else bytes.fromhex(sig.removeprefix("0x"))
+        if len(raw) != 65:
+            raise ValueError("an order signature is 65 bytes")
+        parts.append(raw)
+    return keccak(b"".join(parts))
 
 
 def _word(n: int) -> bytes:

@@ -10,16 +10,26 @@ amounts of a batch sum to zero exactly; members netting to zero are left out.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from functools import lru_cache
+
+from eth_utils import to_checksum_address
 
 from .merkle import TradeRecord
+
+
+@lru_cache(maxsize=65_536)
+def _member(address: str) -> str:
+    """One spelling per member (EIP-55), so differently-cased ids of one address net together."""
+    return to_checksum_address(address)
 
 
 def net_amounts(trades: Iterable[TradeRecord]) -> dict[str, int]:
     nets: dict[str, int] = {}
     for t in trades:
         v = t.value
-        nets[t.buyer] = nets.get(t.buyer, 0) - v
-        nets[t.seller] = nets.get(t.seller, 0) + v
+        buyer, seller = _member(t.buyer), _member(t.seller)
+        nets[buyer] = nets.get(buyer, 0) - v
+        nets[seller] = nets.get(seller, 0) + v
     out = {m: a for m, a in sorted(nets.items()) if a != 0}
     assert sum(out.values()) == 0
     return out

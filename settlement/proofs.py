@@ -97,5 +97,8 @@ def verify_proof(p: dict, registry=None) -> bool:
     if registry is None:
         return verify(lf, proof, root)
     onchain_root = bytes(registry.functions.batches(p["batch_id"]).call()[0])
-    return (verify(lf, proof, onchain_root) and onchain_root == root
-            and registry.functions.verifyTrade(p["batch_id"], lf, proof).call())
+    t = p["trade"]
+    fields_ok = registry.functions.verifyTradeFields(
+        p["batch_id"], p["trade_id"], bytes.fromhex(t["product_hash"][2:]), t["buyer"], t["seller"], t["energy_wh"],
+        t["price_ticks"], bytes.fromhex(t["signatures_hash"][2:]), proof).call()
+    return verify(lf, proof, onchain_root) and onchain_root == root and fields_ok

@@ -22,6 +22,10 @@ import pytest
 
 from exchange.db import TABLES, EmbeddedPostgres, create_pool, upgrade
 
+# Servers built by tests run without on-chain settlement unless a test turns it on
+# (tests/test_settlement_*.py do): an EVM per test server would only cost time.
+os.environ.setdefault("VOLTBOURSE_SETTLEMENT_ENABLED", "false")
+
 
 def test_data_root() -> Path:
     """Per-user directory under which tests create their PostgreSQL data dirs."""

@@ -594,15 +594,18 @@ def test_trade_leaf_on_chain_equals_off_chain(deployed):
         if t.buy_signature is None and t.sell_signature is None:
             assert sh == ZERO32
         else:
-            raw = b"".join(bytes.fromhex(s[2:]) for s in (t.buy_signature, t.sell_signature) if s)
+            # an unsigned side is 65 zero bytes, so buy-only and sell-only differ
+            raw = b"".join(bytes.fromhex(s[2:]) if s else bytes(65) for s in (t.buy_signature, t.sell_signature))
             assert sh == keccak(raw)
         fields = (t.trade_id, product_hash(t.product_id), to_checksum_address(t.buyer),
                   to_checksum_address(t.seller), t.energy_wh, t.price_ticks, sh)
         # the hand-written encoding is abi.encode
         assert leaf_body(t) == abi_encode(list(LEAF_TYPES), fields)
         assert fn(*fields).call() == leaf(t), t.trade_id
-    # signatures change the leaf
+    # signatures change the leaf, and which side signed matters
     assert leaf(cases[2]) != leaf(TradeRecord(3, "20261123T0000Z-15", a, b, 77, 0))
+    s1 = sig()
+    assert signatures_hash(s1, None) != signatures_hash(None, s1)
     with pytest.raises(ValueError):
         leaf(TradeRecord(1, "p", a, b, 1, 2**63))
 
@@ -677,3 +680,22 @@ def test_merkle_proofs_property(leaves, data):
     # the root is the fold of sorted pairs: recompute it independently for two leaves
     if n == 2:
         assert tree.root == hash_pair(leaves[1], leaves[0])
+
+
+def test_verify_trade_fields_builds_the_leaf_itself(funded):
+    """verifyTrade takes any bytes32, so an inner node passes it; verifyTradeFields computes
+    the leaf from the trade's fields and cannot be fooled that way."""
+    chain = funded
+    trades = make_trades(4, seed=9)
+    _, tree, _ = anchor(chain, 1, trades)
+    reg = chain.registry.functions
+    # the documented weakness of the raw check: an inner node with the rest of the path
+    assert reg.verifyTrade(1, tree.levels[1][0], tree.proof(0)[1:]).call()
+    for i, t in enumerate(trades):
+        fields = (t.trade_id, product_hash(t.product_id), to_checksum_address(t.buyer),
+                  to_checksum_address(t.seller), t.energy_wh, t.price_ticks,
+                  signatures_hash(t.buy_signature, t.sell_signature))
+        assert reg.verifyTradeFields(1, *fields, tree.proof(i)).call()
+        tampered = (fields[0], fields[1], fields[2], fields[3], fields[4] + 1, *fields[5:])
+        assert not reg.verifyTradeFields(1, *tampered, tree.proof(i)).call()
+        assert not reg.verifyTradeFields(2, *fields, tree.proof(i)).call()

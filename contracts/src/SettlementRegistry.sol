@@ -195,7 +195,10 @@ contract SettlementRegistry {
     // ------------------------------------------------------------------ proofs
 
     /// @notice True when `leaf` is in the anchored batch `batchId` by `proof`.
-    function verifyTrade(uint64 batchId, bytes32 leaf, bytes32[] calldata proof) external view returns (bool) {
+    /// @dev `leaf` must be computed by the checker from the trade's fields (`tradeLeaf`),
+    /// never taken from whoever supplies the proof: an inner node of the tree would pass
+    /// as well. `verifyTradeFields` does both in one call.
+    function verifyTrade(uint64 batchId, bytes32 leaf, bytes32[] calldata proof) public view returns (bool) {
         bytes32 root = batches[batchId].root;
         if (root == bytes32(0)) return false;
         bytes32 h = leaf;
@@ -204,6 +207,23 @@ contract SettlementRegistry {
             h = h < p ? keccak256(abi.encodePacked(bytes1(0x01), h, p)) : keccak256(abi.encodePacked(bytes1(0x01), p, h));
         }
         return h == root;
+    }
+
+    /// @notice Inclusion of the trade with these fields in batch `batchId`.
+    function verifyTradeFields(
+        uint64 batchId,
+        uint64 tradeId,
+        bytes32 productHash,
+        address buyer,
+        address seller,
+        uint64 energyWh,
+        int64 priceTicks,
+        bytes32 signaturesHash,
+        bytes32[] calldata proof
+    ) external view returns (bool) {
+        return verifyTrade(
+            batchId, tradeLeaf(tradeId, productHash, buyer, seller, energyWh, priceTicks, signaturesHash), proof
+        );
     }
 
     /// @notice The leaf of a trade, as the exchange computes it off chain.
@@ -215,7 +235,7 @@ contract SettlementRegistry {
         uint64 energyWh,
         int64 priceTicks,
         bytes32 signaturesHash
-    ) external pure returns (bytes32) {
+    ) public pure returns (bytes32) {
         return keccak256(
             abi.encodePacked(
                 bytes1(0x00), abi.encode(tradeId, productHash, buyer, seller, energyWh, priceTicks, signaturesHash)

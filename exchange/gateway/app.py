@@ -105,7 +105,7 @@ async def make_app(market: Market, settings: Settings) -> web.Application:
     md = MarketData(market, disclose_counterparty=settings.disclose_counterparty, metrics=metrics)
     md.bootstrap()
     app[MARKET_DATA] = md
-    registry = make_registry(market)
+    registry = make_registry(market, chain_collateral=settings.settlement_enabled)
     app[MEMBERS] = registry
     await registry.reconcile()
     app.router.add_get("/health", health)
@@ -123,5 +123,9 @@ async def make_app(market: Market, settings: Settings) -> web.Application:
     add_metrics_route(app)
     add_page_routes(app)
     add_flexibility(app)  # exchange/flexibility: flex_* WS messages, /api/operator/flexibility/...
+    if settings.settlement_enabled:
+        from settlement.web import add_settlement  # web3/py-evm: imported only when used
+
+        add_settlement(app)  # worker, trade proofs (WS + REST), /api/operator/settlement
     return app
 

@@ -53,9 +53,10 @@ __all__ = ["OPERATOR_ROUTES", "add_operator_routes", "make_registry", "openapi"]
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def make_registry(market) -> MemberRegistry:
-    """The member registry of ``market`` (an ``exchange.service.Market``)."""
-    return MemberRegistry(market.pool, market.journal.market_id, market.runtime)
+def make_registry(market, *, chain_collateral: bool = False) -> MemberRegistry:
+    """The member registry of ``market`` (an ``exchange.service.Market``); with
+    ``chain_collateral`` the chain (settlement) owns collateral, not the registry."""
+    return MemberRegistry(market.pool, market.journal.market_id, market.runtime, chain_collateral=chain_collateral)
 
 
 # --------------------------------------------------------------------------- request bodies

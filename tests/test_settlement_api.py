@@ -1,0 +1,138 @@
+"""Settlement inside the running exchange: a real server (PostgreSQL, runtime, in-process
+EVM with the contracts compiled from source), peers over real WebSockets. Deposits
+on chain become collateral, trades settle by themselves, members fetch proofs over
+WebSocket and REST and check them against the chain; the operator sees the status
+and runs the reconciliation."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from contextlib import asynccontextmanager
+
+import aiohttp
+import pytest
+from eth_account import Account
+
+from exchange.bench import BENCH_T0
+from exchange.clock import ManualClock
+from exchange.config import load_settings
+from exchange.core.model import RegisterMember
+from exchange.gateway.auth import sign_login
+from exchange.server import start_http
+from exchange.service import open_market
+from settlement.proofs import verify_proof
+from settlement.web import SETTLEMENT, proof_message
+from wsclient import WSClient
+
+pytestmark = pytest.mark.integration
+
+KEYS = [Account.from_key(bytes([0x40 + i]) * 32) for i in range(3)]
+DEPOSIT = 10**13
+OP = {"Authorization": "Bearer op-secret"}
+
+
+@asynccontextmanager
+async def running(pg_dsn):
+    settings = load_settings(database_url=pg_dsn, market_id="sa", operator_token="op-secret",
+                             settlement_enabled=True, settlement_batch_size=4, settlement_max_age_s=0.2,
+                             settlement_poll_s=0.05)
+    market = await open_market(pg_dsn, settings, ManualClock(BENCH_T0))
+    for k in KEYS:
+        await market.runtime.submit(RegisterMember(0, k.address, collateral=None, export_capacity_w=10**7))
+    runner = await start_http(market, settings, "127.0.0.1", 0)
+    try:
+        yield market, runner
+    finally:
+        await runner.cleanup()
+        await market.close()
+
+
+async def _until(pred, timeout=20.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if await pred():
+            return True
+        await asyncio.sleep(0.05)
+    raise AssertionError("condition not reached in time")
+
+
+async def test_deposits_trades_settle_and_members_prove_them(pool, pg_dsn):
+    async with running(pg_dsn) as (market, runner), aiohttp.ClientSession() as http:
+        worker = runner.app[SETTLEMENT]
+        chain = worker.chain
+        host, port = runner.addresses[0][:2]
+        base, url = f"http://{host}:{port}", f"ws://{host}:{port}/ws"
+        pid = sorted(p for p, pb in market.engine.products.items() if pb.state.value == "open")[0]
+        # without a deposit, a buy has no collateral behind it
+        buyer = await WSClient.connect(http, url, KEYS[0].key)
+        await buyer.login()
+        r = await buyer.request({"type": "place", "product_id": pid, "side": "buy", "price": 10_000, "quantity": 1000})
+        assert r["type"] == "error" and r["code"] == "INSUFFICIENT_COLLATERAL", r
+        # deposits seen on chain raise the collateral the engine checks
+        for k in KEYS:
+            await worker._chain(chain.fund_member, k, DEPOSIT)
+        worker.wake()
+        await _until(lambda: _true(all(market.engine.accounts[k.address].collateral == DEPOSIT for k in KEYS)))
+        seller = await WSClient.connect(http, url, KEYS[1].key)
+        await seller.login()
+        for i in range(6):
+            r = await seller.request({"type": "place", "product_id": pid, "side": "sell", "price": 9_000 + i,
+                                      "quantity": 1000 + i})
+            assert r["type"] == "response", r
+            r = await buyer.request({"type": "place", "product_id": pid, "side": "buy", "price": 9_000 + i,
+                                     "quantity": 1000 + i})
+            assert r["type"] == "response", r
+        await _until(lambda: _settled(pool, 6))
+        # WebSocket proof of the buyer's own trade, checked against the chain
+        r = await buyer.request({"type": "trade_proof", "trade_id": 5})
+        assert r["type"] == "response", r
+        proof = r["result"]
+        assert proof["batch_id"] == 2 and proof["registry"] == chain.registry.address
+        assert verify_proof(proof, chain.registry)
+        # a third member may not fetch it
+        other = await WSClient.connect(http, url, KEYS[2].key)
+        await other.login()
+        r = await other.request({"type": "trade_proof", "trade_id": 5})
+        assert r["type"] == "error" and r["code"] == "NOT_FOUND"
+        # REST, signed by the member
+        ts = int(time.time())
+        sig = sign_login(proof_message("sa", 5, ts), KEYS[1].key)
+        async with http.get(f"{base}/api/trades/5/proof", params={"address": KEYS[1].address, "ts": str(ts),
+                                                                  "sig": sig}) as resp:
+            assert resp.status == 200
+            assert (await resp.json())["root"] == proof["root"]
+        bad = sign_login(proof_message("sa", 5, ts), KEYS[2].key)
+        async with http.get(f"{base}/api/trades/5/proof", params={"address": KEYS[1].address, "ts": str(ts),
+                                                                  "sig": bad}) as resp:
+            assert resp.status == 401 and (await resp.json())["error"]["code"] == "BAD_SIGNATURE"
+        async with http.get(f"{base}/api/trades/5/proof", params={"address": KEYS[1].address,
+                                                                  "ts": str(ts - 3600), "sig": sig}) as resp:
+            assert resp.status == 401
+        # the operator: status, any trade's proof, reconciliation
+        async with http.get(f"{base}/api/operator/settlement", headers=OP) as resp:
+            st = await resp.json()
+            assert resp.status == 200 and st["pending_trades"] == 0 and st["alert"] is None
+            assert {b["state"] for b in st["batches"]} == {"anchored"} and st["last_anchored_block"]
+        async with http.get(f"{base}/api/operator/settlement") as resp:
+            assert resp.status == 401
+        async with http.get(f"{base}/api/operator/trades/1/proof", headers=OP) as resp:
+            assert resp.status == 200 and verify_proof(await resp.json(), chain.registry)
+        async with http.post(f"{base}/api/operator/settlement/reconcile", headers=OP) as resp:
+            rep = await resp.json()
+            assert resp.status == 200 and rep["ok"] and rep["trades"] == 6, rep
+        # settled money moved on chain and the engine follows it
+        value = sum((1000 + i) * (9_000 + i) for i in range(6))
+        assert chain.collateral(KEYS[0].address) == DEPOSIT - value
+        assert chain.collateral(KEYS[1].address) == DEPOSIT + value
+        await _until(lambda: _true(market.engine.accounts[KEYS[0].address].net_payable == 0))
+        assert market.engine.accounts[KEYS[0].address].collateral == DEPOSIT - value
+
+
+async def _true(v):
+    return v
+
+
+async def _settled(pool, n):
+    return await pool.fetchval("SELECT count(*) FROM trades t JOIN settlement_batches b USING (market_id, batch_id) "
+                               "WHERE b.state = 'anchored' AND b.collateral_applied") == n
