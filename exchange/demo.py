@@ -139,13 +139,28 @@ async def _demo(dsn: str, settings: Settings, speed: int, duration: float, membe
                                        retail_tariff_ticks=30_000, feed_in_tariff_ticks=8_000,
                                        collateral=50_000 * MONEY_UNITS_PER_EUR))
         bots.append(Bot(key.address, role, random.Random(rng.random())))
+    worker = runner.app.get(_settlement_key()) if settings.settlement_enabled else None
+    if worker is not None:
+        # collateral comes from the chain: mint each member euro credits and deposit them
+        for key in keys:
+            await worker._chain(worker.chain.fund_member, key, 50_000 * MONEY_UNITS_PER_EUR)
+        worker.wake()
     token = settings.operator_token.get_secret_value()
     print(f"Voltbourse demo - market {settings.market_id}, {members} members, clock x{speed} "
           f"(starts {start.astimezone(zone):%Y-%m-%d %H:%M %Z}), rolling gate 60 min before delivery")
     print(f"  market data: {base}/api/products  {base}/api/market  {base}/api/trades  metrics {base}/metrics")
     print(f"  peers:       ws://{host}:{port}/ws (docs/websocket.md); a member key to try: 0x{keys[0].key.hex()}")
     print(f"  operator:    {base}/api/operator/... with 'Authorization: Bearer {token}' (docs/rest.md)")
+    print(f"  operator page: {base}/operator  (log in with the token {token})")
     print(f"  journal:     PostgreSQL {dsn}  (tables journal, trades; market_id = '{settings.market_id}')")
+    if worker is not None:
+        c = worker.chain
+        print(f"  settlement:  {'in-process EVM' if c.in_process else settings.chain_rpc_url} chain {c.chain_id}, "
+              f"SettlementRegistry {c.registry.address}, vEUR {c.token.address}; batches of up to "
+              f"{worker.batch_size} trades or {worker.max_age_s:g} s; status {base}/api/operator/settlement")
+    flex_task = None
+    if flex_members := min(7, len(keys)):
+        flex_task = asyncio.create_task(_flex_demo(runner.app, f"ws://{host}:{port}/ws", keys[:flex_members], clock))
 
     async def bot_loop(bot: Bot) -> None:
         while True:
@@ -171,10 +186,24 @@ async def _demo(dsn: str, settings: Settings, speed: int, duration: float, membe
             print(f"  [{console.local(clock.now_us())}] {rate:6.0f} commands/s  {console.trades} trades  "
                   f"{console.energy / 1000:.1f} kWh  {len(rt.engine.orders)} open orders  seq {rt.committed_seq}",
                   flush=True)
+            if worker is not None:
+                st = await worker.status(limit=1)
+                last_batch = st["batches"][0] if st["batches"] else None
+                print(f"  [settlement] {worker.stats['batches_anchored']} batches anchored "
+                      f"({worker.stats['trades_anchored']} trades), last batch "
+                      + (f"#{last_batch['batch_id']} {last_batch['state']} in block {last_batch['block']} "
+                         f"root {last_batch['root'][:18]}.." if last_batch else "-")
+                      + f", {st['pending_trades']} trades waiting" + (f"  ALERT: {worker.alert}" if worker.alert else ""),
+                      flush=True)
     finally:
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if flex_task is not None and not flex_task.done():
+            flex_task.cancel()
+            await asyncio.gather(flex_task, return_exceptions=True)
+        if worker is not None:
+            await _settle_and_reconcile(market, worker)
         await runner.cleanup()
         value = console.value // 10**8
         print(f"Done: {rt.cmd_seq} commands journaled, {console.trades} trades, {console.energy / 1000:.1f} kWh "
@@ -182,6 +211,46 @@ async def _demo(dsn: str, settings: Settings, speed: int, duration: float, membe
         print(f"  replay it: VOLTBOURSE_MARKET_ID={settings.market_id} voltbourse serve  (recovers from the journal)")
         await market.close()
     return 0
+
+
+def _settlement_key():
+    from settlement.web import SETTLEMENT
+
+    return SETTLEMENT
+
+
+async def _flex_demo(app, ws_url: str, keys: list, clock) -> None:
+    """One demand-response event, from offers to revenue shares (exchange/flexibility)."""
+    from .flexibility.demo import run_flex_demo
+
+    await asyncio.sleep(3)
+    try:
+        await run_flex_demo(app, ws_url, keys, clock)
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the demo goes on without it
+        log.warning("flexibility demo event failed: %s", exc, exc_info=True)
+
+
+async def _settle_and_reconcile(market, worker) -> None:
+    """Let the worker anchor what is left, then prove every trade is on chain."""
+    from settlement.web import run_reconcile
+
+    deadline = time.monotonic() + worker.max_age_s + 20
+    worker.wake()
+    while time.monotonic() < deadline:
+        left = await market.pool.fetchval(
+            "SELECT (SELECT count(*) FROM trades WHERE market_id = $1 AND batch_id IS NULL) + "
+            "(SELECT count(*) FROM settlement_batches WHERE market_id = $1 AND state <> 'anchored')",
+            market.journal.market_id)
+        if not left:
+            break
+        await asyncio.sleep(0.25)
+    rep = await run_reconcile(worker)
+    print(f"Settlement: {rep['anchored']} batches anchored on chain for {rep['trades']} trades "
+          f"({rep['pending_trades']} pending); reconciliation {'OK' if rep['ok'] else 'FOUND DIFFERENCES'}")
+    for d in rep["differences"][:10]:
+        print("  -", d)
 
 
 def run_demo(settings: Settings, speed: int = 600, duration: float = 60.0, members: int = 24) -> int:

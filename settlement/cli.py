@@ -7,18 +7,19 @@ import json
 
 
 def cmd_reconcile(args: argparse.Namespace) -> int:
-    """Reconcile against the chain the running exchange uses (its RPC node), or, with the
-    in-process EVM (which lives inside the exchange process), against a fresh chain on
-    which the recorded batches are replayed first (``--replay``)."""
+    """With a JSON-RPC chain (``chain_rpc_url``) reconcile here, straight against the node
+    and the database. The in-process EVM lives inside the running exchange, so then ask
+    the exchange to do it (operator API, ``--url`` and the operator token)."""
     from exchange.config import load_settings
-    from exchange.db import database
-    from exchange.service import run_async
-
-    from .reconcile_cli import reconcile_command
 
     settings = load_settings()
-    with database(settings) as dsn:
-        report = run_async(reconcile_command(dsn, settings))
+    if settings.chain_rpc_url and not args.url:
+        report = _reconcile_direct(settings)
+    else:
+        report = _reconcile_remote(args.url or f"http://127.0.0.1:{settings.port}", args.token or (
+            settings.operator_token.get_secret_value() if settings.operator_token else None))
+        if report is None:
+            return 2
     if args.json:
         print(json.dumps(report))
     else:
@@ -27,6 +28,48 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
         for d in report["differences"]:
             print("  -", d)
     return 0 if report["ok"] else 1
+
+
+def _reconcile_direct(settings) -> dict:
+    from exchange.db import create_pool, database
+    from exchange.service import run_async
+
+    from .chain import Chain
+    from .reconcile import reconcile
+
+    async def run(dsn: str) -> dict:
+        pool = await create_pool(dsn, min_size=1, max_size=2)
+        try:
+            row = await pool.fetchrow("SELECT * FROM settlement_deployments WHERE market_id = $1 AND active",
+                                      settings.market_id)
+            if row is None:
+                raise SystemExit(f"no contracts deployed for market {settings.market_id!r} yet")
+            chain = Chain.from_settings(settings)
+            chain.attach(row["token_address"], row["registry_address"])
+            return (await reconcile(pool, settings.market_id, chain, deployment_id=row["deployment_id"])).as_dict()
+        finally:
+            await pool.close()
+
+    with database(settings) as dsn:
+        return run_async(run(dsn))
+
+
+def _reconcile_remote(url: str, token: str | None) -> dict | None:
+    import sys
+    import urllib.error
+    import urllib.request
+
+    if not token:
+        print("voltbourse: give the operator token (--token or VOLTBOURSE_OPERATOR_TOKEN)", file=sys.stderr)
+        return None
+    req = urllib.request.Request(url.rstrip("/") + "/api/operator/settlement/reconcile", method="POST",
+                                 headers={"Authorization": f"Bearer {token}"})
+    try:
+        with urllib.request.urlopen(req, timeout=120) as resp:
+            return json.loads(resp.read())
+    except (urllib.error.URLError, OSError) as exc:
+        print(f"voltbourse: cannot reach the exchange at {url}: {exc}", file=sys.stderr)
+        return None
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -48,6 +91,9 @@ def add_commands(sub, bench_sub) -> None:
     r = s.add_parser("reconcile", help="prove every trade is in exactly one anchored batch whose root and nets "
                                        "are on chain")
     r.add_argument("--json", action="store_true", help="print the report as JSON")
+    r.add_argument("--url", help="the running exchange (default http://127.0.0.1:<port>); used with the "
+                                 "in-process EVM, which lives inside the exchange")
+    r.add_argument("--token", help="operator token (default: settings.operator_token)")
     r.set_defaults(func=cmd_reconcile)
 
     b = bench_sub.add_parser("settlement", help="trades anchored per second, gas per trade and lag on the "

@@ -202,6 +202,7 @@ class SettlementWorker:
             moved = True
         moved |= await self.send_pending()
         moved |= await self.apply_collateral()
+        moved |= await self.settle_payouts()
         moved |= await self.scan_chain()
         moved |= await self.process_withdrawals()
         if moved:
@@ -417,6 +418,48 @@ class SettlementWorker:
                                     "WHERE market_id = $1 AND batch_id = $2", self.market_id, b["batch_id"])
         return bool(rows)
 
+    # ------------------------------------------------------------------ 5b. flexibility payouts
+    async def settle_payouts(self) -> bool:
+        """Pending ``flex_payouts`` (exchange/flexibility) of one event go on chain in one
+        ``settlePayouts(event_id, ...)``: the contract refuses an id twice, and an id it
+        already has is only marked settled here, so a crash anywhere settles it once."""
+        try:
+            rows = await self.pool.fetch(
+                "SELECT payout_id, event_id, member, amount_units FROM flex_payouts WHERE market_id = $1 "
+                "AND status = 'pending' ORDER BY event_id, payout_id", self.market_id)
+        except asyncpg.UndefinedTableError:
+            return False  # the flexibility gateway is not installed
+        events: dict[int, list] = {}
+        for r in rows:
+            events.setdefault(r["event_id"], []).append(r)
+        reg = self.chain.registry
+        for event_id, payouts in events.items():
+            done = await self._chain(lambda: reg.functions.payoutBatches(event_id).call())
+            if not done:
+                members = [r["member"] for r in payouts if r["amount_units"]]
+                amounts = [r["amount_units"] for r in payouts if r["amount_units"]]
+                credit = sum(a for a in amounts if a > 0) - sum(-a for a in amounts if a < 0)
+                await self._chain(self._fund_operator, max(credit, 0))
+                await self._chain(self._operator_tx, reg.functions.settlePayouts(
+                    event_id, members, amounts), 100_000 + 40_000 * len(members))
+            await self.pool.execute(
+                "UPDATE flex_payouts SET status = 'settled', settled_at = now() WHERE market_id = $1 "
+                "AND event_id = $2 AND status = 'pending'", self.market_id, event_id)
+            if self.runtime is not None:
+                for r in payouts:
+                    await self._engine_collateral(r["member"])
+            log.info("settlement: flexibility event %d payouts settled on chain (%d members)", event_id,
+                     len(payouts))
+        return bool(events)
+
+    def _fund_operator(self, amount: int) -> None:
+        """The balancing market's payment reaches the community as euro credits minted to
+        the operator (the fiat on-ramp), approved to the registry."""
+        c = self.chain
+        if amount > 0:
+            c.mint(c.operator.address, amount)
+            c.transact(c.token.functions.approve(c.registry.address, amount), CALL_GAS)
+
     # ------------------------------------------------------------------ 6. chain events
     async def scan_chain(self) -> bool:
         scanned = await self.pool.fetchval(
@@ -463,8 +506,8 @@ class SettlementWorker:
             await self._set_withdrawal(rid, "executed", None)
         return bool(rows)
 
-    def _operator_tx(self, call):
-        return self.chain.transact(call, CALL_GAS)
+    def _operator_tx(self, call, gas: int = CALL_GAS):
+        return self.chain.transact(call, gas)
 
     async def _set_withdrawal(self, rid: int, state: str, reason: str | None) -> None:
         await self.pool.execute(

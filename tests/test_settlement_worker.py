@@ -228,3 +228,34 @@ async def test_withdrawal_refused_while_backing_orders_then_executed(pool, pg_ds
     finally:
         worker.close()
         await market.close()
+
+
+async def test_flexibility_payouts_settle_on_chain_once(pool, pg_dsn, chain):
+    """Rows of flex_payouts (written by exchange/flexibility when an event is settled):
+    revenue shares credited, a penalty debited, all in one transaction per event."""
+    market = await open_test_market(pg_dsn)
+    try:
+        worker = make_worker(pool, market, chain)
+        await worker.start()
+        await register_and_fund(market, worker, chain)
+        a, b, c = (k.address for k in MEMBER_KEYS[:3])
+        rows = [(1, 7, a, 1_500_000_000), (2, 7, b, 700_000_000), (3, 7, c, -200_000_000)]
+        await pool.executemany("INSERT INTO flex_payouts (market_id, payout_id, event_id, member, amount_units) "
+                               "VALUES ('s', $1, $2, $3, $4)", rows)
+        await worker.step()
+        assert chain.registry.functions.payoutBatches(7).call()
+        assert chain.collateral(a) == DEPOSIT + 1_500_000_000
+        assert chain.collateral(c) == DEPOSIT - 200_000_000
+        assert market.engine.accounts[a].collateral == DEPOSIT + 1_500_000_000
+        assert await pool.fetchval("SELECT count(*) FROM flex_payouts WHERE status = 'settled'") == 3
+        # a crash after the chain took it but before the rows were marked: settled once, not twice
+        await pool.execute("UPDATE flex_payouts SET status = 'pending'")
+        w2 = make_worker(pool, market, reconnect(chain))
+        await w2.start()
+        await w2.step()
+        assert chain.collateral(a) == DEPOSIT + 1_500_000_000
+        assert await pool.fetchval("SELECT count(*) FROM flex_payouts WHERE status = 'settled'") == 3
+        w2.close()
+    finally:
+        worker.close()
+        await market.close()

@@ -53,6 +53,7 @@ contract SettlementRegistry {
     );
     event NetSettled(uint64 indexed batchId, address indexed member, int256 amount, uint256 collateral);
     event PayoutCredited(uint64 indexed payoutId, address indexed member, uint256 amount, uint256 collateral);
+    event PayoutSettled(uint64 indexed payoutId, address indexed member, int256 amount, uint256 collateral);
 
     error NotOperator(address caller);
     error ZeroAmount();
@@ -189,6 +190,44 @@ contract SettlementRegistry {
             uint256 c = collateral[members[i]] + amounts[i];
             collateral[members[i]] = c;
             emit PayoutCredited(payoutId, members[i], amounts[i], c);
+        }
+    }
+
+    /// @notice Settle one flexibility event's payouts: positive amounts (revenue shares)
+    /// are paid by the operator in EuroCredit (approved to this contract) into the
+    /// members' collateral; negative amounts (shortfall penalties) are taken from the
+    /// members' collateral and paid to the operator. Refuses an id twice.
+    function settlePayouts(uint64 payoutId, address[] calldata members, int256[] calldata amounts)
+        external
+        onlyOperator
+    {
+        if (payoutBatches[payoutId]) revert PayoutAlreadyCredited(payoutId);
+        if (members.length != amounts.length) revert LengthMismatch(members.length, amounts.length);
+        payoutBatches[payoutId] = true;
+        uint256 credit;
+        uint256 debit;
+        for (uint256 i; i < members.length; ++i) {
+            int256 a = amounts[i];
+            address m = members[i];
+            uint256 c = collateral[m];
+            if (a < 0) {
+                uint256 d = uint256(-a);
+                if (c < d) revert InsufficientCollateral(m, c, d);
+                unchecked {
+                    c -= d;
+                }
+                debit += d;
+            } else {
+                c += uint256(a);
+                credit += uint256(a);
+            }
+            collateral[m] = c;
+            emit PayoutSettled(payoutId, m, a, c);
+        }
+        if (credit > debit) {
+            if (!token.transferFrom(msg.sender, address(this), credit - debit)) revert TransferFailed();
+        } else if (debit > credit) {
+            if (!token.transfer(msg.sender, debit - credit)) revert TransferFailed();
         }
     }
 

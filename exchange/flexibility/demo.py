@@ -79,7 +79,7 @@ async def run_flex_demo(app, ws_url: str, keys: list, clock, *, seed: int = 7, p
             out(f"  [flex]   {s.member[:10]}… delivered {s.delivered_wh:>7} Wh  share {eur(s.share):>10} EUR  "
                 f"penalty {eur(s.penalty):>8} EUR  payout {eur(s.payout):>10} EUR")
         out("  [flex] operator: /api/operator/flexibility/events/"
-            f"{ev.event_id}  (payouts pending in flex_payouts for on-chain settlement)")
+            f"{ev.event_id}  (payouts go on chain through the settlement worker: settlePayouts)")
         return next(e for e in flex.events_view() if e["event_id"] == ev.event_id)
     finally:
         for c in clients:
