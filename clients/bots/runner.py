@@ -330,6 +330,9 @@ class Bot:
                     await self.requote(p, now)
                 except ClientClosed:
                     return
+                except Exception as exc:  # a planner or protocol surprise must not stop the member
+                    self.stats.rejected[f"bot error: {type(exc).__name__}"] += 1
+                    log.warning("%s: requote of %s failed: %r", self.name, p.product_id, exc)
             await asyncio.sleep(requote_wall_s * rng.uniform(0.8, 1.2))
 
 
@@ -419,9 +422,17 @@ class BotRunner:
                     t.cancel()
                 await asyncio.gather(*tasks, return_exceptions=True)
                 summary = self.summary(time.monotonic() - t0)
-                await asyncio.gather(*(b.client.cancel_all() for b in self.bots if b.client is not None
-                                       and b.client.connected), return_exceptions=True)
-                await asyncio.gather(*(b.client.close() for b in self.bots if b.client is not None))
+                try:
+                    await asyncio.wait_for(asyncio.gather(
+                        *(b.client.cancel_all(timeout=5) for b in self.bots if b.client is not None
+                          and b.client.connected), return_exceptions=True), 15)
+                except asyncio.TimeoutError:
+                    log.warning("cancelling the bots' orders timed out")
+                try:
+                    await asyncio.wait_for(asyncio.gather(*(b.client.close() for b in self.bots
+                                                            if b.client is not None), return_exceptions=True), 15)
+                except asyncio.TimeoutError:
+                    log.warning("closing the bots' connections timed out")
         return summary
 
     def _line(self, t0: float) -> str:
