@@ -139,12 +139,9 @@ async def _demo(dsn: str, settings: Settings, speed: int, duration: float, membe
                                        retail_tariff_ticks=30_000, feed_in_tariff_ticks=8_000,
                                        collateral=50_000 * MONEY_UNITS_PER_EUR))
         bots.append(Bot(key.address, role, random.Random(rng.random())))
+    # With settlement on, each member's collateral is credited on chain (the operator's
+    # on-ramp, SettlementRegistry.depositFor) and reaches the engine from there.
     worker = runner.app.get(_settlement_key()) if settings.settlement_enabled else None
-    if worker is not None:
-        # collateral comes from the chain: mint each member euro credits and deposit them
-        for key in keys:
-            await worker._chain(worker.chain.fund_member, key, 50_000 * MONEY_UNITS_PER_EUR)
-        worker.wake()
     token = settings.operator_token.get_secret_value()
     print(f"Voltbourse demo - market {settings.market_id}, {members} members, clock x{speed} "
           f"(starts {start.astimezone(zone):%Y-%m-%d %H:%M %Z}), rolling gate 60 min before delivery")

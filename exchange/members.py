@@ -173,8 +173,11 @@ class MemberRegistry:
         self.market_id = market_id
         self.runtime = runtime
         # With on-chain settlement the chain owns collateral (deposits, settled batches,
-        # withdrawals): the registry then never sends it, and the row's value is ignored.
+        # withdrawals): the registry then never sends it to the engine. A new member's
+        # ``collateral`` is then credited on chain by ``funder`` (settlement sets it: the
+        # operator's on-ramp), and a PATCH of collateral changes only the row.
         self.chain_collateral = chain_collateral
+        self.funder = None  # async (address, amount) -> None
         # One writer at a time: the row and the engine command of two concurrent updates of
         # a member must not interleave (row A, row B, command B, command A).
         self._lock = asyncio.Lock()
@@ -193,7 +196,9 @@ class MemberRegistry:
                 raise MemberExists(f"member {m.address} exists already")
             member = Member.from_row(row)
             await self._register(member)
-            return member
+        if self.chain_collateral and self.funder is not None and member.collateral > 0:
+            await self.funder(member.address, member.collateral)
+        return member
 
     async def list(self) -> list[Member]:
         rows = await self.pool.fetch(f"SELECT {_COLUMNS} FROM members WHERE market_id = $1 ORDER BY created_at, "

@@ -197,6 +197,13 @@ class Chain:
             raise ChainError(f"member transaction {bytes(signed.hash).hex()} failed")
         return receipt
 
+    def credit_member(self, member: str, amount: int) -> Any:
+        """The operator's on-ramp: mint ``amount`` vEUR to itself and deposit it as the
+        member's collateral (``depositFor``); no member key needed."""
+        self.mint(self.operator.address, amount)
+        self.transact(self.token.functions.approve(self.registry.address, amount), CALL_GAS)
+        return self.transact(self.registry.functions.depositFor(Web3.to_checksum_address(member), amount), CALL_GAS)
+
     def fund_member(self, account: LocalAccount, deposit: int, *, mint: int | None = None) -> Any:
         """Mint ``mint`` (default: deposit) vEUR to the member, then approve and deposit
         ``deposit`` into the registry from the member's key (gas funded in process)."""

@@ -26,7 +26,7 @@ import orjson
 from aiohttp import web
 
 from exchange.gateway.auth import recover_login
-from exchange.gateway.keys import MARKET, SETTINGS, WS_HANDLERS
+from exchange.gateway.keys import MARKET, MEMBERS, SETTINGS, WS_HANDLERS
 from exchange.gateway.operator import _operator_only
 
 from .chain import Chain
@@ -160,6 +160,9 @@ def add_settlement(app: web.Application, *, chain: Chain | None = None) -> None:
             publish=(lambda payload: feed.publish("settlement", payload)) if feed is not None else None)
         await worker.start()
         app[SETTLEMENT] = worker
+        registry = app.get(MEMBERS)
+        if registry is not None:
+            registry.funder = worker.credit_member  # POST /api/operator/members collateral -> on chain
         app[PROOFS] = ProofService(market.pool, market.journal.market_id, c)
 
         def on_commit(entries) -> None:

@@ -452,6 +452,13 @@ class SettlementWorker:
                      len(payouts))
         return bool(events)
 
+    async def credit_member(self, member: str, amount: int) -> None:
+        """Operator on-ramp: ``amount`` vEUR deposited on chain as the member's collateral;
+        the engine gets it from the chain (not from the caller)."""
+        await self._chain(self.chain.credit_member, member, amount)
+        if self.runtime is not None:
+            await self._engine_collateral(member)
+
     def _fund_operator(self, amount: int) -> None:
         """The balancing market's payment reaches the community as euro credits minted to
         the operator (the fiat on-ramp), approved to the registry."""

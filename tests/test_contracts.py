@@ -699,3 +699,15 @@ def test_verify_trade_fields_builds_the_leaf_itself(funded):
         tampered = (fields[0], fields[1], fields[2], fields[3], fields[4] + 1, *fields[5:])
         assert not reg.verifyTradeFields(1, *tampered, tree.proof(i)).call()
         assert not reg.verifyTradeFields(2, *fields, tree.proof(i)).call()
+
+
+def test_operator_on_ramp_deposit_for(deployed):
+    """credit_member: the operator mints to itself and deposits for a member (depositFor)."""
+    chain = deployed
+    member = MEMBERS[0].address
+    receipt = chain.credit_member(member, 5_000)
+    assert chain.collateral(member) == 5_000
+    (ev,) = events(chain.registry, "Deposited", receipt)
+    assert (ev["args"]["member"], ev["args"]["amount"], ev["args"]["collateral"]) == (member, 5_000, 5_000)
+    assert chain.token.functions.balanceOf(chain.registry.address).call() == 5_000
+    assert_reverts(chain.registry.functions.depositFor(member, 0), "ZeroAmount()", sender=chain.operator.address)

@@ -90,6 +90,14 @@ async def test_deposits_trades_settle_and_members_prove_them(pool, pg_dsn):
         proof = r["result"]
         assert proof["batch_id"] == 2 and proof["registry"] == chain.registry.address
         assert verify_proof(proof, chain.registry)
+        # the SDK helper: fetch over WebSocket, check against the chain
+        from clients.sdk.client import VoltbourseClient
+        from clients.sdk.proofs import fetch_proof, verify_offline, verify_on_chain
+
+        async with VoltbourseClient(url, KEYS[0].key) as sdk:
+            sp = await fetch_proof(sdk, 5)
+        assert sp["root"] == proof["root"] and verify_offline(sp) and verify_on_chain(sp, chain.registry)
+        assert verify_on_chain(sp, chain.w3)  # registry looked up from the proof, ABI compiled from source
         # a third member may not fetch it
         other = await WSClient.connect(http, url, KEYS[2].key)
         await other.login()
@@ -127,6 +135,19 @@ async def test_deposits_trades_settle_and_members_prove_them(pool, pg_dsn):
         assert chain.collateral(KEYS[1].address) == DEPOSIT + value
         await _until(lambda: _true(market.engine.accounts[KEYS[0].address].net_payable == 0))
         assert market.engine.accounts[KEYS[0].address].collateral == DEPOSIT - value
+        # a member created by the operator with collateral is credited on chain (on-ramp)
+        newcomer = Account.from_key(bytes([0x77]) * 32)
+        body = {"address": newcomer.address, "name": "newcomer", "role": "consumer", "collateral": 12_345_678,
+                "retail_tariff_ticks": 30_000, "feed_in_tariff_ticks": 8_000}
+        async with http.post(f"{base}/api/operator/members", json=body, headers=OP) as resp:
+            assert resp.status == 201, await resp.text()
+        assert chain.collateral(newcomer.address) == 12_345_678
+        assert market.engine.accounts[newcomer.address].collateral == 12_345_678
+        # and a PATCH of collateral does not overwrite what the chain says
+        async with http.patch(f"{base}/api/operator/members/{newcomer.address}", json={"collateral": 1},
+                              headers=OP) as resp:
+            assert resp.status == 200, await resp.text()
+        assert market.engine.accounts[newcomer.address].collateral == 12_345_678
 
 
 async def _true(v):

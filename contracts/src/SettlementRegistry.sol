@@ -89,6 +89,16 @@ contract SettlementRegistry {
         emit Deposited(msg.sender, amount, c);
     }
 
+    /// @notice Deposit `amount` of the caller's EuroCredit (approved beforehand) as
+    /// `member`'s collateral: the operator's on-ramp credits members this way.
+    function depositFor(address member, uint256 amount) external {
+        if (amount == 0) revert ZeroAmount();
+        if (!token.transferFrom(msg.sender, address(this), amount)) revert TransferFailed();
+        uint256 c = collateral[member] + amount;
+        collateral[member] = c;
+        emit Deposited(member, amount, c);
+    }
+
     /// @notice Ask to withdraw; the operator executes it once the exchange has
     /// released the amount, or rejects it (it backs open orders or unsettled trades).
     function requestWithdrawal(uint96 amount) external returns (uint256 requestId) {

@@ -74,6 +74,10 @@ def _val(x):
     return x.value if isinstance(x, Enum) else x
 
 
+_OUTCOMES = frozenset({"rejected", "duplicate", "order_accepted", "order_modified", "order_cancelled",
+                       "cancel_all_done"})
+
+
 class MarketData:
     def __init__(self, market: Market, *, disclose_counterparty: bool = False, metrics=None) -> None:
         self.market = market
@@ -285,7 +289,10 @@ class MarketData:
 
     # ------------------------------------------------------------------ responses
     def _response(self, p: Pending, events: list) -> dict:
-        first = events[0]
+        # Calendar transitions due before the command (a product opening, a gate closing
+        # with its expiries or auction) come first in its events: answer from the
+        # command's own outcome, not from them.
+        first = next((ev for ev in events if ev.type in _OUTCOMES), events[0])
         t = first.type
         if t == "rejected":
             return {"type": "error", "id": p.request_id, "code": first.reason, "message": first.detail}
