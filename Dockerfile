@@ -9,15 +9,22 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
-WORKDIR /src
+# node + npm run the Solidity compiler (npm solc, pinned in contracts/package-lock.json)
+RUN apt-get update -qq && apt-get install -y -qq --no-install-recommends nodejs npm \
+ && rm -rf /var/lib/apt/lists/*
+
+# The checkout stays in /app: the contracts are compiled from contracts/src at first start.
+WORKDIR /app
 COPY pyproject.toml alembic.ini ./
 COPY alembic ./alembic
+COPY contracts/package.json contracts/package-lock.json ./contracts/
+RUN cd contracts && npm ci --no-audit --no-fund --loglevel=error
+COPY contracts/src ./contracts/src
 COPY exchange ./exchange
 COPY settlement ./settlement
 COPY clients ./clients
-# A regular (non-editable) install; the migrations go to /usr/local/share/voltbourse/alembic.
-RUN pip install '.[chain]' \
- && rm -rf /src \
+COPY loadtest ./loadtest
+RUN pip install -e '.[chain]' \
  && useradd --system --create-home --uid 10001 voltbourse \
  && mkdir -p /data \
  && chown voltbourse:voltbourse /data
