@@ -434,7 +434,7 @@ class SettlementWorker:
             events.setdefault(r["event_id"], []).append(r)
         reg = self.chain.registry
         for event_id, payouts in events.items():
-            done = await self._chain(lambda: reg.functions.payoutBatches(event_id).call())
+            done = await self._chain(reg.functions.payoutBatches(event_id).call)
             if not done:
                 members = [r["member"] for r in payouts if r["amount_units"]]
                 amounts = [r["amount_units"] for r in payouts if r["amount_units"]]
@@ -507,7 +507,7 @@ class SettlementWorker:
                     await self._set_withdrawal(rid, "rejected", rejected.detail)
                     continue
                 await self._set_withdrawal(rid, "reserved", None)
-            status = (await self._chain(lambda: reg.functions.withdrawals(rid).call()))[2]
+            status = (await self._chain(reg.functions.withdrawals(rid).call))[2]
             if status == 1:
                 await self._chain(self._operator_tx, reg.functions.executeWithdrawal(rid))
             await self._set_withdrawal(rid, "executed", None)
