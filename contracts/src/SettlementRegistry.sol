@@ -160,20 +160,7 @@ contract SettlementRegistry {
         if (sum != 0) revert NetNotZero(sum);
         batches[batchId] = Batch(root, firstSeq, lastSeq, tradeCount, uint64(block.timestamp));
         for (uint256 i; i < members.length; ++i) {
-            address m = members[i];
-            int256 a = amounts[i];
-            uint256 c = collateral[m];
-            if (a < 0) {
-                uint256 debit = uint256(-a);
-                if (c < debit) revert InsufficientCollateral(m, c, debit);
-                unchecked {
-                    c -= debit;
-                }
-            } else {
-                c += uint256(a);
-            }
-            collateral[m] = c;
-            emit NetSettled(batchId, m, a, c);
+            emit NetSettled(batchId, members[i], amounts[i], _applyDelta(members[i], amounts[i]));
         }
         unchecked {
             ++batchCount;
@@ -218,27 +205,30 @@ contract SettlementRegistry {
         uint256 debit;
         for (uint256 i; i < members.length; ++i) {
             int256 a = amounts[i];
-            address m = members[i];
-            uint256 c = collateral[m];
-            if (a < 0) {
-                uint256 d = uint256(-a);
-                if (c < d) revert InsufficientCollateral(m, c, d);
-                unchecked {
-                    c -= d;
-                }
-                debit += d;
-            } else {
-                c += uint256(a);
-                credit += uint256(a);
-            }
-            collateral[m] = c;
-            emit PayoutSettled(payoutId, m, a, c);
+            if (a < 0) debit += uint256(-a);
+            else credit += uint256(a);
+            emit PayoutSettled(payoutId, members[i], a, _applyDelta(members[i], a));
         }
         if (credit > debit) {
             if (!token.transferFrom(msg.sender, address(this), credit - debit)) revert TransferFailed();
         } else if (debit > credit) {
             if (!token.transfer(msg.sender, debit - credit)) revert TransferFailed();
         }
+    }
+
+    /// @dev Add `a` (negative: take) to `m`'s collateral; refuses to go below zero.
+    function _applyDelta(address m, int256 a) private returns (uint256 c) {
+        c = collateral[m];
+        if (a < 0) {
+            uint256 d = uint256(-a);
+            if (c < d) revert InsufficientCollateral(m, c, d);
+            unchecked {
+                c -= d;
+            }
+        } else {
+            c += uint256(a);
+        }
+        collateral[m] = c;
     }
 
     // ------------------------------------------------------------------ proofs
