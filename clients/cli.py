@@ -13,6 +13,7 @@
 
     voltbourse bots run [--url WS [--operator-token T]] [--members 200] [--speed 600]
                         [--duration 150] [--strategy community|zic] [--seed S] [--json]
+                        (ends with a summary and the community KPIs of the hours traded)
 
 The key can also come from ``$VOLTBOURSE_KEY``. Only the standard library is
 imported at module level (``voltbourse --help`` stays fast).
@@ -244,7 +245,7 @@ ACTIONS = {"login": a_login, "products": a_products, "book": a_book, "place": a_
 
 
 def cmd_bots_run(args) -> int:
-    from clients.bots.runner import run_bots
+    from clients.bots.runner import format_kpis, run_bots
 
     summary = run_bots(members=args.members, speed=args.speed, duration=args.duration, url=args.url,
                        operator_token=args.operator_token, seed=args.seed, strategy=args.strategy,
@@ -252,9 +253,12 @@ def cmd_bots_run(args) -> int:
                        out=(lambda s: print(s, file=sys.stderr, flush=True)) if args.json else
                        (lambda s: print(s, flush=True)))
     if args.json:
-        print(json.dumps(summary))
+        print(json.dumps(summary))  # the KPIs under "kpis" (null for --strategy zic)
     else:
+        kpis = summary.pop("kpis", None)
         print("summary: " + ", ".join(f"{k} {v}" for k, v in summary.items()))
+        for line in format_kpis(kpis):
+            print(line)
     return 0
 
 
@@ -319,5 +323,6 @@ def add_commands(sub, bench_sub=None) -> None:
     b.add_argument("--seed", default="1", help="member keys and profiles derive from it (reruns reuse members)")
     b.add_argument("--requote-minutes", type=float, default=15, help="simulated minutes between requotes")
     b.add_argument("--report-every", type=float, default=10, metavar="SECONDS")
-    b.add_argument("--json", action="store_true", help="print the summary as JSON")
+    b.add_argument("--json", action="store_true",
+                   help="print the summary (with the community KPIs under \"kpis\") as JSON")
     b.set_defaults(func=cmd_bots_run)

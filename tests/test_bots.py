@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 from datetime import datetime, timezone
+from fractions import Fraction
 
 import pytest
 
-from clients.bots.runner import BotRunner, make_bots
+from clients.bots.battery import BatteryBot
+from clients.bots.runner import BotRunner, community_kpis_of, format_kpis, make_bots, trades_from_fills
 from clients.cli import add_commands, parse_price, parse_quantity
 from exchange.clock import ManualClock, SimClock
 from exchange.bench import BENCH_T0
@@ -30,6 +32,7 @@ async def test_zic_bots_trade_with_each_other_never_at_a_loss(pool, pg_dsn):
         assert lines[0] == "members: 10 registered, 0 already registered"
         assert summary["fills"] > 0 and summary["bought_wh"] == summary["sold_wh"] > 0
         assert summary["lost"] == 0 and summary["placed"] > 10
+        assert summary["kpis"] is None  # ZI-C traders have no community profiles
         rows = await ex.market.pool.fetch("SELECT buyer, seller, energy_wh, price_ticks FROM trades "
                                           "WHERE market_id = 'bots-zic'")
         assert sum(r["energy_wh"] for r in rows) == summary["bought_wh"]
@@ -66,6 +69,45 @@ async def test_community_bots_trade_a_simulated_morning(pool, pg_dsn):
                         assert sold <= planner.surplus(pid)
                     for pid, bought in planner.fills.bought.items():
                         assert bought <= planner.deficit(pid)
+
+        # the community KPIs of the run: consistent with the market's trades and the bots' fills
+        k = summary["kpis"]
+        rows = await ex.market.pool.fetch("SELECT trade_id, product_id, buyer, seller, energy_wh, price_ticks "
+                                          "FROM trades WHERE market_id = 'bots-community'")
+        assert k["source"] == "market trades" and k["external"] == {"trades": 0, "energy_wh": 0}
+        assert k["trades"] == len(rows) > 0
+        assert k["traded_wh"] == sum(r["energy_wh"] for r in rows) == sum(b.stats.bought_wh for b in bots)
+        assert k["traded_money"] == sum(r["energy_wh"] * r["price_ticks"] for r in rows)
+        assert k["hours"] == sorted({r["product_id"] for r in rows}) and k["members"] == len(bots)
+        matrix = k["p2p_matrix"]
+        assert sum(e for row in matrix.values() for e, _ in row.values()) == k["traded_wh"]
+        for b in bots:  # row sums: what each member sold; column sums: what it bought
+            assert sum(e for e, _ in matrix.get(b.address, {}).values()) == b.stats.sold_wh
+            assert sum(row[b.address][0] for row in matrix.values() if b.address in row) == b.stats.bought_wh
+        ss = Fraction(*k["self_sufficiency"])
+        assert 0 <= ss <= 1 and k["self_sufficiency_bp"] == round(ss * 10_000)
+        assert k["consumption_wh"] > 0 and k["generation_wh"] > 0
+        # P2P only lowers grid import, except for battery-to-battery trades (batteries are not in the
+        # profiles: a battery's sale counts as its grid import)
+        batteries = {b.address for b in bots if isinstance(b, BatteryBot)}
+        b2b = sum(r["energy_wh"] for r in rows if r["buyer"] in batteries and r["seller"] in batteries)
+        assert k["import_wh"] <= k["no_p2p"]["import_wh"] + b2b
+        if b2b == 0:
+            assert k["self_sufficiency_bp"] >= k["self_sufficiency_no_p2p_bp"]
+        # P2P payments cancel inside the community: the cost only moves with the grid flows
+        assert k["cost"] == k["import_wh"] * 30_000 - k["export_wh"] * 8_000
+        assert k["savings_vs_no_p2p"] == k["no_p2p"]["cost"] - k["cost"] == k["baseline_no_p2p"] - k["cost"]
+        assert k["top_pairs"][0]["energy_wh"] == max(e for row in matrix.values() for e, _ in row.values())
+        # the same KPIs from the bots' own fills (what the runner uses without an operator token)
+        days = {pid: p.delivery_day for pid, p in runner.watch.products.items()}
+        k2 = community_kpis_of(bots, trades_from_fills(bots), days, source="market trades",
+                               tz=k["timezone"], still_open=set(k["hours_still_open"]))
+        assert k2 == k
+        block = format_kpis(k)
+        assert block[0].startswith(f"community KPIs: {len(bots)} members, {len(k['hours'])} delivery hours")
+        ss_bp, ss0_bp = k["self_sufficiency_bp"], k["self_sufficiency_no_p2p_bp"]
+        assert f"  self-sufficiency  {ss_bp // 100}.{ss_bp % 100:02d} % with P2P, " \
+               f"{ss0_bp // 100}.{ss0_bp % 100:02d} % without (own PV only)" in block
 
 
 def test_cli_parses_human_units_exactly():

@@ -32,7 +32,7 @@ import random
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -177,6 +177,7 @@ class Bot:
         self.stats = BotStats()
         self.fill_count = 0
         self.trade_ids: set[int] = set()
+        self.fill_log: dict[int, tuple[str, str, int, int]] = {}  # trade id -> (product, side, Wh, price)
         self.last_trade_seq = 0
         self._coids = itertools.count(1)
 
@@ -224,6 +225,7 @@ class Bot:
         if trade_id in self.trade_ids:
             return
         self.trade_ids.add(trade_id)
+        self.fill_log[trade_id] = (product_id, side, qty, price)
         self.last_trade_seq = max(self.last_trade_seq, seq)
         self.fill_count += 1
         s = self.stats
@@ -381,7 +383,9 @@ class BotRunner:
                 for b in self.bots:
                     b.on_new_day(day, pids, self.watch)
 
-    async def run(self, duration: float, report_every: float = 10.0, out=print) -> dict:
+    async def run(self, duration: float, report_every: float = 10.0, out=print, kpis: bool = True) -> dict:
+        """Trade for ``duration`` wall seconds (<= 0: until cancelled); return the summary, with
+        ``summary["kpis"]`` (:meth:`kpis`, after the bots' orders are cancelled) when ``kpis``."""
         connector = aiohttp.TCPConnector(limit=0)
         async with aiohttp.ClientSession(connector=connector) as http:
             await self.watch.refresh(http)
@@ -406,6 +410,7 @@ class BotRunner:
                       for b in self.bots]
             t0 = time.monotonic()
             last = t0
+            completed = False
             try:
                 while duration <= 0 or time.monotonic() - t0 < duration:
                     await asyncio.sleep(min(1.0, max(0.05, duration - (time.monotonic() - t0))) if duration > 0
@@ -417,6 +422,7 @@ class BotRunner:
                     if time.monotonic() - last >= report_every:
                         last = time.monotonic()
                         out(self._line(t0))
+                completed = True
             finally:
                 for t in tasks:
                     t.cancel()
@@ -428,12 +434,66 @@ class BotRunner:
                           and b.client.connected), return_exceptions=True), 15)
                 except asyncio.TimeoutError:
                     log.warning("cancelling the bots' orders timed out")
+                if completed and kpis:
+                    try:
+                        summary["kpis"] = await asyncio.wait_for(self.kpis(http), 120)
+                    except Exception as exc:  # the run's own summary must still come back
+                        log.warning("community KPIs failed: %r", exc)
+                        summary["kpis"] = None
                 try:
                     await asyncio.wait_for(asyncio.gather(*(b.client.close() for b in self.bots
                                                             if b.client is not None), return_exceptions=True), 15)
                 except asyncio.TimeoutError:
                     log.warning("closing the bots' connections timed out")
         return summary
+
+    async def market_trades(self, http: aiohttp.ClientSession) -> tuple[list[dict], str]:
+        """The committed trades (with buyer and seller) of every product the runner saw, and where
+        they come from: the operator REST API (``GET /api/operator/products/{id}/trades``, paged)
+        with an operator token, else the bots' own fills paired by trade id (a counterparty
+        outside the bots stays ``None``)."""
+        fills = trades_from_fills(self.bots)
+        if not self.operator_token:
+            return fills, "bot fills"
+        headers = {"Authorization": f"Bearer {self.operator_token}"}
+        sem = asyncio.Semaphore(8)
+
+        async def one(pid: str) -> list[dict] | None:
+            rows: list[dict] = []
+            after = 0
+            while True:
+                async with sem, http.get(f"{self.http_url}/api/operator/products/{pid}/trades",
+                                         params={"after": after, "limit": 1000}, headers=headers) as r:
+                    if r.status != 200:
+                        log.warning("trades of %s: %s %s", pid, r.status, await r.text())
+                        return None
+                    page = await r.json()
+                rows += page
+                if len(page) < 1000:
+                    return rows
+                after = page[-1]["seq"]
+
+        pids = sorted(self.watch.products)
+        pages = await asyncio.gather(*(one(pid) for pid in pids))
+        out: list[dict] = []
+        source = "market trades"
+        for pid, page in zip(pids, pages):
+            if page is None:  # that product from the bots' fills instead
+                source = "market trades + bot fills"
+                page = [t for t in fills if t["product_id"] == pid]
+            out += page
+        return sorted(out, key=lambda t: t["trade_id"]), source
+
+    async def kpis(self, http: aiohttp.ClientSession) -> dict | None:
+        """The community KPIs of the delivery hours the bots traded (:func:`community_kpis_of`);
+        None for bots without community profiles (``--strategy zic``)."""
+        if getattr(self.bots[0], "data", None) is None:
+            return None
+        trades, source = await self.market_trades(http)
+        tz = self.watch.config.get("calendar", {}).get("timezone")
+        days = {pid: p.delivery_day for pid, p in self.watch.products.items()}
+        still_open = {pid for pid, p in self.watch.products.items() if p.state in ("pre_open", "open")}
+        return community_kpis_of(self.bots, trades, days, source=source, tz=tz, still_open=still_open)
 
     def _line(self, t0: float) -> str:
         s = self.summary(time.monotonic() - t0)
@@ -460,6 +520,141 @@ class BotRunner:
                 "bought_wh": tot.bought_wh, "sold_wh": tot.sold_wh, "open_orders": open_orders,
                 "lost": tot.lost, "rejected": dict(tot.rejected),
                 "reconnects": sum(max(0, b.client.connects - 1) for b in self.bots if b.client is not None)}
+
+
+# --------------------------------------------------------------------------- community KPIs
+
+
+def trades_from_fills(bots: list[Bot]) -> list[dict]:
+    """The trades the bots filled, buyer and seller paired by trade id (``None``: not a bot)."""
+    by_id: dict[int, dict] = {}
+    for b in bots:
+        for tid, (pid, side, qty, price) in b.fill_log.items():
+            t = by_id.setdefault(tid, {"trade_id": tid, "product_id": pid, "energy_wh": qty, "price_ticks": price,
+                                       "buyer": None, "seller": None})
+            t["buyer" if side == "buy" else "seller"] = b.address
+    return [by_id[k] for k in sorted(by_id)]
+
+
+def community_kpis_of(bots: list[Bot], trades: list[dict], days: dict[str, date], *, source: str = "",
+                      tz: str | None = None, still_open: set[str] = frozenset(), top: int = 5) -> dict:
+    """:func:`clients.community.kpis.community_kpis` over the bots' community, for the delivery
+    hours with at least one trade between two bots: the members' profiles
+    (``bots[i].data.table(day)``, battery-free as in the KPI definitions) restricted to those
+    hours, and those trades. Trades with a member outside the bots are left out (counted under
+    ``external``). A battery's charging and discharging are not in the profiles, so what battery
+    owners buy and sell counts in their grid flows (``batteries``: their P2P Wh). Adds ``hours``,
+    ``hours_still_open``, ``no_p2p`` (grid import/export and cost without the trades),
+    ``top_pairs`` (largest P2P flows by energy), ``p2p_pairs``, ``source`` and ``timezone``.
+    Exact integers."""
+    from clients.community.kpis import Tariffs, community_kpis
+
+    from .prosumer import FEED_IN_TICKS, RETAIL_TICKS
+
+    members = {b.address: b for b in bots}
+    batteries = {b.address for b in bots if getattr(getattr(b, "member", None), "battery", None) is not None}
+    inside, outside = [], []
+    for t in trades:
+        if t["buyer"] in members and t["seller"] in members:
+            inside.append(t)
+        elif t["buyer"] in members or t["seller"] in members:
+            outside.append(t)
+    hours = sorted({t["product_id"] for t in inside})
+    data = bots[0].data
+    hourly: dict[str, dict[str, tuple[int, int]]] = {b.address: {} for b in bots}
+    for day in sorted({days[pid] for pid in hours}):
+        table = data.table(day)
+        for addr, row in hourly.items():
+            prof = table.get(addr, {})
+            row.update((pid, prof[pid]) for pid in hours if days[pid] == day and pid in prof)
+    tariffs = Tariffs(RETAIL_TICKS, FEED_IN_TICKS)
+    k = community_kpis(hourly, inside, tariffs)
+    k0 = community_kpis(hourly, [], tariffs)
+    pairs = sorted(((e, v, s, b) for s, row in k["p2p_matrix"].items() for b, (e, v) in row.items()),
+                   key=lambda x: (-x[0], x[2], x[3]))
+    k.update(
+        source=source, timezone=tz, hours=hours, hours_still_open=sorted(still_open & set(hours)),
+        no_p2p={"import_wh": k0["import_wh"], "export_wh": k0["export_wh"], "cost": k0["cost"]},
+        p2p_pairs=len(pairs),
+        top_pairs=[{"seller": s, "buyer": b, "seller_name": members[s].name, "buyer_name": members[b].name,
+                    "energy_wh": e, "money": v} for e, v, s, b in pairs[:top]],
+        external={"trades": len(outside), "energy_wh": sum(t["energy_wh"] for t in outside)},
+        batteries={"bought_wh": sum(t["energy_wh"] for t in inside if t["buyer"] in batteries),
+                   "sold_wh": sum(t["energy_wh"] for t in inside if t["seller"] in batteries)},
+    )
+    return k
+
+
+def _fixed(n: int, d: int, places: int) -> str:
+    """``n / d`` with ``places`` decimals, rounded half to even, from integers (display only)."""
+    q, r = divmod(n * 10**places, d)
+    if 2 * r > d or (2 * r == d and q % 2):
+        q += 1
+    sign, q = ("-" if q < 0 else ""), abs(q)
+    whole, frac = divmod(q, 10**places)
+    return f"{sign}{whole}.{frac:0{places}d}" if places else f"{sign}{whole}"
+
+
+def _kwh(wh: int) -> str:
+    return _fixed(wh, 1000, 1) + " kWh"
+
+
+def _eur(money: int) -> str:  # money units: 1e-8 EUR
+    return "EUR " + _fixed(money, 10**8, 2)
+
+
+def _pct(bp: int) -> str:
+    return _fixed(bp, 100, 2) + " %"
+
+
+def format_kpis(k: dict | None) -> list[str]:
+    """The KPI block (:func:`community_kpis_of`) as readable lines."""
+    if not k:
+        return []
+    hours = k["hours"]
+    if not hours:
+        return ["community KPIs: no trade between the bots, nothing to report"]
+    zone = ZoneInfo(k["timezone"]) if k.get("timezone") else None
+
+    def start(pid: str) -> datetime:
+        return datetime.strptime(pid.split("-")[0], "%Y%m%dT%H%MZ").replace(tzinfo=ZoneInfo("UTC")).astimezone(zone)
+
+    first = start(hours[0])
+    last = start(hours[-1])
+    last_end = (last + timedelta(minutes=int(hours[-1].rsplit("-", 1)[1]))).astimezone(zone)
+    span = f"{first:%a %Y-%m-%d %H:%M} to {last_end:%H:%M %Z}"
+    still = f", {len(k['hours_still_open'])} still open" if k.get("hours_still_open") else ""
+    t = k["tariffs"]
+    income = "; negative: net income" if min(k["cost"], k["baseline_no_p2p"], k["baseline_grid_only"]) < 0 else ""
+    lines = [
+        f"community KPIs: {k['members']} members, {len(hours)} delivery hours traded ({span}{still}), "
+        f"from the {k['source']}",
+        f"  self-sufficiency  {_pct(k['self_sufficiency_bp'])} with P2P, "
+        f"{_pct(k['self_sufficiency_no_p2p_bp'])} without (own PV only)",
+        f"  grid import       {_kwh(k['import_wh'])} with P2P, {_kwh(k['no_p2p']['import_wh'])} without",
+        f"  grid export       {_kwh(k['export_wh'])} with P2P, {_kwh(k['no_p2p']['export_wh'])} without",
+        f"  consumption       {_kwh(k['consumption_wh'])}, PV generation {_kwh(k['generation_wh'])}",
+        f"  community cost    {_eur(k['cost'])} with P2P, {_eur(k['baseline_no_p2p'])} without P2P, "
+        f"{_eur(k['baseline_grid_only'])} grid-only (retail {_fixed(t['retail_ticks'], 100, 2)}, "
+        f"feed-in {_fixed(t['feed_in_ticks'], 100, 2)} EUR/MWh{income})",
+        f"  savings           {_eur(k['savings_vs_no_p2p'])} vs no P2P, {_eur(k['savings_vs_grid_only'])} vs grid-only",
+        f"  P2P               {_kwh(k['traded_wh'])} in {k['trades']} trades, {_eur(k['traded_money'])} "
+        f"(average {_fixed(k['traded_money'], k['traded_wh'] * 100, 2)} EUR/MWh), {k['p2p_pairs']} seller->buyer pairs",
+    ]
+    bat = k["batteries"]
+    if bat["bought_wh"] or bat["sold_wh"]:
+        lines.append(f"  batteries         {_kwh(bat['bought_wh'])} bought, {_kwh(bat['sold_wh'])} sold P2P by battery "
+                     f"owners; charging/discharging is not in the profiles, so it counts as their grid export/import")
+    if k["top_pairs"]:
+        lines.append("  top pairs (seller -> buyer):")
+        ws = max(len(p["seller_name"]) for p in k["top_pairs"])
+        wb = max(len(p["buyer_name"]) for p in k["top_pairs"])
+        lines += [f"    {p['seller_name']:<{ws}} -> {p['buyer_name']:<{wb}} {_kwh(p['energy_wh']):>11}  "
+                  f"{_eur(p['money'])}" for p in k["top_pairs"]]
+    if k["external"]["trades"]:
+        lines.append(f"  left out: {k['external']['trades']} trades ({_kwh(k['external']['energy_wh'])}) "
+                     f"with members outside the bots")
+    return lines
 
 
 # --------------------------------------------------------------------------- building the bots
