@@ -2,7 +2,8 @@
 against a real server: login, live ladder and trades, halt/resume with
 confirmation, the P2P matrix against the trades table, settlement and
 flexibility views, and the refusals (wrong token, feed without the cookie).
-Screenshots of the main views go to docs/screenshots/."""
+Screenshots of the main views are taken on every run; with VOLTBOURSE_UPDATE_SCREENSHOTS=1
+they replace docs/screenshots/."""
 
 from __future__ import annotations
 
