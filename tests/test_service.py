@@ -65,10 +65,11 @@ def test_demo_runs_trades_and_closes_gates(tmp_path_factory):
     data = platformdirs.user_data_path("voltbourse") / f"test-demo-{os.getpid()}"
     shutil.rmtree(data, ignore_errors=True)
     data.mkdir(parents=True)
-    env = dict(os.environ, VOLTBOURSE_DATA_DIR=str(data), VOLTBOURSE_PORT="0")
+    # as a user runs it: settlement on the in-process EVM included
+    env = dict(os.environ, VOLTBOURSE_DATA_DIR=str(data), VOLTBOURSE_PORT="0", VOLTBOURSE_SETTLEMENT_ENABLED="true")
     try:
         out = subprocess.run([sys.executable, "-m", "exchange.cli", "--log-level", "WARNING", "demo",
-                              "--duration", "8", "--speed", "900", "--members", "12"],
+                              "--duration", "10", "--speed", "900", "--members", "12"],
                              cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     finally:
         shutil.rmtree(data, ignore_errors=True)
@@ -76,4 +77,10 @@ def test_demo_runs_trades_and_closes_gates(tmp_path_factory):
     text = out.stdout
     assert "gate closed" in text and "opened 24 products" in text
     done = next(line for line in text.splitlines() if line.startswith("Done:"))
-    assert int(done.split(",")[1].split()[0]) > 0, done  # trades happened
+    trades = int(done.split(",")[1].split()[0])
+    assert trades > 0, done  # trades happened
+    assert "operator page: http://" in text and "SettlementRegistry 0x" in text
+    # every trade anchored on chain and reconciled at the end
+    settled = next(line for line in text.splitlines() if line.startswith("Settlement:"))
+    assert f"for {trades} trades (0 pending); reconciliation OK" in settled, settled
+    assert "[settlement]" in text and "batches anchored" in text
