@@ -26,7 +26,7 @@ import orjson
 from aiohttp import web
 
 from exchange.gateway.auth import recover_login
-from exchange.gateway.keys import MARKET, MEMBERS, SETTINGS, WS_HANDLERS
+from exchange.gateway.keys import MARKET, MEMBERS, METRICS, SETTINGS, WS_HANDLERS
 from exchange.gateway.operator import _operator_only
 
 from .chain import Chain
@@ -164,6 +164,9 @@ def add_settlement(app: web.Application, *, chain: Chain | None = None) -> None:
         if registry is not None:
             registry.funder = worker.credit_member  # POST /api/operator/members collateral -> on chain
         app[PROOFS] = ProofService(market.pool, market.journal.market_id, c)
+        metrics = app.get(METRICS)
+        if metrics is not None:
+            metrics.registry.register(SettlementCollector(worker))
 
         def on_commit(entries) -> None:
             if any(ev.type == "trade" for e in entries for ev in e.events):
@@ -189,6 +192,31 @@ def add_settlement(app: web.Application, *, chain: Chain | None = None) -> None:
 
     app.on_startup.append(startup)
     app.on_cleanup.append(cleanup)
+
+
+class SettlementCollector:
+    """Prometheus view of the worker, read at scrape time."""
+
+    def __init__(self, worker: SettlementWorker) -> None:
+        self.worker = worker
+
+    def collect(self):
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        w = self.worker
+        for name, key, doc in (
+                ("voltbourse_settlement_batches_anchored", "batches_anchored", "Batches anchored on chain."),
+                ("voltbourse_settlement_trades_anchored", "trades_anchored", "Trades anchored on chain."),
+                ("voltbourse_settlement_gas_used", "gas_used", "Gas used by anchorBatch transactions."),
+                ("voltbourse_settlement_chain_errors", "chain_errors", "Chain errors (each followed by a retry).")):
+            yield CounterMetricFamily(name, doc, value=w.stats[key])
+        yield GaugeMetricFamily("voltbourse_settlement_alert", "1 while the chain is failing and the worker retries.",
+                                value=1 if w.alert else 0)
+        yield GaugeMetricFamily("voltbourse_settlement_pending_trades",
+                                "Trades not yet in a batch (as of the last status).", value=w.last_pending)
+        if w.lag_s:
+            yield GaugeMetricFamily("voltbourse_settlement_last_lag_seconds",
+                                    "Wait of the last anchored batch's oldest trade.", value=w.lag_s[-1])
 
 
 def _feed(app: web.Application):

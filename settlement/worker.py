@@ -37,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
@@ -99,7 +100,9 @@ class SettlementWorker:
         self.alert: str | None = None
         self.failures = 0
         self.stats = {"batches_anchored": 0, "trades_anchored": 0, "gas_used": 0, "chain_errors": 0}
-        self.lag_s: list[float] = []  # trade ingest -> anchored, per anchored batch (seconds)
+        self.last_pending = 0  # trades not in a batch, as of the last status()
+        # wait of each anchored batch's oldest trade (seconds), the most recent ones
+        self.lag_s: deque[float] = deque(maxlen=10_000)
         self._pending_since: float | None = None
         self._ingested_at: dict[int, float] = {}  # first trade id of a formed batch -> when it became pending
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chain")
@@ -529,7 +532,7 @@ class SettlementWorker:
             "SELECT batch_id, trade_count, first_trade_id, last_trade_id, root, tx_hash, block_number, state, "
             "anchored_at FROM settlement_batches WHERE market_id = $1 ORDER BY batch_id DESC LIMIT $2",
             self.market_id, limit)
-        pending = await self.pool.fetchval(
+        pending = self.last_pending = await self.pool.fetchval(
             "SELECT count(*) FROM trades WHERE market_id = $1 AND batch_id IS NULL", self.market_id)
         last_block = await self.pool.fetchval(
             "SELECT max(block_number) FROM settlement_batches WHERE market_id = $1 AND state = 'anchored'",

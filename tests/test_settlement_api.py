@@ -124,6 +124,10 @@ async def test_deposits_trades_settle_and_members_prove_them(pool, pg_dsn):
             assert {b["state"] for b in st["batches"]} == {"anchored"} and st["last_anchored_block"]
         async with http.get(f"{base}/api/operator/settlement") as resp:
             assert resp.status == 401
+        async with http.get(f"{base}/metrics") as resp:
+            text = await resp.text()
+            assert "voltbourse_settlement_trades_anchored_total 6.0" in text
+            assert "voltbourse_settlement_alert 0.0" in text
         async with http.get(f"{base}/api/operator/trades/1/proof", headers=OP) as resp:
             assert resp.status == 200 and verify_proof(await resp.json(), chain.registry)
         async with http.post(f"{base}/api/operator/settlement/reconcile", headers=OP) as resp:
