@@ -2,7 +2,9 @@
 the operator opens an event over REST, invitations go out (a decline invites the next),
 the pooled bid goes to the simulated balancing market, which activates it; bots deliver
 (one only partly), the 10-minute checks call reserves, and the revenue shares are
-written as pending payouts for the on-chain settlement."""
+written as pending payouts, which the settlement worker (in-process EVM, contracts
+compiled from source) settles on chain: shares credited to and penalties debited from
+the members' collateral, which the engine then follows."""
 
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ from exchange.flexibility.market import SimulatedBalancingMarket
 from exchange.flexibility.web import FLEX
 from exchange.server import start_http
 from exchange.service import open_market
+from settlement.web import SETTLEMENT
 
 pytestmark = pytest.mark.integration
 
@@ -31,6 +34,7 @@ T = datetime(2026, 11, 22, 12, 0, tzinfo=timezone.utc)
 P = T + timedelta(hours=2)  # the event's delivery period
 KEYS = [Account.from_key(bytes([i + 1]) * 32) for i in range(7)]
 TOKEN = {"Authorization": "Bearer op-secret"}
+CREDIT = 10**12  # each member's on-chain collateral before the event (covers any penalty)
 
 
 async def until(pred, timeout=5.0):
@@ -44,13 +48,29 @@ async def until(pred, timeout=5.0):
 
 async def test_demand_response_event_end_to_end(pg_dsn, pool):
     clock = ManualClock(T)
-    settings = load_settings(database_url=pg_dsn, market_id="flex-e2e", operator_token="op-secret")
+    settings = load_settings(database_url=pg_dsn, market_id="flex-e2e", operator_token="op-secret",
+                             settlement_enabled=True, settlement_max_age_s=0.2, settlement_poll_s=0.05)
     market = await open_market(pg_dsn, settings, clock)
-    for k in KEYS:
-        await market.runtime.submit(RegisterMember(0, k.address, collateral=10**15, export_capacity_w=10**7))
+    for k in KEYS:  # with settlement on, collateral comes from the chain only
+        await market.runtime.submit(RegisterMember(0, k.address, collateral=None, export_capacity_w=10**7))
     runner = await start_http(market, settings, "127.0.0.1", 0)
     host, port = runner.addresses[0][:2]
     base, url = f"http://{host}:{port}", f"ws://{host}:{port}/ws"
+    worker = runner.app[SETTLEMENT]
+    chain, registry = worker.chain, worker.chain.registry
+    # hold the worker's payout stage until the test has seen the payouts pending
+    payouts_released = asyncio.Event()
+    settle_payouts = worker.settle_payouts
+
+    async def gated_settle_payouts() -> bool:
+        return await settle_payouts() if payouts_released.is_set() else False
+
+    worker.settle_payouts = gated_settle_payouts
+    for k in KEYS:  # the operator's on-ramp, on chain
+        await worker.credit_member(k.address, CREDIT)
+    before = {k.address: await worker._chain(chain.collateral, k.address) for k in KEYS}  # on the chain thread
+    assert all(c == CREDIT for c in before.values())
+    assert all(market.engine.accounts[k.address].collateral == CREDIT for k in KEYS)
     flex = runner.app[FLEX]
     await flex.stop()  # the test steps the service itself
     flex.market = SimulatedBalancingMarket(seed=3, force_activation=True)
@@ -125,9 +145,33 @@ async def test_demand_response_event_end_to_end(pg_dsn, pool):
                 assert (await anon.get(f"{base}/api/operator/flexibility/events")).status == 401
 
         await until(lambda: any(b.payouts for b in bots))
-        # the settlement worker's contract: pending payouts -> settled with a batch id
-        n = await flex.store.mark_settled([p["payout_id"] for p in payouts], batch_id=1)
-        assert n == len(payouts) and await flex.store.pending_payouts() == []
+        # the settlement worker settles the event's payouts on chain
+        assert not await worker._chain(registry.functions.payoutBatches(eid).call)
+        payouts_released.set()
+        worker.wake()
+
+        async def settled() -> bool:
+            rows = await pool.fetch("SELECT status FROM flex_payouts WHERE market_id = 'flex-e2e' "
+                                    "AND event_id = $1", eid)
+            return len(rows) == len(payouts) and all(r["status"] == "settled" for r in rows)
+
+        loop = asyncio.get_running_loop()
+        end = loop.time() + 20
+        while not await settled():
+            assert loop.time() < end, "payouts not settled in time"
+            await asyncio.sleep(0.05)
+        assert await flex.store.pending_payouts() == []
+        assert await worker._chain(registry.functions.payoutBatches(eid).call)
+        paid = {p["member"]: p["amount_units"] for p in payouts}
+        assert len(paid) == len(payouts)  # one payout per member
+        assert any(a > 0 for a in paid.values()) and any(a < 0 for a in paid.values())  # shares and a penalty
+        after = {k.address: await worker._chain(chain.collateral, k.address) for k in KEYS}
+        for addr in before:
+            assert after[addr] - before[addr] == paid.get(addr, 0), addr
+        assert sum(after[a] - before[a] for a in before) == ev["revenue_units"] - ev["penalty_units"]
+        # the engine follows the chain
+        await until(lambda: all(market.engine.accounts[a].collateral == after[a] for a in after))
+        assert worker.alert is None and worker.stats["chain_errors"] == 0
         # stored state
         assert await pool.fetchval("SELECT count(*) FROM flex_delivery WHERE market_id = 'flex-e2e'") > 0
         assert await pool.fetchval("SELECT phase FROM flex_events WHERE event_id = $1", eid) == "settled"
