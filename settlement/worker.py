@@ -439,8 +439,20 @@ class SettlementWorker:
         for event_id, payouts in events.items():
             done = await self._chain(reg.functions.payoutBatches(event_id).call)
             if not done:
-                members = [r["member"] for r in payouts if r["amount_units"]]
-                amounts = [r["amount_units"] for r in payouts if r["amount_units"]]
+                members, amounts = [], []
+                for r in payouts:
+                    a = r["amount_units"]
+                    if a < 0:
+                        # a penalty cannot take more than the member has on chain: one member's
+                        # empty account must not block everyone else's revenue share
+                        have = await self._chain(self.chain.collateral, r["member"])
+                        if -a > have:
+                            log.warning("settlement: event %d penalty of %s is %d, only %d collateral on chain; "
+                                        "the rest (%d) stays owed", event_id, r["member"], -a, have, -a - have)
+                            a = -have
+                    if a:
+                        members.append(r["member"])
+                        amounts.append(a)
                 credit = sum(a for a in amounts if a > 0) - sum(-a for a in amounts if a < 0)
                 await self._chain(self._fund_operator, max(credit, 0))
                 await self._chain(self._operator_tx, reg.functions.settlePayouts(

@@ -255,6 +255,14 @@ async def test_flexibility_payouts_settle_on_chain_once(pool, pg_dsn, chain):
         await w2.step()
         assert chain.collateral(a) == DEPOSIT + 1_500_000_000
         assert await pool.fetchval("SELECT count(*) FROM flex_payouts WHERE status = 'settled'") == 3
+        # a penalty above what the member holds on chain takes what is there and does not
+        # block the others' shares
+        poor = "0x000000000000000000000000000000000000dEaD"
+        await pool.executemany("INSERT INTO flex_payouts (market_id, payout_id, event_id, member, amount_units) "
+                               "VALUES ('s', $1, $2, $3, $4)", [(4, 8, a, 100), (5, 8, poor, -5_000)])
+        await w2.step()
+        assert chain.registry.functions.payoutBatches(8).call()
+        assert chain.collateral(a) == DEPOSIT + 1_500_000_100 and chain.collateral(poor) == 0
         w2.close()
     finally:
         worker.close()
