@@ -130,6 +130,10 @@ class Chain:
         self._nonce += 1
         return bytes(signed.raw_transaction), "0x" + bytes(signed.hash).hex()
 
+    def reset_nonce(self) -> None:
+        """Forget the local nonce (re-read from the chain before the next signature)."""
+        self._nonce = None
+
     def send_raw(self, raw: bytes) -> str:
         try:
             return "0x" + bytes(self.w3.eth.send_raw_transaction(raw)).hex()

@@ -27,6 +27,8 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
               f"pending {report['pending_trades']}: {'OK' if report['ok'] else 'DIFFERENCES'}")
         for d in report["differences"]:
             print("  -", d)
+        for d in report.get("unverifiable", []):
+            print("  (unverifiable)", d)
     return 0 if report["ok"] else 1
 
 

@@ -34,6 +34,7 @@ class Report:
     anchored: int = 0
     pending_trades: int = 0
     differences: list[str] = field(default_factory=list)
+    unverifiable: list[str] = field(default_factory=list)  # batches whose chain is gone (retired)
     checked_at: str = ""
 
     @property
@@ -43,11 +44,18 @@ class Report:
     def as_dict(self) -> dict:
         return {"ok": self.ok, "trades": self.trades, "batches": self.batches, "anchored": self.anchored,
                 "pending_trades": self.pending_trades, "differences": self.differences,
+                "unverifiable": self.unverifiable,
                 "checked_at": self.checked_at}
 
 
-async def reconcile(pool, market_id: str, chain, *, deployment_id: int | None = None) -> Report:
+async def reconcile(pool, market_id: str, chain, *, deployment_id: int | None = None, run=None) -> Report:
+    """``run(fn, *args)``: how to call the (blocking) chain, e.g. the worker's chain thread,
+    so a reconciliation inside the exchange never blocks its event loop."""
     rep = Report(checked_at=datetime.now(timezone.utc).isoformat())
+
+    async def call(fn, *args):
+        return await run(fn, *args) if run is not None else fn(*args)
+
     diff = rep.differences.append
     async with pool.acquire() as conn:
         rep.trades = await conn.fetchval("SELECT count(*) FROM trades WHERE market_id = $1", market_id)
@@ -85,10 +93,18 @@ async def reconcile(pool, market_id: str, chain, *, deployment_id: int | None = 
                      + (f", last error: {b['last_error']}" if b["last_error"] else "") + ")")
                 continue
             if b["deployment_id"] != deployment_id:
-                diff(f"batch {bid}: anchored on deployment {b['deployment_id']}, not the active {deployment_id}")
+                retired = await conn.fetchrow("SELECT active, genesis_hash FROM settlement_deployments "
+                                              "WHERE deployment_id = $1", b["deployment_id"])
+                if retired is not None and not retired["active"]:
+                    # the chain it was anchored on is gone (the in-process EVM of an earlier
+                    # run): nothing left to check it against
+                    rep.unverifiable.append(f"batch {bid}: anchored on retired deployment {b['deployment_id']} "
+                                            f"(chain {retired['genesis_hash'][:10]}.. no longer reachable)")
+                else:
+                    diff(f"batch {bid}: anchored on deployment {b['deployment_id']}, not the active {deployment_id}")
                 continue
             rep.anchored += 1
-            c_root, c_first, c_last, c_count, c_at = chain.batch_on_chain(bid)
+            c_root, c_first, c_last, c_count, c_at = await call(chain.batch_on_chain, bid)
             if not c_at:
                 diff(f"batch {bid}: recorded as anchored (tx {b['tx_hash']}) but the registry has no such batch")
                 continue
@@ -97,18 +113,18 @@ async def reconcile(pool, market_id: str, chain, *, deployment_id: int | None = 
             if (c_first, c_last, c_count) != (b["first_seq"], b["last_seq"], b["trade_count"]):
                 diff(f"batch {bid}: chain has seq {c_first}..{c_last} x{c_count}, recorded "
                      f"{b['first_seq']}..{b['last_seq']} x{b['trade_count']}")
-            receipt = chain.receipt(b["tx_hash"], 0) if b["tx_hash"] else None
+            receipt = await call(chain.receipt, b["tx_hash"], 0) if b["tx_hash"] else None
             if receipt is None:
                 diff(f"batch {bid}: no receipt for its transaction {b['tx_hash']}")
                 continue
             settled = {}
-            for ev in chain.registry.events.NetSettled().process_receipt(receipt, errors=DISCARD):
+            for ev in await call(chain.registry.events.NetSettled().process_receipt, receipt, DISCARD):
                 if ev["args"]["batchId"] == bid:
                     settled[ev["args"]["member"]] = ev["args"]["amount"]
             if {m.lower(): a for m, a in settled.items()} != {m.lower(): a for m, a in nets.items()}:
                 diff(f"batch {bid}: net amounts settled on chain differ from the recorded ones")
         if deployment_id is not None:
-            on_chain = chain.registry.functions.batchCount().call()
+            on_chain = await call(chain.registry.functions.batchCount().call)
             if on_chain != rep.anchored:
                 diff(f"the registry holds {on_chain} batches, the database {rep.anchored} anchored ones")
     return rep

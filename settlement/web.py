@@ -112,8 +112,9 @@ async def _reconcile(request: web.Request) -> web.Response:
 
 async def run_reconcile(worker: SettlementWorker) -> dict:
     """Reconcile on the chain thread's side of things; the result also goes to the feed."""
-    # reconcile() mixes DB awaits with short blocking chain reads (one per batch)
-    rep = await reconcile(worker.pool, worker.market_id, worker.chain, deployment_id=worker.deployment_id)
+    # chain reads run on the worker's chain thread; the event loop stays free
+    rep = await reconcile(worker.pool, worker.market_id, worker.chain, deployment_id=worker.deployment_id,
+                          run=worker._chain)
     worker.last_reconcile = {"ok": rep.ok, "checked_at": rep.checked_at, "differences": rep.differences[:50]}
     worker._publish()
     return rep.as_dict()

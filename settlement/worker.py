@@ -108,6 +108,7 @@ class SettlementWorker:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chain")
         self._stop = asyncio.Event()
         self._wake = asyncio.Event()
+        self._tx_lock = asyncio.Lock()  # operator transactions: sign, record, send in turn
 
     # ------------------------------------------------------------------ plumbing
     async def _chain(self, fn, *args):
@@ -141,20 +142,28 @@ class SettlementWorker:
             if row is not None:
                 # The chain behind the remembered deployment is gone (the in-process EVM
                 # starts empty) or changed: retire it; its batches are anchored again here.
-                log.warning("settlement: contracts of deployment %s are not on this chain (%s); "
-                            "deploying anew and re-anchoring its batches", row["deployment_id"], c.genesis_hash)
+                # Batches anchored there stay recorded against it (their money moved on that
+                # chain; moving it again here would settle those trades twice); batches not yet
+                # anchored go to the new chain.
+                log.warning("settlement: contracts of deployment %s are not on this chain (%s); deploying "
+                            "anew; its anchored batches stay with it, unanchored ones go to the new chain",
+                            row["deployment_id"], c.genesis_hash)
                 await conn.execute("UPDATE settlement_deployments SET active = false WHERE deployment_id = $1",
                                    row["deployment_id"])
                 await conn.execute(
                     "UPDATE settlement_batches SET state = 'prepared', tx_hash = NULL, raw_tx = NULL, "
-                    "block_number = NULL, gas_used = NULL, anchored_at = NULL, deployment_id = NULL "
-                    "WHERE market_id = $1", self.market_id)
+                    "deployment_id = NULL WHERE market_id = $1 AND state <> 'anchored'", self.market_id)
             self.deployment_id = await conn.fetchval(
                 "INSERT INTO settlement_deployments (market_id, chain_id, genesis_hash, token_address, "
                 "registry_address, operator_address, deploy_block, scanned_block) VALUES ($1,$2,$3,$4,$5,$6,$7,$7) "
                 "RETURNING deployment_id", self.market_id, c.chain_id, c.genesis_hash, dep.token, dep.registry,
                 c.operator.address, dep.block)
         self.deploy_block = dep.block
+        if row is not None and self.runtime is not None:
+            # collateral lived on the old chain: the engine must not keep trusting it
+            for member, acct in sorted(self.runtime.engine.accounts.items()):
+                if acct.collateral:
+                    await self._engine_collateral(member)
         log.info("settlement: deployed EuroCredit %s and SettlementRegistry %s on chain %s",
                  dep.token, dep.registry, c.chain_id)
         return self.deployment_id
@@ -299,18 +308,24 @@ class SettlementWorker:
         nets = [(m, a) for m, a in b["nets"]]
         call, gas = await self._chain(c.anchor_call, b["batch_id"], bytes.fromhex(b["root"][2:]), b["trade_count"],
                                       b["first_seq"], b["last_seq"], nets)
-        raw, tx_hash = await self._chain(c.sign, call, gas)
-        self.fault("after_sign")
-        await self.pool.execute(
-            "UPDATE settlement_batches SET state = 'sent', tx_hash = $3, raw_tx = $4, deployment_id = $5, "
-            "attempts = attempts + 1, sent_at = now() WHERE market_id = $1 AND batch_id = $2",
-            self.market_id, b["batch_id"], tx_hash, raw, self.deployment_id)
-        self.fault("after_record_sent")
-        try:
-            await self._chain(c.send_raw, raw)
-        except ChainError as exc:
-            await self._note_error(b["batch_id"], str(exc))
-            raise
+        # one operator transaction at a time from sign to send (nonces are ours to count)
+        async with self._tx_lock:
+            raw, tx_hash = await self._chain(c.sign, call, gas)
+            try:
+                self.fault("after_sign")
+                await self.pool.execute(
+                    "UPDATE settlement_batches SET state = 'sent', tx_hash = $3, raw_tx = $4, deployment_id = $5, "
+                    "attempts = attempts + 1, sent_at = now() WHERE market_id = $1 AND batch_id = $2",
+                    self.market_id, b["batch_id"], tx_hash, raw, self.deployment_id)
+            except BaseException:
+                c.reset_nonce()  # signed, never sent: that nonce is free again
+                raise
+            self.fault("after_record_sent")
+            try:
+                await self._chain(c.send_raw, raw)
+            except ChainError as exc:
+                await self._note_error(b["batch_id"], str(exc))
+                raise
         self.fault("after_send")
         b = await self.pool.fetchrow("SELECT * FROM settlement_batches WHERE market_id = $1 AND batch_id = $2",
                                      self.market_id, b["batch_id"])
@@ -394,9 +409,16 @@ class SettlementWorker:
             self.market_id, self.deployment_id, member)
 
     async def _engine_collateral(self, member: str, *, settled: int = 0, ref: int = 0, withdrawal: int = 0):
-        """Submit the member's collateral as the chain has it (minus reserved withdrawals)."""
+        """Submit the member's collateral as the chain has it, minus reserved withdrawals and
+        minus the nets of batches anchored after ``ref`` whose payable the engine has not
+        been told about yet (those come with their own update): collateral and payable
+        must describe the same set of settled batches."""
         chain_collateral = await self._chain(self.chain.collateral, member)
-        collateral = chain_collateral - await self._reserved(member) - withdrawal
+        unapplied = await self.pool.fetchval(
+            "SELECT coalesce(sum((n->>1)::numeric), 0)::bigint FROM settlement_batches b, jsonb_array_elements(b.nets) n "
+            "WHERE b.market_id = $1 AND b.state = 'anchored' AND NOT b.collateral_applied AND b.batch_id > $2 "
+            "AND n->>0 = $3", self.market_id, ref, member)
+        collateral = chain_collateral - unapplied - await self._reserved(member) - withdrawal
         res = await self.runtime.submit(UpdateCollateral(0, member=member, collateral=max(collateral, 0),
                                                          settled_payable=settled, settlement_ref=ref,
                                                          withdrawal=withdrawal))
@@ -443,20 +465,26 @@ class SettlementWorker:
                 for r in payouts:
                     a = r["amount_units"]
                     if a < 0:
-                        # a penalty cannot take more than the member has on chain: one member's
-                        # empty account must not block everyone else's revenue share
+                        # A penalty takes at most the member's free collateral: not what backs
+                        # its open buys and unsettled trades (or a later batch could not be
+                        # anchored), and one member's empty account must not block the others.
                         have = await self._chain(self.chain.collateral, r["member"])
+                        acct = self.runtime.engine.accounts.get(r["member"]) if self.runtime else None
+                        if acct is not None:
+                            have = min(have, max(0, acct.collateral - acct.open_exposure
+                                                 - max(acct.net_payable, 0)))
                         if -a > have:
-                            log.warning("settlement: event %d penalty of %s is %d, only %d collateral on chain; "
-                                        "the rest (%d) stays owed", event_id, r["member"], -a, have, -a - have)
+                            log.warning("settlement: event %d penalty of %s is %d, only %d free collateral; "
+                                        "%d is not collected", event_id, r["member"], -a, have, -a - have)
                             a = -have
                     if a:
                         members.append(r["member"])
                         amounts.append(a)
                 credit = sum(a for a in amounts if a > 0) - sum(-a for a in amounts if a < 0)
-                await self._chain(self._fund_operator, max(credit, 0))
-                await self._chain(self._operator_tx, reg.functions.settlePayouts(
-                    event_id, members, amounts), 100_000 + 40_000 * len(members))
+                async with self._tx_lock:
+                    await self._chain(self._fund_operator, max(credit, 0))
+                    await self._chain(self._operator_tx, reg.functions.settlePayouts(
+                        event_id, members, amounts), 100_000 + 40_000 * len(members))
             await self.pool.execute(
                 "UPDATE flex_payouts SET status = 'settled', settled_at = now() WHERE market_id = $1 "
                 "AND event_id = $2 AND status = 'pending'", self.market_id, event_id)
@@ -470,7 +498,8 @@ class SettlementWorker:
     async def credit_member(self, member: str, amount: int) -> None:
         """Operator on-ramp: ``amount`` vEUR deposited on chain as the member's collateral;
         the engine gets it from the chain (not from the caller)."""
-        await self._chain(self.chain.credit_member, member, amount)
+        async with self._tx_lock:
+            await self._chain(self.chain.credit_member, member, amount)
         if self.runtime is not None:
             await self._engine_collateral(member)
 
@@ -513,17 +542,21 @@ class SettlementWorker:
         reg = self.chain.registry
         for w in rows:
             rid, member, amount = w["request_id"], w["member"], w["amount"]
+            status = (await self._chain(reg.functions.withdrawals(rid).call))[2]
+            if status in (2, 3):  # decided on chain already (e.g. before a crash): record that
+                await self._set_withdrawal(rid, "executed" if status == 2 else "rejected", w["reason"])
+                continue
             if w["state"] == "requested":
                 if self.runtime is None:
                     continue
                 rejected = await self._engine_collateral(member, withdrawal=amount)
                 if rejected is not None:
-                    await self._chain(self._operator_tx, reg.functions.rejectWithdrawal(rid, rejected.detail[:200]))
+                    async with self._tx_lock:
+                        await self._chain(self._operator_tx, reg.functions.rejectWithdrawal(rid, rejected.detail[:200]))
                     await self._set_withdrawal(rid, "rejected", rejected.detail)
                     continue
                 await self._set_withdrawal(rid, "reserved", None)
-            status = (await self._chain(reg.functions.withdrawals(rid).call))[2]
-            if status == 1:
+            async with self._tx_lock:
                 await self._chain(self._operator_tx, reg.functions.executeWithdrawal(rid))
             await self._set_withdrawal(rid, "executed", None)
         return bool(rows)

@@ -267,3 +267,39 @@ async def test_flexibility_payouts_settle_on_chain_once(pool, pg_dsn, chain):
     finally:
         worker.close()
         await market.close()
+
+
+async def test_fresh_in_process_chain_redeploys_without_settling_history_twice(pool, pg_dsn, chain, artifacts):
+    """The in-process EVM starts empty: the worker deploys anew; batches anchored on the
+    old chain stay with the retired deployment (reported as unverifiable, never re-netted),
+    the engine stops trusting collateral that lived on the old chain, and new trades
+    settle on the new chain."""
+    from settlement.chain import Chain
+
+    market = await open_test_market(pg_dsn)
+    try:
+        w1 = make_worker(pool, market, chain)
+        await w1.start()
+        await register_and_fund(market, w1, chain)
+        n1 = await trade(market, 20, seed=11)
+        await w1.drain()
+        w1.close()
+        old_batches = await pool.fetchval("SELECT count(*) FROM settlement_batches")
+        fresh = Chain.in_process(artifacts=artifacts)  # the process restarted: an empty chain
+        w2 = make_worker(pool, market, fresh)
+        await w2.start()
+        assert w2.deployment_id != w1.deployment_id
+        assert all(market.engine.accounts[k.address].collateral == 0 for k in MEMBER_KEYS)
+        rep = await reconcile(pool, "s", fresh)
+        assert rep.ok and len(rep.unverifiable) == old_batches and rep.trades == n1
+        assert fresh.registry.functions.batchCount().call() == 0  # history not re-anchored
+        # members deposit on the new chain and trade on
+        await register_and_fund(market, w2, fresh)
+        n2 = await trade(market, 10, seed=12)
+        await w2.drain()
+        rep = await reconcile(pool, "s", fresh)
+        assert rep.ok and rep.trades == n1 + n2 and rep.pending_trades == 0
+        assert fresh.registry.functions.batchCount().call() == rep.anchored > 0
+        w2.close()
+    finally:
+        await market.close()
