@@ -128,25 +128,30 @@ async def _journal_async(dsn: str, commands: int, seed: int, concurrency: int) -
         await market.close()
 
 
-def bench_journal(commands: int = 100_000, seed: int = 1, concurrency: int = 128, dsn: str | None = None) -> dict:
-    """Against ``dsn``, or a fresh embedded PostgreSQL in a temporary directory (removed after)."""
+def run_on_database(make_coro, dsn: str | None = None, prefix: str = "bench-"):
+    """Run ``make_coro(dsn)`` against ``dsn`` (migrated first), or against a fresh embedded
+    PostgreSQL in a temporary directory under the data dir, removed afterwards."""
+    from .config import load_settings
     from .db import EmbeddedPostgres, upgrade
     from .service import run_async
 
     if dsn is not None:
         upgrade(dsn)
-        return run_async(_journal_async(dsn, commands, seed, concurrency))
-    from .config import load_settings
-
+        return run_async(make_coro(dsn))
     base = load_settings().data_dir
     base.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix="bench-", dir=base))
+    tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=base))
     try:
         with EmbeddedPostgres(tmp / "pg") as pg:
             upgrade(pg.dsn)
-            return run_async(_journal_async(pg.dsn, commands, seed, concurrency))
+            return run_async(make_coro(pg.dsn))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def bench_journal(commands: int = 100_000, seed: int = 1, concurrency: int = 128, dsn: str | None = None) -> dict:
+    """Against ``dsn``, or a fresh embedded PostgreSQL in a temporary directory (removed after)."""
+    return run_on_database(lambda d: _journal_async(d, commands, seed, concurrency), dsn)
 
 
 def run(kind: str, commands: int | None = None, seed: int = 1, as_json: bool = False, **kw) -> int:

@@ -16,10 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-import shutil
-import tempfile
 import time
-from pathlib import Path
 
 from eth_account import Account
 
@@ -133,19 +130,7 @@ async def _bench(dsn: str, trades: int, seed: int, batch_size: int, rate: int, s
 
 def bench_settlement(trades: int = 20_000, seed: int = 1, batch_size: int = 2000, rate: int = 1000,
                      stream_s: float = 10.0, max_age_s: float = 5.0, dsn: str | None = None) -> dict:
-    from exchange.config import load_settings
-    from exchange.db import EmbeddedPostgres, upgrade
-    from exchange.service import run_async
+    from exchange.bench import run_on_database
 
-    if dsn is not None:
-        upgrade(dsn)
-        return run_async(_bench(dsn, trades, seed, batch_size, rate, stream_s, max_age_s))
-    base = load_settings().data_dir
-    base.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix="bench-settlement-", dir=base))
-    try:
-        with EmbeddedPostgres(tmp / "pg") as pg:
-            upgrade(pg.dsn)
-            return run_async(_bench(pg.dsn, trades, seed, batch_size, rate, stream_s, max_age_s))
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    return run_on_database(lambda d: _bench(d, trades, seed, batch_size, rate, stream_s, max_age_s), dsn,
+                           prefix="bench-settlement-")
