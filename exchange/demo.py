@@ -23,7 +23,7 @@ from eth_account import Account
 from pydantic import SecretStr
 
 from .config import Settings
-from .core.model import CancelOrder, ModifyOrder, PlaceOrder, Side, TimeInForce, TradeEvent
+from .core.model import CancelOrder, ModifyOrder, PlaceOrder, Side, TimeInForce, TradeEvent, command_outcome
 from .core.units import MONEY_UNITS_PER_EUR, from_us, price_eur_per_mwh
 from .db import database, upgrade
 from .gateway.keys import MEMBERS
@@ -166,7 +166,7 @@ async def _demo(dsn: str, settings: Settings, speed: int, duration: float, membe
             if open_products:
                 cmd = bot.next_command([pid for _, pid in open_products])
                 res = await rt.submit(cmd)
-                first = res.events[0]
+                first = command_outcome(res.events)
                 if first.type == "order_accepted" and isinstance(cmd, PlaceOrder) and cmd.tif is TimeInForce.GTC:
                     bot.open.append(first.order_id)
             await asyncio.sleep(bot.rng.uniform(0.02, 0.2))

@@ -237,16 +237,20 @@ class MemberRegistry:
             stale = []
             for m in await self.list():
                 a = accounts.get(m.address)
-                collateral = None if self.chain_collateral else m.collateral
+                collateral = self._engine_collateral(m)
                 if a is None or (a.export_capacity_w, a.suspended) != (m.export_capacity_w, m.suspended) or (
                         collateral is not None and a.collateral != collateral):
                     stale.append(m)
             await asyncio.gather(*(self._register(m) for m in stale))
             return len(stale)
 
+    def _engine_collateral(self, m: Member) -> int | None:
+        """What the registry tells the engine: the row's collateral, or nothing (None keeps
+        the engine's) when the chain owns collateral."""
+        return None if self.chain_collateral else m.collateral
+
     async def _register(self, m: Member) -> Result:
-        collateral = None if self.chain_collateral else m.collateral
-        res = await self.runtime.submit(RegisterMember(0, member=m.address, collateral=collateral,
+        res = await self.runtime.submit(RegisterMember(0, member=m.address, collateral=self._engine_collateral(m),
                                                        export_capacity_w=m.export_capacity_w,
                                                        suspended=m.suspended))
         for ev in res.events:

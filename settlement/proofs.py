@@ -78,13 +78,7 @@ def leaf_from_proof(p: dict) -> bytes:
     """Recompute the leaf from the proof's trade fields (never trust the given leaf)."""
     t = p["trade"]
     rec = TradeRecord(p["trade_id"], t["product_id"], t["buyer"], t["seller"], t["energy_wh"], t["price_ticks"])
-    from eth_utils import keccak
-
-    from .merkle import leaf_body
-
-    body = bytearray(leaf_body(rec))
-    body[6 * 32:7 * 32] = bytes.fromhex(t["signatures_hash"][2:])
-    return keccak(b"\x00" + bytes(body))
+    return leaf(rec, bytes.fromhex(t["signatures_hash"][2:]))
 
 
 def verify_proof(p: dict, registry=None) -> bool:

@@ -22,12 +22,12 @@ import asyncio
 import logging
 import time
 
-import orjson
 from aiohttp import web
 
 from exchange.gateway.auth import recover_login
-from exchange.gateway.keys import MARKET, MEMBERS, METRICS, SETTINGS, WS_HANDLERS
-from exchange.gateway.operator import _operator_only
+from exchange.gateway.keys import MARKET, MEMBERS, METRICS, OPERATOR_FEED, SETTINGS, WS_HANDLERS
+from exchange.gateway.operator import _json, _operator_only
+from exchange.gateway.operator import error as _error
 
 from .chain import Chain
 from .proofs import ProofError, ProofService
@@ -44,14 +44,6 @@ PROOF_WINDOW_S = 300
 def proof_message(market_id: str, trade_id: int, ts: int) -> str:
     """What a member signs (EIP-191) to fetch a proof over REST."""
     return f"Voltbourse proof\nMarket: {market_id}\nTrade: {trade_id}\nTime: {ts}"
-
-
-def _json(data, status: int = 200) -> web.Response:
-    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
-
-
-def _error(status: int, code: str, message: str) -> web.Response:
-    return _json({"error": {"code": code, "message": message}}, status)
 
 
 async def _peer_proof(request: web.Request) -> web.Response:
@@ -152,7 +144,7 @@ def add_settlement(app: web.Application, *, chain: Chain | None = None) -> None:
         market = app[MARKET]
         loop = asyncio.get_running_loop()
         c = chain or await loop.run_in_executor(None, Chain.from_settings, settings)
-        feed = _feed(app)
+        feed = app.get(OPERATOR_FEED)
         worker = SettlementWorker(
             market.pool, market.journal.market_id, c, runtime=market.runtime,
             batch_size=settings.settlement_batch_size, max_age_s=settings.settlement_max_age_s,
@@ -220,9 +212,3 @@ class SettlementCollector:
                                     "Wait of the last anchored batch's oldest trade.", value=w.lag_s[-1])
 
 
-def _feed(app: web.Application):
-    try:
-        from exchange.gateway.keys import OPERATOR_FEED
-    except ImportError:
-        return None
-    return app.get(OPERATOR_FEED)

@@ -113,7 +113,7 @@ async def test_deposits_trades_settle_and_members_prove_them(pool, pg_dsn):
         bad = sign_login(proof_message("sa", 5, ts), KEYS[2].key)
         async with http.get(f"{base}/api/trades/5/proof", params={"address": KEYS[1].address, "ts": str(ts),
                                                                   "sig": bad}) as resp:
-            assert resp.status == 401 and (await resp.json())["error"]["code"] == "BAD_SIGNATURE"
+            assert resp.status == 401 and (await resp.json())["error"] == "BAD_SIGNATURE"
         async with http.get(f"{base}/api/trades/5/proof", params={"address": KEYS[1].address,
                                                                   "ts": str(ts - 3600), "sig": sig}) as resp:
             assert resp.status == 401

@@ -389,3 +389,15 @@ def command_from_dict(d: dict) -> Command:
 def event_from_dict(d: dict) -> Event:
     d = dict(d)
     return EVENTS[d.pop("type")](**d)
+
+
+#: Event types that answer a command itself (vs. calendar transitions applied before it).
+OUTCOME_TYPES = frozenset({"rejected", "duplicate", "order_accepted", "order_modified", "order_cancelled",
+                           "cancel_all_done"})
+
+
+def command_outcome(events: list[Event]) -> Event:
+    """The event that answers the command among its events: calendar transitions due
+    before the command (a product opening, a gate closing with its expiries or auction)
+    are applied in the same step and come first."""
+    return next((ev for ev in events if ev.type in OUTCOME_TYPES), events[0])

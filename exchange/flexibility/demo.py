@@ -12,10 +12,10 @@ from __future__ import annotations
 import asyncio
 import logging
 
-
 from ..core.units import US_PER_MIN, eur, from_us, iso
 from .core import FlexConfig, ProductRules
 from .market import SimulatedBalancingMarket
+from .service import FINAL_PHASES
 from .web import FLEX
 
 log = logging.getLogger(__name__)
@@ -54,7 +54,7 @@ async def run_flex_demo(app, ws_url: str, keys: list, clock, *, seed: int = 7, p
         loop = asyncio.get_running_loop()
         end = loop.time() + timeout_s
         shown = set()
-        while ev.phase not in ("settled", "no_bid", "not_activated", "failed") and loop.time() < end:
+        while ev.phase not in FINAL_PHASES and loop.time() < end:
             now = clock.now_us()
             for k in range(6):
                 t0 = period + k * 10 * US_PER_MIN

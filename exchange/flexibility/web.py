@@ -16,8 +16,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StrictInt
 
 from ..core.units import US_PER_MIN, to_us
-from ..gateway.keys import MARKET, MARKET_DATA, METRICS, WS_HANDLERS
-from ..gateway.operator import ApiError, _body, _operator_only
+from ..gateway.keys import MARKET, MARKET_DATA, METRICS, OPERATOR_FEED, WS_HANDLERS
+from ..gateway.operator import ApiError, _body, _json, _operator_only
 from .core import DeliveryKind, Direction, FlexConfig
 from .market import BalancingMarket
 from .service import FlexError, FlexService
@@ -100,10 +100,6 @@ def _int_query(request: web.Request, name: str) -> int | None:
 
 def _svc(request: web.Request) -> FlexService:
     return request.config_dict[FLEX]
-
-
-def _json(data, status: int = 200) -> web.Response:
-    return web.json_response(data, status=status)
 
 
 async def overview(request: web.Request) -> web.Response:
@@ -260,10 +256,6 @@ class _FeedPublisher:
 
     def flush(self) -> None:
         self.handle = None
-        try:
-            from ..gateway.keys import OPERATOR_FEED
-        except ImportError:  # pragma: no cover - page not present
-            return
         feed = self.app.get(OPERATOR_FEED)
         if feed is not None and FLEX in self.app:
             feed.publish("flexibility", feed_payload(self.app[FLEX]))

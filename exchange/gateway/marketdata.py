@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from ..core.model import command_outcome
 from ..core.units import iso
 from ..journal import Entry
 
@@ -72,10 +73,6 @@ def _val(x):
     """Plain value of a str-valued enum (live events) or of a str (replayed events).
     Note: such enums hash by name, so they must not be used as dict keys next to strs."""
     return x.value if isinstance(x, Enum) else x
-
-
-_OUTCOMES = frozenset({"rejected", "duplicate", "order_accepted", "order_modified", "order_cancelled",
-                       "cancel_all_done"})
 
 
 class MarketData:
@@ -289,10 +286,7 @@ class MarketData:
 
     # ------------------------------------------------------------------ responses
     def _response(self, p: Pending, events: list) -> dict:
-        # Calendar transitions due before the command (a product opening, a gate closing
-        # with its expiries or auction) come first in its events: answer from the
-        # command's own outcome, not from them.
-        first = next((ev for ev in events if ev.type in _OUTCOMES), events[0])
+        first = command_outcome(events)
         t = first.type
         if t == "rejected":
             return {"type": "error", "id": p.request_id, "code": first.reason, "message": first.detail}

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .model import PPM, Bid, Direction, NoBid, Offer, Policy, Portion, ProductRules, ceil_div
+from .model import PPM, Bid, NoBid, Offer, Policy, Portion, ProductRules, ceil_div
 from ...core.units import US_PER_MIN
 
 BELOW_MINIMUM_BID = "BELOW_MINIMUM_BID"
