@@ -58,7 +58,7 @@ from typing import Iterable, Sequence
 from zoneinfo import ZoneInfo
 
 from exchange.core.calendar import product_id_for
-from exchange.core.units import UTC, US_PER_MIN, from_us, to_us
+from exchange.core.units import UTC, US_PER_MIN, div_half_even, from_us, to_us
 
 SLOT_MINUTES = 15
 PPT = 10**12  # parts per 10**12 of the annual energy
@@ -70,17 +70,6 @@ DEFAULT_TZ = "Europe/Berlin"
 MONTHLY_AIR_TEMP_C = (1, 2, 6, 11, 15, 19, 21, 21, 16, 11, 6, 2)
 PV_SYSTEM_LOSSES = 0.14  # PVWatts default
 PV_GAMMA_PDC = -0.004  # 1/K, crystalline silicon
-
-
-def div_half_even(n: int, d: int) -> int:
-    """``n / d`` rounded to the nearest integer, ties to even (``d > 0``)."""
-    if d <= 0:
-        raise ValueError("divisor must be positive")
-    q, r = divmod(n, d)
-    r2 = 2 * r
-    if r2 > d or (r2 == d and q % 2):
-        q += 1
-    return q
 
 
 # --------------------------------------------------------------------------- model

@@ -34,6 +34,17 @@ def eur(money_units: int) -> Decimal:
     return Decimal(money_units).scaleb(-8)
 
 
+def div_half_even(n: int, d: int) -> int:
+    """``n / d`` rounded to the nearest integer, ties to even (``d > 0``), exactly."""
+    if d <= 0:
+        raise ValueError("divisor must be positive")
+    q, r = divmod(n, d)
+    r2 = 2 * r
+    if r2 > d or (r2 == d and q % 2):
+        q += 1
+    return q
+
+
 def eur_cents_half_even(money_units: int) -> int:
     """Round money units to whole euro cents, half-even.
 

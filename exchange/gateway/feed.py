@@ -48,9 +48,8 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-import orjson
-
-from ..core.units import iso, to_us
+from ..core.units import US_PER_MIN, div_half_even, iso, to_us
+from .marketdata import _encode, _val
 
 if TYPE_CHECKING:
     from aiohttp import web
@@ -61,26 +60,6 @@ if TYPE_CHECKING:
     from .marketdata import MarketData
 
 log = logging.getLogger(__name__)
-
-US_PER_MIN = 60_000_000
-
-
-def _encode(msg: dict) -> str:
-    return orjson.dumps(msg).decode()
-
-
-def _val(x):
-    return getattr(x, "value", x)
-
-
-def _half_even_div(n: int, d: int) -> int:
-    """n / d rounded half-even (integers only)."""
-    q, r = divmod(n, d)
-    twice = 2 * r
-    if twice > d or (twice == d and q % 2 == 1):
-        q += 1
-    return q
-
 
 class FeedClient:
     """One operator page socket: a bounded queue drained by its own task."""
@@ -445,7 +424,7 @@ class OperatorFeed:
                 savings += e * (mb["retail"] - ms["feed_in"])
         out = {"traded_energy_wh": wh, "trades": n, "traded_money": str(money), "p2p_energy_wh": p2p_wh,
                "p2p_money": str(p2p_money), "members_trading": len(traders), "members": len(members),
-               "vwap_ticks": _half_even_div(money, wh) if wh else None, "savings_money": str(savings)}
+               "vwap_ticks": div_half_even(money, wh) if wh else None, "savings_money": str(savings)}
         if self.kpi_source is not None:
             try:
                 extra = self.kpi_source()
