@@ -1,7 +1,7 @@
 """Alembic environment for Voltbourse: async (asyncpg) migrations, plain SQL.
 
 The database URL comes from, in order: ``config.attributes["dsn"]`` (set by
-exchange.db.upgrade), the ``sqlalchemy.url`` main option, ``-x dsn=...`` on the
+exchange.runtime.db.upgrade), the ``sqlalchemy.url`` main option, ``-x dsn=...`` on the
 alembic command line, or the VOLTBOURSE_DATABASE_URL environment variable.
 A plain ``postgresql://`` DSN (asyncpg style, including the embedded server's
 unix-socket form ``postgresql://postgres:@/postgres?host=/dir``) is turned

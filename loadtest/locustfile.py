@@ -38,7 +38,7 @@ import websocket
 from locust import User, between, task
 
 from clients.sdk.keys import member_key
-from exchange.gateway.auth import sign_login
+from exchange.protocol.auth import sign_login
 
 SEED = os.environ.get("VOLTBOURSE_LOADTEST_SEED", "1")
 MEMBERS = int(os.environ.get("VOLTBOURSE_LOADTEST_MEMBERS", "100"))

@@ -18,7 +18,7 @@ from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from web3 import Web3
 
-from .compiler import Artifact, compile_contracts
+from settlement.compiler import Artifact, compile_contracts
 
 log = logging.getLogger(__name__)
 

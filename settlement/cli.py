@@ -10,7 +10,7 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
     """With a JSON-RPC chain (``chain_rpc_url``) reconcile here, straight against the node
     and the database. The in-process EVM lives inside the running exchange, so then ask
     the exchange to do it (operator API, ``--url`` and the operator token)."""
-    from exchange.config import load_settings
+    from exchange.runtime.config import load_settings
 
     settings = load_settings()
     if settings.chain_rpc_url and not args.url:
@@ -33,11 +33,11 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
 
 
 def _reconcile_direct(settings) -> dict:
-    from exchange.db import create_pool, database
-    from exchange.service import run_async
+    from exchange.runtime.db import create_pool, database
+    from exchange.runtime.service import run_async
 
-    from .chain import Chain
-    from .reconcile import reconcile
+    from settlement.chain import Chain
+    from settlement.reconcile import reconcile
 
     async def run(dsn: str) -> dict:
         pool = await create_pool(dsn, min_size=1, max_size=2)
@@ -75,7 +75,7 @@ def _reconcile_remote(url: str, token: str | None) -> dict | None:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from .bench import bench_settlement
+    from settlement.bench import bench_settlement
 
     result = {"bench": "settlement", **bench_settlement(args.trades, args.seed, args.batch_size, args.rate,
                                                          args.stream_seconds, args.max_age)}

@@ -14,7 +14,7 @@ from functools import lru_cache
 
 from eth_utils import to_checksum_address
 
-from .merkle import TradeRecord
+from settlement.merkle import TradeRecord
 
 
 @lru_cache(maxsize=65_536)

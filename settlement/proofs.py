@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-from .merkle import MerkleTree, TradeRecord, leaf, product_hash, signatures_hash, verify
-from .worker import batch_trades
+from settlement.merkle import MerkleTree, TradeRecord, leaf, product_hash, signatures_hash, verify
+from settlement.worker import batch_trades
 
 
 class ProofError(LookupError):

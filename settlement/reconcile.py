@@ -22,9 +22,9 @@ from datetime import datetime, timezone
 
 from web3.logs import DISCARD
 
-from .merkle import MerkleTree, leaf
-from .netting import net_amounts
-from .worker import batch_trades
+from settlement.merkle import MerkleTree, leaf
+from settlement.netting import net_amounts
+from settlement.worker import batch_trades
 
 
 @dataclass

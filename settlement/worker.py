@@ -47,9 +47,9 @@ import asyncpg
 
 from exchange.core.model import Rejected, UpdateCollateral
 
-from .chain import CALL_GAS, Chain, ChainError
-from .merkle import MerkleTree, TradeRecord, leaf
-from .netting import net_amounts
+from settlement.chain import CALL_GAS, Chain, ChainError
+from settlement.merkle import MerkleTree, TradeRecord, leaf
+from settlement.netting import net_amounts
 
 log = logging.getLogger(__name__)
 

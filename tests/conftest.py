@@ -20,7 +20,7 @@ from pathlib import Path
 import platformdirs
 import pytest
 
-from exchange.db import TABLES, EmbeddedPostgres, create_pool, upgrade
+from exchange.runtime.db import TABLES, EmbeddedPostgres, create_pool, upgrade
 
 # Servers built by tests run without on-chain settlement unless a test turns it on
 # (tests/test_settlement_*.py do): an EVM per test server would only cost time.

@@ -13,14 +13,14 @@ import aiohttp
 import pytest
 from eth_account import Account
 
-from exchange.bench import BENCH_T0
-from exchange.clock import ManualClock
-from exchange.config import load_settings
+from exchange.tools.bench import BENCH_T0
+from exchange.runtime.clock import ManualClock
+from exchange.runtime.config import load_settings
 from exchange.core.model import PlaceOrder, Side
 from exchange.gateway.keys import MEMBERS, OPERATOR_FEED
-from exchange.members import MemberIn
-from exchange.server import start_http
-from exchange.service import open_market
+from exchange.runtime.members import MemberIn
+from exchange.tools.server import start_http
+from exchange.runtime.service import open_market
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

@@ -9,14 +9,14 @@ from __future__ import annotations
 import socket
 from contextlib import asynccontextmanager
 
-from exchange.bench import BENCH_T0
-from exchange.clock import Clock, ManualClock
-from exchange.config import load_settings
+from exchange.tools.bench import BENCH_T0
+from exchange.runtime.clock import Clock, ManualClock
+from exchange.runtime.config import load_settings
 from exchange.core.units import MONEY_UNITS_PER_EUR
 from exchange.gateway.keys import MEMBERS
-from exchange.members import MemberIn, MemberExists
-from exchange.server import start_http
-from exchange.service import open_market
+from exchange.runtime.members import MemberIn, MemberExists
+from exchange.tools.server import start_http
+from exchange.runtime.service import open_market
 
 from clients.sdk import member_keys
 

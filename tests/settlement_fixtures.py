@@ -8,12 +8,12 @@ import random
 import pytest
 from eth_account import Account
 
-from exchange.bench import BENCH_T0
-from exchange.clock import ManualClock
-from exchange.config import load_settings
+from exchange.tools.bench import BENCH_T0
+from exchange.runtime.clock import ManualClock
+from exchange.runtime.config import load_settings
 from exchange.core.model import PlaceOrder, RegisterMember, Side
-from exchange.gateway.auth import order_typed_data, sign_order
-from exchange.service import open_market
+from exchange.protocol.auth import order_typed_data, sign_order
+from exchange.runtime.service import open_market
 from settlement.chain import Chain
 from settlement.compiler import compile_contracts
 from settlement.worker import SettlementWorker

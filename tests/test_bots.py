@@ -11,8 +11,8 @@ import pytest
 from clients.bots.battery import BatteryBot
 from clients.bots.runner import BotRunner, community_kpis_of, format_kpis, make_bots, trades_from_fills
 from clients.cli import add_commands, parse_price, parse_quantity
-from exchange.clock import ManualClock, SimClock
-from exchange.bench import BENCH_T0
+from exchange.runtime.clock import ManualClock, SimClock
+from exchange.tools.bench import BENCH_T0
 from exchange.core.model import TradeEvent
 from sdk_fixtures import OPERATOR_TOKEN, exchange
 

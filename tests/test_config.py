@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from exchange.config import ConfigFileError, Settings, load_settings
+from exchange.runtime.config import ConfigFileError, Settings, load_settings
 
 
 @pytest.fixture(autouse=True)

@@ -14,8 +14,8 @@ import asyncpg
 import psutil
 import pytest
 
-from exchange.config import load_settings
-from exchange.db import (
+from exchange.runtime.config import load_settings
+from exchange.runtime.db import (
     TABLES,
     EmbeddedPostgres,
     alembic_dir,
@@ -31,7 +31,7 @@ from exchange.db import (
 def _head() -> str:
     from alembic.script import ScriptDirectory
 
-    from exchange.db import alembic_config
+    from exchange.runtime.db import alembic_config
 
     return ScriptDirectory.from_config(alembic_config("postgresql://unused")).get_current_head()
 
@@ -244,7 +244,7 @@ def test_restart_after_kill_9(scratch_pgdata: Path) -> None:
             sys.executable,
             "-c",
             "import sys, time\n"
-            "from exchange.db import EmbeddedPostgres\n"
+            "from exchange.runtime.db import EmbeddedPostgres\n"
             "pg = EmbeddedPostgres(sys.argv[1]).start()\n"
             "print(pg.dsn, flush=True)\n"
             "time.sleep(300)\n",

@@ -695,9 +695,9 @@ def test_decoded_tick_is_processable():
 
 
 def test_seeded_workload_stream_keeps_invariants_and_is_deterministic():
-    """exchange.workload's order flow (the benchmark/demo mix) through the engine: the order
+    """exchange.tools.workload's order flow (the benchmark/demo mix) through the engine: the order
     ids it predicts are the ones assigned, invariants hold, energy balances, replay is identical."""
-    from exchange.workload import OrderFlow, members, registrations
+    from exchange.tools.workload import OrderFlow, members, registrations
 
     def run():
         e = MarketEngine(MarketConfig())

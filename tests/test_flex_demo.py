@@ -7,12 +7,12 @@ from datetime import datetime, timezone
 import pytest
 from eth_account import Account
 
-from exchange.clock import SimClock
-from exchange.config import load_settings
+from exchange.runtime.clock import SimClock
+from exchange.runtime.config import load_settings
 from exchange.core.model import RegisterMember
-from exchange.flexibility.demo import run_flex_demo
-from exchange.server import start_http
-from exchange.service import open_market
+from exchange.tools.flex_demo import run_flex_demo
+from exchange.tools.server import start_http
+from exchange.runtime.service import open_market
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -17,16 +17,16 @@ from eth_account import Account
 
 from clients.bots.flex_bot import FlexBot
 from clients.sdk.client import VoltbourseClient
-from exchange.clock import ManualClock
-from exchange.config import load_settings
+from exchange.runtime.clock import ManualClock
+from exchange.runtime.config import load_settings
 from exchange.core.model import RegisterMember
 from exchange.core.units import to_us
 from exchange.flexibility.core import FlexConfig, ProductRules
 from exchange.flexibility.market import SimulatedBalancingMarket
-from exchange.flexibility.web import FLEX
-from exchange.server import start_http
-from exchange.service import open_market
-from settlement.web import SETTLEMENT
+from exchange.flexibility.plugin import FLEX
+from exchange.tools.server import start_http
+from exchange.runtime.service import open_market
+from settlement.plugin import SETTLEMENT
 
 pytestmark = pytest.mark.integration
 

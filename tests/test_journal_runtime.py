@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from exchange.bench import BENCH_T0
-from exchange.clock import ManualClock
-from exchange.config import load_settings
+from exchange.tools.bench import BENCH_T0
+from exchange.runtime.clock import ManualClock
+from exchange.runtime.config import load_settings
 from exchange.core.model import (
     Duplicate,
     OrderAccepted,
@@ -26,9 +26,9 @@ from exchange.core.model import (
     Side,
 )
 from exchange.core.units import US_PER_MIN
-from exchange.journal import Journal
-from exchange.service import open_market
-from exchange import workload
+from exchange.runtime.journal import Journal
+from exchange.runtime.service import open_market
+from exchange.tools import workload
 
 pytestmark = pytest.mark.integration
 
@@ -237,7 +237,7 @@ async def test_second_instance_of_a_market_is_refused(pool, pg_dsn):
 
 async def test_engine_failure_stops_market_refuses_uncommitted_and_recovers(pool, pg_dsn):
     from exchange.core.model import Tick
-    from exchange.runtime import MarketUnavailable
+    from exchange.runtime.market import MarketUnavailable
 
     class Unknown(Tick):  # a command type the engine has no handler for: an engine error
         pass
@@ -267,7 +267,7 @@ async def test_engine_failure_stops_market_refuses_uncommitted_and_recovers(pool
 
 
 async def test_wall_clock_stepping_back_does_not_break_replay(pool, pg_dsn):
-    from exchange.clock import Clock
+    from exchange.runtime.clock import Clock
 
     class SteppingClock(Clock):
         """A wall clock that jumps back by ten minutes once (an NTP step)."""

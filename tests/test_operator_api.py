@@ -15,16 +15,16 @@ import pytest
 from aiohttp import web
 from eth_utils import to_checksum_address
 
-from exchange.bench import BENCH_T0
-from exchange.clock import ManualClock
-from exchange.config import load_settings
+from exchange.tools.bench import BENCH_T0
+from exchange.runtime.clock import ManualClock
+from exchange.runtime.config import load_settings
 from exchange.core.model import OrderAccepted, PlaceOrder, Rejected, Side, Tick
 from exchange.core.units import to_us
 from exchange.gateway.keys import MARKET, MEMBERS, METRICS, SETTINGS
 from exchange.gateway.operator import OPERATOR_ROUTES, add_operator_routes, make_registry, openapi
-from exchange.members import MemberRegistry
-from exchange.metrics import Metrics, add_metrics_route
-from exchange.service import Market, open_market
+from exchange.runtime.members import MemberRegistry
+from exchange.gateway.metrics import Metrics, add_metrics_route
+from exchange.runtime.service import Market, open_market
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[1]

@@ -8,14 +8,14 @@ from pathlib import Path
 import pytest
 from hypothesis import given, strategies as st
 
-from exchange.gateway.protocol import MESSAGE_TYPES, SERVER_MESSAGE, ProtocolError, json_schema, parse
+from exchange.protocol.messages import MESSAGE_TYPES, SERVER_MESSAGE, ProtocolError, json_schema, parse
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 
 
 def test_published_schema_is_current():
     assert json.loads((DOCS / "ws-schema.json").read_text()) == json.loads(json.dumps(json_schema())), \
-        "regenerate: python -m exchange.gateway.protocol > docs/ws-schema.json"
+        "regenerate: python -m exchange.protocol.messages > docs/ws-schema.json"
 
 
 def test_schema_covers_every_client_message():

@@ -11,12 +11,12 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from exchange.bench import BENCH_T0
-from exchange.clock import ManualClock
-from exchange.config import load_settings
+from exchange.tools.bench import BENCH_T0
+from exchange.runtime.clock import ManualClock
+from exchange.runtime.config import load_settings
 from exchange.core.model import PlaceOrder, RegisterMember, Side
-from exchange.server import start_http
-from exchange.service import open_market
+from exchange.tools.server import start_http
+from exchange.runtime.service import open_market
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[1]
@@ -68,7 +68,7 @@ def test_demo_runs_trades_and_closes_gates(tmp_path_factory):
     # as a user runs it: settlement on the in-process EVM included
     env = dict(os.environ, VOLTBOURSE_DATA_DIR=str(data), VOLTBOURSE_PORT="0", VOLTBOURSE_SETTLEMENT_ENABLED="true")
     try:
-        out = subprocess.run([sys.executable, "-m", "exchange.cli", "--log-level", "WARNING", "demo",
+        out = subprocess.run([sys.executable, "-m", "exchange.tools.cli", "--log-level", "WARNING", "demo",
                               "--duration", "10", "--speed", "900", "--members", "12"],
                              cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     finally:

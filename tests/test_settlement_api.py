@@ -14,15 +14,15 @@ import aiohttp
 import pytest
 from eth_account import Account
 
-from exchange.bench import BENCH_T0
-from exchange.clock import ManualClock
-from exchange.config import load_settings
+from exchange.tools.bench import BENCH_T0
+from exchange.runtime.clock import ManualClock
+from exchange.runtime.config import load_settings
 from exchange.core.model import RegisterMember
-from exchange.gateway.auth import sign_login
-from exchange.server import start_http
-from exchange.service import open_market
+from exchange.protocol.auth import sign_login
+from exchange.tools.server import start_http
+from exchange.runtime.service import open_market
 from settlement.proofs import verify_proof
-from settlement.web import SETTLEMENT, proof_message
+from settlement.plugin import SETTLEMENT, proof_message
 from wsclient import WSClient
 
 pytestmark = pytest.mark.integration

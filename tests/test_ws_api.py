@@ -12,13 +12,13 @@ import pytest
 from eth_account import Account
 from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
 
-from exchange.bench import BENCH_T0
-from exchange.clock import ManualClock
-from exchange.config import load_settings
+from exchange.tools.bench import BENCH_T0
+from exchange.runtime.clock import ManualClock
+from exchange.runtime.config import load_settings
 from exchange.core.model import RegisterMember
 from exchange.core.units import US_PER_MIN
-from exchange.server import start_http
-from exchange.service import open_market
+from exchange.tools.server import start_http
+from exchange.runtime.service import open_market
 from wsclient import WSClient
 
 pytestmark = pytest.mark.integration

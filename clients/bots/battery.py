@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from datetime import date
 
-from .prosumer import COLLATERAL, FEED_IN_TICKS, RETAIL_TICKS, CommunityData
-from .runner import Bot, MarketWatch
-from .strategies import BatteryPlanner, BatterySpec
+from clients.bots.prosumer import COLLATERAL, FEED_IN_TICKS, RETAIL_TICKS, CommunityData
+from clients.bots.runner import Bot, MarketWatch
+from clients.bots.strategies import BatteryPlanner, BatterySpec
 
 __all__ = ["BatteryBot"]
 

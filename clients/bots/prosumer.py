@@ -16,8 +16,8 @@ from __future__ import annotations
 from datetime import date, datetime, timezone
 from zoneinfo import ZoneInfo
 
-from .runner import Bot, MarketWatch
-from .strategies import ProsumerPlanner
+from clients.bots.runner import Bot, MarketWatch
+from clients.bots.strategies import ProsumerPlanner
 
 __all__ = ["CommunityData", "ProsumerBot", "reference_prices"]
 

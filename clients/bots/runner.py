@@ -263,7 +263,7 @@ class Bot:
 
     # -- trading
     def _view(self, p: ProductView):
-        from .strategies import MarketView
+        from clients.bots.strategies import MarketView
 
         return MarketView(None, p.best_bid, p.best_ask, p.last_price)
 
@@ -549,7 +549,7 @@ def community_kpis_of(bots: list[Bot], trades: list[dict], days: dict[str, date]
     Exact integers."""
     from clients.community.kpis import Tariffs, community_kpis
 
-    from .prosumer import FEED_IN_TICKS, RETAIL_TICKS
+    from clients.bots.prosumer import FEED_IN_TICKS, RETAIL_TICKS
 
     members = {b.address: b for b in bots}
     batteries = {b.address for b in bots if getattr(getattr(b, "member", None), "battery", None) is not None}
@@ -668,15 +668,15 @@ def make_bots(members: int, seed: str | int = 1, strategy: str = "community", zi
 
     keys = member_keys(f"bots-{seed}", members)
     if strategy == "zic":
-        from .zic_bot import ZicBot
+        from clients.bots.zic_bot import ZicBot
 
         rng = random.Random(f"zic-bots-{seed}")
         return [ZicBot.random(k, "buy" if i % 2 == 0 else "sell", rng, units=zic_units, seed=i)
                 for i, k in enumerate(keys)]
     if strategy != "community":
         raise ValueError(f"unknown strategy {strategy!r}")
-    from .battery import BatteryBot
-    from .prosumer import CommunityData, ProsumerBot
+    from clients.bots.battery import BatteryBot
+    from clients.bots.prosumer import CommunityData, ProsumerBot
 
     data = CommunityData([k.address for k in keys], seed=seed)
     bots: list[Bot] = []
@@ -696,7 +696,7 @@ def run_bots(*, members: int = 200, speed: float = 600, duration: float = 150, u
     22:50 local time so the next day's products are open)."""
     import secrets
 
-    from exchange.service import run_async
+    from exchange.runtime.service import run_async
 
     bots = make_bots(members, seed, strategy)
     if url is not None:

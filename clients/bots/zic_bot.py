@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import random
 
-from .runner import Bot, MarketWatch, ProductView
-from .strategies import ZicPlanner
+from clients.bots.runner import Bot, MarketWatch, ProductView
+from clients.bots.strategies import ZicPlanner
 
 __all__ = ["ZicBot"]
 

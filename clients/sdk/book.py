@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .models import BookDelta, BookSnapshot
+from clients.sdk.models import BookDelta, BookSnapshot
 
 __all__ = ["BookGap", "BookUpdate", "LocalBook"]
 

@@ -15,14 +15,14 @@
 What it does
 ------------
 * **Login**: answers the server's ``hello`` challenge with an EIP-191 signature
-  (:func:`exchange.gateway.auth.sign_login`).
+  (:func:`exchange.protocol.auth.sign_login`).
 * **Requests** return when the exchange answers (for orders: after the journal
   commit). Each is built from the server's own pydantic model
-  (:mod:`exchange.gateway.protocol`), so a malformed request fails locally
+  (:mod:`exchange.protocol.messages`), so a malformed request fails locally
   (``pydantic.ValidationError``) before it is sent. An error response raises a
   :class:`~clients.sdk.errors.RequestError` subclass carrying the ``code``.
 * **Signed orders** (``sign_orders=True``): each ``place`` carries an EIP-712
-  signature (:func:`exchange.gateway.auth.sign_order`) and a nonce that only
+  signature (:func:`exchange.protocol.auth.sign_order`) and a nonce that only
   grows (microseconds since the epoch, or last + 1), so it stays above the
   member's last nonce across restarts of the client.
 * **Streams**: :meth:`executions` (private reports), :meth:`subscribe_book`
@@ -86,11 +86,11 @@ import orjson
 from eth_account import Account
 from pydantic import BaseModel
 
-from exchange.gateway import auth
-from exchange.gateway import protocol as P
+from exchange.protocol import auth
+from exchange.protocol import messages as P
 
-from .book import BookGap, BookUpdate, LocalBook
-from .errors import (
+from clients.sdk.book import BookGap, BookUpdate, LocalBook
+from clients.sdk.errors import (
     AuthenticationError,
     ClientClosed,
     ConnectionLost,
@@ -99,7 +99,7 @@ from .errors import (
     RequestTimeout,
     error_for,
 )
-from .models import (
+from clients.sdk.models import (
     BookDelta,
     BookSnapshot,
     CancelAllResult,

@@ -65,8 +65,8 @@ class LocalExchange:
         return self._tmp / "server.log"
 
     def start(self, timeout: float = 90) -> None:
-        from exchange.config import load_settings
-        from exchange.db import EmbeddedPostgres, upgrade
+        from exchange.runtime.config import load_settings
+        from exchange.runtime.db import EmbeddedPostgres, upgrade
 
         base = load_settings().data_dir
         base.mkdir(parents=True, exist_ok=True)
@@ -81,7 +81,7 @@ class LocalExchange:
             for k, v in self.settings.items():
                 env[f"VOLTBOURSE_{k.upper()}"] = str(v)
             with open(self.log_path, "w") as log:
-                self.proc = subprocess.Popen([sys.executable, "-m", "exchange.cli", "--log-level", self.log_level,
+                self.proc = subprocess.Popen([sys.executable, "-m", "exchange.tools.cli", "--log-level", self.log_level,
                                               "serve"], env=env, stdout=log, stderr=subprocess.STDOUT)
             self._wait_ready(timeout)
         except BaseException:

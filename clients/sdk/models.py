@@ -1,6 +1,6 @@
 """Typed results of the peer protocol.
 
-Requests are the server's own pydantic models (:mod:`exchange.gateway.protocol`);
+Requests are the server's own pydantic models (:mod:`exchange.protocol.messages`);
 so are the server-pushed messages (``Execution``, ``BookSnapshot``, ``BookDelta``,
 ``PublicTrade``, ``ProductState``, ``MarketState``, ``Hello``), re-exported here.
 The ``result`` objects of responses are plain dicts on the wire; the models
@@ -15,7 +15,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from exchange.gateway.protocol import (  # noqa: F401  (re-exported)
+from exchange.protocol.messages import (  # noqa: F401  (re-exported)
     BookDelta,
     BookSnapshot,
     Execution,

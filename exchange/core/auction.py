@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .book import Order
+from exchange.core.book import Order
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 from sortedcontainers import SortedDict
 
-from .model import Side
+from exchange.core.model import Side
 
 
 class Order:

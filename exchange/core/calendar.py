@@ -20,7 +20,7 @@ from datetime import date, datetime, time, timedelta
 from enum import Enum
 from zoneinfo import ZoneInfo
 
-from .units import US_PER_MIN, UTC, from_us, to_us
+from exchange.core.units import US_PER_MIN, UTC, from_us, to_us
 
 
 class ProductState(str, Enum):

@@ -20,10 +20,10 @@ import json
 from dataclasses import dataclass, field
 from datetime import date
 
-from . import auction
-from .book import Order, OrderBook
-from .calendar import Calendar, CalendarConfig, Product, ProductState
-from .model import (
+from exchange.core import auction
+from exchange.core.book import Order, OrderBook
+from exchange.core.calendar import Calendar, CalendarConfig, Product, ProductState
+from exchange.core.model import (
     AuctionCleared,
     CancelAll,
     CancelAllDone,
@@ -111,7 +111,7 @@ class MarketConfig:
     def from_dict(cls, d: dict) -> MarketConfig:
         from datetime import time
 
-        from .calendar import GateMode
+        from exchange.core.calendar import GateMode
 
         c = dict(d["calendar"])
         c["gate"] = GateMode(c["gate"])

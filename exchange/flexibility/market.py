@@ -10,9 +10,9 @@ import random
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-from ..core.units import US_PER_MIN
-from .core.event import Activation
-from .core.model import Bid
+from exchange.core.units import US_PER_MIN
+from exchange.flexibility.core.event import Activation
+from exchange.flexibility.core.model import Bid
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,15 +15,15 @@ from collections.abc import Callable
 
 import asyncpg
 
-from ..clock import Clock
-from ..core.units import US_PER_MIN, iso
-from .core import (
+from exchange.runtime.clock import Clock
+from exchange.core.units import US_PER_MIN, iso
+from exchange.flexibility.core import (
     CHECK_US, SLOT_US, CoreError, DeliveryKind, Direction, FlexConfig, FlexEvent, Instruction, MemberHistory,
     Offer, assess, flexibility_wh,
 )
-from .core.model import ceil_div
-from .market import BalancingMarket, SimulatedBalancingMarket
-from .store import FlexStore
+from exchange.flexibility.core.model import ceil_div
+from exchange.flexibility.market import BalancingMarket, SimulatedBalancingMarket
+from exchange.flexibility.store import FlexStore
 
 log = logging.getLogger(__name__)
 

@@ -6,9 +6,9 @@ from collections import defaultdict
 
 import asyncpg
 
-from ..core.units import from_us, to_us
-from .core import DeliveryKind, Direction, FlexEvent, Instruction, MemberHistory, Offer
-from .core.delivery import DeliveryRecord
+from exchange.core.units import from_us, to_us
+from exchange.flexibility.core import DeliveryKind, Direction, FlexEvent, Instruction, MemberHistory, Offer
+from exchange.flexibility.core.delivery import DeliveryRecord
 
 
 def _t(us: int):

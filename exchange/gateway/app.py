@@ -7,17 +7,17 @@ import asyncio
 
 from aiohttp import web
 
-from ..config import Settings
-from ..flexibility.web import add_flexibility
-from ..metrics import Metrics, add_metrics_route
-from ..service import Market
-from .keys import MARKET, MARKET_DATA, MEMBERS, METRICS, SETTINGS, SOCKETS, WS_HANDLERS
-from .marketdata import MarketData
-from .operator import add_operator_routes, make_registry
-from .page import add_page_routes
-from .protocol import json_schema
-from .session import close_sockets, ws_handler
-from .views import market_summary, product_summary, products_sorted
+from exchange.runtime.config import Settings
+from exchange.flexibility.plugin import add_flexibility
+from exchange.gateway.metrics import Metrics, add_metrics_route
+from exchange.runtime.service import Market
+from exchange.gateway.keys import MARKET, MARKET_DATA, MEMBERS, METRICS, SETTINGS, SOCKETS, WS_HANDLERS
+from exchange.gateway.marketdata import MarketData
+from exchange.gateway.operator import add_operator_routes, make_registry
+from exchange.gateway.page import add_page_routes
+from exchange.protocol.messages import json_schema
+from exchange.gateway.session import close_sockets, ws_handler
+from exchange.gateway.views import market_summary, product_summary, products_sorted
 
 
 def _json(data, status: int = 200) -> web.Response:
@@ -124,7 +124,7 @@ async def make_app(market: Market, settings: Settings) -> web.Application:
     add_page_routes(app)
     add_flexibility(app)  # exchange/flexibility: flex_* WS messages, /api/operator/flexibility/...
     if settings.settlement_enabled:
-        from settlement.web import add_settlement  # web3/py-evm: imported only when used
+        from settlement.plugin import add_settlement  # web3/py-evm: imported only when used
 
         add_settlement(app)  # worker, trade proofs (WS + REST), /api/operator/settlement
     return app

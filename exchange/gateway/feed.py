@@ -48,16 +48,16 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from ..core.units import US_PER_MIN, div_half_even, iso, to_us
-from .marketdata import _encode, _val
+from exchange.core.units import US_PER_MIN, div_half_even, iso, to_us
+from exchange.gateway.marketdata import _encode, _val
 
 if TYPE_CHECKING:
     from aiohttp import web
 
-    from ..journal import Entry
-    from ..members import MemberRegistry
-    from ..service import Market
-    from .marketdata import MarketData
+    from exchange.runtime.journal import Entry
+    from exchange.runtime.members import MemberRegistry
+    from exchange.runtime.service import Market
+    from exchange.gateway.marketdata import MarketData
 
 log = logging.getLogger(__name__)
 

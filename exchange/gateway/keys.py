@@ -7,13 +7,13 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 if TYPE_CHECKING:
-    from ..config import Settings
-    from ..members import MemberRegistry
-    from ..metrics import Metrics
-    from ..service import Market
-    from .feed import OperatorFeed
-    from .marketdata import MarketData
-    from .page import PageSessions
+    from exchange.runtime.config import Settings
+    from exchange.runtime.members import MemberRegistry
+    from exchange.gateway.metrics import Metrics
+    from exchange.runtime.service import Market
+    from exchange.gateway.feed import OperatorFeed
+    from exchange.gateway.marketdata import MarketData
+    from exchange.gateway.page import PageSessions
 
 MARKET: web.AppKey[Market] = web.AppKey("market")
 SETTINGS: web.AppKey[Settings] = web.AppKey("settings")

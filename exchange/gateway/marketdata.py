@@ -26,13 +26,13 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from ..core.model import command_outcome
-from ..core.units import iso
-from ..journal import Entry
+from exchange.core.model import command_outcome
+from exchange.core.units import iso
+from exchange.runtime.journal import Entry
 
 if TYPE_CHECKING:
-    from ..service import Market
-    from .session import Session
+    from exchange.runtime.service import Market
+    from exchange.gateway.session import Session
 
 log = logging.getLogger(__name__)
 

@@ -31,10 +31,10 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError
 from pydantic.json_schema import models_json_schema
 
-from .. import __version__
-from ..core.model import CancelAll, CancelAllDone, Command, Halt, Rejected, Resume, Side
-from ..core.units import iso
-from ..members import (
+from exchange import __version__
+from exchange.core.model import CancelAll, CancelAllDone, Command, Halt, Rejected, Resume, Side
+from exchange.core.units import iso
+from exchange.runtime.members import (
     CommandRejected,
     Member,
     MemberIn,
@@ -44,9 +44,9 @@ from ..members import (
     UnknownMember,
     checksum_address,
 )
-from ..runtime import MarketBusy, MarketUnavailable, Result
-from .keys import MARKET, MEMBERS, SETTINGS
-from .views import market_summary, product_summary, products_sorted
+from exchange.runtime.market import MarketBusy, MarketUnavailable, Result
+from exchange.gateway.keys import MARKET, MEMBERS, SETTINGS
+from exchange.gateway.views import market_summary, product_summary, products_sorted
 
 __all__ = ["OPERATOR_ROUTES", "add_operator_routes", "make_registry", "openapi"]
 
@@ -54,7 +54,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def make_registry(market, *, chain_collateral: bool = False) -> MemberRegistry:
-    """The member registry of ``market`` (an ``exchange.service.Market``); with
+    """The member registry of ``market`` (an ``exchange.runtime.service.Market``); with
     ``chain_collateral`` the chain (settlement) owns collateral, not the registry."""
     return MemberRegistry(market.pool, market.journal.market_id, market.runtime, chain_collateral=chain_collateral)
 

@@ -34,8 +34,8 @@ from pathlib import Path
 from aiohttp import WSMsgType, web
 from multidict import CIMultiDict
 
-from .feed import FeedClient, OperatorFeed
-from .keys import MARKET, MARKET_DATA, MEMBERS, OPERATOR_FEED, PAGE_SESSIONS, SETTINGS
+from exchange.gateway.feed import FeedClient, OperatorFeed
+from exchange.gateway.keys import MARKET, MARKET_DATA, MEMBERS, OPERATOR_FEED, PAGE_SESSIONS, SETTINGS
 
 log = logging.getLogger(__name__)
 

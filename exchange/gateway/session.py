@@ -19,18 +19,18 @@ from typing import TYPE_CHECKING
 import orjson
 from aiohttp import WSCloseCode, WSMsgType, web
 
-from ..core.model import CancelAll as CancelAllCmd
-from ..core.model import CancelOrder, ModifyOrder, PlaceOrder, Side, TimeInForce
-from ..runtime import MarketBusy, MarketUnavailable
-from . import auth
-from .keys import MARKET, MARKET_DATA, METRICS, SETTINGS, SOCKETS, WS_HANDLERS
-from .marketdata import Pending
-from .protocol import PROTOCOL_VERSION, ProtocolError, parse
+from exchange.core.model import CancelAll as CancelAllCmd
+from exchange.core.model import CancelOrder, ModifyOrder, PlaceOrder, Side, TimeInForce
+from exchange.runtime.market import MarketBusy, MarketUnavailable
+from exchange.protocol import auth
+from exchange.gateway.keys import MARKET, MARKET_DATA, METRICS, SETTINGS, SOCKETS, WS_HANDLERS
+from exchange.gateway.marketdata import Pending
+from exchange.protocol.messages import PROTOCOL_VERSION, ProtocolError, parse
 
 if TYPE_CHECKING:
-    from ..config import Settings
-    from ..service import Market
-    from .marketdata import MarketData
+    from exchange.runtime.config import Settings
+    from exchange.runtime.service import Market
+    from exchange.gateway.marketdata import MarketData
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..core.units import iso
+from exchange.core.units import iso
 
 
 def market_summary(market) -> dict:

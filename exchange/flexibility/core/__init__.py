@@ -1,16 +1,16 @@
 """The pure flexibility core: no I/O, no clock reads; integers only."""
 
-from .activation import instructions_for, largest_remainder, split_activation
-from .delivery import DeliveryRecord, baseline_between, check_interval, pool_shortfall_wh
-from .event import Activation, CoreError, FlexConfig, FlexEvent, Invitation
-from .model import (
+from exchange.flexibility.core.activation import instructions_for, largest_remainder, split_activation
+from exchange.flexibility.core.delivery import DeliveryRecord, baseline_between, check_interval, pool_shortfall_wh
+from exchange.flexibility.core.event import Activation, CoreError, FlexConfig, FlexEvent, Invitation
+from exchange.flexibility.core.model import (
     CHECK_US, PPM, SLOT_US, Bid, DeliveryKind, Direction, Instruction, MemberHistory, NoBid, Offer, Policy, Portion,
     ProductRules, Share, ShareRule, SplitRule,
 )
-from .pooling import Allocation, allocate, build_bids, merit_order
-from .ranking import Ranked, RankingWeights, rank
-from .sharing import Participant, share_revenue
-from .viability import Viability, assess, flexibility_wh
+from exchange.flexibility.core.pooling import Allocation, allocate, build_bids, merit_order
+from exchange.flexibility.core.ranking import Ranked, RankingWeights, rank
+from exchange.flexibility.core.sharing import Participant, share_revenue
+from exchange.flexibility.core.viability import Viability, assess, flexibility_wh
 
 __all__ = [
     "CHECK_US", "PPM", "SLOT_US", "Activation", "Allocation", "Bid", "CoreError", "DeliveryKind", "DeliveryRecord",

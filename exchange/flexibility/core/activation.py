@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .model import Bid, Instruction, Portion, SplitRule
+from exchange.flexibility.core.model import Bid, Instruction, Portion, SplitRule
 
 
 def largest_remainder(total: int, weights: list[int]) -> list[int]:

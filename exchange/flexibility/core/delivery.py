@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from .model import PPM, SLOT_US, Direction, Instruction, Portion, ceil_div, energy_wh
+from exchange.flexibility.core.model import PPM, SLOT_US, Direction, Instruction, Portion, ceil_div, energy_wh
 
 
 def cumulative_baseline(slots: dict[int, int], t: int) -> int:

@@ -11,16 +11,16 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from ...core.units import US_PER_MIN
-from .activation import instructions_for
-from .delivery import DeliveryRecord, call_reserves, check_interval, needs_reserve, pool_shortfall_wh, reserve_need_w
-from .model import (
+from exchange.core.units import US_PER_MIN
+from exchange.flexibility.core.activation import instructions_for
+from exchange.flexibility.core.delivery import DeliveryRecord, call_reserves, check_interval, needs_reserve, pool_shortfall_wh, reserve_need_w
+from exchange.flexibility.core.model import (
     CHECK_US, PPM, Bid, Direction, Instruction, MemberHistory, Offer, Policy, Portion, ProductRules, ShareRule,
     SplitRule, ceil_div, energy_wh,
 )
-from .pooling import Allocation, allocate
-from .ranking import Ranked, RankingWeights, rank
-from .sharing import Participant, share_revenue
+from exchange.flexibility.core.pooling import Allocation, allocate
+from exchange.flexibility.core.ranking import Ranked, RankingWeights, rank
+from exchange.flexibility.core.sharing import Participant, share_revenue
 
 
 class CoreError(Exception):

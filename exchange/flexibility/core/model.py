@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from enum import Enum
 
-from ...core.units import US_PER_MIN
+from exchange.core.units import US_PER_MIN
 
 PPM = 1_000_000  # parts per million: the fixed-point scale of ratios and weights
 SLOT_US = 15 * US_PER_MIN  # baselines are per 15 minutes

@@ -29,8 +29,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .model import PPM, Bid, NoBid, Offer, Policy, Portion, ProductRules, ceil_div
-from ...core.units import US_PER_MIN
+from exchange.flexibility.core.model import PPM, Bid, NoBid, Offer, Policy, Portion, ProductRules, ceil_div
+from exchange.core.units import US_PER_MIN
 
 BELOW_MINIMUM_BID = "BELOW_MINIMUM_BID"
 NO_OFFERS = "NO_OFFERS"

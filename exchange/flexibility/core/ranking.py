@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .model import PPM, DeliveryKind, MemberHistory, Offer
+from exchange.flexibility.core.model import PPM, DeliveryKind, MemberHistory, Offer
 
 
 @dataclass(frozen=True, slots=True)

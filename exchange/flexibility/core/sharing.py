@@ -19,8 +19,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .activation import largest_remainder
-from .model import PPM, ShareRule, Share
+from exchange.flexibility.core.activation import largest_remainder
+from exchange.flexibility.core.model import PPM, ShareRule, Share
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .model import Direction, Offer
+from exchange.flexibility.core.model import Direction, Offer
 
 VIABLE = "VIABLE"
 NO_DEFICIT = "NO_DEFICIT"

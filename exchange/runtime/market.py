@@ -27,10 +27,10 @@ from dataclasses import dataclass, field
 
 import asyncpg
 
-from .clock import Clock
-from .core.engine import MarketEngine
-from .core.model import Command, Event, Tick, command_to_dict
-from .journal import Entry, Journal
+from exchange.runtime.clock import Clock
+from exchange.core.engine import MarketEngine
+from exchange.core.model import Command, Event, Tick, command_to_dict
+from exchange.runtime.journal import Entry, Journal
 
 log = logging.getLogger(__name__)
 

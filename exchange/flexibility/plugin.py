@@ -15,12 +15,12 @@ from aiohttp import web
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StrictInt
 
-from ..core.units import US_PER_MIN, to_us
-from ..gateway.keys import MARKET, MARKET_DATA, METRICS, OPERATOR_FEED, WS_HANDLERS
-from ..gateway.operator import ApiError, _body, _json, _operator_only
-from .core import DeliveryKind, Direction, FlexConfig
-from .market import BalancingMarket
-from .service import FlexError, FlexService
+from exchange.core.units import US_PER_MIN, to_us
+from exchange.gateway.keys import MARKET, MARKET_DATA, METRICS, OPERATOR_FEED, WS_HANDLERS
+from exchange.gateway.operator import ApiError, _body, _json, _operator_only
+from exchange.flexibility.core import DeliveryKind, Direction, FlexConfig
+from exchange.flexibility.market import BalancingMarket
+from exchange.flexibility.service import FlexError, FlexService
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ async def _offer(flex: FlexService, member: str, msg) -> dict:
             raise FlexError("INVALID_DURATION", "power x duration is less than 1 Wh")
     o = await flex.declare_offer(member, start, end, Direction(msg.direction), msg.power_w, msg.price,
                                  DeliveryKind(msg.kind), energy)
-    from .service import _offer_json
+    from exchange.flexibility.service import _offer_json
     return {"offer": _offer_json(o, "open")}
 
 

@@ -24,15 +24,15 @@ import time
 
 from aiohttp import web
 
-from exchange.gateway.auth import recover_login
+from exchange.protocol.auth import recover_login
 from exchange.gateway.keys import MARKET, MEMBERS, METRICS, OPERATOR_FEED, SETTINGS, WS_HANDLERS
 from exchange.gateway.operator import _json, _operator_only
 from exchange.gateway.operator import error as _error
 
-from .chain import Chain
-from .proofs import ProofError, ProofService
-from .reconcile import reconcile
-from .worker import SettlementWorker
+from settlement.chain import Chain
+from settlement.proofs import ProofError, ProofService
+from settlement.reconcile import reconcile
+from settlement.worker import SettlementWorker
 
 log = logging.getLogger(__name__)
 

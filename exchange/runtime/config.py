@@ -40,7 +40,7 @@ CONFIG_ENV_VAR = "VOLTBOURSE_CONFIG"
 # The source checkout (if we run from one): the data dir must not live inside it,
 # because the embedded PostgreSQL (as root) chowns its data directory and widens
 # the permissions of every parent directory.
-_CHECKOUT = Path(__file__).resolve().parent.parent
+_CHECKOUT = Path(__file__).resolve().parents[2]
 
 
 class ConfigFileError(ValueError):

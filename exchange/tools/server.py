@@ -14,10 +14,10 @@ import signal
 
 from aiohttp import web
 
-from .config import Settings
-from .db import database, upgrade
-from .gateway.app import make_app
-from .service import Market, open_market, run_async
+from exchange.runtime.config import Settings
+from exchange.runtime.db import database, upgrade
+from exchange.gateway.app import make_app
+from exchange.runtime.service import Market, open_market, run_async
 
 log = logging.getLogger(__name__)
 

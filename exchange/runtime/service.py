@@ -10,14 +10,14 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from .clock import Clock, RealClock, SimClock
-from .config import Settings
-from .core.calendar import CalendarConfig, GateMode
-from .core.engine import MarketConfig, MarketEngine
-from .core.model import Mechanism, SelfTradePrevention
-from .db import create_pool
-from .journal import Journal
-from .runtime import MarketRuntime
+from exchange.runtime.clock import Clock, RealClock, SimClock
+from exchange.runtime.config import Settings
+from exchange.core.calendar import CalendarConfig, GateMode
+from exchange.core.engine import MarketConfig, MarketEngine
+from exchange.core.model import Mechanism, SelfTradePrevention
+from exchange.runtime.db import create_pool
+from exchange.runtime.journal import Journal
+from exchange.runtime.market import MarketRuntime
 
 
 def tune_gc() -> None:

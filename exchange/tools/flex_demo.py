@@ -12,11 +12,11 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from ..core.units import US_PER_MIN, eur, from_us, iso
-from .core import FlexConfig, ProductRules
-from .market import SimulatedBalancingMarket
-from .service import FINAL_PHASES
-from .web import FLEX
+from exchange.core.units import US_PER_MIN, eur, from_us, iso
+from exchange.flexibility.core import FlexConfig, ProductRules
+from exchange.flexibility.market import SimulatedBalancingMarket
+from exchange.flexibility.service import FINAL_PHASES
+from exchange.flexibility.plugin import FLEX
 
 log = logging.getLogger(__name__)
 H = 60 * US_PER_MIN

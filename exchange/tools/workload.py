@@ -11,7 +11,7 @@ from __future__ import annotations
 import random
 from collections.abc import Iterator
 
-from .core.model import CancelOrder, Command, ModifyOrder, PlaceOrder, RegisterMember, Side, TimeInForce
+from exchange.core.model import CancelOrder, Command, ModifyOrder, PlaceOrder, RegisterMember, Side, TimeInForce
 
 BIG_COLLATERAL = 10**18
 BIG_CAPACITY_W = 10**9

@@ -18,9 +18,9 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from .gateway.keys import METRICS
-from .journal import Entry
-from .runtime import MarketRuntime
+from exchange.gateway.keys import METRICS
+from exchange.runtime.journal import Entry
+from exchange.runtime.market import MarketRuntime
 
 __all__ = ["Metrics", "add_metrics_route"]
 

@@ -455,7 +455,7 @@ def json_schema() -> dict:
     }
 
 
-if __name__ == "__main__":  # python -m exchange.gateway.protocol > docs/ws-schema.json
+if __name__ == "__main__":  # python -m exchange.protocol.messages > docs/ws-schema.json
     import json
 
     print(json.dumps(json_schema(), indent=2, sort_keys=True))

@@ -23,9 +23,9 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from .core.engine import MarketConfig, MarketEngine
-from .core.units import to_us
-from . import workload
+from exchange.core.engine import MarketConfig, MarketEngine
+from exchange.core.units import to_us
+from exchange.tools import workload
 
 BENCH_T0 = to_us(datetime(2026, 11, 21, 8, 0, tzinfo=timezone.utc))  # day-ahead products of 2026-11-22 are open
 
@@ -83,9 +83,9 @@ def bench_engine(commands: int = 200_000, seed: int = 1, repeat: int = 3) -> dic
 
 
 async def _journal_async(dsn: str, commands: int, seed: int, concurrency: int) -> dict:
-    from .clock import ManualClock
-    from .config import load_settings
-    from .service import open_market
+    from exchange.runtime.clock import ManualClock
+    from exchange.runtime.config import load_settings
+    from exchange.runtime.service import open_market
 
     settings = load_settings(database_url=dsn, market_id="bench")
     market = await open_market(dsn, settings, ManualClock(BENCH_T0), keep_stats=True)
@@ -131,9 +131,9 @@ async def _journal_async(dsn: str, commands: int, seed: int, concurrency: int) -
 def run_on_database(make_coro, dsn: str | None = None, prefix: str = "bench-"):
     """Run ``make_coro(dsn)`` against ``dsn`` (migrated first), or against a fresh embedded
     PostgreSQL in a temporary directory under the data dir, removed afterwards."""
-    from .config import load_settings
-    from .db import EmbeddedPostgres, upgrade
-    from .service import run_async
+    from exchange.runtime.config import load_settings
+    from exchange.runtime.db import EmbeddedPostgres, upgrade
+    from exchange.runtime.service import run_async
 
     if dsn is not None:
         upgrade(dsn)
@@ -160,7 +160,7 @@ def run(kind: str, commands: int | None = None, seed: int = 1, as_json: bool = F
     elif kind == "journal":
         result = bench_journal(commands or 100_000, seed, **kw)
     elif kind == "e2e":
-        from .bench_e2e import bench_e2e
+        from exchange.tools.bench_e2e import bench_e2e
 
         result = bench_e2e(commands or 40_000, seed, **kw)
     else:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 from datetime import datetime
 
-from .core.units import to_us
+from exchange.core.units import to_us
 
 
 class Clock:

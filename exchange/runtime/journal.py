@@ -15,9 +15,9 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from .core.engine import MarketConfig, MarketEngine
-from .core.model import Command, Event, TradeEvent, command_from_dict, event_to_dict
-from .core.units import from_us
+from exchange.core.engine import MarketConfig, MarketEngine
+from exchange.core.model import Command, Event, TradeEvent, command_from_dict, event_to_dict
+from exchange.core.units import from_us
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@
     db url [--keep]                    print the DSN in use (starts the embedded DB)
 
 Settings come from VOLTBOURSE_* environment variables and the optional config
-file (see exchange.config). Heavy modules are imported inside the handlers.
+file (see exchange.runtime.config). Heavy modules are imported inside the handlers.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ PLUGINS = (
 
 
 def _settings(**overrides: Any):
-    from exchange.config import load_settings
+    from exchange.runtime.config import load_settings
 
     return load_settings(**{k: v for k, v in overrides.items() if v is not None})
 
@@ -65,19 +65,19 @@ def _finish(result: Any) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from exchange.server import serve
+    from exchange.tools.server import serve
 
     return _finish(serve(_settings(host=args.host, port=args.port)))
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from exchange.demo import run_demo
+    from exchange.tools.demo import run_demo
 
     return _finish(run_demo(_settings(), speed=args.speed, duration=args.duration, members=args.members))
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from exchange import bench
+    from exchange.tools import bench
 
     commands = args.commands if args.commands is not None else DEFAULT_BENCH_COMMANDS[args.kind]
     extra = {"engine": lambda: {"repeat": args.repeat}, "journal": lambda: {"concurrency": args.concurrency},
@@ -86,7 +86,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_db_upgrade(args: argparse.Namespace) -> int:
-    from exchange.db import current_revision, database, upgrade
+    from exchange.runtime.db import current_revision, database, upgrade
 
     settings = _settings()
     where = "external database" if settings.database_url else f"embedded PostgreSQL in {settings.data_dir / 'pg'}"
@@ -102,7 +102,7 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
 
 
 def cmd_db_url(args: argparse.Namespace) -> int:
-    from exchange.db import EmbeddedPostgres
+    from exchange.runtime.db import EmbeddedPostgres
 
     settings = _settings()
     if settings.database_url:
@@ -195,7 +195,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.environ["VOLTBOURSE_CONFIG"] = args.config
     from pydantic import ValidationError
 
-    from exchange.config import ConfigFileError
+    from exchange.runtime.config import ConfigFileError
 
     try:
         return args.func(args)

@@ -21,8 +21,8 @@ import asyncpg
 from eth_utils import to_checksum_address
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, model_validator
 
-from .core.model import RegisterMember, Rejected
-from .runtime import MarketRuntime, Result
+from exchange.core.model import RegisterMember, Rejected
+from exchange.runtime.market import MarketRuntime, Result
 
 __all__ = [
     "CommandRejected",

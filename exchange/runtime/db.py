@@ -45,7 +45,7 @@ import orjson
 import psutil
 
 if TYPE_CHECKING:
-    from exchange.config import Settings
+    from exchange.runtime.config import Settings
 
 __all__ = [
     "TABLES",
@@ -321,7 +321,7 @@ def alembic_dir() -> Path:
     candidates: list[Path] = []
     if env := os.environ.get("VOLTBOURSE_ALEMBIC_DIR"):
         candidates.append(Path(env))
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     if (root / "pyproject.toml").is_file():
         candidates.append(root / "alembic")
     for prefix in (sysconfig.get_path("data"), sys.prefix, sys.base_prefix):

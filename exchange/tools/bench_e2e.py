@@ -30,7 +30,7 @@ from pathlib import Path
 import aiohttp
 from eth_account import Account
 
-from .gateway.auth import sign_login
+from exchange.protocol.auth import sign_login
 
 TOKEN = "bench-operator-token"
 
@@ -162,9 +162,9 @@ async def _load(base: str, connections: int, orders: int, window: int, seed: int
 
 
 def bench_e2e(orders: int = 40_000, seed: int = 1, connections: int = 40, window: int = 4) -> dict:
-    from .config import load_settings
-    from .db import EmbeddedPostgres, upgrade
-    from .service import run_async
+    from exchange.runtime.config import load_settings
+    from exchange.runtime.db import EmbeddedPostgres, upgrade
+    from exchange.runtime.service import run_async
 
     base_dir = load_settings().data_dir
     base_dir.mkdir(parents=True, exist_ok=True)
@@ -180,7 +180,7 @@ def bench_e2e(orders: int = 40_000, seed: int = 1, connections: int = 40, window
                        # a throughput measurement: the per-connection rate limit is not what is measured
                        VOLTBOURSE_WS_RATE_PER_S="1000000", VOLTBOURSE_WS_BURST="1000000")
             with open(log_path, "w") as log:
-                proc = subprocess.Popen([sys.executable, "-m", "exchange.cli", "--log-level", "WARNING", "serve"],
+                proc = subprocess.Popen([sys.executable, "-m", "exchange.tools.cli", "--log-level", "WARNING", "serve"],
                                         env=env, stdout=log, stderr=subprocess.STDOUT)
             try:
                 base = f"http://127.0.0.1:{port}"

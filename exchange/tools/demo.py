@@ -22,15 +22,15 @@ from datetime import datetime, timezone
 from eth_account import Account
 from pydantic import SecretStr
 
-from .config import Settings
-from .core.model import CancelOrder, ModifyOrder, PlaceOrder, Side, TimeInForce, TradeEvent, command_outcome
-from .core.units import MONEY_UNITS_PER_EUR, from_us, price_eur_per_mwh
-from .db import database, upgrade
-from .gateway.keys import MEMBERS
-from .journal import Entry
-from .members import MemberIn
-from .server import start_http
-from .service import Market, open_market, run_async
+from exchange.runtime.config import Settings
+from exchange.core.model import CancelOrder, ModifyOrder, PlaceOrder, Side, TimeInForce, TradeEvent, command_outcome
+from exchange.core.units import MONEY_UNITS_PER_EUR, from_us, price_eur_per_mwh
+from exchange.runtime.db import database, upgrade
+from exchange.gateway.keys import MEMBERS
+from exchange.runtime.journal import Entry
+from exchange.runtime.members import MemberIn
+from exchange.tools.server import start_http
+from exchange.runtime.service import Market, open_market, run_async
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +112,7 @@ class Console:
 
 
 async def _demo(dsn: str, settings: Settings, speed: int, duration: float, members: int) -> int:
-    from .clock import SimClock
+    from exchange.runtime.clock import SimClock
 
     zone = settings.tz
     # Start the simulated clock at 22:50 local: the next day's products are open and the
@@ -211,14 +211,14 @@ async def _demo(dsn: str, settings: Settings, speed: int, duration: float, membe
 
 
 def _settlement_key():
-    from settlement.web import SETTLEMENT
+    from settlement.plugin import SETTLEMENT
 
     return SETTLEMENT
 
 
 async def _flex_demo(app, ws_url: str, keys: list, clock) -> None:
     """One demand-response event, from offers to revenue shares (exchange/flexibility)."""
-    from .flexibility.demo import run_flex_demo
+    from exchange.tools.flex_demo import run_flex_demo
 
     await asyncio.sleep(3)
     try:
@@ -231,7 +231,7 @@ async def _flex_demo(app, ws_url: str, keys: list, clock) -> None:
 
 async def _settle_and_reconcile(market, worker) -> None:
     """Let the worker anchor what is left, then prove every trade is on chain."""
-    from settlement.web import run_reconcile
+    from settlement.plugin import run_reconcile
 
     deadline = time.monotonic() + worker.max_age_s + 20
     worker.wake()
