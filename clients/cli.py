@@ -15,17 +15,20 @@
                         [--duration 150] [--strategy community|zic] [--seed S] [--json]
                         (ends with a summary and the community KPIs of the hours traded)
 
-The key can also come from ``$VOLTBOURSE_KEY``. Only the standard library is
-imported at module level (``voltbourse --help`` stays fast).
+The key can also come from ``$VOLTBOURSE_KEY``.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import sys
 from decimal import Decimal, InvalidOperation
+
+from clients.bots.runner import format_kpis, run_bots
+from clients.sdk import RequestError, VoltbourseClient, VoltbourseError, member_key
 
 DEFAULT_URL = "ws://127.0.0.1:8080/ws"
 
@@ -85,8 +88,6 @@ def _key(args) -> str:
         with open(args.key_file) as f:
             return f.read().strip()
     if args.seed is not None:
-        from clients.sdk import member_key
-
         return member_key(f"bots-{args.seed}", args.member).key.hex()  # the bots' members
     env = os.environ.get("VOLTBOURSE_KEY")
     if env:
@@ -95,16 +96,10 @@ def _key(args) -> str:
 
 
 def cmd_client(args) -> int:
-    from clients.sdk import RequestError, VoltbourseError
-
     async def go() -> int:
-        from clients.sdk import VoltbourseClient
-
         async with VoltbourseClient(args.url, _key(args), sign_orders=getattr(args, "sign", False),
                                     reconnect=args.action in ("watch", "book")) as c:
             return await ACTIONS[args.action](c, args)
-
-    import asyncio
 
     try:
         return asyncio.run(go())
@@ -245,8 +240,6 @@ ACTIONS = {"login": a_login, "products": a_products, "book": a_book, "place": a_
 
 
 def cmd_bots_run(args) -> int:
-    from clients.bots.runner import format_kpis, run_bots
-
     summary = run_bots(members=args.members, speed=args.speed, duration=args.duration, url=args.url,
                        operator_token=args.operator_token, seed=args.seed, strategy=args.strategy,
                        requote_minutes=args.requote_minutes, report_every=args.report_every,

@@ -23,14 +23,16 @@ import sys
 import tempfile
 from pathlib import Path
 
+from clients.sdk.keys import member_key
+from clients.sdk.local import LocalExchange, register_members
+
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
 TOKEN = "loadtest-operator-token"
 
 
 def _members(n: int, seed: str) -> list[dict]:
-    from clients.sdk.keys import member_key  # the keys of loadtest.locustfile.loadtest_key (not imported here:
-    # importing locust monkey-patches the process with gevent)
-
+    # the keys of loadtest.locustfile.loadtest_key (that module is not imported here: importing locust
+    # monkey-patches the process with gevent)
     return [{"address": member_key(f"loadtest-{seed}", i).address, "name": f"loadtest {i}", "role": "prosumer",
              "export_capacity_w": 10**9, "retail_tariff_ticks": 30_000, "feed_in_tariff_ticks": 8_000,
              "collateral": 10**17} for i in range(n)]
@@ -91,8 +93,6 @@ def _seconds(duration: str) -> float:
 
 def run(users: int = 20, spawn_rate: float = 20, duration: str = "15s", seed: str = "1", url: str | None = None,
         operator_token: str | None = None, products: int = 6) -> dict:
-    from clients.sdk.local import LocalExchange, register_members
-
     with tempfile.TemporaryDirectory(prefix="voltbourse-locust-") as tmp:
         if url is not None:
             if operator_token:

@@ -15,6 +15,8 @@ from clients.sdk import (
     VoltbourseClient,
     member_key,
 )
+from exchange.core.model import Side
+from exchange.gateway.marketdata import MARKET_DATA
 from sdk_fixtures import KEYS, exchange
 
 pytestmark = pytest.mark.integration
@@ -162,12 +164,10 @@ async def test_book_feed_keeps_a_local_book_and_resyncs_after_a_gap(ex):
 
 
 def _book_seq(ex, pid):
-    return ex.runner.app[__import__("exchange.gateway.keys", fromlist=["MARKET_DATA"]).MARKET_DATA].book_seq[pid]
+    return ex.runner.app[MARKET_DATA].book_seq[pid]
 
 
 def _engine_levels(ex, pid):
-    from exchange.core.model import Side
-
     book = ex.market.engine.book(pid)
     return [tuple(x) for x in book.depth(Side.BUY)], [tuple(x) for x in book.depth(Side.SELL)]
 

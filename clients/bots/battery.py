@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from datetime import date
 
+from clients.bots.base import Bot, MarketWatch
 from clients.bots.prosumer import COLLATERAL, FEED_IN_TICKS, RETAIL_TICKS, CommunityData
-from clients.bots.runner import Bot, MarketWatch
 from clients.bots.strategies import BatteryPlanner, BatterySpec
 
 __all__ = ["BatteryBot"]

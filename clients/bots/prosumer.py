@@ -16,8 +16,9 @@ from __future__ import annotations
 from datetime import date, datetime, timezone
 from zoneinfo import ZoneInfo
 
-from clients.bots.runner import Bot, MarketWatch
+from clients.bots.base import Bot, MarketWatch
 from clients.bots.strategies import ProsumerPlanner
+from clients.community.profiles import COMMUNITY_TZ, Location, community_profiles, hourly_table, make_community
 
 __all__ = ["CommunityData", "ProsumerBot", "reference_prices"]
 
@@ -31,7 +32,7 @@ _SHAPE = (9_000, 8_600, 8_300, 8_200, 8_400, 9_200, 11_000, 13_500, 14_500, 13_0
           9_000, 9_000, 9_800, 11_500, 13_500, 16_000, 18_000, 17_000, 15_000, 13_000, 11_500, 10_000)
 
 
-def reference_prices(product_ids: list[str], tz: str = "Europe/Berlin") -> dict[str, int]:
+def reference_prices(product_ids: list[str], tz: str = COMMUNITY_TZ) -> dict[str, int]:
     """Reference price (ticks) per product from its local start hour."""
     zone = ZoneInfo(tz)
     out = {}
@@ -45,9 +46,7 @@ class CommunityData:
     """The community's members (``make_community`` with the bots' addresses as ids) and their
     hourly forecasts per delivery day, computed once per day for all bots."""
 
-    def __init__(self, addresses: list[str], seed: str | int = 1, tz: str = "Europe/Berlin") -> None:
-        from clients.community.profiles import make_community
-
+    def __init__(self, addresses: list[str], seed: str | int = 1, tz: str = COMMUNITY_TZ) -> None:
         self.seed = int(seed) if str(seed).isdigit() else abs(hash(str(seed))) % 10**6
         self.members = make_community(len(addresses), seed=self.seed, ids=addresses)
         self.tz = tz
@@ -57,8 +56,6 @@ class CommunityData:
     def table(self, day: date) -> dict[str, dict[str, tuple[int, int]]]:
         t = self._tables.get(day)
         if t is None:
-            from clients.community.profiles import Location, community_profiles, hourly_table
-
             t = self._tables[day] = hourly_table(community_profiles(self.members, day, Location(timezone=self.tz),
                                                                     self.seed))
         return t

@@ -1,8 +1,9 @@
 """Bot strategies as pure planners: no I/O, no clock, no randomness but their own seeded one.
 
-The bot runner (``clients/bots/runner.py``) owns the connection; a planner only
-decides what one member wants in the book. All quantities are integer Wh, all
-prices integer ticks (0.01 EUR/MWh), times integer microseconds UTC.
+A bot (``clients/bots/base.py``, run by ``clients/bots/runner.py``) owns the
+connection; a planner only decides what one member wants in the book. All
+quantities are integer Wh, all prices integer ticks (0.01 EUR/MWh), times
+integer microseconds UTC.
 
 Interface (common to every planner)
 -----------------------------------

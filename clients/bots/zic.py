@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import random
 import statistics
+import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from decimal import Decimal
@@ -282,8 +283,6 @@ def default_markets() -> list[Schedules]:
 def run_bench(sessions: int = 20, seed: int = 1, periods: int = 6, mode: str = "zi-c",
               markets: list[Schedules] | None = None, max_steps: int = 3000) -> dict:
     """``sessions`` sessions cycling over ``markets``; efficiency median/min/max and more, JSON-ready."""
-    import time
-
     markets = markets or default_markets()
     results = []
     t0 = time.perf_counter()

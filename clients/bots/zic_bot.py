@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import random
 
-from clients.bots.runner import Bot, MarketWatch, ProductView
+from clients.bots.base import Bot, MarketWatch, ProductView
 from clients.bots.strategies import ZicPlanner
 
 __all__ = ["ZicBot"]

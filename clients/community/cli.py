@@ -1,4 +1,4 @@
-"""``voltbourse`` plugin commands (standard library only at module level).
+"""``voltbourse`` plugin commands.
 
     voltbourse community profile [--members N] [--date YYYY-MM-DD] [--seed N] [--json]
                                  [--clearness PERMILLE]
@@ -12,6 +12,10 @@ import argparse
 import json
 from datetime import date, timedelta
 
+from clients.bots.zic import run_bench
+from clients.community.kpis import self_sufficiency, to_bp
+from clients.community.profiles import COMMUNITY_TZ, Location, community_profiles, hourly_table, make_community
+
 
 def _date(s: str) -> date:
     try:
@@ -21,9 +25,6 @@ def _date(s: str) -> date:
 
 
 def cmd_profile(args: argparse.Namespace) -> int:
-    from clients.community.kpis import self_sufficiency, to_bp
-    from clients.community.profiles import Location, community_profiles, hourly_table, make_community
-
     loc = Location(args.lat, args.lon, args.altitude, args.timezone)
     day = args.date or date.today() + timedelta(days=1)
     members = make_community(args.members, seed=args.seed)
@@ -73,8 +74,6 @@ def cmd_profile(args: argparse.Namespace) -> int:
 
 
 def cmd_efficiency(args: argparse.Namespace) -> int:
-    from clients.bots.zic import run_bench
-
     r = run_bench(sessions=args.sessions, seed=args.seed, periods=args.periods, mode=args.mode)
     if args.json:
         print(json.dumps(r))
@@ -100,7 +99,7 @@ def add_commands(sub, bench_sub) -> None:
     c.add_argument("--lat", type=float, default=48.14, help="latitude (default 48.14, Munich)")
     c.add_argument("--lon", type=float, default=11.58, help="longitude (default 11.58)")
     c.add_argument("--altitude", type=float, default=520.0, help="altitude m (default 520)")
-    c.add_argument("--timezone", default="Europe/Berlin", help="local time zone of the profiles")
+    c.add_argument("--timezone", default=COMMUNITY_TZ, help=f"local time zone of the profiles (default {COMMUNITY_TZ})")
     c.add_argument("--clearness", type=int, default=1000, metavar="PERMILLE",
                    help="PV as a share of clear sky for the day, per mille (default 1000)")
     c.add_argument("--json", action="store_true", help="print one JSON object")

@@ -35,9 +35,10 @@ rounded half to even by :func:`div_half_even`. Output energies are ``int`` Wh.
 
 Time
 ----
-A day is a *local* calendar day of the community's time zone (default
-Europe/Berlin): 96 slots of 15 minutes, 92 or 100 on DST change days. Slot
-starts are timezone-aware UTC datetimes. :func:`hourly` aggregates the slots
+A day is a *local* calendar day of the community's time zone
+(:data:`COMMUNITY_TZ`, Europe/Amsterdam like the exchange's default): 96
+slots of 15 minutes, 92 or 100 on DST change days. Slot starts are
+timezone-aware UTC datetimes. :func:`hourly` aggregates the slots
 into the exchange's products (``20261122T2300Z-60``, see
 ``exchange.core.calendar.product_id_for``).
 
@@ -50,6 +51,7 @@ the libraries are imported).
 from __future__ import annotations
 
 import random
+import warnings
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from fractions import Fraction
@@ -63,7 +65,9 @@ from exchange.core.units import UTC, US_PER_MIN, div_half_even, from_us, to_us
 SLOT_MINUTES = 15
 PPT = 10**12  # parts per 10**12 of the annual energy
 SLP_TYPES = ("h0", "g0", "g1", "g2", "g3", "g4", "g5", "g6", "l0")
-DEFAULT_TZ = "Europe/Berlin"
+#: The community's time zone: the clients' one default for local days, profiles and the
+#: local exchange they start (the exchange's own default, ``Settings.timezone``, is the same).
+COMMUNITY_TZ = "Europe/Amsterdam"
 
 #: Rough monthly mean daytime air temperatures (deg C) for a central European
 #: site, used only for the PV cell temperature. January first.
@@ -82,7 +86,7 @@ class Location:
     latitude: float = 48.14
     longitude: float = 11.58
     altitude_m: float = 520.0
-    timezone: str = DEFAULT_TZ
+    timezone: str = COMMUNITY_TZ
 
     def __post_init__(self) -> None:
         ZoneInfo(self.timezone)
@@ -168,7 +172,7 @@ class Hour:
 # --------------------------------------------------------------------------- calendar helpers
 
 
-def day_slots(day: date, tz: str = DEFAULT_TZ, minutes: int = SLOT_MINUTES) -> tuple[datetime, ...]:
+def day_slots(day: date, tz: str = COMMUNITY_TZ, minutes: int = SLOT_MINUTES) -> tuple[datetime, ...]:
     """Starts (aware UTC) of the ``minutes`` slots of local day ``day``."""
     zone = ZoneInfo(tz)
     start = datetime.combine(day, time(0), tzinfo=zone).astimezone(UTC)
@@ -206,13 +210,11 @@ def german_holidays(year: int) -> tuple[date, ...]:
 @lru_cache(maxsize=4)
 def _slp_year(year: int, holidays: tuple[date, ...]):
     """demandlib's normalised SLP frame for ``year`` (naive local wall time index)."""
-    import warnings
-
     # demandlib calls warnings.simplefilter("error") at module level of its
     # profile builder, which would turn every later warning of the process into
     # an exception; keep its filters to itself.
     with warnings.catch_warnings():
-        from demandlib import bdew
+        from demandlib import bdew  # noqa: PLC0415 - optional dependency (extra community)
 
         slp = bdew.ElecSlp(year, holidays=list(holidays))
         frame = slp.get_profiles(*(t if t != "h0" else "h0_dyn" for t in SLP_TYPES))
@@ -222,7 +224,7 @@ def _slp_year(year: int, holidays: tuple[date, ...]):
 
 
 @lru_cache(maxsize=256)
-def slp_day_ppt(slp: str, day: date, tz: str = DEFAULT_TZ, holidays: tuple[date, ...] | None = None) -> tuple[int, ...]:
+def slp_day_ppt(slp: str, day: date, tz: str = COMMUNITY_TZ, holidays: tuple[date, ...] | None = None) -> tuple[int, ...]:
     """The SLP's share of the annual energy per 15-min slot of local ``day``, in parts per 10**12.
 
     Each UTC slot is looked up at its local wall time; on the spring DST day
@@ -249,8 +251,8 @@ def pv_day_mwh_per_kwp(day: date, location: Location, tilt: int = 30, azimuth: i
     Averages the power at five instants inside each slot. The one float->int
     conversion: ``round(mean_w * 0.25 h * 1000)``.
     """
-    import pandas as pd
-    import pvlib
+    import pandas as pd  # noqa: PLC0415 - optional dependency (extra community)
+    import pvlib  # noqa: PLC0415 - optional dependency (extra community)
 
     slots = day_slots(day, location.timezone)
     sub = 5
@@ -423,7 +425,7 @@ def make_community(n_members: int, seed: int = 0, ids: Sequence[str] | None = No
 
 
 __all__ = [
-    "Battery", "CommunityMix", "Hour", "Location", "Member", "Profile", "SLP_TYPES", "community_profiles",
-    "day_slots", "div_half_even", "german_holidays", "hourly", "hourly_table", "make_community", "member_profile",
-    "pv_day_mwh_per_kwp", "slp_day_ppt",
+    "COMMUNITY_TZ", "Battery", "CommunityMix", "Hour", "Location", "Member", "Profile", "SLP_TYPES",
+    "community_profiles", "day_slots", "div_half_even", "german_holidays", "hourly", "hourly_table",
+    "make_community", "member_profile", "pv_day_mwh_per_kwp", "slp_day_ppt",
 ]

@@ -1,37 +1,42 @@
 """Voltbourse Python SDK: an asyncio client of the peer WebSocket API.
 
-See :mod:`clients.sdk.client` and docs/sdk.md. Names are imported lazily, so
-``from clients.sdk.keys import member_key`` (e.g. in a gevent Locust user)
-does not load aiohttp.
+See :mod:`clients.sdk.client` and docs/sdk.md. Trade proofs, flexibility and
+the throw-away local exchange are in their own modules
+(:mod:`~clients.sdk.proofs`, :mod:`~clients.sdk.flex`, :mod:`~clients.sdk.local`).
 """
 
 from __future__ import annotations
 
-import importlib
+from clients.sdk.book import BookUpdate, LocalBook
+from clients.sdk.client import BookFeed, Feed, VoltbourseClient
+from clients.sdk.errors import (
+    AuthenticationError,
+    ClientClosed,
+    ConnectionLost,
+    InvalidRequest,
+    OrderRejected,
+    OutcomeUnknown,
+    RequestError,
+    RequestTimeout,
+    Retryable,
+    VoltbourseError,
+)
+from clients.sdk.keys import member_key, member_keys
+from clients.sdk.models import (
+    BookDelta,
+    BookSnapshot,
+    Execution,
+    MyTrade,
+    OpenOrder,
+    OrderResult,
+    Position,
+    ProductState,
+    PublicTrade,
+)
 
-_EXPORTS = {
-    "BookUpdate": "book", "LocalBook": "book",
-    "BookFeed": "client", "Feed": "client", "VoltbourseClient": "client",
-    "AuthenticationError": "errors", "ClientClosed": "errors", "ConnectionLost": "errors",
-    "InvalidRequest": "errors", "OrderRejected": "errors", "OutcomeUnknown": "errors", "RequestError": "errors",
-    "RequestTimeout": "errors", "Retryable": "errors", "VoltbourseError": "errors",
-    "member_key": "keys", "member_keys": "keys",
-    "BookDelta": "models", "BookSnapshot": "models", "Execution": "models", "MyTrade": "models",
-    "OpenOrder": "models", "OrderResult": "models", "Position": "models", "ProductState": "models",
-    "PublicTrade": "models",
-}
-
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    mod = _EXPORTS.get(name)
-    if mod is None:
-        raise AttributeError(f"module 'clients.sdk' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{mod}", __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return __all__
+__all__ = [
+    "AuthenticationError", "BookDelta", "BookFeed", "BookSnapshot", "BookUpdate", "ClientClosed", "ConnectionLost",
+    "Execution", "Feed", "InvalidRequest", "LocalBook", "MyTrade", "OpenOrder", "OrderRejected", "OrderResult",
+    "OutcomeUnknown", "Position", "ProductState", "PublicTrade", "RequestError", "RequestTimeout", "Retryable",
+    "VoltbourseClient", "VoltbourseError", "member_key", "member_keys",
+]

@@ -1,16 +1,23 @@
 """A throw-away local exchange for bots, load tests and demos.
 
-:class:`LocalExchange` starts the embedded PostgreSQL in a fresh directory under
-the per-user data dir (never inside the checkout) and ``voltbourse serve`` as a
-subprocess on 127.0.0.1 (its own process and event loop, like production),
-waits until ``/ready``, and tears both down on exit. Members are registered
-over the operator REST API (:func:`register_members`), exactly as an operator
-would. Blocking start/stop (call it before/after the event loop, or from a
-thread).
+:class:`LocalExchange` runs ``voltbourse serve`` as a subprocess on 127.0.0.1
+(its own process and event loop, like production) with a fresh data directory
+under the per-user data dir (never inside the checkout; ``$VOLTBOURSE_DATA_DIR``
+if set): the server starts its embedded PostgreSQL there and migrates it, as
+``voltbourse serve`` always does. It waits until ``/ready`` and on exit stops
+the server (which stops its database) and deletes the directory. Members are
+registered over the operator REST API (:func:`register_members`), exactly as an
+operator would. Blocking start/stop (call it before/after the event loop, or
+from a thread).
+
+Only the standard library and platformdirs here: the server is a separate
+process, so the SDK needs none of its dependencies (it must be installed where
+a local exchange is started, of course).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -23,7 +30,21 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-__all__ = ["LocalExchange", "free_port", "register_members"]
+import platformdirs
+
+__all__ = ["LocalExchange", "data_root", "free_port", "register_members"]
+
+
+#: ``voltbourse`` (its module, run by this interpreter: works from a checkout without the console
+#: script on PATH). A command line, not an import: the SDK does not depend on the server's code.
+SERVER_COMMAND = (sys.executable, "-m", "exchange.tools.cli")
+
+
+def data_root() -> Path:
+    """Where local exchanges make their directories: ``$VOLTBOURSE_DATA_DIR``, else the per-user
+    data dir the server defaults to (e.g. ~/.local/share/voltbourse)."""
+    env = os.environ.get("VOLTBOURSE_DATA_DIR")
+    return Path(env).expanduser() if env else platformdirs.user_data_path("voltbourse")
 
 
 def free_port() -> int:
@@ -49,7 +70,6 @@ class LocalExchange:
         self.http_url = f"http://127.0.0.1:{self.port}"
         self.ws_url = f"ws://127.0.0.1:{self.port}/ws"
         self.proc: subprocess.Popen | None = None
-        self._pg = None
         self._tmp: Path | None = None
 
     def __enter__(self) -> LocalExchange:
@@ -65,24 +85,20 @@ class LocalExchange:
         return self._tmp / "server.log"
 
     def start(self, timeout: float = 90) -> None:
-        from exchange.runtime.config import load_settings
-        from exchange.runtime.db import EmbeddedPostgres, upgrade
-
-        base = load_settings().data_dir
+        base = data_root()
         base.mkdir(parents=True, exist_ok=True)
         self._tmp = Path(tempfile.mkdtemp(prefix="local-exchange-", dir=base))
         try:
-            self._pg = EmbeddedPostgres(self._tmp / "pg").start()
-            upgrade(self._pg.dsn)
-            env = dict(os.environ, VOLTBOURSE_DATABASE_URL=self._pg.dsn, VOLTBOURSE_PORT=str(self.port),
+            env = dict(os.environ, VOLTBOURSE_DATA_DIR=str(self._tmp), VOLTBOURSE_PORT=str(self.port),
                        VOLTBOURSE_HOST="127.0.0.1", VOLTBOURSE_OPERATOR_TOKEN=self.operator_token,
                        VOLTBOURSE_MARKET_ID=self.market_id)
             env.pop("VOLTBOURSE_CONFIG", None)
+            env.pop("VOLTBOURSE_DATABASE_URL", None)  # the server's own embedded PostgreSQL in the fresh directory
             for k, v in self.settings.items():
                 env[f"VOLTBOURSE_{k.upper()}"] = str(v)
             with open(self.log_path, "w") as log:
-                self.proc = subprocess.Popen([sys.executable, "-m", "exchange.tools.cli", "--log-level", self.log_level,
-                                              "serve"], env=env, stdout=log, stderr=subprocess.STDOUT)
+                self.proc = subprocess.Popen([*SERVER_COMMAND, "--log-level", self.log_level, "serve"], env=env,
+                                             stdout=log, stderr=subprocess.STDOUT)
             self._wait_ready(timeout)
         except BaseException:
             self.stop()
@@ -114,11 +130,6 @@ class LocalExchange:
                     self.proc.kill()
                     self.proc.wait()
             self.proc = None
-        if self._pg is not None:
-            try:
-                self._pg.stop()
-            finally:
-                self._pg = None
         if self._tmp is not None:
             shutil.rmtree(self._tmp, ignore_errors=True)
             self._tmp = None
@@ -127,8 +138,6 @@ class LocalExchange:
 def register_members(http_url: str, token: str, members: list[dict], timeout: float = 30) -> tuple[int, int]:
     """POST each member (``MemberIn`` fields) to ``/api/operator/members``; a member that exists
     already (409 ``MEMBER_EXISTS``) is left as it is. Returns (created, existing). Blocking."""
-    import json
-
     created = existing = 0
     for m in members:
         req = urllib.request.Request(f"{http_url}/api/operator/members", data=json.dumps(m).encode(),
