@@ -5,15 +5,23 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 SOLCJS := contracts/node_modules/solc/soljson.js
 
-.PHONY: venv chromium test demo bench serve clean loadtest
+.PHONY: venv contracts chromium test demo bench serve clean loadtest
 
-venv: $(STAMP) $(SOLCJS) chromium
+venv: $(STAMP) $(SOLCJS) contracts chromium
 
 # The Solidity compiler: npm's solc (solc-js), pinned in contracts/package-lock.json,
-# driven by settlement/solc_shim.js. Never downloads a compiler at run time.
+# driven by settlement/solc_shim.js. Used at build time only: the service loads the
+# committed artifacts (settlement/artifacts/*.json) and never runs node.
 $(SOLCJS): contracts/package.json contracts/package-lock.json
 	cd contracts && npm ci --no-audit --no-fund --loglevel=error
 	touch $(SOLCJS)
+
+# Compile contracts/src into settlement/artifacts/*.json (package data, committed):
+# rewritten when the sources, the settings or the solc-js version changed. In CI
+# (CI set) only checked: committed artifacts that are not what the sources compile
+# to fail the build instead of being silently regenerated.
+contracts: $(STAMP) $(SOLCJS)
+	$(BIN)/python -m settlement.compiler $(if $(CI),--check,--write)
 
 # Browser tests drive Debian's Chromium (never a downloaded browser).
 chromium:
@@ -25,7 +33,7 @@ chromium:
 # Reinstall only when the dependency/packaging description changes.
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet -e '.[dev,chain,load,community,browser]'
+	$(BIN)/python -m pip install --quiet -e '.[server,dev,chain,load,community,browser]'
 	touch $(STAMP)
 
 test: venv

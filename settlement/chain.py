@@ -18,7 +18,7 @@ from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from web3 import Web3
 
-from settlement.compiler import Artifact, compile_contracts
+from settlement.compiler import Artifact, load_artifacts
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,8 @@ class Chain:
         self.operator = operator
         self.in_process = in_process
         self.tester = tester
-        self.artifacts = artifacts or compile_contracts()
+        # the contracts compiled at build time (package data); never compiles nor runs node
+        self.artifacts = artifacts or load_artifacts()
         self.chain_id = w3.eth.chain_id
         self.genesis_hash = "0x" + bytes(w3.eth.get_block(0)["hash"]).hex()
         self._nonce: int | None = None

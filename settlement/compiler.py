@@ -1,35 +1,53 @@
-"""Compile the Solidity sources with py-solc-x driving the npm ``solc`` package.
+"""The Solidity contracts: compiled at build time into package data, loaded at run time.
 
-py-solc-x runs a ``solc`` executable; ours is ``settlement/solc_shim.js``, a node
+Build time (``make contracts``, i.e. ``python -m settlement.compiler --write``):
+py-solc-x runs a ``solc`` executable, ours is ``settlement/solc_shim.js``, a node
 script over solc-js (installed by ``make`` into ``contracts/node_modules``) that
-answers ``--version`` and ``--standard-json``. No compiler is ever downloaded.
+answers ``--version`` and ``--standard-json``. No compiler is ever downloaded. The
+output (abi, creation bytecode, solc version, evmVersion, optimizer settings and the
+sha256 of the sources) is written as one JSON file per contract into
+``settlement/artifacts/``, which is committed and shipped as package data.
 
-Compilation takes a few seconds in solc-js, so the output is cached under the
-per-user cache dir keyed by the sha256 of the sources, the settings and the
-compiler version: a changed source always recompiles.
+Run time (:func:`load_artifacts`, used by :mod:`settlement.chain`): reads those JSON
+files and never runs node. In a checkout (``contracts/src`` next to the package) the
+recorded source hash must match the sources, otherwise :class:`ArtifactsOutOfDate`
+tells to run ``make contracts``; a wheel install has no ``contracts/src`` and trusts
+its artifacts.
+
+:func:`compile_contracts` still compiles from source (tests run the real EVM on it and
+compare it with the committed artifacts). Its solc output is cached under the per-user
+cache dir keyed by the sha256 of the sources, the settings and the compiler version.
+Only the standard library is imported at module level: loading artifacts needs neither
+py-solc-x nor platformdirs.
 """
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import os
 import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
-
-import platformdirs
 
 ROOT = Path(__file__).resolve().parent.parent
 SOURCES = ROOT / "contracts" / "src"
 SHIM = Path(__file__).resolve().parent / "solc_shim.js"
 SOLC_JS = ROOT / "contracts" / "node_modules" / "solc"
+ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
 EVM_VERSION = "prague"  # py-evm has no newer fork
 OPTIMIZER_RUNS = 200
+ARTIFACT_FORMAT = 1
 
 
 class CompilerUnavailable(RuntimeError):
     """node or the npm solc package is missing: run `make` (it runs npm ci in contracts/)."""
+
+
+class ArtifactsOutOfDate(RuntimeError):
+    """The committed artifacts were not compiled from the contracts/src of this checkout."""
 
 
 @dataclass(frozen=True)
@@ -39,19 +57,42 @@ class Artifact:
     bytecode: str  # 0x-prefixed creation code
 
 
-def _standard_input() -> dict:
-    sources = {p.name: {"content": p.read_text()} for p in sorted(SOURCES.glob("*.sol"))}
+# ---------------------------------------------------------------------- sources
+def _settings() -> dict:
     return {
-        "language": "Solidity",
-        "sources": sources,
-        "settings": {
-            "evmVersion": EVM_VERSION,
-            "optimizer": {"enabled": True, "runs": OPTIMIZER_RUNS},
-            "outputSelection": {"*": {"*": ["abi", "evm.bytecode.object"]}},
-        },
+        "evmVersion": EVM_VERSION,
+        "optimizer": {"enabled": True, "runs": OPTIMIZER_RUNS},
+        "outputSelection": {"*": {"*": ["abi", "evm.bytecode.object"]}},
     }
 
 
+def _source_files(sources: Path | None = None) -> list[Path]:
+    return sorted((sources or SOURCES).glob("*.sol"))
+
+
+def _standard_input(sources: Path | None = None) -> dict:
+    files = {p.name: {"content": p.read_text()} for p in _source_files(sources)}
+    return {"language": "Solidity", "sources": files, "settings": _settings()}
+
+
+def source_hash(sources: Path | None = None) -> str:
+    """sha256 over the ``*.sol`` files of ``sources`` (names and bytes, sorted by name)."""
+    h = hashlib.sha256()
+    for p in _source_files(sources):
+        data = p.read_bytes()
+        h.update(f"{p.name}\0{len(data)}\0".encode())
+        h.update(data)
+    return h.hexdigest()
+
+
+def checkout_sources() -> Path | None:
+    """``contracts/src`` when running from a checkout (or an editable install), else None."""
+    if (ROOT / "pyproject.toml").is_file() and SOURCES.is_dir() and _source_files(SOURCES):
+        return SOURCES
+    return None
+
+
+# ---------------------------------------------------------------------- compiling (node)
 def _check_toolchain() -> None:
     if shutil.which("node") is None:
         raise CompilerUnavailable("node is not on PATH; install Node.js (the Makefile expects it)")
@@ -72,11 +113,14 @@ def _shim_version() -> str:
     return out.strip().splitlines()[-1].removeprefix("Version: ")
 
 
-def compile_contracts(*, use_cache: bool = True) -> dict[str, Artifact]:
-    """Compile every contract in contracts/src; returns artifacts by contract name."""
+def _compile_output(*, use_cache: bool) -> tuple[dict, str]:
+    """The solc standard-JSON output for contracts/src and the compiler version."""
+    import platformdirs
     import solcx
 
     _check_toolchain()
+    if checkout_sources() is None:
+        raise CompilerUnavailable(f"no Solidity sources in {SOURCES}: compiling needs a checkout")
     data = _standard_input()
     version = _shim_version()
     key = hashlib.sha256(json.dumps([data, version], sort_keys=True).encode()).hexdigest()[:32]
@@ -96,8 +140,175 @@ def compile_contracts(*, use_cache: bool = True) -> dict[str, Artifact]:
         tmp = cache.with_suffix(f".{os.getpid()}.tmp")
         tmp.write_text(json.dumps(output))
         tmp.replace(cache)
+    return output, version
+
+
+def compile_contracts(*, use_cache: bool = True) -> dict[str, Artifact]:
+    """Compile every contract in contracts/src from source (needs node and the npm solc
+    package: a checkout after ``make``); returns artifacts by contract name."""
+    output, _version = _compile_output(use_cache=use_cache)
     artifacts = {}
-    for _file, contracts in output["contracts"].items():
+    for contracts in output["contracts"].values():
         for name, c in contracts.items():
             artifacts[name] = Artifact(name, c["abi"], "0x" + c["evm"]["bytecode"]["object"])
     return artifacts
+
+
+def _artifact_documents(*, use_cache: bool) -> dict[str, dict]:
+    """The JSON document of each contract, by file name (``<Contract>.json``)."""
+    output, version = _compile_output(use_cache=use_cache)
+    digest = source_hash()
+    docs = {}
+    for source_name, contracts in sorted(output["contracts"].items()):
+        for name, c in sorted(contracts.items()):
+            docs[f"{name}.json"] = {
+                "format": ARTIFACT_FORMAT,
+                "contractName": name,
+                "sourceName": source_name,
+                "sourceHash": digest,
+                "compiler": {"name": "solc-js", "version": version},
+                "evmVersion": EVM_VERSION,
+                "optimizer": {"enabled": True, "runs": OPTIMIZER_RUNS},
+                "abi": c["abi"],
+                "bytecode": "0x" + c["evm"]["bytecode"]["object"],
+            }
+    return docs
+
+
+def _dump(doc: dict) -> str:
+    return json.dumps(doc, indent=2, sort_keys=True) + "\n"
+
+
+def write_artifacts(directory: Path | None = None, *, use_cache: bool = True) -> list[Path]:
+    """Compile from source and write ``<Contract>.json`` into ``directory`` (default:
+    the package's ``settlement/artifacts``); stale ``*.json`` there are removed.
+    Returns the files whose content changed."""
+    directory = directory or ARTIFACTS
+    docs = _artifact_documents(use_cache=use_cache)
+    directory.mkdir(parents=True, exist_ok=True)
+    changed = []
+    for old in directory.glob("*.json"):
+        if old.name not in docs:
+            old.unlink()
+            changed.append(old)
+    for fname, doc in docs.items():
+        path = directory / fname
+        text = _dump(doc)
+        if not path.exists() or path.read_text() != text:
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(text)
+            tmp.replace(path)
+            changed.append(path)
+    return changed
+
+
+def check_artifacts(directory: Path | None = None, *, use_cache: bool = True) -> list[str]:
+    """Compile from source and compare with the artifacts in ``directory``: the list of
+    differences (empty: the committed artifacts are what the sources compile to)."""
+    directory = directory or ARTIFACTS
+    docs = _artifact_documents(use_cache=use_cache)
+    problems = []
+    present = {p.name for p in directory.glob("*.json")}
+    for extra in sorted(present - set(docs)):
+        problems.append(f"{directory / extra}: no such contract in {SOURCES}")
+    for fname, doc in docs.items():
+        path = directory / fname
+        if not path.exists():
+            problems.append(f"{path}: missing")
+            continue
+        stored = json.loads(path.read_text())
+        for field in sorted(set(doc) | set(stored)):
+            if stored.get(field) != doc.get(field):
+                problems.append(f"{path}: {field} differs from a compilation of {SOURCES}")
+    return problems
+
+
+# ---------------------------------------------------------------------- loading (no node)
+def load_artifacts(directory: Path | None = None, *, sources: Path | None = None,
+                   check_sources: bool = True) -> dict[str, Artifact]:
+    """The compiled contracts shipped as package data, by contract name. Never runs node.
+
+    ``sources`` (default: ``contracts/src`` when running from a checkout, None for a
+    wheel install) is checked against the recorded source hash, unless
+    ``check_sources`` is false; a mismatch raises :class:`ArtifactsOutOfDate`.
+    """
+    directory = directory or ARTIFACTS
+    files = sorted(directory.glob("*.json"))
+    if not files:
+        raise ArtifactsOutOfDate(f"no contract artifacts in {directory}; run `make contracts`")
+    docs = [json.loads(p.read_text()) for p in files]
+    if check_sources:
+        src = sources if sources is not None else checkout_sources()
+        if src is not None:
+            want = source_hash(src)
+            stale = [p.name for p, d in zip(files, docs, strict=True) if d.get("sourceHash") != want]
+            if stale:
+                raise ArtifactsOutOfDate(
+                    f"the contract artifacts in {directory} ({', '.join(stale)}) were not compiled from "
+                    f"the Solidity sources in {src}: run `make contracts` (python -m settlement.compiler "
+                    "--write) and commit settlement/artifacts/")
+    for p, d in zip(files, docs, strict=True):
+        if d.get("format") != ARTIFACT_FORMAT or d.get("evmVersion") != EVM_VERSION:
+            raise ArtifactsOutOfDate(f"{p}: format {d.get('format')} / evmVersion {d.get('evmVersion')}, "
+                                     f"expected {ARTIFACT_FORMAT} / {EVM_VERSION}: run `make contracts`")
+    return {d["contractName"]: Artifact(d["contractName"], d["abi"], d["bytecode"]) for d in docs}
+
+
+def artifacts_up_to_date(directory: Path | None = None) -> bool:
+    """True when ``directory`` holds artifacts of the current sources, settings and
+    installed solc-js version (read from its package.json: no node run)."""
+    try:
+        load_artifacts(directory)
+    except ArtifactsOutOfDate:
+        return False
+    try:
+        solc_version = json.loads((SOLC_JS / "package.json").read_text())["version"]
+    except (OSError, ValueError, KeyError):
+        return False
+    for p in (directory or ARTIFACTS).glob("*.json"):
+        d = json.loads(p.read_text())
+        if not d["compiler"]["version"].startswith(solc_version + "+") or d.get("optimizer") != {
+                "enabled": True, "runs": OPTIMIZER_RUNS}:
+            return False
+    return True
+
+
+# ---------------------------------------------------------------------- command line
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m settlement.compiler",
+        description="Compile contracts/src into the package data settlement/artifacts/*.json.")
+    mode = parser.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--write", action="store_true",
+                      help="compile and write the artifacts (skipped when they are up to date)")
+    mode.add_argument("--check", action="store_true",
+                      help="compile and fail (exit 1) when the artifacts differ from the sources")
+    parser.add_argument("--force", action="store_true", help="with --write: recompile even when up to date")
+    parser.add_argument("--no-cache", action="store_true", help="do not use the per-user solc output cache")
+    args = parser.parse_args(argv)
+    try:
+        if args.check:
+            problems = check_artifacts(use_cache=not args.no_cache)
+            for problem in problems:
+                print(problem, file=sys.stderr)
+            if problems:
+                print("run `make contracts` and commit settlement/artifacts/", file=sys.stderr)
+                return 1
+            print(f"contract artifacts in {ARTIFACTS} match {SOURCES}")
+            return 0
+        if not args.force and artifacts_up_to_date():
+            print(f"contract artifacts in {ARTIFACTS} are up to date")
+            return 0
+        changed = write_artifacts(use_cache=not args.no_cache)
+        for path in changed:
+            print(f"wrote {path}")
+        if not changed:
+            print(f"contract artifacts in {ARTIFACTS} unchanged")
+        return 0
+    except CompilerUnavailable as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

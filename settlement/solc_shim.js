@@ -4,6 +4,8 @@
 //   solc --version          -> "Version: 0.8.x+commit..." (py-solc-x parses this)
 //   solc --standard-json    -> reads the standard JSON input on stdin, writes the output
 // Nothing is downloaded: solc-js is installed by `make` into contracts/node_modules.
+// Build time only (`make contracts` -> settlement/artifacts/*.json, and the tests that
+// compile from source): the service loads those artifacts and never runs node.
 "use strict";
 const path = require("path");
 const solc = require(path.join(__dirname, "..", "contracts", "node_modules", "solc"));
