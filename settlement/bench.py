@@ -19,6 +19,15 @@ import random
 import time
 
 from eth_account import Account
+from exchange.runtime.scratch import BENCH_T0
+from exchange.runtime.clock import ManualClock
+from exchange.runtime.config import load_settings
+from exchange.core.model import PlaceOrder, RegisterMember, Side
+from exchange.runtime.service import open_market
+from settlement.chain import Chain
+from settlement.worker import SettlementWorker
+from settlement.reconcile import reconcile
+from exchange.runtime.scratch import run_on_database
 
 MEMBERS = 24
 DEPOSIT = 10**16
@@ -30,14 +39,7 @@ def _pct(vals: list[float], q: float) -> float:
 
 async def _bench(dsn: str, trades: int, seed: int, batch_size: int, rate: int, stream_s: float,
                  max_age_s: float) -> dict:
-    from exchange.tools.bench import BENCH_T0
-    from exchange.runtime.clock import ManualClock
-    from exchange.runtime.config import load_settings
-    from exchange.core.model import PlaceOrder, RegisterMember, Side
-    from exchange.runtime.service import open_market
 
-    from settlement.chain import Chain
-    from settlement.worker import SettlementWorker
 
     settings = load_settings(database_url=dsn, market_id="bench")
     market = await open_market(dsn, settings, ManualClock(BENCH_T0))
@@ -104,7 +106,6 @@ async def _bench(dsn: str, trades: int, seed: int, batch_size: int, rate: int, s
             "JOIN settlement_batches b USING (market_id, batch_id) WHERE t.market_id = 'bench' AND t.trade_id = ANY($1)",
             list(acked))
         lags = sorted(r["at"] - acked[r["trade_id"]] for r in rows)
-        from settlement.reconcile import reconcile
 
         rep = await reconcile(market.pool, "bench", chain)
         return {
@@ -130,7 +131,6 @@ async def _bench(dsn: str, trades: int, seed: int, batch_size: int, rate: int, s
 
 def bench_settlement(trades: int = 20_000, seed: int = 1, batch_size: int = 2000, rate: int = 1000,
                      stream_s: float = 10.0, max_age_s: float = 5.0, dsn: str | None = None) -> dict:
-    from exchange.tools.bench import run_on_database
 
     return run_on_database(lambda d: _bench(d, trades, seed, batch_size, rate, stream_s, max_age_s), dsn,
                            prefix="bench-settlement-")

@@ -1,16 +1,24 @@
-"""``voltbourse settlement ...`` and ``voltbourse bench settlement`` (stdlib imports only here)."""
+"""``voltbourse settlement ...`` and ``voltbourse bench settlement`` (a subsystem's CLI, registered through its Subsystem)."""
 
 from __future__ import annotations
 
 import argparse
 import json
+from exchange.runtime.config import load_settings
+from exchange.runtime.db import create_pool, database
+from exchange.runtime.service import run_async
+from settlement.chain import Chain
+from settlement.reconcile import reconcile
+import sys
+import urllib.error
+import urllib.request
+from settlement.bench import bench_settlement
 
 
 def cmd_reconcile(args: argparse.Namespace) -> int:
     """With a JSON-RPC chain (``chain_rpc_url``) reconcile here, straight against the node
     and the database. The in-process EVM lives inside the running exchange, so then ask
     the exchange to do it (operator API, ``--url`` and the operator token)."""
-    from exchange.runtime.config import load_settings
 
     settings = load_settings()
     if settings.chain_rpc_url and not args.url:
@@ -33,11 +41,7 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
 
 
 def _reconcile_direct(settings) -> dict:
-    from exchange.runtime.db import create_pool, database
-    from exchange.runtime.service import run_async
 
-    from settlement.chain import Chain
-    from settlement.reconcile import reconcile
 
     async def run(dsn: str) -> dict:
         pool = await create_pool(dsn, min_size=1, max_size=2)
@@ -57,9 +61,6 @@ def _reconcile_direct(settings) -> dict:
 
 
 def _reconcile_remote(url: str, token: str | None) -> dict | None:
-    import sys
-    import urllib.error
-    import urllib.request
 
     if not token:
         print("voltbourse: give the operator token (--token or VOLTBOURSE_OPERATOR_TOKEN)", file=sys.stderr)
@@ -75,7 +76,6 @@ def _reconcile_remote(url: str, token: str | None) -> dict | None:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from settlement.bench import bench_settlement
 
     result = {"bench": "settlement", **bench_settlement(args.trades, args.seed, args.batch_size, args.rate,
                                                          args.stream_seconds, args.max_age)}

@@ -1,8 +1,9 @@
-"""Settlement inside the exchange process: the worker task, proofs over WebSocket and
-REST, the operator's status and reconciliation routes, the operator feed topic.
+"""Settlement as a subsystem of the exchange (exchange.gateway.plugin): the worker
+task, proofs over WebSocket (``trade_proof``) and REST, the operator's status and
+reconciliation routes, the operator feed topic, its tables (migrations/).
 
-``add_settlement(app)`` is called by ``make_app`` when ``settings.settlement_enabled``.
-On startup it connects to the chain (in-process EVM or ``chain_rpc_url``), attaches to
+:data:`SUBSYSTEM` is registered in pyproject (``voltbourse.subsystems``) and runs when
+``settings.settlement_enabled``. On startup it connects to the chain (in-process EVM or ``chain_rpc_url``), attaches to
 or deploys the contracts, and runs the worker; on cleanup it stops it.
 
 Routes:
@@ -21,16 +22,26 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import AsyncIterator
+from pathlib import Path
 
 from aiohttp import web
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from pydantic import BaseModel, ConfigDict, Field
 
+from exchange.gateway.feed import OPERATOR_FEED
+from exchange.gateway.http import ANY_OBJECT, INT, ApiError, Route, json_response, read_query
+from exchange.gateway.http import error_response as _error
+from exchange.gateway.keys import MARKET, MEMBERS, PAYOUT_SOURCES, SETTINGS
+from exchange.gateway.metrics import METRICS
+from exchange.gateway.plugin import Subsystem, WsRequest
 from exchange.protocol.auth import recover_login
-from exchange.gateway.keys import MARKET, MEMBERS, METRICS, OPERATOR_FEED, SETTINGS, WS_HANDLERS
-from exchange.gateway.operator import _json, _operator_only
-from exchange.gateway.operator import error as _error
+from exchange.protocol.messages import MAX_INT, Address, Signature
+from settlement import cli as settlement_cli
+from settlement.protocol import TradeProof
 
 from settlement.chain import Chain
-from settlement.proofs import ProofError, ProofService
+from settlement.proofs import ProofService
 from settlement.reconcile import reconcile
 from settlement.worker import SettlementWorker
 
@@ -46,60 +57,69 @@ def proof_message(market_id: str, trade_id: int, ts: int) -> str:
     return f"Voltbourse proof\nMarket: {market_id}\nTrade: {trade_id}\nTime: {ts}"
 
 
+class ProofQuery(BaseModel):
+    """``?address=0x..&ts=<unix s>&sig=0x..``: the member's EIP-191 signature of
+    :func:`proof_message` (see docs/settlement.md)."""
+
+    model_config = ConfigDict(extra="forbid")
+    address: Address
+    ts: int = Field(ge=0, le=2**40, description="unix seconds, within 5 minutes of the server's clock")
+    sig: Signature
+
+
+def _trade_id(request: web.Request) -> int:
+    raw = request.match_info["trade_id"]
+    if not (raw.isascii() and raw.isdigit() and 0 < len(raw) <= 16 and 1 <= int(raw) <= MAX_INT):
+        raise ApiError(422, "INVALID_REQUEST", "trade_id: a positive integer below 2^53")
+    return int(raw)
+
+
 async def _peer_proof(request: web.Request) -> web.Response:
-    proofs = request.app.get(PROOFS)
-    if proofs is None:
-        return _error(503, "UNAVAILABLE", "settlement is starting")
-    q = request.query
-    try:
-        trade_id = int(request.match_info["trade_id"])
-        ts = int(q["ts"])
-        address, sig = q["address"], q["sig"]
-    except (KeyError, ValueError):
-        return _error(400, "INVALID_REQUEST", "give address, ts (unix seconds) and sig (EIP-191 signature of the "
-                                              "proof message, see docs/settlement.md)")
-    if abs(time.time() - ts) > PROOF_WINDOW_S:
+    proofs = request.app[PROOFS]
+    trade_id = _trade_id(request)
+    q = read_query(request, ProofQuery)
+    if abs(int(time.time()) - q.ts) > PROOF_WINDOW_S:
         return _error(401, "STALE_SIGNATURE", f"ts must be within {PROOF_WINDOW_S} s of the server's clock")
     try:
-        signer = recover_login(proof_message(proofs.market_id, trade_id, ts), sig)
+        signer = recover_login(proof_message(proofs.market_id, trade_id, q.ts), q.sig)
     except ValueError as exc:
         return _error(401, "BAD_SIGNATURE", str(exc))
-    if signer.lower() != address.lower():
+    if signer.lower() != q.address.lower():
         return _error(401, "BAD_SIGNATURE", "the signature is not by that address")
-    return await _proof_response(proofs, trade_id, signer)
-
-
-async def _proof_response(proofs: ProofService, trade_id: int, member: str | None) -> web.Response:
-    try:
-        return _json(await proofs.trade_proof(trade_id, member))
-    except ProofError as exc:
-        return _error(404 if exc.code == "NOT_FOUND" else 409, exc.code, exc.message)
+    return json_response(await proofs.trade_proof(trade_id, signer))
 
 
 async def _operator_proof(request: web.Request) -> web.Response:
-    proofs = request.app.get(PROOFS)
-    if proofs is None:
-        return _error(503, "UNAVAILABLE", "settlement is starting")
-    try:
-        trade_id = int(request.match_info["trade_id"])
-    except ValueError:
-        return _error(400, "INVALID_REQUEST", "trade_id must be an integer")
-    return await _proof_response(proofs, trade_id, None)
+    return json_response(await request.app[PROOFS].trade_proof(_trade_id(request), None))
 
 
 async def _status(request: web.Request) -> web.Response:
-    worker = request.app.get(SETTLEMENT)
-    if worker is None:
-        return _error(503, "UNAVAILABLE", "settlement is starting")
-    return _json(await worker.status())
+    return json_response(await request.app[SETTLEMENT].status())
 
 
 async def _reconcile(request: web.Request) -> web.Response:
-    worker = request.app.get(SETTLEMENT)
-    if worker is None:
-        return _error(503, "UNAVAILABLE", "settlement is starting")
-    report = await run_reconcile(worker)
-    return _json(report)
+    return json_response(await run_reconcile(request.app[SETTLEMENT]))
+
+
+_TRADE_ID = {"trade_id": {"type": "integer", "minimum": 1}}
+_PROOF = {"type": "object", "description": "the trade, its leaf, the Merkle proof and the batch's root, "
+          "registry, chain id and block (docs/settlement.md)"}
+ROUTES = (
+    Route("GET", "/api/trades/{trade_id}/proof", _peer_proof, "A member's proof of its own trade", _PROOF,
+          query=(("address", {"type": "string", "pattern": "^0x[0-9a-fA-F]{40}$"}, "the member's address"),
+                 ("ts", {"type": "integer", "minimum": 0}, "unix seconds, within 5 minutes of the server"),
+                 ("sig", {"type": "string"}, "EIP-191 signature of the proof message (docs/settlement.md)")),
+          errors=(401, 404, 409, 422), tags=("member", "settlement"), path_params=_TRADE_ID,
+          description="Signed by the member: `sig` is its EIP-191 signature of "
+                      "\"Voltbourse proof\\nMarket: <market>\\nTrade: <trade_id>\\nTime: <ts>\"."),
+    Route("GET", "/api/operator/trades/{trade_id}/proof", _operator_proof, "Any trade's proof (auditors)", _PROOF,
+          errors=(404, 409, 422), tags=("operator", "settlement"), path_params=_TRADE_ID),
+    Route("GET", "/api/operator/settlement", _status, "Settlement status: batches, pending trades, alert, "
+          "contracts", ANY_OBJECT, tags=("operator", "settlement")),
+    Route("POST", "/api/operator/settlement/reconcile", _reconcile, "Reconcile every trade against the chain now",
+          {"type": "object", "properties": {"ok": {"type": "boolean"}, "trades": INT, "batches": INT}},
+          tags=("operator", "settlement")),
+)
 
 
 async def run_reconcile(worker: SettlementWorker) -> dict:
@@ -112,34 +132,15 @@ async def run_reconcile(worker: SettlementWorker) -> dict:
     return rep.as_dict()
 
 
-async def _ws_trade_proof(app: web.Application, session, msg) -> None:
-    proofs = app.get(PROOFS)
-    if proofs is None:
-        session.error(msg.id, "UNAVAILABLE", "settlement is starting")
-        return
-    try:
-        result = await proofs.trade_proof(msg.trade_id, session.member)
-    except ProofError as exc:
-        session.error(msg.id, exc.code, exc.message)
-        return
-    session.send({"type": "response", "id": msg.id, "result": result})
+async def _ws_trade_proof(app: web.Application, member: str, msg: TradeProof) -> dict:
+    return await app[PROOFS].trade_proof(msg.trade_id, member)
 
 
-def add_settlement(app: web.Application, *, chain: Chain | None = None) -> None:
-    """Register settlement on ``app`` (before it starts). ``chain`` overrides the chain
-    chosen by the settings (tests pass a prepared in-process chain)."""
-    app.router.add_get("/api/trades/{trade_id}/proof", _peer_proof)
-    app.router.add_get("/api/operator/trades/{trade_id}/proof", _operator_only(_operator_proof))
-    app.router.add_get("/api/operator/settlement", _operator_only(_status))
-    app.router.add_post("/api/operator/settlement/reconcile", _operator_only(_reconcile))
+def settlement_subsystem(*, chain: Chain | None = None) -> Subsystem:
+    """Settlement as a subsystem; ``chain`` overrides the chain chosen by the settings
+    (tests pass a prepared in-process chain)."""
 
-    async def ws_handler(session, msg) -> None:
-        await _ws_trade_proof(app, session, msg)
-
-    app[WS_HANDLERS]["trade_proof"] = ws_handler
-    state: dict = {}
-
-    async def startup(app: web.Application) -> None:
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         settings = app[SETTINGS]
         market = app[MARKET]
         loop = asyncio.get_running_loop()
@@ -150,7 +151,8 @@ def add_settlement(app: web.Application, *, chain: Chain | None = None) -> None:
             batch_size=settings.settlement_batch_size, max_age_s=settings.settlement_max_age_s,
             poll_s=settings.settlement_poll_s, retry_s=settings.settlement_retry_s,
             retry_max_s=settings.settlement_retry_max_s,
-            publish=(lambda payload: feed.publish("settlement", payload)) if feed is not None else None)
+            publish=(lambda payload: feed.publish("settlement", payload)) if feed is not None else None,
+            payout_sources=app[PAYOUT_SOURCES])
         await worker.start()
         app[SETTLEMENT] = worker
         registry = app.get(MEMBERS)
@@ -161,30 +163,32 @@ def add_settlement(app: web.Application, *, chain: Chain | None = None) -> None:
         if metrics is not None:
             metrics.registry.register(SettlementCollector(worker))
 
-        def on_commit(entries) -> None:
+        def on_commit(entries: list) -> None:
             if any(ev.type == "trade" for e in entries for ev in e.events):
                 worker.wake()
 
         market.runtime.subscribers.append(on_commit)
-        state["task"] = asyncio.create_task(worker.run(), name="settlement-worker")
+        task = asyncio.create_task(worker.run(), name="settlement-worker")
         log.info("settlement: registry %s on chain %s (%s)", c.registry.address, c.chain_id,
                  "in-process EVM" if c.in_process else settings.chain_rpc_url)
-
-    async def cleanup(app: web.Application) -> None:
-        worker = app.get(SETTLEMENT)
-        if worker is None:
-            return
+        yield
         worker.stop()
-        task = state.get("task")
-        if task is not None:
-            try:
-                await asyncio.wait_for(task, 10)
-            except (TimeoutError, Exception):  # noqa: BLE001 - shutting down either way
-                log.exception("settlement worker did not stop cleanly")
+        try:
+            await asyncio.wait_for(task, 10)
+        except (TimeoutError, Exception):  # noqa: BLE001 - shutting down either way
+            log.exception("settlement worker did not stop cleanly")
         worker.close()
 
-    app.on_startup.append(startup)
-    app.on_cleanup.append(cleanup)
+    return Subsystem(
+        name="settlement",
+        summary="trades batched under Merkle roots, anchored and netted on an EVM chain (docs/settlement.md)",
+        routes=ROUTES,
+        ws_requests=(WsRequest(TradeProof, _ws_trade_proof),),
+        migrations=Path(__file__).resolve().parent / "migrations",
+        lifecycle=lifecycle,
+        commands=settlement_cli.add_commands,
+        enabled=lambda settings: settings.settlement_enabled,
+    )
 
 
 class SettlementCollector:
@@ -194,8 +198,6 @@ class SettlementCollector:
         self.worker = worker
 
     def collect(self):
-        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-
         w = self.worker
         for name, key, doc in (
                 ("voltbourse_settlement_batches_anchored", "batches_anchored", "Batches anchored on chain."),
@@ -212,3 +214,6 @@ class SettlementCollector:
                                     "Wait of the last anchored batch's oldest trade.", value=w.lag_s[-1])
 
 
+
+
+SUBSYSTEM = settlement_subsystem()

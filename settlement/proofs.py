@@ -11,15 +11,16 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
+from exchange.protocol.errors import VoltbourseError
 from settlement.merkle import MerkleTree, TradeRecord, leaf, product_hash, signatures_hash, verify
 from settlement.worker import batch_trades
 
 
-class ProofError(LookupError):
+class ProofError(VoltbourseError):
+    """No proof to give: ``NOT_FOUND`` (404) or ``NOT_ANCHORED`` (409)."""
+
     def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
+        super().__init__(code, message, status=404 if code == "NOT_FOUND" else 409)
 
 
 class ProofService:

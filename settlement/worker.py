@@ -38,7 +38,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from typing import Any
@@ -46,6 +46,7 @@ from typing import Any
 import asyncpg
 
 from exchange.core.model import Rejected, UpdateCollateral
+from exchange.runtime.ports import Payout, PayoutSource
 
 from settlement.chain import CALL_GAS, Chain, ChainError
 from settlement.merkle import MerkleTree, TradeRecord, leaf
@@ -83,8 +84,10 @@ class SettlementWorker:
                  batch_size: int = 2000, max_age_s: float = 5.0, poll_s: float = 0.5,
                  retry_s: float = 1.0, retry_max_s: float = 60.0,
                  publish: Callable[[dict], None] | None = None,
-                 fault: Callable[[str], None] | None = None) -> None:
+                 fault: Callable[[str], None] | None = None,
+                 payout_sources: Sequence[PayoutSource] = ()) -> None:
         self.pool = pool
+        self.payout_sources = payout_sources
         self.market_id = market_id
         self.chain = chain
         self.runtime = runtime
@@ -445,20 +448,16 @@ class SettlementWorker:
 
     # ------------------------------------------------------------------ 5b. flexibility payouts
     async def settle_payouts(self) -> bool:
-        """Pending ``flex_payouts`` (exchange/flexibility) of one event go on chain in one
-        ``settlePayouts(event_id, ...)``: the contract refuses an id twice, and an id it
-        already has is only marked settled here, so a crash anywhere settles it once."""
-        try:
-            rows = await self.pool.fetch(
-                "SELECT payout_id, event_id, member, amount_units FROM flex_payouts WHERE market_id = $1 "
-                "AND status = 'pending' ORDER BY event_id, payout_id", self.market_id)
-        except asyncpg.UndefinedTableError:
-            return False  # the flexibility gateway is not installed
-        events: dict[int, list] = {}
-        for r in rows:
-            events.setdefault(r["event_id"], []).append(r)
+        """Pending payouts of every payout source (exchange.runtime.ports; flexibility today)
+        of one event go on chain in one ``settlePayouts(event_id, ...)``: the contract refuses
+        an id twice, and an id it already has is only marked settled (with the event as its
+        payout batch), so a crash anywhere settles it once."""
+        events: dict[tuple[int, int], list[Payout]] = {}
+        for i, source in enumerate(self.payout_sources):
+            for r in await source.pending_payouts():
+                events.setdefault((i, r["event_id"]), []).append(r)
         reg = self.chain.registry
-        for event_id, payouts in events.items():
+        for (source_no, event_id), payouts in events.items():
             done = await self._chain(reg.functions.payoutBatches(event_id).call)
             if not done:
                 members, amounts = [], []
@@ -485,9 +484,7 @@ class SettlementWorker:
                     await self._chain(self._fund_operator, max(credit, 0))
                     await self._chain(self._operator_tx, reg.functions.settlePayouts(
                         event_id, members, amounts), 100_000 + 40_000 * len(members))
-            await self.pool.execute(
-                "UPDATE flex_payouts SET status = 'settled', settled_at = now() WHERE market_id = $1 "
-                "AND event_id = $2 AND status = 'pending'", self.market_id, event_id)
+            await self.payout_sources[source_no].mark_settled([r["payout_id"] for r in payouts], event_id)
             if self.runtime is not None:
                 for r in payouts:
                     await self._engine_collateral(r["member"])

@@ -20,7 +20,7 @@ from pathlib import Path
 import platformdirs
 import pytest
 
-from exchange.runtime.db import TABLES, EmbeddedPostgres, create_pool, upgrade
+from exchange.runtime.db import EmbeddedPostgres, create_pool, upgrade
 
 # Servers built by tests run without on-chain settlement unless a test turns it on
 # (tests/test_settlement_*.py do): an EVM per test server would only cost time.
@@ -57,10 +57,10 @@ def pg_dsn() -> Iterator[str]:
 async def pool(pg_dsn: str) -> AsyncIterator:
     pool = await create_pool(pg_dsn, min_size=1, max_size=4)
     try:
-        # every table of the schema (subsystems add their own), not only the core TABLES
+        # every table of the schema: the runtime's and every subsystem's
         names = await pool.fetch("SELECT tablename FROM pg_tables WHERE schemaname = current_schema() "
                                  "AND tablename <> 'alembic_version'")
-        await pool.execute("TRUNCATE " + ", ".join(sorted({*TABLES, *(r[0] for r in names)})))
+        await pool.execute("TRUNCATE " + ", ".join(sorted(r[0] for r in names)))
         yield pool
     finally:
         await pool.close()

@@ -17,7 +17,8 @@ from exchange.tools.bench import BENCH_T0
 from exchange.runtime.clock import ManualClock
 from exchange.runtime.config import load_settings
 from exchange.core.model import PlaceOrder, Side
-from exchange.gateway.keys import MEMBERS, OPERATOR_FEED
+from exchange.gateway.feed import OPERATOR_FEED
+from exchange.gateway.keys import MEMBERS
 from exchange.runtime.members import MemberIn
 from exchange.tools.server import start_http
 from exchange.runtime.service import open_market

@@ -15,8 +15,9 @@ import psutil
 import pytest
 
 from exchange.runtime.config import load_settings
+from exchange.flexibility.migrations import TABLES as FLEX_TABLES
 from exchange.runtime.db import (
-    TABLES,
+    CORE_TABLES,
     EmbeddedPostgres,
     alembic_dir,
     clear_stale_handles,
@@ -26,6 +27,10 @@ from exchange.runtime.db import (
     downgrade,
     upgrade,
 )
+from settlement.migrations import TABLES as SETTLEMENT_TABLES
+
+# the schema: the runtime's tables and every subsystem's (each owns its migrations)
+TABLES = CORE_TABLES + SETTLEMENT_TABLES + FLEX_TABLES
 
 
 def _head() -> str:

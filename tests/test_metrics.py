@@ -12,7 +12,7 @@ from exchange.tools.bench import BENCH_T0
 from exchange.runtime.clock import ManualClock
 from exchange.runtime.config import load_settings
 from exchange.core.model import CancelOrder, PlaceOrder, RegisterMember, Side
-from exchange.gateway.keys import METRICS
+from exchange.gateway.metrics import METRICS
 from exchange.gateway.metrics import Metrics, add_metrics_route
 from exchange.runtime.service import open_market
 

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from aiohttp import web
 from eth_utils import to_checksum_address
 
 from exchange.tools.bench import BENCH_T0
@@ -20,10 +19,11 @@ from exchange.runtime.clock import ManualClock
 from exchange.runtime.config import load_settings
 from exchange.core.model import OrderAccepted, PlaceOrder, Rejected, Side, Tick
 from exchange.core.units import to_us
-from exchange.gateway.keys import MARKET, MEMBERS, METRICS, SETTINGS
-from exchange.gateway.operator import OPERATOR_ROUTES, add_operator_routes, make_registry, openapi
+from exchange.gateway.keys import MEMBERS
+from exchange.gateway.operator import OPERATOR_ROUTES
+from exchange.tools.platform import openapi
+from exchange.tools.server import start_http
 from exchange.runtime.members import MemberRegistry
-from exchange.gateway.metrics import Metrics, add_metrics_route
 from exchange.runtime.service import Market, open_market
 
 pytestmark = pytest.mark.integration
@@ -69,18 +69,8 @@ class Api:
 async def _serve(pg_dsn: str, token: str | None):
     settings = load_settings(database_url=pg_dsn, market_id="op", operator_token=token)
     market = await open_market(pg_dsn, settings, ManualClock(BENCH_T0))
-    app = web.Application()
-    app[MARKET] = market
-    app[SETTINGS] = settings
-    app[MEMBERS] = make_registry(market)
-    app[METRICS] = metrics = Metrics()
-    metrics.attach(market.runtime)
-    add_operator_routes(app)
-    add_metrics_route(app)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    return market, app, runner, f"http://127.0.0.1:{runner.addresses[0][1]}"
+    runner = await start_http(market, settings, "127.0.0.1", 0)
+    return market, runner.app, runner, f"http://127.0.0.1:{runner.addresses[0][1]}"
 
 
 async def _api(pg_dsn: str, token: str | None):
@@ -225,9 +215,9 @@ async def test_bad_bodies(api):
     for method, path in [("POST", "/api/operator/members"), ("PATCH", f"/api/operator/members/{A}"),
                          ("POST", "/api/operator/market/halt")]:
         status, err = await api.call(method, path, data=b"{not json")
-        assert (status, err["error"]) == (400, "INVALID_JSON"), (path, err)
+        assert (status, err["error"]) == (400, "MALFORMED_JSON"), (path, err)
         status, err = await api.call(method, path, data=b"")
-        assert (status, err["error"]) == (400, "INVALID_JSON"), (path, err)
+        assert (status, err["error"]) == (400, "MALFORMED_JSON"), (path, err)
         status, err = await api.call(method, path, [1, 2])
         assert (status, err["error"]) == (422, "INVALID_REQUEST"), (path, err)
     for patch in [{}, {"collateral": None}, {"suspended": "yes"}, {"address": B}, {"collateral": -5}]:
@@ -381,9 +371,9 @@ async def test_products_book_trades_positions_cancel_all(api):
 async def test_market_unavailable_is_503(api):
     await api.market.runtime.stop()
     status, err = await api.call("POST", "/api/operator/market/halt", {"reason": "x"})
-    assert (status, err["error"]) == (503, "MARKET_UNAVAILABLE")
+    assert (status, err["error"]) == (503, "UNAVAILABLE")
     status, err = await api.call("POST", "/api/operator/members", VALID)
-    assert (status, err["error"]) == (503, "MARKET_UNAVAILABLE")
+    assert (status, err["error"]) == (503, "UNAVAILABLE")
 
 
 # --------------------------------------------------------------------------- reconcile
@@ -422,7 +412,7 @@ async def test_openapi_document_is_served_and_committed(api):
     assert status == 200
     assert doc == openapi()
     committed = json.loads((ROOT / "docs" / "openapi.json").read_text())
-    assert committed == doc, "docs/openapi.json is stale: run python -m exchange.gateway.operator"
+    assert committed == doc, "docs/openapi.json is stale: run voltbourse docs"
     assert doc["openapi"].startswith("3.1")
     for r in OPERATOR_ROUTES:
         op = doc["paths"][r.path][r.method.lower()]

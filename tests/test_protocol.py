@@ -8,19 +8,25 @@ from pathlib import Path
 import pytest
 from hypothesis import given, strategies as st
 
-from exchange.protocol.messages import MESSAGE_TYPES, SERVER_MESSAGE, ProtocolError, json_schema, parse
+from exchange.gateway.plugin import wire_protocol
+from exchange.protocol.messages import CORE_REQUESTS, ProtocolError, WireProtocol, message_type
+from exchange.tools.platform import subsystems
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
+PROTOCOL = wire_protocol(subsystems())  # the core messages and every installed subsystem's
+parse = PROTOCOL.parse
+SERVER_MESSAGE = PROTOCOL.server_adapter
 
 
 def test_published_schema_is_current():
-    assert json.loads((DOCS / "ws-schema.json").read_text()) == json.loads(json.dumps(json_schema())), \
-        "regenerate: python -m exchange.protocol.messages > docs/ws-schema.json"
+    assert json.loads((DOCS / "ws-schema.json").read_text()) == json.loads(json.dumps(PROTOCOL.json_schema())), \
+        "regenerate: voltbourse docs"
 
 
 def test_schema_covers_every_client_message():
-    names = set(json_schema()["client_to_server"]["discriminator"]["mapping"])
-    assert names == set(MESSAGE_TYPES)
+    names = set(PROTOCOL.json_schema()["client_to_server"]["discriminator"]["mapping"])
+    assert names == set(PROTOCOL.types)
+    assert {message_type(m) for m in CORE_REQUESTS} <= names
     assert {"login", "place", "cancel", "modify", "cancel_all", "orders", "trades", "positions",
             "subscribe", "unsubscribe", "ping", "trade_proof"} <= names
 
@@ -63,3 +69,18 @@ def test_server_message_examples_validate():
          "client_order_id": None},
     ]:
         SERVER_MESSAGE.validate_python(msg)
+
+
+def test_core_protocol_knows_only_core_messages():
+    """Without subsystems the gateway parses only its own messages: a subsystem's
+    message is an unknown type there (the gateway knows no subsystem)."""
+    core = WireProtocol()
+    with pytest.raises(ProtocolError) as e:
+        core.parse('{"type":"trade_proof","id":1,"trade_id":1}')
+    assert e.value.code == "UNKNOWN_TYPE"
+    assert core.parse('{"type":"ping","id":1}').type == "ping"
+
+
+def test_a_message_type_registered_twice_is_refused():
+    with pytest.raises(ValueError, match="registered twice"):
+        WireProtocol([*CORE_REQUESTS, CORE_REQUESTS[-1]])

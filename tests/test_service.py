@@ -50,7 +50,7 @@ async def test_http_views(pool, pg_dsn):
             trades = await (await s.get(f"{base}/api/trades")).json()
             assert [(t["energy_wh"], t["price_ticks"]) for t in trades] == [(100, 9000)]
             r = await s.get(f"{base}/api/trades?after=x")
-            assert r.status == 400
+            assert r.status == 422 and (await r.json())["error"] == "INVALID_REQUEST"
             info = await (await s.get(f"{base}/api/market")).json()
             assert info["state_hash"] == rt.engine.state_hash() and info["seq"] == rt.committed_seq
     finally:

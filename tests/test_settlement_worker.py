@@ -8,6 +8,7 @@ from __future__ import annotations
 import pytest
 
 from exchange.core.model import OrderAccepted, PlaceOrder, Rejected, Side
+from exchange.flexibility.store import FlexStore
 from settlement.chain import ChainError
 from settlement.proofs import ProofError, ProofService, verify_proof
 from settlement.reconcile import reconcile
@@ -231,11 +232,13 @@ async def test_withdrawal_refused_while_backing_orders_then_executed(pool, pg_ds
 
 
 async def test_flexibility_payouts_settle_on_chain_once(pool, pg_dsn, chain):
-    """Rows of flex_payouts (written by exchange/flexibility when an event is settled):
-    revenue shares credited, a penalty debited, all in one transaction per event."""
+    """Payouts of a payout source (the flexibility gateway's store, through the port
+    exchange.runtime.ports.PayoutSource): revenue shares credited, a penalty debited, all
+    in one transaction per event, recorded with the event as their payout batch."""
     market = await open_test_market(pg_dsn)
+    sources = [FlexStore(pool, market.journal.market_id)]
     try:
-        worker = make_worker(pool, market, chain)
+        worker = make_worker(pool, market, chain, payout_sources=sources)
         await worker.start()
         await register_and_fund(market, worker, chain)
         a, b, c = (k.address for k in MEMBER_KEYS[:3])
@@ -247,10 +250,10 @@ async def test_flexibility_payouts_settle_on_chain_once(pool, pg_dsn, chain):
         assert chain.collateral(a) == DEPOSIT + 1_500_000_000
         assert chain.collateral(c) == DEPOSIT - 200_000_000
         assert market.engine.accounts[a].collateral == DEPOSIT + 1_500_000_000
-        assert await pool.fetchval("SELECT count(*) FROM flex_payouts WHERE status = 'settled'") == 3
+        assert await pool.fetchval("SELECT count(*) FROM flex_payouts WHERE status = 'settled' AND batch_id = 7") == 3
         # a crash after the chain took it but before the rows were marked: settled once, not twice
         await pool.execute("UPDATE flex_payouts SET status = 'pending'")
-        w2 = make_worker(pool, market, reconnect(chain))
+        w2 = make_worker(pool, market, reconnect(chain), payout_sources=sources)
         await w2.start()
         await w2.step()
         assert chain.collateral(a) == DEPOSIT + 1_500_000_000

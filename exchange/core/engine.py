@@ -58,6 +58,8 @@ from exchange.core.model import (
     TradeEvent,
     UpdateCollateral,
 )
+from datetime import time
+from exchange.core.calendar import GateMode
 
 DAY_US = 86_400_000_000
 #: A delivery day is listed (its products visible, pre-open) this long before it opens.
@@ -109,9 +111,7 @@ class MarketConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> MarketConfig:
-        from datetime import time
 
-        from exchange.core.calendar import GateMode
 
         c = dict(d["calendar"])
         c["gate"] = GateMode(c["gate"])

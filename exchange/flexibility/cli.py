@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import argparse
 import json
+from exchange.flexibility.core import Direction, Offer, ProductRules, allocate
+import random
+import time
+from exchange.flexibility.core import Direction, Offer, Participant, ProductRules, ShareRule, SplitRule, allocate, share_revenue, split_activation
 
 
 def cmd_pool(args: argparse.Namespace) -> int:
-    from exchange.flexibility.core import Direction, Offer, ProductRules, allocate
 
     t0 = 0
     offers = []
@@ -29,12 +32,7 @@ def cmd_pool(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    import random
-    import time
 
-    from exchange.flexibility.core import (
-        Direction, Offer, Participant, ProductRules, ShareRule, SplitRule, allocate, share_revenue, split_activation,
-    )
 
     rng = random.Random(args.seed)
     offers = [Offer(i, f"m{i}", 0, 3_600_000_000, Direction.UP, rng.randrange(1_000, 500_000), rng.randrange(0, 20_000))

@@ -1,26 +1,34 @@
-"""The flexibility gateway's edges in the aiohttp app: WebSocket request handlers
-(``flex_*`` messages), operator REST routes under ``/api/operator/flexibility``,
+"""The flexibility gateway as a subsystem of the exchange (exchange.gateway.plugin):
+WebSocket requests (``flex_*`` messages, exchange.flexibility.protocol), operator
+REST routes under ``/api/operator/flexibility``, its tables (migrations/),
 Prometheus metrics in the app's registry, and the operator feed topic
-``flexibility``. ``add_flexibility(app)`` wires everything (called by
-exchange/gateway/app.py)."""
+``flexibility``. :data:`SUBSYSTEM` is registered in exchange.tools.platform."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import AsyncIterator
 from datetime import datetime
-from typing import Annotated, Literal
+from pathlib import Path
+from typing import Annotated, Any, Literal
 
 from aiohttp import web
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StrictInt
 
 from exchange.core.units import US_PER_MIN, to_us
-from exchange.gateway.keys import MARKET, MARKET_DATA, METRICS, OPERATOR_FEED, WS_HANDLERS
-from exchange.gateway.operator import ApiError, _body, _json, _operator_only
+from exchange.flexibility import cli as flex_cli
+from exchange.flexibility import protocol as msgs
+from exchange.gateway.feed import OPERATOR_FEED
+from exchange.gateway.http import ANY_OBJECT, ApiError, Route, array, json_response, read_body
+from exchange.gateway.keys import MARKET, PAYOUT_SOURCES
+from exchange.gateway.metrics import METRICS
+from exchange.gateway.peers import PEERS
+from exchange.gateway.plugin import Subsystem, WsRequest
 from exchange.flexibility.core import DeliveryKind, Direction, FlexConfig
 from exchange.flexibility.market import BalancingMarket
-from exchange.flexibility.service import FlexError, FlexService
+from exchange.flexibility.service import FlexError, FlexService, offer_json
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +50,7 @@ async def _offer(flex: FlexService, member: str, msg) -> dict:
             raise FlexError("INVALID_DURATION", "power x duration is less than 1 Wh")
     o = await flex.declare_offer(member, start, end, Direction(msg.direction), msg.power_w, msg.price,
                                  DeliveryKind(msg.kind), energy)
-    from exchange.flexibility.service import _offer_json
-    return {"offer": _offer_json(o, "open")}
+    return {"offer": offer_json(o, "open")}
 
 
 async def _offer_cancel(flex: FlexService, member: str, msg) -> dict:
@@ -72,8 +79,8 @@ async def _status(flex: FlexService, member: str, msg) -> dict:
             "shares": flex.shares_view(member=member)}
 
 
-WS = {"flex_offer": _offer, "flex_offer_cancel": _offer_cancel, "flex_baseline": _baseline, "flex_meter": _meter,
-      "flex_respond": _respond, "flex_status": _status}
+WS = ((msgs.FlexOffer, _offer), (msgs.FlexOfferCancel, _offer_cancel), (msgs.FlexBaseline, _baseline),
+      (msgs.FlexMeter, _meter), (msgs.FlexRespond, _respond), (msgs.FlexStatus, _status))
 
 
 # --------------------------------------------------------------------------- operator REST
@@ -93,7 +100,7 @@ def _int_query(request: web.Request, name: str) -> int | None:
     v = request.query.get(name)
     if v is None:
         return None
-    if not v.isdigit():
+    if not (v.isascii() and v.isdigit() and len(v) <= 18):
         raise ApiError(422, "INVALID_REQUEST", f"{name} must be a non-negative integer")
     return int(v)
 
@@ -106,7 +113,7 @@ async def overview(request: web.Request) -> web.Response:
     f = _svc(request)
     c = f.config
     r = c.rules
-    return _json({"market": f.market.name, "policy": c.policy.value, "split": c.split.value,
+    return json_response({"market": f.market.name, "policy": c.policy.value, "split": c.split.value,
                   "share_rule": c.share_rule.value, "reserve_margin_ppm": c.reserve_margin_ppm,
                   "auto_events": f.auto_events,
                   "product": {"name": r.name, "direction": r.direction.value, "min_bid_w": r.min_bid_w,
@@ -118,22 +125,22 @@ async def overview(request: web.Request) -> web.Response:
 
 
 async def list_offers(request: web.Request) -> web.Response:
-    return _json(_svc(request).offers_view(request.query.get("member")))
+    return json_response(_svc(request).offers_view(request.query.get("member")))
 
 
 async def list_events(request: web.Request) -> web.Response:
-    return _json(_svc(request).events_view())
+    return json_response(_svc(request).events_view())
 
 
 async def open_event(request: web.Request) -> web.Response:
-    body = await _body(request, OpenEventIn)
+    body = await read_body(request, OpenEventIn)
     f = _svc(request)
     try:
         ev = await f.open_event(to_us(body.period_start), direction=Direction(body.direction), target_w=body.target_w)
     except FlexError as exc:
         raise ApiError(exc.status, exc.code, exc.message) from None
     view = next(e for e in f.events_view() if e["event_id"] == ev.event_id)
-    return _json({**view, "invitations": f.invitations_view(ev.event_id)}, 201)
+    return json_response({**view, "invitations": f.invitations_view(ev.event_id)}, 201)
 
 
 async def get_event(request: web.Request) -> web.Response:
@@ -145,7 +152,7 @@ async def get_event(request: web.Request) -> web.Response:
     view = next((e for e in f.events_view() if e["event_id"] == eid), None)
     if view is None:
         raise ApiError(404, "UNKNOWN_EVENT", f"no event {eid}")
-    return _json({**view, "invitations": f.invitations_view(eid), "bids": f.bids_view(eid),
+    return json_response({**view, "invitations": f.invitations_view(eid), "bids": f.bids_view(eid),
                   "activations": f.activations_view(eid), "delivery": f.delivery_view(eid),
                   "shares": f.shares_view(eid)})
 
@@ -159,45 +166,57 @@ async def viability(request: web.Request) -> web.Response:
     if start is None:
         raise ApiError(422, "INVALID_REQUEST", "period_start=ISO 8601 time with offset is required")
     f = _svc(request)
-    return _json({"period_start": raw, **f.assess_period(start, start + f.config.rules.validity_minutes * US_PER_MIN)})
+    return json_response({"period_start": raw, **f.assess_period(start, start + f.config.rules.validity_minutes * US_PER_MIN)})
 
 
 async def list_bids(request: web.Request) -> web.Response:
-    return _json(_svc(request).bids_view(_int_query(request, "event_id")))
+    return json_response(_svc(request).bids_view(_int_query(request, "event_id")))
 
 
 async def list_activations(request: web.Request) -> web.Response:
-    return _json(_svc(request).activations_view(_int_query(request, "event_id"), request.query.get("member")))
+    return json_response(_svc(request).activations_view(_int_query(request, "event_id"), request.query.get("member")))
 
 
 async def list_delivery(request: web.Request) -> web.Response:
-    return _json(_svc(request).delivery_view(_int_query(request, "event_id"), request.query.get("member")))
+    return json_response(_svc(request).delivery_view(_int_query(request, "event_id"), request.query.get("member")))
 
 
 async def list_shares(request: web.Request) -> web.Response:
-    return _json(_svc(request).shares_view(_int_query(request, "event_id"), request.query.get("member")))
+    return json_response(_svc(request).shares_view(_int_query(request, "event_id"), request.query.get("member")))
 
 
 async def list_payouts(request: web.Request) -> web.Response:
-    f = _svc(request)
-    rows = await f.store.pool.fetch(
-        "SELECT payout_id, event_id, member, amount_units, status, batch_id FROM flex_payouts WHERE market_id = $1 "
-        "ORDER BY payout_id", f.market_id)
-    return _json([dict(r) for r in rows])
+    return json_response(await _svc(request).store.payouts())
 
 
+_EVENT_Q = (("event_id", {"type": "integer", "minimum": 0}, "only this event"),)
+_MEMBER_Q = (("member", {"type": "string"}, "only this member (address)"),)
+_LIST = array(ANY_OBJECT)
+_TAGS = ("operator", "flexibility")
 ROUTES = (
-    ("GET", "/api/operator/flexibility", overview),
-    ("GET", "/api/operator/flexibility/offers", list_offers),
-    ("GET", "/api/operator/flexibility/events", list_events),
-    ("POST", "/api/operator/flexibility/events", open_event),
-    ("GET", "/api/operator/flexibility/events/{event_id}", get_event),
-    ("GET", "/api/operator/flexibility/viability", viability),
-    ("GET", "/api/operator/flexibility/bids", list_bids),
-    ("GET", "/api/operator/flexibility/activations", list_activations),
-    ("GET", "/api/operator/flexibility/delivery", list_delivery),
-    ("GET", "/api/operator/flexibility/shares", list_shares),
-    ("GET", "/api/operator/flexibility/payouts", list_payouts),
+    Route("GET", "/api/operator/flexibility", overview, "Flexibility gateway: policy, product rules, counts",
+          ANY_OBJECT, tags=_TAGS),
+    Route("GET", "/api/operator/flexibility/offers", list_offers, "Members' flexibility offers", _LIST,
+          query=_MEMBER_Q, tags=_TAGS),
+    Route("GET", "/api/operator/flexibility/events", list_events, "Demand-response events", _LIST, tags=_TAGS),
+    Route("POST", "/api/operator/flexibility/events", open_event, "Open a demand-response event by hand",
+          ANY_OBJECT, status=201, body=OpenEventIn, errors=(409,), tags=_TAGS),
+    Route("GET", "/api/operator/flexibility/events/{event_id}", get_event,
+          "One event with its invitations, bids, activations, delivery checks and shares", ANY_OBJECT,
+          errors=(404, 422), tags=_TAGS, path_params={"event_id": {"type": "integer"}}),
+    Route("GET", "/api/operator/flexibility/viability", viability, "Is a period viable for a balancing bid",
+          ANY_OBJECT, query=(("period_start", {"type": "string", "format": "date-time"}, "period start"),),
+          errors=(422,), tags=_TAGS),
+    Route("GET", "/api/operator/flexibility/bids", list_bids, "Balancing bids built by the pooler", _LIST,
+          query=_EVENT_Q, errors=(422,), tags=_TAGS),
+    Route("GET", "/api/operator/flexibility/activations", list_activations, "Bid activations", _LIST,
+          query=_EVENT_Q + _MEMBER_Q, errors=(422,), tags=_TAGS),
+    Route("GET", "/api/operator/flexibility/delivery", list_delivery, "Delivery checks per interval", _LIST,
+          query=_EVENT_Q + _MEMBER_Q, errors=(422,), tags=_TAGS),
+    Route("GET", "/api/operator/flexibility/shares", list_shares, "Revenue shares and penalties", _LIST,
+          query=_EVENT_Q + _MEMBER_Q, errors=(422,), tags=_TAGS),
+    Route("GET", "/api/operator/flexibility/payouts", list_payouts, "Member payouts and their settlement", _LIST,
+          tags=_TAGS),
 )
 
 
@@ -273,52 +292,46 @@ def feed_payload(flex: FlexService) -> dict:
     return snap
 
 
-def add_flexibility(app: web.Application, *, config: FlexConfig | None = None, market: BalancingMarket | None = None,
-                    auto_events: bool = False, poll_s: float = 0.25, check_grace_s: int = 60) -> None:
-    """Register the flexibility gateway on ``app`` (before it starts): WS handlers, operator
-    routes, metrics, feed; the service loads its state and starts stepping on startup."""
-    for method, path, handler in ROUTES:
-        app.router.add_route(method, path, _operator_only(handler))
-    for kind, fn in WS.items():
-        app[WS_HANDLERS][kind] = _bound(app, fn)
-    publisher = _FeedPublisher(app)
-    opts = {"config": config, "market": market, "auto_events": auto_events, "check_grace_s": check_grace_s}
+def flexibility_subsystem(*, config: FlexConfig | None = None, market: BalancingMarket | None = None,
+                          auto_events: bool = False, poll_s: float = 0.25, check_grace_s: int = 60) -> Subsystem:
+    """The flexibility gateway as a subsystem (tests pass their own balancing market or config)."""
+    opts: dict[str, Any] = {"config": config, "market": market, "auto_events": auto_events,
+                            "check_grace_s": check_grace_s}
 
-    async def startup(app: web.Application) -> None:
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         m = app[MARKET]
-        md = app[MARKET_DATA]
-
-        def send(member: str, msg: dict) -> None:
-            for s in list(md.sessions.get(member, ())):
-                s.send(msg)
-
-        flex = FlexService(m.pool, m.journal.market_id, m.runtime.clock, send=send, on_change=publisher, **opts)
+        publisher = _FeedPublisher(app)
+        flex = FlexService(m.pool, m.journal.market_id, m.runtime.clock, send=app[PEERS].send,
+                           on_change=publisher, **opts)
         await flex.load()
         app[FLEX] = flex
+        app[PAYOUT_SOURCES].append(flex.store)  # settlement pays members' shares on chain
         metrics = app.get(METRICS)
         if metrics is not None:
             metrics.registry.register(FlexCollector(flex))
         if poll_s > 0:
             flex.start(poll_s)
         publisher()
+        yield
+        await flex.stop()
 
-    async def cleanup(app: web.Application) -> None:
-        if FLEX in app:
-            await app[FLEX].stop()
+    return Subsystem(
+        name="flexibility",
+        summary="members' demand response pooled into balancing bids (docs/flexibility.md)",
+        routes=ROUTES,
+        ws_requests=tuple(WsRequest(model, _bound(fn)) for model, fn in WS),
+        ws_pushes=msgs.PUSHES,
+        migrations=Path(__file__).resolve().parent / "migrations",
+        lifecycle=lifecycle,
+        commands=flex_cli.add_commands,
+    )
 
-    app.on_startup.append(startup)
-    app.on_cleanup.append(cleanup)
 
-
-def _bound(app: web.Application, fn):
-    async def handler(session, msg) -> None:
-        flex = app.get(FLEX)
-        if flex is None:
-            return session.error(msg.id, "UNAVAILABLE", "the flexibility gateway is starting")
-        try:
-            result = await fn(flex, session.member, msg)
-        except FlexError as exc:
-            return session.error(msg.id, exc.code, exc.message)
-        session.send({"type": "response", "id": msg.id, "result": result})
+def _bound(fn: Any) -> Any:
+    async def handler(app: web.Application, member: str, msg: Any) -> Any:
+        return await fn(app[FLEX], member, msg)
 
     return handler
+
+
+SUBSYSTEM = flexibility_subsystem()

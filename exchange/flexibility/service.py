@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 import asyncpg
 
+from exchange.protocol.errors import VoltbourseError
 from exchange.runtime.clock import Clock
 from exchange.core.units import US_PER_MIN, iso
 from exchange.flexibility.core import (
@@ -31,12 +32,11 @@ DAY_US = 24 * 60 * US_PER_MIN
 FINAL_PHASES = ("settled", "no_bid", "not_activated", "not_viable", "interrupted", "failed")
 
 
-class FlexError(Exception):
+class FlexError(VoltbourseError):
     """A refused member or operator request: ``code`` is the WS/REST error code."""
 
     def __init__(self, code: str, message: str, status: int = 409) -> None:
-        super().__init__(message)
-        self.code, self.message, self.status = code, message, status
+        super().__init__(code, message, status=status)
 
 
 class FlexService:
@@ -414,7 +414,7 @@ class FlexService:
 
     # ------------------------------------------------------------------ views (flat JSON, integers)
     def offers_view(self, member: str | None = None) -> list[dict]:
-        return [_offer_json(o, self.offer_status[oid]) for oid, o in sorted(self.offers.items())
+        return [offer_json(o, self.offer_status[oid]) for oid, o in sorted(self.offers.items())
                 if member is None or o.member == member]
 
     def events_view(self) -> list[dict]:
@@ -491,7 +491,7 @@ def _energy_between(series: dict[int, int], a: int, b: int) -> int:
     return total
 
 
-def _offer_json(o: Offer, status: str) -> dict:
+def offer_json(o: Offer, status: str) -> dict:
     return {"offer_id": o.offer_id, "member": o.member, "period_start": iso(o.period_start),
             "period_end": iso(o.period_end), "direction": o.direction.value, "power_w": o.power_w,
             "energy_wh": o.energy_wh, "price": o.price, "kind": o.kind.value, "status": status}

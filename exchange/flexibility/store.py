@@ -169,9 +169,16 @@ class FlexStore:
             self.market_id, ev.event_id, ev.phase, ev.reason, ev.gross, ev.penalty, ev.shortfall_wh)
 
     # ------------------------------------------------------------------ payouts (the settlement contract)
+    async def payouts(self) -> list[dict]:
+        """Every payout of the market with its settlement status (operator view)."""
+        rows = await self.pool.fetch(
+            "SELECT payout_id, event_id, member, amount_units, status, batch_id FROM flex_payouts "
+            "WHERE market_id = $1 ORDER BY payout_id", self.market_id)
+        return [dict(r) for r in rows]
+
     async def pending_payouts(self) -> list[dict]:
         rows = await self.pool.fetch("SELECT payout_id, event_id, member, amount_units FROM flex_payouts "
-                                     "WHERE market_id = $1 AND status = 'pending' ORDER BY payout_id", self.market_id)
+                                     "WHERE market_id = $1 AND status = 'pending' ORDER BY event_id, payout_id", self.market_id)
         return [dict(r) for r in rows]
 
     async def mark_settled(self, payout_ids: list[int], batch_id: int) -> int:

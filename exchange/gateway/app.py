@@ -1,31 +1,60 @@
-"""The aiohttp application: public market views, the peer WebSocket API, the
-operator REST API, the published schemas and metrics, over one market."""
+"""The aiohttp application: public market views, the peer WebSocket API, the operator
+REST API and page, the published schemas and metrics, plus every registered
+subsystem (exchange.gateway.plugin) over one market."""
 
 from __future__ import annotations
 
 import asyncio
+import json
+from collections.abc import Sequence
 
 from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field
 
-from exchange.runtime.config import Settings
-from exchange.flexibility.plugin import add_flexibility
-from exchange.gateway.metrics import Metrics, add_metrics_route
-from exchange.runtime.service import Market
-from exchange.gateway.keys import MARKET, MARKET_DATA, MEMBERS, METRICS, SETTINGS, SOCKETS, WS_HANDLERS
-from exchange.gateway.marketdata import MarketData
-from exchange.gateway.operator import add_operator_routes, make_registry
+from exchange.gateway.http import (
+    BOOL,
+    INT,
+    OPT_STR,
+    PUBLIC,
+    STR,
+    Route,
+    add_routes,
+    array,
+    error_middleware,
+    json_response,
+    obj,
+    read_query,
+    ref,
+)
+from exchange.gateway.keys import MARKET, MEMBERS, PAYOUT_SOURCES, PROTOCOL, SETTINGS, SOCKETS, WS_REQUESTS
+from exchange.gateway.marketdata import MARKET_DATA, MarketData
+from exchange.gateway.metrics import METRICS, Metrics, add_metrics_route
+from exchange.gateway.openapi import build_openapi
+from exchange.gateway.operator import MODELS, OPERATOR_ROUTES, SCHEMAS, make_registry
 from exchange.gateway.page import add_page_routes
-from exchange.protocol.messages import json_schema
+from exchange.gateway.peers import PEERS, Peers
+from exchange.gateway.plugin import Subsystem, wire_protocol
 from exchange.gateway.session import close_sockets, ws_handler
 from exchange.gateway.views import market_summary, product_summary, products_sorted
+from exchange.runtime.config import Settings
+from exchange.runtime.service import Market
 
 
-def _json(data, status: int = 200) -> web.Response:
-    return web.json_response(data, status=status)
+class PageQuery(BaseModel):
+    """``?after=SEQ&limit=N``."""
+
+    model_config = ConfigDict(extra="forbid")
+    after: int = Field(0, ge=0, le=2**63 - 1)
+    limit: int = Field(100, ge=1, le=1000)
+
+
+class DepthQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    depth: int = Field(20, ge=1, le=1000)
 
 
 async def health(request: web.Request) -> web.Response:
-    return _json({"status": "ok"})
+    return json_response({"status": "ok"})
 
 
 async def ready(request: web.Request) -> web.Response:
@@ -37,12 +66,12 @@ async def ready(request: web.Request) -> web.Response:
         db_ok = False
     rt = market.runtime
     ok = db_ok and rt.running
-    return _json({"ready": ok, "database": db_ok, "engine": rt.running,
-                  "error": repr(rt.failed) if rt.failed else None}, 200 if ok else 503)
+    return json_response({"ready": ok, "database": db_ok, "engine": rt.running,
+                          "error": repr(rt.failed) if rt.failed else None}, 200 if ok else 503)
 
 
 async def market_info(request: web.Request) -> web.Response:
-    return _json(market_summary(request.app[MARKET]))
+    return json_response(market_summary(request.app[MARKET]))
 
 
 async def products(request: web.Request) -> web.Response:
@@ -53,7 +82,7 @@ async def products(request: web.Request) -> web.Response:
         pid = pb.product.product_id
         bid, ask = md.best(pid)
         out.append(product_summary(pb, bid, ask, md.product_states.get(pid)))
-    return _json(out)
+    return json_response(out)
 
 
 async def book(request: web.Request) -> web.Response:
@@ -61,71 +90,110 @@ async def book(request: web.Request) -> web.Response:
     md = request.app[MARKET_DATA]
     pid = request.match_info["product_id"]
     if pid not in md.product_states:
-        return _json({"error": "UNKNOWN_PRODUCT", "message": f"no product {pid}"}, 404)
-    try:
-        depth = max(1, min(int(request.query.get("depth", "20")), 1000))
-    except ValueError:
-        return _json({"error": "INVALID_VALUE", "message": "depth must be an integer"}, 400)
+        return json_response({"error": "UNKNOWN_PRODUCT", "message": f"no product {pid}"}, 404)
+    depth = read_query(request, DepthQuery).depth
     snap = md.snapshot(pid)
 
-    def levels(rows):
+    def levels(rows: list) -> list[dict]:
         return [{"price": p, "volume": v, "orders": n} for p, v, n in rows[:depth]]
 
-    return _json({"product_id": pid, "state": md.product_states[pid], "seq": snap["seq"],
-                  "bids": levels(snap["bids"]), "asks": levels(snap["asks"])})
+    return json_response({"product_id": pid, "state": md.product_states[pid], "seq": snap["seq"],
+                          "bids": levels(snap["bids"]), "asks": levels(snap["asks"])})
 
 
 async def trades(request: web.Request) -> web.Response:
     m = request.app[MARKET]
-    try:
-        after = int(request.query.get("after", "0"))
-        limit = max(1, min(int(request.query.get("limit", "100")), 1000))
-    except ValueError:
-        return _json({"error": "INVALID_VALUE", "message": "after and limit must be integers"}, 400)
+    q = read_query(request, PageQuery)
     rows = await m.pool.fetch(
         "SELECT trade_id, seq, product_id, delivery_start, energy_wh, price_ticks, ts FROM trades "
-        "WHERE market_id = $1 AND seq > $2 ORDER BY seq LIMIT $3", m.engine.config.market_id, after, limit)
-    return _json([{**dict(r), "delivery_start": r["delivery_start"].isoformat(), "ts": r["ts"].isoformat()}
-                  for r in rows])
+        "WHERE market_id = $1 AND seq > $2 ORDER BY seq LIMIT $3", m.engine.config.market_id, q.after, q.limit)
+    return json_response([{**dict(r), "delivery_start": r["delivery_start"].isoformat(), "ts": r["ts"].isoformat()}
+                          for r in rows])
 
 
 async def ws_schema(request: web.Request) -> web.Response:
-    return _json(json_schema())
+    return web.Response(body=request.app[_SCHEMA_BYTES], content_type="application/json")
 
 
-async def make_app(market: Market, settings: Settings) -> web.Application:
+async def openapi_handler(request: web.Request) -> web.Response:
+    return web.Response(body=request.app[_OPENAPI_BYTES], content_type="application/json")
+
+
+PAGE = (("after", {"type": "integer", "minimum": 0, "default": 0}, "only trades with seq > after"),
+        ("limit", {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}, "at most this many"))
+PUBLIC_ROUTES: tuple[Route, ...] = (
+    Route("GET", "/health", health, "Liveness", obj(status=STR), tags=PUBLIC),
+    Route("GET", "/ready", ready, "Readiness: database answers and the market runtime runs",
+          obj(ready=BOOL, database=BOOL, engine=BOOL, error=OPT_STR), errors=(503,), tags=PUBLIC),
+    Route("GET", "/metrics", None, "Prometheus metrics", STR, content_type="text/plain", tags=PUBLIC),
+    Route("GET", "/api/market", market_info, "Market id, config, sequence numbers, state hash, halted flag",
+          obj(required=False, market_id=STR, config={"type": "object"}, seq=INT, commands=INT, halted=BOOL,
+              now=OPT_STR, state_hash=STR), tags=PUBLIC),
+    Route("GET", "/api/products", products, "Listed products with state and best bid/ask", array(ref("Product")),
+          tags=PUBLIC),
+    Route("GET", "/api/products/{product_id}/book", book, "Aggregated depth per side", ref("Book"),
+          query=(("depth", {"type": "integer", "minimum": 1, "maximum": 1000, "default": 20},
+                  "price levels per side"),), errors=(404, 422), tags=PUBLIC),
+    Route("GET", "/api/trades", trades, "Committed trades", array(ref("Trade")), query=PAGE, errors=(422,),
+          tags=PUBLIC),
+    Route("GET", "/api/schema/ws", ws_schema, "JSON Schema of the peer WebSocket messages",
+          {"type": "object", "description": "a JSON Schema document"}, tags=PUBLIC),
+    Route("GET", "/ws", None, "Peer WebSocket (upgrade)", {}, status=101, tags=PUBLIC,
+          description="HTTP GET with `Upgrade: websocket`; the server answers 101 Switching Protocols. "
+                      "Messages are JSON text frames described by the JSON Schema at /api/schema/ws."),
+    Route("GET", "/api/openapi.json", openapi_handler, "This OpenAPI document", {"type": "object"}, tags=PUBLIC),
+)
+
+_SCHEMA_BYTES: web.AppKey[bytes] = web.AppKey("ws_schema_bytes", bytes)
+_OPENAPI_BYTES: web.AppKey[bytes] = web.AppKey("openapi_bytes", bytes)
+
+
+def openapi_document(subsystems: Sequence[Subsystem]) -> dict:
+    """The OpenAPI document of the gateway with ``subsystems`` (enabled or not)."""
+    routes = [*PUBLIC_ROUTES, *OPERATOR_ROUTES, *(r for s in subsystems for r in s.routes)]
+    return build_openapi(routes, schemas=SCHEMAS, models=MODELS)
+
+
+def ws_schema_document(subsystems: Sequence[Subsystem]) -> dict:
+    return wire_protocol(subsystems).json_schema()
+
+
+async def make_app(market: Market, settings: Settings, subsystems: Sequence[Subsystem] = ()) -> web.Application:
     """Build the app over a started market: members reconciled, market data following
-    the committed stream, metrics attached."""
-    app = web.Application(client_max_size=64 * 1024)
+    the committed stream, metrics attached, then every enabled subsystem registered."""
+    app = web.Application(client_max_size=64 * 1024, middlewares=[error_middleware])
     app[MARKET] = market
     app[SETTINGS] = settings
     metrics = Metrics()
     metrics.attach(market.runtime)
     app[METRICS] = metrics
-    md = MarketData(market, disclose_counterparty=settings.disclose_counterparty, metrics=metrics)
+    peers = Peers()
+    app[PEERS] = peers
+    md = MarketData(market, peers, disclose_counterparty=settings.disclose_counterparty, metrics=metrics)
     md.bootstrap()
     app[MARKET_DATA] = md
     registry = make_registry(market, chain_collateral=settings.settlement_enabled)
     app[MEMBERS] = registry
     await registry.reconcile()
-    app.router.add_get("/health", health)
-    app.router.add_get("/ready", ready)
-    app.router.add_get("/api/market", market_info)
-    app.router.add_get("/api/products", products)
-    app.router.add_get("/api/products/{product_id}/book", book)
-    app.router.add_get("/api/trades", trades)
-    app.router.add_get("/api/schema/ws", ws_schema)
+    protocol = wire_protocol(subsystems)
+    app[PROTOCOL] = protocol
+    app[_SCHEMA_BYTES] = json.dumps(protocol.json_schema()).encode()
+    app[_OPENAPI_BYTES] = json.dumps(openapi_document(subsystems)).encode()
+    add_routes(app, PUBLIC_ROUTES)
     app.router.add_get("/ws", ws_handler)
     app[SOCKETS] = set()
-    app[WS_HANDLERS] = {}
+    app[WS_REQUESTS] = {}
+    app[PAYOUT_SOURCES] = []
     app.on_shutdown.append(close_sockets)
-    add_operator_routes(app)
+    add_routes(app, OPERATOR_ROUTES)
     add_metrics_route(app)
     add_page_routes(app)
-    add_flexibility(app)  # exchange/flexibility: flex_* WS messages, /api/operator/flexibility/...
-    if settings.settlement_enabled:
-        from settlement.plugin import add_settlement  # web3/py-evm: imported only when used
-
-        add_settlement(app)  # worker, trade proofs (WS + REST), /api/operator/settlement
+    for s in subsystems:
+        if not s.enabled(settings):
+            continue
+        add_routes(app, s.routes)
+        for r in s.ws_requests:
+            app[WS_REQUESTS][r.type] = r
+        if s.lifecycle is not None:
+            app.cleanup_ctx.append(s.lifecycle)
     return app
-

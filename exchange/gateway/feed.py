@@ -46,18 +46,18 @@ import logging
 from collections import deque
 from collections.abc import Callable
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
+
+from aiohttp import web
 
 from exchange.core.units import US_PER_MIN, div_half_even, iso, to_us
-from exchange.gateway.marketdata import _encode, _val
+from exchange.gateway.encoding import encode as _encode
+from exchange.gateway.encoding import plain as _val
+from exchange.gateway.marketdata import MarketData
+from exchange.runtime.journal import Entry
+from exchange.runtime.members import MemberRegistry
+from exchange.runtime.service import Market
 
-if TYPE_CHECKING:
-    from aiohttp import web
-
-    from exchange.runtime.journal import Entry
-    from exchange.runtime.members import MemberRegistry
-    from exchange.runtime.service import Market
-    from exchange.gateway.marketdata import MarketData
 
 log = logging.getLogger(__name__)
 
@@ -434,8 +434,11 @@ class OperatorFeed:
         return out
 
 
+OPERATOR_FEED: web.AppKey[OperatorFeed] = web.AppKey("operator_feed", OperatorFeed)
+
+
 def _iso_us(s: str) -> int:
     return to_us(datetime.fromisoformat(s))
 
 
-__all__ = ["FeedClient", "OperatorFeed"]
+__all__ = ["OPERATOR_FEED", "FeedClient", "OperatorFeed"]

@@ -1,31 +1,29 @@
-"""Typed keys of the objects the aiohttp application shares with its handlers."""
+"""Typed keys of the runtime objects the aiohttp application shares with its handlers
+and with subsystems. Keys of gateway objects live next to their class
+(``METRICS`` in metrics.py, ``MARKET_DATA`` in marketdata.py, ``OPERATOR_FEED`` in
+feed.py, ``PAGE_SESSIONS`` in page.py, ``PEERS``/``PROTOCOL``/``WS_REQUESTS`` here)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Any
 
 from aiohttp import web
 
-if TYPE_CHECKING:
-    from exchange.runtime.config import Settings
-    from exchange.runtime.members import MemberRegistry
-    from exchange.gateway.metrics import Metrics
-    from exchange.runtime.service import Market
-    from exchange.gateway.feed import OperatorFeed
-    from exchange.gateway.marketdata import MarketData
-    from exchange.gateway.page import PageSessions
+from exchange.protocol.messages import WireProtocol
+from exchange.runtime.config import Settings
+from exchange.runtime.members import MemberRegistry
+from exchange.runtime.ports import PayoutSource
+from exchange.runtime.service import Market
 
-MARKET: web.AppKey[Market] = web.AppKey("market")
-SETTINGS: web.AppKey[Settings] = web.AppKey("settings")
-METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
-MEMBERS: web.AppKey[MemberRegistry] = web.AppKey("members")
-MARKET_DATA: web.AppKey[MarketData] = web.AppKey("market_data")
-SOCKETS: web.AppKey[set] = web.AppKey("sockets")  # open peer WebSockets, closed on shutdown
-# Extension request handlers: message type -> ``async def handler(session, msg)``.
-# Subsystems (settlement proofs, flexibility) register theirs at app build time;
-# the session calls them for authenticated requests of that type.
-WS_HANDLERS: web.AppKey[dict] = web.AppKey("ws_handlers")
-# The operator page (exchange/gateway/page.py): the feed hub any subsystem may publish to
-# (``app[OPERATOR_FEED].publish(topic, payload)``) and the page's login sessions.
-OPERATOR_FEED: web.AppKey[OperatorFeed] = web.AppKey("operator_feed")
-PAGE_SESSIONS: web.AppKey[PageSessions] = web.AppKey("page_sessions")
+MARKET: web.AppKey[Market] = web.AppKey("market", Market)
+SETTINGS: web.AppKey[Settings] = web.AppKey("settings", Settings)
+MEMBERS: web.AppKey[MemberRegistry] = web.AppKey("members", MemberRegistry)
+SOCKETS: web.AppKey[set[web.WebSocketResponse]] = web.AppKey("sockets", set)  # open peer WebSockets
+# The peer protocol of this app (core + every subsystem's messages) and the handlers of
+# the subsystem requests that are served (message type -> exchange.gateway.plugin.WsRequest).
+PROTOCOL: web.AppKey[WireProtocol] = web.AppKey("protocol", WireProtocol)
+WS_REQUESTS: web.AppKey[dict[str, Any]] = web.AppKey("ws_requests", dict)
+# Payout sources (exchange.runtime.ports.PayoutSource): a subsystem that owes members money
+# appends its source; settlement pays them on chain. A list, so the order of lifecycles
+# does not matter.
+PAYOUT_SOURCES: web.AppKey[list[PayoutSource]] = web.AppKey("payout_sources", list)

@@ -21,18 +21,29 @@ import logging
 import time
 from collections import defaultdict
 from dataclasses import dataclass
-from enum import Enum
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-import orjson
+from aiohttp import web
+
 
 from exchange.core.model import command_outcome
 from exchange.core.units import iso
+from exchange.gateway.encoding import encode as _encode
+from exchange.gateway.peers import Peers
+from exchange.gateway.encoding import plain as _val
 from exchange.runtime.journal import Entry
+from exchange.runtime.service import Market
 
-if TYPE_CHECKING:
-    from exchange.runtime.service import Market
-    from exchange.gateway.session import Session
+
+
+class Session(Protocol):
+    """What market data needs of a peer session (exchange.gateway.session.Session)."""
+
+    member: str | None
+
+    def send(self, msg: dict) -> None: ...
+
+    def send_raw(self, data: str) -> None: ...
 
 log = logging.getLogger(__name__)
 
@@ -65,18 +76,10 @@ class MirrorOrder:
                 "quantity": self.quantity, "remaining": self.remaining, "client_order_id": self.client_order_id}
 
 
-def _encode(msg: dict) -> str:
-    return orjson.dumps(msg).decode()
-
-
-def _val(x):
-    """Plain value of a str-valued enum (live events) or of a str (replayed events).
-    Note: such enums hash by name, so they must not be used as dict keys next to strs."""
-    return x.value if isinstance(x, Enum) else x
-
 
 class MarketData:
-    def __init__(self, market: Market, *, disclose_counterparty: bool = False, metrics=None) -> None:
+    def __init__(self, market: Market, peers: Peers | None = None, *, disclose_counterparty: bool = False,
+                 metrics: Any = None) -> None:
         self.market = market
         self.disclose = disclose_counterparty
         self.metrics = metrics
@@ -88,7 +91,8 @@ class MarketData:
         self.product_states: dict[str, str] = {}
         self.halted = (False, "")
         self.seq = 0  # last committed event seq seen
-        self.sessions: dict[str, set[Session]] = defaultdict(set)  # member -> sessions
+        self.peers = peers if peers is not None else Peers()
+        self.sessions: dict[str, set[Any]] = self.peers.by_member  # member -> sessions
         self.book_subs: dict[str, set[Session]] = defaultdict(set)
         self.trade_subs: dict[str | None, set[Session]] = defaultdict(set)  # None: all products
         self.product_subs: set[Session] = set()
@@ -333,15 +337,12 @@ class MarketData:
 
     # ------------------------------------------------------------------ sessions
     def attach(self, s: Session) -> None:
-        self.sessions[s.member].add(s)
+        assert s.member is not None
+        self.peers.attach(s.member, s)
 
     def detach(self, s: Session) -> None:
         if s.member is not None:
-            group = self.sessions.get(s.member)
-            if group is not None:
-                group.discard(s)
-                if not group:
-                    del self.sessions[s.member]
+            self.peers.detach(s.member, s)
         for subs in (*self.book_subs.values(), *self.trade_subs.values()):
             subs.discard(s)
         self.product_subs.discard(s)
@@ -349,3 +350,6 @@ class MarketData:
     def products_view(self) -> list[dict]:
         return [{"product_id": pid, "state": st} for pid, st in sorted(self.product_states.items())]
 
+
+
+MARKET_DATA: web.AppKey[MarketData] = web.AppKey("market_data", MarketData)

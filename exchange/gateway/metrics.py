@@ -18,7 +18,6 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from exchange.gateway.keys import METRICS
 from exchange.runtime.journal import Entry
 from exchange.runtime.market import MarketRuntime
 
@@ -126,6 +125,9 @@ class Metrics:
     def exposition(self) -> bytes:
         """The Prometheus text format of everything in this registry."""
         return generate_latest(self.registry)
+
+
+METRICS: web.AppKey[Metrics] = web.AppKey("metrics", Metrics)
 
 
 async def metrics_handler(request: web.Request) -> web.Response:

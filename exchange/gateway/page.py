@@ -35,7 +35,9 @@ from aiohttp import WSMsgType, web
 from multidict import CIMultiDict
 
 from exchange.gateway.feed import FeedClient, OperatorFeed
-from exchange.gateway.keys import MARKET, MARKET_DATA, MEMBERS, OPERATOR_FEED, PAGE_SESSIONS, SETTINGS
+from exchange.gateway.feed import OPERATOR_FEED
+from exchange.gateway.keys import MARKET, MEMBERS, SETTINGS
+from exchange.gateway.marketdata import MARKET_DATA
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +100,9 @@ class PageSessions:
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+PAGE_SESSIONS: web.AppKey[PageSessions] = web.AppKey("page_sessions", PageSessions)
 
 
 def _token(request: web.Request) -> str:

@@ -14,29 +14,31 @@ import asyncio
 import logging
 import time
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING
+from typing import Any
 
 import orjson
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from exchange.core.model import CancelAll as CancelAllCmd
 from exchange.core.model import CancelOrder, ModifyOrder, PlaceOrder, Side, TimeInForce
-from exchange.runtime.market import MarketBusy, MarketUnavailable
+from exchange.gateway.keys import MARKET, PROTOCOL, SETTINGS, SOCKETS, WS_REQUESTS
+from exchange.gateway.marketdata import MARKET_DATA, MarketData, Pending
+from exchange.gateway.metrics import METRICS
 from exchange.protocol import auth
-from exchange.gateway.keys import MARKET, MARKET_DATA, METRICS, SETTINGS, SOCKETS, WS_HANDLERS
-from exchange.gateway.marketdata import Pending
-from exchange.protocol.messages import PROTOCOL_VERSION, ProtocolError, parse
-
-if TYPE_CHECKING:
-    from exchange.runtime.config import Settings
-    from exchange.runtime.service import Market
-    from exchange.gateway.marketdata import MarketData
+from exchange.protocol.errors import VoltbourseError
+from exchange.protocol.messages import CORE_REQUESTS, PROTOCOL_VERSION, ProtocolError, WireProtocol
+from exchange.runtime.config import Settings
+from exchange.runtime.market import MarketBusy, MarketUnavailable
+from exchange.runtime.service import Market
 
 log = logging.getLogger(__name__)
 
 MAX_LOGIN_ATTEMPTS = 5
 _SIDES = {"buy": Side.BUY, "sell": Side.SELL}
 _TIFS = {"gtc": TimeInForce.GTC, "ioc": TimeInForce.IOC, "fok": TimeInForce.FOK}
+
+
+_CORE = WireProtocol(CORE_REQUESTS)
 
 
 class TokenBucket:
@@ -57,9 +59,12 @@ class TokenBucket:
 
 class Session:
     def __init__(self, ws: web.WebSocketResponse, market: Market, md: MarketData, settings: Settings,
-                 metrics=None, handlers: dict | None = None) -> None:
+                 metrics: Any = None, handlers: dict[str, Any] | None = None, protocol: WireProtocol | None = None,
+                 app: web.Application | None = None) -> None:
         self.ws = ws
+        self.app = app
         self.handlers = handlers if handlers is not None else {}
+        self.protocol = protocol if protocol is not None else _CORE
         self.market = market
         self.md = md
         self.settings = settings
@@ -147,7 +152,7 @@ class Session:
             return
         t0 = time.perf_counter_ns()
         try:
-            msg = parse(raw)
+            msg = self.protocol.parse(raw)
         except ProtocolError as exc:
             self.error(exc.request_id, exc.code, exc.message)
             return
@@ -183,11 +188,14 @@ class Session:
             elif kind == "unsubscribe":
                 self._unsubscribe(msg)
             else:
-                handler = self.handlers.get(kind)
-                if handler is None:
+                served = self.handlers.get(kind)
+                if served is None:
                     self.error(msg.id, "UNAVAILABLE", f"{kind!r} is not served by this exchange")
                 else:
-                    await handler(self, msg)
+                    result = await served.handler(self.app, self.member, msg)
+                    self.send({"type": "response", "id": msg.id, "result": result})
+        except VoltbourseError as exc:
+            self.error(msg.id, exc.code, exc.message)
         except MarketBusy as exc:
             self.error(msg.id, "BUSY", f"the exchange is busy, retry shortly ({exc})")
         except MarketUnavailable as exc:
@@ -308,7 +316,8 @@ async def ws_handler(request: web.Request) -> web.WebSocketResponse:
     await ws.prepare(request)
     app[SOCKETS].add(ws)
     metrics = app.get(METRICS)
-    session = Session(ws, app[MARKET], app[MARKET_DATA], settings, metrics, app.get(WS_HANDLERS))
+    session = Session(ws, app[MARKET], app[MARKET_DATA], settings, metrics, app.get(WS_REQUESTS),
+                      app.get(PROTOCOL), app)
     if metrics is not None:
         metrics.peer_connected()
     session.send({"type": "hello", "protocol": PROTOCOL_VERSION, "market_id": settings.market_id,

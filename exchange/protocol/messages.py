@@ -10,9 +10,13 @@ served at ``/api/schema/ws``) is generated from these models.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+import typing
+from collections.abc import Sequence
+from typing import Annotated, Any, Literal, Union
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+import orjson
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
 PROTOCOL_VERSION = 1
 MAX_INT = 2**53 - 1  # exact in every JSON implementation
@@ -27,12 +31,14 @@ OrderId = Annotated[int, Field(ge=1, le=MAX_INT)]
 ClientOrderId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[0-9A-Za-z._:\-]+$")]
 
 
-class _Msg(BaseModel):
+class Request(BaseModel):
+    """Base of every peer request (subsystems subclass it): strict, frozen, with an ``id``."""
+
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
     id: RequestId
 
 
-class Login(_Msg):
+class Login(Request):
     """Answer the server's ``hello`` challenge: an EIP-191 (personal_sign) signature of
     the challenge text by the member's key."""
 
@@ -41,7 +47,7 @@ class Login(_Msg):
     signature: Signature
 
 
-class Place(_Msg):
+class Place(Request):
     """Place an order. With ``signature`` (EIP-712, see docs) ``nonce`` is required and
     must exceed the member's last nonce."""
 
@@ -62,12 +68,12 @@ class Place(_Msg):
         return self
 
 
-class Cancel(_Msg):
+class Cancel(Request):
     type: Literal["cancel"]
     order_id: OrderId
 
 
-class Modify(_Msg):
+class Modify(Request):
     """New price and/or new remaining quantity: quantity down keeps time priority."""
 
     type: Literal["modify"]
@@ -82,19 +88,19 @@ class Modify(_Msg):
         return self
 
 
-class CancelAll(_Msg):
+class CancelAll(Request):
     type: Literal["cancel_all"]
     product_id: ProductId | None = None
 
 
-class Orders(_Msg):
+class Orders(Request):
     """My open orders (optionally of one product)."""
 
     type: Literal["orders"]
     product_id: ProductId | None = None
 
 
-class Trades(_Msg):
+class Trades(Request):
     """My trades, by sequence number."""
 
     type: Literal["trades"]
@@ -103,13 +109,13 @@ class Trades(_Msg):
     limit: Annotated[int, Field(ge=1, le=1000)] = 100
 
 
-class Positions(_Msg):
+class Positions(Request):
     """My position per product (bought, sold, net Wh; payable money)."""
 
     type: Literal["positions"]
 
 
-class Subscribe(_Msg):
+class Subscribe(Request):
     """``book`` (needs product_id): snapshot, then deltas; ``trades``: public trades of
     one product or all; ``products``: product and market state changes."""
 
@@ -124,107 +130,18 @@ class Subscribe(_Msg):
         return self
 
 
-class Unsubscribe(_Msg):
+class Unsubscribe(Request):
     type: Literal["unsubscribe"]
     channel: Literal["book", "trades", "products"]
     product_id: ProductId | None = None
 
 
-class Ping(_Msg):
+class Ping(Request):
     type: Literal["ping"]
 
 
-class TradeProof(_Msg):
-    """The Merkle inclusion proof of one of the member's own trades, once its batch is
-    anchored on chain (see docs/settlement.md for the leaf encoding)."""
-
-    type: Literal["trade_proof"]
-    trade_id: Annotated[int, Field(ge=1, le=MAX_INT)]
-
-
-# --- flexibility (exchange/flexibility, docs/flexibility.md)
-FlexTime = Annotated[AwareDatetime, Field(description="ISO 8601 with offset, e.g. 2026-11-22T17:00:00Z")]
-EnergyWh = Annotated[int, Field(ge=0, le=10**12, description="Wh")]
-
-
-class FlexOffer(_Msg):
-    """Offer flexibility for a delivery period: ``up`` = consume less / produce more.
-    Give at most one of ``energy_wh`` (limit over the period) and ``duration_minutes``
-    (energy = power x duration); neither: power over the whole period."""
-
-    type: Literal["flex_offer"]
-    period_start: FlexTime
-    period_minutes: Annotated[int, Field(ge=15, le=1440, multiple_of=15)] = 60
-    direction: Literal["up", "down"]
-    power_w: Annotated[int, Field(ge=1, le=10**9, description="W")]
-    energy_wh: Annotated[int, Field(ge=1, le=10**12)] | None = None
-    duration_minutes: Annotated[int, Field(ge=1, le=1440)] | None = None
-    price: Annotated[int, Field(ge=0, le=10**9, description="ticks of 0.01 EUR/MWh asked for activated energy")]
-    kind: Literal["reduction", "shift"] = "reduction"
-
-    @model_validator(mode="after")
-    def _one_limit(self) -> FlexOffer:
-        if self.energy_wh is not None and self.duration_minutes is not None:
-            raise ValueError("give energy_wh or duration_minutes, not both")
-        return self
-
-
-class FlexOfferCancel(_Msg):
-    type: Literal["flex_offer_cancel"]
-    offer_id: Annotated[int, Field(ge=1, le=MAX_INT)]
-
-
-class FlexBaselineSlot(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
-    start: FlexTime
-    consumption_wh: EnergyWh
-    generation_wh: EnergyWh = 0
-
-
-class FlexBaseline(_Msg):
-    """Forecast consumption/generation per 15-minute slot (Wh)."""
-
-    type: Literal["flex_baseline"]
-    slots: Annotated[list[FlexBaselineSlot], Field(min_length=1, max_length=192)]
-
-
-class FlexMeterReading(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
-    interval_start: FlexTime
-    consumption_wh: EnergyWh
-    generation_wh: EnergyWh = 0
-
-
-class FlexMeter(_Msg):
-    """Metered consumption/generation per 10-minute interval (Wh)."""
-
-    type: Literal["flex_meter"]
-    readings: Annotated[list[FlexMeterReading], Field(min_length=1, max_length=144)]
-
-
-class FlexRespond(_Msg):
-    """Accept or decline a ``flex_invitation``."""
-
-    type: Literal["flex_respond"]
-    invitation_id: Annotated[int, Field(ge=1, le=MAX_INT)]
-    accept: bool
-
-
-class FlexStatus(_Msg):
-    """My offers, invitations, dispatch instructions, delivery checks and payouts."""
-
-    type: Literal["flex_status"]
-
-
-ClientMessage = Annotated[
-    Login | Place | Cancel | Modify | CancelAll | Orders | Trades | Positions | Subscribe | Unsubscribe | Ping
-    | TradeProof | FlexOffer | FlexOfferCancel | FlexBaseline | FlexMeter | FlexRespond | FlexStatus,
-    Field(discriminator="type"),
-]
-CLIENT_MESSAGE = TypeAdapter(ClientMessage)
-MESSAGE_TYPES = ("login", "place", "cancel", "modify", "cancel_all", "orders", "trades", "positions", "subscribe",
-                 "unsubscribe", "ping", "trade_proof", "flex_offer", "flex_offer_cancel", "flex_baseline",
-                 "flex_meter", "flex_respond", "flex_status")
+CORE_REQUESTS: tuple[type[Request], ...] = (Login, Place, Cancel, Modify, CancelAll, Orders, Trades, Positions,
+                                             Subscribe, Unsubscribe, Ping)
 
 
 class ProtocolError(Exception):
@@ -237,10 +154,8 @@ class ProtocolError(Exception):
         self.request_id = request_id
 
 
-def _request_id(raw: str | bytes):
+def request_id(raw: str | bytes) -> Any:
     """Best effort: the ``id`` of a message that failed validation, to echo it."""
-    import orjson
-
     try:
         obj = orjson.loads(raw)
     except orjson.JSONDecodeError:
@@ -252,39 +167,17 @@ def _request_id(raw: str | bytes):
     return None
 
 
-def parse(raw: str | bytes):
-    """Validate one frame; raises :class:`ProtocolError` with a precise code and message."""
-    try:
-        return CLIENT_MESSAGE.validate_json(raw)
-    except ValidationError as exc:
-        errors = exc.errors(include_url=False)
-        kinds = {e["type"] for e in errors}
-        rid = _request_id(raw)
-        if "json_invalid" in kinds or "json_type" in kinds:
-            raise ProtocolError("MALFORMED_JSON", "the frame is not a JSON object", rid) from None
-        if kinds & {"union_tag_invalid", "union_tag_not_found"}:
-            err = errors[0]
-            if err["type"] == "union_tag_not_found":
-                raise ProtocolError("INVALID_MESSAGE", "missing field 'type'", rid) from None
-            tag = err.get("input", {}).get("type") if isinstance(err.get("input"), dict) else None
-            raise ProtocolError("UNKNOWN_TYPE", f"unknown message type {tag!r}; expected one of "
-                                + ", ".join(MESSAGE_TYPES), rid) from None
-        parts = []
-        for e in errors[:5]:
-            loc = ".".join(str(x) for x in e["loc"][1:]) or "message"
-            parts.append(f"{loc}: {e['msg']}")
-        raise ProtocolError("INVALID_MESSAGE", "; ".join(parts), rid) from None
-
-
 # --------------------------------------------------------------------------- server messages
 # Built as plain dicts on the hot path; these models document them and generate the schema.
 
 
-class _Out(BaseModel):
+class Push(BaseModel):
+    """Base of every server-to-peer message model (documentation and schema)."""
+
     model_config = ConfigDict(extra="forbid")
 
 
-class Hello(_Out):
+class Hello(Push):
     type: Literal["hello"]
     protocol: int
     market_id: str
@@ -293,20 +186,20 @@ class Hello(_Out):
     eip712_domain: dict
 
 
-class Response(_Out):
+class Response(Push):
     type: Literal["response"]
     id: RequestId
     result: dict | list
 
 
-class Error(_Out):
+class Error(Push):
     type: Literal["error"]
     id: RequestId | None
     code: str
     message: str
 
 
-class Execution(_Out):
+class Execution(Push):
     """A private report on one of my orders."""
 
     type: Literal["execution"]
@@ -327,7 +220,7 @@ class Execution(_Out):
     priority_kept: bool | None = None
 
 
-class BookSnapshot(_Out):
+class BookSnapshot(Push):
     type: Literal["book_snapshot"]
     product_id: str
     seq: int = Field(description="apply later deltas whose prev_seq equals this")
@@ -335,7 +228,7 @@ class BookSnapshot(_Out):
     asks: list[tuple[int, int, int]]
 
 
-class BookDelta(_Out):
+class BookDelta(Push):
     type: Literal["book"]
     product_id: str
     seq: int
@@ -344,7 +237,7 @@ class BookDelta(_Out):
         description="[side, price, volume Wh (0: level gone), orders]")
 
 
-class PublicTrade(_Out):
+class PublicTrade(Push):
     type: Literal["trade"]
     product_id: str
     trade_id: int
@@ -355,7 +248,7 @@ class PublicTrade(_Out):
     ts: str
 
 
-class ProductState(_Out):
+class ProductState(Push):
     type: Literal["product_state"]
     product_id: str
     state: Literal["pre_open", "open", "closed", "delivered"]
@@ -363,7 +256,7 @@ class ProductState(_Out):
     ts: str
 
 
-class MarketState(_Out):
+class MarketState(Push):
     type: Literal["market_state"]
     halted: bool
     reason: str
@@ -371,91 +264,61 @@ class MarketState(_Out):
     ts: str
 
 
-class FlexInvitationOut(_Out):
-    """Invited to a demand-response event with one of my offers: answer with ``flex_respond``."""
-
-    type: Literal["flex_invitation"]
-    event_id: int
-    invitation_id: int
-    offer_id: int
-    direction: Literal["up", "down"]
-    period_start: str
-    period_end: str
-    power_w: int
-    respond_by: str
-    reserve: bool = Field(description="a reserve call during an event: accepting dispatches at once")
-    rank: int
+CORE_PUSHES: tuple[type[Push], ...] = (Hello, Response, Error, Execution, BookSnapshot, BookDelta, PublicTrade,
+                                       ProductState, MarketState)
 
 
-class FlexEventOut(_Out):
-    type: Literal["flex_event"]
-    event_id: int
-    phase: str
-    reason: str
+def message_type(model: type[BaseModel]) -> str:
+    """The ``type`` tag of a message model (its ``Literal``)."""
+    return typing.get_args(model.model_fields["type"].annotation)[0]
 
 
-class FlexDispatchOut(_Out):
-    """Dispatch instruction: change my power by ``power_w`` in ``direction`` from ``start`` to ``end``."""
+class WireProtocol:
+    """The peer protocol of one gateway: the core messages plus every subsystem's,
+    as one discriminated union. ``parse`` validates a frame; ``json_schema`` is
+    ``docs/ws-schema.json`` (also served at ``/api/schema/ws``)."""
 
-    type: Literal["flex_dispatch"]
-    event_id: int
-    instruction_id: int
-    offer_id: int
-    bid_id: int | None
-    direction: Literal["up", "down"]
-    power_w: int
-    start: str
-    end: str
-    energy_wh: int
-    reserve: bool
+    def __init__(self, requests: Sequence[type[Request]] = CORE_REQUESTS,
+                 pushes: Sequence[type[Push]] = CORE_PUSHES) -> None:
+        self.requests = tuple(requests)
+        self.pushes = tuple(pushes)
+        self.types = tuple(message_type(m) for m in self.requests)
+        dup = {t for t in self.types if self.types.count(t) > 1}
+        if dup:
+            raise ValueError(f"message types registered twice: {sorted(dup)}")
+        self.adapter: TypeAdapter[Any] = TypeAdapter(
+            Annotated[Union[self.requests], Field(discriminator="type")])  # noqa: UP007 - a runtime tuple
+        self.server_adapter: TypeAdapter[Any] = TypeAdapter(
+            Annotated[Union[self.pushes], Field(discriminator="type")])  # noqa: UP007
 
+    def parse(self, raw: str | bytes) -> Any:
+        """Validate one frame; raises :class:`ProtocolError` with a precise code and message."""
+        try:
+            return self.adapter.validate_json(raw)
+        except ValidationError as exc:
+            errors = exc.errors(include_url=False)
+            kinds = {e["type"] for e in errors}
+            rid = request_id(raw)
+            if "json_invalid" in kinds or "json_type" in kinds:
+                raise ProtocolError("MALFORMED_JSON", "the frame is not a JSON object", rid) from None
+            if kinds & {"union_tag_invalid", "union_tag_not_found"}:
+                err = errors[0]
+                if err["type"] == "union_tag_not_found":
+                    raise ProtocolError("INVALID_MESSAGE", "missing field 'type'", rid) from None
+                tag = err.get("input", {}).get("type") if isinstance(err.get("input"), dict) else None
+                raise ProtocolError("UNKNOWN_TYPE", f"unknown message type {tag!r}; expected one of "
+                                    + ", ".join(self.types), rid) from None
+            parts = []
+            for e in errors[:5]:
+                loc = ".".join(str(x) for x in e["loc"][1:]) or "message"
+                parts.append(f"{loc}: {e['msg']}")
+            raise ProtocolError("INVALID_MESSAGE", "; ".join(parts), rid) from None
 
-class FlexDeliveryOut(_Out):
-    """The 10-minute delivery check of one interval (baseline minus metered, Wh)."""
-
-    type: Literal["flex_delivery"]
-    event_id: int
-    member: str
-    interval_start: str
-    interval_end: str
-    required_wh: int
-    baseline_wh: int
-    metered_wh: int | None
-    delivered_wh: int
-    shortfall_wh: int
-    over_wh: int
-
-
-class FlexPayoutOut(_Out):
-    """My share of an event's revenue (money units of 1e-8 EUR); settled on chain later."""
-
-    type: Literal["flex_payout"]
-    event_id: int
-    delivered_wh: int
-    share: int
-    penalty: int
-    payout: int
-
-
-ServerMessage = Annotated[
-    Hello | Response | Error | Execution | BookSnapshot | BookDelta | PublicTrade | ProductState | MarketState
-    | FlexInvitationOut | FlexEventOut | FlexDispatchOut | FlexDeliveryOut | FlexPayoutOut,
-    Field(discriminator="type"),
-]
-SERVER_MESSAGE = TypeAdapter(ServerMessage)
-
-
-def json_schema() -> dict:
-    return {
-        "$schema": "https://json-schema.org/draft/2020-12/schema",
-        "title": "Voltbourse peer WebSocket protocol",
-        "version": PROTOCOL_VERSION,
-        "client_to_server": CLIENT_MESSAGE.json_schema(),
-        "server_to_client": SERVER_MESSAGE.json_schema(),
-    }
-
-
-if __name__ == "__main__":  # python -m exchange.protocol.messages > docs/ws-schema.json
-    import json
-
-    print(json.dumps(json_schema(), indent=2, sort_keys=True))
+    def json_schema(self) -> dict:
+        return {
+            "$schema": "https://json-schema.org/draft/2020-12/schema",
+            "title": "Voltbourse peer WebSocket protocol",
+            "version": PROTOCOL_VERSION,
+            "client_to_server": self.adapter.json_schema(),
+            "server_to_client": self.server_adapter.json_schema(),
+        }

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import importlib.util
 import json
 import logging
 import os
@@ -37,15 +38,17 @@ import tempfile
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from importlib.metadata import entry_points
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import asyncpg
 import orjson
 import psutil
+from alembic import command
+from alembic.config import Config
 
-if TYPE_CHECKING:
-    from exchange.runtime.config import Settings
+from exchange.runtime.config import Settings
 
 __all__ = [
     "TABLES",
@@ -64,10 +67,7 @@ log = logging.getLogger(__name__)
 
 #: The tables of the current schema (alembic/versions), in creation order.
 CORE_TABLES = ("markets", "journal", "trades", "consumer_cursors", "members")
-SETTLEMENT_TABLES: tuple[str, ...] = (  # settlement/ (alembic 0003)
-    "settlement_deployments", "order_signatures", "settlement_batches", "settlement_withdrawals")
-FLEX_TABLES: tuple[str, ...] = ("flex_offers", "flex_baselines", "flex_meter", "flex_events", "flex_invitations", "flex_bids", "flex_activations", "flex_delivery", "flex_shares", "flex_payouts")  # exchange/flexibility/ (alembic 0004)
-TABLES = CORE_TABLES + SETTLEMENT_TABLES + FLEX_TABLES
+TABLES = CORE_TABLES  # the runtime's own; subsystems list theirs in <package>/migrations/__init__.py
 
 HANDLE_PIDS_FILE = ".handle_pids.json"
 POSTMASTER_PID_FILE = "postmaster.pid"
@@ -332,12 +332,33 @@ def alembic_dir() -> Path:
     raise FileNotFoundError("alembic migrations folder not found; tried: " + ", ".join(map(str, candidates)))
 
 
-def alembic_config(dsn: str):
-    """An alembic ``Config`` built in code (no alembic.ini needed) for ``dsn``."""
-    from alembic.config import Config
+SUBSYSTEMS_GROUP = "voltbourse.subsystems"
 
+
+def subsystem_migrations() -> list[Path]:
+    """The migration folders of the installed subsystems: for every entry point of the
+    ``voltbourse.subsystems`` group (``name = "package.module:SUBSYSTEM"``), the folder
+    ``migrations/`` of the subsystem's top package, if it has one. Found without importing
+    the subsystem (a subsystem owns its tables; the runtime only runs their migrations)."""
+    out: list[Path] = []
+    for ep in sorted(entry_points(group=SUBSYSTEMS_GROUP), key=lambda e: e.name):
+        package = ep.value.split(":")[0].rsplit(".", 1)[0]
+        spec = importlib.util.find_spec(package)
+        for base in (spec.submodule_search_locations or []) if spec is not None else []:
+            folder = Path(base) / "migrations"
+            if folder.is_dir() and folder.resolve() not in out:
+                out.append(folder.resolve())
+    return out
+
+
+def alembic_config(dsn: str) -> Config:
+    """An alembic ``Config`` built in code (no alembic.ini needed) for ``dsn``: the core
+    revisions in alembic/versions plus every installed subsystem's ``migrations/``."""
     cfg = Config()
     cfg.set_main_option("script_location", str(alembic_dir()))
+    locations = [alembic_dir() / "versions", *subsystem_migrations()]
+    cfg.set_main_option("path_separator", "os")
+    cfg.set_main_option("version_locations", os.pathsep.join(str(p) for p in locations))
     # ConfigParser interpolation: '%' must be doubled; env.py prefers the raw attribute anyway
     cfg.set_main_option("sqlalchemy.url", dsn.replace("%", "%%"))
     cfg.attributes["dsn"] = dsn
@@ -370,17 +391,13 @@ def _run_blocking(fn, *args: Any) -> Any:
     return result.get("value")
 
 
-def upgrade(dsn: str, revision: str = "head") -> None:
-    """Migrate the database at ``dsn`` up to ``revision``. BLOCKING."""
-    from alembic import command
-
+def upgrade(dsn: str, revision: str = "heads") -> None:
+    """Migrate the database at ``dsn`` up to ``revision`` (default: every branch's head). BLOCKING."""
     _run_blocking(command.upgrade, alembic_config(dsn), revision)
 
 
 def downgrade(dsn: str, revision: str = "base") -> None:
     """Migrate the database at ``dsn`` down to ``revision`` (default: empty). BLOCKING."""
-    from alembic import command
-
     _run_blocking(command.downgrade, alembic_config(dsn), revision)
 
 

@@ -18,6 +18,8 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 import asyncpg
+
+from exchange.protocol.errors import VoltbourseError
 from eth_utils import to_checksum_address
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, model_validator
 
@@ -132,31 +134,28 @@ class Member(BaseModel):
         return cls(**{k: row[k] for k in cls.model_fields})
 
 
-class RegistryError(Exception):
-    """An error with an API code and HTTP status."""
+class RegistryError(VoltbourseError):
+    """A refused registry request: a catalogued code and an HTTP status."""
 
-    status = 400
-    code = "INVALID_VALUE"
+    default_status = 400
+    default_code = "INVALID_VALUE"
 
     def __init__(self, message: str, code: str | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        if code is not None:
-            self.code = code
+        super().__init__(code or self.default_code, message, status=self.default_status)
 
 
 class MemberExists(RegistryError):
-    status, code = 409, "MEMBER_EXISTS"
+    default_status, default_code = 409, "MEMBER_EXISTS"
 
 
 class UnknownMember(RegistryError):
-    status, code = 404, "UNKNOWN_MEMBER"
+    default_status, default_code = 404, "UNKNOWN_MEMBER"
 
 
 class CommandRejected(RegistryError):
     """The engine rejected the command (``code`` is its reason)."""
 
-    status = 409
+    default_status = 409
 
 
 _COLUMNS = "address, name, role, export_capacity_w, retail_tariff_ticks, feed_in_tariff_ticks, collateral, " \

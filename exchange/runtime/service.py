@@ -18,6 +18,10 @@ from exchange.core.model import Mechanism, SelfTradePrevention
 from exchange.runtime.db import create_pool
 from exchange.runtime.journal import Journal
 from exchange.runtime.market import MarketRuntime
+import gc
+import asyncio
+import uvloop
+from datetime import datetime, timezone
 
 
 def tune_gc() -> None:
@@ -25,7 +29,6 @@ def tune_gc() -> None:
     makes few reference cycles; the default cyclic-GC thresholds make full collections
     that stall the event loop for tens of milliseconds (measured: p99 ack 59 ms -> 20 ms
     with these thresholds). Collect far less often instead."""
-    import gc
 
     gc.set_threshold(50_000, 20, 1000)
 
@@ -33,9 +36,7 @@ def tune_gc() -> None:
 def run_async(coro):
     """Run a coroutine on uvloop (the service's event loop; faster than the default),
     with the service's GC tuning."""
-    import asyncio
 
-    import uvloop
 
     tune_gc()
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
@@ -64,7 +65,6 @@ def market_config(s: Settings) -> MarketConfig:
 
 def make_clock(s: Settings) -> Clock:
     if s.clock == "sim":
-        from datetime import datetime, timezone
 
         return SimClock(s.sim_start or datetime.now(timezone.utc), speed=s.sim_speed)
     return RealClock()

@@ -25,9 +25,13 @@ from pathlib import Path
 
 from exchange.core.engine import MarketConfig, MarketEngine
 from exchange.core.units import to_us
+from exchange.runtime.scratch import BENCH_T0, run_on_database
 from exchange.tools import workload
+from exchange.runtime.clock import ManualClock
+from exchange.runtime.config import load_settings
+from exchange.runtime.service import open_market
+from exchange.tools.bench_e2e import bench_e2e
 
-BENCH_T0 = to_us(datetime(2026, 11, 21, 8, 0, tzinfo=timezone.utc))  # day-ahead products of 2026-11-22 are open
 
 
 def _pct(sorted_vals: list[float], q: float) -> float:
@@ -83,9 +87,6 @@ def bench_engine(commands: int = 200_000, seed: int = 1, repeat: int = 3) -> dic
 
 
 async def _journal_async(dsn: str, commands: int, seed: int, concurrency: int) -> dict:
-    from exchange.runtime.clock import ManualClock
-    from exchange.runtime.config import load_settings
-    from exchange.runtime.service import open_market
 
     settings = load_settings(database_url=dsn, market_id="bench")
     market = await open_market(dsn, settings, ManualClock(BENCH_T0), keep_stats=True)
@@ -128,27 +129,6 @@ async def _journal_async(dsn: str, commands: int, seed: int, concurrency: int) -
         await market.close()
 
 
-def run_on_database(make_coro, dsn: str | None = None, prefix: str = "bench-"):
-    """Run ``make_coro(dsn)`` against ``dsn`` (migrated first), or against a fresh embedded
-    PostgreSQL in a temporary directory under the data dir, removed afterwards."""
-    from exchange.runtime.config import load_settings
-    from exchange.runtime.db import EmbeddedPostgres, upgrade
-    from exchange.runtime.service import run_async
-
-    if dsn is not None:
-        upgrade(dsn)
-        return run_async(make_coro(dsn))
-    base = load_settings().data_dir
-    base.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=base))
-    try:
-        with EmbeddedPostgres(tmp / "pg") as pg:
-            upgrade(pg.dsn)
-            return run_async(make_coro(pg.dsn))
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
 def bench_journal(commands: int = 100_000, seed: int = 1, concurrency: int = 128, dsn: str | None = None) -> dict:
     """Against ``dsn``, or a fresh embedded PostgreSQL in a temporary directory (removed after)."""
     return run_on_database(lambda d: _journal_async(d, commands, seed, concurrency), dsn)
@@ -160,7 +140,6 @@ def run(kind: str, commands: int | None = None, seed: int = 1, as_json: bool = F
     elif kind == "journal":
         result = bench_journal(commands or 100_000, seed, **kw)
     elif kind == "e2e":
-        from exchange.tools.bench_e2e import bench_e2e
 
         result = bench_e2e(commands or 40_000, seed, **kw)
     else:

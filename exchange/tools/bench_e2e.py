@@ -31,6 +31,9 @@ import aiohttp
 from eth_account import Account
 
 from exchange.protocol.auth import sign_login
+from exchange.runtime.config import load_settings
+from exchange.runtime.db import EmbeddedPostgres, upgrade
+from exchange.runtime.service import run_async
 
 TOKEN = "bench-operator-token"
 
@@ -162,9 +165,6 @@ async def _load(base: str, connections: int, orders: int, window: int, seed: int
 
 
 def bench_e2e(orders: int = 40_000, seed: int = 1, connections: int = 40, window: int = 4) -> dict:
-    from exchange.runtime.config import load_settings
-    from exchange.runtime.db import EmbeddedPostgres, upgrade
-    from exchange.runtime.service import run_async
 
     base_dir = load_settings().data_dir
     base_dir.mkdir(parents=True, exist_ok=True)

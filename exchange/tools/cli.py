@@ -11,7 +11,7 @@
     db url [--keep]                    print the DSN in use (starts the embedded DB)
 
 Settings come from VOLTBOURSE_* environment variables and the optional config
-file (see exchange.runtime.config). Heavy modules are imported inside the handlers.
+file (see exchange.runtime.config). Subsystems add their commands (exchange.gateway.plugin).
 """
 
 from __future__ import annotations
@@ -25,7 +25,18 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from pydantic import ValidationError
+
+from clients import cli as clients_cli
+from clients.community import cli as community_cli
 from exchange import __version__
+from exchange.gateway.plugin import add_cli_commands
+from exchange.runtime.config import ConfigFileError, load_settings
+from exchange.runtime.db import EmbeddedPostgres, current_revision, database, upgrade
+from exchange.tools import bench, docs
+from exchange.tools.demo import run_demo
+from exchange.tools.platform import subsystems
+from exchange.tools.server import serve
 
 log = logging.getLogger("voltbourse")
 
@@ -35,22 +46,7 @@ DEFAULT_DEMO_MEMBERS = 24
 DEFAULT_BENCH_COMMANDS = {"engine": 200_000, "journal": 50_000, "e2e": 40_000}
 DEFAULT_BENCH_SEED = 1
 
-# Subsystems add their own commands: each module defines
-# ``add_commands(sub, bench_sub)`` taking the top-level and the ``bench``
-# subparser collections. Plugin modules must import only the standard library at
-# module level (heavy imports go inside their handlers) so ``voltbourse --help``
-# stays fast. A module that is not installed is skipped.
-PLUGINS = (
-    "settlement.cli",
-    "exchange.flexibility.cli",
-    "clients.cli",
-    "clients.community.cli",
-)
-
-
-def _settings(**overrides: Any):
-    from exchange.runtime.config import load_settings
-
+def _settings(**overrides: Any) -> Any:
     return load_settings(**{k: v for k, v in overrides.items() if v is not None})
 
 
@@ -65,19 +61,16 @@ def _finish(result: Any) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from exchange.tools.server import serve
 
     return _finish(serve(_settings(host=args.host, port=args.port)))
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from exchange.tools.demo import run_demo
 
     return _finish(run_demo(_settings(), speed=args.speed, duration=args.duration, members=args.members))
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from exchange.tools import bench
 
     commands = args.commands if args.commands is not None else DEFAULT_BENCH_COMMANDS[args.kind]
     extra = {"engine": lambda: {"repeat": args.repeat}, "journal": lambda: {"concurrency": args.concurrency},
@@ -86,7 +79,6 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_db_upgrade(args: argparse.Namespace) -> int:
-    from exchange.runtime.db import current_revision, database, upgrade
 
     settings = _settings()
     where = "external database" if settings.database_url else f"embedded PostgreSQL in {settings.data_dir / 'pg'}"
@@ -102,7 +94,6 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
 
 
 def cmd_db_url(args: argparse.Namespace) -> int:
-    from exchange.runtime.db import EmbeddedPostgres
 
     settings = _settings()
     if settings.database_url:
@@ -161,22 +152,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("db", help="database tasks")
     db_sub = p.add_subparsers(dest="db_command", required=True, metavar="ACTION")
     d = db_sub.add_parser("upgrade", help="apply migrations")
-    d.add_argument("--revision", default="head", help="target revision (default: head)")
+    d.add_argument("--revision", default="heads", help="target revision (default: heads, every branch)")
     d.set_defaults(func=cmd_db_upgrade)
     d = db_sub.add_parser("url", help="print the database URL in use (starts the embedded DB)")
     d.add_argument("--keep", action="store_true", help="leave the embedded server running afterwards")
     d.set_defaults(func=cmd_db_url)
 
-    import importlib
 
-    for name in PLUGINS:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name is not None and name.startswith(exc.name):
-                continue  # subsystem not present in this build
-            raise
-        module.add_commands(sub, bench_sub)
+    clients_cli.add_commands(sub, bench_sub)
+    community_cli.add_commands(sub, bench_sub)
+    add_cli_commands(subsystems(), sub, bench_sub)
+    docs.add_commands(sub, bench_sub)
     return parser
 
 
@@ -193,9 +179,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(args.log_level)
     if args.config:
         os.environ["VOLTBOURSE_CONFIG"] = args.config
-    from pydantic import ValidationError
 
-    from exchange.runtime.config import ConfigFileError
 
     try:
         return args.func(args)

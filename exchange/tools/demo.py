@@ -31,6 +31,10 @@ from exchange.runtime.journal import Entry
 from exchange.runtime.members import MemberIn
 from exchange.tools.server import start_http
 from exchange.runtime.service import Market, open_market, run_async
+from exchange.runtime.clock import SimClock
+from settlement.plugin import SETTLEMENT
+from exchange.tools.flex_demo import run_flex_demo
+from settlement.plugin import run_reconcile
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +116,6 @@ class Console:
 
 
 async def _demo(dsn: str, settings: Settings, speed: int, duration: float, members: int) -> int:
-    from exchange.runtime.clock import SimClock
 
     zone = settings.tz
     # Start the simulated clock at 22:50 local: the next day's products are open and the
@@ -211,14 +214,12 @@ async def _demo(dsn: str, settings: Settings, speed: int, duration: float, membe
 
 
 def _settlement_key():
-    from settlement.plugin import SETTLEMENT
 
     return SETTLEMENT
 
 
 async def _flex_demo(app, ws_url: str, keys: list, clock) -> None:
     """One demand-response event, from offers to revenue shares (exchange/flexibility)."""
-    from exchange.tools.flex_demo import run_flex_demo
 
     await asyncio.sleep(3)
     try:
@@ -231,7 +232,6 @@ async def _flex_demo(app, ws_url: str, keys: list, clock) -> None:
 
 async def _settle_and_reconcile(market, worker) -> None:
     """Let the worker anchor what is left, then prove every trade is on chain."""
-    from settlement.plugin import run_reconcile
 
     deadline = time.monotonic() + worker.max_age_s + 20
     worker.wake()

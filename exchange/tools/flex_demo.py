@@ -17,6 +17,8 @@ from exchange.flexibility.core import FlexConfig, ProductRules
 from exchange.flexibility.market import SimulatedBalancingMarket
 from exchange.flexibility.service import FINAL_PHASES
 from exchange.flexibility.plugin import FLEX
+from clients.bots.flex_bot import FlexBot
+from clients.sdk.client import VoltbourseClient
 
 log = logging.getLogger(__name__)
 H = 60 * US_PER_MIN
@@ -25,8 +27,6 @@ H = 60 * US_PER_MIN
 async def run_flex_demo(app, ws_url: str, keys: list, clock, *, seed: int = 7, power_w: int = 250_000,
                         timeout_s: float = 120.0, out=print) -> dict:
     """Run one event from offers to revenue shares; returns the event's operator view."""
-    from clients.bots.flex_bot import FlexBot
-    from clients.sdk.client import VoltbourseClient
 
     flex = app[FLEX]
     flex.market = SimulatedBalancingMarket(seed=seed, force_activation=True)

@@ -11,21 +11,26 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from collections.abc import Sequence
 
 from aiohttp import web
 
 from exchange.runtime.config import Settings
 from exchange.runtime.db import database, upgrade
 from exchange.gateway.app import make_app
+from exchange.gateway.plugin import Subsystem
+from exchange.tools import platform
 from exchange.runtime.service import Market, open_market, run_async
 
 log = logging.getLogger(__name__)
 
 
 async def start_http(market: Market, settings: Settings, host: str | None = None,
-                     port: int | None = None) -> web.AppRunner:
-    """Serve the app for ``market``; the bound address is ``runner.addresses[0]``."""
-    runner = web.AppRunner(await make_app(market, settings), access_log=None)
+                     port: int | None = None, subsystems: Sequence[Subsystem] | None = None) -> web.AppRunner:
+    """Serve the app for ``market`` with the installed subsystems (or ``subsystems``); the
+    bound address is ``runner.addresses[0]``."""
+    app = await make_app(market, settings, platform.subsystems() if subsystems is None else subsystems)
+    runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, host or settings.host, settings.port if port is None else port)
     await site.start()

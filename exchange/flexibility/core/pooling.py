@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 
 from exchange.flexibility.core.model import PPM, Bid, NoBid, Offer, Policy, Portion, ProductRules, ceil_div
 from exchange.core.units import US_PER_MIN
+from dataclasses import asdict
 
 BELOW_MINIMUM_BID = "BELOW_MINIMUM_BID"
 NO_OFFERS = "NO_OFFERS"
@@ -112,7 +113,6 @@ class Allocation:
     spare: list[Portion] = field(default_factory=list)  # in no bid and not used locally: reserve
 
     def to_dict(self) -> dict:
-        from dataclasses import asdict
         return {"bids": [b.to_dict() for b in self.bids], "no_bids": [asdict(n) for n in self.no_bids],
                 "local": [asdict(p) for p in self.local], "spare": [asdict(p) for p in self.spare]}
 

@@ -1,0 +1,18 @@
+"""JSON encoding shared by the gateway's outputs (peer market data, operator feed)."""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Any
+
+import orjson
+
+
+def encode(msg: dict) -> str:
+    """One JSON text frame."""
+    return orjson.dumps(msg).decode()
+
+
+def plain(x: Any) -> Any:
+    """The plain value of a str-valued enum (live events) or of a str (replayed events)."""
+    return x.value if isinstance(x, Enum) else x

@@ -1,0 +1,172 @@
+"""Public HTTP helpers for the gateway and every subsystem's routes.
+
+- :class:`Route`: one route and what the OpenAPI document says about it; the
+  gateway's own routes and every subsystem's are declared this way, registered
+  with :func:`add_routes`, and ``/api/openapi.json`` is generated from them.
+- :func:`json_response`, :func:`error_response`, :func:`read_body`,
+  :func:`read_query`: answers and validated input (pydantic, strict).
+- :func:`error_middleware`: the one place where errors become HTTP answers:
+  :class:`~exchange.protocol.errors.VoltbourseError` (any layer) with its catalogued
+  status, pydantic ``ValidationError`` as 422 ``INVALID_REQUEST`` (400
+  ``MALFORMED_JSON`` for a body that is not JSON), the runtime's
+  ``MarketUnavailable``/``MarketBusy`` as 503, a too-large body as 413.
+- :func:`operator_only`: the operator token check (``Authorization: Bearer``).
+"""
+
+from __future__ import annotations
+
+import functools
+import hmac
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+from pydantic import BaseModel, ValidationError
+
+from exchange.gateway.keys import SETTINGS
+from exchange.protocol.errors import VoltbourseError
+from exchange.runtime.market import MarketBusy, MarketUnavailable
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+PUBLIC = ("public",)
+OPERATOR = ("operator",)
+MEMBER = ("member",)
+
+
+class ApiError(VoltbourseError):
+    """An HTTP-level refusal: ``ApiError(status, code, message)``."""
+
+    def __init__(self, status: int, code: str, message: str, **extra: Any) -> None:
+        super().__init__(code, message, status=status, **extra)
+
+
+# --------------------------------------------------------------------------- answers
+
+
+def json_response(data: Any, status: int = 200) -> web.Response:
+    return web.json_response(data, status=status)
+
+
+def error_response(status: int, code: str, message: str, **extra: Any) -> web.Response:
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    return web.json_response({"error": code, "message": message, **extra}, status=status, headers=headers)
+
+
+def validation_response(exc: ValidationError) -> web.Response:
+    errs = exc.errors(include_url=False, include_context=False, include_input=False)
+    if any(e["type"] == "json_invalid" for e in errs):
+        return error_response(400, "MALFORMED_JSON", "the request body is not valid JSON")
+    details = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in errs]
+    message = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in errs)
+    return error_response(422, "INVALID_REQUEST", message, details=details)
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Map every error of every layer to its HTTP answer (one place)."""
+    try:
+        return await handler(request)
+    except VoltbourseError as exc:
+        return error_response(exc.status, exc.code, exc.message, **exc.extra)
+    except ValidationError as exc:
+        return validation_response(exc)
+    except (MarketUnavailable, MarketBusy) as exc:
+        code = "BUSY" if isinstance(exc, MarketBusy) else "UNAVAILABLE"
+        return error_response(503, code, str(exc) or "the market is not running")
+    except web.HTTPRequestEntityTooLarge:
+        return error_response(413, "PAYLOAD_TOO_LARGE", "the request body is too large")
+
+
+# --------------------------------------------------------------------------- input
+
+
+async def read_body(request: web.Request, model: type[BaseModel], optional: bool = False) -> Any:
+    """The JSON body validated by ``model`` (an empty body is ``model()`` when ``optional``)."""
+    raw = await request.read()
+    if optional and not raw.strip():
+        return model()
+    return model.model_validate_json(raw)
+
+
+def read_query(request: web.Request, model: type[BaseModel]) -> Any:
+    return model.model_validate(dict(request.query))
+
+
+def operator_only(handler: Handler) -> Handler:
+    """Check the operator token before ``handler`` (401 no token, 403 wrong token,
+    503 when the operator API is disabled)."""
+
+    @functools.wraps(handler)
+    async def guarded(request: web.Request) -> web.StreamResponse:
+        secret = request.config_dict[SETTINGS].operator_token
+        token = secret.get_secret_value() if secret is not None else ""
+        if not token:
+            return error_response(503, "OPERATOR_DISABLED",
+                                  "the operator API is disabled (no operator token configured)")
+        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+        given = given.strip()
+        if scheme.lower() != "bearer" or not given:
+            return error_response(401, "UNAUTHENTICATED", "send Authorization: Bearer <operator token>")
+        if not hmac.compare_digest(given.encode(), token.encode()):
+            return error_response(403, "FORBIDDEN", "this token may not use the operator API")
+        return await handler(request)
+
+    return guarded
+
+
+# --------------------------------------------------------------------------- routes
+
+
+def ref(name: str) -> dict:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+INT, STR, BOOL = {"type": "integer"}, {"type": "string"}, {"type": "boolean"}
+OPT_INT, OPT_STR = {"type": ["integer", "null"]}, {"type": ["string", "null"]}
+TIME = {"type": "string", "format": "date-time"}
+ANY_OBJECT = {"type": "object"}
+
+
+def obj(required: bool = True, **props: dict) -> dict:
+    out: dict[str, Any] = {"type": "object", "properties": props}
+    if required:
+        out["required"] = list(props)
+    return out
+
+
+def array(items: dict) -> dict:
+    return {"type": "array", "items": items}
+
+
+@dataclass(frozen=True)
+class Route:
+    """One HTTP route and what the OpenAPI document says about it.
+
+    ``handler`` None: served by something else (aiohttp's WebSocket upgrade, a static
+    file) and only documented. ``tags`` decides the guard: ``operator`` routes are
+    wrapped in :func:`operator_only`."""
+
+    method: str
+    path: str
+    handler: Handler | None
+    summary: str
+    response: dict
+    status: int = 200
+    body: type[BaseModel] | None = None
+    body_optional: bool = False
+    query: tuple[tuple[str, dict, str], ...] = ()  # (name, schema, description)
+    errors: tuple[int, ...] = ()
+    content_type: str = "application/json"
+    description: str = ""
+    tags: tuple[str, ...] = field(default=OPERATOR)
+    path_params: dict[str, dict] = field(default_factory=dict)  # name -> schema (default: string)
+
+
+def add_routes(app: web.Application, routes: tuple[Route, ...] | list[Route]) -> None:
+    for r in routes:
+        if r.handler is None:
+            continue
+        handler = operator_only(r.handler) if "operator" in r.tags else r.handler
+        app.router.add_route(r.method, r.path, handler)

@@ -1,0 +1,4 @@
+"""Settlement's tables (alembic revisions found by exchange.runtime.db.subsystem_migrations)."""
+
+TABLES: tuple[str, ...] = (
+    "settlement_deployments", "order_signatures", "settlement_batches", "settlement_withdrawals")
