@@ -19,15 +19,15 @@ import random
 import time
 
 from eth_account import Account
-from exchange.runtime.scratch import BENCH_T0
+
+from exchange.core.model import PlaceOrder, RegisterMember, Side
 from exchange.runtime.clock import ManualClock
 from exchange.runtime.config import load_settings
-from exchange.core.model import PlaceOrder, RegisterMember, Side
+from exchange.runtime.scratch import BENCH_T0, run_on_database
 from exchange.runtime.service import open_market
 from settlement.chain import Chain
-from settlement.worker import SettlementWorker
 from settlement.reconcile import reconcile
-from exchange.runtime.scratch import run_on_database
+from settlement.worker import SettlementWorker
 
 MEMBERS = 24
 DEPOSIT = 10**16

@@ -16,7 +16,9 @@ from typing import Any
 
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
-from web3 import Web3
+from eth_tester import EthereumTester, PyEVMBackend
+from web3 import EthereumTesterProvider, HTTPProvider, Web3
+from web3.exceptions import TimeExhausted, TransactionNotFound
 
 from settlement.compiler import Artifact, load_artifacts
 
@@ -61,8 +63,6 @@ class Chain:
     # ------------------------------------------------------------------ construction
     @classmethod
     def in_process(cls, operator_key: str | None = None, artifacts=None) -> Chain:
-        from eth_tester import EthereumTester, PyEVMBackend
-        from web3 import EthereumTesterProvider
 
         backend = PyEVMBackend()
         tester = EthereumTester(backend)
@@ -78,7 +78,6 @@ class Chain:
 
     @classmethod
     def rpc(cls, url: str, operator_key: str, artifacts=None) -> Chain:
-        from web3 import HTTPProvider
 
         w3 = Web3(HTTPProvider(url, request_kwargs={"timeout": 10}))
         return cls(w3, Account.from_key(operator_key), in_process=False, artifacts=artifacts)
@@ -144,7 +143,6 @@ class Chain:
 
     def receipt(self, tx_hash: str, timeout: float = 30.0) -> Any | None:
         """The receipt, waiting up to ``timeout`` s; None when the chain does not know the tx."""
-        from web3.exceptions import TimeExhausted, TransactionNotFound
 
         try:
             if timeout <= 0:

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import argparse
 import json
-from exchange.runtime.config import load_settings
-from exchange.runtime.db import create_pool, database
-from exchange.runtime.service import run_async
-from settlement.chain import Chain
-from settlement.reconcile import reconcile
 import sys
 import urllib.error
 import urllib.request
+
+from exchange.runtime.config import load_settings
+from exchange.runtime.db import create_pool, database
+from exchange.runtime.service import run_async
 from settlement.bench import bench_settlement
+from settlement.chain import Chain
+from settlement.reconcile import reconcile
 
 
 def cmd_reconcile(args: argparse.Namespace) -> int:

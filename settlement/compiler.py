@@ -28,9 +28,12 @@ import hashlib
 import json
 import os
 import shutil
+import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+
+import platformdirs
 
 ROOT = Path(__file__).resolve().parent.parent
 SOURCES = ROOT / "contracts" / "src"
@@ -107,7 +110,6 @@ def compiler_version() -> str:
 
 
 def _shim_version() -> str:
-    import subprocess
 
     out = subprocess.run([str(SHIM), "--version"], check=True, capture_output=True, text=True).stdout
     return out.strip().splitlines()[-1].removeprefix("Version: ")
@@ -115,8 +117,7 @@ def _shim_version() -> str:
 
 def _compile_output(*, use_cache: bool) -> tuple[dict, str]:
     """The solc standard-JSON output for contracts/src and the compiler version."""
-    import platformdirs
-    import solcx
+    import solcx  # noqa: PLC0415 - optional: py-solc-x is in the chain extra (compiling from source)
 
     _check_toolchain()
     if checkout_sources() is None:

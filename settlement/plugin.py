@@ -38,10 +38,9 @@ from exchange.gateway.plugin import Subsystem, WsRequest
 from exchange.protocol.auth import recover_login
 from exchange.protocol.messages import MAX_INT, Address, Signature
 from settlement import cli as settlement_cli
-from settlement.protocol import TradeProof
-
 from settlement.chain import Chain
 from settlement.proofs import ProofService
+from settlement.protocol import TradeProof
 from settlement.reconcile import reconcile
 from settlement.worker import SettlementWorker
 

@@ -18,7 +18,7 @@ Any difference is reported with what was expected and what was found.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from web3.logs import DISCARD
 
@@ -51,7 +51,7 @@ class Report:
 async def reconcile(pool, market_id: str, chain, *, deployment_id: int | None = None, run=None) -> Report:
     """``run(fn, *args)``: how to call the (blocking) chain, e.g. the worker's chain thread,
     so a reconciliation inside the exchange never blocks its event loop."""
-    rep = Report(checked_at=datetime.now(timezone.utc).isoformat())
+    rep = Report(checked_at=datetime.now(UTC).isoformat())
 
     async def call(fn, *args):
         return await run(fn, *args) if run is not None else fn(*args)

@@ -40,14 +40,13 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
 
 from exchange.core.model import Rejected, UpdateCollateral
 from exchange.runtime.ports import Payout, PayoutSource
-
 from settlement.chain import CALL_GAS, Chain, ChainError
 from settlement.merkle import MerkleTree, TradeRecord, leaf
 from settlement.netting import net_amounts
@@ -591,7 +590,7 @@ class SettlementWorker:
             "chain_id": self.chain.chain_id,
             "registry": self.chain.registry.address if self.chain.registry is not None else None,
             "token": self.chain.token.address if self.chain.token is not None else None,
-            "updated_at": datetime.now(timezone.utc).isoformat(),
+            "updated_at": datetime.now(UTC).isoformat(),
         }
 
     def _publish(self) -> None:

@@ -9,12 +9,12 @@ immediately. The parent kills it with SIGKILL mid-load.
 import asyncio
 import sys
 
-from exchange.tools.bench import BENCH_T0
+from exchange.core.model import Duplicate, OrderAccepted, Rejected
 from exchange.runtime.clock import ManualClock
 from exchange.runtime.config import load_settings
-from exchange.core.model import Duplicate, OrderAccepted, Rejected
 from exchange.runtime.service import open_market
 from exchange.tools import workload
+from exchange.tools.bench import BENCH_T0
 
 
 async def main(dsn: str, market_id: str) -> None:

@@ -13,15 +13,15 @@ import aiohttp
 import pytest
 from eth_account import Account
 
-from exchange.tools.bench import BENCH_T0
-from exchange.runtime.clock import ManualClock
-from exchange.runtime.config import load_settings
 from exchange.core.model import PlaceOrder, Side
 from exchange.gateway.feed import OPERATOR_FEED
 from exchange.gateway.keys import MEMBERS
+from exchange.runtime.clock import ManualClock
+from exchange.runtime.config import load_settings
 from exchange.runtime.members import MemberIn
-from exchange.tools.server import start_http
 from exchange.runtime.service import open_market
+from exchange.tools.bench import BENCH_T0
+from exchange.tools.server import start_http
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

@@ -9,16 +9,15 @@ from __future__ import annotations
 import socket
 from contextlib import asynccontextmanager
 
-from exchange.tools.bench import BENCH_T0
-from exchange.runtime.clock import Clock, ManualClock
-from exchange.runtime.config import load_settings
+from clients.sdk import member_keys
 from exchange.core.units import MONEY_UNITS_PER_EUR
 from exchange.gateway.keys import MEMBERS
-from exchange.runtime.members import MemberIn, MemberExists
-from exchange.tools.server import start_http
+from exchange.runtime.clock import Clock, ManualClock
+from exchange.runtime.config import load_settings
+from exchange.runtime.members import MemberExists, MemberIn
 from exchange.runtime.service import open_market
-
-from clients.sdk import member_keys
+from exchange.tools.bench import BENCH_T0
+from exchange.tools.server import start_http
 
 OPERATOR_TOKEN = "sdk-test-operator"
 KEYS = member_keys("sdk-tests", 6)

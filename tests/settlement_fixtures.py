@@ -8,12 +8,12 @@ import random
 import pytest
 from eth_account import Account
 
-from exchange.tools.bench import BENCH_T0
-from exchange.runtime.clock import ManualClock
-from exchange.runtime.config import load_settings
 from exchange.core.model import PlaceOrder, RegisterMember, Side
 from exchange.protocol.auth import order_typed_data, sign_order
+from exchange.runtime.clock import ManualClock
+from exchange.runtime.config import load_settings
 from exchange.runtime.service import open_market
+from exchange.tools.bench import BENCH_T0
 from settlement.chain import Chain
 from settlement.compiler import compile_contracts
 from settlement.worker import SettlementWorker

@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import argparse
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from fractions import Fraction
 
 import pytest
+from sdk_fixtures import OPERATOR_TOKEN, exchange
 
 from clients.bots.battery import BatteryBot
 from clients.bots.runner import BotRunner, community_kpis_of, format_kpis, make_bots, trades_from_fills
 from clients.cli import add_commands, parse_price, parse_quantity
 from exchange.runtime.clock import ManualClock, SimClock
 from exchange.tools.bench import BENCH_T0
-from exchange.core.model import TradeEvent
-from sdk_fixtures import OPERATOR_TOKEN, exchange
 
 pytestmark = pytest.mark.integration
 
@@ -55,7 +54,7 @@ async def test_zic_bots_trade_with_each_other_never_at_a_loss(pool, pg_dsn):
 @pytest.mark.slow
 async def test_community_bots_trade_a_simulated_morning(pool, pg_dsn):
     # 2026-06-21 09:00 Berlin on a sim clock x900, rolling gate: the sunny hours are open
-    start = datetime(2026, 6, 21, 7, 0, tzinfo=timezone.utc)
+    start = datetime(2026, 6, 21, 7, 0, tzinfo=UTC)
     bots = make_bots(24, seed="morning", strategy="community")
     async with exchange(pg_dsn, market_id="bots-community", clock=SimClock(start, speed=900), register=[],
                         gate="rolling", gate_rolling_minutes=60, timezone="Europe/Berlin") as ex:
@@ -63,7 +62,7 @@ async def test_community_bots_trade_a_simulated_morning(pool, pg_dsn):
         summary = await runner.run(duration=8, report_every=100, out=lambda s: None)
         assert summary["fills"] > 0 and summary["bought_wh"] == summary["sold_wh"] > 0, summary
         for b in bots:
-            for day, planner in getattr(b, "planners", {}).items():
+            for planner in getattr(b, "planners", {}).values():
                 if hasattr(planner, "surplus"):  # prosumers never sell beyond their forecast surplus
                     for pid, sold in planner.fills.sold.items():
                         assert sold <= planner.surplus(pid)

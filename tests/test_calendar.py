@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import date, datetime, time, timedelta, timezone
+from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 from zoneinfo import ZoneInfo
 
@@ -22,7 +22,7 @@ from exchange.core.units import (
 )
 
 AMS = ZoneInfo("Europe/Amsterdam")
-UTC = timezone.utc
+UTC = UTC
 NORMAL_DAY = date(2026, 11, 22)
 SPRING_FORWARD = date(2026, 3, 29)
 FALL_BACK = date(2026, 10, 25)

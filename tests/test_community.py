@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import warnings
-from datetime import date, timedelta, timezone
+from datetime import UTC, date, timedelta
 from fractions import Fraction
 
 import pytest
@@ -39,7 +39,7 @@ from clients.community.profiles import (
 )
 from exchange.core.model import TradeEvent
 
-UTC = timezone.utc
+UTC = UTC
 MID = date(2026, 6, 21)
 
 

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, time, timezone
+from datetime import UTC, datetime, time
 from pathlib import Path
 
 import pytest
@@ -71,7 +71,7 @@ def test_toml_file_and_env_precedence(tmp_path: Path, monkeypatch: pytest.Monkey
     assert s.market_id == "dorpsstraat"
     assert s.port == 7001
     assert s.gate == "rolling" and s.gate_rolling_minutes == 30
-    assert s.sim_start == datetime(2025, 3, 29, 23, 0, tzinfo=timezone.utc)
+    assert s.sim_start == datetime(2025, 3, 29, 23, 0, tzinfo=UTC)
 
 
 def test_json_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -108,7 +108,7 @@ def test_sim_start_naive_rejected() -> None:
 def test_sim_start_converted_to_utc(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("VOLTBOURSE_SIM_START", "2025-06-01T00:00:00+02:00")
     s = load_settings()
-    assert s.sim_start == datetime(2025, 5, 31, 22, 0, tzinfo=timezone.utc)
+    assert s.sim_start == datetime(2025, 5, 31, 22, 0, tzinfo=UTC)
     assert s.sim_start.utcoffset().total_seconds() == 0
 
 

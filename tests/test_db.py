@@ -14,8 +14,8 @@ import asyncpg
 import psutil
 import pytest
 
-from exchange.runtime.config import load_settings
 from exchange.flexibility.migrations import TABLES as FLEX_TABLES
+from exchange.runtime.config import load_settings
 from exchange.runtime.db import (
     CORE_TABLES,
     EmbeddedPostgres,

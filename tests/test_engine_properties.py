@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, fields, replace
+from datetime import UTC, datetime
 from enum import Enum
-from datetime import datetime, timezone
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -32,11 +32,11 @@ from exchange.core.model import (
     COMMANDS,
     EVENTS,
     AuctionCleared,
-    Event,
     CancelAll,
-    Command,
     CancelOrder,
+    Command,
     Duplicate,
+    Event,
     Halt,
     Mechanism,
     ModifyOrder,
@@ -62,8 +62,8 @@ from exchange.core.model import (
 )
 from exchange.core.units import to_us
 
-T0 = to_us(datetime(2026, 11, 21, 8, tzinfo=timezone.utc))
-GATE = to_us(datetime(2026, 11, 21, 11, tzinfo=timezone.utc))
+T0 = to_us(datetime(2026, 11, 21, 8, tzinfo=UTC))
+GATE = to_us(datetime(2026, 11, 21, 11, tzinfo=UTC))
 BIG = 10**18
 STP = SelfTradePrevention
 

@@ -9,7 +9,7 @@ closed or delivered.
 
 from __future__ import annotations
 
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 
 import pytest
 
@@ -50,7 +50,7 @@ from exchange.core.model import (
 )
 from exchange.core.units import US_PER_MIN, to_us
 
-UTC = timezone.utc
+UTC = UTC
 T0 = to_us(datetime(2026, 11, 21, 8, tzinfo=UTC))
 GATE = to_us(datetime(2026, 11, 21, 11, tzinfo=UTC))  # D-1 12:00 Amsterdam for 2026-11-22
 BIG = 10**18

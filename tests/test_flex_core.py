@@ -5,14 +5,39 @@ sharing exact to the unit, the simulated balancing market, one whole event."""
 from __future__ import annotations
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from exchange.core.units import US_PER_MIN
 from exchange.flexibility.core import (
-    CHECK_US, PPM, Activation, CoreError, DeliveryKind, Direction, FlexConfig, FlexEvent, Instruction,
-    MemberHistory, Offer, Participant, Policy, Portion, ProductRules, ShareRule, SplitRule, allocate, assess,
-    baseline_between, build_bids, check_interval, flexibility_wh, largest_remainder, merit_order, rank,
-    share_revenue, split_activation,
+    CHECK_US,
+    PPM,
+    Activation,
+    CoreError,
+    DeliveryKind,
+    Direction,
+    FlexConfig,
+    FlexEvent,
+    Instruction,
+    MemberHistory,
+    Offer,
+    Participant,
+    Policy,
+    Portion,
+    ProductRules,
+    ShareRule,
+    SplitRule,
+    allocate,
+    assess,
+    baseline_between,
+    build_bids,
+    check_interval,
+    flexibility_wh,
+    largest_remainder,
+    merit_order,
+    rank,
+    share_revenue,
+    split_activation,
 )
 from exchange.flexibility.core.delivery import call_reserves, needs_reserve, pool_shortfall_wh, reserve_need_w
 from exchange.flexibility.market import SimulatedBalancingMarket

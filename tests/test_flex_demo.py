@@ -2,23 +2,23 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 from eth_account import Account
 
+from exchange.core.model import RegisterMember
 from exchange.runtime.clock import SimClock
 from exchange.runtime.config import load_settings
-from exchange.core.model import RegisterMember
+from exchange.runtime.service import open_market
 from exchange.tools.flex_demo import run_flex_demo
 from exchange.tools.server import start_http
-from exchange.runtime.service import open_market
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 async def test_run_flex_demo(pg_dsn, pool):
-    clock = SimClock(datetime(2026, 11, 22, 12, 3, tzinfo=timezone.utc), speed=400)
+    clock = SimClock(datetime(2026, 11, 22, 12, 3, tzinfo=UTC), speed=400)
     settings = load_settings(database_url=pg_dsn, market_id="flex-demo", operator_token="op")
     market = await open_market(pg_dsn, settings, clock)
     keys = [Account.from_key(bytes([40 + i]) * 32) for i in range(6)]

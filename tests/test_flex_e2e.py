@@ -9,7 +9,7 @@ the members' collateral, which the engine then follows."""
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import aiohttp
 import pytest
@@ -17,20 +17,20 @@ from eth_account import Account
 
 from clients.bots.flex_bot import FlexBot
 from clients.sdk.client import VoltbourseClient
-from exchange.runtime.clock import ManualClock
-from exchange.runtime.config import load_settings
 from exchange.core.model import RegisterMember
 from exchange.core.units import to_us
 from exchange.flexibility.core import FlexConfig, ProductRules
 from exchange.flexibility.market import SimulatedBalancingMarket
 from exchange.flexibility.plugin import FLEX
-from exchange.tools.server import start_http
+from exchange.runtime.clock import ManualClock
+from exchange.runtime.config import load_settings
 from exchange.runtime.service import open_market
+from exchange.tools.server import start_http
 from settlement.plugin import SETTLEMENT
 
 pytestmark = pytest.mark.integration
 
-T = datetime(2026, 11, 22, 12, 0, tzinfo=timezone.utc)
+T = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 P = T + timedelta(hours=2)  # the event's delivery period
 KEYS = [Account.from_key(bytes([i + 1]) * 32) for i in range(7)]
 TOKEN = {"Authorization": "Bearer op-secret"}
@@ -124,7 +124,7 @@ async def test_demand_response_event_end_to_end(pg_dsn, pool):
                 await flex.step()
                 await asyncio.sleep(0.05)
                 if k == 0:
-                    await until(lambda: sum(len(b.instructions) for b in bots) > n_before)  # reserves called
+                    await until(lambda n=n_before: sum(len(b.instructions) for b in bots) > n)  # reserves called
 
             ev = await (await http.get(f"{base}/api/operator/flexibility/events/{eid}")).json()
             assert ev["phase"] == "settled"

@@ -15,9 +15,6 @@ from pathlib import Path
 
 import pytest
 
-from exchange.tools.bench import BENCH_T0
-from exchange.runtime.clock import ManualClock
-from exchange.runtime.config import load_settings
 from exchange.core.model import (
     Duplicate,
     OrderAccepted,
@@ -26,9 +23,12 @@ from exchange.core.model import (
     Side,
 )
 from exchange.core.units import US_PER_MIN
+from exchange.runtime.clock import ManualClock
+from exchange.runtime.config import load_settings
 from exchange.runtime.journal import Journal
 from exchange.runtime.service import open_market
 from exchange.tools import workload
+from exchange.tools.bench import BENCH_T0
 
 pytestmark = pytest.mark.integration
 

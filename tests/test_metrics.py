@@ -8,13 +8,12 @@ import pytest
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
-from exchange.tools.bench import BENCH_T0
+from exchange.core.model import CancelOrder, PlaceOrder, RegisterMember, Side
+from exchange.gateway.metrics import METRICS, Metrics, add_metrics_route
 from exchange.runtime.clock import ManualClock
 from exchange.runtime.config import load_settings
-from exchange.core.model import CancelOrder, PlaceOrder, RegisterMember, Side
-from exchange.gateway.metrics import METRICS
-from exchange.gateway.metrics import Metrics, add_metrics_route
 from exchange.runtime.service import open_market
+from exchange.tools.bench import BENCH_T0
 
 pytestmark = pytest.mark.integration
 

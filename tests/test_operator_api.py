@@ -7,24 +7,24 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import aiohttp
 import pytest
 from eth_utils import to_checksum_address
 
-from exchange.tools.bench import BENCH_T0
-from exchange.runtime.clock import ManualClock
-from exchange.runtime.config import load_settings
 from exchange.core.model import OrderAccepted, PlaceOrder, Rejected, Side, Tick
 from exchange.core.units import to_us
 from exchange.gateway.keys import MEMBERS
 from exchange.gateway.operator import OPERATOR_ROUTES
-from exchange.tools.platform import openapi
-from exchange.tools.server import start_http
+from exchange.runtime.clock import ManualClock
+from exchange.runtime.config import load_settings
 from exchange.runtime.members import MemberRegistry
 from exchange.runtime.service import Market, open_market
+from exchange.tools.bench import BENCH_T0
+from exchange.tools.platform import openapi
+from exchange.tools.server import start_http
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[1]
@@ -360,7 +360,7 @@ async def test_products_book_trades_positions_cancel_all(api):
     assert (status, err["error"]) == (404, "UNKNOWN_MEMBER")
 
     # After delivery the engine frees the product's positions; the journal's position_final remains.
-    api.market.runtime.clock.set(to_us(datetime(2026, 11, 23, 12, 0, tzinfo=timezone.utc)))
+    api.market.runtime.clock.set(to_us(datetime(2026, 11, 23, 12, 0, tzinfo=UTC)))
     await api.market.runtime.submit(Tick(0))
     assert pid not in api.market.engine.positions
     _, pos = await api.call("GET", f"/api/operator/members/{C}/positions")

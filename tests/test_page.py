@@ -13,9 +13,6 @@ from decimal import ROUND_HALF_EVEN, Decimal
 
 import aiohttp
 import pytest
-from playwright.async_api import expect
-
-from exchange.core.model import OrderAccepted
 from page_fixtures import (
     KEYS,
     LAPTOP,
@@ -28,7 +25,10 @@ from page_fixtures import (
     running,
     seed,
 )
+from playwright.async_api import expect
 from wsclient import WSClient
+
+from exchange.core.model import OrderAccepted
 
 pytestmark = pytest.mark.integration
 

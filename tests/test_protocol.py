@@ -6,7 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 from exchange.gateway.plugin import wire_protocol
 from exchange.protocol.messages import CORE_REQUESTS, ProtocolError, WireProtocol, message_type

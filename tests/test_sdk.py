@@ -6,6 +6,7 @@ import asyncio
 
 import pytest
 from pydantic import ValidationError
+from sdk_fixtures import KEYS, exchange
 
 from clients.sdk import (
     AuthenticationError,
@@ -17,7 +18,6 @@ from clients.sdk import (
 )
 from exchange.core.model import Side
 from exchange.gateway.marketdata import MARKET_DATA
-from sdk_fixtures import KEYS, exchange
 
 pytestmark = pytest.mark.integration
 

@@ -11,12 +11,12 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from exchange.tools.bench import BENCH_T0
+from exchange.core.model import PlaceOrder, RegisterMember, Side
 from exchange.runtime.clock import ManualClock
 from exchange.runtime.config import load_settings
-from exchange.core.model import PlaceOrder, RegisterMember, Side
-from exchange.tools.server import start_http
 from exchange.runtime.service import open_market
+from exchange.tools.bench import BENCH_T0
+from exchange.tools.server import start_http
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[1]

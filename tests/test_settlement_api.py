@@ -13,17 +13,17 @@ from contextlib import asynccontextmanager
 import aiohttp
 import pytest
 from eth_account import Account
+from wsclient import WSClient
 
-from exchange.tools.bench import BENCH_T0
-from exchange.runtime.clock import ManualClock
-from exchange.runtime.config import load_settings
 from exchange.core.model import RegisterMember
 from exchange.protocol.auth import sign_login
-from exchange.tools.server import start_http
+from exchange.runtime.clock import ManualClock
+from exchange.runtime.config import load_settings
 from exchange.runtime.service import open_market
-from settlement.proofs import verify_proof
+from exchange.tools.bench import BENCH_T0
+from exchange.tools.server import start_http
 from settlement.plugin import SETTLEMENT, proof_message
-from wsclient import WSClient
+from settlement.proofs import verify_proof
 
 pytestmark = pytest.mark.integration
 

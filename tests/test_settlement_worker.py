@@ -6,14 +6,6 @@ collateral and withdrawals."""
 from __future__ import annotations
 
 import pytest
-
-from exchange.core.model import OrderAccepted, PlaceOrder, Rejected, Side
-from exchange.flexibility.store import FlexStore
-from settlement.chain import ChainError
-from settlement.proofs import ProofError, ProofService, verify_proof
-from settlement.reconcile import reconcile
-from settlement.worker import FAULT_POINTS
-
 from settlement_fixtures import (
     DEPOSIT,
     MEMBER_KEYS,
@@ -26,6 +18,13 @@ from settlement_fixtures import (
     register_and_fund,
     trade,
 )
+
+from exchange.core.model import OrderAccepted, PlaceOrder, Rejected, Side
+from exchange.flexibility.store import FlexStore
+from settlement.chain import ChainError
+from settlement.proofs import ProofError, ProofService, verify_proof
+from settlement.reconcile import reconcile
+from settlement.worker import FAULT_POINTS
 
 pytestmark = pytest.mark.integration
 

@@ -10,16 +10,18 @@ from contextlib import asynccontextmanager
 import aiohttp
 import pytest
 from eth_account import Account
-from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
+from wsclient import WSClient
 
-from exchange.tools.bench import BENCH_T0
-from exchange.runtime.clock import ManualClock
-from exchange.runtime.config import load_settings
 from exchange.core.model import RegisterMember
 from exchange.core.units import US_PER_MIN
-from exchange.tools.server import start_http
+from exchange.runtime.clock import ManualClock
+from exchange.runtime.config import load_settings
 from exchange.runtime.service import open_market
-from wsclient import WSClient
+from exchange.tools.bench import BENCH_T0
+from exchange.tools.server import start_http
 
 pytestmark = pytest.mark.integration
 

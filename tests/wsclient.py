@@ -71,7 +71,7 @@ class WSClient:
         try:
             while True:
                 self.inbox.append(await self.ws.receive_json(timeout=seconds))
-        except (asyncio.TimeoutError, TypeError):
+        except (TimeoutError, TypeError):
             return
 
     def sign_order(self, order: dict, market_id: str, nonce: int, key=None) -> dict:

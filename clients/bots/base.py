@@ -113,7 +113,7 @@ class MarketWatch:
         while True:
             try:
                 await self.refresh(http)
-            except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
+            except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
                 log.warning("market watch: %r", exc)
             await asyncio.sleep(self.poll_s)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from clients.sdk.flex import FlexClient
 
@@ -19,7 +19,7 @@ PPM = 1_000_000
 
 
 def _us(t: datetime) -> int:
-    return int((t - datetime(1970, 1, 1, tzinfo=timezone.utc)) // timedelta(microseconds=1))
+    return int((t - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1))
 
 
 def _parse(s: str) -> datetime:

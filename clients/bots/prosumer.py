@@ -13,7 +13,7 @@ the forecast surplus.
 
 from __future__ import annotations
 
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from zoneinfo import ZoneInfo
 
 from clients.bots.base import Bot, MarketWatch
@@ -37,7 +37,7 @@ def reference_prices(product_ids: list[str], tz: str = COMMUNITY_TZ) -> dict[str
     zone = ZoneInfo(tz)
     out = {}
     for pid in product_ids:
-        start = datetime.strptime(pid.split("-")[0], "%Y%m%dT%H%MZ").replace(tzinfo=timezone.utc)
+        start = datetime.strptime(pid.split("-")[0], "%Y%m%dT%H%MZ").replace(tzinfo=UTC)
         out[pid] = _SHAPE[start.astimezone(zone).hour]
     return out
 

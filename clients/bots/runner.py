@@ -33,7 +33,7 @@ import logging
 import random
 import secrets
 import time
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import aiohttp
@@ -155,7 +155,7 @@ class BotRunner:
                     await asyncio.wait_for(asyncio.gather(
                         *(b.client.cancel_all(timeout=5) for b in self.bots if b.client is not None
                           and b.client.connected), return_exceptions=True), 15)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     log.warning("cancelling the bots' orders timed out")
                 if completed and kpis:
                     try:
@@ -166,7 +166,7 @@ class BotRunner:
                 try:
                     await asyncio.wait_for(asyncio.gather(*(b.client.close() for b in self.bots
                                                             if b.client is not None), return_exceptions=True), 15)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     log.warning("closing the bots' connections timed out")
         return summary
 
@@ -413,9 +413,9 @@ def run_bots(*, members: int = 200, speed: float = 600, duration: float = 150, u
 
     zone = ZoneInfo(COMMUNITY_TZ)
     today = datetime.now(zone).date()
-    start = datetime(today.year, today.month, today.day, 22, 50, tzinfo=zone).astimezone(timezone.utc)
+    start = datetime(today.year, today.month, today.day, 22, 50, tzinfo=zone).astimezone(UTC)
     token = secrets.token_urlsafe(16)
-    market_id = f"bots-{datetime.now(timezone.utc):%Y%m%d%H%M%S}"
+    market_id = f"bots-{datetime.now(UTC):%Y%m%d%H%M%S}"
     with LocalExchange(market_id=market_id, operator_token=token, clock="sim", sim_speed=int(speed),
                        sim_start=start.isoformat(), gate="rolling", gate_rolling_minutes=60,
                        timezone=COMMUNITY_TZ) as ex:

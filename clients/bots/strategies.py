@@ -63,10 +63,11 @@ Planners
 from __future__ import annotations
 
 import random
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from math import ceil
-from typing import Mapping, Protocol, Sequence
+from typing import Protocol
 
 from exchange.core.model import Side
 

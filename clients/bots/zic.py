@@ -45,7 +45,7 @@ import random
 import statistics
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import Decimal
 from fractions import Fraction
 
@@ -63,7 +63,7 @@ from exchange.core.model import (
 )
 from exchange.core.units import to_us
 
-T0 = to_us(datetime(2026, 11, 21, 8, tzinfo=timezone.utc))  # next day's 24 products are open until 11:00 UTC
+T0 = to_us(datetime(2026, 11, 21, 8, tzinfo=UTC))  # next day's 24 products are open until 11:00 UTC
 EUR = 100  # ticks per EUR/MWh
 
 

@@ -38,9 +38,10 @@ the profile at all)::
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 Hourly = Mapping[str, Mapping[str, tuple[int, int]]]
 BP = 10_000

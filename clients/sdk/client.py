@@ -86,9 +86,6 @@ import orjson
 from eth_account import Account
 from pydantic import BaseModel
 
-from exchange.protocol import auth
-from exchange.protocol import messages as P
-
 from clients.sdk.book import BookGap, BookUpdate, LocalBook
 from clients.sdk.errors import (
     AuthenticationError,
@@ -116,6 +113,8 @@ from clients.sdk.models import (
     ProductState,
     PublicTrade,
 )
+from exchange.protocol import auth
+from exchange.protocol import messages as P
 
 __all__ = ["BookFeed", "Feed", "VoltbourseClient"]
 
@@ -374,7 +373,7 @@ class VoltbourseClient:
         if self._ws is not None:
             try:
                 await asyncio.wait_for(self._ws.close(), 2)
-            except (asyncio.TimeoutError, aiohttp.ClientError, ConnectionError, RuntimeError):
+            except (TimeoutError, aiohttp.ClientError, ConnectionError, RuntimeError):
                 pass
         await asyncio.gather(*tasks, return_exceptions=True)
         self._fail_pending(ClientClosed("the client was closed"))
@@ -461,8 +460,7 @@ class VoltbourseClient:
                     for f in list(self._feeds):
                         f._end()
                     return
-                except (aiohttp.ClientError, OSError, asyncio.TimeoutError, OutcomeUnknown, RequestError,
-                        ValueError) as exc:
+                except (TimeoutError, aiohttp.ClientError, OSError, OutcomeUnknown, RequestError, ValueError) as exc:
                     attempt += 1
                     log.debug("%s: reconnect attempt %d failed: %r", self.address, attempt, exc)
 
@@ -554,7 +552,7 @@ class VoltbourseClient:
         if wait_connected and not self._connected.is_set():
             try:
                 await asyncio.wait_for(self._connected.wait(), timeout)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 raise ConnectionLost(f"not connected to the exchange within {timeout} s (nothing was sent)",
                                      msg) from None
         ws = self._ws
@@ -572,7 +570,7 @@ class VoltbourseClient:
                                  msg) from None
         try:
             return await asyncio.wait_for(asyncio.shield(fut), max(0.0, deadline - time.monotonic()))
-        except asyncio.TimeoutError:
+        except TimeoutError:
             self._pending.pop(msg["id"], None)
             raise RequestTimeout(f"no answer to {msg.get('type')} {msg['id']} within {timeout} s; it may or may "
                                  "not have been executed", msg) from None

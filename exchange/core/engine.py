@@ -18,11 +18,11 @@ import hashlib
 import heapq
 import json
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import date, time
 
 from exchange.core import auction
 from exchange.core.book import Order, OrderBook
-from exchange.core.calendar import Calendar, CalendarConfig, Product, ProductState
+from exchange.core.calendar import Calendar, CalendarConfig, GateMode, Product, ProductState
 from exchange.core.model import (
     AuctionCleared,
     CancelAll,
@@ -58,8 +58,6 @@ from exchange.core.model import (
     TradeEvent,
     UpdateCollateral,
 )
-from datetime import time
-from exchange.core.calendar import GateMode
 
 DAY_US = 86_400_000_000
 #: A delivery day is listed (its products visible, pre-open) this long before it opens.

@@ -11,10 +11,20 @@ from __future__ import annotations
 
 import argparse
 import json
-from exchange.flexibility.core import Direction, Offer, ProductRules, allocate
 import random
 import time
-from exchange.flexibility.core import Direction, Offer, Participant, ProductRules, ShareRule, SplitRule, allocate, share_revenue, split_activation
+
+from exchange.flexibility.core import (
+    Direction,
+    Offer,
+    Participant,
+    ProductRules,
+    ShareRule,
+    SplitRule,
+    allocate,
+    share_revenue,
+    split_activation,
+)
 
 
 def cmd_pool(args: argparse.Namespace) -> int:

@@ -20,15 +20,15 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StrictInt
 from exchange.core.units import US_PER_MIN, to_us
 from exchange.flexibility import cli as flex_cli
 from exchange.flexibility import protocol as msgs
+from exchange.flexibility.core import DeliveryKind, Direction, FlexConfig
+from exchange.flexibility.market import BalancingMarket
+from exchange.flexibility.service import FlexError, FlexService, offer_json
 from exchange.gateway.feed import OPERATOR_FEED
 from exchange.gateway.http import ANY_OBJECT, ApiError, Route, array, json_response, read_body
 from exchange.gateway.keys import MARKET, PAYOUT_SOURCES
 from exchange.gateway.metrics import METRICS
 from exchange.gateway.peers import PEERS
 from exchange.gateway.plugin import Subsystem, WsRequest
-from exchange.flexibility.core import DeliveryKind, Direction, FlexConfig
-from exchange.flexibility.market import BalancingMarket
-from exchange.flexibility.service import FlexError, FlexService, offer_json
 
 log = logging.getLogger(__name__)
 

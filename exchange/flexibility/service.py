@@ -15,16 +15,26 @@ from collections.abc import Callable
 
 import asyncpg
 
-from exchange.protocol.errors import VoltbourseError
-from exchange.runtime.clock import Clock
 from exchange.core.units import US_PER_MIN, iso
 from exchange.flexibility.core import (
-    CHECK_US, SLOT_US, CoreError, DeliveryKind, Direction, FlexConfig, FlexEvent, Instruction, MemberHistory,
-    Offer, assess, flexibility_wh,
+    CHECK_US,
+    SLOT_US,
+    CoreError,
+    DeliveryKind,
+    Direction,
+    FlexConfig,
+    FlexEvent,
+    Instruction,
+    MemberHistory,
+    Offer,
+    assess,
+    flexibility_wh,
 )
 from exchange.flexibility.core.model import ceil_div
 from exchange.flexibility.market import BalancingMarket, SimulatedBalancingMarket
 from exchange.flexibility.store import FlexStore
+from exchange.protocol.errors import VoltbourseError
+from exchange.runtime.clock import Clock
 
 log = logging.getLogger(__name__)
 

@@ -58,7 +58,6 @@ from exchange.runtime.journal import Entry
 from exchange.runtime.members import MemberRegistry
 from exchange.runtime.service import Market
 
-
 log = logging.getLogger(__name__)
 
 class FeedClient:

@@ -25,15 +25,13 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
-
 from exchange.core.model import command_outcome
 from exchange.core.units import iso
 from exchange.gateway.encoding import encode as _encode
-from exchange.gateway.peers import Peers
 from exchange.gateway.encoding import plain as _val
+from exchange.gateway.peers import Peers
 from exchange.runtime.journal import Entry
 from exchange.runtime.service import Market
-
 
 
 class Session(Protocol):

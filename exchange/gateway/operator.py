@@ -25,16 +25,6 @@ from pydantic import BaseModel, ConfigDict, Field, StrictStr
 
 from exchange.core.model import CancelAll, CancelAllDone, Command, Halt, Rejected, Resume, Side
 from exchange.core.units import iso
-from exchange.runtime.members import (
-    CommandRejected,
-    Member,
-    MemberIn,
-    MemberPatch,
-    MemberRegistry,
-    UnknownMember,
-    checksum_address,
-)
-from exchange.runtime.market import Result
 from exchange.gateway.http import (
     BOOL,
     INT,
@@ -54,6 +44,16 @@ from exchange.gateway.http import (
 )
 from exchange.gateway.keys import MARKET, MEMBERS
 from exchange.gateway.views import market_summary, product_summary, products_sorted
+from exchange.runtime.market import Result
+from exchange.runtime.members import (
+    CommandRejected,
+    Member,
+    MemberIn,
+    MemberPatch,
+    MemberRegistry,
+    UnknownMember,
+    checksum_address,
+)
 
 __all__ = ["MODELS", "OPERATOR_ROUTES", "SCHEMAS", "add_operator_routes", "make_registry"]
 

@@ -34,8 +34,7 @@ from pathlib import Path
 from aiohttp import WSMsgType, web
 from multidict import CIMultiDict
 
-from exchange.gateway.feed import FeedClient, OperatorFeed
-from exchange.gateway.feed import OPERATOR_FEED
+from exchange.gateway.feed import OPERATOR_FEED, FeedClient, OperatorFeed
 from exchange.gateway.keys import MARKET, MEMBERS, SETTINGS
 from exchange.gateway.marketdata import MARKET_DATA
 

@@ -38,7 +38,6 @@ from typing import Any
 from aiohttp import web
 
 from exchange.gateway.http import Route
-from exchange.gateway.peers import PEERS, Peers
 from exchange.protocol.messages import CORE_PUSHES, CORE_REQUESTS, Push, Request, WireProtocol, message_type
 from exchange.runtime.config import Settings
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -159,7 +159,7 @@ class Session:
         kind = msg.type
         if kind == "ping":
             self.send({"type": "response", "id": msg.id, "result": {"pong": True,
-                       "server_time": datetime.now(timezone.utc).isoformat()}})
+                       "server_time": datetime.now(UTC).isoformat()}})
             return
         if kind == "login":
             self._login(msg)
@@ -321,7 +321,7 @@ async def ws_handler(request: web.Request) -> web.WebSocketResponse:
     if metrics is not None:
         metrics.peer_connected()
     session.send({"type": "hello", "protocol": PROTOCOL_VERSION, "market_id": settings.market_id,
-                  "challenge": session.challenge, "server_time": datetime.now(timezone.utc).isoformat(),
+                  "challenge": session.challenge, "server_time": datetime.now(UTC).isoformat(),
                   "eip712_domain": auth.domain(settings.chain_id)})
     try:
         async for m in ws:

@@ -13,7 +13,7 @@
 from __future__ import annotations
 
 import secrets
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from eth_account import Account
 from eth_account.messages import encode_defunct, encode_typed_data
@@ -46,7 +46,7 @@ def domain(chain_id: int) -> dict:
 
 
 def new_challenge(market_id: str, now: datetime | None = None) -> str:
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     return (f"Voltbourse login\nMarket: {market_id}\nNonce: {secrets.token_hex(16)}\n"
             f"Issued: {now.isoformat(timespec='seconds')}")
 

@@ -15,7 +15,6 @@ from collections.abc import Sequence
 from typing import Annotated, Any, Literal, Union
 
 import orjson
-
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
 PROTOCOL_VERSION = 1

@@ -17,7 +17,7 @@ energy in integer Wh, times timezone-aware and normalised to UTC.
 from __future__ import annotations
 
 import os
-from datetime import datetime, time, timezone
+from datetime import UTC, datetime, time
 from pathlib import Path
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -194,7 +194,7 @@ class Settings(BaseSettings):
             raise ValueError(
                 "sim_start must be timezone-aware, e.g. 2025-06-01T00:00:00Z or 2025-06-01T00:00:00+02:00"
             )
-        return v.astimezone(timezone.utc)
+        return v.astimezone(UTC)
 
     @field_validator("timezone")
     @classmethod

@@ -45,9 +45,9 @@ from typing import Any
 import asyncpg
 import orjson
 import psutil
-from alembic import command
 from alembic.config import Config
 
+from alembic import command
 from exchange.runtime.config import Settings
 
 __all__ = [

@@ -27,9 +27,9 @@ from dataclasses import dataclass, field
 
 import asyncpg
 
-from exchange.runtime.clock import Clock
 from exchange.core.engine import MarketEngine
 from exchange.core.model import Command, Event, Tick, command_to_dict
+from exchange.runtime.clock import Clock
 from exchange.runtime.journal import Entry, Journal
 
 log = logging.getLogger(__name__)
@@ -119,7 +119,7 @@ class MarketRuntime:
         if was_running and self.failed is None:
             try:
                 await asyncio.wait_for(self._drain(), drain_timeout)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 log.error("market %s: stopping with uncommitted commands (refused)", self.journal.market_id)
         await self._shutdown("market stopped")
 

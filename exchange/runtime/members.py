@@ -18,12 +18,11 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 import asyncpg
-
-from exchange.protocol.errors import VoltbourseError
 from eth_utils import to_checksum_address
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, model_validator
 
 from exchange.core.model import RegisterMember, Rejected
+from exchange.protocol.errors import VoltbourseError
 from exchange.runtime.market import MarketRuntime, Result
 
 __all__ = [

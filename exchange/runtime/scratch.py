@@ -6,7 +6,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 from collections.abc import Awaitable, Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +15,7 @@ from exchange.runtime.config import load_settings
 from exchange.runtime.db import EmbeddedPostgres, upgrade
 from exchange.runtime.service import run_async
 
-BENCH_T0 = to_us(datetime(2026, 11, 21, 8, 0, tzinfo=timezone.utc))  # day-ahead products of 2026-11-22 are open
+BENCH_T0 = to_us(datetime(2026, 11, 21, 8, 0, tzinfo=UTC))  # day-ahead products of 2026-11-22 are open
 
 
 def run_on_database(make_coro: Callable[[str], Awaitable[Any]], dsn: str | None = None,

@@ -6,22 +6,22 @@ tests, so they all run the same assembly.
 
 from __future__ import annotations
 
+import asyncio
+import gc
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import asyncpg
+import uvloop
 
-from exchange.runtime.clock import Clock, RealClock, SimClock
-from exchange.runtime.config import Settings
 from exchange.core.calendar import CalendarConfig, GateMode
 from exchange.core.engine import MarketConfig, MarketEngine
 from exchange.core.model import Mechanism, SelfTradePrevention
+from exchange.runtime.clock import Clock, RealClock, SimClock
+from exchange.runtime.config import Settings
 from exchange.runtime.db import create_pool
 from exchange.runtime.journal import Journal
 from exchange.runtime.market import MarketRuntime
-import gc
-import asyncio
-import uvloop
-from datetime import datetime, timezone
 
 
 def tune_gc() -> None:
@@ -66,7 +66,7 @@ def market_config(s: Settings) -> MarketConfig:
 def make_clock(s: Settings) -> Clock:
     if s.clock == "sim":
 
-        return SimClock(s.sim_start or datetime.now(timezone.utc), speed=s.sim_speed)
+        return SimClock(s.sim_start or datetime.now(UTC), speed=s.sim_speed)
     return RealClock()
 
 

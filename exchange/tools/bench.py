@@ -16,22 +16,16 @@ from __future__ import annotations
 import asyncio
 import json
 import platform
-import shutil
 import statistics
-import tempfile
 import time
-from datetime import datetime, timezone
-from pathlib import Path
 
 from exchange.core.engine import MarketConfig, MarketEngine
-from exchange.core.units import to_us
-from exchange.runtime.scratch import BENCH_T0, run_on_database
-from exchange.tools import workload
 from exchange.runtime.clock import ManualClock
 from exchange.runtime.config import load_settings
+from exchange.runtime.scratch import BENCH_T0, run_on_database
 from exchange.runtime.service import open_market
+from exchange.tools import workload
 from exchange.tools.bench_e2e import bench_e2e
-
 
 
 def _pct(sorted_vals: list[float], q: float) -> float:

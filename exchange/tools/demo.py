@@ -17,24 +17,23 @@ import random
 import secrets
 import time
 from collections import defaultdict
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from eth_account import Account
 from pydantic import SecretStr
 
-from exchange.runtime.config import Settings
 from exchange.core.model import CancelOrder, ModifyOrder, PlaceOrder, Side, TimeInForce, TradeEvent, command_outcome
 from exchange.core.units import MONEY_UNITS_PER_EUR, from_us, price_eur_per_mwh
-from exchange.runtime.db import database, upgrade
 from exchange.gateway.keys import MEMBERS
+from exchange.runtime.clock import SimClock
+from exchange.runtime.config import Settings
+from exchange.runtime.db import database, upgrade
 from exchange.runtime.journal import Entry
 from exchange.runtime.members import MemberIn
-from exchange.tools.server import start_http
 from exchange.runtime.service import Market, open_market, run_async
-from exchange.runtime.clock import SimClock
-from settlement.plugin import SETTLEMENT
 from exchange.tools.flex_demo import run_flex_demo
-from settlement.plugin import run_reconcile
+from exchange.tools.server import start_http
+from settlement.plugin import SETTLEMENT, run_reconcile
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +120,7 @@ async def _demo(dsn: str, settings: Settings, speed: int, duration: float, membe
     # Start the simulated clock at 22:50 local: the next day's products are open and the
     # first rolling gate (23:00 for 00:00 delivery) closes within seconds.
     today = datetime.now(zone).date()
-    start = datetime(today.year, today.month, today.day, 22, 50, tzinfo=zone).astimezone(timezone.utc)
+    start = datetime(today.year, today.month, today.day, 22, 50, tzinfo=zone).astimezone(UTC)
     clock = SimClock(start, speed=speed)
     market = await open_market(dsn, settings, clock)
     rt = market.runtime
@@ -251,7 +250,7 @@ async def _settle_and_reconcile(market, worker) -> None:
 
 
 def run_demo(settings: Settings, speed: int = 600, duration: float = 60.0, members: int = 24) -> int:
-    market_id = f"demo-{datetime.now(timezone.utc):%Y%m%d%H%M%S}"
+    market_id = f"demo-{datetime.now(UTC):%Y%m%d%H%M%S}"
     token = settings.operator_token or SecretStr(secrets.token_urlsafe(16))
     settings = settings.model_copy(update={"market_id": market_id, "gate": "rolling", "gate_rolling_minutes": 60,
                                            "clock": "sim", "sim_speed": speed, "operator_token": token})

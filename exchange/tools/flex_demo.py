@@ -12,13 +12,13 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from clients.bots.flex_bot import FlexBot
+from clients.sdk.client import VoltbourseClient
 from exchange.core.units import US_PER_MIN, eur, from_us, iso
 from exchange.flexibility.core import FlexConfig, ProductRules
 from exchange.flexibility.market import SimulatedBalancingMarket
-from exchange.flexibility.service import FINAL_PHASES
 from exchange.flexibility.plugin import FLEX
-from clients.bots.flex_bot import FlexBot
-from clients.sdk.client import VoltbourseClient
+from exchange.flexibility.service import FINAL_PHASES
 
 log = logging.getLogger(__name__)
 H = 60 * US_PER_MIN

@@ -15,12 +15,12 @@ from collections.abc import Sequence
 
 from aiohttp import web
 
-from exchange.runtime.config import Settings
-from exchange.runtime.db import database, upgrade
 from exchange.gateway.app import make_app
 from exchange.gateway.plugin import Subsystem
-from exchange.tools import platform
+from exchange.runtime.config import Settings
+from exchange.runtime.db import database, upgrade
 from exchange.runtime.service import Market, open_market, run_async
+from exchange.tools import platform
 
 log = logging.getLogger(__name__)
 

@@ -4,8 +4,22 @@ from exchange.flexibility.core.activation import instructions_for, largest_remai
 from exchange.flexibility.core.delivery import DeliveryRecord, baseline_between, check_interval, pool_shortfall_wh
 from exchange.flexibility.core.event import Activation, CoreError, FlexConfig, FlexEvent, Invitation
 from exchange.flexibility.core.model import (
-    CHECK_US, PPM, SLOT_US, Bid, DeliveryKind, Direction, Instruction, MemberHistory, NoBid, Offer, Policy, Portion,
-    ProductRules, Share, ShareRule, SplitRule,
+    CHECK_US,
+    PPM,
+    SLOT_US,
+    Bid,
+    DeliveryKind,
+    Direction,
+    Instruction,
+    MemberHistory,
+    NoBid,
+    Offer,
+    Policy,
+    Portion,
+    ProductRules,
+    Share,
+    ShareRule,
+    SplitRule,
 )
 from exchange.flexibility.core.pooling import Allocation, allocate, build_bids, merit_order
 from exchange.flexibility.core.ranking import Ranked, RankingWeights, rank

@@ -13,10 +13,29 @@ from dataclasses import asdict, dataclass, field
 
 from exchange.core.units import US_PER_MIN
 from exchange.flexibility.core.activation import instructions_for
-from exchange.flexibility.core.delivery import DeliveryRecord, call_reserves, check_interval, needs_reserve, pool_shortfall_wh, reserve_need_w
+from exchange.flexibility.core.delivery import (
+    DeliveryRecord,
+    call_reserves,
+    check_interval,
+    needs_reserve,
+    pool_shortfall_wh,
+    reserve_need_w,
+)
 from exchange.flexibility.core.model import (
-    CHECK_US, PPM, Bid, Direction, Instruction, MemberHistory, Offer, Policy, Portion, ProductRules, ShareRule,
-    SplitRule, ceil_div, energy_wh,
+    CHECK_US,
+    PPM,
+    Bid,
+    Direction,
+    Instruction,
+    MemberHistory,
+    Offer,
+    Policy,
+    Portion,
+    ProductRules,
+    ShareRule,
+    SplitRule,
+    ceil_div,
+    energy_wh,
 )
 from exchange.flexibility.core.pooling import Allocation, allocate
 from exchange.flexibility.core.ranking import Ranked, RankingWeights, rank

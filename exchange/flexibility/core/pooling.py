@@ -27,11 +27,10 @@ bids never exceeds the accepted offers' power.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
-from exchange.flexibility.core.model import PPM, Bid, NoBid, Offer, Policy, Portion, ProductRules, ceil_div
 from exchange.core.units import US_PER_MIN
-from dataclasses import asdict
+from exchange.flexibility.core.model import PPM, Bid, NoBid, Offer, Policy, Portion, ProductRules, ceil_div
 
 BELOW_MINIMUM_BID = "BELOW_MINIMUM_BID"
 NO_OFFERS = "NO_OFFERS"

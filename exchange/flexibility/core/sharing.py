@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from exchange.flexibility.core.activation import largest_remainder
-from exchange.flexibility.core.model import PPM, ShareRule, Share
+from exchange.flexibility.core.model import PPM, Share, ShareRule
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,14 +6,14 @@ Revises: 0003
 Create Date: 2025-01-04
 """
 
-from typing import Sequence, Union
+from collections.abc import Sequence
 
 from alembic import op
 
 revision: str = "0004"
-down_revision: Union[str, Sequence[str], None] = "0003"
-branch_labels: Union[str, Sequence[str], None] = None
-depends_on: Union[str, Sequence[str], None] = None
+down_revision: str | Sequence[str] | None = "0003"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
 
 # Units: W, Wh, ticks of 0.01 EUR/MWh, money units of 1e-8 EUR (all bigint); times timestamptz (UTC).
 # One statement per op.execute (asyncpg prepares each statement).
