@@ -164,7 +164,7 @@ async def test_book_feed_keeps_a_local_book_and_resyncs_after_a_gap(ex):
 
 
 def _book_seq(ex, pid):
-    return ex.runner.app[MARKET_DATA].book_seq[pid]
+    return ex.runner.app[MARKET_DATA].mirror.book(pid).seq
 
 
 def _engine_levels(ex, pid):

@@ -17,6 +17,7 @@ from exchange.gateway.http import (
     OPT_STR,
     PUBLIC,
     STR,
+    PageQuery,
     Route,
     add_routes,
     array,
@@ -38,14 +39,6 @@ from exchange.gateway.session import close_sockets, ws_handler
 from exchange.gateway.views import market_summary, product_summary, products_sorted
 from exchange.runtime.config import Settings
 from exchange.runtime.service import Market
-
-
-class PageQuery(BaseModel):
-    """``?after=SEQ&limit=N``."""
-
-    model_config = ConfigDict(extra="forbid")
-    after: int = Field(0, ge=0, le=2**63 - 1)
-    limit: int = Field(100, ge=1, le=1000)
 
 
 class DepthQuery(BaseModel):
@@ -102,13 +95,8 @@ async def book(request: web.Request) -> web.Response:
 
 
 async def trades(request: web.Request) -> web.Response:
-    m = request.app[MARKET]
     q = read_query(request, PageQuery)
-    rows = await m.pool.fetch(
-        "SELECT trade_id, seq, product_id, delivery_start, energy_wh, price_ticks, ts FROM trades "
-        "WHERE market_id = $1 AND seq > $2 ORDER BY seq LIMIT $3", m.engine.config.market_id, q.after, q.limit)
-    return json_response([{**dict(r), "delivery_start": r["delivery_start"].isoformat(), "ts": r["ts"].isoformat()}
-                          for r in rows])
+    return json_response(await request.app[MARKET].trades.public(q.after, q.limit))
 
 
 async def ws_schema(request: web.Request) -> web.Response:

@@ -219,28 +219,16 @@ class OperatorFeed:
         self._tasks = []
 
     async def _load_trades(self, upto: int) -> None:
-        pool, mid = self.market.pool, self.market.journal.market_id
-        for r in await pool.fetch(
-                "SELECT seller, buyer, sum(energy_wh)::bigint AS wh, sum(energy_wh::numeric * price_ticks) AS money, "
-                "count(*)::bigint AS n FROM trades WHERE market_id = $1 AND seq <= $2 GROUP BY seller, buyer",
-                mid, upto):
-            self.pairs[(r["seller"], r["buyer"])] = [int(r["wh"]), int(r["money"]), int(r["n"])]
-        for r in await pool.fetch(
-                "SELECT product_id, sum(energy_wh)::bigint AS wh, count(*)::bigint AS n, "
-                "(array_agg(price_ticks ORDER BY seq DESC))[1] AS last FROM trades "
-                "WHERE market_id = $1 AND seq <= $2 GROUP BY product_id", mid, upto):
-            st = self._stats(r["product_id"])
-            st.volume, st.trades, st.last_price = int(r["wh"]), int(r["n"]), r["last"]
-        rows = await pool.fetch(
-            "SELECT product_id, price_ticks, energy_wh, ts FROM (SELECT product_id, price_ticks, energy_wh, ts, seq, "
-            "row_number() OVER (PARTITION BY product_id ORDER BY seq DESC) AS rn FROM trades "
-            "WHERE market_id = $1 AND seq <= $2) t WHERE rn <= $3 ORDER BY seq", mid, upto, self.history_len)
-        for r in rows:
+        store = self.market.trades
+        for pair in await store.pairs(upto):
+            self.pairs[(pair.seller, pair.buyer)] = [pair.energy_wh, pair.money, pair.trades]
+        for ps in await store.product_stats(upto):
+            st = self._stats(ps.product_id)
+            st.volume, st.trades, st.last_price = ps.energy_wh, ps.trades, ps.last_price
+        for r in await store.history(upto, self.history_len):
             self._stats(r["product_id"]).history.append(
                 [r["ts"].isoformat().replace("+00:00", "Z"), r["price_ticks"], r["energy_wh"]])
-        for r in reversed(await pool.fetch(
-                "SELECT trade_id, seq, product_id, buyer, seller, energy_wh, price_ticks, ts FROM trades "
-                "WHERE market_id = $1 AND seq <= $2 ORDER BY seq DESC LIMIT $3", mid, upto, self.recent.maxlen)):
+        for r in reversed(await store.recent(upto, self.recent.maxlen or 0)):
             self.recent.append({"trade_id": r["trade_id"], "seq": r["seq"], "product_id": r["product_id"],
                                 "price": r["price_ticks"], "quantity": r["energy_wh"], "buyer": r["buyer"],
                                 "seller": r["seller"], "aggressor": None,

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from exchange.gateway.keys import SETTINGS
 from exchange.protocol.errors import VoltbourseError
@@ -80,6 +80,17 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
 
 
 # --------------------------------------------------------------------------- input
+
+MAX_SEQ = 2**63 - 1  # PostgreSQL bigint
+
+
+class PageQuery(BaseModel):
+    """``?after=SEQ&limit=N``: rows with ``seq > after``, at most ``limit``."""
+
+    model_config = ConfigDict(extra="forbid")
+    after: int = Field(0, ge=0, le=MAX_SEQ)
+    limit: int = Field(100, ge=1, le=1000)
+
 
 
 async def read_body(request: web.Request, model: type[BaseModel], optional: bool = False) -> Any:

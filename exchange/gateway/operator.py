@@ -33,6 +33,7 @@ from exchange.gateway.http import (
     STR,
     TIME,
     ApiError,
+    PageQuery,
     Route,
     add_routes,
     array,
@@ -85,14 +86,6 @@ class CancelAllIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True)
     product_id: Annotated[StrictStr, Field(max_length=64)] | None = None
-
-
-class PageQuery(BaseModel):
-    """``?after=SEQ&limit=N`` (query strings: digits only)."""
-
-    model_config = ConfigDict(extra="forbid")
-    after: Annotated[int, Field(ge=0)] = 0
-    limit: Annotated[int, Field(ge=1, le=1000)] = 100
 
 
 class BookQuery(BaseModel):
@@ -178,7 +171,7 @@ async def member_positions(request: web.Request) -> web.Response:
             out[pid] = {"product_id": pid, "state": state, "bought": p[0], "sold": p[1], "net": p[0] - p[1],
                         "payable": p[2], "final": state in ("closed", "delivered")}
     # Delivered products: the engine has freed their positions; the journal keeps position_final.
-    rows = await market.pool.fetch(
+    rows = await market.read_pool.fetch(
         "SELECT ev FROM journal j, jsonb_array_elements(j.events) ev WHERE j.market_id = $1 AND j.events @> $2 "
         "AND ev->>'type' = 'position_final' AND ev->>'member' = $3 ORDER BY j.cmd_seq",
         market.journal.market_id, [{"type": "position_final", "member": address}], address)
@@ -261,13 +254,7 @@ async def product_book(request: web.Request) -> web.Response:
 async def product_trades(request: web.Request) -> web.Response:
     pb = _product_book(request)
     q = read_query(request, PageQuery)
-    market = request.config_dict[MARKET]
-    rows = await market.pool.fetch(
-        "SELECT trade_id, seq, product_id, delivery_start, buyer, seller, buy_order_id, sell_order_id, energy_wh, "
-        "price_ticks, ts FROM trades WHERE market_id = $1 AND product_id = $2 AND seq > $3 ORDER BY seq LIMIT $4",
-        market.journal.market_id, pb.product.product_id, q.after, q.limit)
-    return json_response([{**dict(r), "delivery_start": r["delivery_start"].isoformat(), "ts": r["ts"].isoformat()}
-                  for r in rows])
+    return json_response(await request.config_dict[MARKET].trades.of_product(pb.product.product_id, q.after, q.limit))
 
 
 # --------------------------------------------------------------------------- routes + OpenAPI

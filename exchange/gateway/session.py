@@ -251,11 +251,7 @@ class Session:
         self.market.runtime.enqueue(cmd, Pending(self, request_id, kind, t0))
 
     async def _trades(self, msg) -> None:
-        m = self.market
-        rows = await m.pool.fetch(
-            "SELECT trade_id, seq, product_id, buyer, seller, energy_wh, price_ticks, ts FROM trades "
-            "WHERE market_id = $1 AND (buyer = $2 OR seller = $2) AND seq > $3 AND ($4::text IS NULL OR product_id = $4) "
-            "ORDER BY seq LIMIT $5", self.settings.market_id, self.member, msg.after, msg.product_id, msg.limit)
+        rows = await self.market.trades.of_member(self.member, msg.after, msg.product_id, msg.limit)
         out = []
         for r in rows:
             side = "buy" if r["buyer"] == self.member else "sell"
@@ -266,17 +262,8 @@ class Session:
         self.send({"type": "response", "id": msg.id, "result": {"trades": out}})
 
     async def _positions(self, msg) -> None:
-        rows = await self.market.pool.fetch(
-            "SELECT product_id, "
-            "sum(CASE WHEN buyer = $2 THEN energy_wh ELSE 0 END) AS bought, "
-            "sum(CASE WHEN seller = $2 THEN energy_wh ELSE 0 END) AS sold, "
-            "sum(CASE WHEN buyer = $2 THEN energy_wh::numeric * price_ticks ELSE 0 END) - "
-            "sum(CASE WHEN seller = $2 THEN energy_wh::numeric * price_ticks ELSE 0 END) AS payable "
-            "FROM trades WHERE market_id = $1 AND (buyer = $2 OR seller = $2) GROUP BY product_id ORDER BY product_id",
-            self.settings.market_id, self.member)
-        out = [{"product_id": r["product_id"], "bought": int(r["bought"]), "sold": int(r["sold"]),
-                "net": int(r["bought"]) - int(r["sold"]), "payable": int(r["payable"]),
-                "state": self.md.product_states.get(r["product_id"])} for r in rows]
+        out = [{**p, "net": p["bought"] - p["sold"], "state": self.md.product_states.get(p["product_id"])}
+               for p in await self.market.trades.positions(self.member)]
         self.send({"type": "response", "id": msg.id, "result": {"positions": out}})
 
     def _subscribe(self, msg) -> None:

@@ -116,6 +116,9 @@ class Settings(BaseSettings):
     # --- journal -------------------------------------------------------------
     journal_max_batch: int = Field(2000, ge=1)
     journal_pool_size: int = Field(4, ge=1)
+    #: connections of the readers' pool (member and operator reads, the operator feed): reads never
+    #: queue behind the journal writer's commits
+    read_pool_size: int = Field(4, ge=1)
 
     # --- peer WebSocket API --------------------------------------------------
     #: seconds between WebSocket pings; a peer that does not answer is disconnected

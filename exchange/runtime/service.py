@@ -22,6 +22,7 @@ from exchange.runtime.config import Settings
 from exchange.runtime.db import create_pool
 from exchange.runtime.journal import Journal
 from exchange.runtime.market import MarketRuntime
+from exchange.runtime.trades import TradeStore
 
 
 def tune_gc() -> None:
@@ -72,9 +73,14 @@ def make_clock(s: Settings) -> Clock:
 
 @dataclass
 class Market:
+    """A running market: the journal writer's pool (commits only), the readers' pool
+    (committed reads: trades, positions, history), the journal, the runtime."""
+
     pool: asyncpg.Pool
     journal: Journal
     runtime: MarketRuntime
+    read_pool: asyncpg.Pool
+    trades: TradeStore
 
     @property
     def engine(self) -> MarketEngine:
@@ -82,6 +88,7 @@ class Market:
 
     async def close(self) -> None:
         await self.runtime.stop()
+        await self.read_pool.close()
         await self.pool.close()
 
 
@@ -89,13 +96,17 @@ async def open_market(dsn: str, settings: Settings, clock: Clock | None = None, 
                       keep_stats: bool = False, verify_replay: bool = True) -> Market:
     """Connect, recover the market from its journal and start its runtime."""
     pool = await create_pool(dsn, min_size=1, max_size=settings.journal_pool_size)
+    read_pool = None
     try:
+        read_pool = await create_pool(dsn, min_size=1, max_size=settings.read_pool_size)
         journal = Journal(pool, settings.market_id)
         cfg = await journal.load_or_store_config(config or market_config(settings))
         runtime = MarketRuntime(MarketEngine(cfg), journal, clock or make_clock(settings),
                                 max_batch=settings.journal_max_batch, keep_stats=keep_stats)
         await runtime.start(verify=verify_replay)
     except BaseException:
+        if read_pool is not None:
+            await read_pool.close()
         await pool.close()
         raise
-    return Market(pool, journal, runtime)
+    return Market(pool, journal, runtime, read_pool, TradeStore(read_pool, settings.market_id))

@@ -1,0 +1,104 @@
+"""Acknowledgement: after a command's commit, the one answer to the request that sent
+it (``response`` or ``error`` with the request's id), built from the command's own
+events (``exchange.core.model.command_outcome``)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from exchange.core.model import (
+    CancelAllDone,
+    Duplicate,
+    Event,
+    OrderAccepted,
+    OrderCancelled,
+    OrderModified,
+    Rejected,
+    TradeEvent,
+    command_outcome,
+)
+from exchange.gateway.encoding import plain
+from exchange.runtime.journal import Entry
+
+
+class Peer(Protocol):
+    """What the output side needs of a peer session (exchange.gateway.session.Session)."""
+
+    member: str | None
+
+    def send(self, msg: dict) -> None: ...
+
+    def send_raw(self, data: str) -> None: ...
+
+
+@dataclass(slots=True)
+class Pending:
+    """The origin of a command: which session asked, with which request id, when."""
+
+    session: Peer
+    request_id: Any
+    kind: str
+    received_ns: int
+
+
+class Acknowledger:
+    def __init__(self, metrics: Any = None) -> None:
+        self.metrics = metrics
+
+    def on_commit(self, entries: list[Entry]) -> None:
+        now_ns = time.perf_counter_ns()
+        for e in entries:
+            origin = e.origin
+            if origin is not None and type(origin) is Pending:
+                origin.session.send(response(origin, e.events))
+                if self.metrics is not None:
+                    self.metrics.observe_command_latency((now_ns - origin.received_ns) / 1e9)
+
+
+def response(p: Pending, events: list[Event]) -> dict:
+    first = command_outcome(events)
+    if isinstance(first, Rejected):
+        return {"type": "error", "id": p.request_id, "code": plain(first.reason), "message": first.detail}
+    if isinstance(first, Duplicate):
+        if first.order_id is None:
+            return {"type": "error", "id": p.request_id, "code": first.reason,
+                    "message": f"duplicate client_order_id {first.client_order_id!r}: the original order "
+                               f"was rejected ({first.reason})"}
+        return {"type": "response", "id": p.request_id,
+                "result": {"order_id": first.order_id, "duplicate": True, "original_seq": first.original_seq}}
+    if p.kind == "cancel_all":
+        done = next(ev for ev in events if isinstance(ev, CancelAllDone))
+        return {"type": "response", "id": p.request_id, "result": {"cancelled": done.cancelled}}
+    if isinstance(first, (OrderAccepted, OrderModified)):
+        return {"type": "response", "id": p.request_id, "result": order_outcome(first, events)}
+    if isinstance(first, OrderCancelled):
+        return {"type": "response", "id": p.request_id,
+                "result": {"order_id": first.order_id, "status": "cancelled", "remaining": first.remaining}}
+    return {"type": "response", "id": p.request_id, "result": {"seq": events[-1].seq}}
+
+
+def order_outcome(first: OrderAccepted | OrderModified, events: list[Event]) -> dict:
+    """Status, remaining, fills of the order a place/modify concerns, from its events."""
+    oid = first.order_id
+    fills = []
+    remaining = first.quantity
+    status = "resting"
+    reason = None
+    for ev in events:
+        if isinstance(ev, TradeEvent) and (ev.buy_order_id == oid or ev.sell_order_id == oid):
+            fills.append({"trade_id": ev.trade_id, "price": ev.price, "quantity": ev.quantity})
+            remaining = ev.buy_remaining if ev.buy_order_id == oid else ev.sell_remaining
+        elif isinstance(ev, OrderCancelled) and ev.order_id == oid:
+            status, reason, remaining = "cancelled", plain(ev.reason), ev.remaining
+    if status == "resting" and remaining == 0:
+        status = "filled"
+    out: dict[str, Any] = {"order_id": oid, "status": status, "remaining": remaining,
+                           "filled": sum(f["quantity"] for f in fills), "fills": fills, "seq": first.seq}
+    if reason:
+        out["reason"] = reason
+    if isinstance(first, OrderModified):
+        out["priority_kept"] = first.priority_kept
+        out["price"] = first.price
+    return out

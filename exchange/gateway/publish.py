@@ -1,0 +1,130 @@
+"""Publication of the committed stream to peers: execution reports to every session of
+the members concerned (through :class:`~exchange.gateway.peers.Peers`), and public
+market data to subscribers (book deltas from the mirror's touched levels, trades,
+product and market states). Sends only; the mirror is kept by
+:class:`~exchange.gateway.mirror.BookMirror`."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+from exchange.core.model import (
+    MarketHalted,
+    MarketResumed,
+    OrderAccepted,
+    OrderCancelled,
+    OrderExpired,
+    OrderModified,
+    ProductListed,
+    ProductStateChanged,
+    TradeEvent,
+)
+from exchange.core.units import iso
+from exchange.gateway.ack import Peer
+from exchange.gateway.encoding import encode, plain
+from exchange.gateway.mirror import BookMirror, MirrorOrder
+from exchange.gateway.peers import Peers
+
+Public = list[tuple[set[Peer], str]]
+
+
+class Publisher:
+    def __init__(self, peers: Peers, *, disclose_counterparty: bool = False) -> None:
+        self.peers = peers
+        self.disclose = disclose_counterparty
+        self.book_subs: dict[str, set[Peer]] = defaultdict(set)
+        self.trade_subs: dict[str | None, set[Peer]] = defaultdict(set)  # None: all products
+        self.product_subs: set[Peer] = set()
+
+    # ------------------------------------------------------------------ subscriptions
+    def detach(self, s: Peer) -> None:
+        for subs in (*self.book_subs.values(), *self.trade_subs.values()):
+            subs.discard(s)
+        self.product_subs.discard(s)
+
+    # ------------------------------------------------------------------ private reports
+    def private(self, member: str, msg: dict) -> None:
+        sessions = self.peers.sessions(member)
+        if sessions:
+            data = encode(msg)
+            for s in sessions:
+                s.send_raw(data)
+
+    def order_event(self, ev: OrderAccepted | OrderCancelled | OrderExpired | OrderModified,
+                    o: MirrorOrder | None) -> None:
+        """The execution report of an order event (``o``: the order as the mirror knew it)."""
+        if ev.member not in self.peers.by_member:
+            return
+        if isinstance(ev, OrderAccepted):
+            assert o is not None
+            self.private(ev.member, {"type": "execution", "exec": "accepted", "seq": ev.seq, "ts": iso(ev.ts),
+                                     **o.view()})
+        elif isinstance(ev, OrderModified):
+            self.private(ev.member, {"type": "execution", "exec": "modified", "seq": ev.seq, "ts": iso(ev.ts),
+                                     "order_id": ev.order_id, "product_id": ev.product_id, "price": ev.price,
+                                     "remaining": ev.quantity, "priority_kept": ev.priority_kept})
+        else:
+            cancelled = isinstance(ev, OrderCancelled)
+            msg = {"type": "execution", "exec": "cancelled" if cancelled else "expired", "seq": ev.seq,
+                   "ts": iso(ev.ts), "order_id": ev.order_id, "product_id": ev.product_id,
+                   "remaining": ev.remaining, "client_order_id": o.client_order_id if o is not None else None}
+            if isinstance(ev, OrderCancelled):
+                msg["reason"] = plain(ev.reason)
+            self.private(ev.member, msg)
+
+    def trade(self, ev: TradeEvent, coids: tuple[str | None, str | None], public: Public) -> None:
+        pid = ev.product_id
+        ts = iso(ev.ts)
+        agg = plain(ev.aggressor)
+        for oid, coid, remaining, member, side, other in (
+            (ev.buy_order_id, coids[0], ev.buy_remaining, ev.buyer, "buy", ev.seller),
+            (ev.sell_order_id, coids[1], ev.sell_remaining, ev.seller, "sell", ev.buyer),
+        ):
+            if member in self.peers.by_member:
+                self.private(member, {
+                    "type": "execution", "exec": "fill", "seq": ev.seq, "ts": ts, "order_id": oid,
+                    "client_order_id": coid, "product_id": pid, "side": side, "price": ev.price,
+                    "quantity": ev.quantity, "remaining": remaining, "trade_id": ev.trade_id,
+                    "liquidity": "auction" if agg == "auction" else ("taker" if agg == side else "maker"),
+                    "counterparty": other if self.disclose else None,
+                })
+        subs = self.trade_subs
+        if subs:
+            targets = subs.get(pid, set()) | subs.get(None, set())
+            if targets:
+                public.append((targets, encode({"type": "trade", "product_id": pid, "trade_id": ev.trade_id,
+                                                "price": ev.price, "quantity": ev.quantity, "aggressor": agg,
+                                                "seq": ev.seq, "ts": ts})))
+
+    # ------------------------------------------------------------------ public
+    def state(self, ev: ProductStateChanged | ProductListed | MarketHalted | MarketResumed, mirror: BookMirror,
+              public: Public) -> None:
+        if not self.product_subs:
+            return
+        if isinstance(ev, (ProductStateChanged, ProductListed)):
+            public.append((self.product_subs, encode({"type": "product_state", "product_id": ev.product_id,
+                                                      "state": ev.state, "seq": ev.seq, "ts": iso(ev.ts)})))
+        else:
+            public.append((self.product_subs, encode({"type": "market_state", "halted": mirror.halted[0],
+                                                      "reason": mirror.halted[1], "seq": ev.seq,
+                                                      "ts": iso(ev.ts)})))
+
+    def books(self, mirror: BookMirror, touched: set[tuple[str, str, int]], book_last: dict[str, int]) -> None:
+        """One book delta per product touched by the group (its levels after the group)."""
+        changes = mirror.level_changes(touched)
+        for pid, seq in book_last.items():
+            book = mirror.book(pid)
+            prev = book.seq or 0
+            book.seq = seq
+            subs = self.book_subs.get(pid)
+            if subs:
+                data = encode({"type": "book", "product_id": pid, "seq": seq, "prev_seq": prev,
+                               "changes": changes.get(pid, [])})
+                for s in list(subs):
+                    s.send_raw(data)
+
+    @staticmethod
+    def flush(public: Public) -> None:
+        for subs, data in public:
+            for s in list(subs):
+                s.send_raw(data)

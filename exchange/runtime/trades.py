@@ -1,0 +1,106 @@
+"""The ``trades`` projection's reads, in one place (the journal writes it, in the same
+transaction as the journal rows). Reads run on a pool of their own so that no reader
+queues behind the journal writer's commits, and only ever see committed trades.
+
+Settlement's batch bookkeeping (``trades.batch_id``) is still written and read by
+settlement itself; moving it to a table of its own belongs to settlement's own process
+(see docs/architecture.md, "Known coupling")."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+
+def _iso(t: datetime) -> str:
+    return t.isoformat()
+
+
+@dataclass(frozen=True, slots=True)
+class Pair:
+    seller: str
+    buyer: str
+    energy_wh: int
+    money: int  # energy x price, money units of 1e-8 EUR
+    trades: int
+
+
+@dataclass(frozen=True, slots=True)
+class ProductStats:
+    product_id: str
+    energy_wh: int
+    trades: int
+    last_price: int | None
+
+
+class TradeStore:
+    def __init__(self, pool: asyncpg.Pool, market_id: str) -> None:
+        self.pool = pool  # the read pool (never the journal writer's)
+        self.market_id = market_id
+
+    async def public(self, after: int, limit: int) -> list[dict[str, Any]]:
+        """Committed trades after ``seq`` (no member names)."""
+        rows = await self.pool.fetch(
+            "SELECT trade_id, seq, product_id, delivery_start, energy_wh, price_ticks, ts FROM trades "
+            "WHERE market_id = $1 AND seq > $2 ORDER BY seq LIMIT $3", self.market_id, after, limit)
+        return [{**dict(r), "delivery_start": _iso(r["delivery_start"]), "ts": _iso(r["ts"])} for r in rows]
+
+    async def of_product(self, product_id: str, after: int, limit: int) -> list[dict[str, Any]]:
+        """A product's committed trades with buyer, seller and orders (operator view)."""
+        rows = await self.pool.fetch(
+            "SELECT trade_id, seq, product_id, delivery_start, buyer, seller, buy_order_id, sell_order_id, "
+            "energy_wh, price_ticks, ts FROM trades WHERE market_id = $1 AND product_id = $2 AND seq > $3 "
+            "ORDER BY seq LIMIT $4", self.market_id, product_id, after, limit)
+        return [{**dict(r), "delivery_start": _iso(r["delivery_start"]), "ts": _iso(r["ts"])} for r in rows]
+
+    async def of_member(self, member: str, after: int, product_id: str | None, limit: int) -> list[asyncpg.Record]:
+        """A member's trades (as buyer or seller) after ``seq``."""
+        return await self.pool.fetch(
+            "SELECT trade_id, seq, product_id, buyer, seller, energy_wh, price_ticks, ts FROM trades "
+            "WHERE market_id = $1 AND (buyer = $2 OR seller = $2) AND seq > $3 "
+            "AND ($4::text IS NULL OR product_id = $4) ORDER BY seq LIMIT $5",
+            self.market_id, member, after, product_id, limit)
+
+    async def positions(self, member: str) -> list[dict[str, Any]]:
+        """Per product: energy bought and sold and the money payable (bought - sold value)."""
+        rows = await self.pool.fetch(
+            "SELECT product_id, "
+            "sum(CASE WHEN buyer = $2 THEN energy_wh ELSE 0 END) AS bought, "
+            "sum(CASE WHEN seller = $2 THEN energy_wh ELSE 0 END) AS sold, "
+            "sum(CASE WHEN buyer = $2 THEN energy_wh::numeric * price_ticks ELSE 0 END) - "
+            "sum(CASE WHEN seller = $2 THEN energy_wh::numeric * price_ticks ELSE 0 END) AS payable "
+            "FROM trades WHERE market_id = $1 AND (buyer = $2 OR seller = $2) GROUP BY product_id ORDER BY product_id",
+            self.market_id, member)
+        return [{"product_id": r["product_id"], "bought": int(r["bought"]), "sold": int(r["sold"]),
+                 "payable": int(r["payable"])} for r in rows]
+
+    # ------------------------------------------------------------------ aggregates (operator page)
+    async def pairs(self, upto: int) -> list[Pair]:
+        rows = await self.pool.fetch(
+            "SELECT seller, buyer, sum(energy_wh)::bigint AS wh, sum(energy_wh::numeric * price_ticks) AS money, "
+            "count(*)::bigint AS n FROM trades WHERE market_id = $1 AND seq <= $2 GROUP BY seller, buyer",
+            self.market_id, upto)
+        return [Pair(r["seller"], r["buyer"], int(r["wh"]), int(r["money"]), int(r["n"])) for r in rows]
+
+    async def product_stats(self, upto: int) -> list[ProductStats]:
+        rows = await self.pool.fetch(
+            "SELECT product_id, sum(energy_wh)::bigint AS wh, count(*)::bigint AS n, "
+            "(array_agg(price_ticks ORDER BY seq DESC))[1] AS last FROM trades "
+            "WHERE market_id = $1 AND seq <= $2 GROUP BY product_id", self.market_id, upto)
+        return [ProductStats(r["product_id"], int(r["wh"]), int(r["n"]), r["last"]) for r in rows]
+
+    async def history(self, upto: int, per_product: int) -> list[asyncpg.Record]:
+        """The last ``per_product`` trades of each product, oldest first."""
+        return await self.pool.fetch(
+            "SELECT product_id, ts, price_ticks, energy_wh FROM (SELECT product_id, seq, ts, price_ticks, energy_wh, "
+            "row_number() OVER (PARTITION BY product_id ORDER BY seq DESC) AS rn FROM trades "
+            "WHERE market_id = $1 AND seq <= $2) t WHERE rn <= $3 ORDER BY seq", self.market_id, upto, per_product)
+
+    async def recent(self, upto: int, limit: int) -> list[asyncpg.Record]:
+        """The last ``limit`` trades, newest first, with buyer and seller."""
+        return await self.pool.fetch(
+            "SELECT trade_id, seq, product_id, buyer, seller, energy_wh, price_ticks, ts FROM trades "
+            "WHERE market_id = $1 AND seq <= $2 ORDER BY seq DESC LIMIT $3", self.market_id, upto, limit)
