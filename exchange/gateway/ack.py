@@ -26,7 +26,8 @@ from exchange.runtime.journal import Entry
 class Peer(Protocol):
     """What the output side needs of a peer session (exchange.gateway.session.Session)."""
 
-    member: str | None
+    @property
+    def member(self) -> str | None: ...
 
     def send(self, msg: dict) -> None: ...
 

@@ -50,6 +50,14 @@ from typing import Any
 
 from aiohttp import web
 
+from exchange.core.model import (
+    OrderAccepted,
+    OrderCancelled,
+    OrderExpired,
+    OrderModified,
+    ProductListed,
+    ProductStateChanged,
+)
 from exchange.core.units import US_PER_MIN, div_half_even, iso, to_us
 from exchange.gateway.encoding import encode as _encode
 from exchange.gateway.encoding import plain as _val
@@ -269,14 +277,14 @@ class OperatorFeed:
                     continue
                 if t == "trade":
                     self._on_trade(ev)
-                elif t in ("order_accepted", "order_cancelled", "order_expired", "order_modified"):
+                elif isinstance(ev, (OrderAccepted, OrderCancelled, OrderExpired, OrderModified)):
                     self._dirty_books.add(ev.product_id)
-                elif t == "product_listed":
+                elif isinstance(ev, ProductListed):
                     pb = self.market.runtime.engine.products.get(ev.product_id)
                     if pb is not None:
                         self.calendar[ev.product_id] = pb.product.to_dict()
                     self._dirty_slow = True
-                elif t == "product_state":
+                elif isinstance(ev, ProductStateChanged):
                     self._dirty_slow = True
                     self._dirty_books.add(ev.product_id)
                 elif t in ("market_halted", "market_resumed"):

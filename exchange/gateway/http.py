@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import functools
 import hmac
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -175,7 +175,7 @@ class Route:
     path_params: dict[str, dict] = field(default_factory=dict)  # name -> schema (default: string)
 
 
-def add_routes(app: web.Application, routes: tuple[Route, ...] | list[Route]) -> None:
+def add_routes(app: web.Application, routes: Iterable[Route]) -> None:
     for r in routes:
         if r.handler is None:
             continue

@@ -18,12 +18,12 @@ from exchange.runtime.service import Market
 MARKET: web.AppKey[Market] = web.AppKey("market", Market)
 SETTINGS: web.AppKey[Settings] = web.AppKey("settings", Settings)
 MEMBERS: web.AppKey[MemberRegistry] = web.AppKey("members", MemberRegistry)
-SOCKETS: web.AppKey[set[web.WebSocketResponse]] = web.AppKey("sockets", set)  # open peer WebSockets
+SOCKETS: web.AppKey[set[web.WebSocketResponse]] = web.AppKey("sockets")  # open peer WebSockets
 # The peer protocol of this app (core + every subsystem's messages) and the handlers of
 # the subsystem requests that are served (message type -> exchange.gateway.plugin.WsRequest).
 PROTOCOL: web.AppKey[WireProtocol] = web.AppKey("protocol", WireProtocol)
-WS_REQUESTS: web.AppKey[dict[str, Any]] = web.AppKey("ws_requests", dict)
+WS_REQUESTS: web.AppKey[dict[str, Any]] = web.AppKey("ws_requests")
 # Payout sources (exchange.runtime.ports.PayoutSource): a subsystem that owes members money
 # appends its source; settlement pays them on chain. A list, so the order of lifecycles
 # does not matter.
-PAYOUT_SOURCES: web.AppKey[list[PayoutSource]] = web.AppKey("payout_sources", list)
+PAYOUT_SOURCES: web.AppKey[list[PayoutSource]] = web.AppKey("payout_sources")

@@ -18,6 +18,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from exchange.core.model import OrderAccepted, Rejected, TradeEvent
 from exchange.runtime.journal import Entry
 from exchange.runtime.market import MarketRuntime
 
@@ -89,13 +90,12 @@ class Metrics:
         accepted = trades = energy = 0
         for e in entries:
             for ev in e.events:
-                t = ev.type
-                if t == "trade":
+                if isinstance(ev, TradeEvent):
                     trades += 1
                     energy += ev.quantity
-                elif t == "order_accepted":
+                elif isinstance(ev, OrderAccepted):
                     accepted += 1
-                elif t == "rejected" and ev.command == "place":
+                elif isinstance(ev, Rejected) and ev.command == "place":
                     child = self._rejected.get(ev.reason)
                     if child is None:
                         child = self._rejected[ev.reason] = self.orders.labels("rejected", ev.reason)

@@ -23,6 +23,7 @@ from typing import Annotated, Any
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, StrictStr
 
+from exchange.core.ids import MemberId
 from exchange.core.model import CancelAll, CancelAllDone, Command, Halt, Rejected, Resume, Side
 from exchange.core.units import iso
 from exchange.gateway.http import (
@@ -191,7 +192,7 @@ async def member_cancel_all(request: web.Request) -> web.Response:
     body = await read_body(request, CancelAllIn, optional=True)
     if address not in request.config_dict[MARKET].engine.accounts:
         raise UnknownMember(f"member {address} has no account in the market")
-    res = await _submit(request, CancelAll(0, address, body.product_id, by_operator=True))
+    res = await _submit(request, CancelAll(0, MemberId(address), body.product_id, by_operator=True))
     done = next(ev for ev in res.events if type(ev) is CancelAllDone)
     return json_response({"member": address, "product_id": body.product_id, "cancelled": done.cancelled, "seq": done.seq})
 
@@ -242,7 +243,7 @@ async def product_book(request: web.Request) -> web.Response:
     for side, key in ((Side.BUY, "bids"), (Side.SELL, "asks")):
         out[key] = [{"price": p, "volume": v, "orders": n} for p, v, n in pb.book.depth(side, q.depth)]
     for side, key in ((Side.BUY, "bid_orders"), (Side.SELL, "ask_orders")):
-        orders = []
+        orders: list[dict] = []
         for i, (_, lvl) in enumerate(pb.book.side_levels(side)):
             if q.depth is not None and i >= q.depth:
                 break

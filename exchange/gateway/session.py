@@ -19,6 +19,7 @@ from typing import Any
 import orjson
 from aiohttp import WSCloseCode, WSMsgType, web
 
+from exchange.core.ids import MemberId
 from exchange.core.model import CancelAll as CancelAllCmd
 from exchange.core.model import CancelOrder, ModifyOrder, PlaceOrder, Side, TimeInForce
 from exchange.gateway.keys import MARKET, PROTOCOL, SETTINGS, SOCKETS, WS_REQUESTS
@@ -69,7 +70,7 @@ class Session:
         self.md = md
         self.settings = settings
         self.metrics = metrics
-        self.member: str | None = None
+        self.member: MemberId | None = None
         self.challenge = auth.new_challenge(settings.market_id)
         self.login_failures = 0
         self.bucket = TokenBucket(settings.ws_rate_per_s, settings.ws_burst)
@@ -105,7 +106,7 @@ class Session:
                 data = await self.out.get()
                 if data is None:
                     return
-                if type(data) is tuple:  # (code, reason): close after what was queued before it
+                if isinstance(data, tuple):  # (code, reason): close after what was queued before it
                     await ws.close(code=data[0], message=data[1])
                     return
                 await ws.send_str(data)
@@ -164,25 +165,26 @@ class Session:
         if kind == "login":
             self._login(msg)
             return
-        if self.member is None:
+        member = self.member
+        if member is None:
             self.error(msg.id, "NOT_AUTHENTICATED", "log in first: sign the hello challenge and send `login`")
             return
         try:
             if kind == "place":
-                self._place(msg, t0)
+                self._place(msg, member, t0)
             elif kind == "cancel":
-                self._submit(CancelOrder(0, self.member, msg.order_id), msg.id, kind, t0)
+                self._submit(CancelOrder(0, member, msg.order_id), msg.id, kind, t0)
             elif kind == "modify":
-                self._submit(ModifyOrder(0, self.member, msg.order_id, msg.price, msg.quantity), msg.id, kind, t0)
+                self._submit(ModifyOrder(0, member, msg.order_id, msg.price, msg.quantity), msg.id, kind, t0)
             elif kind == "cancel_all":
-                self._submit(CancelAllCmd(0, self.member, msg.product_id), msg.id, kind, t0)
+                self._submit(CancelAllCmd(0, member, msg.product_id), msg.id, kind, t0)
             elif kind == "orders":
                 self.send({"type": "response", "id": msg.id,
-                           "result": {"seq": self.md.seq, "orders": self.md.member_orders(self.member, msg.product_id)}})
+                           "result": {"seq": self.md.seq, "orders": self.md.member_orders(member, msg.product_id)}})
             elif kind == "trades":
-                await self._trades(msg)
+                await self._trades(msg, member)
             elif kind == "positions":
-                await self._positions(msg)
+                await self._positions(msg, member)
             elif kind == "subscribe":
                 self._subscribe(msg)
             elif kind == "unsubscribe":
@@ -192,7 +194,7 @@ class Session:
                 if served is None:
                     self.error(msg.id, "UNAVAILABLE", f"{kind!r} is not served by this exchange")
                 else:
-                    result = await served.handler(self.app, self.member, msg)
+                    result = await served.handler(self.app, member, msg)
                     self.send({"type": "response", "id": msg.id, "result": result})
         except VoltbourseError as exc:
             self.error(msg.id, exc.code, exc.message)
@@ -225,12 +227,12 @@ class Session:
         if acct.suspended:
             self.error(msg.id, "MEMBER_SUSPENDED", f"{claimed} is suspended")
             return
-        self.member = claimed
+        self.member = MemberId(claimed)
         self.challenge = ""  # single use
         self.md.attach(self)
         self.send({"type": "response", "id": msg.id, "result": {"member": claimed, "market_id": self.settings.market_id}})
 
-    def _place(self, msg, t0: int) -> None:
+    def _place(self, msg: Any, member: MemberId, t0: int) -> None:
         if msg.signature is not None:
             typed = auth.order_typed_data(self.settings.market_id, self.settings.chain_id, product_id=msg.product_id,
                                           side=msg.side, price=msg.price, quantity=msg.quantity, tif=msg.tif,
@@ -240,30 +242,30 @@ class Session:
             except ValueError as exc:
                 self.error(msg.id, "BAD_SIGNATURE", str(exc))
                 return
-            if signer != self.member:
-                self.error(msg.id, "BAD_SIGNATURE", f"the order is signed by {signer}, not by {self.member}")
+            if signer != member:
+                self.error(msg.id, "BAD_SIGNATURE", f"the order is signed by {signer}, not by {member}")
                 return
-        cmd = PlaceOrder(0, self.member, msg.product_id, _SIDES[msg.side], msg.price, msg.quantity, _TIFS[msg.tif],
+        cmd = PlaceOrder(0, member, msg.product_id, _SIDES[msg.side], msg.price, msg.quantity, _TIFS[msg.tif],
                          msg.client_order_id, msg.signature, msg.nonce)
         self._submit(cmd, msg.id, "place", t0)
 
     def _submit(self, cmd, request_id, kind: str, t0: int) -> None:
         self.market.runtime.enqueue(cmd, Pending(self, request_id, kind, t0))
 
-    async def _trades(self, msg) -> None:
-        rows = await self.market.trades.of_member(self.member, msg.after, msg.product_id, msg.limit)
+    async def _trades(self, msg: Any, member: str) -> None:
+        rows = await self.market.trades.of_member(member, msg.after, msg.product_id, msg.limit)
         out = []
         for r in rows:
-            side = "buy" if r["buyer"] == self.member else "sell"
+            side = "buy" if r["buyer"] == member else "sell"
             out.append({"trade_id": r["trade_id"], "seq": r["seq"], "product_id": r["product_id"], "side": side,
                         "price": r["price_ticks"], "quantity": r["energy_wh"], "ts": r["ts"].isoformat(),
                         "counterparty": (r["seller"] if side == "buy" else r["buyer"])
                         if self.settings.disclose_counterparty else None})
         self.send({"type": "response", "id": msg.id, "result": {"trades": out}})
 
-    async def _positions(self, msg) -> None:
+    async def _positions(self, msg: Any, member: str) -> None:
         out = [{**p, "net": p["bought"] - p["sold"], "state": self.md.product_states.get(p["product_id"])}
-               for p in await self.market.trades.positions(self.member)]
+               for p in await self.market.trades.positions(member)]
         self.send({"type": "response", "id": msg.id, "result": {"positions": out}})
 
     def _subscribe(self, msg) -> None:
@@ -330,5 +332,6 @@ async def ws_handler(request: web.Request) -> web.WebSocketResponse:
 
 async def close_sockets(app: web.Application) -> None:
     """On shutdown: tell every peer (1001 going away) instead of waiting for them to leave."""
+    sockets: set[web.WebSocketResponse] = app[SOCKETS]
     await asyncio.gather(*(ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutdown")
-                           for ws in list(app[SOCKETS])), return_exceptions=True)
+                           for ws in list(sockets)), return_exceptions=True)

@@ -143,7 +143,7 @@ class Journal:
         rows = await self.pool.fetch(
             "SELECT events FROM journal WHERE market_id = $1 AND last_seq > $2 ORDER BY cmd_seq LIMIT $3",
             self.market_id, after_seq, max(1, limit))
-        out = []
+        out: list[dict] = []
         for r in rows:
             out.extend(ev for ev in r["events"] if ev["seq"] > after_seq)
         return out

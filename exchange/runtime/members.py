@@ -21,6 +21,7 @@ import asyncpg
 from eth_utils import to_checksum_address
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, model_validator
 
+from exchange.core.ids import MemberId
 from exchange.core.model import RegisterMember, Rejected
 from exchange.protocol.errors import VoltbourseError
 from exchange.runtime.market import MarketRuntime, Result
@@ -96,7 +97,8 @@ class MemberPatch(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra=_no_null_defaults)
 
-    name: Name = None  # type: ignore[assignment]  (absent = unchanged; defaults are not validated)
+    # absent = unchanged (None defaults are not validated, hence the ignores)
+    name: Name = None  # type: ignore[assignment]
     role: Role = None  # type: ignore[assignment]
     export_capacity_w: CapacityW = None  # type: ignore[assignment]
     retail_tariff_ticks: TariffTicks = None  # type: ignore[assignment]
@@ -248,7 +250,7 @@ class MemberRegistry:
         return None if self.chain_collateral else m.collateral
 
     async def _register(self, m: Member) -> Result:
-        res = await self.runtime.submit(RegisterMember(0, member=m.address, collateral=self._engine_collateral(m),
+        res = await self.runtime.submit(RegisterMember(0, member=MemberId(m.address), collateral=self._engine_collateral(m),
                                                        export_capacity_w=m.export_capacity_w,
                                                        suspended=m.suspended))
         for ev in res.events:
