@@ -25,7 +25,7 @@ from typing import Any
 
 import aiohttp
 
-from clients.bots.strategies import MarketView
+from clients.bots.strategies import Intent, MarketView
 from clients.sdk import OrderRejected, OutcomeUnknown, RequestError, VoltbourseClient
 from clients.sdk.errors import ClientClosed
 from exchange.core.units import US_PER_MIN
@@ -187,12 +187,13 @@ class Bot:
                 "collateral": 100_000 * 10**8}
 
     # -- connection
-    async def connect(self, url: str, http: aiohttp.ClientSession, watch: MarketWatch) -> None:
+    async def connect(self, url: str, http: aiohttp.ClientSession, watch: MarketWatch) -> VoltbourseClient:
         self.client = c = VoltbourseClient(url, self.key, session=http, backoff_max=5.0)
         c.on("execution", self._on_execution)
         c.on("trade", lambda m: watch.on_trade(m["product_id"], m["price"], m.get("ts")))
         c.on_connect(self._on_connect)
         await c.connect()
+        return c
 
     async def _on_connect(self, c: VoltbourseClient) -> None:
         if c.connects == 0:  # first login (the hook runs before the counter moves)
@@ -257,7 +258,8 @@ class Bot:
     async def requote(self, p: ProductView, now_us: int) -> None:
         """Make the member's resting orders in ``p`` equal to what its planner wants."""
         planner = self.planner_for(p.product_id)
-        if planner is None or self.client is None:
+        client = self.client
+        if planner is None or client is None:
             return
         mtg = max(0, (p.gate_us - now_us) // US_PER_MIN)
         intents = planner.plan(now_us, p.product_id, mtg, self._view(p))
@@ -265,13 +267,13 @@ class Bot:
         todo, stale = self._match(intents, mine)
         if stale:
             before = self.fill_count
-            await asyncio.gather(*(self._cancel(o) for o in stale))
+            await asyncio.gather(*(self._cancel(client, o) for o in stale))
             if self.fill_count != before:  # fills came in meanwhile: the plan is out of date
                 intents = planner.plan(now_us, p.product_id, mtg, self._view(p))
                 kept = [o for o in mine if o not in stale and o.order_id in self.open]
                 todo, _ = self._match(intents, kept)
         for it in todo:
-            await self._place(p.product_id, it)
+            await self._place(client, p.product_id, it)
 
     @staticmethod
     def _match(intents, mine: list[OpenOrder]):
@@ -287,9 +289,9 @@ class Bot:
                 todo.append(it)
         return todo, free
 
-    async def _cancel(self, o: OpenOrder) -> None:
+    async def _cancel(self, client: VoltbourseClient, o: OpenOrder) -> None:
         try:
-            await self.client.cancel(o.order_id)
+            await client.cancel(o.order_id)
             self.stats.cancelled += 1
         except OrderRejected as exc:  # filled or expired meanwhile
             self.stats.rejected[exc.code] += 1
@@ -298,11 +300,11 @@ class Bot:
         except RequestError as exc:
             self.stats.rejected[exc.code] += 1
 
-    async def _place(self, product_id: str, it) -> None:
+    async def _place(self, client: VoltbourseClient, product_id: str, it: Intent) -> None:
         side = it.side.value if hasattr(it.side, "value") else it.side
         coid = f"bot-{self.address[2:10]}-{int(time.time() * 1000) % 10**10}-{next(self._coids)}"
         try:
-            await self.client.place(product_id, side, it.price_ticks, it.quantity_wh, client_order_id=coid,
+            await client.place(product_id, side, it.price_ticks, it.quantity_wh, client_order_id=coid,
                                     retries=1)
             self.stats.placed += 1
         except OutcomeUnknown:

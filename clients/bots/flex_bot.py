@@ -11,6 +11,7 @@ import asyncio
 import random
 from datetime import UTC, datetime, timedelta
 
+from clients.sdk.client import VoltbourseClient
 from clients.sdk.flex import FlexClient
 
 SLOT = timedelta(minutes=15)
@@ -27,7 +28,7 @@ def _parse(s: str) -> datetime:
 
 
 class FlexBot:
-    def __init__(self, client, seed: int, *, power_w: int, price: int, consumption_wh_per_slot: int,
+    def __init__(self, client: VoltbourseClient, seed: int, *, power_w: int, price: int, consumption_wh_per_slot: int,
                  delivery_ppm: int = PPM, accept_ppm: int = PPM, kind: str = "reduction") -> None:
         self.flex = FlexClient(client)
         self.rng = random.Random(seed)

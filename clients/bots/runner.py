@@ -33,6 +33,8 @@ import logging
 import random
 import secrets
 import time
+from collections.abc import Callable, Sequence
+from collections.abc import Set as AbstractSet
 from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -44,20 +46,23 @@ from clients.bots.prosumer import FEED_IN_TICKS, RETAIL_TICKS, CommunityData, Pr
 from clients.bots.zic_bot import ZicBot
 from clients.community.kpis import Tariffs, community_kpis
 from clients.community.profiles import COMMUNITY_TZ
+from clients.sdk.client import VoltbourseClient
 from clients.sdk.keys import member_keys
 from clients.sdk.local import LocalExchange
 
+_loop_factory: Callable[[], asyncio.AbstractEventLoop] | None
 try:
     import uvloop
+    _loop_factory = uvloop.new_event_loop
 except ImportError:  # optional: the standard event loop then
-    uvloop = None
+    _loop_factory = None
 
 log = logging.getLogger(__name__)
 
 
 def run_async(coro):
     """Run ``coro`` on uvloop when it is installed (the exchange service's event loop), else on asyncio's."""
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop if uvloop is not None else None) as runner:
+    with asyncio.Runner(loop_factory=_loop_factory) as runner:
         return runner.run(coro)
 
 
@@ -118,13 +123,13 @@ class BotRunner:
             self._new_days()
             sem = asyncio.Semaphore(self.concurrency)
 
-            async def connect(b: Bot) -> None:
+            async def connect(b: Bot) -> VoltbourseClient:
                 async with sem:
-                    await b.connect(self.url, http, self.watch)
+                    return await b.connect(self.url, http, self.watch)
 
-            await asyncio.gather(*(connect(b) for b in self.bots))
+            clients = await asyncio.gather(*(connect(b) for b in self.bots))
             # one bot follows all public trades (last prices and the market's time)
-            await self.bots[0].client.subscribe_trades()
+            await clients[0].subscribe_trades()
             out(f"{len(self.bots)} bots logged in to {self.watch.market_id} at {self.url}; "
                 f"requote every {self.requote_wall_s:.2f} s wall")
             rng = random.Random(7)
@@ -140,8 +145,9 @@ class BotRunner:
                                         else 1.0)
                     self._new_days()
                     for t in tasks:
-                        if t.done() and not t.cancelled() and t.exception() is not None:
-                            raise t.exception()
+                        exc = t.exception() if t.done() and not t.cancelled() else None
+                        if exc is not None:
+                            raise exc
                     if time.monotonic() - last >= report_every:
                         last = time.monotonic()
                         out(self._line(t0))
@@ -259,8 +265,8 @@ def trades_from_fills(bots: list[Bot]) -> list[dict]:
     return [by_id[k] for k in sorted(by_id)]
 
 
-def community_kpis_of(bots: list[Bot], trades: list[dict], days: dict[str, date], *, source: str = "",
-                      tz: str | None = None, still_open: set[str] = frozenset(), top: int = 5) -> dict:
+def community_kpis_of(bots: Sequence[Bot], trades: list[dict], days: dict[str, date], *, source: str = "",
+                      tz: str | None = None, still_open: AbstractSet[str] = frozenset(), top: int = 5) -> dict:
     """:func:`clients.community.kpis.community_kpis` over the bots' community, for the delivery
     hours with at least one trade between two bots: the members' profiles
     (``bots[i].data.table(day)``, battery-free as in the KPI definitions) restricted to those
@@ -279,7 +285,10 @@ def community_kpis_of(bots: list[Bot], trades: list[dict], days: dict[str, date]
         elif t["buyer"] in members or t["seller"] in members:
             outside.append(t)
     hours = sorted({t["product_id"] for t in inside})
-    data = bots[0].data
+    first = bots[0]
+    if not isinstance(first, ProsumerBot | BatteryBot):
+        raise TypeError(f"community KPIs need bots with community profiles, not {type(first).__name__}")
+    data = first.data
     hourly: dict[str, dict[str, tuple[int, int]]] = {b.address: {} for b in bots}
     for day in sorted({days[pid] for pid in hours}):
         table = data.table(day)

@@ -5,6 +5,8 @@
   15-min integer Wh per member for any day, hourly aggregation.
 * :mod:`clients.community.kpis`: self-sufficiency, cost against grid-only
   baselines, the P2P matrix, all exact integers/fractions.
+* :mod:`clients.community.zic`: allocative efficiency of the real engine with
+  zero-intelligence traders (Gode & Sunder).
 * :mod:`clients.community.cli`: ``voltbourse community profile`` and
   ``voltbourse bench efficiency``.
 

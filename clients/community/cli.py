@@ -11,10 +11,11 @@ from __future__ import annotations
 import argparse
 import json
 from datetime import date, timedelta
+from typing import Any
 
-from clients.bots.zic import run_bench
 from clients.community.kpis import self_sufficiency, to_bp
 from clients.community.profiles import COMMUNITY_TZ, Location, community_profiles, hourly_table, make_community
+from clients.community.zic import run_bench
 
 
 def _date(s: str) -> date:
@@ -30,7 +31,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
     members = make_community(args.members, seed=args.seed)
     profiles = community_profiles(members, day, loc, seed=args.seed, clearness_permille=args.clearness)
     table = hourly_table(profiles)
-    rows = []
+    rows: list[dict[str, Any]] = []
     for m in members:
         p = profiles[m.member_id]
         rows.append({
@@ -42,7 +43,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
     cons = sum(r["consumption_wh"] for r in rows)
     gen = sum(r["generation_wh"] for r in rows)
     ss = self_sufficiency(table)
-    hourly_totals = {}
+    hourly_totals: dict[str, tuple[int, int]] = {}
     for row in table.values():
         for pid, (c, g) in row.items():
             hc, hg = hourly_totals.get(pid, (0, 0))

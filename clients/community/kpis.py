@@ -62,7 +62,9 @@ class Trade:
 
 def trade_from_event(ev: Any) -> Trade:
     """An engine ``TradeEvent`` (or its dict, or a trades-table row) as a :class:`Trade`."""
-    get = ev.get if isinstance(ev, Mapping) else (lambda k, d=None: getattr(ev, k, d))
+    def get(k: str) -> Any:
+        return ev.get(k) if isinstance(ev, Mapping) else getattr(ev, k, None)
+
     qty = get("energy_wh")
     qty = get("quantity") if qty is None else qty
     price = get("price_ticks")

@@ -54,13 +54,13 @@ import random
 import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import date, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from fractions import Fraction
 from functools import lru_cache
 from zoneinfo import ZoneInfo
 
 from exchange.core.calendar import product_id_for
-from exchange.core.units import US_PER_MIN, UTC, div_half_even, from_us, to_us
+from exchange.core.units import US_PER_MIN, div_half_even, from_us, to_us
 
 SLOT_MINUTES = 15
 PPT = 10**12  # parts per 10**12 of the annual energy

@@ -1,6 +1,8 @@
 """Voltbourse Python SDK: an asyncio client of the peer WebSocket API.
 
-See :mod:`clients.sdk.client` and docs/sdk.md. Trade proofs, flexibility and
+See :mod:`clients.sdk.client` and docs/sdk.md. Its pure half (requests built,
+orders signed, answers read; no socket, no event loop) is :mod:`clients.sdk.wire`,
+for synchronous callers too (the Locust load test). Trade proofs, flexibility and
 the throw-away local exchange are in their own modules
 (:mod:`~clients.sdk.proofs`, :mod:`~clients.sdk.flex`, :mod:`~clients.sdk.local`).
 """

@@ -1,10 +1,13 @@
-"""A local copy of one product's order book, kept from a snapshot and deltas."""
+"""A local copy of one product's order book, kept from a snapshot and deltas (over the
+one level-book type, :class:`exchange.core.levels.LevelBook`, that the exchange's own
+market-data mirror keeps too)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
 from clients.sdk.models import BookDelta, BookSnapshot
+from exchange.core.levels import LevelBook
 
 __all__ = ["BookGap", "BookUpdate", "LocalBook"]
 
@@ -13,17 +16,18 @@ class BookGap(Exception):
     """A delta's ``prev_seq`` is not the ``seq`` held: a message was missed."""
 
 
-class LocalBook:
-    """Aggregated price levels (``price -> (volume Wh, orders)``) of one product.
+class LocalBook(LevelBook):
+    """Aggregated price levels (``price -> (volume Wh, orders)``) of one product, with the
+    views of :class:`~exchange.core.levels.LevelBook` (``best_bid``, ``best_ask``, ``mid``,
+    ``depth``, ``level``).
 
     ``seq`` is ``None`` until a snapshot arrives (and again while resyncing).
     """
 
+    __slots__ = ()
+
     def __init__(self, product_id: str) -> None:
-        self.product_id = product_id
-        self.seq: int | None = None
-        self.bids: dict[int, tuple[int, int]] = {}
-        self.asks: dict[int, tuple[int, int]] = {}
+        super().__init__(product_id, None)
 
     @property
     def synced(self) -> bool:
@@ -47,31 +51,21 @@ class LocalBook:
                 return False
             raise BookGap(f"{self.product_id}: delta prev_seq {delta.prev_seq} != held seq {self.seq}")
         for side, price, volume, n in delta.changes:
-            levels = self.bids if side == "buy" else self.asks
-            if volume:
-                levels[price] = (volume, n)
-            else:
-                levels.pop(price, None)
+            self.set_level(side, price, volume, n)
         self.seq = delta.seq
         return True
 
-    # ------------------------------------------------------------------ views
-    def best_bid(self) -> int | None:
-        return max(self.bids) if self.bids else None
-
-    def best_ask(self) -> int | None:
-        return min(self.asks) if self.asks else None
-
-    def mid(self) -> int | None:
-        """Integer mid price (rounded down), or ``None`` without both sides."""
-        b, a = self.best_bid(), self.best_ask()
-        return (a + b) // 2 if a is not None and b is not None else None
-
-    def depth(self, side: str, levels: int | None = None) -> list[tuple[int, int, int]]:
-        """``[(price, volume, orders)]`` best first."""
-        book = self.bids if side == "buy" else self.asks
-        prices = sorted(book, reverse=(side == "buy"))[:levels]
-        return [(p, *book[p]) for p in prices]
+    def follow(self, delta: BookDelta) -> bool:
+        """Follow the book with a pushed delta: :meth:`apply` it once a snapshot is held (False
+        before: the snapshot to come already includes it). On a gap the book is invalidated
+        and :class:`BookGap` raised: re-subscribe for a fresh snapshot (:meth:`reset`)."""
+        if not self.synced:
+            return False
+        try:
+            return self.apply(delta)
+        except BookGap:
+            self.invalidate()
+            raise
 
     def as_dict(self) -> dict:
         return {"product_id": self.product_id, "seq": self.seq, "bids": self.depth("buy"), "asks": self.depth("sell")}

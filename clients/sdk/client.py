@@ -15,14 +15,14 @@
 What it does
 ------------
 * **Login**: answers the server's ``hello`` challenge with an EIP-191 signature
-  (:func:`exchange.protocol.auth.sign_login`).
+  (:func:`clients.sdk.wire.login`).
 * **Requests** return when the exchange answers (for orders: after the journal
-  commit). Each is built from the server's own pydantic model
-  (:mod:`exchange.protocol.messages`), so a malformed request fails locally
+  commit). Each is built by :mod:`clients.sdk.wire` from the server's own pydantic
+  model (:mod:`exchange.protocol.messages`), so a malformed request fails locally
   (``pydantic.ValidationError``) before it is sent. An error response raises a
   :class:`~clients.sdk.errors.RequestError` subclass carrying the ``code``.
 * **Signed orders** (``sign_orders=True``): each ``place`` carries an EIP-712
-  signature (:func:`exchange.protocol.auth.sign_order`) and a nonce that only
+  signature (:class:`clients.sdk.wire.OrderSigner`) and a nonce that only
   grows (microseconds since the epoch, or last + 1), so it stays above the
   member's last nonce across restarts of the client.
 * **Streams**: :meth:`executions` (private reports), :meth:`subscribe_book`
@@ -82,10 +82,9 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 import aiohttp
-import orjson
-from eth_account import Account
-from pydantic import BaseModel
+from eth_account.signers.local import LocalAccount
 
+from clients.sdk import wire
 from clients.sdk.book import BookGap, BookUpdate, LocalBook
 from clients.sdk.errors import (
     AuthenticationError,
@@ -94,7 +93,6 @@ from clients.sdk.errors import (
     OutcomeUnknown,
     RequestError,
     RequestTimeout,
-    error_for,
 )
 from clients.sdk.models import (
     BookDelta,
@@ -113,8 +111,6 @@ from clients.sdk.models import (
     ProductState,
     PublicTrade,
 )
-from exchange.protocol import auth
-from exchange.protocol import messages as P
 
 __all__ = ["BookFeed", "Feed", "VoltbourseClient"]
 
@@ -220,10 +216,8 @@ class BookFeed(Feed):
         self._resync_next = False
 
     def _on_delta(self, delta: BookDelta) -> None:
-        if not self.book.synced:
-            return  # waiting for a snapshot: deltas before it are already in it
         try:
-            if self.book.apply(delta):
+            if self.book.follow(delta):
                 self._push(BookUpdate(self.product_id, self.book, delta.seq, delta))
         except BookGap as exc:
             self.gaps += 1
@@ -239,8 +233,8 @@ class BookFeed(Feed):
     async def _resync(self) -> None:
         c = self._client
         try:
-            await c.request({"type": "unsubscribe", "channel": "book", "product_id": self.product_id})
-            await c.request({"type": "subscribe", "channel": "book", "product_id": self.product_id})
+            await c._call(wire.unsubscribe(c._next_id(), "book", self.product_id))
+            await c._call(wire.subscribe(c._next_id(), "book", self.product_id))
         except (OutcomeUnknown, ClientClosed):
             pass  # a reconnection re-subscribes anyway
         except RequestError as exc:  # e.g. the product is gone
@@ -255,24 +249,9 @@ class BookFeed(Feed):
             del c._book_feeds[self.product_id]
             if c.connected:
                 try:
-                    await c.request({"type": "unsubscribe", "channel": "book", "product_id": self.product_id},
-                                    timeout=5)
+                    await c._call(wire.unsubscribe(c._next_id(), "book", self.product_id), timeout=5)
                 except (OutcomeUnknown, RequestError, ClientClosed):
                     pass
-
-
-def _order_result(result: Any, request: dict) -> OrderResult:
-    """Parse an order outcome; an answer without one (seen when a calendar transition was
-    applied in the same command: the server then answers ``{"seq": n}``) is reported as
-    :class:`OutcomeUnknown`, so a ``client_order_id`` resend (``retries``) settles it."""
-    if not isinstance(result, dict) or "order_id" not in result:
-        raise OutcomeUnknown(f"the exchange answered without an order outcome ({result!r}); the order may or "
-                             "may not exist: resend with the same client_order_id or check orders()", request)
-    return OrderResult.model_validate(result)
-
-
-def _dump(model: BaseModel) -> dict:
-    return model.model_dump(mode="json", exclude_none=True)
 
 
 class VoltbourseClient:
@@ -289,13 +268,12 @@ class VoltbourseClient:
         should have ``limit=0``); by default the client owns one
     """
 
-    def __init__(self, url: str, private_key, *, sign_orders: bool = False, request_timeout: float = 10.0,
-                 reconnect: bool = True, backoff_initial: float = 0.2, backoff_max: float = 10.0,
-                 connect_timeout: float = 10.0, heartbeat: float | None = 20.0,
+    def __init__(self, url: str, private_key: LocalAccount | str | bytes, *, sign_orders: bool = False,
+                 request_timeout: float = 10.0, reconnect: bool = True, backoff_initial: float = 0.2,
+                 backoff_max: float = 10.0, connect_timeout: float = 10.0, heartbeat: float | None = 20.0,
                  session: aiohttp.ClientSession | None = None, nonce_start: int | None = None) -> None:
         self.url = url
-        self.account = private_key if hasattr(private_key, "address") and hasattr(private_key, "key") \
-            else Account.from_key(private_key)
+        self.account = wire.account(private_key)
         self.address: str = self.account.address
         self.sign_orders = sign_orders
         self.request_timeout = request_timeout
@@ -310,12 +288,11 @@ class VoltbourseClient:
         self._reader: asyncio.Task | None = None
         self._supervisor: asyncio.Task | None = None
         self._ids = itertools.count(1)
-        self._pending: dict[int, tuple[asyncio.Future, dict]] = {}
+        self._pending: dict[wire.RequestId, tuple[asyncio.Future, dict]] = {}
         self._connected = asyncio.Event()
         self._closing = False
         self._fatal: BaseException | None = None
-        self._nonce = (nonce_start - 1) if nonce_start is not None else 0
-        self._nonce_from_clock = nonce_start is None
+        self._nonces = wire.Nonces(nonce_start)
         self._callbacks: dict[str, list[Callable]] = {}
         self._connect_hooks: list[Callable] = []
         self._feeds: set[Feed] = set()
@@ -388,14 +365,12 @@ class VoltbourseClient:
         ws = await asyncio.wait_for(self._http.ws_connect(self.url, heartbeat=self.heartbeat, max_msg_size=0),
                                     self.connect_timeout)
         try:
-            raw = await ws.receive_json(timeout=self.connect_timeout)
-            hello = Hello.model_validate(raw)
+            hello = wire.read_hello(await ws.receive_json(timeout=self.connect_timeout))
             self._ws, self.hello, self.market_id = ws, hello, hello.market_id
             self._reader = asyncio.get_running_loop().create_task(self._read(ws))
-            login = P.Login(type="login", id=self._next_id(), address=self.address,
-                            signature=auth.sign_login(hello.challenge, self.account.key))
+            login = wire.login(self._next_id(), hello, self.account)
             try:
-                result = LoginResult.model_validate(await self._call(_dump(login), wait_connected=False))
+                result = LoginResult.model_validate(await self._call(login, wait_connected=False))
             except AuthenticationError as exc:
                 self._fatal = exc
                 raise
@@ -404,14 +379,11 @@ class VoltbourseClient:
             for pid, feed in self._book_feeds.items():
                 feed.book.invalidate()
                 feed._resync_next = self.connects > 0
-                await self._call({"type": "subscribe", "channel": "book", "product_id": pid}, wait_connected=False)
-            for pid in self._trade_subs:
-                msg = {"type": "subscribe", "channel": "trades"}
-                if pid is not None:
-                    msg["product_id"] = pid
-                await self._call(msg, wait_connected=False)
+                await self._call(wire.subscribe(self._next_id(), "book", pid), wait_connected=False)
+            for trades_of in self._trade_subs:
+                await self._call(wire.subscribe(self._next_id(), "trades", trades_of), wait_connected=False)
             if self._products_sub:
-                self._on_products(await self._call({"type": "subscribe", "channel": "products"},
+                self._on_products(await self._call(wire.subscribe(self._next_id(), "products"),
                                                    wait_connected=False))
         except BaseException:
             if self._reader is not None:
@@ -469,8 +441,8 @@ class VoltbourseClient:
             async for m in ws:
                 if m.type == aiohttp.WSMsgType.TEXT:
                     try:
-                        msg = orjson.loads(m.data)
-                    except orjson.JSONDecodeError:
+                        msg = wire.decode(m.data)
+                    except ValueError:  # orjson.JSONDecodeError included
                         log.warning("unreadable frame from the server: %.200s", m.data)
                         continue
                     if self.drop_filter is not None and self.drop_filter(msg):
@@ -497,16 +469,17 @@ class VoltbourseClient:
 
     # ------------------------------------------------------------------ dispatch
     def _dispatch(self, msg: dict) -> None:
-        t = msg.get("type")
-        if t == "response" or t == "error":
-            entry = self._pending.pop(msg.get("id"), None)
+        t: str = msg.get("type") or ""
+        if wire.is_answer(msg):
+            rid = wire.answer_id(msg)
+            entry = self._pending.pop(rid, None) if rid is not None else None
             if entry is not None:
                 fut, req = entry
                 if not fut.done():
-                    if t == "response":
-                        fut.set_result(msg.get("result"))
-                    else:
-                        fut.set_exception(error_for(msg.get("code", "?"), msg.get("message", ""), msg.get("id"), req))
+                    try:
+                        fut.set_result(wire.result_of(msg, req))
+                    except RequestError as exc:
+                        fut.set_exception(exc)
                 return
             if t == "error":
                 log.warning("unsolicited error from the server: %s", msg)
@@ -516,7 +489,7 @@ class VoltbourseClient:
                 for f in self._exec_feeds:
                     f._push(ex)
         elif t == "book" or t == "book_snapshot":
-            feed = self._book_feeds.get(msg.get("product_id"))
+            feed = self._book_feeds.get(msg.get("product_id") or "")
             if feed is not None:
                 if t == "book":
                     feed._on_delta(BookDelta.model_validate(msg))
@@ -563,7 +536,7 @@ class VoltbourseClient:
         fut = asyncio.get_running_loop().create_future()
         self._pending[msg["id"]] = (fut, msg)
         try:
-            await ws.send_str(orjson.dumps(msg).decode())
+            await ws.send_str(wire.encode(msg))
         except (ConnectionError, RuntimeError, aiohttp.ClientError) as exc:
             self._pending.pop(msg["id"], None)
             raise ConnectionLost(f"sending failed: {exc!r}; the request may or may not have reached the exchange",
@@ -582,10 +555,6 @@ class VoltbourseClient:
         msg.pop("id", None)
         return await self._call(msg, timeout, wait_connected)
 
-    async def _model_call(self, model_cls: type[BaseModel], timeout: float | None = None, **fields) -> Any:
-        msg = _dump(model_cls(id=self._next_id(), **fields))
-        return await self._call(msg, timeout)
-
     # ------------------------------------------------------------------ orders
     def new_client_order_id(self, prefix: str = "sdk") -> str:
         """A fresh client order id, unique for this client object (``prefix-<random>-<n>``)."""
@@ -594,8 +563,12 @@ class VoltbourseClient:
     def next_nonce(self) -> int:
         """The next EIP-712 order nonce: last + 1, and (unless ``nonce_start`` was given) at least
         the current time in µs, so that a restarted client stays above the nonces it used before."""
-        self._nonce = max(self._nonce + 1, time.time_ns() // 1000 if self._nonce_from_clock else 0)
-        return self._nonce
+        return self._nonces.next()
+
+    @property
+    def last_nonce(self) -> int:
+        """The last EIP-712 order nonce given out (``nonce_start`` - 1, or 0, before the first)."""
+        return self._nonces.last
 
     async def place(self, product_id: str, side: str, price: int, quantity: int, tif: str = "gtc", *,
                     client_order_id: str | None = None, sign: bool | None = None, retries: int = 0,
@@ -611,16 +584,11 @@ class VoltbourseClient:
         sign = self.sign_orders if sign is None else sign
         attempt = 0
         while True:
-            fields: dict[str, Any] = dict(type="place", product_id=product_id, side=side, price=price,
-                                          quantity=quantity, tif=tif, client_order_id=client_order_id)
-            if sign:
-                nonce = self.next_nonce()
-                typed = auth.order_typed_data(self._market(), self._chain_id(), product_id=product_id, side=side,
-                                              price=price, quantity=quantity, tif=tif,
-                                              client_order_id=client_order_id, nonce=nonce)
-                fields.update(signature=auth.sign_order(typed, self.account.key), nonce=nonce)
+            signer = wire.OrderSigner(self.account, self._hello(), self._nonces) if sign else None
+            msg = wire.place(self._next_id(), product_id, side, price, quantity, tif, client_order_id=client_order_id,
+                             signer=signer)
             try:
-                return _order_result(await self._model_call(P.Place, timeout, **fields), fields)
+                return wire.order_result(await self._call(msg, timeout), msg)
             except OutcomeUnknown:
                 if attempt >= retries:
                     raise
@@ -628,28 +596,27 @@ class VoltbourseClient:
                 log.info("resending order %s after a lost answer (attempt %d)", client_order_id, attempt)
 
     async def cancel(self, order_id: int, *, timeout: float | None = None) -> CancelResult:
-        return CancelResult.model_validate(await self._model_call(P.Cancel, timeout, type="cancel",
-                                                                  order_id=order_id))
+        return CancelResult.model_validate(await self._call(wire.cancel(self._next_id(), order_id), timeout))
 
     async def modify(self, order_id: int, *, price: int | None = None, quantity: int | None = None,
                      timeout: float | None = None) -> OrderResult:
         """New price and/or remaining quantity (quantity down at the same price keeps priority)."""
-        return _order_result(await self._model_call(P.Modify, timeout, type="modify", order_id=order_id,
-                                                    price=price, quantity=quantity), {"order_id": order_id})
+        msg = wire.modify(self._next_id(), order_id, price=price, quantity=quantity)
+        return wire.order_result(await self._call(msg, timeout), msg)
 
     async def cancel_all(self, product_id: str | None = None, *, timeout: float | None = None) -> int:
         """Cancel my resting orders (of one product or all); returns how many."""
-        r = await self._model_call(P.CancelAll, timeout, type="cancel_all", product_id=product_id)
+        r = await self._call(wire.cancel_all(self._next_id(), product_id), timeout)
         return CancelAllResult.model_validate(r).cancelled
 
     # ------------------------------------------------------------------ queries
     async def orders(self, product_id: str | None = None) -> list[OpenOrder]:
-        r = await self._model_call(P.Orders, None, type="orders", product_id=product_id)
+        r = await self._call(wire.orders(self._next_id(), product_id))
         return [OpenOrder.model_validate(o) for o in r["orders"]]
 
     async def my_trades(self, product_id: str | None = None, after: int = 0, limit: int = 100) -> list[MyTrade]:
         """My trades with ``seq`` > ``after`` (page with the last ``seq`` seen)."""
-        r = await self._model_call(P.Trades, None, type="trades", product_id=product_id, after=after, limit=limit)
+        r = await self._call(wire.trades(self._next_id(), product_id, after, limit))
         return [MyTrade.model_validate(t) for t in r["trades"]]
 
     async def all_my_trades(self, product_id: str | None = None) -> list[MyTrade]:
@@ -663,11 +630,12 @@ class VoltbourseClient:
             after = page[-1].seq
 
     async def positions(self) -> list[Position]:
-        r = await self._model_call(P.Positions, None, type="positions")
+        r = await self._call(wire.positions(self._next_id()))
         return [Position.model_validate(p) for p in r["positions"]]
 
     async def ping(self) -> dict:
-        return await self._model_call(P.Ping, None, type="ping")
+        r: dict = await self._call(wire.ping(self._next_id()))
+        return r
 
     # ------------------------------------------------------------------ streams
     def executions(self, maxsize: int = 0) -> Feed:
@@ -692,7 +660,7 @@ class VoltbourseClient:
         feed = BookFeed(self, product_id, maxsize)
         self._book_feeds[product_id] = feed
         try:
-            await self._model_call(P.Subscribe, None, type="subscribe", channel="book", product_id=product_id)
+            await self._call(wire.subscribe(self._next_id(), "book", product_id))
         except BaseException:
             self._book_feeds.pop(product_id, None)
             self._feeds.discard(feed)
@@ -703,7 +671,7 @@ class VoltbourseClient:
         """Public trades (:class:`~clients.sdk.models.PublicTrade`) of one product or all."""
         feed = Feed(self, ("trade",), maxsize, parse=PublicTrade.model_validate,
                     accept=lambda m: product_id is None or m.get("product_id") == product_id)
-        await self._model_call(P.Subscribe, None, type="subscribe", channel="trades", product_id=product_id)
+        await self._call(wire.subscribe(self._next_id(), "trades", product_id))
         self._trade_subs.add(product_id)
         return feed
 
@@ -713,13 +681,13 @@ class VoltbourseClient:
         feed = Feed(self, ("product_state", "market_state"), maxsize,
                     parse=lambda m: ProductState.model_validate(m) if m["type"] == "product_state"
                     else MarketState.model_validate(m))
-        r = self._on_products(await self._model_call(P.Subscribe, None, type="subscribe", channel="products"))
+        r = self._on_products(await self._call(wire.subscribe(self._next_id(), "products")))
         self._products_sub = True
         return r, feed
 
     async def products(self) -> ProductsResult:
         """Every product's state (subscribes to the products channel to keep ``product_states`` current)."""
-        r = self._on_products(await self._model_call(P.Subscribe, None, type="subscribe", channel="products"))
+        r = self._on_products(await self._call(wire.subscribe(self._next_id(), "products")))
         self._products_sub = True
         return r
 
@@ -756,14 +724,10 @@ class VoltbourseClient:
         return lambda: self._connect_hooks.remove(callback) if callback in self._connect_hooks else None
 
     # ------------------------------------------------------------------ helpers
-    def _market(self) -> str:
-        if self.market_id is None:
+    def _hello(self) -> Hello:
+        if self.hello is None:
             raise ClientClosed("not connected yet")
-        return self.market_id
-
-    def _chain_id(self) -> int:
-        assert self.hello is not None
-        return int(self.hello.eip712_domain["chainId"])
+        return self.hello
 
     async def _force_disconnect(self) -> None:
         """Testing aid: drop the socket as a network failure would (the client reconnects)."""

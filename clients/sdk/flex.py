@@ -16,9 +16,11 @@ Times are aware ``datetime`` objects (or ISO strings); integers everywhere else
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
+
+from clients.sdk.client import VoltbourseClient
 
 
 def _iso(t: datetime | str) -> str:
@@ -30,7 +32,7 @@ def _iso(t: datetime | str) -> str:
 
 
 class FlexClient:
-    def __init__(self, client) -> None:
+    def __init__(self, client: VoltbourseClient) -> None:
         self.client = client
 
     async def offer(self, period_start: datetime | str, direction: str, *, power_w: int, price: int,
@@ -48,12 +50,12 @@ class FlexClient:
     async def cancel(self, offer_id: int) -> dict:
         return await self.client.request({"type": "flex_offer_cancel", "offer_id": offer_id})
 
-    async def baseline(self, slots: list[tuple[datetime | str, int, int]]) -> int:
+    async def baseline(self, slots: Sequence[tuple[datetime | str, int, int]]) -> int:
         """(slot start, consumption Wh, generation Wh) per 15-minute slot."""
         return (await self.client.request({"type": "flex_baseline", "slots": [
             {"start": _iso(t), "consumption_wh": c, "generation_wh": g} for t, c, g in slots]}))["slots"]
 
-    async def meter(self, readings: list[tuple[datetime | str, int, int]]) -> int:
+    async def meter(self, readings: Sequence[tuple[datetime | str, int, int]]) -> int:
         """(interval start, consumption Wh, generation Wh) per 10-minute interval."""
         return (await self.client.request({"type": "flex_meter", "readings": [
             {"interval_start": _iso(t), "consumption_wh": c, "generation_wh": g} for t, c, g in readings]}))["readings"]

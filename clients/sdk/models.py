@@ -120,3 +120,7 @@ class ProductsResult(_Result):
     seq: int
     halted: bool
     products: tuple[ProductInfo, ...]
+
+    def open_products(self) -> list[str]:
+        """The products open for trading, by delivery start (their ids sort so)."""
+        return sorted(p.product_id for p in self.products if p.state == "open")
