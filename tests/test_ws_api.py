@@ -377,7 +377,13 @@ message_like = st.fixed_dictionaries(
 )
 
 
-async def test_fuzz_random_messages_never_hurt_the_server(server, http):
+async def test_fuzz_random_messages_never_hurt_the_server(pool, pg_dsn, http):
+    # the anonymous connection fuzzes for longer than the login timeout allows by default
+    async with running(pg_dsn, ws_login_timeout_s=600) as server:
+        await _fuzz(server, http)
+
+
+async def _fuzz(server, http):
     a = await peer(http, server, 0)
     anon = await WSClient.connect(http, server.url)
     pid = server.open_products[0]

@@ -6,12 +6,13 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from exchange.protocol.errors import register
 from exchange.protocol.messages import MAX_INT, Push, Request
+from exchange.protocol.types import UtcTime
 
-FlexTime = Annotated[AwareDatetime, Field(description="ISO 8601 with offset, e.g. 2026-11-22T17:00:00Z")]
+FlexTime = UtcTime
 EnergyWh = Annotated[int, Field(ge=0, le=10**12, description="Wh")]
 
 

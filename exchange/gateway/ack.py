@@ -33,6 +33,8 @@ class Peer(Protocol):
 
     def send_raw(self, data: str) -> None: ...
 
+    def close(self, code: int, reason: str, *, flush: bool = False) -> None: ...
+
 
 @dataclass(slots=True)
 class Pending:

@@ -35,7 +35,7 @@ from exchange.gateway.operator import MODELS, OPERATOR_ROUTES, SCHEMAS, make_reg
 from exchange.gateway.page import add_page_routes
 from exchange.gateway.peers import PEERS, Peers
 from exchange.gateway.plugin import Subsystem, wire_protocol
-from exchange.gateway.session import close_sockets, ws_handler
+from exchange.gateway.session import LIMITS, Limits, close_sockets, ws_handler
 from exchange.gateway.views import market_summary, product_summary, products_sorted
 from exchange.runtime.config import Settings
 from exchange.runtime.service import Market
@@ -170,6 +170,7 @@ async def make_app(market: Market, settings: Settings, subsystems: Sequence[Subs
     add_routes(app, PUBLIC_ROUTES)
     app.router.add_get("/ws", ws_handler)
     app[SOCKETS] = set()
+    app[LIMITS] = Limits()
     app[WS_REQUESTS] = {}
     app[PAYOUT_SOURCES] = []
     app.on_shutdown.append(close_sockets)

@@ -19,6 +19,7 @@ from aiohttp import web
 from exchange.core.model import (
     MarketHalted,
     MarketResumed,
+    MemberUpdated,
     OrderAccepted,
     OrderCancelled,
     OrderExpired,
@@ -113,6 +114,10 @@ class MarketData:
                 elif isinstance(ev, _STATE_EVENTS):
                     mirror.apply(ev, touched, book_last)
                     pub.state(ev, mirror, public)
+                elif isinstance(ev, MemberUpdated):
+                    mirror.apply(ev, touched, book_last)
+                    if ev.suspended:
+                        pub.suspended(ev.member)
             mirror.seq = e.events[-1].seq
         pub.books(mirror, touched, book_last)
         pub.flush(public)

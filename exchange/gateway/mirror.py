@@ -14,6 +14,7 @@ from exchange.core.model import (
     Event,
     MarketHalted,
     MarketResumed,
+    MemberUpdated,
     OrderAccepted,
     OrderCancelled,
     OrderExpired,
@@ -50,6 +51,7 @@ class BookMirror:
         self.books: dict[str, LevelBook] = {}
         self.product_states: dict[str, str] = {}
         self.halted: tuple[bool, str] = (False, "")
+        self.suspended: set[str] = set()  # members suspended as of the last committed event
         self.seq = 0  # last committed event seq applied
 
     def bootstrap(self, engine: MarketEngine) -> None:
@@ -61,6 +63,7 @@ class BookMirror:
                                       o.client_order_id), set())
             self.book(pid).seq = engine.seq
         self.halted = (engine.halted, engine.halt_reason)
+        self.suspended = {m for m, a in engine.accounts.items() if a.suspended}
         self.seq = engine.seq
 
     # ------------------------------------------------------------------ views
@@ -146,7 +149,13 @@ class BookMirror:
                 if b is not None:
                     b.clear()
             return None
-        if t is MarketHalted:
+        if t is MemberUpdated:
+            assert isinstance(ev, MemberUpdated)
+            if ev.suspended:
+                self.suspended.add(ev.member)
+            else:
+                self.suspended.discard(ev.member)
+        elif t is MarketHalted:
             assert isinstance(ev, MarketHalted)
             self.halted = (True, ev.reason)
         elif t is MarketResumed:

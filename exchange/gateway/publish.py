@@ -96,6 +96,13 @@ class Publisher:
                                                 "price": ev.price, "quantity": ev.quantity, "aggressor": agg,
                                                 "seq": ev.seq, "ts": ts})))
 
+    def suspended(self, member: str) -> None:
+        """A suspended member's live sessions end (a kill switch): told why, then closed."""
+        for s in self.peers.sessions(member):
+            s.send({"type": "error", "id": None, "code": "MEMBER_SUSPENDED",
+                    "message": f"{member} is suspended by the operator; this session ends"})
+            s.close(4003, "member suspended", flush=True)
+
     # ------------------------------------------------------------------ public
     def state(self, ev: ProductStateChanged | ProductListed | MarketHalted | MarketResumed, mirror: BookMirror,
               public: Public) -> None:

@@ -27,6 +27,7 @@ from exchange.gateway.marketdata import MARKET_DATA, MarketData, Pending
 from exchange.gateway.metrics import METRICS
 from exchange.protocol import auth
 from exchange.protocol.errors import VoltbourseError
+from exchange.protocol.frames import read_request_id
 from exchange.protocol.messages import CORE_REQUESTS, PROTOCOL_VERSION, ProtocolError, WireProtocol
 from exchange.runtime.config import Settings
 from exchange.runtime.market import MarketBusy, MarketUnavailable
@@ -58,6 +59,30 @@ class TokenBucket:
         return False
 
 
+class Limits:
+    """Connection counts the handshake checks: per client address, and not logged in yet."""
+
+    def __init__(self) -> None:
+        self.per_ip: dict[str, int] = {}
+        self.anonymous = 0
+
+    def opened(self, ip: str) -> None:
+        self.per_ip[ip] = self.per_ip.get(ip, 0) + 1
+        self.anonymous += 1
+
+    def closed(self, ip: str, anonymous: bool) -> None:
+        n = self.per_ip.get(ip, 0) - 1
+        if n > 0:
+            self.per_ip[ip] = n
+        else:
+            self.per_ip.pop(ip, None)
+        if anonymous:
+            self.anonymous -= 1
+
+
+LIMITS: web.AppKey[Limits] = web.AppKey("ws_limits", Limits)
+
+
 class Session:
     def __init__(self, ws: web.WebSocketResponse, market: Market, md: MarketData, settings: Settings,
                  metrics: Any = None, handlers: dict[str, Any] | None = None, protocol: WireProtocol | None = None,
@@ -74,10 +99,22 @@ class Session:
         self.challenge = auth.new_challenge(settings.market_id)
         self.login_failures = 0
         self.bucket = TokenBucket(settings.ws_rate_per_s, settings.ws_burst)
-        self.limited = 0
+        # frames dropped by the rate limit use up this patience; it refills at the same rate,
+        # so bursts that stay under the average rate never close the connection
+        self.patience = TokenBucket(settings.ws_rate_per_s, settings.ws_burst)
         self.out: asyncio.Queue[str | tuple | None] = asyncio.Queue(settings.ws_send_queue)
+        self.queued_bytes = 0
         self.closed = False
+        self.on_login: Any = None  # called once the session is bound to a member
         self.sender = asyncio.create_task(self._sender())
+        self.login_timer: asyncio.TimerHandle | None = asyncio.get_running_loop().call_later(
+            settings.ws_login_timeout_s, self._login_timeout)
+
+    def _login_timeout(self) -> None:
+        self.login_timer = None
+        if self.member is None and not self.closed:
+            self.error(None, "NOT_AUTHENTICATED", f"no login within {self.settings.ws_login_timeout_s:g} s")
+            self.close(WSCloseCode.POLICY_VIOLATION, "login timeout", flush=True)
 
     # ------------------------------------------------------------------ output
     def send(self, msg: dict) -> None:
@@ -86,13 +123,23 @@ class Session:
     def send_raw(self, data: str) -> None:
         if self.closed:
             return
+        size = len(data)
+        if self.queued_bytes + size > self.settings.ws_send_queue_bytes:
+            self._slow("bytes")
+            return
         try:
             self.out.put_nowait(data)
         except asyncio.QueueFull:
-            if self.metrics is not None:
-                self.metrics.slow_consumer_dropped()
-            log.warning("dropping slow consumer %s (%d messages queued)", self.member, self.out.qsize())
-            self.close(WSCloseCode.TRY_AGAIN_LATER, "slow consumer: send queue full")
+            self._slow("messages")
+            return
+        self.queued_bytes += size
+
+    def _slow(self, what: str) -> None:
+        if self.metrics is not None:
+            self.metrics.slow_consumer_dropped()
+        log.warning("dropping slow consumer %s (%d messages, %d bytes queued; %s cap)", self.member,
+                    self.out.qsize(), self.queued_bytes, what)
+        self.close(WSCloseCode.TRY_AGAIN_LATER, f"slow consumer: send queue full ({what})")
 
     def error(self, request_id, code: str, message: str) -> None:
         if self.metrics is not None:
@@ -109,6 +156,7 @@ class Session:
                 if isinstance(data, tuple):  # (code, reason): close after what was queued before it
                     await ws.close(code=data[0], message=data[1])
                     return
+                self.queued_bytes -= len(data)
                 await ws.send_str(data)
         except (ConnectionError, RuntimeError, asyncio.CancelledError):
             return
@@ -120,6 +168,7 @@ class Session:
             return
         self.closed = True
         self.md.detach(self)
+        self._cancel_login_timer()
         if flush:
             try:
                 self.out.put_nowait((code, reason.encode()[:120]))
@@ -131,6 +180,7 @@ class Session:
 
     async def finish(self) -> None:
         """Normal end: flush what is queued, then stop the sender."""
+        self._cancel_login_timer()
         if not self.closed:
             self.closed = True
             self.md.detach(self)
@@ -141,14 +191,20 @@ class Session:
         await asyncio.gather(self.sender, return_exceptions=True)
 
     # ------------------------------------------------------------------ input
+    def _cancel_login_timer(self) -> None:
+        if self.login_timer is not None:
+            self.login_timer.cancel()
+            self.login_timer = None
+
     async def handle(self, raw: str) -> None:
         if not self.bucket.take():
-            self.limited += 1
-            if self.limited > self.settings.ws_burst:
+            rid = read_request_id(raw)  # the answer carries the id, so the peer's request does not hang
+            if not self.patience.take():
+                self.error(rid, "RATE_LIMITED", "rate limit exceeded for too long: closing")
                 self.close(WSCloseCode.POLICY_VIOLATION, "rate limit exceeded repeatedly", flush=True)
                 return
-            self.error(None, "RATE_LIMITED",
-                       f"more than {self.settings.ws_rate_per_s} messages/s (burst {self.settings.ws_burst}); "
+            self.error(rid, "RATE_LIMITED",
+                       f"more than {self.settings.ws_rate_per_s:g} messages/s (burst {self.settings.ws_burst}); "
                        "this message was dropped")
             return
         t0 = time.perf_counter_ns()
@@ -168,6 +224,10 @@ class Session:
         member = self.member
         if member is None:
             self.error(msg.id, "NOT_AUTHENTICATED", "log in first: sign the hello challenge and send `login`")
+            return
+        if member in self.md.mirror.suspended:
+            self.error(msg.id, "MEMBER_SUSPENDED", f"{member} is suspended; this session ends")
+            self.close(4003, "member suspended", flush=True)
             return
         try:
             if kind == "place":
@@ -202,6 +262,9 @@ class Session:
             self.error(msg.id, "BUSY", f"the exchange is busy, retry shortly ({exc})")
         except MarketUnavailable as exc:
             self.error(msg.id, "UNAVAILABLE", f"the market is not available: {exc}")
+        except Exception:  # noqa: BLE001 - a bug must not drop the connection: answered, logged
+            log.exception("request %r of %s failed", kind, member)
+            self.error(msg.id, "INTERNAL", "the request failed on the server; it was logged")
 
     def _login(self, msg) -> None:
         if self.member is not None:
@@ -224,12 +287,19 @@ class Session:
         if acct is None:
             self.error(msg.id, "UNKNOWN_MEMBER", f"{claimed} is not a registered member of {self.settings.market_id}")
             return
-        if acct.suspended:
+        if acct.suspended or claimed in self.md.mirror.suspended:
             self.error(msg.id, "MEMBER_SUSPENDED", f"{claimed} is suspended")
+            return
+        if len(self.md.peers.sessions(claimed)) >= self.settings.ws_sessions_per_member:
+            self.error(msg.id, "TOO_MANY_SESSIONS",
+                       f"{claimed} has {self.settings.ws_sessions_per_member} sessions open (the most allowed)")
             return
         self.member = MemberId(claimed)
         self.challenge = ""  # single use
+        self._cancel_login_timer()
         self.md.attach(self)
+        if self.on_login is not None:
+            self.on_login()
         self.send({"type": "response", "id": msg.id, "result": {"member": claimed, "market_id": self.settings.market_id}})
 
     def _place(self, msg: Any, member: MemberId, t0: int) -> None:
@@ -300,13 +370,29 @@ class Session:
 async def ws_handler(request: web.Request) -> web.WebSocketResponse:
     app = request.app
     settings = app[SETTINGS]
+    limits = app[LIMITS]
+    ip = request.remote or "?"
+    if limits.per_ip.get(ip, 0) >= settings.ws_connections_per_ip:
+        return web.json_response({"error": "RATE_LIMITED", "message": f"more than {settings.ws_connections_per_ip} "
+                                  "WebSocket connections from this address"}, status=429)
+    if limits.anonymous >= settings.ws_anonymous_max:
+        return web.json_response({"error": "BUSY", "message": "too many connections waiting to log in; retry "
+                                  "shortly"}, status=503, headers={"Retry-After": "5"})
     ws = web.WebSocketResponse(heartbeat=settings.ws_heartbeat_s, max_msg_size=settings.ws_max_message_bytes,
                                timeout=2.0)  # close handshake: do not hold a socket for long
     await ws.prepare(request)
     app[SOCKETS].add(ws)
     metrics = app.get(METRICS)
+    limits.opened(ip)
     session = Session(ws, app[MARKET], app[MARKET_DATA], settings, metrics, app.get(WS_REQUESTS),
                       app.get(PROTOCOL), app)
+    anonymous = [True]
+
+    def logged_in() -> None:
+        anonymous[0] = False
+        limits.anonymous -= 1
+
+    session.on_login = logged_in
     if metrics is not None:
         metrics.peer_connected()
     session.send({"type": "hello", "protocol": PROTOCOL_VERSION, "market_id": settings.market_id,
@@ -324,6 +410,7 @@ async def ws_handler(request: web.Request) -> web.WebSocketResponse:
                 break
     finally:
         app[SOCKETS].discard(ws)
+        limits.closed(ip, anonymous[0])
         await session.finish()
         if metrics is not None:
             metrics.peer_disconnected()
