@@ -212,3 +212,29 @@ async def test_no_route_answers_500_to_hostile_values(pool, pg_dsn, http):
                     assert r.status < 500 or (r.status == 503 and "503" in op["responses"]), \
                         (method, path, value, r.status, await r.text())
         assert seen > 300
+
+
+# ------------------------------------------------------------------ operator page login
+
+
+async def test_failed_operator_logins_do_not_lock_the_operator_out(pool, pg_dsn, http):
+    """Guessing is throttled per source (429 for wrong tokens past the limit), but the right
+    token is always accepted: another source's guessing never locks the operator out."""
+    async with running(pg_dsn) as server:
+        for _ in range(12):
+            async with http.post(server.http + "/operator/login", json={"token": "wrong"}) as r:
+                last = r.status
+        assert last == 429
+        async with http.post(server.http + "/operator/login", json={"token": "op-secret"}) as r:
+            assert r.status == 200 and (await r.json())["operator"] is True
+
+
+async def test_same_origin_is_the_configured_public_origin(pool, pg_dsn, http):
+    """With public_origin set, a forged Host header does not make a foreign Origin 'same'."""
+    async with running(pg_dsn, public_origin="https://exchange.example.org") as server:
+        forged = {"Origin": "http://evil.example", "Host": "evil.example"}
+        async with http.post(server.http + "/operator/login", json={"token": "op-secret"}, headers=forged) as r:
+            assert r.status == 403
+        ok = {"Origin": "https://exchange.example.org"}
+        async with http.post(server.http + "/operator/login", json={"token": "op-secret"}, headers=ok) as r:
+            assert r.status == 200

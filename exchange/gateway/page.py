@@ -115,10 +115,15 @@ def _sid(request: web.Request) -> str | None:
 
 
 def _same_origin(request: web.Request) -> bool:
-    """No ``Origin`` (not a browser's cross-origin request) or one naming this host."""
+    """No ``Origin`` (not a browser's cross-origin request) or the configured public
+    origin (``public_origin``). Without that setting (a local deployment), the origin must
+    name the host the request was sent to (the ``Host`` header, which a browser sets)."""
     origin = request.headers.get("Origin")
     if origin is None:
         return True
+    public = request.config_dict[SETTINGS].public_origin
+    if public:
+        return origin.rstrip("/") == public.rstrip("/")
     host = request.headers.get("Host", "")
     return origin in (f"http://{host}", f"https://{host}")
 
@@ -179,8 +184,6 @@ async def login(request: web.Request) -> web.StreamResponse:
     if not token:
         return refuse(503, "OPERATOR_DISABLED", "The operator login is disabled: no operator token is configured.")
     who = request.remote or "?"
-    if sessions.throttled(who):
-        return refuse(429, "TOO_MANY_ATTEMPTS", "Too many failed logins; wait a minute.")
     try:
         if request.content_type == "application/json":
             body = await request.json()
@@ -190,8 +193,14 @@ async def login(request: web.Request) -> web.StreamResponse:
     except (ValueError, json.JSONDecodeError):
         given = None
     if not isinstance(given, str) or not given or not hmac.compare_digest(given.encode(), token.encode()):
+        # Failures are counted per source address; a source over the limit is refused
+        # outright for a minute. The right token is always accepted: another source's
+        # guessing never locks the operator out.
+        throttled = sessions.throttled(who)
         sessions.failed(who)
         await asyncio.sleep(0.2)  # slow down guessing
+        if throttled:
+            return refuse(429, "TOO_MANY_ATTEMPTS", "Too many failed logins from this address; wait a minute.")
         return refuse(401, "UNAUTHENTICATED", "Wrong operator token.")
     sid = sessions.create()
     resp: web.StreamResponse

@@ -120,6 +120,11 @@ class Settings(BaseSettings):
     #: queue behind the journal writer's commits
     read_pool_size: int = Field(4, ge=1)
 
+    #: the origin browsers use to reach this exchange (e.g. https://exchange.example.org): the
+    #: operator page refuses state-changing requests from any other origin. Unset: the origin
+    #: must name the Host the request was sent to (fine for a local deployment only)
+    public_origin: str | None = None
+
     # --- peer WebSocket API --------------------------------------------------
     #: seconds between WebSocket pings; a peer that does not answer is disconnected
     ws_heartbeat_s: float = Field(20.0, gt=0)
