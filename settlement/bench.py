@@ -20,7 +20,8 @@ import time
 
 from eth_account import Account
 
-from exchange.core.model import PlaceOrder, RegisterMember, Side
+from exchange.core.ids import MemberId, ProductId
+from exchange.core.model import PlaceOrder, RegisterMember, Side, TradeEvent
 from exchange.runtime.clock import ManualClock
 from exchange.runtime.config import load_settings
 from exchange.runtime.scratch import BENCH_T0, run_on_database
@@ -52,10 +53,10 @@ async def _bench(dsn: str, trades: int, seed: int, batch_size: int, rate: int, s
         await worker.start()
         accounts = [Account.from_key(rng.randbytes(32)) for _ in range(MEMBERS)]
         for a in accounts:
-            await rt.submit(RegisterMember(0, a.address, collateral=None, export_capacity_w=10**12))
+            await rt.submit(RegisterMember(0, MemberId(a.address), collateral=None, export_capacity_w=10**12))
             await worker._chain(chain.fund_member, a, DEPOSIT)
         await worker.scan_chain()
-        pids = sorted(p for p, pb in rt.engine.products.items() if pb.state.value == "open")
+        pids = sorted(ProductId(p) for p, pb in rt.engine.products.items() if pb.state.value == "open")
         acked: dict[int, float] = {}
 
         async def pair() -> None:
@@ -63,10 +64,10 @@ async def _bench(dsn: str, trades: int, seed: int, batch_size: int, rate: int, s
             pid = rng.choice(pids)
             price, qty = rng.randint(-2_000, 30_000), rng.randint(100, 10_000)
             for acct, side in ((seller, Side.SELL), (buyer, Side.BUY)):
-                res = await rt.submit(PlaceOrder(0, acct.address, pid, side, price, qty))
+                res = await rt.submit(PlaceOrder(0, MemberId(acct.address), pid, side, price, qty))
                 now = time.time()
                 for ev in res.events:
-                    if ev.type == "trade":
+                    if isinstance(ev, TradeEvent):
                         acked[ev.trade_id] = now
 
         # ---- phase 1: backlog

@@ -17,9 +17,13 @@ from typing import Any
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from eth_tester import EthereumTester, PyEVMBackend
+from eth_typing import HexStr
 from web3 import EthereumTesterProvider, HTTPProvider, Web3
+from web3.contract import Contract
 from web3.exceptions import TimeExhausted, TransactionNotFound
+from web3.types import Wei
 
+from exchange.runtime.config import Settings
 from settlement.compiler import Artifact, load_artifacts
 
 log = logging.getLogger(__name__)
@@ -44,25 +48,30 @@ class Deployment:
 
 
 class Chain:
-    """One connection to a chain plus the operator's signing key."""
+    """One connection to a chain plus the operator's signing key.
 
-    def __init__(self, w3: Web3, operator: LocalAccount, *, in_process: bool, tester=None,
+    The contracts (:attr:`token`, :attr:`registry`) exist once :meth:`deploy` or
+    :meth:`attach` ran; before that, using them raises a RuntimeError."""
+
+    def __init__(self, w3: Web3, operator: LocalAccount, *, in_process: bool, tester: EthereumTester | None = None,
                  artifacts: dict[str, Artifact] | None = None) -> None:
         self.w3 = w3
         self.operator = operator
-        self.in_process = in_process
+        #: the chain is the in-process EVM (eth-tester), not a JSON-RPC node
+        #: (``Chain.in_process`` is the constructor of such a chain)
+        self.is_in_process = in_process
         self.tester = tester
         # the contracts compiled at build time (package data); never compiles nor runs node
         self.artifacts = artifacts or load_artifacts()
         self.chain_id = w3.eth.chain_id
         self.genesis_hash = "0x" + bytes(w3.eth.get_block(0)["hash"]).hex()
         self._nonce: int | None = None
-        self.token = None
-        self.registry = None
+        self._token: Contract | None = None
+        self._registry: Contract | None = None
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def in_process(cls, operator_key: str | None = None, artifacts=None) -> Chain:
+    def in_process(cls, operator_key: str | None = None, artifacts: dict[str, Artifact] | None = None) -> Chain:
 
         backend = PyEVMBackend()
         tester = EthereumTester(backend)
@@ -77,13 +86,13 @@ class Chain:
         return chain
 
     @classmethod
-    def rpc(cls, url: str, operator_key: str, artifacts=None) -> Chain:
+    def rpc(cls, url: str, operator_key: str, artifacts: dict[str, Artifact] | None = None) -> Chain:
 
         w3 = Web3(HTTPProvider(url, request_kwargs={"timeout": 10}))
         return cls(w3, Account.from_key(operator_key), in_process=False, artifacts=artifacts)
 
     @classmethod
-    def from_settings(cls, settings, artifacts=None) -> Chain:
+    def from_settings(cls, settings: Settings, artifacts: dict[str, Artifact] | None = None) -> Chain:
         key = settings.chain_operator_key.get_secret_value() if settings.chain_operator_key else None
         if settings.chain_rpc_url:
             if not key:
@@ -96,7 +105,7 @@ class Chain:
         if self.tester is None:
             raise ChainError("no faucet on an external chain")
         # the last tester account: never the operator (its nonces are ours to count)
-        self.w3.eth.send_transaction({"from": self.w3.eth.accounts[-1], "to": to, "value": wei, "gas": 21_000})
+        self.w3.eth.send_transaction({"from": self.w3.eth.accounts[-1], "to": to, "value": Wei(wei), "gas": 21_000})
 
     # ------------------------------------------------------------------ contracts
     def deploy(self) -> Deployment:
@@ -112,11 +121,32 @@ class Chain:
         return receipt["contractAddress"]
 
     def attach(self, token: str, registry: str) -> None:
-        self.token = self.w3.eth.contract(address=token, abi=self.artifacts["EuroCredit"].abi)
-        self.registry = self.w3.eth.contract(address=registry, abi=self.artifacts["SettlementRegistry"].abi)
+        self._token = self.w3.eth.contract(address=Web3.to_checksum_address(token),
+                                           abi=self.artifacts["EuroCredit"].abi)
+        self._registry = self.w3.eth.contract(address=Web3.to_checksum_address(registry),
+                                              abi=self.artifacts["SettlementRegistry"].abi)
+
+    @property
+    def attached(self) -> bool:
+        """True once the contracts are deployed or attached."""
+        return self._token is not None and self._registry is not None
+
+    @property
+    def token(self) -> Contract:
+        """The EuroCredit (vEUR) contract."""
+        if self._token is None:
+            raise RuntimeError("settlement contracts not deployed yet: Chain.deploy() or Chain.attach() first")
+        return self._token
+
+    @property
+    def registry(self) -> Contract:
+        """The SettlementRegistry contract."""
+        if self._registry is None:
+            raise RuntimeError("settlement contracts not deployed yet: Chain.deploy() or Chain.attach() first")
+        return self._registry
 
     def has_code(self, address: str) -> bool:
-        return len(self.w3.eth.get_code(address)) > 0
+        return len(self.w3.eth.get_code(Web3.to_checksum_address(address))) > 0
 
     # ------------------------------------------------------------------ transactions
     def sign(self, call, gas: int) -> tuple[bytes, str]:
@@ -146,8 +176,8 @@ class Chain:
 
         try:
             if timeout <= 0:
-                return self.w3.eth.get_transaction_receipt(tx_hash)
-            return self.w3.eth.wait_for_transaction_receipt(tx_hash, timeout=timeout, poll_latency=0.05)
+                return self.w3.eth.get_transaction_receipt(HexStr(tx_hash))
+            return self.w3.eth.wait_for_transaction_receipt(HexStr(tx_hash), timeout=timeout, poll_latency=0.05)
         except (TransactionNotFound, TimeExhausted):
             return None
 

@@ -7,6 +7,7 @@ import json
 import sys
 import urllib.error
 import urllib.request
+from typing import Any
 
 from exchange.runtime.config import load_settings
 from exchange.runtime.db import create_pool, database
@@ -22,6 +23,7 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
     the exchange to do it (operator API, ``--url`` and the operator token)."""
 
     settings = load_settings()
+    report: dict[str, Any] | None
     if settings.chain_rpc_url and not args.url:
         report = _reconcile_direct(settings)
     else:

@@ -22,11 +22,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 from aiohttp import web
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from pydantic import BaseModel, ConfigDict, Field
 
 from exchange.gateway.feed import OPERATOR_FEED
@@ -143,15 +143,16 @@ def settlement_subsystem(*, chain: Chain | None = None) -> Subsystem:
         settings = app[SETTINGS]
         market = app[MARKET]
         loop = asyncio.get_running_loop()
-        c = chain or await loop.run_in_executor(None, Chain.from_settings, settings)
+        c = chain if chain is not None else await loop.run_in_executor(None, Chain.from_settings, settings)
         feed = app.get(OPERATOR_FEED)
+        payout_sources = app[PAYOUT_SOURCES]
         worker = SettlementWorker(
             market.pool, market.journal.market_id, c, runtime=market.runtime,
             batch_size=settings.settlement_batch_size, max_age_s=settings.settlement_max_age_s,
             poll_s=settings.settlement_poll_s, retry_s=settings.settlement_retry_s,
             retry_max_s=settings.settlement_retry_max_s,
             publish=(lambda payload: feed.publish("settlement", payload)) if feed is not None else None,
-            payout_sources=app[PAYOUT_SOURCES])
+            payout_sources=payout_sources)
         await worker.start()
         app[SETTLEMENT] = worker
         registry = app.get(MEMBERS)
@@ -169,7 +170,7 @@ def settlement_subsystem(*, chain: Chain | None = None) -> Subsystem:
         market.runtime.subscribers.append(on_commit)
         task = asyncio.create_task(worker.run(), name="settlement-worker")
         log.info("settlement: registry %s on chain %s (%s)", c.registry.address, c.chain_id,
-                 "in-process EVM" if c.in_process else settings.chain_rpc_url)
+                 "in-process EVM" if c.is_in_process else settings.chain_rpc_url)
         yield
         worker.stop()
         try:
@@ -196,7 +197,7 @@ class SettlementCollector:
     def __init__(self, worker: SettlementWorker) -> None:
         self.worker = worker
 
-    def collect(self):
+    def collect(self) -> Iterator[Metric]:
         w = self.worker
         for name, key, doc in (
                 ("voltbourse_settlement_batches_anchored", "batches_anchored", "Batches anchored on chain."),

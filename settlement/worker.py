@@ -45,6 +45,7 @@ from typing import Any
 
 import asyncpg
 
+from exchange.core.ids import MemberId
 from exchange.core.model import Rejected, UpdateCollateral
 from exchange.runtime.ports import Payout, PayoutSource
 from settlement.chain import CALL_GAS, Chain, ChainError
@@ -100,6 +101,7 @@ class SettlementWorker:
         self.deployment_id: int | None = None
         self.deploy_block = 0
         self.alert: str | None = None
+        self.last_reconcile: dict[str, Any] | None = None  # the last reconciliation's summary (run_reconcile)
         self.failures = 0
         self.stats = {"batches_anchored": 0, "trades_anchored": 0, "gas_used": 0, "chain_errors": 0}
         self.last_pending = 0  # trades not in a batch, as of the last status()
@@ -421,7 +423,7 @@ class SettlementWorker:
             "WHERE b.market_id = $1 AND b.state = 'anchored' AND NOT b.collateral_applied AND b.batch_id > $2 "
             "AND n->>0 = $3", self.market_id, ref, member)
         collateral = chain_collateral - unapplied - await self._reserved(member) - withdrawal
-        res = await self.runtime.submit(UpdateCollateral(0, member=member, collateral=max(collateral, 0),
+        res = await self.runtime.submit(UpdateCollateral(0, member=MemberId(member), collateral=max(collateral, 0),
                                                          settled_payable=settled, settlement_ref=ref,
                                                          withdrawal=withdrawal))
         return next((ev for ev in res.events if type(ev) is Rejected), None)
@@ -586,10 +588,10 @@ class SettlementWorker:
             "last_anchored_block": last_block,
             "pending_trades": pending,
             "alert": self.alert,
-            "reconcile": getattr(self, "last_reconcile", None),
+            "reconcile": self.last_reconcile,
             "chain_id": self.chain.chain_id,
-            "registry": self.chain.registry.address if self.chain.registry is not None else None,
-            "token": self.chain.token.address if self.chain.token is not None else None,
+            "registry": self.chain.registry.address if self.chain.attached else None,
+            "token": self.chain.token.address if self.chain.attached else None,
             "updated_at": datetime.now(UTC).isoformat(),
         }
 
@@ -597,8 +599,14 @@ class SettlementWorker:
         if self.publish is None:
             return
         task = asyncio.get_running_loop().create_task(self._publish_status())
-        task.add_done_callback(lambda t: t.cancelled() or t.exception() and log.warning(
-            "settlement: status publish failed: %s", t.exception()))
+        task.add_done_callback(_log_publish_failure)
 
     async def _publish_status(self) -> None:
-        self.publish(await self.status())
+        status = await self.status()
+        if self.publish is not None:
+            self.publish(status)
+
+
+def _log_publish_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("settlement: status publish failed: %s", task.exception())

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from aiohttp import web
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StrictInt
 
 from exchange.core.units import US_PER_MIN, to_us
@@ -229,7 +229,7 @@ class FlexCollector:
     def __init__(self, flex: FlexService) -> None:
         self.flex = flex
 
-    def collect(self):
+    def collect(self) -> Iterator[Metric]:
         s = self.flex.stats
         for name, key, doc in (
                 ("voltbourse_flex_offers", "offers", "Flexibility offers declared."),

@@ -75,7 +75,7 @@ class FlexService:
         self.instructions: list[tuple[int, int, Instruction]] = []  # (instruction_id, event_id, instruction)
         self.payouts: list[dict] = []
         self.counters = {"offer": 0, "event": 0, "invitation": 0, "bid": 0, "instruction": 0, "payout": 0}
-        self.stats = defaultdict(int)  # for metrics
+        self.stats: defaultdict[str, int] = defaultdict(int)  # for metrics
         self._pending_computed: list = []
         self._lock = asyncio.Lock()
         self._task: asyncio.Task | None = None
@@ -241,12 +241,12 @@ class FlexService:
         cons = gen = 0
         for m in members:
             for s in range(start, end, SLOT_US):
-                v = self.baselines.get(m, {}).get(s) or self._computed_slot(m, s)
-                if v is not None:
-                    cons += v[0]
-                    gen += v[1]
-        v = assess(cons, gen, flexibility_wh(self.open_offers(start, end, Direction.UP), start, end))
-        return v.to_dict()
+                slot = self.baselines.get(m, {}).get(s) or self._computed_slot(m, s)
+                if slot is not None:
+                    cons += slot[0]
+                    gen += slot[1]
+        viability = assess(cons, gen, flexibility_wh(self.open_offers(start, end, Direction.UP), start, end))
+        return viability.to_dict()
 
     # ------------------------------------------------------------------ events
     async def open_event(self, period_start: int, *, direction: Direction = Direction.UP, target_w: int | None = None,

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from typing import Any
 
 import asyncpg
 
 from exchange.core.units import from_us, to_us
 from exchange.flexibility.core import DeliveryKind, Direction, FlexEvent, Instruction, MemberHistory, Offer
 from exchange.flexibility.core.delivery import DeliveryRecord
+from exchange.runtime.ports import Payout
 
 
 def _t(us: int):
@@ -78,6 +80,7 @@ class FlexStore:
 
     async def save_series(self, table: str, key: str, member: str, rows: list[tuple[int, int, int]],
                           source: str = "member") -> None:
+        args: list[tuple[Any, ...]]
         if table == "flex_baselines":
             sql = ("INSERT INTO flex_baselines (market_id, member, slot_start, consumption_wh, generation_wh, source) "
                    "VALUES ($1,$2,$3,$4,$5,$6) ON CONFLICT (market_id, member, slot_start) DO UPDATE SET "
@@ -176,10 +179,11 @@ class FlexStore:
             "WHERE market_id = $1 ORDER BY payout_id", self.market_id)
         return [dict(r) for r in rows]
 
-    async def pending_payouts(self) -> list[dict]:
+    async def pending_payouts(self) -> list[Payout]:
         rows = await self.pool.fetch("SELECT payout_id, event_id, member, amount_units FROM flex_payouts "
                                      "WHERE market_id = $1 AND status = 'pending' ORDER BY event_id, payout_id", self.market_id)
-        return [dict(r) for r in rows]
+        return [Payout(payout_id=r["payout_id"], event_id=r["event_id"], member=r["member"],
+                       amount_units=r["amount_units"]) for r in rows]
 
     async def mark_settled(self, payout_ids: list[int], batch_id: int) -> int:
         res = await self.pool.execute(

@@ -18,6 +18,7 @@ import json
 import platform
 import statistics
 import time
+from collections.abc import Sequence
 
 from exchange.core.engine import MarketConfig, MarketEngine
 from exchange.runtime.clock import ManualClock
@@ -28,7 +29,7 @@ from exchange.tools import workload
 from exchange.tools.bench_e2e import bench_e2e
 
 
-def _pct(sorted_vals: list[float], q: float) -> float:
+def _pct(sorted_vals: Sequence[float], q: float) -> float:
     return sorted_vals[min(len(sorted_vals) - 1, int(len(sorted_vals) * q))]
 
 
@@ -92,6 +93,8 @@ async def _journal_async(dsn: str, commands: int, seed: int, concurrency: int) -
         it = iter(flow.stream(commands, 0))
         lat: list[int] = []
         stats = rt.stats
+        if stats is None:
+            raise RuntimeError("the journal bench needs the runtime's stats (open_market(keep_stats=True))")
         stats.commit_seconds.clear()
         stats.batch_sizes.clear()
 

@@ -52,7 +52,7 @@ def _settings(**overrides: Any) -> Any:
 
 def _finish(result: Any) -> int:
     """Handlers may return None, an exit code, or a coroutine to run."""
-    if inspect.isawaitable(result):
+    if inspect.iscoroutine(result):  # what asyncio.run accepts (it refuses other awaitables)
         result = asyncio.run(result)
     return result if isinstance(result, int) else 0
 

@@ -22,14 +22,26 @@ from datetime import UTC, datetime
 from eth_account import Account
 from pydantic import SecretStr
 
-from exchange.core.model import CancelOrder, ModifyOrder, PlaceOrder, Side, TimeInForce, TradeEvent, command_outcome
+from exchange.core.ids import MemberId, OrderId, ProductId
+from exchange.core.model import (
+    CancelOrder,
+    ModifyOrder,
+    OrderAccepted,
+    OrderExpired,
+    PlaceOrder,
+    ProductStateChanged,
+    Side,
+    TimeInForce,
+    TradeEvent,
+    command_outcome,
+)
 from exchange.core.units import MONEY_UNITS_PER_EUR, from_us, price_eur_per_mwh
 from exchange.gateway.keys import MEMBERS
 from exchange.runtime.clock import SimClock
 from exchange.runtime.config import Settings
 from exchange.runtime.db import database, upgrade
 from exchange.runtime.journal import Entry
-from exchange.runtime.members import MemberIn
+from exchange.runtime.members import MemberIn, Role
 from exchange.runtime.service import Market, open_market, run_async
 from exchange.tools.flex_demo import run_flex_demo
 from exchange.tools.server import start_http
@@ -37,20 +49,20 @@ from settlement.plugin import SETTLEMENT, run_reconcile
 
 log = logging.getLogger(__name__)
 
-ROLES = ("consumer", "prosumer", "prosumer", "consumer", "battery")
+ROLES: tuple[Role, ...] = ("consumer", "prosumer", "prosumer", "consumer", "battery")
 
 
 class Bot:
     """A zero-intelligence-constrained style trader: random limit prices on the right side
     of its private value (buyers) or cost (sellers), never at a loss."""
 
-    def __init__(self, member: str, role: str, rng: random.Random) -> None:
+    def __init__(self, member: MemberId, role: str, rng: random.Random) -> None:
         self.member = member
         self.role = role
         self.rng = rng
         self.value = rng.randrange(6_000, 16_000)  # ticks: 60-160 EUR/MWh willingness to pay
         self.cost = rng.randrange(2_000, 10_000)  # ticks: PV marginal cost + opportunity
-        self.open: list[int] = []
+        self.open: list[OrderId] = []
 
     def next_command(self, products: list[str]) -> PlaceOrder | CancelOrder | ModifyOrder:
         r = self.rng
@@ -70,7 +82,7 @@ class Bot:
         else:
             price = r.randrange(self.cost, self.cost + 4_000)
         tif = TimeInForce.IOC if r.random() < 0.1 else TimeInForce.GTC
-        return PlaceOrder(0, self.member, r.choice(products[:6]), side, price, r.randrange(1, 20) * 100, tif)
+        return PlaceOrder(0, self.member, ProductId(r.choice(products[:6])), side, price, r.randrange(1, 20) * 100, tif)
 
 
 class Console:
@@ -91,9 +103,7 @@ class Console:
         opened: dict[str, list[str]] = defaultdict(list)
         for e in entries:
             for ev in e.events:
-                t = ev.type
-                if t == "trade":
-                    assert isinstance(ev, TradeEvent)
+                if isinstance(ev, TradeEvent):
                     self.trades += 1
                     self.energy += ev.quantity
                     self.value += ev.quantity * ev.price
@@ -101,11 +111,11 @@ class Console:
                     s[0] += 1
                     s[1] += ev.quantity
                     s[2] += ev.quantity * ev.price
-                elif t == "order_expired":
+                elif isinstance(ev, OrderExpired):
                     self.per_product[ev.product_id][3] += 1
-                elif t == "product_state" and ev.state == "open":
+                elif isinstance(ev, ProductStateChanged) and ev.state == "open":
                     opened[self.local(ev.ts)].append(ev.product_id)
-                elif t == "product_state" and ev.state == "closed":
+                elif isinstance(ev, ProductStateChanged) and ev.state == "closed":
                     n, wh, money, expired = self.per_product[ev.product_id]
                     vwap = f"{price_eur_per_mwh(money // wh):>7} EUR/MWh" if wh else "     no trades"
                     print(f"  [{self.local(ev.ts)}] gate closed  {ev.product_id}: {n:4d} trades "
@@ -140,10 +150,12 @@ async def _demo(dsn: str, settings: Settings, speed: int, duration: float, membe
                                        export_capacity_w=10_000 if role != "consumer" else 0,
                                        retail_tariff_ticks=30_000, feed_in_tariff_ticks=8_000,
                                        collateral=50_000 * MONEY_UNITS_PER_EUR))
-        bots.append(Bot(key.address, role, random.Random(rng.random())))
+        bots.append(Bot(MemberId(key.address), role, random.Random(rng.random())))
     # With settlement on, each member's collateral is credited on chain (the operator's
     # on-ramp, SettlementRegistry.depositFor) and reaches the engine from there.
     worker = runner.app.get(_settlement_key()) if settings.settlement_enabled else None
+    if settings.operator_token is None:
+        raise ValueError("the demo needs an operator token (run_demo sets one)")
     token = settings.operator_token.get_secret_value()
     print(f"Voltbourse demo - market {settings.market_id}, {members} members, clock x{speed} "
           f"(starts {start.astimezone(zone):%Y-%m-%d %H:%M %Z}), rolling gate 60 min before delivery")
@@ -154,7 +166,7 @@ async def _demo(dsn: str, settings: Settings, speed: int, duration: float, membe
     print(f"  journal:     PostgreSQL {dsn}  (tables journal, trades; market_id = '{settings.market_id}')")
     if worker is not None:
         c = worker.chain
-        print(f"  settlement:  {'in-process EVM' if c.in_process else settings.chain_rpc_url} chain {c.chain_id}, "
+        print(f"  settlement:  {'in-process EVM' if c.is_in_process else settings.chain_rpc_url} chain {c.chain_id}, "
               f"SettlementRegistry {c.registry.address}, vEUR {c.token.address}; batches of up to "
               f"{worker.batch_size} trades or {worker.max_age_s:g} s; status {base}/api/operator/settlement")
     flex_task = None
@@ -169,7 +181,7 @@ async def _demo(dsn: str, settings: Settings, speed: int, duration: float, membe
                 cmd = bot.next_command([pid for _, pid in open_products])
                 res = await rt.submit(cmd)
                 first = command_outcome(res.events)
-                if first.type == "order_accepted" and isinstance(cmd, PlaceOrder) and cmd.tif is TimeInForce.GTC:
+                if isinstance(first, OrderAccepted) and isinstance(cmd, PlaceOrder) and cmd.tif is TimeInForce.GTC:
                     bot.open.append(first.order_id)
             await asyncio.sleep(bot.rng.uniform(0.02, 0.2))
 

@@ -9,20 +9,22 @@ around a per-product reference price so books build depth and trade often.
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
+from exchange.core.ids import MemberId, OrderId, ProductId
 from exchange.core.model import CancelOrder, Command, ModifyOrder, PlaceOrder, RegisterMember, Side, TimeInForce
 
 BIG_COLLATERAL = 10**18
 BIG_CAPACITY_W = 10**9
 
 
-def members(n: int) -> list[str]:
-    return [f"m{i:04d}" for i in range(n)]
+def members(n: int) -> list[MemberId]:
+    return [MemberId(f"m{i:04d}") for i in range(n)]
 
 
-def registrations(names: list[str], ts: int) -> list[Command]:
-    return [RegisterMember(ts, m, collateral=BIG_COLLATERAL, export_capacity_w=BIG_CAPACITY_W) for m in names]
+def registrations(names: Sequence[str], ts: int) -> list[Command]:
+    return [RegisterMember(ts, MemberId(m), collateral=BIG_COLLATERAL, export_capacity_w=BIG_CAPACITY_W)
+            for m in names]
 
 
 class OrderFlow:
@@ -30,13 +32,13 @@ class OrderFlow:
     (order ids are sequential per market, so a fresh engine fed this stream
     assigns exactly these)."""
 
-    def __init__(self, products: list[str], names: list[str], seed: int = 1, first_order_id: int = 1) -> None:
+    def __init__(self, products: Sequence[str], names: Sequence[str], seed: int = 1, first_order_id: int = 1) -> None:
         self.rng = random.Random(seed)
-        self.products = products
-        self.names = names
-        self.ref = {p: 800_0 + self.rng.randrange(-2000, 2000) for p in products}  # ticks, ~80 EUR/MWh
+        self.products = [ProductId(p) for p in products]
+        self.names = [MemberId(m) for m in names]
+        self.ref = {p: 800_0 + self.rng.randrange(-2000, 2000) for p in self.products}  # ticks, ~80 EUR/MWh
         self.next_oid = first_order_id
-        self.open: list[tuple[int, str]] = []  # (order id, member) possibly still open
+        self.open: list[tuple[OrderId, MemberId]] = []  # (order id, member) possibly still open
 
     def place(self, ts: int, crossing: bool) -> PlaceOrder:
         r = self.rng
@@ -52,7 +54,7 @@ class OrderFlow:
             tif = TimeInForce.GTC
         qty = r.randrange(1, 50) * 100
         m = r.choice(self.names)
-        oid = self.next_oid
+        oid = OrderId(self.next_oid)
         self.next_oid += 1
         if tif is TimeInForce.GTC:
             self.open.append((oid, m))
