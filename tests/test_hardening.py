@@ -296,7 +296,7 @@ def test_embedded_postgres_restarts_after_being_killed(tmp_path):
         again.stop()
 
 
-def test_stale_socket_locks_are_removed_live_ones_kept(tmp_path):
+async def test_stale_socket_locks_are_removed_live_ones_kept(tmp_path, pg_dsn):
     """A socket lock naming a zombie (a killed server nobody reaped) or a dead pid goes, with
     its socket; one naming a running postgres stays."""
     zombie = subprocess.Popen(["true"])
@@ -306,11 +306,15 @@ def test_stale_socket_locks_are_removed_live_ones_kept(tmp_path):
     (tmp_path / ".s.PGSQL.5432.lock").write_text(f"{zombie.pid}\n/x\n")
     (tmp_path / ".s.PGSQL.5432").write_text("")
     (tmp_path / ".s.PGSQL.5433.lock").write_text(f"{dead.pid}\n/x\n")
-    postgres = next((p for p in psutil.process_iter(["name"]) if p.info["name"] == "postgres"), None)
-    if postgres is not None:
-        (tmp_path / ".s.PGSQL.5434.lock").write_text(f"{postgres.pid}\n/x\n")
-    removed = clear_stale_socket_locks(tmp_path)
+    conn = await asyncpg.connect(pg_dsn)  # its backend: a running postgres for as long as we hold it
+    try:
+        backend = await conn.fetchval("SELECT pg_backend_pid()")
+        assert psutil.Process(backend).name() == "postgres"
+        (tmp_path / ".s.PGSQL.5434.lock").write_text(f"{backend}\n/x\n")
+        removed = clear_stale_socket_locks(tmp_path)
+    finally:
+        await conn.close()
     zombie.wait()
     assert {p.name for p in removed} == {".s.PGSQL.5432.lock", ".s.PGSQL.5433.lock"}
     assert not (tmp_path / ".s.PGSQL.5432").exists()
-    assert (tmp_path / ".s.PGSQL.5434.lock").exists() == (postgres is not None)
+    assert (tmp_path / ".s.PGSQL.5434.lock").exists()
