@@ -318,3 +318,25 @@ async def test_stale_socket_locks_are_removed_live_ones_kept(tmp_path, pg_dsn):
     assert {p.name for p in removed} == {".s.PGSQL.5432.lock", ".s.PGSQL.5433.lock"}
     assert not (tmp_path / ".s.PGSQL.5432").exists()
     assert (tmp_path / ".s.PGSQL.5434.lock").exists()
+
+
+# ------------------------------------------------------------------ reads off the commit path
+
+
+async def test_positions_in_memory_equal_the_trades_table_before_and_after_a_restart(pool, pg_dsn, http):
+    """Members' positions are answered from memory (no database work on the read); they equal
+    the committed trades as the database has them, live and after a restart."""
+    async with running(pg_dsn, market_id="pos") as server:
+        a, b = await peer(http, server, 0), await peer(http, server, 1)
+        for i, pid in enumerate(server.open_products[:3]):
+            await a.request({"type": "place", "product_id": pid, "side": "sell", "price": 5000 + i, "quantity": 700})
+            await b.request({"type": "place", "product_id": pid, "side": "buy", "price": 6000, "quantity": 500})
+        live = (await a.request({"type": "positions"}))["result"]["positions"]
+        sql = await server.market.trades.positions(KEYS[0].address)
+        assert [(p["product_id"], p["bought"], p["sold"], p["payable"]) for p in live] == \
+            [(p["product_id"], p["bought"], p["sold"], p["payable"]) for p in sql]
+        assert [p["sold"] for p in live] == [500, 500, 500]
+    async with running(pg_dsn, market_id="pos") as server:
+        a = await peer(http, server, 0)
+        after = (await a.request({"type": "positions"}))["result"]["positions"]
+        assert [(p["product_id"], p["payable"]) for p in after] == [(p["product_id"], p["payable"]) for p in live]

@@ -31,6 +31,7 @@ from exchange.core.model import (
 from exchange.gateway.ack import Acknowledger, Peer, Pending
 from exchange.gateway.mirror import BookMirror, MirrorOrder
 from exchange.gateway.peers import Peers
+from exchange.gateway.positions import PositionsView
 from exchange.gateway.publish import Public, Publisher
 from exchange.runtime.journal import Entry
 from exchange.runtime.service import Market
@@ -54,6 +55,7 @@ class MarketData:
         self.trade_subs = self.publisher.trade_subs
         self.product_subs = self.publisher.product_subs
         self.sessions = self.peers.by_member
+        self.positions = PositionsView()
 
     def bootstrap(self) -> None:
         """Build the mirror from the engine right after recovery (engine == committed state),
@@ -62,6 +64,10 @@ class MarketData:
         assert rt.committed_seq == rt.engine.seq, "bootstrap must run before new commands"
         self.mirror.bootstrap(rt.engine)
         rt.subscribers.append(self.on_commit)
+
+    async def load_positions(self) -> None:
+        """Members' positions up to the bootstrap seq (later trades come with the stream)."""
+        await self.positions.load(self.market.trades, self.mirror.seq)
 
     # ------------------------------------------------------------------ committed views
     @property
@@ -108,6 +114,7 @@ class MarketData:
         for e in entries:
             for ev in e.events:
                 if isinstance(ev, TradeEvent):
+                    self.positions.trade(ev)
                     pub.trade(ev, mirror.apply_trade(ev, touched, book_last), public)
                 elif isinstance(ev, _ORDER_EVENTS):
                     pub.order_event(ev, mirror.apply(ev, touched, book_last))

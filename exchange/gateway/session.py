@@ -334,8 +334,8 @@ class Session:
         self.send({"type": "response", "id": msg.id, "result": {"trades": out}})
 
     async def _positions(self, msg: Any, member: str) -> None:
-        out = [{**p, "net": p["bought"] - p["sold"], "state": self.md.product_states.get(p["product_id"])}
-               for p in await self.market.trades.positions(member)]
+        # committed positions, in memory (exchange.gateway.positions): no database round trip
+        out = [{**p, "state": self.md.product_states.get(str(p["product_id"]))} for p in self.md.positions.of(member)]
         self.send({"type": "response", "id": msg.id, "result": {"positions": out}})
 
     def _subscribe(self, msg) -> None:

@@ -77,6 +77,21 @@ class TradeStore:
         return [{"product_id": r["product_id"], "bought": int(r["bought"]), "sold": int(r["sold"]),
                  "payable": int(r["payable"])} for r in rows]
 
+    async def position_totals(self, upto: int) -> list[tuple[str, str, int, int, int]]:
+        """(member, product, bought Wh, sold Wh, payable) of every member and product, over the
+        trades with ``seq <= upto``."""
+        rows = await self.pool.fetch(
+            "SELECT member, product_id, sum(bought)::bigint AS bought, sum(sold)::bigint AS sold, "
+            "sum(payable) AS payable FROM ("
+            " SELECT buyer AS member, product_id, sum(energy_wh) AS bought, 0 AS sold, "
+            "  sum(energy_wh::numeric * price_ticks) AS payable FROM trades WHERE market_id = $1 AND seq <= $2 "
+            "  GROUP BY buyer, product_id"
+            " UNION ALL"
+            " SELECT seller, product_id, 0, sum(energy_wh), -sum(energy_wh::numeric * price_ticks) FROM trades "
+            "  WHERE market_id = $1 AND seq <= $2 GROUP BY seller, product_id"
+            ") t GROUP BY member, product_id", self.market_id, upto)
+        return [(r["member"], r["product_id"], int(r["bought"]), int(r["sold"]), int(r["payable"])) for r in rows]
+
     # ------------------------------------------------------------------ aggregates (operator page)
     async def pairs(self, upto: int) -> list[Pair]:
         rows = await self.pool.fetch(

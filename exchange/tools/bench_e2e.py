@@ -10,6 +10,14 @@ sending a request to receiving its response, which the server sends only
 after the journal commit. Prints ``orders_per_s``, ``ack_p50_ms``,
 ``ack_p99_ms``, ``errors`` (protocol/transport errors; engine rejections are
 counted apart as ``rejected``).
+
+With ``--readers N`` (read load): the ``trades`` table is first seeded with
+``seed_trades`` historic trades (100 000 by default, COPY, spread over the reader
+members and the traders), then the same order load runs twice in the same server:
+once alone (``ack_p99_ms_no_readers``, ``orders_per_s_no_readers``) and once while N
+more sessions ask for their ``positions`` and ``trades`` in turn, each with one
+request in flight and ``reader_pause_s`` between answers (``ack_p99_ms``,
+``orders_per_s``, ``reads``, ``reads_per_s``, ``read_p50_ms``, ``read_p99_ms``).
 """
 
 from __future__ import annotations
@@ -25,9 +33,11 @@ import subprocess
 import sys
 import tempfile
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import aiohttp
+import asyncpg
 from eth_account import Account
 
 from exchange.protocol.auth import sign_login
@@ -63,15 +73,7 @@ async def _session(http, url, key, products, n_orders, window, seed, lat, counts
     acct = Account.from_key(key)
     rng = random.Random(seed)
     async with http.ws_connect(url, max_msg_size=0) as ws:
-        hello = await ws.receive_json()
-        await ws.send_json({"type": "login", "id": 0, "address": acct.address,
-                            "signature": sign_login(hello["challenge"], acct.key)})
-        while True:
-            m = await ws.receive_json()
-            if m.get("id") == 0:
-                if m["type"] != "response":
-                    raise RuntimeError(f"login failed: {m}")
-                break
+        await _login(ws, acct)
         sent: dict[int, int] = {}
         mine: list[int] = []
         next_id = 1
@@ -131,19 +133,113 @@ PROTOCOL_ERRORS = {"MALFORMED_JSON", "INVALID_MESSAGE", "UNKNOWN_TYPE", "RATE_LI
                    "NOT_AUTHENTICATED", "BAD_SIGNATURE"}
 
 
-async def _load(base: str, connections: int, orders: int, window: int, seed: int) -> dict:
-    keys = [Account.from_key(random.Random(seed * 1000 + i).randbytes(32)) for i in range(connections)]
+def _keys(seed: int, n: int, offset: int = 0) -> list:
+    return [Account.from_key(random.Random(seed * 1000 + offset + i).randbytes(32)) for i in range(n)]
+
+
+async def _register(base: str, keys: list) -> list[str]:
+    """Register ``keys`` as members; the open products."""
     async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {TOKEN}"}) as http:
         for k in keys:
             async with http.post(f"{base}/api/operator/members", json={
                     "address": k.address, "role": "prosumer", "export_capacity_w": 10**9,
                     "retail_tariff_ticks": 30000, "feed_in_tariff_ticks": 8000, "collateral": 10**17}) as r:
-                if r.status not in (200, 201):
+                if r.status not in (200, 201, 409):
                     raise RuntimeError(f"registering a member failed: {r.status} {await r.text()}")
         async with http.get(f"{base}/api/products") as r:
             products = [p["product_id"] for p in await r.json() if p["state"] == "open"][:24]
-        if not products:
-            raise RuntimeError("no open products")
+    if not products:
+        raise RuntimeError("no open products")
+    return products
+
+
+async def _login(ws: aiohttp.ClientWebSocketResponse, acct) -> None:
+    hello = await ws.receive_json()
+    await ws.send_json({"type": "login", "id": 0, "address": acct.address,
+                        "signature": sign_login(hello["challenge"], acct.key)})
+    while True:
+        m = await ws.receive_json()
+        if m.get("id") == 0:
+            if m["type"] != "response":
+                raise RuntimeError(f"login failed: {m}")
+            return
+
+
+async def _seed_trades(dsn: str, market_id: str, members: list[str], products: list[str], n: int, seed: int) -> None:
+    """COPY ``n`` historic trades between ``members`` in past ``products`` into the trades
+    projection (trade ids and seqs below 0 cannot collide with the engine's; batch_id -1:
+    never picked up by settlement)."""
+    rng = random.Random(seed)
+    now = datetime.now(UTC)
+    rows = []
+    for i in range(n):
+        buyer, seller = rng.sample(members, 2)
+        rows.append((market_id, -1 - i, -1 - i, rng.choice(products), now, buyer, seller,
+                     -1 - 2 * i, -2 - 2 * i, rng.randrange(1, 50) * 100, 8000 + rng.randrange(-1500, 1500),
+                     now, -1))
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.copy_records_to_table("trades", records=rows, columns=[
+            "market_id", "trade_id", "seq", "product_id", "delivery_start", "buyer", "seller", "buy_order_id",
+            "sell_order_id", "energy_wh", "price_ticks", "ts", "batch_id"])
+        await conn.execute("ANALYZE trades")
+    finally:
+        await conn.close()
+
+
+async def _reader(http: aiohttp.ClientSession, url: str, acct, stop: asyncio.Event, pause: float,
+                  lat: list[int]) -> None:
+    """One member reading its positions and trades in turn, one request in flight."""
+    async with http.ws_connect(url, max_msg_size=0) as ws:
+        await _login(ws, acct)
+        i = 0
+        while not stop.is_set():
+            i += 1
+            msg = {"type": "positions", "id": i} if i % 2 else {"type": "trades", "id": i, "limit": 100}
+            t0 = time.perf_counter_ns()
+            await ws.send_str(json.dumps(msg))
+            while True:
+                m = json.loads((await ws.receive()).data)
+                if m.get("id") == i:
+                    break
+            lat.append(time.perf_counter_ns() - t0)
+            if m["type"] != "response":
+                raise RuntimeError(f"read failed: {m}")
+            await asyncio.sleep(pause)
+
+
+def _pct(vals: list[int], q: float) -> float:
+    return round(vals[min(len(vals) - 1, int(len(vals) * q))] / 1e6, 2) if vals else 0.0
+
+
+async def _read_load(base: str, connections: int, orders: int, window: int, seed: int, readers: int,
+                     seed_trades: int, pause: float) -> dict:
+    traders, reader_keys = _keys(seed, connections), _keys(seed, readers, offset=500)
+    await _register(base, traders + reader_keys)
+    alone = await _load(base, connections, orders, window, seed)
+    stop = asyncio.Event()
+    read_lat: list[int] = []
+    url = base.replace("http", "ws", 1) + "/ws"
+    async with aiohttp.ClientSession() as http:
+        tasks = [asyncio.create_task(_reader(http, url, k, stop, pause, read_lat)) for k in reader_keys]
+        await asyncio.sleep(1.0)  # readers logged in and reading
+        t = time.perf_counter()
+        n_before = len(read_lat)
+        loaded = await _load(base, connections, orders, window, seed + 7)
+        reads = len(read_lat) - n_before
+        elapsed = time.perf_counter() - t
+        stop.set()
+        await asyncio.gather(*tasks)
+    read_lat.sort()
+    return {**loaded, "ack_p50_ms_no_readers": alone["ack_p50_ms"], "ack_p99_ms_no_readers": alone["ack_p99_ms"],
+            "orders_per_s_no_readers": alone["orders_per_s"], "readers": readers, "seed_trades": seed_trades,
+            "reads": reads, "reads_per_s": round(reads / elapsed, 1), "read_p50_ms": _pct(read_lat, 0.5),
+            "read_p99_ms": _pct(read_lat, 0.99)}
+
+
+async def _load(base: str, connections: int, orders: int, window: int, seed: int) -> dict:
+    keys = _keys(seed, connections)
+    products = await _register(base, keys)
     lat: list[int] = []
     counts = {"errors": 0, "rejected": 0, "error_codes": {}}
     per = orders // connections
@@ -164,7 +260,8 @@ async def _load(base: str, connections: int, orders: int, window: int, seed: int
             "window": window}
 
 
-def bench_e2e(orders: int = 40_000, seed: int = 1, connections: int = 40, window: int = 4) -> dict:
+def bench_e2e(orders: int = 40_000, seed: int = 1, connections: int = 40, window: int = 4, readers: int = 0,
+              seed_trades: int = 100_000, reader_pause_s: float = 0.05) -> dict:
 
     base_dir = load_settings().data_dir
     base_dir.mkdir(parents=True, exist_ok=True)
@@ -174,6 +271,10 @@ def bench_e2e(orders: int = 40_000, seed: int = 1, connections: int = 40, window
     try:
         with EmbeddedPostgres(tmp / "pg") as pg:
             upgrade(pg.dsn)
+            if readers:  # history before the server starts: it loads what it finds (positions)
+                members = [k.address for k in _keys(seed, connections) + _keys(seed, readers, offset=500)]
+                history = [f"2026{m:02d}{d:02d}T{h:02d}00Z-60" for m in (9, 10) for d in range(1, 29) for h in range(24)]
+                run_async(_seed_trades(pg.dsn, "bench-e2e", members, history, seed_trades, seed))
             env = dict(os.environ, VOLTBOURSE_DATABASE_URL=pg.dsn, VOLTBOURSE_PORT=str(port),
                        VOLTBOURSE_HOST="127.0.0.1", VOLTBOURSE_OPERATOR_TOKEN=TOKEN,
                        VOLTBOURSE_MARKET_ID="bench-e2e", VOLTBOURSE_GATE="rolling",
@@ -188,6 +289,9 @@ def bench_e2e(orders: int = 40_000, seed: int = 1, connections: int = 40, window
                 async def go() -> dict:
                     async with aiohttp.ClientSession() as http:
                         await _wait_ready(http, base, proc)
+                    if readers:
+                        return await _read_load(base, connections, orders, window, seed, readers,
+                                                seed_trades, reader_pause_s)
                     return await _load(base, connections, orders, window, seed)
 
                 result = run_async(go())

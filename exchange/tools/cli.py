@@ -74,7 +74,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     commands = args.commands if args.commands is not None else DEFAULT_BENCH_COMMANDS[args.kind]
     extra = {"engine": lambda: {"repeat": args.repeat}, "journal": lambda: {"concurrency": args.concurrency},
-             "e2e": lambda: {"connections": args.connections, "window": args.window}}[args.kind]()
+             "e2e": lambda: {"connections": args.connections, "window": args.window, "readers": args.readers,
+                             "seed_trades": args.seed_trades}}[args.kind]()
     return _finish(bench.run(args.kind, commands=commands, seed=args.seed, as_json=args.json, **extra))
 
 
@@ -147,6 +148,10 @@ def build_parser() -> argparse.ArgumentParser:
         else:
             b.add_argument("--connections", type=int, default=40, help="authenticated WebSocket sessions")
             b.add_argument("--window", type=int, default=4, help="requests in flight per session")
+            b.add_argument("--readers", type=int, default=0,
+                           help="sessions reading positions and trades meanwhile (ack_p99_ms vs ack_p99_ms_no_readers)")
+            b.add_argument("--seed-trades", type=int, default=100_000,
+                           help="historic trades seeded for the read load (with --readers)")
         b.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("db", help="database tasks")
