@@ -22,6 +22,8 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from exchange.core.ids import MemberId
 from exchange.core.model import CancelAll as CancelAllCmd
 from exchange.core.model import CancelOrder, ModifyOrder, PlaceOrder, Side, TimeInForce
+from exchange.core.units import iso
+from exchange.gateway.encoding import utc_iso
 from exchange.gateway.keys import MARKET, PROTOCOL, SETTINGS, SOCKETS, WS_REQUESTS
 from exchange.gateway.marketdata import MARKET_DATA, MarketData, Pending
 from exchange.gateway.metrics import METRICS
@@ -216,7 +218,8 @@ class Session:
         kind = msg.type
         if kind == "ping":
             self.send({"type": "response", "id": msg.id, "result": {"pong": True,
-                       "server_time": datetime.now(UTC).isoformat()}})
+                       "server_time": utc_iso(datetime.now(UTC)),
+                       "market_time": iso(self.market.runtime.clock.now_us())}})
             return
         if kind == "login":
             self._login(msg)
@@ -328,7 +331,7 @@ class Session:
         for r in rows:
             side = "buy" if r["buyer"] == member else "sell"
             out.append({"trade_id": r["trade_id"], "seq": r["seq"], "product_id": r["product_id"], "side": side,
-                        "price": r["price_ticks"], "quantity": r["energy_wh"], "ts": r["ts"].isoformat(),
+                        "price": r["price_ticks"], "quantity": r["energy_wh"], "ts": utc_iso(r["ts"]),
                         "counterparty": (r["seller"] if side == "buy" else r["buyer"])
                         if self.settings.disclose_counterparty else None})
         self.send({"type": "response", "id": msg.id, "result": {"trades": out}})
@@ -396,7 +399,8 @@ async def ws_handler(request: web.Request) -> web.WebSocketResponse:
     if metrics is not None:
         metrics.peer_connected()
     session.send({"type": "hello", "protocol": PROTOCOL_VERSION, "market_id": settings.market_id,
-                  "challenge": session.challenge, "server_time": datetime.now(UTC).isoformat(),
+                  "challenge": session.challenge, "server_time": utc_iso(datetime.now(UTC)),
+                  "market_time": iso(app[MARKET].runtime.clock.now_us()),
                   "eip712_domain": auth.domain(settings.chain_id)})
     try:
         async for m in ws:

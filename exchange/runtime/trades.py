@@ -9,14 +9,15 @@ settlement itself; moving it to a table of its own belongs to settlement's own p
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
 
 
 def _iso(t: datetime) -> str:
-    return t.isoformat()
+    """The exchange's one time format: ISO 8601 in UTC with ``Z`` (as ``exchange.core.units.iso``)."""
+    return t.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 @dataclass(frozen=True, slots=True)
