@@ -32,6 +32,8 @@ import asyncio
 import logging
 import random
 import secrets
+import signal
+import threading
 import time
 from collections.abc import Callable, Sequence
 from collections.abc import Set as AbstractSet
@@ -58,6 +60,7 @@ except ImportError:  # optional: the standard event loop then
     _loop_factory = None
 
 log = logging.getLogger(__name__)
+STOP_GRACE_S = 10.0  # how long stopping bots may take before they are left behind
 
 
 def run_async(coro):
@@ -155,7 +158,10 @@ class BotRunner:
             finally:
                 for t in tasks:
                     t.cancel()
-                await asyncio.gather(*tasks, return_exceptions=True)
+                # bounded: a task that does not end within the grace period is reported, not waited for
+                _, stuck = await asyncio.wait(tasks, timeout=STOP_GRACE_S)
+                if stuck:
+                    log.warning("%d bot tasks did not stop within %.0f s; leaving them", len(stuck), STOP_GRACE_S)
                 summary = self.summary(time.monotonic() - t0)
                 try:
                     await asyncio.wait_for(asyncio.gather(
@@ -409,6 +415,14 @@ def make_bots(members: int, seed: str | int = 1, strategy: str = "community", zi
     return bots
 
 
+def terminate_gracefully() -> None:
+    """SIGTERM ends the process like Ctrl-C (KeyboardInterrupt): the bots stop within their
+    grace period and a local exchange (its server and embedded PostgreSQL) is shut down,
+    instead of the process dying with them left running."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
+
+
 def run_bots(*, members: int = 200, speed: float = 600, duration: float = 150, url: str | None = None,
              operator_token: str | None = None, seed: str | int = 1, strategy: str = "community",
              requote_minutes: float = 15, report_every: float = 10, out=print) -> dict:
@@ -416,6 +430,7 @@ def run_bots(*, members: int = 200, speed: float = 600, duration: float = 150, u
     start a local one on a simulated clock (rolling gate 60 min before delivery, starting at
     22:50 local time of the community's time zone so the next day's products are open)."""
     bots = make_bots(members, seed, strategy)
+    terminate_gracefully()
     if url is not None:
         runner = BotRunner(url, bots, speed=speed, requote_minutes=requote_minutes, operator_token=operator_token)
         return run_async(runner.run(duration, report_every, out))

@@ -175,7 +175,8 @@ class Feed:
 
     async def get(self, timeout: float | None = None) -> Any:
         """The next item (``asyncio.TimeoutError`` after ``timeout`` s; ``StopAsyncIteration`` at the end)."""
-        return await asyncio.wait_for(self.__anext__(), timeout)
+        async with asyncio.timeout(timeout):
+            return await self.__anext__()
 
     def pending(self) -> int:
         return len(self._items)
@@ -337,7 +338,8 @@ class VoltbourseClient:
         return self._connected.is_set()
 
     async def wait_connected(self, timeout: float | None = None) -> None:
-        await asyncio.wait_for(self._connected.wait(), timeout)
+        async with asyncio.timeout(timeout):
+            await self._connected.wait()
 
     async def close(self) -> None:
         if self._closing:
@@ -349,7 +351,8 @@ class VoltbourseClient:
             t.cancel()
         if self._ws is not None:
             try:
-                await asyncio.wait_for(self._ws.close(), 2)
+                async with asyncio.timeout(2):
+                    await self._ws.close()
             except (TimeoutError, aiohttp.ClientError, ConnectionError, RuntimeError):
                 pass
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -362,8 +365,8 @@ class VoltbourseClient:
     async def _connect_once(self) -> None:
         """Open the socket, read ``hello``, log in, re-subscribe, run the connect hooks."""
         assert self._http is not None
-        ws = await asyncio.wait_for(self._http.ws_connect(self.url, heartbeat=self.heartbeat, max_msg_size=0),
-                                    self.connect_timeout)
+        async with asyncio.timeout(self.connect_timeout):
+            ws = await self._http.ws_connect(self.url, heartbeat=self.heartbeat, max_msg_size=0)
         try:
             hello = wire.read_hello(await ws.receive_json(timeout=self.connect_timeout))
             self._ws, self.hello, self.market_id = ws, hello, hello.market_id
@@ -524,7 +527,8 @@ class VoltbourseClient:
         deadline = time.monotonic() + timeout
         if wait_connected and not self._connected.is_set():
             try:
-                await asyncio.wait_for(self._connected.wait(), timeout)
+                async with asyncio.timeout(timeout):
+                    await self._connected.wait()
             except TimeoutError:
                 raise ConnectionLost(f"not connected to the exchange within {timeout} s (nothing was sent)",
                                      msg) from None
@@ -541,8 +545,12 @@ class VoltbourseClient:
             self._pending.pop(msg["id"], None)
             raise ConnectionLost(f"sending failed: {exc!r}; the request may or may not have reached the exchange",
                                  msg) from None
+        # asyncio.timeout, not wait_for: on Python 3.11 wait_for returns the result when the
+        # answer lands at the moment the caller is cancelled, swallowing the cancellation (a
+        # bot asked to stop would loop on). A cancellation always propagates here.
         try:
-            return await asyncio.wait_for(asyncio.shield(fut), max(0.0, deadline - time.monotonic()))
+            async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                return await asyncio.shield(fut)
         except TimeoutError:
             self._pending.pop(msg["id"], None)
             raise RequestTimeout(f"no answer to {msg.get('type')} {msg['id']} within {timeout} s; it may or may "
