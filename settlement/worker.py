@@ -193,16 +193,21 @@ class SettlementWorker:
                 self.alert = f"{kind}, retrying in {backoff:.1f}s: {exc}"
                 log.error("settlement: %s", self.alert, exc_info=not isinstance(exc, (ChainError, OSError)))
                 self._publish()
-                await self._sleep(backoff)
+                await self._sleep(backoff, wakeable=False)  # new trades do not cut the back-off short
                 backoff = min(self.retry_max_s, backoff * 2)
                 continue
             if not busy:
                 await self._sleep(self.poll_s)
 
-    async def _sleep(self, seconds: float) -> None:
-        self._wake.clear()
+    async def _sleep(self, seconds: float, *, wakeable: bool = True) -> None:
+        """Wait ``seconds``; new trades (:meth:`wake`) end the wait early only if ``wakeable``;
+        :meth:`stop` always does."""
+        event = self._wake if wakeable else self._stop
+        if wakeable:
+            self._wake.clear()
         try:
-            await asyncio.wait_for(self._wake.wait(), seconds)
+            async with asyncio.timeout(seconds):
+                await event.wait()
         except TimeoutError:
             pass
 

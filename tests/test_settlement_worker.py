@@ -305,3 +305,30 @@ async def test_fresh_in_process_chain_redeploys_without_settling_history_twice(p
         w2.close()
     finally:
         await market.close()
+
+
+async def test_back_off_is_not_cut_short_by_new_trades(pool, pg_dsn, chain):
+    """While the chain fails, new trades (wake-ups) do not make the worker retry sooner than
+    its back-off: 20 wake-ups a second for 1.5 s give the retries of the back-off, no more."""
+    import asyncio
+
+    market = await open_test_market(pg_dsn)
+    try:
+        worker = make_worker(pool, market, chain, retry_s=0.4, retry_max_s=0.8, poll_s=0.05)
+        await worker.start()
+
+        async def failing_step(force: bool = False) -> bool:
+            raise ChainError("node unreachable")
+
+        worker.step = failing_step  # type: ignore[method-assign]
+        task = asyncio.create_task(worker.run())
+        for _ in range(30):  # 1.5 s of trades arriving
+            worker.wake()
+            await asyncio.sleep(0.05)
+        worker.stop()
+        await task
+        # tries at ~0, 0.4, 1.2 s: three; without the fix, every wake-up retried (up to 30)
+        assert 2 <= worker.failures <= 4, worker.failures
+    finally:
+        worker.close()
+        await market.close()
