@@ -19,6 +19,8 @@ reference book, order by order in priority order.
 from __future__ import annotations
 
 import json
+import types
+import typing
 from dataclasses import dataclass, fields, replace
 from datetime import UTC, datetime
 from enum import Enum
@@ -650,18 +652,22 @@ def test_codec_registry_maps_every_tag_to_the_live_class():
     assert EVENTS == evs
 
 
+def _dummy_value(hint):
+    """A value of a field's type: its first union member (an enum's first member), ids as their base type."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        hint = typing.get_args(hint)[0]
+    hint = getattr(hint, "__supertype__", hint)  # NewType ids (OrderId, MemberId...)
+    if isinstance(hint, type) and issubclass(hint, Enum):
+        return next(iter(hint))
+    return {int: 7, bool: True}.get(hint, "x")
+
+
 def _dummy(cls):
     vals = {"ts": T0, "seq": 1, "side": Side.BUY, "tif": TimeInForce.IOC}
+    hints = typing.get_type_hints(cls)
     kw = {}
     for f in fields(cls):
-        if f.name in vals:
-            kw[f.name] = vals[f.name]
-        elif f.type in ("int", "int | None"):
-            kw[f.name] = 7
-        elif f.type == "bool":
-            kw[f.name] = True
-        else:
-            kw[f.name] = "x"
+        kw[f.name] = vals[f.name] if f.name in vals else _dummy_value(hints[f.name])
     return cls(**kw)
 
 

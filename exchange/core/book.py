@@ -1,10 +1,16 @@
 """One order book per product: price levels in a SortedDict, FIFO queues per level.
 
 Bids are keyed by ``-price`` so that the best level of either side is the
-first key. A level is a deque of orders in time priority plus its live count
-and volume. Cancelled or re-prioritised orders are marked dead and removed
-lazily when they reach the head of their queue, so cancel is O(1) apart from
-the dictionary look-up.
+first key. A :class:`Level` is a deque of orders in time priority plus its
+live count and volume. Cancelled or re-prioritised orders are marked dead and
+removed lazily when they reach the head of their queue, so cancel is O(1)
+apart from the dictionary look-up.
+
+The book owns these invariants: a level's ``count`` and ``volume`` are the
+number and the remaining quantity of its live orders, a level with no live
+order is not in the book, an order is ``live`` exactly while it rests in it.
+Only the methods below change them; matching goes through
+:meth:`OrderBook.best_level`, :meth:`Level.head` and :meth:`Level.fill`.
 """
 
 from __future__ import annotations
@@ -14,7 +20,13 @@ from collections.abc import Iterator
 
 from sortedcontainers import SortedDict
 
-from exchange.core.model import Side
+from exchange.core.ids import MemberId, OrderId, ProductId
+from exchange.core.model import Side, TimeInForce
+
+#: An order's entry in :meth:`OrderBook.orders` snapshots (the state hash).
+OrderSnapshot = list[int | str | None]
+
+_BUY = Side.BUY  # bound once: reading an enum member runs a descriptor on Python 3.11
 
 
 class Order:
@@ -33,7 +45,9 @@ class Order:
         "live",
     )
 
-    def __init__(self, order_id, member, product_id, side, price, quantity, tif, client_order_id, signature, ts):
+    def __init__(self, order_id: OrderId, member: MemberId, product_id: ProductId, side: Side, price: int,
+                 quantity: int, tif: TimeInForce, client_order_id: str | None, signature: str | None,
+                 ts: int) -> None:
         self.order_id = order_id
         self.member = member
         self.product_id = product_id
@@ -50,7 +64,7 @@ class Order:
     def exposure(self) -> int:
         """Money (1e-8 EUR) this order could cost its owner if fully filled at its limit:
         a buy at a positive price, or a sell at a negative price."""
-        p = self.price if self.side is Side.BUY else -self.price
+        p = self.price if self.side is _BUY else -self.price
         return self.remaining * p if p > 0 else 0
 
     def clone(self) -> Order:
@@ -61,27 +75,82 @@ class Order:
         o.remaining = self.remaining
         return o
 
-    def snapshot(self) -> list:
+    def snapshot(self) -> OrderSnapshot:
         return [self.order_id, self.member, self.side.value, self.price, self.remaining, self.quantity, self.tif.value,
                 self.client_order_id, self.ts]
 
 
 class Level:
-    __slots__ = ("queue", "count", "volume")
+    """The orders resting at one price of one side, in time priority.
 
-    def __init__(self) -> None:
+    ``price``, ``count`` (live orders) and ``volume`` (their remaining Wh) are for
+    reading; the level changes only through its methods, and leaves its side of
+    the book when its last live order goes.
+    """
+
+    __slots__ = ("price", "queue", "count", "volume", "_side", "_key")
+
+    def __init__(self, price: int, side: SortedDict, key: int) -> None:
+        self.price = price
         self.queue: deque[Order] = deque()
         self.count = 0
         self.volume = 0
+        self._side = side  # the book's side this level is in, under ``key``
+        self._key = key
 
     def live_orders(self) -> Iterator[Order]:
+        """The live orders, in time priority."""
         return (o for o in self.queue if o.live)
+
+    def head(self) -> Order | None:
+        """The first live order (the next to trade); None once the level is empty."""
+        if not self.count:
+            return None
+        q = self.queue
+        o = q[0]
+        while not o.live:  # dead orders are dropped when they reach the head
+            q.popleft()
+            o = q[0]
+        return o
+
+    def append(self, order: Order) -> None:
+        self.queue.append(order)
+        order.live = True
+        self.count += 1
+        self.volume += order.remaining
+
+    def fill(self, order: Order, qty: int) -> bool:
+        """Account a fill of ``qty`` on one of the level's live orders, whose ``remaining``
+        was already lowered by ``qty``. True if that filled it: it left the book."""
+        self.volume -= qty
+        if order.remaining:
+            return False
+        self._drop(order)
+        return True
+
+    def remove(self, order: Order) -> None:
+        """Take one of the level's live orders out (lazily: it is marked dead)."""
+        self.volume -= order.remaining
+        self._drop(order)
+
+    def reduce(self, order: Order, new_remaining: int) -> None:
+        """Lower a live order's remaining quantity in place (it keeps its priority)."""
+        self.volume -= order.remaining - new_remaining
+        order.remaining = new_remaining
+
+    def _drop(self, order: Order) -> None:
+        order.live = False
+        self.count -= 1
+        if self.count == 0:
+            del self._side[self._key]
+        elif self.queue[0] is order:
+            self.queue.popleft()
 
 
 class OrderBook:
     __slots__ = ("product_id", "bids", "asks")
 
-    def __init__(self, product_id: str) -> None:
+    def __init__(self, product_id: ProductId) -> None:
         self.product_id = product_id
         self.bids: SortedDict = SortedDict()  # -price -> Level
         self.asks: SortedDict = SortedDict()  # price -> Level
@@ -97,11 +166,18 @@ class OrderBook:
         b, a = self.best_bid(), self.best_ask()
         return b is not None and a is not None and b >= a
 
+    def best_level(self, side: Side) -> Level | None:
+        """The best level of ``side`` (the highest bid or the lowest ask), None if the side is empty."""
+        levels = self.bids if side is _BUY else self.asks
+        if not levels:
+            return None
+        lvl: Level = levels.peekitem(0)[1]
+        return lvl
+
     def side_levels(self, side: Side) -> Iterator[tuple[int, Level]]:
         """(price, level) of one side, best first."""
-        if side is Side.BUY:
-            return ((-k, lvl) for k, lvl in self.bids.items())
-        return iter(self.asks.items())
+        levels: SortedDict = self.bids if side is Side.BUY else self.asks
+        return ((lvl.price, lvl) for lvl in levels.values())
 
     def depth(self, side: Side, limit: int | None = None) -> list[tuple[int, int, int]]:
         """Aggregated (price, volume, order count) levels, best first."""
@@ -118,49 +194,35 @@ class OrderBook:
             for _, lvl in self.side_levels(side):
                 yield from lvl.live_orders()
 
+    def level_of(self, order: Order) -> Level:
+        """The level a live order rests in."""
+        if order.side is _BUY:
+            lvl: Level = self.bids[-order.price]
+        else:
+            lvl = self.asks[order.price]
+        return lvl
+
     # -- mutation
     def add(self, order: Order) -> None:
-        book = self.bids if order.side is Side.BUY else self.asks
-        key = -order.price if order.side is Side.BUY else order.price
-        lvl = book.get(key)
+        """Rest ``order`` at the back of its price level."""
+        if order.side is _BUY:
+            levels, key = self.bids, -order.price
+        else:
+            levels, key = self.asks, order.price
+        lvl: Level | None = levels.get(key)
         if lvl is None:
-            lvl = book[key] = Level()
-        lvl.queue.append(order)
-        order.live = True
-        lvl.count += 1
-        lvl.volume += order.remaining
+            lvl = levels[key] = Level(order.price, levels, key)
+        lvl.append(order)
 
     def remove(self, order: Order) -> None:
         """Take a live order out of the book (lazily: it is marked dead)."""
-        book = self.bids if order.side is Side.BUY else self.asks
-        key = -order.price if order.side is Side.BUY else order.price
-        lvl = book[key]
-        order.live = False
-        lvl.count -= 1
-        lvl.volume -= order.remaining
-        if lvl.count == 0:
-            del book[key]
-        elif lvl.queue[0] is order:
-            lvl.queue.popleft()
+        self.level_of(order).remove(order)
 
-    def filled(self, order: Order, qty: int) -> None:
+    def fill(self, order: Order, qty: int) -> bool:
         """Account a fill of ``qty`` on a resting order whose ``remaining`` was already
-        lowered by ``qty``; a fully filled order leaves the book."""
-        book = self.bids if order.side is Side.BUY else self.asks
-        key = -order.price if order.side is Side.BUY else order.price
-        lvl = book[key]
-        lvl.volume -= qty
-        if order.remaining == 0:
-            order.live = False
-            lvl.count -= 1
-            if lvl.count == 0:
-                del book[key]
-            elif lvl.queue[0] is order:
-                lvl.queue.popleft()
+        lowered by ``qty``. True if that filled it: it left the book."""
+        return self.level_of(order).fill(order, qty)
 
     def reduce(self, order: Order, new_remaining: int) -> None:
         """Lower a resting order's remaining quantity in place (keeps priority)."""
-        book = self.bids if order.side is Side.BUY else self.asks
-        lvl = book[-order.price if order.side is Side.BUY else order.price]
-        lvl.volume -= order.remaining - new_remaining
-        order.remaining = new_remaining
+        self.level_of(order).reduce(order, new_remaining)

@@ -20,6 +20,7 @@ from datetime import date, datetime, time, timedelta
 from enum import Enum
 from zoneinfo import ZoneInfo
 
+from exchange.core.ids import ProductId
 from exchange.core.units import US_PER_MIN, UTC, from_us, to_us
 
 
@@ -56,7 +57,7 @@ class CalendarConfig:
 
 @dataclass(frozen=True, slots=True)
 class Product:
-    product_id: str
+    product_id: ProductId
     delivery_day: date
     start_us: int
     end_us: int
@@ -76,7 +77,7 @@ class Product:
             return ProductState.CLOSED
         return ProductState.DELIVERED
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, str]:
         return {
             "product_id": self.product_id,
             "delivery_day": self.delivery_day.isoformat(),
@@ -87,9 +88,9 @@ class Product:
         }
 
 
-def product_id_for(start_us: int, minutes: int) -> str:
+def product_id_for(start_us: int, minutes: int) -> ProductId:
     """Stable product id: delivery start in UTC and duration, e.g. ``20261122T2300Z-60``."""
-    return f"{from_us(start_us):%Y%m%dT%H%M}Z-{minutes}"
+    return ProductId(f"{from_us(start_us):%Y%m%dT%H%M}Z-{minutes}")
 
 
 class Calendar:

@@ -17,13 +17,17 @@ from __future__ import annotations
 import hashlib
 import heapq
 import json
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import date, time
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from exchange.core import auction
 from exchange.core.book import Order, OrderBook
 from exchange.core.calendar import Calendar, CalendarConfig, GateMode, Product, ProductState
+from exchange.core.ids import MemberId, OrderId, ProductId, TradeId
 from exchange.core.model import (
+    Aggressor,
     AuctionCleared,
     CancelAll,
     CancelAllDone,
@@ -34,6 +38,7 @@ from exchange.core.model import (
     Duplicate,
     Event,
     Halt,
+    JsonDict,
     MarketHalted,
     MarketResumed,
     Mechanism,
@@ -65,6 +70,19 @@ LISTING_LEAD_US = DAY_US
 
 _LIST, _OPEN, _GATE, _DELIVER = 0, 1, 2, 3
 
+_P = ParamSpec("_P")
+_E = TypeVar("_E", bound=Event)
+
+# Enum members read on the hot paths, bound once: on Python 3.11 reading ``Side.BUY`` runs
+# the enum's member descriptor (about 0.15 us), several times per command otherwise.
+_BUY, _SELL = Side.BUY, Side.SELL
+_GTC, _FOK = TimeInForce.GTC, TimeInForce.FOK
+_CALL = Mechanism.CALL
+_OPEN_STATE = ProductState.OPEN
+_STP_ALLOW = SelfTradePrevention.ALLOW
+_STP_CANCEL_NEWEST = SelfTradePrevention.CANCEL_NEWEST
+_STP_CANCEL_OLDEST = SelfTradePrevention.CANCEL_OLDEST
+
 
 @dataclass(frozen=True, slots=True)
 class MarketConfig:
@@ -85,7 +103,7 @@ class MarketConfig:
         if self.min_quantity < 1 or self.quantity_step < 1 or self.max_quantity < self.min_quantity:
             raise ValueError("quantities: need 1 <= min_quantity <= max_quantity and quantity_step >= 1")
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> JsonDict:
         c = self.calendar
         return {
             "market_id": self.market_id,
@@ -108,9 +126,7 @@ class MarketConfig:
         }
 
     @classmethod
-    def from_dict(cls, d: dict) -> MarketConfig:
-
-
+    def from_dict(cls, d: Mapping[str, Any]) -> MarketConfig:
         c = dict(d["calendar"])
         c["gate"] = GateMode(c["gate"])
         c["gate_day_ahead_local_time"] = time.fromisoformat(c["gate_day_ahead_local_time"])
@@ -124,7 +140,7 @@ class Account:
     __slots__ = ("member", "collateral", "export_capacity_w", "suspended", "open_exposure", "net_payable",
                  "last_nonce", "settlement_ref")
 
-    def __init__(self, member: str) -> None:
+    def __init__(self, member: MemberId) -> None:
         self.member = member
         self.collateral = 0  # money units deposited (fed by settlement)
         self.export_capacity_w = 0
@@ -154,40 +170,49 @@ class MarketEngine:
         self.seq = 0
         self.now = 0
         self.started = False
-        self.next_order_id = 1
-        self.next_trade_id = 1
+        self.next_order_id = OrderId(1)
+        self.next_trade_id = TradeId(1)
         self.halted = False
         self.halt_reason = ""
-        self.products: dict[str, ProductBook] = {}
-        self.accounts: dict[str, Account] = {}
-        self.orders: dict[int, Order] = {}  # live (resting) orders
+        self.products: dict[ProductId, ProductBook] = {}
+        self.accounts: dict[MemberId, Account] = {}
+        self.orders: dict[OrderId, Order] = {}  # live (resting) orders
         # (member, client_order_id) -> (order_id | None, seq of the original outcome, reason | None)
-        self.client_ids: dict[tuple[str, str], tuple[int | None, int, str | None]] = {}
-        self._client_ids_by_product: dict[str, list[tuple[str, str]]] = {}
+        self.client_ids: dict[tuple[MemberId, str], tuple[OrderId | None, int, str | None]] = {}
+        self._client_ids_by_product: dict[ProductId, list[tuple[MemberId, str]]] = {}
         # product -> member -> [bought Wh, sold Wh, payable money]
-        self.positions: dict[str, dict[str, list[int]]] = {}
+        self.positions: dict[ProductId, dict[MemberId, list[int]]] = {}
         # (product, member) -> open sell Wh
-        self.open_sell: dict[tuple[str, str], int] = {}
+        self.open_sell: dict[tuple[ProductId, MemberId], int] = {}
+        # (time, kind, delivery start, key): key is a product id, or the ISO date of a day to list
         self._schedule: list[tuple[int, int, int, str]] = []
         self._out: list[Event] = []
-        self._handlers = {
-            PlaceOrder: self._place,
-            CancelOrder: self._cancel,
-            ModifyOrder: self._modify,
-            CancelAll: self._cancel_all,
-            RegisterMember: self._register,
-            UpdateCollateral: self._collateral,
-            Halt: self._halt,
-            Resume: self._resume,
-            Tick: _noop,
-        }
 
     # ------------------------------------------------------------------ entry point
     def process(self, cmd: Command) -> list[Event]:
-        out = self._out = []
+        out: list[Event] = []
+        self._out = out
         ts = cmd.ts if cmd.ts > self.now else self.now
         self._advance(ts)
-        self._handlers[type(cmd)](cmd, ts)
+        # exact types (a dispatch table's semantics), the frequent ones first
+        if type(cmd) is PlaceOrder:
+            self._place(cmd, ts)
+        elif type(cmd) is CancelOrder:
+            self._cancel(cmd, ts)
+        elif type(cmd) is ModifyOrder:
+            self._modify(cmd, ts)
+        elif type(cmd) is CancelAll:
+            self._cancel_all(cmd, ts)
+        elif type(cmd) is RegisterMember:
+            self._register(cmd, ts)
+        elif type(cmd) is UpdateCollateral:
+            self._collateral(cmd, ts)
+        elif type(cmd) is Halt:
+            self._halt(cmd, ts)
+        elif type(cmd) is Resume:
+            self._resume(cmd, ts)
+        elif type(cmd) is not Tick:  # a tick only advances time
+            raise KeyError(type(cmd))
         return out
 
     def next_transition_us(self) -> int | None:
@@ -195,18 +220,22 @@ class MarketEngine:
         return self._schedule[0][0] if self._schedule else None
 
     # ------------------------------------------------------------------ emission
-    def _emit(self, cls, ts: int, *args) -> Event:
+    def _emit(self, cls: Callable[Concatenate[int, int, _P], _E], ts: int, *args: _P.args,
+              **kwargs: _P.kwargs) -> _E:
+        """Emit the event ``cls(seq, ts, *args)`` with the next sequence number."""
         self.seq += 1
-        ev = cls(self.seq, ts, *args)
+        ev = cls(self.seq, ts, *args, **kwargs)
         self._out.append(ev)
         return ev
 
-    def _reject(self, ts, member, command, reason: Reason, detail, client_order_id=None, order_id=None) -> None:
+    def _reject(self, ts: int, member: MemberId | None, command: str, reason: Reason, detail: str,
+                client_order_id: str | None = None, order_id: OrderId | None = None) -> None:
         ev = self._emit(Rejected, ts, member, command, reason.value, detail, client_order_id, order_id)
-        if client_order_id is not None and command == PlaceOrder.type:
+        if client_order_id is not None and member is not None and command == PlaceOrder.type:
             self._remember_client_id(member, client_order_id, None, ev.seq, reason.value, None)
 
-    def _remember_client_id(self, member, coid, order_id, seq, reason, product_id) -> None:
+    def _remember_client_id(self, member: MemberId, coid: str, order_id: OrderId | None, seq: int,
+                            reason: str | None, product_id: ProductId | None) -> None:
         key = (member, coid)
         self.client_ids[key] = (order_id, seq, reason)
         if product_id is not None:
@@ -224,10 +253,11 @@ class MarketEngine:
             if kind == _LIST:
                 self._list_day(date.fromisoformat(key), t)
             else:
-                pb = self.products[key]
+                pid = ProductId(key)
+                pb = self.products[pid]
                 if kind == _OPEN:
                     pb.state = ProductState.OPEN
-                    self._emit(ProductStateChanged, t, key, ProductState.OPEN.value)
+                    self._emit(ProductStateChanged, t, pid, ProductState.OPEN.value)
                 elif kind == _GATE:
                     self._gate_closure(pb, t)
                 else:
@@ -285,11 +315,12 @@ class MarketEngine:
         asks = [o for _, lvl in book.side_levels(Side.SELL) for o in lvl.live_orders()]
         c = auction.clearing(bids, asks)
         self._emit(AuctionCleared, t, pid, c.price, c.volume)
+        if c.price is None:
+            return  # nothing crosses: nothing to allocate
         for buy, sell, q in auction.allocate(bids, asks, c):
             self._execute(pb, buy, sell, q, c.price, "auction", t)
             for o in (buy, sell):
-                book.filled(o, q)
-                if o.remaining == 0:
+                if book.fill(o, q):
                     del self.orders[o.order_id]
 
     # ------------------------------------------------------------------ accounting
@@ -297,27 +328,28 @@ class MarketEngine:
         pb.book.add(o)
         self.orders[o.order_id] = o
         self.accounts[o.member].open_exposure += o.exposure()
-        if o.side is Side.SELL:
+        if o.side is _SELL:
             key = (o.product_id, o.member)
             self.open_sell[key] = self.open_sell.get(key, 0) + o.remaining
 
     def _unrest(self, pb: ProductBook, o: Order) -> None:
         self.accounts[o.member].open_exposure -= o.exposure()
-        if o.side is Side.SELL:
+        if o.side is _SELL:
             self.open_sell[(o.product_id, o.member)] -= o.remaining
         pb.book.remove(o)
         del self.orders[o.order_id]
 
-    def _execute(self, pb: ProductBook, buy: Order, sell: Order, qty: int, price: int, aggressor: str, t: int) -> None:
+    def _execute(self, pb: ProductBook, buy: Order, sell: Order, qty: int, price: int, aggressor: Aggressor,
+                 t: int) -> None:
         """Book a trade of ``qty`` at ``price``. Quantities of the orders are reduced here;
-        the caller maintains the book's level structure for resting orders."""
+        the caller accounts the fill of a resting order with its book."""
         accounts = self.accounts
         for o in (buy, sell):
             if o.live:  # a resting order: its exposure shrinks with its remaining quantity
-                p = o.price if o.side is Side.BUY else -o.price
+                p = o.price if o.side is _BUY else -o.price
                 if p > 0:
                     accounts[o.member].open_exposure -= qty * p
-                if o.side is Side.SELL:
+                if o.side is _SELL:
                     self.open_sell[(o.product_id, o.member)] -= qty
         buy.remaining -= qty
         sell.remaining -= qty
@@ -336,14 +368,14 @@ class MarketEngine:
         accounts[buy.member].net_payable += value
         accounts[sell.member].net_payable -= value
         tid = self.next_trade_id
-        self.next_trade_id = tid + 1
+        self.next_trade_id = TradeId(tid + 1)
         self._emit(
             TradeEvent, t, tid, pb.product.product_id, price, qty, buy.order_id, sell.order_id, buy.member,
             sell.member, aggressor, buy.remaining, sell.remaining,
         )
 
     # ------------------------------------------------------------------ checks
-    def _check_member(self, member: str) -> tuple[Reason, str] | None:
+    def _check_member(self, member: MemberId) -> tuple[Reason, str] | None:
         acct = self.accounts.get(member)
         if acct is None:
             return Reason.UNKNOWN_MEMBER, f"member {member} is not registered"
@@ -351,11 +383,11 @@ class MarketEngine:
             return Reason.MEMBER_SUSPENDED, f"member {member} is suspended"
         return None
 
-    def _check_product(self, product_id: str) -> tuple[Reason, str] | None:
+    def _check_product(self, product_id: ProductId) -> tuple[Reason, str] | None:
         pb = self.products.get(product_id)
         if pb is None:
             return Reason.UNKNOWN_PRODUCT, f"no product {product_id}"
-        if pb.state is not ProductState.OPEN:
+        if pb.state is not _OPEN_STATE:
             if pb.state is ProductState.PRE_OPEN:
                 return Reason.PRODUCT_NOT_OPEN, f"product {product_id} is not open yet"
             return Reason.PRODUCT_CLOSED, f"product {product_id} is {pb.state.value}"
@@ -373,21 +405,21 @@ class MarketEngine:
             return Reason.QUANTITY_STEP, f"quantity {qty} Wh is not a multiple of {cfg.quantity_step} Wh"
         return None
 
-    def _check_risk(self, pb: ProductBook, member: str, side: Side, price: int, add_qty: int,
+    def _check_risk(self, pb: ProductBook, member: MemberId, side: Side, price: int, add_qty: int,
                     release: int = 0, release_sell: int = 0) -> tuple[Reason, str] | None:
         """Pre-trade check for ``add_qty`` more at ``price``; ``release`` is exposure (and
         ``release_sell`` open sell energy) freed by the order being replaced (modify)."""
         if not self.config.risk_checks:
             return None
         acct = self.accounts[member]
-        p = price if side is Side.BUY else -price
+        p = price if side is _BUY else -price
         need = add_qty * p if p > 0 else 0
         if need:
             used = acct.open_exposure - release + max(acct.net_payable, 0)
             if used + need > acct.collateral:
                 return (Reason.INSUFFICIENT_COLLATERAL,
                         f"needs {need} money units on top of {used} in use; collateral is {acct.collateral}")
-        if side is Side.SELL:
+        if side is _SELL:
             pid = pb.product.product_id
             cap = acct.export_capacity_w * pb.capacity_factor // 60
             pos = self.positions[pid].get(member)
@@ -415,8 +447,8 @@ class MarketEngine:
             err = Reason.MARKET_HALTED, f"market halted: {self.halt_reason}"
         err = (err or self._check_member(member) or self._check_product(cmd.product_id)
                or self._check_price_qty(cmd.price, cmd.quantity))
-        mech_call = self.config.mechanism is Mechanism.CALL
-        if err is None and mech_call and cmd.tif is not TimeInForce.GTC:
+        mech_call = self.config.mechanism is _CALL
+        if err is None and mech_call and cmd.tif is not _GTC:
             err = Reason.TIF_NOT_SUPPORTED, f"{cmd.tif.value} is not supported in a call auction"
         pb = self.products.get(cmd.product_id)
         if err is None and cmd.nonce is not None:
@@ -426,14 +458,15 @@ class MarketEngine:
             else:
                 acct.last_nonce = cmd.nonce  # consumed by this signed order, whatever its outcome
         if err is None:
+            assert pb is not None  # _check_product passed
             err = self._check_risk(pb, member, cmd.side, cmd.price, cmd.quantity)
         if err is not None:
             self._reject(ts, member, PlaceOrder.type, err[0], err[1], client_order_id=coid)
             return
+        assert pb is not None
         oid = self.next_order_id
-        self.next_order_id = oid + 1
+        self.next_order_id = OrderId(oid + 1)
         o = Order(oid, member, cmd.product_id, cmd.side, cmd.price, cmd.quantity, cmd.tif, coid, cmd.signature, ts)
-        # str-valued enums are str: events carry them as their plain values
         ev = self._emit(OrderAccepted, ts, oid, member, cmd.product_id, cmd.side, cmd.price, cmd.quantity,
                         cmd.tif, coid, cmd.signature)
         if coid is not None:
@@ -445,12 +478,12 @@ class MarketEngine:
 
     def _continue(self, pb: ProductBook, o: Order, ts: int) -> None:
         """Match an incoming (not resting) order, then rest or cancel its remainder."""
-        if o.tif is TimeInForce.FOK and self._fillable(pb, o) < o.remaining:
+        if o.tif is _FOK and self._fillable(pb, o) < o.remaining:
             self._emit(OrderCancelled, ts, o.order_id, o.member, o.product_id, o.remaining, CancelReason.NOT_FILLED)
             return
         if self._match(pb, o, ts):
             if o.remaining:
-                if o.tif is TimeInForce.GTC:
+                if o.tif is _GTC:
                     self._rest(pb, o)
                 else:
                     self._emit(OrderCancelled, ts, o.order_id, o.member, o.product_id, o.remaining,
@@ -477,60 +510,49 @@ class MarketEngine:
         return total
 
     def _match(self, pb: ProductBook, o: Order, ts: int) -> bool:
-        """Match incoming ``o`` against the book. False if self-trade prevention stopped it."""
-        buy = o.side is Side.BUY
-        book = pb.book
-        opp = book.asks if buy else book.bids
+        """Match incoming ``o`` against the book. False if self-trade prevention stopped it.
+
+        Level by level from the best of the other side while its price crosses ``o``'s
+        limit, order by order in time priority; the book's levels account the fills
+        (a filled order and an emptied level leave the book there and then)."""
+        buy = o.side is _BUY
+        best_level = pb.book.best_level
+        opposite = _SELL if buy else _BUY
         limit = o.price
         stp = self.config.self_trade_prevention
         aggressor = o.side
         member = o.member
-        while o.remaining and opp:
-            key, lvl = opp.peekitem(0)
-            price = key if buy else -key
+        orders = self.orders
+        execute = self._execute
+        while o.remaining:
+            lvl = best_level(opposite)
+            if lvl is None:
+                break
+            price = lvl.price
             if (price > limit) if buy else (price < limit):
                 break
-            q = lvl.queue
-            while o.remaining and lvl.count:
-                r = q[0]
-                if not r.live:
-                    q.popleft()
-                    continue
-                if r.member == member and stp is not SelfTradePrevention.ALLOW:
-                    if stp is not SelfTradePrevention.CANCEL_NEWEST:  # cancel the resting one
-                        self._cancel_resting_in_match(lvl, r, ts)
-                    if stp is not SelfTradePrevention.CANCEL_OLDEST:
-                        if lvl.count == 0:
-                            del opp[key]
+            while o.remaining:
+                r = lvl.head()
+                if r is None:  # the level is empty and gone: on to the next one
+                    break
+                if r.member == member and stp is not _STP_ALLOW:
+                    if stp is not _STP_CANCEL_NEWEST:  # cancel the resting one
+                        self._unrest(pb, r)
+                        self._emit(OrderCancelled, ts, r.order_id, r.member, r.product_id, r.remaining,
+                                   CancelReason.SELF_TRADE)
+                    if stp is not _STP_CANCEL_OLDEST:
                         return False
                     continue
                 qty = o.remaining if o.remaining < r.remaining else r.remaining
-                lvl.volume -= qty
                 if buy:
-                    self._execute(pb, o, r, qty, price, aggressor, ts)
+                    execute(pb, o, r, qty, price, aggressor, ts)
                 else:
-                    self._execute(pb, r, o, qty, price, aggressor, ts)
-                if r.remaining == 0:
-                    q.popleft()
-                    r.live = False
-                    lvl.count -= 1
-                    del self.orders[r.order_id]
-            if lvl.count == 0:
-                del opp[key]
+                    execute(pb, r, o, qty, price, aggressor, ts)
+                if lvl.fill(r, qty):
+                    del orders[r.order_id]
         return True
 
-    def _cancel_resting_in_match(self, lvl, r: Order, ts: int) -> None:
-        lvl.queue.popleft()
-        lvl.count -= 1
-        lvl.volume -= r.remaining
-        self.accounts[r.member].open_exposure -= r.exposure()
-        if r.side is Side.SELL:
-            self.open_sell[(r.product_id, r.member)] -= r.remaining
-        r.live = False
-        del self.orders[r.order_id]
-        self._emit(OrderCancelled, ts, r.order_id, r.member, r.product_id, r.remaining, CancelReason.SELF_TRADE)
-
-    def _own_order(self, member: str, order_id: int) -> Order | None:
+    def _own_order(self, member: MemberId, order_id: OrderId) -> Order | None:
         o = self.orders.get(order_id)
         return o if o is not None and o.member == member else None
 
@@ -563,14 +585,14 @@ class MarketEngine:
             err = Reason.NO_CHANGE, "the new price and quantity equal the order's"
         if err is None:
             err = self._check_risk(pb, o.member, o.side, price, qty, release=o.exposure(),
-                                   release_sell=o.remaining if o.side is Side.SELL else 0)
+                                   release_sell=o.remaining if o.side is _SELL else 0)
         if err is not None:
             self._reject(ts, cmd.member, rej, err[0], err[1], order_id=cmd.order_id)
             return
         if price == o.price and qty < o.remaining:
             # quantity down keeps time priority
             self.accounts[o.member].open_exposure -= o.exposure()
-            if o.side is Side.SELL:
+            if o.side is _SELL:
                 self.open_sell[(o.product_id, o.member)] -= o.remaining - qty
             pb.book.reduce(o, qty)
             self.accounts[o.member].open_exposure += o.exposure()
@@ -583,7 +605,7 @@ class MarketEngine:
         n.price = price
         n.ts = ts
         self._emit(OrderModified, ts, n.order_id, n.member, n.product_id, price, qty, False)
-        if self.config.mechanism is Mechanism.CALL:
+        if self.config.mechanism is _CALL:
             self._rest(pb, n)
         else:
             self._continue(pb, n, ts)
@@ -596,12 +618,13 @@ class MarketEngine:
         n = self._cancel_member_orders(cmd.member, cmd.product_id, reason, ts)
         self._emit(CancelAllDone, ts, cmd.member, cmd.product_id, n)
 
-    def _cancel_member_orders(self, member: str, product_id: str | None, reason: CancelReason, ts: int) -> int:
+    def _cancel_member_orders(self, member: MemberId, product_id: ProductId | None, reason: CancelReason,
+                              ts: int) -> int:
         victims = [o for o in self.orders.values()
                    if o.member == member and (product_id is None or o.product_id == product_id)]
         for o in victims:
             self._unrest(self.products[o.product_id], o)
-            self._emit(OrderCancelled, ts, o.order_id, o.member, o.product_id, o.remaining, reason.value)
+            self._emit(OrderCancelled, ts, o.order_id, o.member, o.product_id, o.remaining, reason)
         return len(victims)
 
     def _register(self, cmd: RegisterMember, ts: int) -> None:
@@ -662,18 +685,18 @@ class MarketEngine:
         self._emit(MarketResumed, ts)
 
     # ------------------------------------------------------------------ inspection
-    def product_state(self, product_id: str) -> ProductState | None:
+    def product_state(self, product_id: ProductId) -> ProductState | None:
         pb = self.products.get(product_id)
         return pb.state if pb else None
 
-    def book(self, product_id: str) -> OrderBook:
+    def book(self, product_id: ProductId) -> OrderBook:
         return self.products[product_id].book
 
-    def position(self, product_id: str, member: str) -> tuple[int, int, int]:
+    def position(self, product_id: ProductId, member: MemberId) -> tuple[int, int, int]:
         p = self.positions.get(product_id, {}).get(member)
-        return tuple(p) if p else (0, 0, 0)
+        return (p[0], p[1], p[2]) if p else (0, 0, 0)
 
-    def snapshot(self) -> dict:
+    def snapshot(self) -> JsonDict:
         """Canonical, JSON-able view of the whole state (what :meth:`state_hash` hashes)."""
         return {
             "market": self.config.market_id,
@@ -697,8 +720,8 @@ class MarketEngine:
 
     def check_invariants(self) -> None:
         """Internal consistency (used by tests): books uncrossed, level sums, risk sums."""
-        exposure: dict[str, int] = {}
-        open_sell: dict[tuple[str, str], int] = {}
+        exposure: dict[MemberId, int] = {}
+        open_sell: dict[tuple[ProductId, MemberId], int] = {}
         live = 0
         for pid, pb in self.products.items():
             book = pb.book
@@ -720,7 +743,3 @@ class MarketEngine:
         for m, a in self.accounts.items():
             assert a.open_exposure == exposure.get(m, 0), m
         assert {k: v for k, v in self.open_sell.items() if v} == open_sell
-
-
-def _noop(cmd, ts) -> None:
-    return None

@@ -4,14 +4,30 @@ Both are plain slotted dataclasses with a ``type`` tag so they round-trip
 through JSON for the journal: :func:`command_to_dict` / :func:`command_from_dict`
 and :func:`event_to_dict` / :func:`event_from_dict`. Every command carries
 ``ts``, the time input in integer microseconds UTC.
+
+Field types are the values' true types: enum fields hold the enum (``Side``,
+``TimeInForce``, ``CancelReason``), in live events and in events decoded from
+the journal alike. The enums are str-valued, so a dict from ``*_to_dict`` is
+JSON-ready as it is and encodes them as their plain values.
 """
 
 from __future__ import annotations
 
+import types
+import typing
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from enum import Enum
 from operator import attrgetter
-from typing import ClassVar
+from typing import Any, ClassVar, Literal, TypeAlias, TypeVar, Union
+
+from exchange.core.ids import MemberId as MemberId
+from exchange.core.ids import OrderId as OrderId
+from exchange.core.ids import ProductId as ProductId
+from exchange.core.ids import TradeId as TradeId
+
+#: A command or event as a JSON object (the journal's form).
+JsonDict: TypeAlias = dict[str, Any]
 
 
 class Side(str, Enum):
@@ -84,7 +100,7 @@ class RegisterMember(Command):
     on-chain settlement owns collateral and the registry only manages the rest."""
 
     type: ClassVar[str] = "register_member"
-    member: str
+    member: MemberId
     collateral: int | None = 0
     export_capacity_w: int = 0
     suspended: bool = False
@@ -102,7 +118,7 @@ class UpdateCollateral(Command):
     cover the member's open buy exposure plus unsettled payable."""
 
     type: ClassVar[str] = "update_collateral"
-    member: str
+    member: MemberId
     collateral: int
     settled_payable: int = 0
     settlement_ref: int = 0
@@ -112,8 +128,8 @@ class UpdateCollateral(Command):
 @dataclass(slots=True)
 class PlaceOrder(Command):
     type: ClassVar[str] = "place"
-    member: str
-    product_id: str
+    member: MemberId
+    product_id: ProductId
     side: Side
     price: int
     quantity: int
@@ -126,8 +142,8 @@ class PlaceOrder(Command):
 @dataclass(slots=True)
 class CancelOrder(Command):
     type: ClassVar[str] = "cancel"
-    member: str
-    order_id: int
+    member: MemberId
+    order_id: OrderId
 
 
 @dataclass(slots=True)
@@ -136,8 +152,8 @@ class ModifyOrder(Command):
     priority; a price change or a quantity increase loses it."""
 
     type: ClassVar[str] = "modify"
-    member: str
-    order_id: int
+    member: MemberId
+    order_id: OrderId
     price: int | None = None
     quantity: int | None = None
 
@@ -145,8 +161,8 @@ class ModifyOrder(Command):
 @dataclass(slots=True)
 class CancelAll(Command):
     type: ClassVar[str] = "cancel_all"
-    member: str
-    product_id: str | None = None
+    member: MemberId
+    product_id: ProductId | None = None
     by_operator: bool = False
 
 
@@ -170,6 +186,9 @@ class Tick(Command):
 
 # --------------------------------------------------------------------------- events
 
+#: Who took liquidity in a trade: the incoming order's side, or ``"auction"`` for a call auction.
+Aggressor: TypeAlias = Union[Side, Literal["auction"]]  # noqa: UP007 - evaluated at run time (codec)
+
 
 @dataclass(slots=True)
 class Event:
@@ -181,25 +200,25 @@ class Event:
 @dataclass(slots=True)
 class ProductListed(Event):
     type: ClassVar[str] = "product_listed"
-    product_id: str
+    product_id: ProductId
     start: int
     end: int
     open: int
     gate: int
-    state: str
+    state: str  # a ProductState value
 
 
 @dataclass(slots=True)
 class ProductStateChanged(Event):
     type: ClassVar[str] = "product_state"
-    product_id: str
-    state: str
+    product_id: ProductId
+    state: str  # a ProductState value
 
 
 @dataclass(slots=True)
 class MemberUpdated(Event):
     type: ClassVar[str] = "member_updated"
-    member: str
+    member: MemberId
     collateral: int
     export_capacity_w: int
     suspended: bool
@@ -208,7 +227,7 @@ class MemberUpdated(Event):
 @dataclass(slots=True)
 class CollateralUpdated(Event):
     type: ClassVar[str] = "collateral_updated"
-    member: str
+    member: MemberId
     collateral: int
     net_payable: int
 
@@ -216,13 +235,13 @@ class CollateralUpdated(Event):
 @dataclass(slots=True)
 class OrderAccepted(Event):
     type: ClassVar[str] = "order_accepted"
-    order_id: int
-    member: str
-    product_id: str
-    side: str
+    order_id: OrderId
+    member: MemberId
+    product_id: ProductId
+    side: Side
     price: int
     quantity: int
-    tif: str
+    tif: TimeInForce
     client_order_id: str | None
     signature: str | None
 
@@ -230,12 +249,12 @@ class OrderAccepted(Event):
 @dataclass(slots=True)
 class Rejected(Event):
     type: ClassVar[str] = "rejected"
-    member: str | None
-    command: str
-    reason: str
+    member: MemberId | None
+    command: str  # the rejected command's type tag
+    reason: str  # a Reason value
     detail: str
     client_order_id: str | None = None
-    order_id: int | None = None
+    order_id: OrderId | None = None
 
 
 @dataclass(slots=True)
@@ -243,25 +262,25 @@ class Duplicate(Event):
     """A resubmitted client order id: the original outcome, no new order."""
 
     type: ClassVar[str] = "duplicate"
-    member: str
+    member: MemberId
     client_order_id: str
-    order_id: int | None
+    order_id: OrderId | None
     original_seq: int
-    reason: str | None
+    reason: str | None  # the Reason value of the original rejection
 
 
 @dataclass(slots=True)
 class TradeEvent(Event):
     type: ClassVar[str] = "trade"
-    trade_id: int
-    product_id: str
+    trade_id: TradeId
+    product_id: ProductId
     price: int
     quantity: int
-    buy_order_id: int
-    sell_order_id: int
-    buyer: str
-    seller: str
-    aggressor: str  # side of the incoming order ("buy"/"sell"), "auction" for a call auction
+    buy_order_id: OrderId
+    sell_order_id: OrderId
+    buyer: MemberId
+    seller: MemberId
+    aggressor: Aggressor
     buy_remaining: int
     sell_remaining: int
 
@@ -269,19 +288,19 @@ class TradeEvent(Event):
 @dataclass(slots=True)
 class OrderCancelled(Event):
     type: ClassVar[str] = "order_cancelled"
-    order_id: int
-    member: str
-    product_id: str
+    order_id: OrderId
+    member: MemberId
+    product_id: ProductId
     remaining: int
-    reason: str
+    reason: CancelReason
 
 
 @dataclass(slots=True)
 class OrderModified(Event):
     type: ClassVar[str] = "order_modified"
-    order_id: int
-    member: str
-    product_id: str
+    order_id: OrderId
+    member: MemberId
+    product_id: ProductId
     price: int
     quantity: int  # new remaining quantity
     priority_kept: bool
@@ -290,16 +309,16 @@ class OrderModified(Event):
 @dataclass(slots=True)
 class OrderExpired(Event):
     type: ClassVar[str] = "order_expired"
-    order_id: int
-    member: str
-    product_id: str
+    order_id: OrderId
+    member: MemberId
+    product_id: ProductId
     remaining: int
 
 
 @dataclass(slots=True)
 class AuctionCleared(Event):
     type: ClassVar[str] = "auction_cleared"
-    product_id: str
+    product_id: ProductId
     price: int | None
     volume: int
 
@@ -307,8 +326,8 @@ class AuctionCleared(Event):
 @dataclass(slots=True)
 class PositionFinal(Event):
     type: ClassVar[str] = "position_final"
-    product_id: str
-    member: str
+    product_id: ProductId
+    member: MemberId
     bought: int
     sold: int
     net: int  # bought - sold, Wh
@@ -329,8 +348,8 @@ class MarketResumed(Event):
 @dataclass(slots=True)
 class CancelAllDone(Event):
     type: ClassVar[str] = "cancel_all_done"
-    member: str
-    product_id: str | None
+    member: MemberId
+    product_id: ProductId | None
     cancelled: int
 
 
@@ -341,10 +360,10 @@ class TimeAdvanced(Event):
 
 # --------------------------------------------------------------------------- codec
 
-_ENUM_FIELDS = {"side": Side, "tif": TimeInForce}
+_M = TypeVar("_M", Command, Event)
 
 
-def _registry(base: type) -> dict[str, type]:
+def _registry(base: type[_M]) -> dict[str, type[_M]]:
     # Module globals, not base.__subclasses__(): dataclass(slots=True) replaces each class
     # with a new one, and the discarded originals linger among the subclasses.
     return {obj.type: obj for obj in globals().values()
@@ -353,42 +372,85 @@ def _registry(base: type) -> dict[str, type]:
 
 COMMANDS: dict[str, type[Command]] = _registry(Command)
 EVENTS: dict[str, type[Event]] = _registry(Event)
-_FIELDS: dict[type, tuple[str, ...]] = {
-    cls: tuple(f.name for f in fields(cls)) for cls in (*COMMANDS.values(), *EVENTS.values())
-}
-# Per class: ("type", field names...) and a getter returning (tag, values...); the enums
-# are str-valued, so the values are JSON-ready as they are.
+_CLASSES: list[type[Command | Event]] = [*COMMANDS.values(), *EVENTS.values()]
+_FIELDS = {cls: tuple(f.name for f in fields(cls)) for cls in _CLASSES}
+
+# Encoding, per class: ("type", field names...) and a getter returning (tag, values...); the
+# enums are str-valued, so the values are JSON-ready as they are.
+_Getter: TypeAlias = Callable[[Any], tuple[object, ...]]
+
+
+def _getter(cls: type[Command | Event]) -> _Getter:
+    tag = cls.type
+    names = _FIELDS[cls]
+    if len(names) == 1:
+        name = names[0]
+        return lambda obj: (tag, getattr(obj, name))
+    get = attrgetter(*names)
+    return lambda obj: (tag, *get(obj))
+
+
 _KEYS = {cls: ("type", *names) for cls, names in _FIELDS.items()}
-_GETTERS = {cls: (lambda tag, get: (lambda obj: (tag, *get(obj))))(cls.type, attrgetter(*names) if len(names) > 1
-            else (lambda n: lambda obj: (getattr(obj, n),))(names[0]))
-            for cls, names in _FIELDS.items()}
+_GETTERS = {cls: _getter(cls) for cls in _FIELDS}
 
 
-def _to_dict(obj) -> dict:
+# Decoding: the fields whose JSON value is not already the field's value (the enums, possibly
+# next to literals), with the function that turns the JSON value into it. A null stays None
+# whatever the field's type, as it always did: a journaled command with a missing side is
+# replayed into the same INVALID_VALUE rejection instead of failing to decode.
+def _decoder(hint: object) -> Callable[[Any], object] | None:
+    members: tuple[object, ...]
+    if typing.get_origin(hint) in (Union, types.UnionType):
+        members = typing.get_args(hint)
+    else:
+        members = (hint,)
+    enums = [a for a in members if isinstance(a, type) and issubclass(a, Enum)]
+    if not enums:
+        return None
+    if len(enums) > 1:  # pragma: no cover - a model definition error
+        raise TypeError(f"ambiguous enum field type {hint}")
+    enum = enums[0]
+    kept = frozenset([None, *(v for a in members if typing.get_origin(a) is Literal for v in typing.get_args(a))])
+    return lambda v: v if v in kept else enum(v)
+
+
+def _decoders(cls: type[Command | Event]) -> tuple[tuple[str, Callable[[Any], object]], ...]:
+    hints = typing.get_type_hints(cls)
+    return tuple((name, dec) for name in _FIELDS[cls] if (dec := _decoder(hints[name])) is not None)
+
+
+_DECODERS = {cls: _decoders(cls) for cls in _FIELDS}
+
+
+def _to_dict(obj: Command | Event) -> JsonDict:
     cls = type(obj)
     return dict(zip(_KEYS[cls], _GETTERS[cls](obj)))
 
 
-def command_to_dict(cmd: Command) -> dict:
+def _from_dict(cls: type[_M], d: Mapping[str, Any]) -> _M:
+    kw = {k: v for k, v in d.items() if k != "type"}
+    for name, dec in _DECODERS[cls]:
+        if name in kw:
+            kw[name] = dec(kw[name])
+    return cls(**kw)
+
+
+def command_to_dict(cmd: Command) -> JsonDict:
     return _to_dict(cmd)
 
 
-def event_to_dict(ev: Event) -> dict:
+def event_to_dict(ev: Event) -> JsonDict:
     return _to_dict(ev)
 
 
-def command_from_dict(d: dict) -> Command:
-    d = dict(d)
-    cls = COMMANDS[d.pop("type")]
-    for name, enum in _ENUM_FIELDS.items():
-        if name in d and d[name] is not None:
-            d[name] = enum(d[name])
-    return cls(**d)
+def command_from_dict(d: Mapping[str, Any]) -> Command:
+    """A command from its JSON object: the same types as the command that was encoded."""
+    return _from_dict(COMMANDS[d["type"]], d)
 
 
-def event_from_dict(d: dict) -> Event:
-    d = dict(d)
-    return EVENTS[d.pop("type")](**d)
+def event_from_dict(d: Mapping[str, Any]) -> Event:
+    """An event from its JSON object (e.g. the journal): the same types as the live event."""
+    return _from_dict(EVENTS[d["type"]], d)
 
 
 #: Event types that answer a command itself (vs. calendar transitions applied before it).

@@ -10,10 +10,10 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC as UTC  # re-exported: the one time zone of the engine
+from datetime import datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal
 
-UTC = UTC
 US_PER_S = 1_000_000
 US_PER_MIN = 60 * US_PER_S
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)

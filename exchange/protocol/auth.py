@@ -14,10 +14,16 @@ from __future__ import annotations
 
 import secrets
 from datetime import UTC, datetime
+from typing import Any
 
 from eth_account import Account
 from eth_account.messages import encode_defunct, encode_typed_data
 from eth_utils import to_checksum_address
+
+#: EIP-712 typed data (``types``, ``primaryType``, ``domain``, ``message``): a JSON object.
+TypedData = dict[str, Any]
+#: A private key as eth-account takes it: raw bytes (``LocalAccount.key``) or hex text.
+PrivateKey = bytes | str
 
 EIP712_NAME = "Voltbourse"
 EIP712_VERSION = "1"
@@ -41,7 +47,7 @@ ORDER_TYPES = {
 }
 
 
-def domain(chain_id: int) -> dict:
+def domain(chain_id: int) -> dict[str, str | int]:
     return {"name": EIP712_NAME, "version": EIP712_VERSION, "chainId": chain_id}
 
 
@@ -54,18 +60,20 @@ def new_challenge(market_id: str, now: datetime | None = None) -> str:
 def recover_login(challenge: str, signature: str) -> str:
     """The checksum address that signed ``challenge`` (raises ValueError on a bad signature)."""
     try:
-        return Account.recover_message(encode_defunct(text=challenge), signature=signature)
+        signer: str = Account.recover_message(encode_defunct(text=challenge), signature=signature)
     except Exception as exc:  # eth-account raises several types for malformed signatures
         raise ValueError(f"invalid signature: {exc}") from None
+    return signer
 
 
-def sign_login(challenge: str, private_key) -> str:
+def sign_login(challenge: str, private_key: PrivateKey) -> str:
     """Client side (SDK, tests, bench): sign a login challenge."""
-    return "0x" + Account.sign_message(encode_defunct(text=challenge), private_key).signature.hex().removeprefix("0x")
+    sig: str = Account.sign_message(encode_defunct(text=challenge), private_key).signature.hex()
+    return "0x" + sig.removeprefix("0x")
 
 
 def order_typed_data(market_id: str, chain_id: int, *, product_id: str, side: str, price: int, quantity: int,
-                     tif: str, client_order_id: str | None, nonce: int) -> dict:
+                     tif: str, client_order_id: str | None, nonce: int) -> TypedData:
     return {
         "types": ORDER_TYPES,
         "primaryType": "Order",
@@ -83,16 +91,17 @@ def order_typed_data(market_id: str, chain_id: int, *, product_id: str, side: st
     }
 
 
-def recover_order_signer(typed: dict, signature: str) -> str:
+def recover_order_signer(typed: TypedData, signature: str) -> str:
     try:
-        return Account.recover_message(encode_typed_data(full_message=typed), signature=signature)
+        signer: str = Account.recover_message(encode_typed_data(full_message=typed), signature=signature)
     except Exception as exc:
         raise ValueError(f"invalid order signature: {exc}") from None
+    return signer
 
 
-def sign_order(typed: dict, private_key) -> str:
+def sign_order(typed: TypedData, private_key: PrivateKey) -> str:
     """Client side: EIP-712 signature of an order's typed data."""
-    sig = Account.sign_message(encode_typed_data(full_message=typed), private_key).signature.hex()
+    sig: str = Account.sign_message(encode_typed_data(full_message=typed), private_key).signature.hex()
     return "0x" + sig.removeprefix("0x")
 
 

@@ -146,7 +146,7 @@ CORE_REQUESTS: tuple[type[Request], ...] = (Login, Place, Cancel, Modify, Cancel
 class ProtocolError(Exception):
     """A message that cannot be processed: answered with ``code`` and ``message``."""
 
-    def __init__(self, code: str, message: str, request_id=None) -> None:
+    def __init__(self, code: str, message: str, request_id: str | int | None = None) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
@@ -182,13 +182,13 @@ class Hello(Push):
     market_id: str
     challenge: str = Field(description="text to sign with EIP-191 personal_sign, then send `login`")
     server_time: str
-    eip712_domain: dict
+    eip712_domain: dict[str, Any]
 
 
 class Response(Push):
     type: Literal["response"]
     id: RequestId
-    result: dict | list
+    result: dict[str, Any] | list[Any]
 
 
 class Error(Push):
@@ -269,7 +269,10 @@ CORE_PUSHES: tuple[type[Push], ...] = (Hello, Response, Error, Execution, BookSn
 
 def message_type(model: type[BaseModel]) -> str:
     """The ``type`` tag of a message model (its ``Literal``)."""
-    return typing.get_args(model.model_fields["type"].annotation)[0]
+    tag = typing.get_args(model.model_fields["type"].annotation)[0]
+    if not isinstance(tag, str):
+        raise TypeError(f"{model.__name__}.type must be a Literal of the message's type tag")
+    return tag
 
 
 class WireProtocol:
@@ -285,10 +288,11 @@ class WireProtocol:
         dup = {t for t in self.types if self.types.count(t) > 1}
         if dup:
             raise ValueError(f"message types registered twice: {sorted(dup)}")
+        # The unions are built at run time from the registered models: no static type to give them.
         self.adapter: TypeAdapter[Any] = TypeAdapter(
-            Annotated[Union[self.requests], Field(discriminator="type")])  # noqa: UP007 - a runtime tuple
+            Annotated[Union[self.requests], Field(discriminator="type")])  # type: ignore[arg-type]  # noqa: UP007 - a runtime tuple
         self.server_adapter: TypeAdapter[Any] = TypeAdapter(
-            Annotated[Union[self.pushes], Field(discriminator="type")])  # noqa: UP007
+            Annotated[Union[self.pushes], Field(discriminator="type")])  # type: ignore[arg-type]  # noqa: UP007
 
     def parse(self, raw: str | bytes) -> Any:
         """Validate one frame; raises :class:`ProtocolError` with a precise code and message."""
@@ -313,7 +317,7 @@ class WireProtocol:
                 parts.append(f"{loc}: {e['msg']}")
             raise ProtocolError("INVALID_MESSAGE", "; ".join(parts), rid) from None
 
-    def json_schema(self) -> dict:
+    def json_schema(self) -> dict[str, Any]:
         return {
             "$schema": "https://json-schema.org/draft/2020-12/schema",
             "title": "Voltbourse peer WebSocket protocol",

@@ -13,6 +13,7 @@ the slots exactly. A missing meter reading counts as the baseline itself
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Any
 
 from exchange.flexibility.core.model import PPM, SLOT_US, Direction, Instruction, Portion, ceil_div, energy_wh
 
@@ -50,7 +51,7 @@ class DeliveryRecord:
     def over_wh(self) -> int:
         return max(0, self.delivered_wh - self.required_wh)
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "shortfall_wh": self.shortfall_wh, "over_wh": self.over_wh}
 
 

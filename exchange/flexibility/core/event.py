@@ -10,6 +10,7 @@ they return (messages to members, rows to store). Same inputs, same outputs.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 from exchange.core.units import US_PER_MIN
 from exchange.flexibility.core.activation import instructions_for
@@ -32,6 +33,7 @@ from exchange.flexibility.core.model import (
     Policy,
     Portion,
     ProductRules,
+    Share,
     ShareRule,
     SplitRule,
     ceil_div,
@@ -74,7 +76,7 @@ class Invitation:
     reserve: bool = False
     status: str = "invited"  # invited | accepted | declined | expired
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
@@ -110,7 +112,7 @@ class FlexEvent:
     reserve: list[Portion] = field(default_factory=list)
     delivery: list[DeliveryRecord] = field(default_factory=list)
     checked_until: int = 0
-    shares: list = field(default_factory=list)
+    shares: list[Share] = field(default_factory=list)
     gross: int = 0
     penalty: int = 0
     shortfall_wh: int = 0
@@ -308,7 +310,7 @@ class FlexEvent:
             return self.config.rules.penalty_price
         return max((a.price for a in self.activations), default=0)
 
-    def settle(self) -> list:
+    def settle(self) -> list[Share]:
         self.gross = self.revenue()
         self.penalty = self.shortfall_wh * self.penalty_price()
         weights = dict(self.config.weights_ppm)

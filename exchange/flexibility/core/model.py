@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from enum import Enum
+from typing import Any
 
 from exchange.core.units import US_PER_MIN
 
@@ -128,7 +129,7 @@ class Bid:
     def covered_w(self) -> int:
         return sum(p.power_w for p in self.portions)
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["direction"] = self.direction.value
         d["portions"] = [asdict(p) for p in self.portions]

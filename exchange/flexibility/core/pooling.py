@@ -27,7 +27,9 @@ bids never exceeds the accepted offers' power.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 from exchange.core.units import US_PER_MIN
 from exchange.flexibility.core.model import PPM, Bid, NoBid, Offer, Policy, Portion, ProductRules, ceil_div
@@ -37,7 +39,7 @@ NO_OFFERS = "NO_OFFERS"
 LOCAL_FIRST_USED_ALL = "LOCAL_FIRST_USED_ALL"
 
 
-def merit_order(offers, rules: ProductRules, start: int, end: int) -> list[Portion]:
+def merit_order(offers: Iterable[Offer], rules: ProductRules, start: int, end: int) -> list[Portion]:
     out = []
     for o in offers:
         if o.direction is not rules.direction:
@@ -111,7 +113,7 @@ class Allocation:
     local: list[Portion] = field(default_factory=list)  # used for the community's own deficit
     spare: list[Portion] = field(default_factory=list)  # in no bid and not used locally: reserve
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, list[dict[str, Any]]]:
         return {"bids": [b.to_dict() for b in self.bids], "no_bids": [asdict(n) for n in self.no_bids],
                 "local": [asdict(p) for p in self.local], "spare": [asdict(p) for p in self.spare]}
 

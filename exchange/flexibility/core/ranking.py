@@ -43,9 +43,9 @@ class RankingWeights:
 class Ranked:
     offer: Offer
     score: int
-    terms: dict
+    terms: dict[str, int]  # each term of the score, ppm
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, str | int]:
         return {"member": self.offer.member, "offer_id": self.offer.offer_id, "score": self.score, **self.terms}
 
 

@@ -30,7 +30,7 @@ class Viability:
     def deficit_wh(self) -> int:
         return max(0, self.consumption_wh - self.generation_wh)
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, bool | str | int]:
         return {"candidate": self.candidate, "reason": self.reason, "consumption_wh": self.consumption_wh,
                 "generation_wh": self.generation_wh, "flexibility_wh": self.flexibility_wh,
                 "deficit_wh": self.deficit_wh}
