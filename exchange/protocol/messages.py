@@ -14,8 +14,9 @@ import typing
 from collections.abc import Sequence
 from typing import Annotated, Any, Literal, Union
 
-import orjson
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+
+from exchange.protocol.frames import read_request_id
 
 PROTOCOL_VERSION = 1
 MAX_INT = 2**53 - 1  # exact in every JSON implementation
@@ -154,16 +155,9 @@ class ProtocolError(Exception):
 
 
 def request_id(raw: str | bytes) -> Any:
-    """Best effort: the ``id`` of a message that failed validation, to echo it."""
-    try:
-        obj = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return None
-    if isinstance(obj, dict):
-        rid = obj.get("id")
-        if (isinstance(rid, str) and 0 < len(rid) <= 64) or (type(rid) is int and 0 <= rid <= MAX_INT):
-            return rid
-    return None
+    """Best effort: the ``id`` of a message that failed validation, to echo it (also from
+    frames orjson cannot parse: exchange.protocol.frames)."""
+    return read_request_id(raw)
 
 
 # --------------------------------------------------------------------------- server messages
@@ -181,7 +175,9 @@ class Hello(Push):
     protocol: int
     market_id: str
     challenge: str = Field(description="text to sign with EIP-191 personal_sign, then send `login`")
-    server_time: str
+    server_time: str = Field(description="the server's wall clock, ISO 8601 UTC with Z")
+    market_time: str | None = Field(None, description="the market's clock (simulated when SIM_SPEED > 1), ISO 8601 UTC with Z: "
+                                         "what products' open/gate/delivery times and every ts are in")
     eip712_domain: dict[str, Any]
 
 
