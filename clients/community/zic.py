@@ -51,6 +51,7 @@ from fractions import Fraction
 
 from exchange.core.calendar import ProductState
 from exchange.core.engine import MarketConfig, MarketEngine
+from exchange.core.ids import MemberId, OrderId
 from exchange.core.model import (
     CancelOrder,
     OrderAccepted,
@@ -184,8 +185,8 @@ class _Session:
         self.commands = 0
         self.e.process(Tick(T0))
         self.products = sorted(pid for pid, pb in self.e.products.items() if pb.state is ProductState.OPEN)
-        self.buyers = [f"b{i}" for i in range(len(sched.buyers))]
-        self.sellers = [f"s{i}" for i in range(len(sched.sellers))]
+        self.buyers = [MemberId(f"b{i}") for i in range(len(sched.buyers))]
+        self.sellers = [MemberId(f"s{i}") for i in range(len(sched.sellers))]
         big = 10**18
         for b in self.buyers:
             self.do(RegisterMember(0, b, collateral=big, export_capacity_w=0))
@@ -224,7 +225,7 @@ def run_session(sched: Schedules, seed: int, periods: int = 6, mode: str = "zi-c
         product = s.products[period]
         units = [list(v) for v in sched.buyers] + [list(c) for c in sched.sellers]
         nxt = [0] * len(units)  # next unit per trader
-        live: dict[int, int] = {}  # trader -> resting order id
+        live: dict[int, OrderId] = {}  # trader -> resting order id
         members = s.buyers + s.sellers
         for _ in range(max_steps):
             active = [i for i in range(len(units)) if nxt[i] < len(units[i])]

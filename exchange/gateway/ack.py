@@ -19,7 +19,6 @@ from exchange.core.model import (
     TradeEvent,
     command_outcome,
 )
-from exchange.gateway.encoding import plain
 from exchange.runtime.journal import Entry
 
 
@@ -63,7 +62,7 @@ class Acknowledger:
 def response(p: Pending, events: list[Event]) -> dict:
     first = command_outcome(events)
     if isinstance(first, Rejected):
-        return {"type": "error", "id": p.request_id, "code": plain(first.reason), "message": first.detail}
+        return {"type": "error", "id": p.request_id, "code": first.reason, "message": first.detail}
     if isinstance(first, Duplicate):
         if first.order_id is None:
             return {"type": "error", "id": p.request_id, "code": first.reason,
@@ -94,7 +93,7 @@ def order_outcome(first: OrderAccepted | OrderModified, events: list[Event]) -> 
             fills.append({"trade_id": ev.trade_id, "price": ev.price, "quantity": ev.quantity})
             remaining = ev.buy_remaining if ev.buy_order_id == oid else ev.sell_remaining
         elif isinstance(ev, OrderCancelled) and ev.order_id == oid:
-            status, reason, remaining = "cancelled", plain(ev.reason), ev.remaining
+            status, reason, remaining = "cancelled", ev.reason.value, ev.remaining
     if status == "resting" and remaining == 0:
         status = "filled"
     out: dict[str, Any] = {"order_id": oid, "status": status, "remaining": remaining,

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from enum import Enum
-from typing import Any
 
 import orjson
+
+from exchange.core.model import Side, TradeEvent
 
 
 def encode(msg: dict) -> str:
@@ -14,11 +14,12 @@ def encode(msg: dict) -> str:
     return orjson.dumps(msg).decode()
 
 
-def plain(x: Any) -> Any:
-    """The plain value of a str-valued enum (live events) or of a str (replayed events)."""
-    return x.value if isinstance(x, Enum) else x
-
 
 def utc_iso(t: datetime) -> str:
     """The exchange's one time format: ISO 8601 in UTC with ``Z`` (as ``exchange.core.units.iso``)."""
     return t.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def aggressor(ev: TradeEvent) -> str:
+    """``buy``/``sell`` (the incoming order's side) or ``auction``."""
+    return ev.aggressor.value if isinstance(ev.aggressor, Side) else ev.aggressor

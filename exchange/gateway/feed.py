@@ -50,6 +50,7 @@ from typing import Any
 
 from aiohttp import web
 
+from exchange.core.ids import ProductId
 from exchange.core.model import (
     OrderAccepted,
     OrderCancelled,
@@ -59,8 +60,8 @@ from exchange.core.model import (
     ProductStateChanged,
 )
 from exchange.core.units import US_PER_MIN, div_half_even, iso, to_us
+from exchange.gateway.encoding import aggressor
 from exchange.gateway.encoding import encode as _encode
-from exchange.gateway.encoding import plain as _val
 from exchange.gateway.marketdata import MarketData
 from exchange.runtime.journal import Entry
 from exchange.runtime.members import MemberRegistry
@@ -312,7 +313,7 @@ class OperatorFeed:
         pair[1] += qty * price
         pair[2] += 1
         t = {"trade_id": ev.trade_id, "seq": ev.seq, "product_id": pid, "price": price, "quantity": qty,
-             "buyer": ev.buyer, "seller": ev.seller, "aggressor": _val(ev.aggressor), "ts": ts}
+             "buyer": ev.buyer, "seller": ev.seller, "aggressor": aggressor(ev), "ts": ts}
         self.recent.append(t)
         self._new_trades.append(t)
         self._dirty_books.add(pid)
@@ -377,7 +378,7 @@ class OperatorFeed:
                      if s != "delivered" and pid in self.calendar}
         out = []
         for pid, cal in sorted(self.calendar.items(), key=lambda kv: kv[1]["start"]):
-            state = states.get(pid)
+            state = states.get(ProductId(pid))
             if state is None or cal["delivery_day"] not in live_days:
                 continue
             display = state

@@ -23,7 +23,6 @@ from exchange.core.model import (
     ProductStateChanged,
     TradeEvent,
 )
-from exchange.gateway.encoding import plain
 
 Touched = set[tuple[str, str, int]]  # (product, side, price) of levels changed by a group
 
@@ -115,7 +114,7 @@ class BookMirror:
         t = type(ev)
         if t is OrderAccepted:
             assert isinstance(ev, OrderAccepted)
-            o = MirrorOrder(ev.order_id, ev.member, ev.product_id, plain(ev.side), ev.price, ev.quantity,
+            o = MirrorOrder(ev.order_id, ev.member, ev.product_id, ev.side.value, ev.price, ev.quantity,
                             ev.quantity, ev.client_order_id)
             self._add(o, touched)
             book_last[ev.product_id] = ev.seq

@@ -23,7 +23,7 @@ from typing import Annotated, Any
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, StrictStr
 
-from exchange.core.ids import MemberId
+from exchange.core.ids import MemberId, ProductId
 from exchange.core.model import CancelAll, CancelAllDone, Command, Halt, Rejected, Resume, Side
 from exchange.core.units import iso
 from exchange.gateway.http import (
@@ -114,7 +114,7 @@ async def _submit(request: web.Request, cmd: Command) -> Result:
 
 def _product_book(request: web.Request):
     pid = request.match_info["product_id"]
-    pb = request.config_dict[MARKET].engine.products.get(pid)
+    pb = request.config_dict[MARKET].engine.products.get(ProductId(pid))
     if pb is None:
         raise ApiError(404, "UNKNOWN_PRODUCT", f"no product {pid}")
     return pb
@@ -166,7 +166,7 @@ async def member_positions(request: web.Request) -> web.Response:
         raise UnknownMember(f"no member {address}")
     out: dict[str, dict] = {}
     for pid, pos in engine.positions.items():  # products not yet delivered
-        p = pos.get(address)
+        p = pos.get(MemberId(address))
         if p is not None:
             state = engine.products[pid].state.value
             out[pid] = {"product_id": pid, "state": state, "bought": p[0], "sold": p[1], "net": p[0] - p[1],

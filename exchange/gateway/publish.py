@@ -21,7 +21,7 @@ from exchange.core.model import (
 )
 from exchange.core.units import iso
 from exchange.gateway.ack import Peer
-from exchange.gateway.encoding import encode, plain
+from exchange.gateway.encoding import aggressor, encode
 from exchange.gateway.mirror import BookMirror, MirrorOrder
 from exchange.gateway.peers import Peers
 
@@ -69,13 +69,13 @@ class Publisher:
                    "ts": iso(ev.ts), "order_id": ev.order_id, "product_id": ev.product_id,
                    "remaining": ev.remaining, "client_order_id": o.client_order_id if o is not None else None}
             if isinstance(ev, OrderCancelled):
-                msg["reason"] = plain(ev.reason)
+                msg["reason"] = ev.reason.value
             self.private(ev.member, msg)
 
     def trade(self, ev: TradeEvent, coids: tuple[str | None, str | None], public: Public) -> None:
         pid = ev.product_id
         ts = iso(ev.ts)
-        agg = plain(ev.aggressor)
+        agg = aggressor(ev)
         for oid, coid, remaining, member, side, other in (
             (ev.buy_order_id, coids[0], ev.buy_remaining, ev.buyer, "buy", ev.seller),
             (ev.sell_order_id, coids[1], ev.sell_remaining, ev.seller, "sell", ev.buyer),

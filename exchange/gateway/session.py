@@ -286,7 +286,7 @@ class Session:
             if self.login_failures >= MAX_LOGIN_ATTEMPTS:
                 self.close(WSCloseCode.POLICY_VIOLATION, "too many failed logins", flush=True)
             return
-        acct = self.market.engine.accounts.get(claimed)
+        acct = self.market.engine.accounts.get(MemberId(claimed))
         if acct is None:
             self.error(msg.id, "UNKNOWN_MEMBER", f"{claimed} is not a registered member of {self.settings.market_id}")
             return
@@ -370,7 +370,7 @@ class Session:
                                                                   "subscribed": False}})
 
 
-async def ws_handler(request: web.Request) -> web.WebSocketResponse:
+async def ws_handler(request: web.Request) -> web.StreamResponse:
     app = request.app
     settings = app[SETTINGS]
     limits = app[LIMITS]

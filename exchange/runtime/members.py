@@ -237,7 +237,7 @@ class MemberRegistry:
             accounts = self.runtime.engine.accounts
             stale = []
             for m in await self.list():
-                a = accounts.get(m.address)
+                a = accounts.get(MemberId(m.address))
                 collateral = self._engine_collateral(m)
                 if a is None or (a.export_capacity_w, a.suspended) != (m.export_capacity_w, m.suspended) or (
                         collateral is not None and a.collateral != collateral):
