@@ -35,9 +35,10 @@ import secrets
 import signal
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from collections.abc import Set as AbstractSet
 from datetime import UTC, date, datetime, timedelta
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import aiohttp
@@ -416,11 +417,28 @@ def make_bots(members: int, seed: str | int = 1, strategy: str = "community", zi
 
 
 def terminate_gracefully() -> None:
-    """SIGTERM ends the process like Ctrl-C (KeyboardInterrupt): the bots stop within their
-    grace period and a local exchange (its server and embedded PostgreSQL) is shut down,
-    instead of the process dying with them left running."""
+    """SIGTERM before the event loop runs ends the process like Ctrl-C (KeyboardInterrupt),
+    so a local exchange being started is stopped again; while the bots run, SIGTERM cancels
+    the run instead (:func:`_cancel_on_sigterm`): the bots stop within their grace period and
+    the local exchange (its server and embedded PostgreSQL) is shut down."""
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, signal.default_int_handler)
+
+
+async def _cancelled_on_sigterm(coro: Coroutine[Any, Any, dict]) -> dict:
+    """Run ``coro``; SIGTERM cancels it (its cleanup runs, bounded) instead of interrupting the
+    event loop wherever it is."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.ensure_future(coro)
+    installed = threading.current_thread() is threading.main_thread()
+    if installed:
+        loop.add_signal_handler(signal.SIGTERM, task.cancel)
+    try:
+        return await task
+    finally:
+        if installed:
+            loop.remove_signal_handler(signal.SIGTERM)
+            signal.signal(signal.SIGTERM, signal.default_int_handler)
 
 
 def run_bots(*, members: int = 200, speed: float = 600, duration: float = 150, url: str | None = None,
@@ -433,7 +451,7 @@ def run_bots(*, members: int = 200, speed: float = 600, duration: float = 150, u
     terminate_gracefully()
     if url is not None:
         runner = BotRunner(url, bots, speed=speed, requote_minutes=requote_minutes, operator_token=operator_token)
-        return run_async(runner.run(duration, report_every, out))
+        return run_async(_cancelled_on_sigterm(runner.run(duration, report_every, out)))
 
     zone = ZoneInfo(COMMUNITY_TZ)
     today = datetime.now(zone).date()
@@ -446,4 +464,4 @@ def run_bots(*, members: int = 200, speed: float = 600, duration: float = 150, u
         out(f"local exchange {market_id} at {ex.ws_url} (clock x{int(speed)} from {start.astimezone(zone):%H:%M %Z}); "
             f"log {ex.log_path}")
         runner = BotRunner(ex.ws_url, bots, speed=speed, requote_minutes=requote_minutes, operator_token=token)
-        return run_async(runner.run(duration, report_every, out))
+        return run_async(_cancelled_on_sigterm(runner.run(duration, report_every, out)))
