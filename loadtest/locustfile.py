@@ -125,7 +125,7 @@ class ExchangeUser(User):
         t = m.get("type")
         if t == "execution":
             ex = Execution.model_validate(m)
-            if ex.exec == "accepted" and ex.remaining:
+            if ex.exec == "accepted" and ex.remaining and ex.order_id is not None:
                 self.mine.add(ex.order_id)
             elif ex.exec in ("cancelled", "expired") or (ex.exec == "fill" and ex.remaining == 0):
                 self.mine.discard(ex.order_id)

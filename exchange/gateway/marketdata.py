@@ -26,6 +26,7 @@ from exchange.core.model import (
     OrderModified,
     ProductListed,
     ProductStateChanged,
+    Rejected,
     TradeEvent,
 )
 from exchange.gateway.ack import Acknowledger, Peer, Pending
@@ -121,6 +122,8 @@ class MarketData:
                 elif isinstance(ev, _STATE_EVENTS):
                     mirror.apply(ev, touched, book_last)
                     pub.state(ev, mirror, public)
+                elif isinstance(ev, Rejected):
+                    pub.rejected(ev)
                 elif isinstance(ev, MemberUpdated):
                     mirror.apply(ev, touched, book_last)
                     if ev.suspended:

@@ -6,7 +6,8 @@ product and market states). Sends only; the mirror is kept by
 
 from __future__ import annotations
 
-from collections import defaultdict
+import secrets
+from collections import defaultdict, deque
 
 from exchange.core.model import (
     MarketHalted,
@@ -17,6 +18,7 @@ from exchange.core.model import (
     OrderModified,
     ProductListed,
     ProductStateChanged,
+    Rejected,
     TradeEvent,
 )
 from exchange.core.units import iso
@@ -26,6 +28,39 @@ from exchange.gateway.mirror import BookMirror, MirrorOrder
 from exchange.gateway.peers import Peers
 
 Public = list[tuple[set[Peer], str]]
+REPLAY_WINDOW = 256  # private reports kept per member for replay
+
+
+class PrivateStream:
+    """Each member's private reports numbered ``pseq`` 1, 2, 3 ... (for as long as this server
+    runs: ``run_id`` names the run), the last :data:`REPLAY_WINDOW` kept for replay."""
+
+    def __init__(self, window: int = REPLAY_WINDOW) -> None:
+        self.window = window
+        self.run_id = secrets.token_hex(8)
+        self.pseq: dict[str, int] = {}
+        self.recent: dict[str, deque[tuple[int, str]]] = {}
+
+    def add(self, member: str, msg: dict) -> str:
+        n = self.pseq.get(member, 0) + 1
+        self.pseq[member] = n
+        msg["pseq"] = n
+        data = encode(msg)
+        ring = self.recent.get(member)
+        if ring is None:
+            ring = self.recent[member] = deque(maxlen=self.window)
+        ring.append((n, data))
+        return data
+
+    def since(self, member: str, from_pseq: int) -> list[str] | None:
+        """The reports with ``pseq >= from_pseq``; None when some of them are no longer kept."""
+        ring = self.recent.get(member)
+        last = self.pseq.get(member, 0)
+        if from_pseq > last:
+            return []
+        if ring is None or ring[0][0] > from_pseq:
+            return None
+        return [data for n, data in ring if n >= from_pseq]
 
 
 class Publisher:
@@ -35,6 +70,7 @@ class Publisher:
         self.book_subs: dict[str, set[Peer]] = defaultdict(set)
         self.trade_subs: dict[str | None, set[Peer]] = defaultdict(set)  # None: all products
         self.product_subs: set[Peer] = set()
+        self.stream = PrivateStream()
 
     # ------------------------------------------------------------------ subscriptions
     def detach(self, s: Peer) -> None:
@@ -44,17 +80,24 @@ class Publisher:
 
     # ------------------------------------------------------------------ private reports
     def private(self, member: str, msg: dict) -> None:
-        sessions = self.peers.sessions(member)
-        if sessions:
-            data = encode(msg)
-            for s in sessions:
-                s.send_raw(data)
+        """Number the report in the member's private stream, keep it for replay, send it to
+        the member's sessions (every report is numbered, connected or not, so a member that
+        reconnects sees the gap and replays it)."""
+        data = self.stream.add(member, msg)
+        for s in self.peers.sessions(member):
+            s.send_raw(data)
+
+    def rejected(self, ev: Rejected) -> None:
+        """Rejections of a member's order commands go to its private stream too."""
+        if ev.member is None or ev.command not in ("place", "modify", "cancel"):
+            return
+        self.private(ev.member, {"type": "execution", "exec": "rejected", "seq": ev.seq, "ts": iso(ev.ts),
+                                 "order_id": ev.order_id, "client_order_id": ev.client_order_id,
+                                 "command": ev.command, "reason": ev.reason, "detail": ev.detail})
 
     def order_event(self, ev: OrderAccepted | OrderCancelled | OrderExpired | OrderModified,
                     o: MirrorOrder | None) -> None:
         """The execution report of an order event (``o``: the order as the mirror knew it)."""
-        if ev.member not in self.peers.by_member:
-            return
         if isinstance(ev, OrderAccepted):
             assert o is not None
             self.private(ev.member, {"type": "execution", "exec": "accepted", "seq": ev.seq, "ts": iso(ev.ts),
@@ -80,14 +123,13 @@ class Publisher:
             (ev.buy_order_id, coids[0], ev.buy_remaining, ev.buyer, "buy", ev.seller),
             (ev.sell_order_id, coids[1], ev.sell_remaining, ev.seller, "sell", ev.buyer),
         ):
-            if member in self.peers.by_member:
-                self.private(member, {
-                    "type": "execution", "exec": "fill", "seq": ev.seq, "ts": ts, "order_id": oid,
-                    "client_order_id": coid, "product_id": pid, "side": side, "price": ev.price,
-                    "quantity": ev.quantity, "remaining": remaining, "trade_id": ev.trade_id,
-                    "liquidity": "auction" if agg == "auction" else ("taker" if agg == side else "maker"),
-                    "counterparty": other if self.disclose else None,
-                })
+            self.private(member, {
+                "type": "execution", "exec": "fill", "seq": ev.seq, "ts": ts, "order_id": oid,
+                "client_order_id": coid, "product_id": pid, "side": side, "price": ev.price,
+                "quantity": ev.quantity, "remaining": remaining, "trade_id": ev.trade_id,
+                "liquidity": "auction" if agg == "auction" else ("taker" if agg == side else "maker"),
+                "counterparty": other if self.disclose else None,
+            })
         subs = self.trade_subs
         if subs:
             targets = subs.get(pid, set()) | subs.get(None, set())

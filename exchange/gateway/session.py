@@ -13,13 +13,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
 from aiohttp import WSCloseCode, WSMsgType, web
 
-from exchange.core.ids import MemberId
+from exchange.core.ids import MemberId, OrderId
 from exchange.core.model import CancelAll as CancelAllCmd
 from exchange.core.model import CancelOrder, ModifyOrder, PlaceOrder, Side, TimeInForce
 from exchange.core.units import iso
@@ -51,10 +51,25 @@ class TokenBucket:
     def __init__(self, rate: float, burst: float) -> None:
         self.rate, self.burst, self.tokens, self.t = rate, burst, burst, time.monotonic()
 
-    def take(self) -> bool:
+    def usage(self) -> dict[str, float]:
+        """What is left of the rate limit now: ``remaining`` messages in the burst, the ``limit``
+        per second and ``burst``, and ``reset_ms`` until the burst is full again."""
+        self._refill()
+        return {"remaining": int(self.tokens), "limit_per_s": self.rate, "burst": self.burst,
+                "reset_ms": int((self.burst - self.tokens) / self.rate * 1000)}
+
+    def retry_after_ms(self) -> int:
+        """Milliseconds until one more message is accepted."""
+        self._refill()
+        return 0 if self.tokens >= 1 else int((1 - self.tokens) / self.rate * 1000) + 1
+
+    def _refill(self) -> None:
         now = time.monotonic()
         self.tokens = min(self.burst, self.tokens + (now - self.t) * self.rate)
         self.t = now
+
+    def take(self) -> bool:
+        self._refill()
         if self.tokens >= 1:
             self.tokens -= 1
             return True
@@ -62,11 +77,13 @@ class TokenBucket:
 
 
 class Limits:
-    """Connection counts the handshake checks: per client address, and not logged in yet."""
+    """Connection counts the handshake checks: per client address, and not logged in yet;
+    ``stopping`` once the server is shutting down (sessions then end without cancelling)."""
 
     def __init__(self) -> None:
         self.per_ip: dict[str, int] = {}
         self.anonymous = 0
+        self.stopping = False
 
     def opened(self, ip: str) -> None:
         self.per_ip[ip] = self.per_ip.get(ip, 0) + 1
@@ -108,6 +125,8 @@ class Session:
         self.queued_bytes = 0
         self.closed = False
         self.on_login: Any = None  # called once the session is bound to a member
+        self.cancel_on_disconnect = False
+        self.dead_man: asyncio.TimerHandle | None = None
         self.sender = asyncio.create_task(self._sender())
         self.login_timer: asyncio.TimerHandle | None = asyncio.get_running_loop().call_later(
             settings.ws_login_timeout_s, self._login_timeout)
@@ -143,9 +162,12 @@ class Session:
                     self.out.qsize(), self.queued_bytes, what)
         self.close(WSCloseCode.TRY_AGAIN_LATER, f"slow consumer: send queue full ({what})")
 
-    def error(self, request_id, code: str, message: str) -> None:
+    def metrics_error(self, code: str) -> None:
         if self.metrics is not None:
             self.metrics.ws_error(code)
+
+    def error(self, request_id: Any, code: str, message: str) -> None:
+        self.metrics_error(code)
         self.send({"type": "error", "id": request_id, "code": code, "message": message})
 
     async def _sender(self) -> None:
@@ -181,7 +203,15 @@ class Session:
         asyncio.get_running_loop().create_task(self.ws.close(code=code, message=reason.encode()[:120]))
 
     async def finish(self) -> None:
-        """Normal end: flush what is queued, then stop the sender."""
+        """End of the connection: flush what is queued, then stop the sender; with
+        cancel_on_disconnect, cancel the member's orders (unless the server is shutting down)."""
+        if self.dead_man is not None:
+            self.dead_man.cancel()
+            self.dead_man = None
+        stopping = self.app is not None and LIMITS in self.app and self.app[LIMITS].stopping
+        if self.cancel_on_disconnect and self.member is not None and not stopping:
+            log.info("%s disconnected with cancel_on_disconnect: cancelling its orders", self.member)
+            self._cancel_everything(self.member)
         self._cancel_login_timer()
         if not self.closed:
             self.closed = True
@@ -205,9 +235,11 @@ class Session:
                 self.error(rid, "RATE_LIMITED", "rate limit exceeded for too long: closing")
                 self.close(WSCloseCode.POLICY_VIOLATION, "rate limit exceeded repeatedly", flush=True)
                 return
-            self.error(rid, "RATE_LIMITED",
-                       f"more than {self.settings.ws_rate_per_s:g} messages/s (burst {self.settings.ws_burst}); "
-                       "this message was dropped")
+            self.metrics_error("RATE_LIMITED")
+            self.send({"type": "error", "id": rid, "code": "RATE_LIMITED",
+                       "message": f"more than {self.settings.ws_rate_per_s:g} messages/s (burst "
+                                  f"{self.settings.ws_burst}); this message was dropped",
+                       "retry_after_ms": self.bucket.retry_after_ms()})
             return
         t0 = time.perf_counter_ns()
         try:
@@ -217,7 +249,7 @@ class Session:
             return
         kind = msg.type
         if kind == "ping":
-            self.send({"type": "response", "id": msg.id, "result": {"pong": True,
+            self.send({"type": "response", "id": msg.id, "result": {"pong": True, "rate": self.bucket.usage(),
                        "server_time": utc_iso(datetime.now(UTC)),
                        "market_time": iso(self.market.runtime.clock.now_us())}})
             return
@@ -236,9 +268,22 @@ class Session:
             if kind == "place":
                 self._place(msg, member, t0)
             elif kind == "cancel":
-                self._submit(CancelOrder(0, member, msg.order_id), msg.id, kind, t0)
+                oid = self._order_ref(msg, member)
+                if oid is not None:
+                    self._submit(CancelOrder(0, member, oid), msg.id, kind, t0)
             elif kind == "modify":
-                self._submit(ModifyOrder(0, member, msg.order_id, msg.price, msg.quantity), msg.id, kind, t0)
+                oid = self._order_ref(msg, member)
+                if oid is not None:
+                    self._submit(ModifyOrder(0, member, oid, msg.price, msg.quantity), msg.id, kind, t0)
+            elif kind == "session_options":
+                if msg.cancel_on_disconnect is not None:
+                    self.cancel_on_disconnect = msg.cancel_on_disconnect
+                self.send({"type": "response", "id": msg.id,
+                           "result": {"cancel_on_disconnect": self.cancel_on_disconnect}})
+            elif kind == "dead_man":
+                self._dead_man(msg, member)
+            elif kind == "replay":
+                self._replay(msg, member)
             elif kind == "cancel_all":
                 self._submit(CancelAllCmd(0, member, msg.product_id), msg.id, kind, t0)
             elif kind == "orders":
@@ -268,6 +313,53 @@ class Session:
         except Exception:  # noqa: BLE001 - a bug must not drop the connection: answered, logged
             log.exception("request %r of %s failed", kind, member)
             self.error(msg.id, "INTERNAL", "the request failed on the server; it was logged")
+
+    def _order_ref(self, msg: Any, member: MemberId) -> OrderId | None:
+        """The order a cancel/modify names: its ``order_id``, or my open order with that
+        ``client_order_id`` (committed state); None (answered) when there is none."""
+        if msg.order_id is not None:
+            return OrderId(msg.order_id)
+        for o in self.md.mirror.member_orders(member):
+            if o["client_order_id"] == msg.client_order_id:
+                return OrderId(o["order_id"])
+        self.error(msg.id, "UNKNOWN_ORDER", f"no open order of yours with client_order_id {msg.client_order_id!r}")
+        return None
+
+    def _dead_man(self, msg: Any, member: MemberId) -> None:
+        if self.dead_man is not None:
+            self.dead_man.cancel()
+            self.dead_man = None
+        expires = None
+        if msg.timeout_s > 0:
+            self.dead_man = asyncio.get_running_loop().call_later(msg.timeout_s, self._dead_man_fired, member)
+            expires = utc_iso(datetime.now(UTC) + timedelta(seconds=msg.timeout_s))
+        self.send({"type": "response", "id": msg.id,
+                   "result": {"armed": self.dead_man is not None, "timeout_s": msg.timeout_s, "expires_at": expires}})
+
+    def _dead_man_fired(self, member: MemberId) -> None:
+        self.dead_man = None
+        log.warning("dead man's switch of %s ran out: cancelling its orders", member)
+        self.send({"type": "dead_man_triggered", "ts": utc_iso(datetime.now(UTC))})
+        self._cancel_everything(member)
+
+    def _cancel_everything(self, member: MemberId) -> None:
+        try:
+            self.market.runtime.enqueue(CancelAllCmd(0, member, None))
+        except (MarketBusy, MarketUnavailable) as exc:
+            log.error("could not cancel the orders of %s: %s", member, exc)
+
+    def _replay(self, msg: Any, member: MemberId) -> None:
+        stream = self.md.publisher.stream
+        reports = stream.since(member, msg.from_pseq)
+        if reports is None:
+            self.error(msg.id, "REPLAY_UNAVAILABLE",
+                       f"reports before pseq {msg.from_pseq} are no longer kept (the last {stream.window}): "
+                       "ask for `orders` and `positions`, then follow the stream")
+            return
+        for data in reports:
+            self.send_raw(data)
+        self.send({"type": "response", "id": msg.id,
+                   "result": {"replayed": len(reports), "pseq": stream.pseq.get(member, 0)}})
 
     def _login(self, msg) -> None:
         if self.member is not None:
@@ -303,7 +395,10 @@ class Session:
         self.md.attach(self)
         if self.on_login is not None:
             self.on_login()
-        self.send({"type": "response", "id": msg.id, "result": {"member": claimed, "market_id": self.settings.market_id}})
+        stream = self.md.publisher.stream
+        self.send({"type": "response", "id": msg.id, "result": {
+            "member": claimed, "market_id": self.settings.market_id,
+            "pseq": stream.pseq.get(claimed, 0), "pstream": stream.run_id}})
 
     def _place(self, msg: Any, member: MemberId, t0: int) -> None:
         if msg.signature is not None:
@@ -422,7 +517,10 @@ async def ws_handler(request: web.Request) -> web.StreamResponse:
 
 
 async def close_sockets(app: web.Application) -> None:
-    """On shutdown: tell every peer (1001 going away) instead of waiting for them to leave."""
+    """On shutdown: tell every peer (1001 going away) instead of waiting for them to leave.
+    A server shutting down does not trigger cancel_on_disconnect: orders survive a restart."""
+    if LIMITS in app:
+        app[LIMITS].stopping = True
     sockets: set[web.WebSocketResponse] = app[SOCKETS]
     await asyncio.gather(*(ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutdown")
                            for ws in list(sockets)), return_exceptions=True)

@@ -76,6 +76,8 @@ OPERATOR_DISABLED = register("OPERATOR_DISABLED", 503, "no operator token is con
 BAD_SIGNATURE = register("BAD_SIGNATURE", 401, "the signature does not verify or is not by that address")
 STALE_SIGNATURE = register("STALE_SIGNATURE", 401, "the signed time is outside the accepted window")
 TOO_MANY_ATTEMPTS = register("TOO_MANY_ATTEMPTS", 429, "too many failed sign-ins: wait and retry")
+REPLAY_UNAVAILABLE = register("REPLAY_UNAVAILABLE", 409, "those private reports are no longer kept: take a "
+                              "snapshot (orders, positions) and follow the stream")
 TOO_MANY_SESSIONS = register("TOO_MANY_SESSIONS", 429, "the member has the most sessions allowed open")
 MEMBER_EXISTS = register("MEMBER_EXISTS", 409, "a member with this address exists")
 INTERNAL = register("INTERNAL", 500, "a server fault (logged); the request may be retried")

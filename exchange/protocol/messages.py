@@ -68,21 +68,37 @@ class Place(Request):
         return self
 
 
+def _one_order_ref(order_id: int | None, client_order_id: str | None) -> None:
+    if (order_id is None) == (client_order_id is None):
+        raise ValueError("give order_id or client_order_id (one of them)")
+
+
 class Cancel(Request):
+    """Cancel one of my open orders, named by ``order_id`` or by my ``client_order_id``."""
+
     type: Literal["cancel"]
-    order_id: OrderId
+    order_id: OrderId | None = None
+    client_order_id: ClientOrderId | None = None
+
+    @model_validator(mode="after")
+    def _one_ref(self) -> Cancel:
+        _one_order_ref(self.order_id, self.client_order_id)
+        return self
 
 
 class Modify(Request):
-    """New price and/or new remaining quantity: quantity down keeps time priority."""
+    """New price and/or new remaining quantity of one of my open orders (by ``order_id`` or
+    ``client_order_id``): quantity down keeps time priority."""
 
     type: Literal["modify"]
-    order_id: OrderId
+    order_id: OrderId | None = None
+    client_order_id: ClientOrderId | None = None
     price: Price | None = None
     quantity: Quantity | None = None
 
     @model_validator(mode="after")
     def _something(self) -> Modify:
+        _one_order_ref(self.order_id, self.client_order_id)
         if self.price is None and self.quantity is None:
             raise ValueError("give a new price, a new quantity, or both")
         return self
@@ -140,8 +156,35 @@ class Ping(Request):
     type: Literal["ping"]
 
 
+class SessionOptions(Request):
+    """Options of this session; each given field changes, the answer has them all.
+    ``cancel_on_disconnect``: when this session ends without a clean close by the server
+    (the connection drops, the client closes it), all my open orders are cancelled."""
+
+    type: Literal["session_options"]
+    cancel_on_disconnect: bool | None = None
+
+
+class DeadMan(Request):
+    """A dead man's switch: unless this request is sent again within ``timeout_s`` seconds,
+    all my open orders are cancelled (a ``dead_man_triggered`` message says so). Each request
+    re-arms it; ``timeout_s`` 0 disarms it. It ends with the session (see cancel_on_disconnect)."""
+
+    type: Literal["dead_man"]
+    timeout_s: Annotated[int, Field(ge=0, le=3600)]
+
+
+class Replay(Request):
+    """Re-send my private reports (``execution``) from ``pseq`` on, to this session: the recent
+    ones are kept (a bounded window); older ones answer ``REPLAY_UNAVAILABLE``: then rebuild from
+    ``orders`` and ``positions`` (a snapshot) and follow the stream from the ``pseq`` they name."""
+
+    type: Literal["replay"]
+    from_pseq: Annotated[int, Field(ge=1, le=MAX_INT)]
+
+
 CORE_REQUESTS: tuple[type[Request], ...] = (Login, Place, Cancel, Modify, CancelAll, Orders, Trades, Positions,
-                                             Subscribe, Unsubscribe, Ping)
+                                             Subscribe, Unsubscribe, Ping, SessionOptions, DeadMan, Replay)
 
 
 class ProtocolError(Exception):
@@ -192,17 +235,20 @@ class Error(Push):
     id: RequestId | None
     code: str
     message: str
+    retry_after_ms: int | None = Field(None, description="RATE_LIMITED: when the next message will be accepted")
 
 
 class Execution(Push):
     """A private report on one of my orders."""
 
     type: Literal["execution"]
-    exec: Literal["accepted", "fill", "cancelled", "expired", "modified"]
+    exec: Literal["accepted", "fill", "cancelled", "expired", "modified", "rejected"]
+    pseq: int | None = Field(None, description="my private stream's sequence number: 1, 2, 3 ... (a gap: replay); "
+                             "always sent by this server")
     seq: int
     ts: str
-    order_id: int
-    product_id: str
+    order_id: int | None = Field(description="null only for a rejected place")
+    product_id: str | None = Field(None, description="null only for a rejection")
     client_order_id: str | None = None
     side: Literal["buy", "sell"] | None = None
     price: int | None = None
@@ -212,6 +258,8 @@ class Execution(Push):
     liquidity: Literal["maker", "taker", "auction"] | None = None
     counterparty: str | None = Field(None, description="null unless the market discloses counterparties")
     reason: str | None = None
+    detail: str | None = Field(None, description="rejected: why, in words")
+    command: str | None = Field(None, description="rejected: place, modify or cancel")
     priority_kept: bool | None = None
 
 
@@ -259,8 +307,15 @@ class MarketState(Push):
     ts: str
 
 
+class DeadManTriggered(Push):
+    """My dead man's switch ran out: all my open orders are being cancelled."""
+
+    type: Literal["dead_man_triggered"]
+    ts: str
+
+
 CORE_PUSHES: tuple[type[Push], ...] = (Hello, Response, Error, Execution, BookSnapshot, BookDelta, PublicTrade,
-                                       ProductState, MarketState)
+                                       ProductState, MarketState, DeadManTriggered)
 
 
 def message_type(model: type[BaseModel]) -> str:
