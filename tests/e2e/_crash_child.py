@@ -1,4 +1,5 @@
-"""Child process for the SIGKILL recovery test (run as a script, not collected).
+"""Child process for the SIGKILL recovery test (tests/e2e/test_crash_restart.py; run as a
+script with the checkout and tests/ on PYTHONPATH, not collected).
 
 Opens the market on the given DSN, registers members, then submits seeded
 orders from many concurrent tasks forever, printing one line per
@@ -9,17 +10,14 @@ immediately. The parent kills it with SIGKILL mid-load.
 import asyncio
 import sys
 
+from support.market import open_test_market
+
 from exchange.core.model import Duplicate, OrderAccepted, Rejected
-from exchange.runtime.clock import ManualClock
-from exchange.runtime.config import load_settings
-from exchange.runtime.service import open_market
 from exchange.tools import workload
-from exchange.tools.bench import BENCH_T0
 
 
 async def main(dsn: str, market_id: str) -> None:
-    settings = load_settings(database_url=dsn, market_id=market_id, journal_max_batch=200)
-    market = await open_market(dsn, settings, ManualClock(BENCH_T0))
+    market = await open_test_market(dsn, market_id, journal_max_batch=200)
     rt = market.runtime
     names = workload.members(20)
     await asyncio.gather(*(rt.submit(c) for c in workload.registrations(names, 0)))

@@ -1,30 +1,30 @@
-"""Bots on the SDK trading against each other on a real exchange over loopback."""
+"""Bots on the SDK trading against each other on a real exchange over loopback (they
+register themselves through the operator API). (The command line's parsing:
+tests/unit/test_client_cli.py.)"""
 
 from __future__ import annotations
 
-import argparse
 from datetime import UTC, datetime
 from fractions import Fraction
 
 import pytest
-from sdk_fixtures import OPERATOR_TOKEN, exchange
+from support.keys import OPERATOR_TOKEN
+from support.times import T0
 
 from clients.bots.battery import BatteryBot
 from clients.bots.runner import BotRunner, community_kpis_of, format_kpis, make_bots, trades_from_fills
-from clients.cli import add_commands, parse_price, parse_quantity
 from exchange.runtime.clock import ManualClock, SimClock
-from exchange.tools.bench import BENCH_T0
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.e2e
 
 
 def _trades(ex) -> list:
     return list(ex.market.engine.trades) if hasattr(ex.market.engine, "trades") else []
 
 
-async def test_zic_bots_trade_with_each_other_never_at_a_loss(pool, pg_dsn):
+async def test_zic_bots_trade_with_each_other_never_at_a_loss(serve):
     bots = make_bots(10, seed="t", strategy="zic")
-    async with exchange(pg_dsn, market_id="bots-zic", clock=ManualClock(BENCH_T0), register=[]) as ex:
+    async with serve(market_id="bots-zic", clock=ManualClock(T0)) as ex:
         runner = BotRunner(ex.url, bots, speed=60, requote_minutes=0.5, operator_token=OPERATOR_TOKEN)
         lines: list[str] = []
         summary = await runner.run(duration=4, report_every=2, out=lines.append)
@@ -52,12 +52,12 @@ async def test_zic_bots_trade_with_each_other_never_at_a_loss(pool, pg_dsn):
 
 
 @pytest.mark.slow
-async def test_community_bots_trade_a_simulated_morning(pool, pg_dsn):
+async def test_community_bots_trade_a_simulated_morning(serve):
     # 2026-06-21 09:00 Berlin on a sim clock x900, rolling gate: the sunny hours are open
     start = datetime(2026, 6, 21, 7, 0, tzinfo=UTC)
     bots = make_bots(24, seed="morning", strategy="community")
-    async with exchange(pg_dsn, market_id="bots-community", clock=SimClock(start, speed=900), register=[],
-                        gate="rolling", gate_rolling_minutes=60, timezone="Europe/Berlin") as ex:
+    async with serve(market_id="bots-community", clock=SimClock(start, speed=900),
+                     gate="rolling", gate_rolling_minutes=60, timezone="Europe/Berlin") as ex:
         runner = BotRunner(ex.url, bots, speed=900, requote_minutes=10, operator_token=OPERATOR_TOKEN)
         summary = await runner.run(duration=8, report_every=100, out=lambda s: None)
         assert summary["fills"] > 0 and summary["bought_wh"] == summary["sold_wh"] > 0, summary
@@ -107,20 +107,3 @@ async def test_community_bots_trade_a_simulated_morning(pool, pg_dsn):
         ss_bp, ss0_bp = k["self_sufficiency_bp"], k["self_sufficiency_no_p2p_bp"]
         assert f"  self-sufficiency  {ss_bp // 100}.{ss_bp % 100:02d} % with P2P, " \
                f"{ss0_bp // 100}.{ss0_bp % 100:02d} % without (own PV only)" in block
-
-
-def test_cli_parses_human_units_exactly():
-    assert parse_price("85.50") == 8550 and parse_price("-12") == -1200 and parse_price("0.01") == 1
-    with pytest.raises(argparse.ArgumentTypeError):
-        parse_price("85.555")
-    assert parse_quantity("2500") == 2500 and parse_quantity("2.5kWh") == 2500 and parse_quantity("1MWh") == 10**6
-    for bad in ("0.5", "-3", "abc", "0"):
-        with pytest.raises(argparse.ArgumentTypeError):
-            parse_quantity(bad)
-    parser = argparse.ArgumentParser()
-    sub = parser.add_subparsers(dest="command")
-    add_commands(sub, None)
-    a = parser.parse_args(["client", "--seed", "1", "place", "P-1", "sell", "90.25", "3kWh", "--sign"])
-    assert (a.price, a.quantity, a.sign, a.action) == (9025, 3000, True, "place")
-    b = parser.parse_args(["bots", "run", "--members", "200", "--speed", "600", "--duration", "60"])
-    assert (b.members, b.speed, b.duration, b.strategy) == (200, 600, 60, "community")

@@ -13,27 +13,24 @@ from datetime import UTC, datetime, timedelta
 
 import aiohttp
 import pytest
-from eth_account import Account
+from support import keys
+from support.keys import AUTH
+from support.server import member
 
 from clients.bots.flex_bot import FlexBot
 from clients.sdk.client import VoltbourseClient
-from exchange.core.model import RegisterMember
 from exchange.core.units import to_us
 from exchange.flexibility.core import FlexConfig, ProductRules
 from exchange.flexibility.market import SimulatedBalancingMarket
 from exchange.flexibility.plugin import FLEX
 from exchange.runtime.clock import ManualClock
-from exchange.runtime.config import load_settings
-from exchange.runtime.service import open_market
-from exchange.tools.server import start_http
 from settlement.plugin import SETTLEMENT
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.e2e
 
 T = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 P = T + timedelta(hours=2)  # the event's delivery period
-KEYS = [Account.from_key(bytes([i + 1]) * 32) for i in range(7)]
-TOKEN = {"Authorization": "Bearer op-secret"}
+KEYS = keys.KEYS[:7]  # the members
 CREDIT = 10**12  # each member's on-chain collateral before the event (covers any penalty)
 
 
@@ -46,179 +43,133 @@ async def until(pred, timeout=5.0):
         await asyncio.sleep(0.02)
 
 
-async def test_demand_response_event_end_to_end(pg_dsn, pool):
+async def test_demand_response_event_end_to_end(serve, pool):
     clock = ManualClock(T)
-    settings = load_settings(database_url=pg_dsn, market_id="flex-e2e", operator_token="op-secret",
-                             settlement_enabled=True, settlement_max_age_s=0.2, settlement_poll_s=0.05)
-    market = await open_market(pg_dsn, settings, clock)
-    for k in KEYS:  # with settlement on, collateral comes from the chain only
-        await market.runtime.submit(RegisterMember(0, k.address, collateral=None, export_capacity_w=10**7))
-    runner = await start_http(market, settings, "127.0.0.1", 0)
-    host, port = runner.addresses[0][:2]
-    base, url = f"http://{host}:{port}", f"ws://{host}:{port}/ws"
-    worker = runner.app[SETTLEMENT]
-    chain, registry = worker.chain, worker.chain.registry
-    # hold the worker's payout stage until the test has seen the payouts pending
-    payouts_released = asyncio.Event()
-    settle_payouts = worker.settle_payouts
+    async with serve(market_id="flex-e2e", clock=clock, settlement_enabled=True, settlement_max_age_s=0.2,
+                     settlement_poll_s=0.05,
+                     # with settlement on, collateral comes from the chain only
+                     members=[member(k, collateral=None) for k in KEYS]) as server:
+        market, runner = server.market, server.runner
+        base, url = server.http, server.url
+        worker = runner.app[SETTLEMENT]
+        chain, registry = worker.chain, worker.chain.registry
+        # hold the worker's payout stage until the test has seen the payouts pending
+        payouts_released = asyncio.Event()
+        settle_payouts = worker.settle_payouts
 
-    async def gated_settle_payouts() -> bool:
-        return await settle_payouts() if payouts_released.is_set() else False
+        async def gated_settle_payouts() -> bool:
+            return await settle_payouts() if payouts_released.is_set() else False
 
-    worker.settle_payouts = gated_settle_payouts
-    for k in KEYS:  # the operator's on-ramp, on chain
-        await worker.credit_member(k.address, CREDIT)
-    before = {k.address: await worker._chain(chain.collateral, k.address) for k in KEYS}  # on the chain thread
-    assert all(c == CREDIT for c in before.values())
-    assert all(market.engine.accounts[k.address].collateral == CREDIT for k in KEYS)
-    flex = runner.app[FLEX]
-    await flex.stop()  # the test steps the service itself
-    flex.market = SimulatedBalancingMarket(seed=3, force_activation=True)
-    flex.config = FlexConfig(rules=ProductRules(), reserve_margin_ppm=100_000)
-    flex.grace_us = 0
-    clients = []
-    try:
-        bots = []
-        for i, k in enumerate(KEYS):
-            c = VoltbourseClient(url, k.key, reconnect=False)
-            await c.connect()
-            clients.append(c)
-            bots.append(FlexBot(c, seed=i, power_w=300_000, price=5_000 + 500 * i,
-                                consumption_wh_per_slot=200_000,
-                                delivery_ppm=400_000 if i == 1 else 1_000_000,  # bot 1 delivers 40 %
-                                accept_ppm=0 if i == 2 else 1_000_000))  # bot 2 declines
-        offers = [await b.declare(P) for b in bots]
-        assert all(o["status"] == "open" and o["power_w"] == 300_000 for o in offers)
+        worker.settle_payouts = gated_settle_payouts
+        for k in KEYS:  # the operator's on-ramp, on chain
+            await worker.credit_member(k.address, CREDIT)
+        before = {k.address: await worker._chain(chain.collateral, k.address) for k in KEYS}  # on the chain thread
+        assert all(c == CREDIT for c in before.values())
+        assert all(market.engine.accounts[k.address].collateral == CREDIT for k in KEYS)
+        flex = runner.app[FLEX]
+        await flex.stop()  # the test steps the service itself
+        flex.market = SimulatedBalancingMarket(seed=3, force_activation=True)
+        flex.config = FlexConfig(rules=ProductRules(), reserve_margin_ppm=100_000)
+        flex.grace_us = 0
+        clients = []
+        try:
+            bots = []
+            for i, k in enumerate(KEYS):
+                c = VoltbourseClient(url, k.key, reconnect=False)
+                await c.connect()
+                clients.append(c)
+                bots.append(FlexBot(c, seed=i, power_w=300_000, price=5_000 + 500 * i,
+                                    consumption_wh_per_slot=200_000,
+                                    delivery_ppm=400_000 if i == 1 else 1_000_000,  # bot 1 delivers 40 %
+                                    accept_ppm=0 if i == 2 else 1_000_000))  # bot 2 declines
+            offers = [await b.declare(P) for b in bots]
+            assert all(o["status"] == "open" and o["power_w"] == 300_000 for o in offers)
 
-        async with aiohttp.ClientSession(headers=TOKEN) as http:
-            r = await http.get(f"{base}/api/operator/flexibility/viability", params={"period_start": P.isoformat()})
-            v = await r.json()
-            assert r.status == 200 and v["consumption_wh"] > 0 and v["generation_wh"] == 0
-            r = await http.post(f"{base}/api/operator/flexibility/events",
-                                json={"period_start": P.isoformat(), "target_w": 1_000_000})
-            ev = await r.json()
-            assert r.status == 201, ev
-            eid = ev["event_id"]
-            assert len(ev["invitations"]) == 5  # 1.3 MW to cover: 5 x 300 kW
-            await until(lambda: sum(len(b.invitations) for b in bots) >= 6)  # the decline invited the 6th
-            for b in bots:
-                await b.settle_answers()
-            e = flex.events[eid]
-            assert sum(i.status == "accepted" for i in e.invitations.values()) == 5
-            assert any(i.status == "declined" and i.member == KEYS[2].address for i in e.invitations.values())
+            async with aiohttp.ClientSession(headers=AUTH) as http:
+                r = await http.get(f"{base}/api/operator/flexibility/viability", params={"period_start": P.isoformat()})
+                v = await r.json()
+                assert r.status == 200 and v["consumption_wh"] > 0 and v["generation_wh"] == 0
+                r = await http.post(f"{base}/api/operator/flexibility/events",
+                                    json={"period_start": P.isoformat(), "target_w": 1_000_000})
+                ev = await r.json()
+                assert r.status == 201, ev
+                eid = ev["event_id"]
+                assert len(ev["invitations"]) == 5  # 1.3 MW to cover: 5 x 300 kW
+                await until(lambda: sum(len(b.invitations) for b in bots) >= 6)  # the decline invited the 6th
+                for b in bots:
+                    await b.settle_answers()
+                e = flex.events[eid]
+                assert sum(i.status == "accepted" for i in e.invitations.values()) == 5
+                assert any(i.status == "declined" and i.member == KEYS[2].address for i in e.invitations.values())
 
-            clock.set(to_us(P) - 25 * 60 * 1_000_000)  # the market's gate: bids, then activation
-            await flex.step()
-            await flex.step()
-            bids = await (await http.get(f"{base}/api/operator/flexibility/bids")).json()
-            assert [b["volume_w"] for b in bids] == [1_300_000]  # 1.5 MW x 0.9 -> 1.35 -> 1.3 MW
-            assert bids[0]["status"] == "activated" and bids[0]["activated_w"] >= 100_000
-            activated = bids[0]["activated_w"]
-            await until(lambda: sum(sum(i["power_w"] for i in b.instructions) for b in bots) == activated)
-
-            for k in range(6):
-                t0 = P + timedelta(minutes=10 * k)
-                clock.set(to_us(t0 + timedelta(minutes=10)))
-                await asyncio.gather(*(b.report(t0) for b in bots if b.instructions))
-                n_before = sum(len(b.instructions) for b in bots)
+                clock.set(to_us(P) - 25 * 60 * 1_000_000)  # the market's gate: bids, then activation
                 await flex.step()
+                await flex.step()
+                bids = await (await http.get(f"{base}/api/operator/flexibility/bids")).json()
+                assert [b["volume_w"] for b in bids] == [1_300_000]  # 1.5 MW x 0.9 -> 1.35 -> 1.3 MW
+                assert bids[0]["status"] == "activated" and bids[0]["activated_w"] >= 100_000
+                activated = bids[0]["activated_w"]
+                await until(lambda: sum(sum(i["power_w"] for i in b.instructions) for b in bots) == activated)
+
+                for k in range(6):
+                    t0 = P + timedelta(minutes=10 * k)
+                    clock.set(to_us(t0 + timedelta(minutes=10)))
+                    await asyncio.gather(*(b.report(t0) for b in bots if b.instructions))
+                    n_before = sum(len(b.instructions) for b in bots)
+                    await flex.step()
+                    await asyncio.sleep(0.05)
+                    if k == 0:
+                        await until(lambda n=n_before: sum(len(b.instructions) for b in bots) > n)  # reserves called
+
+                ev = await (await http.get(f"{base}/api/operator/flexibility/events/{eid}")).json()
+                assert ev["phase"] == "settled"
+                assert any(a["reserve"] for a in ev["activations"])
+                assert any(d["shortfall_wh"] > 0 and d["member"] == KEYS[1].address for d in ev["delivery"])
+                assert ev["revenue_units"] > 0 and ev["penalty_units"] > 0
+                payouts = await (await http.get(f"{base}/api/operator/flexibility/payouts")).json()
+                assert sum(p["amount_units"] for p in payouts) == ev["revenue_units"] - ev["penalty_units"]
+                assert all(p["status"] == "pending" for p in payouts)
+                shares = ev["shares"]
+                assert sum(s["share_units"] for s in shares) == ev["revenue_units"]
+                metrics = await (await http.get(f"{base}/metrics")).text()
+                assert "voltbourse_flex_reserve_calls_total" in metrics
+                assert 'voltbourse_flex_events{phase="settled"} 1.0' in metrics
+                r = await http.post(f"{base}/api/operator/flexibility/events", json={"period_start": "nope"})
+                assert r.status == 422
+                async with aiohttp.ClientSession() as anon:
+                    assert (await anon.get(f"{base}/api/operator/flexibility/events")).status == 401
+
+            await until(lambda: any(b.payouts for b in bots))
+            # the settlement worker settles the event's payouts on chain
+            assert not await worker._chain(registry.functions.payoutBatches(eid).call)
+            payouts_released.set()
+            worker.wake()
+
+            async def settled() -> bool:
+                rows = await pool.fetch("SELECT status FROM flex_payouts WHERE market_id = 'flex-e2e' "
+                                        "AND event_id = $1", eid)
+                return len(rows) == len(payouts) and all(r["status"] == "settled" for r in rows)
+
+            loop = asyncio.get_running_loop()
+            end = loop.time() + 20
+            while not await settled():
+                assert loop.time() < end, "payouts not settled in time"
                 await asyncio.sleep(0.05)
-                if k == 0:
-                    await until(lambda n=n_before: sum(len(b.instructions) for b in bots) > n)  # reserves called
-
-            ev = await (await http.get(f"{base}/api/operator/flexibility/events/{eid}")).json()
-            assert ev["phase"] == "settled"
-            assert any(a["reserve"] for a in ev["activations"])
-            assert any(d["shortfall_wh"] > 0 and d["member"] == KEYS[1].address for d in ev["delivery"])
-            assert ev["revenue_units"] > 0 and ev["penalty_units"] > 0
-            payouts = await (await http.get(f"{base}/api/operator/flexibility/payouts")).json()
-            assert sum(p["amount_units"] for p in payouts) == ev["revenue_units"] - ev["penalty_units"]
-            assert all(p["status"] == "pending" for p in payouts)
-            shares = ev["shares"]
-            assert sum(s["share_units"] for s in shares) == ev["revenue_units"]
-            metrics = await (await http.get(f"{base}/metrics")).text()
-            assert "voltbourse_flex_reserve_calls_total" in metrics and 'voltbourse_flex_events{phase="settled"} 1.0' \
-                in metrics
-            r = await http.post(f"{base}/api/operator/flexibility/events", json={"period_start": "nope"})
-            assert r.status == 422
-            async with aiohttp.ClientSession() as anon:
-                assert (await anon.get(f"{base}/api/operator/flexibility/events")).status == 401
-
-        await until(lambda: any(b.payouts for b in bots))
-        # the settlement worker settles the event's payouts on chain
-        assert not await worker._chain(registry.functions.payoutBatches(eid).call)
-        payouts_released.set()
-        worker.wake()
-
-        async def settled() -> bool:
-            rows = await pool.fetch("SELECT status FROM flex_payouts WHERE market_id = 'flex-e2e' "
-                                    "AND event_id = $1", eid)
-            return len(rows) == len(payouts) and all(r["status"] == "settled" for r in rows)
-
-        loop = asyncio.get_running_loop()
-        end = loop.time() + 20
-        while not await settled():
-            assert loop.time() < end, "payouts not settled in time"
-            await asyncio.sleep(0.05)
-        assert await flex.store.pending_payouts() == []
-        assert await worker._chain(registry.functions.payoutBatches(eid).call)
-        paid = {p["member"]: p["amount_units"] for p in payouts}
-        assert len(paid) == len(payouts)  # one payout per member
-        assert any(a > 0 for a in paid.values()) and any(a < 0 for a in paid.values())  # shares and a penalty
-        after = {k.address: await worker._chain(chain.collateral, k.address) for k in KEYS}
-        for addr in before:
-            assert after[addr] - before[addr] == paid.get(addr, 0), addr
-        assert sum(after[a] - before[a] for a in before) == ev["revenue_units"] - ev["penalty_units"]
-        # the engine follows the chain
-        await until(lambda: all(market.engine.accounts[a].collateral == after[a] for a in after))
-        assert worker.alert is None and worker.stats["chain_errors"] == 0
-        # stored state
-        assert await pool.fetchval("SELECT count(*) FROM flex_delivery WHERE market_id = 'flex-e2e'") > 0
-        assert await pool.fetchval("SELECT phase FROM flex_events WHERE event_id = $1", eid) == "settled"
-    finally:
-        for c in clients:
-            await c.close()
-        await runner.cleanup()
-        await market.close()
-
-
-async def test_ws_validation_and_errors(pg_dsn, pool):
-    clock = ManualClock(T)
-    settings = load_settings(database_url=pg_dsn, market_id="flex-ws", operator_token="op-secret")
-    market = await open_market(pg_dsn, settings, clock)
-    await market.runtime.submit(RegisterMember(0, KEYS[0].address, collateral=0, export_capacity_w=0))
-    runner = await start_http(market, settings, "127.0.0.1", 0)
-    host, port = runner.addresses[0][:2]
-    c = VoltbourseClient(f"ws://{host}:{port}/ws", KEYS[0].key, reconnect=False)
-    await c.connect()
-    try:
-        from clients.sdk.errors import RequestError
-
-        async def code(msg):
-            with pytest.raises(RequestError) as e:
-                await c.request(msg)
-            return e.value.code
-
-        assert await code({"type": "flex_offer", "period_start": "2026-11-22T14:00:00", "direction": "up",
-                           "power_w": 1, "price": 1}) == "INVALID_MESSAGE"  # naive time
-        assert await code({"type": "flex_offer", "period_start": "2026-11-22T14:05:00Z", "direction": "up",
-                           "power_w": 1, "price": 1}) == "INVALID_PERIOD"
-        assert await code({"type": "flex_offer", "period_start": "2026-11-22T11:00:00Z", "direction": "up",
-                           "power_w": 1, "price": 1}) == "PERIOD_STARTED"
-        assert await code({"type": "flex_offer", "period_start": "2026-11-22T14:00:00Z", "direction": "up",
-                           "power_w": 1.5, "price": 1}) == "INVALID_MESSAGE"
-        assert await code({"type": "flex_respond", "invitation_id": 99, "accept": True}) == "UNKNOWN_INVITATION"
-        assert await code({"type": "flex_offer_cancel", "offer_id": 99}) == "UNKNOWN_OFFER"
-        assert await code({"type": "flex_meter", "readings": [{"interval_start": "2026-11-22T12:00:00Z",
-                                                                "consumption_wh": 5}]}) == "INTERVAL_NOT_OVER"
-        r = await c.request({"type": "flex_offer", "period_start": "2026-11-22T14:00:00Z", "direction": "up",
-                             "power_w": 6000, "duration_minutes": 30, "price": 9000})
-        assert r["offer"]["energy_wh"] == 3000
-        st = await c.request({"type": "flex_status"})
-        assert [o["offer_id"] for o in st["offers"]] == [r["offer"]["offer_id"]]
-        assert (await c.request({"type": "flex_offer_cancel", "offer_id": r["offer"]["offer_id"]}))["status"] == \
-            "cancelled"
-    finally:
-        await c.close()
-        await runner.cleanup()
-        await market.close()
+            assert await flex.store.pending_payouts() == []
+            assert await worker._chain(registry.functions.payoutBatches(eid).call)
+            paid = {p["member"]: p["amount_units"] for p in payouts}
+            assert len(paid) == len(payouts)  # one payout per member
+            assert any(a > 0 for a in paid.values()) and any(a < 0 for a in paid.values())  # shares and a penalty
+            after = {k.address: await worker._chain(chain.collateral, k.address) for k in KEYS}
+            for addr in before:
+                assert after[addr] - before[addr] == paid.get(addr, 0), addr
+            assert sum(after[a] - before[a] for a in before) == ev["revenue_units"] - ev["penalty_units"]
+            # the engine follows the chain
+            await until(lambda: all(market.engine.accounts[a].collateral == after[a] for a in after))
+            assert worker.alert is None and worker.stats["chain_errors"] == 0
+            # stored state
+            assert await pool.fetchval("SELECT count(*) FROM flex_delivery WHERE market_id = 'flex-e2e'") > 0
+            assert await pool.fetchval("SELECT phase FROM flex_events WHERE event_id = $1", eid) == "settled"
+        finally:
+            for c in clients:
+                await c.close()

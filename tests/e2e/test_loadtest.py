@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import pytest
+from support.paths import ROOT
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # loadtest/ is not an installed package
+sys.path.insert(0, str(ROOT))  # loadtest/ is not an installed package
 from loadtest.run import format_report, run  # noqa: E402
 
-pytestmark = [pytest.mark.slow, pytest.mark.integration]
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 
 def test_headless_locust_run_reports_requests_without_failures():

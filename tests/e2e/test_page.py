@@ -13,36 +13,15 @@ from decimal import ROUND_HALF_EVEN, Decimal
 
 import aiohttp
 import pytest
-from page_fixtures import (
-    KEYS,
-    LAPTOP,
-    PHONE,
-    SCREENSHOTS,
-    TOKEN,
-    chromium,
-    cookie_session,
-    login,
-    running,
-    seed,
-)
 from playwright.async_api import expect
-from wsclient import WSClient
+from support.keys import KEYS, OPERATOR_TOKEN
+from support.page import LAPTOP, PAGE_SERVER, PHONE, cookie_session, login, seed, shot
+from support.wsclient import WSClient
 
 from exchange.core.model import OrderAccepted
 
-pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-async def server(pool, pg_dsn):
-    async with running(pg_dsn) as srv:
-        yield srv
-
-
-@pytest.fixture
-async def browser():
-    async with chromium() as b:
-        yield b
+pytestmark = [pytest.mark.e2e, pytest.mark.server(**PAGE_SERVER)]
+TOKEN = OPERATOR_TOKEN
 
 
 def kwh(wh: int) -> str:
@@ -52,15 +31,6 @@ def kwh(wh: int) -> str:
 def eur(money: int) -> str:
     cents = (Decimal(money) / Decimal(10**6)).quantize(Decimal(1), rounding=ROUND_HALF_EVEN)
     return f"{cents.scaleb(-2):,.2f}"
-
-
-async def shot(page, name: str, full_page: bool = False, selector: str | None = None) -> None:
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    await page.wait_for_timeout(150)  # let the last frame render
-    if selector:
-        await page.locator(selector).screenshot(path=str(SCREENSHOTS / name))
-    else:
-        await page.screenshot(path=str(SCREENSHOTS / name), full_page=full_page)
 
 
 # --------------------------------------------------------------------------- refusals (no browser needed)
@@ -78,7 +48,7 @@ async def test_refusals_without_a_session(server):
                                    if cookies else None)
             assert exc.value.status == 401
         # a peer's credentials are no operator login: the peer WebSocket login does not open the feed
-        peer = await WSClient.connect(s, server.ws, KEYS[0].key)
+        peer = await WSClient.connect(s, server.url, KEYS[0].key)
         assert (await peer.login())["type"] == "response"
         with pytest.raises(aiohttp.WSServerHandshakeError) as exc:
             await s.ws_connect(base + "/ws/operator")
@@ -150,8 +120,8 @@ async def test_login_and_a_bot_trade_appears_live(server, browser):
     await page.wait_for_selector(f'#products [data-product-id="{pid}"][aria-pressed="true"]')
     await page.wait_for_selector("#ladder td.empty")
     async with aiohttp.ClientSession() as http:
-        seller = await WSClient.connect(http, server.ws, KEYS[0].key)
-        buyer = await WSClient.connect(http, server.ws, KEYS[1].key)
+        seller = await WSClient.connect(http, server.url, KEYS[0].key)
+        buyer = await WSClient.connect(http, server.url, KEYS[1].key)
         await seller.login()
         await buyer.login()
         r = await seller.request({"type": "place", "product_id": pid, "side": "sell", "price": 9_150, "quantity": 1_000})
@@ -213,7 +183,7 @@ async def test_halt_and_resume_from_the_page(server, browser):
     # a peer's order is refused while halted
     pid = server.open_products[0]
     async with aiohttp.ClientSession() as http:
-        c = await WSClient.connect(http, server.ws, KEYS[1].key)
+        c = await WSClient.connect(http, server.url, KEYS[1].key)
         await c.login()
         r = await c.request({"type": "place", "product_id": pid, "side": "buy", "price": 5_000, "quantity": 100})
         assert r["code"] == "MARKET_HALTED"

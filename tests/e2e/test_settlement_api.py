@@ -8,44 +8,22 @@ from __future__ import annotations
 
 import asyncio
 import time
-from contextlib import asynccontextmanager
 
 import aiohttp
 import pytest
-from eth_account import Account
-from wsclient import WSClient
+from support import keys
+from support.keys import AUTH, OUTSIDER
+from support.server import member
+from support.wsclient import WSClient
 
-from exchange.core.model import RegisterMember
 from exchange.protocol.auth import sign_login
-from exchange.runtime.clock import ManualClock
-from exchange.runtime.config import load_settings
-from exchange.runtime.service import open_market
-from exchange.tools.bench import BENCH_T0
-from exchange.tools.server import start_http
 from settlement.plugin import SETTLEMENT, proof_message
 from settlement.proofs import verify_proof
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.e2e
 
-KEYS = [Account.from_key(bytes([0x40 + i]) * 32) for i in range(3)]
+KEYS = keys.KEYS[:3]  # the members (collateral on chain)
 DEPOSIT = 10**13
-OP = {"Authorization": "Bearer op-secret"}
-
-
-@asynccontextmanager
-async def running(pg_dsn):
-    settings = load_settings(database_url=pg_dsn, market_id="sa", operator_token="op-secret",
-                             settlement_enabled=True, settlement_batch_size=4, settlement_max_age_s=0.2,
-                             settlement_poll_s=0.05)
-    market = await open_market(pg_dsn, settings, ManualClock(BENCH_T0))
-    for k in KEYS:
-        await market.runtime.submit(RegisterMember(0, k.address, collateral=None, export_capacity_w=10**7))
-    runner = await start_http(market, settings, "127.0.0.1", 0)
-    try:
-        yield market, runner
-    finally:
-        await runner.cleanup()
-        await market.close()
 
 
 async def _until(pred, timeout=20.0):
@@ -57,13 +35,15 @@ async def _until(pred, timeout=20.0):
     raise AssertionError("condition not reached in time")
 
 
-async def test_deposits_trades_settle_and_members_prove_them(pool, pg_dsn):
-    async with running(pg_dsn) as (market, runner), aiohttp.ClientSession() as http:
-        worker = runner.app[SETTLEMENT]
+async def test_deposits_trades_settle_and_members_prove_them(serve, pool):
+    async with serve(market_id="sa", members=[member(k, collateral=None) for k in KEYS], settlement_enabled=True,
+                     settlement_batch_size=4, settlement_max_age_s=0.2, settlement_poll_s=0.05) as server, \
+            aiohttp.ClientSession() as http:
+        market = server.market
+        worker = server.app[SETTLEMENT]
         chain = worker.chain
-        host, port = runner.addresses[0][:2]
-        base, url = f"http://{host}:{port}", f"ws://{host}:{port}/ws"
-        pid = sorted(p for p, pb in market.engine.products.items() if pb.state.value == "open")[0]
+        base, url = server.http, server.url
+        pid = server.open_products[0]
         # without a deposit, a buy has no collateral behind it
         buyer = await WSClient.connect(http, url, KEYS[0].key)
         await buyer.login()
@@ -118,7 +98,7 @@ async def test_deposits_trades_settle_and_members_prove_them(pool, pg_dsn):
                                                                   "ts": str(ts - 3600), "sig": sig}) as resp:
             assert resp.status == 401
         # the operator: status, any trade's proof, reconciliation
-        async with http.get(f"{base}/api/operator/settlement", headers=OP) as resp:
+        async with http.get(f"{base}/api/operator/settlement", headers=AUTH) as resp:
             st = await resp.json()
             assert resp.status == 200 and st["pending_trades"] == 0 and st["alert"] is None
             assert {b["state"] for b in st["batches"]} == {"anchored"} and st["last_anchored_block"]
@@ -128,9 +108,9 @@ async def test_deposits_trades_settle_and_members_prove_them(pool, pg_dsn):
             text = await resp.text()
             assert "voltbourse_settlement_trades_anchored_total 6.0" in text
             assert "voltbourse_settlement_alert 0.0" in text
-        async with http.get(f"{base}/api/operator/trades/1/proof", headers=OP) as resp:
+        async with http.get(f"{base}/api/operator/trades/1/proof", headers=AUTH) as resp:
             assert resp.status == 200 and verify_proof(await resp.json(), chain.registry)
-        async with http.post(f"{base}/api/operator/settlement/reconcile", headers=OP) as resp:
+        async with http.post(f"{base}/api/operator/settlement/reconcile", headers=AUTH) as resp:
             rep = await resp.json()
             assert resp.status == 200 and rep["ok"] and rep["trades"] == 6, rep
         # settled money moved on chain and the engine follows it
@@ -140,16 +120,16 @@ async def test_deposits_trades_settle_and_members_prove_them(pool, pg_dsn):
         await _until(lambda: _true(market.engine.accounts[KEYS[0].address].net_payable == 0))
         assert market.engine.accounts[KEYS[0].address].collateral == DEPOSIT - value
         # a member created by the operator with collateral is credited on chain (on-ramp)
-        newcomer = Account.from_key(bytes([0x77]) * 32)
+        newcomer = OUTSIDER
         body = {"address": newcomer.address, "name": "newcomer", "role": "consumer", "collateral": 12_345_678,
                 "retail_tariff_ticks": 30_000, "feed_in_tariff_ticks": 8_000}
-        async with http.post(f"{base}/api/operator/members", json=body, headers=OP) as resp:
+        async with http.post(f"{base}/api/operator/members", json=body, headers=AUTH) as resp:
             assert resp.status == 201, await resp.text()
         assert chain.collateral(newcomer.address) == 12_345_678
         assert market.engine.accounts[newcomer.address].collateral == 12_345_678
         # and a PATCH of collateral does not overwrite what the chain says
         async with http.patch(f"{base}/api/operator/members/{newcomer.address}", json={"collateral": 1},
-                              headers=OP) as resp:
+                              headers=AUTH) as resp:
             assert resp.status == 200, await resp.text()
         assert market.engine.accounts[newcomer.address].collateral == 12_345_678
 

@@ -23,12 +23,11 @@ import random
 import pytest
 from eth_abi import decode as abi_decode
 from eth_abi import encode as abi_encode
-from eth_account import Account
 from eth_tester.exceptions import TransactionFailed
 from eth_utils import keccak, to_checksum_address
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from settlement_fixtures import artifacts, chain  # noqa: F401
+from support.keys import KEYS, OUTSIDER
 from web3.exceptions import ContractCustomError, ContractLogicError
 from web3.logs import DISCARD
 
@@ -48,9 +47,10 @@ from settlement.merkle import (
 )
 from settlement.netting import net_amounts
 
+pytestmark = pytest.mark.integration
+
 ZERO_ADDRESS = "0x" + "00" * 20
-MEMBERS = [Account.from_key(bytes([0x41 + i]) * 32) for i in range(4)]
-OUTSIDER = Account.from_key(b"\x7f" * 32)
+MEMBERS = KEYS[:4]
 DEPOSIT = 10**13  # 100 000 EUR in money units (1e-8 EUR)
 
 
@@ -95,11 +95,11 @@ def events(contract, name: str, receipt) -> list:
     return list(getattr(contract.events, name)().process_receipt(receipt, errors=DISCARD))
 
 
-def op_tx(chain, call, gas: int = CALL_GAS):  # noqa: F811
+def op_tx(chain, call, gas: int = CALL_GAS):
     return chain.transact(call, gas)
 
 
-def registry_state(chain, members=MEMBERS):  # noqa: F811
+def registry_state(chain, members=MEMBERS):
     r = chain.registry.functions
     return ([chain.collateral(m.address) for m in members], r.batchCount().call(), r.lastBatchId().call(),
             chain.token.functions.balanceOf(chain.registry.address).call())
@@ -119,7 +119,7 @@ def make_trades(n: int, seed: int, *, first_id: int = 1, members=MEMBERS, signed
 
 
 @pytest.fixture
-def deployed(chain):  # noqa: F811
+def deployed(chain):
     chain.deploy()
     for m in (*MEMBERS, OUTSIDER):
         chain.faucet(m.address, 10**18)
@@ -133,7 +133,7 @@ def funded(deployed):
     return deployed
 
 
-def anchor(chain, batch_id: int, trades: list[TradeRecord]):  # noqa: F811
+def anchor(chain, batch_id: int, trades: list[TradeRecord]):
     tree = MerkleTree([leaf(t) for t in trades])
     nets = net_amounts(trades)
     call, gas = chain.anchor_call(batch_id, tree.root, len(trades), trades[0].trade_id, trades[-1].trade_id,
@@ -142,7 +142,7 @@ def anchor(chain, batch_id: int, trades: list[TradeRecord]):  # noqa: F811
 
 
 # ---------------------------------------------------------------------- compilation
-def test_compile_from_source_without_cache_matches_cache(artifacts):  # noqa: F811
+def test_compile_from_source_without_cache_matches_cache(artifacts):
     fresh = compile_contracts(use_cache=False)
     assert set(fresh) >= {"EuroCredit", "SettlementRegistry"}
     for name in ("EuroCredit", "SettlementRegistry"):

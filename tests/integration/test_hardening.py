@@ -1,37 +1,27 @@
 """Hardening (issue: every request answered, every member contained): a real server,
-real embedded PostgreSQL, real WebSocket connections over 127.0.0.1."""
+real embedded PostgreSQL, real WebSocket connections over 127.0.0.1. (Request ids read
+from any frame: tests/unit/test_protocol.py; PostgreSQL killed -9 and restarted:
+tests/e2e/test_crash_restart.py.)"""
 
 from __future__ import annotations
 
 import asyncio
 import json
-import os
-import signal
 import subprocess
-import sys
 import time
 
 import aiohttp
 import asyncpg
 import psutil
 import pytest
-from test_ws_api import KEYS, peer, running
-from wsclient import WSClient
+from support.keys import AUTH, KEYS, OPERATOR_TOKEN
+from support.wsclient import WSClient, peer
 
 from exchange.gateway.marketdata import MARKET_DATA
-from exchange.protocol.frames import read_request_id
-from exchange.runtime.db import EmbeddedPostgres, clear_stale_socket_locks
+from exchange.runtime.db import clear_stale_socket_locks
 from exchange.tools.platform import openapi
 
-pytestmark = pytest.mark.integration
-
-TOKEN = {"Authorization": "Bearer op-secret"}
-
-
-@pytest.fixture
-async def http():
-    async with aiohttp.ClientSession() as s:
-        yield s
+pytestmark = [pytest.mark.integration, pytest.mark.server(market_id="ws", members=KEYS[:3])]
 
 
 async def _closed(c: WSClient, timeout: float = 5) -> aiohttp.WSMessage:
@@ -49,24 +39,8 @@ async def _closed(c: WSClient, timeout: float = 5) -> aiohttp.WSMessage:
 # ------------------------------------------------------------------ request ids
 
 
-@pytest.mark.parametrize("frame,rid", [
-    ('{"type":"ping","id":"a"}', "a"),
-    ('{"type":"place","id":7,"price":1e309}', 7),
-    ('{"id":"x","type":"ping","p":NaN}', "x"),
-    ('{"type":"ping","id":"deep","q":' + "[" * 3000 + "]" * 3000 + "}", "deep"),
-    ('{"type":"ping","x":123456789012345678901234567890,"id":5}', 5),
-    ('{"a":{"id":1},"id":"top"}', "top"),
-    ('{"b":"}\\"","id":9}', 9),
-    ("[1,2]", None),
-    ('{"id":-1}', None),
-    ('{"id":"' + "x" * 65 + '"}', None),
-])
-def test_request_id_is_read_from_frames_orjson_refuses(frame, rid):
-    assert read_request_id(frame) == rid
-
-
-async def test_every_readable_id_gets_its_answer(pool, pg_dsn, http):
-    async with running(pg_dsn) as server:
+async def test_every_readable_id_gets_its_answer(serve, http):
+    async with serve() as server:
         c = await peer(http, server, 0)
         for frame, rid in [('{"type":"place","id":"f1","product_id":"p","side":"buy","price":1e309,"quantity":1}',
                             "f1"),
@@ -79,8 +53,8 @@ async def test_every_readable_id_gets_its_answer(pool, pg_dsn, http):
         assert (await c.request({"type": "ping"}))["result"]["pong"] is True  # still open
 
 
-async def test_rate_limited_answers_carry_the_id_and_bursts_under_the_rate_stay_open(pool, pg_dsn, http):
-    async with running(pg_dsn, ws_rate_per_s=100.0, ws_burst=50) as server:
+async def test_rate_limited_answers_carry_the_id_and_bursts_under_the_rate_stay_open(serve, http):
+    async with serve(ws_rate_per_s=100.0, ws_burst=50) as server:
         c = await peer(http, server, 0)
         for burst in range(3):  # 75 frames per burst, 1 s apart: 75/s on average, under 100/s
             ids = [f"b{burst}-{i}" for i in range(75)]
@@ -96,10 +70,10 @@ async def test_rate_limited_answers_carry_the_id_and_bursts_under_the_rate_stay_
 # ------------------------------------------------------------------ suspension
 
 
-async def test_suspension_ends_live_sessions_and_blocks_every_action(pool, pg_dsn, http):
-    async with running(pg_dsn) as server:
+async def test_suspension_ends_live_sessions_and_blocks_every_action(serve, http):
+    async with serve() as server:
         member = KEYS[3].address  # created through the operator API, as an operator would
-        r = await http.post(f"{server.http}/api/operator/members", headers=TOKEN, json={
+        r = await http.post(f"{server.http}/api/operator/members", headers=AUTH, json={
             "address": member, "role": "consumer", "retail_tariff_ticks": 30000, "feed_in_tariff_ticks": 8000,
             "collateral": 10**12})
         assert r.status == 201, await r.text()
@@ -109,7 +83,7 @@ async def test_suspension_ends_live_sessions_and_blocks_every_action(pool, pg_ds
         placed = await c.request({"type": "place", "product_id": pid, "side": "buy", "price": 100, "quantity": 10})
         assert placed["type"] == "response"
         r = await http.patch(f"{server.http}/api/operator/members/{member}", json={"suspended": True},
-                             headers=TOKEN)
+                             headers=AUTH)
         assert r.status == 200
         close = await _closed(c)
         assert close.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
@@ -123,8 +97,8 @@ async def test_suspension_ends_live_sessions_and_blocks_every_action(pool, pg_ds
         assert (await again.login())["code"] == "MEMBER_SUSPENDED"
 
 
-async def test_out_of_range_dates_are_refused_and_the_connection_stays(pool, pg_dsn, http):
-    async with running(pg_dsn) as server:
+async def test_out_of_range_dates_are_refused_and_the_connection_stays(serve, http):
+    async with serve() as server:
         c = await peer(http, server, 0)
         for ts in ("9999-12-31T23:45:00-14:00", "0001-01-01T00:15:00+14:00"):
             offer = {"type": "flex_offer", "period_start": ts, "direction": "up", "power_w": 1000, "price": 100}
@@ -139,8 +113,8 @@ async def test_out_of_range_dates_are_refused_and_the_connection_stays(pool, pg_
 # ------------------------------------------------------------------ containment
 
 
-async def test_sessions_per_member_are_capped(pool, pg_dsn, http):
-    async with running(pg_dsn, ws_sessions_per_member=2) as server:
+async def test_sessions_per_member_are_capped(serve, http):
+    async with serve(ws_sessions_per_member=2) as server:
         first, second = await peer(http, server, 0), await peer(http, server, 0)  # kept open
         third = await WSClient.connect(http, server.url, KEYS[0].key)
         answer = await third.login()
@@ -151,15 +125,15 @@ async def test_sessions_per_member_are_capped(pool, pg_dsn, http):
         await second.ws.close()
 
 
-async def test_a_connection_that_never_logs_in_is_closed(pool, pg_dsn, http):
-    async with running(pg_dsn, ws_login_timeout_s=0.5) as server:
+async def test_a_connection_that_never_logs_in_is_closed(serve, http):
+    async with serve(ws_login_timeout_s=0.5) as server:
         c = await WSClient.connect(http, server.url, KEYS[0].key)
         await _closed(c)
         assert c.ws.close_code == 1008
 
 
-async def test_connections_per_address_are_capped(pool, pg_dsn, http):
-    async with running(pg_dsn, ws_connections_per_ip=2) as server:
+async def test_connections_per_address_are_capped(serve, http):
+    async with serve(ws_connections_per_ip=2) as server:
         a = await WSClient.connect(http, server.url)
         b = await WSClient.connect(http, server.url)
         with pytest.raises(aiohttp.WSServerHandshakeError) as e:
@@ -171,10 +145,10 @@ async def test_connections_per_address_are_capped(pool, pg_dsn, http):
         await WSClient.connect(http, server.url)  # room again
 
 
-async def test_a_peer_that_does_not_read_is_dropped_by_bytes(pool, pg_dsn, http):
+async def test_a_peer_that_does_not_read_is_dropped_by_bytes(serve, http):
     """A session whose queue holds more than ws_send_queue_bytes is closed (1013) whatever
     the number of messages: memory per stalled session is bounded in bytes."""
-    async with running(pg_dsn, ws_send_queue_bytes=64 * 1024) as server:
+    async with serve(ws_send_queue_bytes=64 * 1024) as server:
         c = await peer(http, server, 0)
         session = next(iter(server.runner.app[MARKET_DATA].peers.sessions(KEYS[0].address)))
         big = "x" * 20_000
@@ -200,10 +174,10 @@ def _routes():
             yield method.upper(), path, op
 
 
-async def test_no_route_answers_500_to_hostile_values(pool, pg_dsn, http):
+async def test_no_route_answers_500_to_hostile_values(serve, http):
     """Every route of the generated OpenAPI, with hostile values in every path and query
     parameter and as the body: a 4xx (or a 2xx), never a 5xx other than a declared 503."""
-    async with running(pg_dsn) as server:
+    async with serve() as server:
         seen = 0
         for method, path, op in _routes():
             params = op.get("parameters", [])
@@ -215,7 +189,7 @@ async def test_no_route_answers_500_to_hostile_values(pool, pg_dsn, http):
                 query = {p["name"]: value for p in params if p["in"] == "query"}
                 body = value.encode() if method in ("POST", "PATCH", "PUT") else None
                 async with http.request(method, server.http + url, params=query, data=body,
-                                        headers=TOKEN) as r:
+                                        headers=AUTH) as r:
                     seen += 1
                     assert r.status < 500 or (r.status == 503 and "503" in op["responses"]), \
                         (method, path, value, r.status, await r.text())
@@ -225,75 +199,27 @@ async def test_no_route_answers_500_to_hostile_values(pool, pg_dsn, http):
 # ------------------------------------------------------------------ operator page login
 
 
-async def test_failed_operator_logins_do_not_lock_the_operator_out(pool, pg_dsn, http):
+async def test_failed_operator_logins_do_not_lock_the_operator_out(serve, http):
     """Guessing is throttled per source (429 for wrong tokens past the limit), but the right
     token is always accepted: another source's guessing never locks the operator out."""
-    async with running(pg_dsn) as server:
+    async with serve() as server:
         for _ in range(12):
             async with http.post(server.http + "/operator/login", json={"token": "wrong"}) as r:
                 last = r.status
         assert last == 429
-        async with http.post(server.http + "/operator/login", json={"token": "op-secret"}) as r:
+        async with http.post(server.http + "/operator/login", json={"token": OPERATOR_TOKEN}) as r:
             assert r.status == 200 and (await r.json())["operator"] is True
 
 
-async def test_same_origin_is_the_configured_public_origin(pool, pg_dsn, http):
+async def test_same_origin_is_the_configured_public_origin(serve, http):
     """With public_origin set, a forged Host header does not make a foreign Origin 'same'."""
-    async with running(pg_dsn, public_origin="https://exchange.example.org") as server:
+    async with serve(public_origin="https://exchange.example.org") as server:
         forged = {"Origin": "http://evil.example", "Host": "evil.example"}
-        async with http.post(server.http + "/operator/login", json={"token": "op-secret"}, headers=forged) as r:
+        async with http.post(server.http + "/operator/login", json={"token": OPERATOR_TOKEN}, headers=forged) as r:
             assert r.status == 403
         ok = {"Origin": "https://exchange.example.org"}
-        async with http.post(server.http + "/operator/login", json={"token": "op-secret"}, headers=ok) as r:
+        async with http.post(server.http + "/operator/login", json={"token": OPERATOR_TOKEN}, headers=ok) as r:
             assert r.status == 200
-
-
-# ------------------------------------------------------------------ restart after PostgreSQL was killed
-
-
-@pytest.mark.slow
-def test_embedded_postgres_restarts_after_being_killed(tmp_path):
-    """kill -9 of the server and of the process that started it, with their lock files left
-    naming a pid that still looks alive (an unreaped zombie): the next start runs."""
-    pgdata = tmp_path / "pg"
-    child = subprocess.run([sys.executable, "-c", (
-        "import sys; from exchange.runtime.db import EmbeddedPostgres\n"
-        "pg = EmbeddedPostgres(sys.argv[1], cleanup_mode=None).start()\n"
-        "print(open(sys.argv[1] + '/postmaster.pid').read().split()[0])\n"
-        "import os; os._exit(0)  # gone without releasing anything, as after a SIGKILL\n"), str(pgdata)],
-        capture_output=True, text=True, timeout=120, check=True)
-    postmaster = int(child.stdout.split()[-1])
-    os.kill(postmaster, signal.SIGKILL)
-    for _ in range(200):
-        try:
-            os.kill(postmaster, 0)
-            time.sleep(0.05)
-        except ProcessLookupError:
-            break
-    locks = list(pgdata.glob(".s.PGSQL.*.lock"))
-    assert locks, "the killed server left its socket lock"
-    # Without an init to reap it, a killed server lingers as a zombie, which kill(pid, 0)
-    # (PostgreSQL's check) takes for alive: a zombie's pid stands for the dead server.
-    squatter = subprocess.Popen(["true"])
-    time.sleep(0.3)  # exited, not waited for: a zombie
-    for f in (pgdata / "postmaster.pid", *locks):
-        lines = f.read_text().splitlines()
-        f.write_text("\n".join([str(squatter.pid), *lines[1:]]) + "\n")
-    try:
-        again = EmbeddedPostgres(pgdata, cleanup_mode="stop").start()
-    finally:
-        squatter.kill()
-        squatter.wait()
-    try:
-        async def ping() -> int:
-            conn = await asyncpg.connect(again.dsn)
-            try:
-                return int(await conn.fetchval("SELECT 1"))
-            finally:
-                await conn.close()
-        assert asyncio.run(ping()) == 1
-    finally:
-        again.stop()
 
 
 async def test_stale_socket_locks_are_removed_live_ones_kept(tmp_path, pg_dsn):
@@ -323,10 +249,10 @@ async def test_stale_socket_locks_are_removed_live_ones_kept(tmp_path, pg_dsn):
 # ------------------------------------------------------------------ reads off the commit path
 
 
-async def test_positions_in_memory_equal_the_trades_table_before_and_after_a_restart(pool, pg_dsn, http):
+async def test_positions_in_memory_equal_the_trades_table_before_and_after_a_restart(serve, http):
     """Members' positions are answered from memory (no database work on the read); they equal
     the committed trades as the database has them, live and after a restart."""
-    async with running(pg_dsn, market_id="pos") as server:
+    async with serve(market_id="pos") as server:
         a, b = await peer(http, server, 0), await peer(http, server, 1)
         for i, pid in enumerate(server.open_products[:3]):
             await a.request({"type": "place", "product_id": pid, "side": "sell", "price": 5000 + i, "quantity": 700})
@@ -336,7 +262,7 @@ async def test_positions_in_memory_equal_the_trades_table_before_and_after_a_res
         assert [(p["product_id"], p["bought"], p["sold"], p["payable"]) for p in live] == \
             [(p["product_id"], p["bought"], p["sold"], p["payable"]) for p in sql]
         assert [p["sold"] for p in live] == [500, 500, 500]
-    async with running(pg_dsn, market_id="pos") as server:
+    async with serve(market_id="pos") as server:
         a = await peer(http, server, 0)
         after = (await a.request({"type": "positions"}))["result"]["positions"]
         assert [(p["product_id"], p["payable"]) for p in after] == [(p["product_id"], p["payable"]) for p in live]

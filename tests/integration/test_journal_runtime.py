@@ -1,19 +1,16 @@
 """Runtime + journal against the real embedded PostgreSQL: durability before
 acknowledgement, recovery to the same state hash, idempotent client order ids
-across a restart, downstream cursors, the timer driving gate closure, and
-recovery after SIGKILL mid-load (a real subprocess)."""
+across a restart, downstream cursors, the timer driving gate closure. (Recovery after
+SIGKILL mid-load, a real subprocess, is in tests/e2e/test_crash_restart.py.)"""
 
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
+from support.market import open_products, open_test_market
+from support.times import T0
 
 from exchange.core.model import (
     Duplicate,
@@ -24,32 +21,18 @@ from exchange.core.model import (
 )
 from exchange.core.units import US_PER_MIN
 from exchange.runtime.clock import ManualClock
-from exchange.runtime.config import load_settings
 from exchange.runtime.journal import Journal
-from exchange.runtime.service import open_market
 from exchange.tools import workload
-from exchange.tools.bench import BENCH_T0
 
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-async def _open(pg_dsn: str, market_id: str = "t", clock=None, **kw):
-    settings = load_settings(database_url=pg_dsn, market_id=market_id, **kw)
-    return await open_market(pg_dsn, settings, clock or ManualClock(BENCH_T0))
-
-
-def _open_products(engine) -> list[str]:
-    return sorted(p for p, pb in engine.products.items() if pb.state.value == "open")
-
 
 async def test_ack_only_after_commit(pool, pg_dsn):
-    market = await _open(pg_dsn)
+    market = await open_test_market(pg_dsn)
     rt = market.runtime
     try:
         await rt.submit(RegisterMember(0, "alice", collateral=10**15, export_capacity_w=10**6))
-        pid = _open_products(rt.engine)[0]
+        pid = open_products(rt.engine)[0]
         # Hold the journal table locked: the commit cannot happen, so no ack may leave.
         blocker = await pool.acquire()
         tr = blocker.transaction()
@@ -72,11 +55,11 @@ async def test_ack_only_after_commit(pool, pg_dsn):
 
 
 async def test_restart_recovers_identical_state_and_trades_projection(pool, pg_dsn):
-    market = await _open(pg_dsn)
+    market = await open_test_market(pg_dsn)
     rt = market.runtime
     names = workload.members(10)
     await asyncio.gather(*(rt.submit(c) for c in workload.registrations(names, 0)))
-    flow = workload.OrderFlow(_open_products(rt.engine), names, seed=3, first_order_id=rt.engine.next_order_id)
+    flow = workload.OrderFlow(open_products(rt.engine), names, seed=3, first_order_id=rt.engine.next_order_id)
     for cmd in flow.stream(3000, 0):
         await rt.submit(cmd)
     before = rt.engine.state_hash()
@@ -84,7 +67,7 @@ async def test_restart_recovers_identical_state_and_trades_projection(pool, pg_d
     assert trades > 100
     await market.close()
 
-    market = await _open(pg_dsn)
+    market = await open_test_market(pg_dsn)
     try:
         assert market.engine.state_hash() == before
         n = await pool.fetchval("SELECT count(*) FROM trades WHERE market_id='t'")
@@ -101,15 +84,15 @@ async def test_restart_recovers_identical_state_and_trades_projection(pool, pg_d
 
 
 async def test_client_order_id_idempotent_across_restart(pool, pg_dsn):
-    market = await _open(pg_dsn)
+    market = await open_test_market(pg_dsn)
     rt = market.runtime
     await rt.submit(RegisterMember(0, "bob", collateral=10**15))
-    pid = _open_products(rt.engine)[0]
+    pid = open_products(rt.engine)[0]
     first = await rt.submit(PlaceOrder(0, "bob", pid, Side.BUY, 4000, 500, client_order_id="bob-1"))
     oid = first.events[0].order_id
     await market.close()
 
-    market = await _open(pg_dsn)
+    market = await open_test_market(pg_dsn)
     try:
         again = await market.runtime.submit(PlaceOrder(0, "bob", pid, Side.BUY, 4000, 500, client_order_id="bob-1"))
         dup = again.events[0]
@@ -120,14 +103,14 @@ async def test_client_order_id_idempotent_across_restart(pool, pg_dsn):
 
 
 async def test_downstream_cursor_reads_committed_events_in_order(pool, pg_dsn):
-    market = await _open(pg_dsn)
+    market = await open_test_market(pg_dsn)
     rt = market.runtime
     try:
         seen: list[int] = []
         rt.subscribers.append(lambda entries: seen.extend(ev.seq for e in entries for ev in e.events))
         names = workload.members(4)
         await asyncio.gather(*(rt.submit(c) for c in workload.registrations(names, 0)))
-        flow = workload.OrderFlow(_open_products(rt.engine), names, seed=5, first_order_id=rt.engine.next_order_id)
+        flow = workload.OrderFlow(open_products(rt.engine), names, seed=5, first_order_id=rt.engine.next_order_id)
         await asyncio.gather(*(rt.submit(c) for c in flow.stream(500, 0)))
         j: Journal = market.journal
         assert await j.cursor("settlement") == 0
@@ -152,12 +135,12 @@ async def test_downstream_cursor_reads_committed_events_in_order(pool, pg_dsn):
 
 
 async def test_timer_closes_gate_and_expires_orders(pool, pg_dsn):
-    clock = ManualClock(BENCH_T0)
-    market = await _open(pg_dsn, clock=clock, gate="rolling", gate_rolling_minutes=60, open_days_before=1)
+    clock = ManualClock(T0)
+    market = await open_test_market(pg_dsn, clock=clock, gate="rolling", gate_rolling_minutes=60, open_days_before=1)
     rt = market.runtime
     try:
         await rt.submit(RegisterMember(0, "carol", collateral=10**15, export_capacity_w=10**6))
-        pid = _open_products(rt.engine)[0]
+        pid = open_products(rt.engine)[0]
         p = rt.engine.products[pid].product
         res = await rt.submit(PlaceOrder(0, "carol", pid, Side.SELL, 9000, 700))
         oid = res.events[0].order_id
@@ -178,60 +161,14 @@ async def test_timer_closes_gate_and_expires_orders(pool, pg_dsn):
         await market.close()
 
 
-@pytest.mark.slow
-async def test_sigkill_mid_load_loses_no_ack_and_duplicates_nothing(pool, pg_dsn):
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    proc = subprocess.Popen([sys.executable, str(ROOT / "tests" / "_crash_child.py"), pg_dsn, "crash"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    acks: dict[str, str] = {}
-    try:
-        assert proc.stdout.readline().strip() == "READY", proc.stderr.read()
-        t_end = time.monotonic() + 3
-        while time.monotonic() < t_end:
-            line = proc.stdout.readline()
-            if line.startswith("ACK "):
-                _, coid, oid, _seq = line.split()
-                acks[coid] = oid
-        os.kill(proc.pid, signal.SIGKILL)
-        for line in proc.stdout.read().splitlines():  # acks printed before the kill landed
-            if line.startswith("ACK "):
-                _, coid, oid, _seq = line.split()
-                acks[coid] = oid
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
-    assert len(acks) > 500, "the child did not get under load"
-
-    market = await _open(pg_dsn, market_id="crash")  # replays and verifies every event
-    try:
-        engine = market.engine
-        engine.check_invariants()
-        by_coid = {c: v for (m, c), v in engine.client_ids.items()}
-        missing = [c for c in acks if c not in by_coid]
-        assert not missing, f"acknowledged orders lost: {missing[:5]}"
-        for coid, oid in acks.items():
-            assert str(by_coid[coid][0] if by_coid[coid][0] is not None else "-") == oid
-        accepted = await pool.fetch(
-            "SELECT e->>'client_order_id' AS coid, count(*) AS n FROM journal, jsonb_array_elements(events) e "
-            "WHERE market_id='crash' AND e->>'type'='order_accepted' GROUP BY 1 HAVING count(*) > 1")
-        assert accepted == [], "an order was accepted twice"
-        seqs = await pool.fetch("SELECT cmd_seq FROM journal WHERE market_id='crash' ORDER BY cmd_seq")
-        assert [r["cmd_seq"] for r in seqs] == list(range(1, len(seqs) + 1))
-        ntrades = await pool.fetchval("SELECT count(*) FROM trades WHERE market_id='crash'")
-        assert ntrades == engine.next_trade_id - 1
-    finally:
-        await market.close()
-
-
 async def test_second_instance_of_a_market_is_refused(pool, pg_dsn):
-    market = await _open(pg_dsn, market_id="solo")
+    market = await open_test_market(pg_dsn, market_id="solo")
     try:
         with pytest.raises(RuntimeError, match="already running"):
-            await _open(pg_dsn, market_id="solo")
+            await open_test_market(pg_dsn, market_id="solo")
     finally:
         await market.close()
-    market = await _open(pg_dsn, market_id="solo")  # the lock is released on stop
+    market = await open_test_market(pg_dsn, market_id="solo")  # the lock is released on stop
     await market.close()
 
 
@@ -242,10 +179,10 @@ async def test_engine_failure_stops_market_refuses_uncommitted_and_recovers(pool
     class Unknown(Tick):  # a command type the engine has no handler for: an engine error
         pass
 
-    market = await _open(pg_dsn, market_id="boom")
+    market = await open_test_market(pg_dsn, market_id="boom")
     rt = market.runtime
     await rt.submit(RegisterMember(0, "dan", collateral=10**15))
-    pid = _open_products(rt.engine)[0]
+    pid = open_products(rt.engine)[0]
     ok = await rt.submit(PlaceOrder(0, "dan", pid, Side.BUY, 4000, 100))
     committed_hash = rt.engine.state_hash()
     with pytest.raises(MarketUnavailable):
@@ -258,7 +195,7 @@ async def test_engine_failure_stops_market_refuses_uncommitted_and_recovers(pool
     with pytest.raises(MarketUnavailable):
         await rt.submit(PlaceOrder(0, "dan", pid, Side.BUY, 4000, 100))
     await market.close()
-    market = await _open(pg_dsn, market_id="boom")
+    market = await open_test_market(pg_dsn, market_id="boom")
     try:
         assert market.engine.state_hash() == committed_hash
         assert ok.events[0].order_id in market.engine.orders
@@ -273,7 +210,7 @@ async def test_wall_clock_stepping_back_does_not_break_replay(pool, pg_dsn):
         """A wall clock that jumps back by ten minutes once (an NTP step)."""
 
         def __init__(self) -> None:
-            self.t = BENCH_T0
+            self.t = T0
             self.calls = 0
 
         def now_us(self) -> int:
@@ -281,10 +218,10 @@ async def test_wall_clock_stepping_back_does_not_break_replay(pool, pg_dsn):
             self.t += 1_000_000 if self.calls != 6 else -600_000_000
             return self.t
 
-    market = await _open(pg_dsn, market_id="ntp", clock=SteppingClock())
+    market = await open_test_market(pg_dsn, market_id="ntp", clock=SteppingClock())
     rt = market.runtime
     await rt.submit(RegisterMember(0, "eve", collateral=10**15, export_capacity_w=10**6))
-    pid = _open_products(rt.engine)[0]
+    pid = open_products(rt.engine)[0]
     for i in range(6):
         await rt.submit(PlaceOrder(0, "eve", pid, Side.SELL, 5000 + i, 100))
     before = rt.engine.state_hash()
@@ -292,7 +229,7 @@ async def test_wall_clock_stepping_back_does_not_break_replay(pool, pg_dsn):
     stamps = [r["ts"] for r in rows]
     assert stamps == sorted(stamps), "journaled command times went backwards"
     await market.close()
-    market = await _open(pg_dsn, market_id="ntp")  # replay verifies every event
+    market = await open_test_market(pg_dsn, market_id="ntp")  # replay verifies every event
     try:
         assert market.engine.state_hash() == before
     finally:

@@ -7,13 +7,10 @@ import aiohttp
 import pytest
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
+from support.market import open_products, open_test_market
 
 from exchange.core.model import CancelOrder, PlaceOrder, RegisterMember, Side
 from exchange.gateway.metrics import METRICS, Metrics, add_metrics_route
-from exchange.runtime.clock import ManualClock
-from exchange.runtime.config import load_settings
-from exchange.runtime.service import open_market
-from exchange.tools.bench import BENCH_T0
 
 pytestmark = pytest.mark.integration
 
@@ -25,8 +22,7 @@ def _samples(text: str) -> dict[tuple[str, frozenset], float]:
 
 @pytest.fixture
 async def served(pool, pg_dsn):
-    settings = load_settings(database_url=pg_dsn, market_id="metrics")
-    market = await open_market(pg_dsn, settings, ManualClock(BENCH_T0))
+    market = await open_test_market(pg_dsn, "metrics")
     metrics = Metrics()
     metrics.attach(market.runtime)
     app = web.Application()
@@ -60,7 +56,7 @@ async def test_counters_follow_committed_events(served):
 
     await rt.submit(RegisterMember(0, "seller", collateral=10**15, export_capacity_w=10**6))
     await rt.submit(RegisterMember(0, "buyer", collateral=10**15))
-    pid = sorted(p for p, pb in rt.engine.products.items() if pb.state.value == "open")[0]
+    pid = open_products(rt.engine)[0]
     for price, qty in ((9000, 100), (9100, 200), (9200, 300)):
         await rt.submit(PlaceOrder(0, "seller", pid, Side.SELL, price, qty))  # 3 accepted, resting
     await rt.submit(PlaceOrder(0, "buyer", pid, Side.BUY, 10**9, 10))  # PRICE_OUT_OF_BOUNDS

@@ -8,28 +8,23 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 
 import aiohttp
 import pytest
 from eth_utils import to_checksum_address
+from support.keys import AUTH, OPERATOR_TOKEN
+from support.market import open_products
+from support.paths import DOCS
 
 from exchange.core.model import OrderAccepted, PlaceOrder, Rejected, Side, Tick
 from exchange.core.units import to_us
-from exchange.gateway.keys import MEMBERS
 from exchange.gateway.operator import OPERATOR_ROUTES
-from exchange.runtime.clock import ManualClock
-from exchange.runtime.config import load_settings
 from exchange.runtime.members import MemberRegistry
-from exchange.runtime.service import Market, open_market
-from exchange.tools.bench import BENCH_T0
+from exchange.runtime.service import Market
 from exchange.tools.platform import openapi
-from exchange.tools.server import start_http
 
-pytestmark = pytest.mark.integration
-ROOT = Path(__file__).resolve().parents[1]
-TOKEN = "op-secret"
-AUTH = {"Authorization": f"Bearer {TOKEN}"}
+pytestmark = [pytest.mark.integration, pytest.mark.server(market_id="op")]
+TOKEN = OPERATOR_TOKEN
 
 
 def addr(i: int) -> str:
@@ -62,38 +57,19 @@ class Api:
 
     @property
     def pid(self) -> str:
-        e = self.market.engine
-        return sorted(p for p, pb in e.products.items() if pb.state.value == "open")[0]
-
-
-async def _serve(pg_dsn: str, token: str | None):
-    settings = load_settings(database_url=pg_dsn, market_id="op", operator_token=token)
-    market = await open_market(pg_dsn, settings, ManualClock(BENCH_T0))
-    runner = await start_http(market, settings, "127.0.0.1", 0)
-    return market, runner.app, runner, f"http://127.0.0.1:{runner.addresses[0][1]}"
-
-
-async def _api(pg_dsn: str, token: str | None):
-    market, app, runner, base = await _serve(pg_dsn, token)
-    session = aiohttp.ClientSession(base_url=base)
-    try:
-        yield Api(market, app[MEMBERS], session)
-    finally:
-        await session.close()
-        await runner.cleanup()
-        await market.close()
+        return open_products(self.market.engine)[0]
 
 
 @pytest.fixture
-async def api(pool, pg_dsn):
-    async for a in _api(pg_dsn, TOKEN):
-        yield a
+async def api(server):
+    async with aiohttp.ClientSession(base_url=server.http) as session:
+        yield Api(server.market, server.registry, session)
 
 
 @pytest.fixture
-async def api_disabled(pool, pg_dsn):
-    async for a in _api(pg_dsn, None):
-        yield a
+async def api_disabled(serve):
+    async with serve(operator_token=None) as server, aiohttp.ClientSession(base_url=server.http) as session:
+        yield Api(server.market, server.registry, session)
 
 
 def _concrete(path: str) -> str:
@@ -411,7 +387,7 @@ async def test_openapi_document_is_served_and_committed(api):
     status, doc = await api.call("GET", "/api/openapi.json", headers={})
     assert status == 200
     assert doc == openapi()
-    committed = json.loads((ROOT / "docs" / "openapi.json").read_text())
+    committed = json.loads((DOCS / "openapi.json").read_text())
     assert committed == doc, "docs/openapi.json is stale: run voltbourse docs"
     assert doc["openapi"].startswith("3.1")
     for r in OPERATOR_ROUTES:

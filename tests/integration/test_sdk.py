@@ -6,38 +6,27 @@ import asyncio
 
 import pytest
 from pydantic import ValidationError
-from sdk_fixtures import KEYS, exchange
+from support.keys import KEYS
 
 from clients.sdk import (
     AuthenticationError,
-    BookDelta,
-    BookSnapshot,
     ClientClosed,
     ConnectionLost,
-    LocalBook,
     OrderRejected,
-    OutcomeUnknown,
     VoltbourseClient,
     member_key,
-    wire,
 )
-from clients.sdk.book import BookGap
 from exchange.core.model import Side
 from exchange.gateway.marketdata import MARKET_DATA
-from exchange.protocol import auth
 
-pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-async def ex(pool, pg_dsn):
-    async with exchange(pg_dsn) as ex:
-        yield ex
+# members registered as an operator would (the SDK's own wire and book, without a socket:
+# tests/unit/test_sdk_wire.py)
+pytestmark = [pytest.mark.integration, pytest.mark.server(market_id="sdk", members=KEYS[:4], via="operator")]
 
 
-async def test_login_place_ack_fills_and_queries(ex):
-    pid = ex.open_products[0]
-    async with VoltbourseClient(ex.url, KEYS[0].key) as a, VoltbourseClient(ex.url, KEYS[1].key.hex()) as b:
+async def test_login_place_ack_fills_and_queries(server):
+    pid = server.open_products[0]
+    async with VoltbourseClient(server.url, KEYS[0].key) as a, VoltbourseClient(server.url, KEYS[1].key.hex()) as b:
         assert a.member == KEYS[0].address and a.market_id == "sdk" and a.hello.eip712_domain["chainId"] == 1337
         ra, rb = a.executions(), b.executions()
         coid = a.new_client_order_id()
@@ -69,7 +58,7 @@ async def test_login_place_ack_fills_and_queries(ex):
         c = await a.cancel(r.order_id)
         assert (c.status, c.remaining) == ("cancelled", 500)
         await a.place(pid, "buy", price=100, quantity=10)
-        await a.place(ex.open_products[1], "buy", price=100, quantity=10)
+        await a.place(server.open_products[1], "buy", price=100, quantity=10)
         assert await a.cancel_all(pid) == 1
         assert await a.cancel_all() == 1
         products = await a.products()
@@ -82,9 +71,9 @@ async def _take(feed, n):
         yield await feed.get(5)
 
 
-async def test_errors_raise_typed_exceptions_with_codes(ex):
-    pid = ex.open_products[0]
-    async with VoltbourseClient(ex.url, KEYS[0].key) as a:
+async def test_errors_raise_typed_exceptions_with_codes(server):
+    pid = server.open_products[0]
+    async with VoltbourseClient(server.url, KEYS[0].key) as a:
         with pytest.raises(OrderRejected) as e:
             await a.place(pid, "buy", price=10**8, quantity=10)
         assert e.value.code == "PRICE_OUT_OF_BOUNDS" and e.value.message
@@ -100,36 +89,36 @@ async def test_errors_raise_typed_exceptions_with_codes(ex):
         assert (await a.request({"type": "ping"}))["pong"] is True
     # an unregistered key cannot log in
     with pytest.raises(AuthenticationError) as e:
-        async with VoltbourseClient(ex.url, member_key("nobody", 0).key):
+        async with VoltbourseClient(server.url, member_key("nobody", 0).key):
             pass
     assert e.value.code == "UNKNOWN_MEMBER"
 
 
-async def test_signed_orders_use_growing_nonces(ex):
-    pid = ex.open_products[0]
-    async with VoltbourseClient(ex.url, KEYS[2].key, sign_orders=True) as c:
+async def test_signed_orders_use_growing_nonces(server):
+    pid = server.open_products[0]
+    async with VoltbourseClient(server.url, KEYS[2].key, sign_orders=True) as c:
         r1 = await c.place(pid, "buy", price=5000, quantity=100)
         r2 = await c.place(pid, "buy", price=5001, quantity=100, client_order_id="signed-2")
         assert r1.status == r2.status == "resting"
         n = c.last_nonce
-        row = await ex.market.pool.fetchrow(
+        row = await server.market.pool.fetchrow(
             "SELECT events FROM journal WHERE market_id='sdk' AND events @> $1::jsonb",
             [{"type": "order_accepted", "order_id": r2.order_id}])
         assert row["events"][0]["signature"].startswith("0x")
     # a new client object (a restarted program) still signs above the last nonce
-    async with VoltbourseClient(ex.url, KEYS[2].key, sign_orders=True) as c2:
+    async with VoltbourseClient(server.url, KEYS[2].key, sign_orders=True) as c2:
         await c2.place(pid, "buy", price=5002, quantity=100)
         assert c2.last_nonce > n
-    async with VoltbourseClient(ex.url, KEYS[2].key, sign_orders=True, nonce_start=5) as c3:
+    async with VoltbourseClient(server.url, KEYS[2].key, sign_orders=True, nonce_start=5) as c3:
         with pytest.raises(OrderRejected) as e:
             await c3.place(pid, "buy", price=5003, quantity=100)
         assert e.value.code == "NONCE_REUSED"
 
 
-async def test_book_feed_keeps_a_local_book_and_resyncs_after_a_gap(ex):
-    pid = ex.open_products[2]
-    async with VoltbourseClient(ex.url, KEYS[2].key) as w, VoltbourseClient(ex.url, KEYS[0].key) as a, \
-            VoltbourseClient(ex.url, KEYS[1].key) as b:
+async def test_book_feed_keeps_a_local_book_and_resyncs_after_a_gap(server):
+    pid = server.open_products[2]
+    async with VoltbourseClient(server.url, KEYS[2].key) as w, VoltbourseClient(server.url, KEYS[0].key) as a, \
+            VoltbourseClient(server.url, KEYS[1].key) as b:
         feed = await w.subscribe_book(pid)
         first = await feed.get(5)
         assert first.is_snapshot and not first.resync and first.book.best_bid() is None
@@ -137,9 +126,9 @@ async def test_book_feed_keeps_a_local_book_and_resyncs_after_a_gap(ex):
             await a.place(pid, "buy", price=8000 + i * 10, quantity=100)
             await b.place(pid, "sell", price=9000 + i * 10, quantity=100)
         await b.place(pid, "sell", price=8050, quantity=150)  # trades against two bids
-        while feed.book.seq != _book_seq(ex, pid):
+        while feed.book.seq != _book_seq(server, pid):
             await feed.get(5)
-        assert _engine_levels(ex, pid) == (feed.book.depth("buy"), feed.book.depth("sell"))
+        assert _engine_levels(server, pid) == (feed.book.depth("buy"), feed.book.depth("sell"))
         assert feed.book.best_bid() == 8080 and feed.book.best_ask() == 9000
 
         # drop one delta on the way in: the feed notices the gap and resyncs by itself
@@ -158,9 +147,9 @@ async def test_book_feed_keeps_a_local_book_and_resyncs_after_a_gap(ex):
         while not upd.resync:
             upd = await feed.get(5)
         assert dropped and feed.gaps == 1 and upd.is_snapshot
-        while feed.book.seq != _book_seq(ex, pid):
+        while feed.book.seq != _book_seq(server, pid):
             await feed.get(5)
-        assert _engine_levels(ex, pid) == (feed.book.depth("buy"), feed.book.depth("sell"))
+        assert _engine_levels(server, pid) == (feed.book.depth("buy"), feed.book.depth("sell"))
         await feed.close()
 
         # public trades feed
@@ -170,19 +159,19 @@ async def test_book_feed_keeps_a_local_book_and_resyncs_after_a_gap(ex):
         assert (t.product_id, t.quantity, t.aggressor) == (pid, 5, "sell")
 
 
-def _book_seq(ex, pid):
-    return ex.runner.app[MARKET_DATA].mirror.book(pid).seq
+def _book_seq(server, pid):
+    return server.runner.app[MARKET_DATA].mirror.book(pid).seq
 
 
-def _engine_levels(ex, pid):
-    book = ex.market.engine.book(pid)
+def _engine_levels(server, pid):
+    book = server.market.engine.book(pid)
     return [tuple(x) for x in book.depth(Side.BUY)], [tuple(x) for x in book.depth(Side.SELL)]
 
 
-async def test_reconnects_after_a_drop_and_after_a_server_restart(ex):
-    pid = ex.open_products[3]
-    async with VoltbourseClient(ex.url, KEYS[0].key, backoff_initial=0.05, backoff_max=0.5) as a, \
-            VoltbourseClient(ex.url, KEYS[1].key) as b:
+async def test_reconnects_after_a_drop_and_after_a_server_restart(server):
+    pid = server.open_products[3]
+    async with VoltbourseClient(server.url, KEYS[0].key, backoff_initial=0.05, backoff_max=0.5) as a, \
+            VoltbourseClient(server.url, KEYS[1].key) as b:
         reconnected = []
         a.on_connect(lambda c: reconnected.append(c.connects))
         feed = await a.subscribe_book(pid)
@@ -198,10 +187,10 @@ async def test_reconnects_after_a_drop_and_after_a_server_restart(ex):
 
         # 2. the exchange restarts: a request in flight fails with ConnectionLost (not resent),
         # the client reconnects, logs in again and re-subscribes
-        await ex.stop()
+        await server.stop()
         with pytest.raises(ConnectionLost):
             await a.place(pid, "buy", price=6001, quantity=100, timeout=1)
-        await ex.start()
+        await server.start()
         await a.wait_connected(10)
         upd = await feed.get(5)
         while not upd.resync:  # the delta of the 6000 bid, from before the restart
@@ -219,9 +208,9 @@ async def test_reconnects_after_a_drop_and_after_a_server_restart(ex):
         await a.ping()
 
 
-async def test_extension_hooks(ex):
-    async with VoltbourseClient(ex.url, KEYS[0].key) as a, VoltbourseClient(ex.url, KEYS[1].key) as b:
-        pid = ex.open_products[0]
+async def test_extension_hooks(server):
+    async with VoltbourseClient(server.url, KEYS[0].key) as a, VoltbourseClient(server.url, KEYS[1].key) as b:
+        pid = server.open_products[0]
         seen = []
         remove = a.on("execution", seen.append)
         raw = a.messages("execution")
@@ -232,43 +221,3 @@ async def test_extension_hooks(ex):
         await b.place(pid, "buy", price=9999, quantity=10)
         assert (await raw.get(5))["exec"] == "fill" and len(seen) == 1
         await raw.close()
-
-
-def test_wire_builds_signs_and_reads_without_a_socket():
-    """The pure half shared by the asyncio client and the Locust user (loadtest/locustfile.py)."""
-    hello = wire.read_hello(wire.encode({"type": "hello", "protocol": 1, "market_id": "m", "challenge": "sign me",
-                                         "server_time": "2026-11-22T10:00:00Z", "eip712_domain": {"chainId": 1337}}))
-    login = wire.login(1, hello, KEYS[0])
-    assert auth.recover_login("sign me", login["signature"]) == KEYS[0].address == login["address"]
-    assert wire.subscribe(2, "trades") == {"type": "subscribe", "id": 2, "channel": "trades"}
-    with pytest.raises(ValidationError):
-        wire.cancel(3, order_id=0)
-    # signed orders: EIP-712 over the order's fields, nonces that only grow
-    nonces = wire.Nonces(start=5)
-    signer = wire.OrderSigner(wire.account(KEYS[0].key.hex()), hello, nonces)
-    msg = wire.place(4, "20261122T1100Z-60", "buy", 8550, 2500, client_order_id="c-1", signer=signer)
-    typed = auth.order_typed_data("m", 1337, product_id="20261122T1100Z-60", side="buy", price=8550, quantity=2500,
-                                  tif="gtc", client_order_id="c-1", nonce=5)
-    assert msg["nonce"] == 5 and auth.recover_order_signer(typed, msg["signature"]) == KEYS[0].address
-    assert wire.place(5, "20261122T1100Z-60", "sell", 1, 1, signer=signer)["nonce"] == 6 == nonces.last
-    # answers
-    assert wire.answer_id({"type": "book", "id": 4}) is None and wire.answer_id({"type": "response", "id": 4}) == 4
-    assert wire.result_of(wire.decode(b'{"type": "response", "id": 4, "result": {"order_id": 9}}')) == {"order_id": 9}
-    with pytest.raises(OrderRejected) as e:
-        wire.result_of({"type": "error", "id": 4, "code": "PRODUCT_CLOSED", "message": "closed"}, msg)
-    assert (e.value.code, e.value.request) == ("PRODUCT_CLOSED", msg)
-    assert wire.order_result({"order_id": 9, "status": "resting"}, msg).order_id == 9
-    with pytest.raises(OutcomeUnknown):
-        wire.order_result({"seq": 3}, msg)
-
-
-def test_local_book_follows_deltas_and_stops_at_a_gap():
-    book = LocalBook("p")
-    delta = BookDelta(type="book", product_id="p", seq=3, prev_seq=2, changes=[("buy", 100, 5, 1)])
-    assert not book.follow(delta)  # no snapshot yet: the one to come includes it
-    book.reset(BookSnapshot(type="book_snapshot", product_id="p", seq=2, bids=[(90, 7, 2)], asks=[(120, 1, 1)]))
-    assert book.follow(delta) and (book.best_bid(), book.mid(), book.seq) == (100, 110, 3)
-    assert not book.follow(delta)  # stale
-    with pytest.raises(BookGap):
-        book.follow(BookDelta(type="book", product_id="p", seq=6, prev_seq=5, changes=[]))
-    assert not book.synced and book.depth("buy") == [(100, 5, 1), (90, 7, 2)]

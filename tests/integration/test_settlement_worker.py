@@ -6,18 +6,8 @@ collateral and withdrawals."""
 from __future__ import annotations
 
 import pytest
-from settlement_fixtures import (
-    DEPOSIT,
-    MEMBER_KEYS,
-    artifacts,  # noqa: F401 - fixture
-    chain,  # noqa: F401 - fixture
-    make_worker,
-    open_products,
-    open_test_market,
-    reconnect,
-    register_and_fund,
-    trade,
-)
+from support.market import open_products, open_test_market
+from support.settlement import DEPOSIT, MEMBER_KEYS, make_worker, reconnect, register_and_fund, trade
 
 from exchange.core.model import OrderAccepted, PlaceOrder, Rejected, Side
 from exchange.flexibility.store import FlexStore
@@ -47,7 +37,7 @@ async def _assert_settled(pool, market, chain, n_trades):
 
 
 async def test_trades_anchor_once_reconcile_and_prove(pool, pg_dsn, chain):
-    market = await open_test_market(pg_dsn)
+    market = await open_test_market(pg_dsn, "s")
     try:
         worker = make_worker(pool, market, chain)
         await worker.start()
@@ -87,7 +77,7 @@ async def test_trades_anchor_once_reconcile_and_prove(pool, pg_dsn, chain):
 
 @pytest.mark.parametrize("point", FAULT_POINTS)
 async def test_crash_at_each_step_neither_loses_nor_double_anchors(pool, pg_dsn, chain, point):
-    market = await open_test_market(pg_dsn)
+    market = await open_test_market(pg_dsn, "s")
     workers = []
     try:
         hits = []
@@ -119,7 +109,7 @@ async def test_crash_at_each_step_neither_loses_nor_double_anchors(pool, pg_dsn,
 
 
 async def test_chain_refusing_transactions_retries_with_alert_and_loses_nothing(pool, pg_dsn, chain):
-    market = await open_test_market(pg_dsn)
+    market = await open_test_market(pg_dsn, "s")
     try:
         worker = make_worker(pool, market, chain, retry_s=0.05, retry_max_s=0.2, poll_s=0.05)
         await worker.start()
@@ -167,7 +157,7 @@ async def test_chain_refusing_transactions_retries_with_alert_and_loses_nothing(
 
 
 async def test_reconcile_detects_corrupted_records(pool, pg_dsn, chain):
-    market = await open_test_market(pg_dsn)
+    market = await open_test_market(pg_dsn, "s")
     try:
         worker = make_worker(pool, market, chain)
         await worker.start()
@@ -196,7 +186,7 @@ async def test_reconcile_detects_corrupted_records(pool, pg_dsn, chain):
 
 
 async def test_withdrawal_refused_while_backing_orders_then_executed(pool, pg_dsn, chain):
-    market = await open_test_market(pg_dsn)
+    market = await open_test_market(pg_dsn, "s")
     try:
         worker = make_worker(pool, market, chain)
         await worker.start()
@@ -234,7 +224,7 @@ async def test_flexibility_payouts_settle_on_chain_once(pool, pg_dsn, chain):
     """Payouts of a payout source (the flexibility gateway's store, through the port
     exchange.runtime.ports.PayoutSource): revenue shares credited, a penalty debited, all
     in one transaction per event, recorded with the event as their payout batch."""
-    market = await open_test_market(pg_dsn)
+    market = await open_test_market(pg_dsn, "s")
     sources = [FlexStore(pool, market.journal.market_id)]
     try:
         worker = make_worker(pool, market, chain, payout_sources=sources)
@@ -278,7 +268,7 @@ async def test_fresh_in_process_chain_redeploys_without_settling_history_twice(p
     settle on the new chain."""
     from settlement.chain import Chain
 
-    market = await open_test_market(pg_dsn)
+    market = await open_test_market(pg_dsn, "s")
     try:
         w1 = make_worker(pool, market, chain)
         await w1.start()
@@ -312,7 +302,7 @@ async def test_back_off_is_not_cut_short_by_new_trades(pool, pg_dsn, chain):
     its back-off: 20 wake-ups a second for 1.5 s give the retries of the back-off, no more."""
     import asyncio
 
-    market = await open_test_market(pg_dsn)
+    market = await open_test_market(pg_dsn, "s")
     try:
         worker = make_worker(pool, market, chain, retry_s=0.4, retry_max_s=0.8, poll_s=0.05)
         await worker.start()

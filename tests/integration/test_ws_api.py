@@ -1,11 +1,10 @@
-"""The peer WebSocket API end to end: a real server (real embedded PostgreSQL,
-real engine runtime) and real WebSocket connections over 127.0.0.1."""
+"""The peer WebSocket API: a real server (real embedded PostgreSQL, real engine
+runtime) and real WebSocket connections over 127.0.0.1."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-from contextlib import asynccontextmanager
 
 import aiohttp
 import pytest
@@ -13,65 +12,12 @@ from eth_account import Account
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
-from wsclient import WSClient
+from support.keys import KEYS
+from support.wsclient import WSClient, peer
 
-from exchange.core.model import RegisterMember
 from exchange.core.units import US_PER_MIN
-from exchange.runtime.clock import ManualClock
-from exchange.runtime.config import load_settings
-from exchange.runtime.service import open_market
-from exchange.tools.bench import BENCH_T0
-from exchange.tools.server import start_http
 
-pytestmark = pytest.mark.integration
-
-KEYS = [Account.create(f"voltbourse-test-{i}") for i in range(4)]
-
-
-class Server:
-    def __init__(self, market, runner, settings, clock):
-        self.market, self.runner, self.settings, self.clock = market, runner, settings, clock
-        host, port = runner.addresses[0][:2]
-        self.url = f"ws://{host}:{port}/ws"
-        self.http = f"http://{host}:{port}"
-        self.open_products = sorted(p for p, pb in market.engine.products.items() if pb.state.value == "open")
-
-    def books(self) -> dict:
-        return self.market.engine.snapshot()["books"]
-
-
-@asynccontextmanager
-async def running(pg_dsn, market_id="ws", **overrides):
-    clock = ManualClock(BENCH_T0)
-    settings = load_settings(database_url=pg_dsn, market_id=market_id, operator_token="op-secret", **overrides)
-    market = await open_market(pg_dsn, settings, clock)
-    for k in KEYS[:3]:
-        await market.runtime.submit(RegisterMember(0, k.address, collateral=10**15, export_capacity_w=10**7))
-    runner = await start_http(market, settings, "127.0.0.1", 0)
-    try:
-        yield Server(market, runner, settings, clock)
-    finally:
-        await runner.cleanup()
-        await market.close()
-
-
-@pytest.fixture
-async def server(pool, pg_dsn):
-    async with running(pg_dsn) as srv:
-        yield srv
-
-
-@pytest.fixture
-async def http():
-    async with aiohttp.ClientSession() as s:
-        yield s
-
-
-async def peer(http, server, i) -> WSClient:
-    c = await WSClient.connect(http, server.url, KEYS[i].key)
-    r = await c.login()
-    assert r["type"] == "response" and r["result"]["member"] == KEYS[i].address, r
-    return c
+pytestmark = [pytest.mark.integration, pytest.mark.server(market_id="ws", members=KEYS[:3])]
 
 
 # ------------------------------------------------------------------ login
@@ -340,8 +286,8 @@ async def test_oversize_frame_closes_that_connection_only(server, http):
     assert (await b.request({"type": "ping"}))["result"]["pong"] is True
 
 
-async def test_flood_is_rate_limited_then_disconnected(pool, pg_dsn, http):
-    async with running(pg_dsn, market_id="flood", ws_rate_per_s=50, ws_burst=20) as server:
+async def test_flood_is_rate_limited_then_disconnected(serve, http):
+    async with serve(market_id="flood", ws_rate_per_s=50, ws_burst=20) as server:
         a = await peer(http, server, 0)
         books = server.books()
         for i in range(200):
@@ -377,9 +323,9 @@ message_like = st.fixed_dictionaries(
 )
 
 
-async def test_fuzz_random_messages_never_hurt_the_server(pool, pg_dsn, http):
+async def test_fuzz_random_messages_never_hurt_the_server(serve, http):
     # the anonymous connection fuzzes for longer than the login timeout allows by default
-    async with running(pg_dsn, ws_login_timeout_s=600) as server:
+    async with serve(ws_login_timeout_s=600) as server:
         await _fuzz(server, http)
 
 

@@ -1,49 +1,25 @@
-"""Shared pieces of the settlement tests: compiled contracts, a fresh in-process chain,
-a market whose members are key pairs funded on chain, and trade generation."""
+"""Shared pieces of the settlement tests: a market whose members are key pairs funded on
+chain, its worker, and trade generation. (The compiled contracts and a fresh in-process
+chain are the ``artifacts`` and ``chain`` fixtures of tests/conftest.py.)"""
 
 from __future__ import annotations
 
 import random
 
-import pytest
-from eth_account import Account
-
 from exchange.core.model import PlaceOrder, RegisterMember, Side
 from exchange.protocol.auth import order_typed_data, sign_order
-from exchange.runtime.clock import ManualClock
-from exchange.runtime.config import load_settings
-from exchange.runtime.service import open_market
-from exchange.tools.bench import BENCH_T0
 from settlement.chain import Chain
-from settlement.compiler import compile_contracts
 from settlement.worker import SettlementWorker
+from support.keys import KEYS
+from support.market import open_products
 
-MEMBER_KEYS = [Account.from_key(bytes([i + 1]) * 32) for i in range(6)]
+MEMBER_KEYS = KEYS[:6]
 DEPOSIT = 10**14  # 1 000 000 EUR in money units (1e-8 EUR)
-
-
-@pytest.fixture(scope="session")
-def artifacts():
-    return compile_contracts()
-
-
-@pytest.fixture
-def chain(artifacts):
-    return Chain.in_process(artifacts=artifacts)
 
 
 def reconnect(chain: Chain) -> Chain:
     """A new connection to the same chain, as a restarted worker process would make."""
     return Chain(chain.w3, chain.operator, in_process=True, tester=chain.tester, artifacts=chain.artifacts)
-
-
-async def open_test_market(pg_dsn: str, market_id: str = "s"):
-    settings = load_settings(database_url=pg_dsn, market_id=market_id)
-    return await open_market(pg_dsn, settings, ManualClock(BENCH_T0))
-
-
-def open_products(engine) -> list[str]:
-    return sorted(p for p, pb in engine.products.items() if pb.state.value == "open")
 
 
 def make_worker(pool, market, chain, **kw) -> SettlementWorker:

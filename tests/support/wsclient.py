@@ -9,6 +9,8 @@ import aiohttp
 from eth_account import Account
 from eth_account.messages import encode_defunct, encode_typed_data
 
+from support.keys import KEYS
+
 
 class WSClient:
     def __init__(self, ws: aiohttp.ClientWebSocketResponse, key=None) -> None:
@@ -94,3 +96,11 @@ class WSClient:
         signer = Account.from_key(key) if key is not None else self.acct
         sig = Account.sign_message(encode_typed_data(full_message=typed), signer.key).signature.hex()
         return {**order, "signature": "0x" + sig.removeprefix("0x"), "nonce": nonce}
+
+
+async def peer(http: aiohttp.ClientSession, server, i: int) -> WSClient:
+    """A client logged in as ``KEYS[i]`` on ``server``'s peer WebSocket (``server.url``)."""
+    c = await WSClient.connect(http, server.url, KEYS[i].key)
+    r = await c.login()
+    assert r["type"] == "response" and r["result"]["member"] == KEYS[i].address, r
+    return c

@@ -12,6 +12,8 @@ from exchange.core.auction import Clearing, allocate, clearing
 from exchange.core.book import Order
 from exchange.core.model import Side, TimeInForce
 
+pytestmark = pytest.mark.unit
+
 _ids = itertools.count(1)
 
 

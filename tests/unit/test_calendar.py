@@ -21,6 +21,8 @@ from exchange.core.units import (
     to_us,
 )
 
+pytestmark = pytest.mark.unit
+
 AMS = ZoneInfo("Europe/Amsterdam")
 UTC = UTC
 NORMAL_DAY = date(2026, 11, 22)

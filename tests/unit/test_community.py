@@ -39,6 +39,8 @@ from clients.community.profiles import (
 )
 from exchange.core.model import TradeEvent
 
+pytestmark = pytest.mark.unit
+
 UTC = UTC
 MID = date(2026, 6, 21)
 

@@ -6,8 +6,11 @@ from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
+from support.paths import ROOT
 
 from exchange.runtime.config import ConfigFileError, Settings, load_settings
+
+pytestmark = pytest.mark.unit
 
 
 @pytest.fixture(autouse=True)
@@ -31,7 +34,7 @@ def test_defaults() -> None:
     assert s.self_trade_prevention == "cancel_newest" and s.mechanism == "continuous"
     assert s.journal_max_batch == 2000 and s.journal_pool_size == 4
     # the default data dir is the per-user one, outside the checkout
-    checkout = Path(__file__).resolve().parent.parent
+    checkout = ROOT
     assert not s.data_dir.resolve().is_relative_to(checkout)
     assert s.data_dir.name == "voltbourse"
 
@@ -137,7 +140,7 @@ def test_invalid_values_rejected(overrides: dict) -> None:
 
 
 def test_data_dir_inside_checkout_rejected(tmp_path: Path) -> None:
-    checkout = Path(__file__).resolve().parent.parent
+    checkout = ROOT
     with pytest.raises(ValidationError, match="inside the source checkout"):
         load_settings(data_dir=checkout / "data")
     assert load_settings(data_dir=tmp_path).data_dir == tmp_path

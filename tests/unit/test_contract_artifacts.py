@@ -13,7 +13,6 @@ import shutil
 import subprocess
 
 import pytest
-from settlement_fixtures import artifacts  # noqa: F401
 
 from settlement import compiler
 from settlement.compiler import (
@@ -27,10 +26,12 @@ from settlement.compiler import (
     source_hash,
 )
 
+pytestmark = pytest.mark.unit
+
 CONTRACTS = ("EuroCredit", "SettlementRegistry")
 
 
-def test_committed_artifacts_equal_a_compilation_from_source(artifacts):  # noqa: F811
+def test_committed_artifacts_equal_a_compilation_from_source(artifacts):
     shipped = load_artifacts()
     assert set(shipped) == set(artifacts)
     for name in CONTRACTS:

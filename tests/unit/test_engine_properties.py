@@ -22,11 +22,12 @@ import json
 import types
 import typing
 from dataclasses import dataclass, fields, replace
-from datetime import UTC, datetime
 from enum import Enum
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from support.times import GATE, T0
 
 from exchange.core.calendar import ProductState
 from exchange.core.engine import MarketConfig, MarketEngine
@@ -62,10 +63,9 @@ from exchange.core.model import (
     event_from_dict,
     event_to_dict,
 )
-from exchange.core.units import to_us
 
-T0 = to_us(datetime(2026, 11, 21, 8, tzinfo=UTC))
-GATE = to_us(datetime(2026, 11, 21, 11, tzinfo=UTC))
+pytestmark = pytest.mark.unit
+
 BIG = 10**18
 STP = SelfTradePrevention
 
@@ -541,6 +541,7 @@ def check_auction(ac: AuctionCleared, resting: list[Ref], trades: list[TradeEven
 # =========================================================================== the properties
 
 
+@pytest.mark.slow
 @PROPS
 @given(scenario(mechanism=Mechanism.CONTINUOUS))
 def test_continuous_stream_matches_reference_and_keeps_invariants(sc):
@@ -550,6 +551,7 @@ def test_continuous_stream_matches_reference_and_keeps_invariants(sc):
     r.close_gate()
 
 
+@pytest.mark.slow
 @PROPS
 @given(scenario(mechanism=Mechanism.CALL))
 def test_call_auction_stream_clears_at_one_maximal_price(sc):
@@ -585,6 +587,7 @@ DET = settings(max_examples=100, deadline=None, database=None,
                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 
+@pytest.mark.slow
 @DET
 @given(scenario())
 def test_determinism_same_stream_same_events_and_hashes(sc):
@@ -598,6 +601,7 @@ def test_determinism_same_stream_same_events_and_hashes(sc):
     assert r.e.state_hash() == r.e.state_hash() == hashes[-1]
 
 
+@pytest.mark.slow
 @DET
 @given(scenario())
 def test_codec_round_trip_and_replay_from_dicts(sc):

@@ -12,6 +12,7 @@ from __future__ import annotations
 from datetime import UTC, date, datetime
 
 import pytest
+from support.times import GATE, T0
 
 from exchange.core.calendar import CalendarConfig, GateMode, ProductState
 from exchange.core.engine import MarketConfig, MarketEngine
@@ -50,9 +51,9 @@ from exchange.core.model import (
 )
 from exchange.core.units import US_PER_MIN, to_us
 
+pytestmark = pytest.mark.unit
+
 UTC = UTC
-T0 = to_us(datetime(2026, 11, 21, 8, tzinfo=UTC))
-GATE = to_us(datetime(2026, 11, 21, 11, tzinfo=UTC))  # D-1 12:00 Amsterdam for 2026-11-22
 BIG = 10**18
 BIG_CAP = 10**9
 BUY, SELL = Side.BUY, Side.SELL

@@ -42,6 +42,8 @@ from exchange.flexibility.core import (
 from exchange.flexibility.core.delivery import call_reserves, needs_reserve, pool_shortfall_wh, reserve_need_w
 from exchange.flexibility.market import SimulatedBalancingMarket
 
+pytestmark = pytest.mark.unit
+
 H = 60 * US_PER_MIN
 T0 = 1_800_000_000 * 1_000_000 // H * H  # an hour boundary
 MFRR = ProductRules()

@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from support.paths import DOCS
 
 from exchange.gateway.plugin import wire_protocol
+from exchange.protocol.frames import read_request_id
 from exchange.protocol.messages import CORE_REQUESTS, ProtocolError, WireProtocol, message_type
 from exchange.tools.platform import subsystems
 
-DOCS = Path(__file__).resolve().parents[1] / "docs"
+pytestmark = pytest.mark.unit
+
 PROTOCOL = wire_protocol(subsystems())  # the core messages and every installed subsystem's
 parse = PROTOCOL.parse
 SERVER_MESSAGE = PROTOCOL.server_adapter
@@ -85,3 +87,20 @@ def test_core_protocol_knows_only_core_messages():
 def test_a_message_type_registered_twice_is_refused():
     with pytest.raises(ValueError, match="registered twice"):
         WireProtocol([*CORE_REQUESTS, CORE_REQUESTS[-1]])
+
+
+# request ids read from frames orjson refuses (the gateway answers them with that id)
+@pytest.mark.parametrize("frame,rid", [
+    ('{"type":"ping","id":"a"}', "a"),
+    ('{"type":"place","id":7,"price":1e309}', 7),
+    ('{"id":"x","type":"ping","p":NaN}', "x"),
+    ('{"type":"ping","id":"deep","q":' + "[" * 3000 + "]" * 3000 + "}", "deep"),
+    ('{"type":"ping","x":123456789012345678901234567890,"id":5}', 5),
+    ('{"a":{"id":1},"id":"top"}', "top"),
+    ('{"b":"}\\"","id":9}', 9),
+    ("[1,2]", None),
+    ('{"id":-1}', None),
+    ('{"id":"' + "x" * 65 + '"}', None),
+])
+def test_request_id_is_read_from_frames_orjson_refuses(frame, rid):
+    assert read_request_id(frame) == rid

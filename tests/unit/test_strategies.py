@@ -23,6 +23,8 @@ from clients.bots.strategies import (
 from clients.community.profiles import Member, hourly_table, member_profile
 from exchange.core.model import Side
 
+pytestmark = pytest.mark.unit
+
 PIDS = [f"20261122T{h:02d}00Z-60" for h in range(24)]
 V = MarketView()
 

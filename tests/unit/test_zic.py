@@ -12,6 +12,8 @@ import pytest
 from clients.bots.zic import MARKETS, Schedules, random_market, run_bench, run_session
 from clients.community import cli as community_cli
 
+pytestmark = pytest.mark.unit
+
 E = 100  # ticks per EUR/MWh
 
 
@@ -34,6 +36,7 @@ def test_session_is_deterministic_and_consistent():
     assert all(MARKETS["symmetric"].price_min <= p <= MARKETS["symmetric"].price_max for p in a.prices)
 
 
+@pytest.mark.slow
 def test_zi_c_efficiency_is_in_the_gode_sunder_band():
     """Median over 12 sessions (3 per market) >= 97 %; no trade ever at a loss."""
     results = [run_session(m, seed=1000 + k, periods=6) for k in range(3) for m in MARKETS.values()]

@@ -1,0 +1,19 @@
+"""A market on the test database without an HTTP server, and what tests ask of one."""
+
+from __future__ import annotations
+
+from exchange.runtime.clock import Clock, ManualClock
+from exchange.runtime.config import load_settings
+from exchange.runtime.service import Market, open_market
+from support.times import T0
+
+
+async def open_test_market(pg_dsn: str, market_id: str = "t", clock: Clock | None = None, **overrides) -> Market:
+    """``open_market`` on ``pg_dsn`` with ``load_settings(**overrides)``; a manual clock at T0 by default."""
+    settings = load_settings(database_url=pg_dsn, market_id=market_id, **overrides)
+    return await open_market(pg_dsn, settings, clock or ManualClock(T0))
+
+
+def open_products(engine) -> list[str]:
+    """The engine's open products, sorted (by start)."""
+    return sorted(p for p, pb in engine.products.items() if pb.state.value == "open")
