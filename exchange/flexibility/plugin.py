@@ -9,13 +9,12 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Iterator
-from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from aiohttp import web
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StrictInt
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 from exchange.core.units import US_PER_MIN, to_us
 from exchange.flexibility import cli as flex_cli
@@ -24,11 +23,12 @@ from exchange.flexibility.core import DeliveryKind, Direction, FlexConfig
 from exchange.flexibility.market import BalancingMarket
 from exchange.flexibility.service import FlexError, FlexService, offer_json
 from exchange.gateway.feed import OPERATOR_FEED
-from exchange.gateway.http import ANY_OBJECT, ApiError, Route, array, json_response, read_body
+from exchange.gateway.http import ANY_OBJECT, ApiError, Route, array, json_response, read_body, read_query
 from exchange.gateway.keys import MARKET, PAYOUT_SOURCES
 from exchange.gateway.metrics import METRICS
 from exchange.gateway.peers import PEERS
 from exchange.gateway.plugin import Subsystem, WsRequest
+from exchange.protocol.types import UtcTime
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +90,7 @@ class OpenEventIn(BaseModel):
     """Open a demand-response event by hand for the period starting at ``period_start``."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
-    period_start: AwareDatetime
+    period_start: UtcTime
     direction: Literal["up", "down"] = "up"
     target_w: Annotated[StrictInt, Field(ge=1, le=10**10)] | None = Field(
         None, description="power to invite for (W); default: invite every eligible offer")
@@ -157,16 +157,19 @@ async def get_event(request: web.Request) -> web.Response:
                   "shares": f.shares_view(eid)})
 
 
+class ViabilityQuery(BaseModel):
+    """``?period_start=ISO 8601 time with offset``."""
+
+    model_config = ConfigDict(extra="forbid")
+    period_start: UtcTime
+
+
 async def viability(request: web.Request) -> web.Response:
-    raw = request.query.get("period_start")
-    try:
-        start = to_us(datetime.fromisoformat(raw.replace("Z", "+00:00"))) if raw else None
-    except ValueError:
-        start = None
-    if start is None:
-        raise ApiError(422, "INVALID_REQUEST", "period_start=ISO 8601 time with offset is required")
+    q = read_query(request, ViabilityQuery)
+    start = to_us(q.period_start)
     f = _svc(request)
-    return json_response({"period_start": raw, **f.assess_period(start, start + f.config.rules.validity_minutes * US_PER_MIN)})
+    return json_response({"period_start": request.query["period_start"],
+                          **f.assess_period(start, start + f.config.rules.validity_minutes * US_PER_MIN)})
 
 
 async def list_bids(request: web.Request) -> web.Response:

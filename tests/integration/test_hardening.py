@@ -108,6 +108,16 @@ async def test_out_of_range_dates_are_refused_and_the_connection_stays(serve, ht
             meter = {"type": "flex_meter", "readings": [{"interval_start": ts, "consumption_wh": 1}]}
             assert (await c.request(meter))["code"] == "INVALID_MESSAGE"
         assert (await c.request({"type": "ping"}))["type"] == "response"
+        # the same dates over the operator REST API: 422, and the events stay readable
+        for ts in ("9999-12-31T23:45:00-14:00", "0001-01-01T00:15:00+14:00", "2026-11-22T17:00:00"):
+            async with http.post(f"{server.http}/api/operator/flexibility/events", headers=AUTH,
+                                 json={"period_start": ts}) as r:
+                assert r.status == 422 and (await r.json())["error"] == "INVALID_REQUEST", ts
+            async with http.get(f"{server.http}/api/operator/flexibility/viability", headers=AUTH,
+                                params={"period_start": ts}) as r:
+                assert r.status == 422, ts
+        async with http.get(f"{server.http}/api/operator/flexibility/events", headers=AUTH) as r:
+            assert r.status == 200
 
 
 # ------------------------------------------------------------------ containment
