@@ -96,6 +96,10 @@ class MarketConfig:
     self_trade_prevention: SelfTradePrevention = SelfTradePrevention.CANCEL_NEWEST
     mechanism: Mechanism = Mechanism.CONTINUOUS
     risk_checks: bool = True
+    # A signed order's nonce is used up by any answer, a rejection included (else an order
+    # refused during a halt could be replayed after it). Markets whose stored config predates
+    # this rule keep the old one (the nonce checked last), so their journals replay unchanged.
+    nonce_first: bool = True
 
     def __post_init__(self) -> None:
         if self.price_min >= self.price_max:
@@ -123,6 +127,7 @@ class MarketConfig:
             "self_trade_prevention": self.self_trade_prevention.value,
             "mechanism": self.mechanism.value,
             "risk_checks": self.risk_checks,
+            "nonce_first": self.nonce_first,
         }
 
     @classmethod
@@ -133,6 +138,7 @@ class MarketConfig:
         rest = {k: v for k, v in d.items() if k != "calendar"}
         rest["self_trade_prevention"] = SelfTradePrevention(rest["self_trade_prevention"])
         rest["mechanism"] = Mechanism(rest["mechanism"])
+        rest.setdefault("nonce_first", False)  # stored before the rule existed
         return cls(calendar=CalendarConfig(**c), **rest)
 
 
@@ -431,6 +437,14 @@ class MarketEngine:
                         f"for {pid} ({have} Wh already open or sold)")
         return None
 
+    def _use_nonce(self, member: MemberId, nonce: object) -> tuple[Reason, str] | None:
+        """Check a signed order's nonce (above the member's last) and use it up."""
+        acct = self.accounts[member]
+        if type(nonce) is not int or nonce <= acct.last_nonce:
+            return Reason.NONCE_REUSED, f"nonce {nonce} is not above the last one used ({acct.last_nonce})"
+        acct.last_nonce = nonce  # consumed by this signed order, whatever its outcome
+        return None
+
     # ------------------------------------------------------------------ handlers
     def _place(self, cmd: PlaceOrder, ts: int) -> None:
         member, coid = cmd.member, cmd.client_order_id
@@ -443,7 +457,11 @@ class MarketEngine:
         if type(cmd.side) is not Side or type(cmd.tif) is not TimeInForce or type(cmd.price) is not int \
                 or type(cmd.quantity) is not int:
             err = Reason.INVALID_VALUE, "side/tif must be enums and price/quantity integers"
-        elif self.halted:
+        nonce_used = False
+        if err is None and cmd.nonce is not None and self.config.nonce_first and member in self.accounts:
+            err = self._use_nonce(member, cmd.nonce)
+            nonce_used = True
+        if err is None and self.halted:
             err = Reason.MARKET_HALTED, f"market halted: {self.halt_reason}"
         err = (err or self._check_member(member) or self._check_product(cmd.product_id)
                or self._check_price_qty(cmd.price, cmd.quantity))
@@ -451,12 +469,8 @@ class MarketEngine:
         if err is None and mech_call and cmd.tif is not _GTC:
             err = Reason.TIF_NOT_SUPPORTED, f"{cmd.tif.value} is not supported in a call auction"
         pb = self.products.get(cmd.product_id)
-        if err is None and cmd.nonce is not None:
-            acct = self.accounts[member]
-            if type(cmd.nonce) is not int or cmd.nonce <= acct.last_nonce:
-                err = Reason.NONCE_REUSED, f"nonce {cmd.nonce} is not above the last one used ({acct.last_nonce})"
-            else:
-                acct.last_nonce = cmd.nonce  # consumed by this signed order, whatever its outcome
+        if err is None and cmd.nonce is not None and not nonce_used:
+            err = self._use_nonce(member, cmd.nonce)
         if err is None:
             assert pb is not None  # _check_product passed
             err = self._check_risk(pb, member, cmd.side, cmd.price, cmd.quantity)

@@ -276,3 +276,18 @@ async def test_positions_in_memory_equal_the_trades_table_before_and_after_a_res
         a = await peer(http, server, 0)
         after = (await a.request({"type": "positions"}))["result"]["positions"]
         assert [(p["product_id"], p["payable"]) for p in after] == [(p["product_id"], p["payable"]) for p in live]
+
+
+async def test_a_signed_order_refused_during_a_halt_cannot_be_replayed_after_resume(serve, http):
+    async with serve() as server:
+        c = await peer(http, server, 0)
+        pid = server.open_products[0]
+        order = c.sign_order({"product_id": pid, "side": "buy", "price": 100, "quantity": 10},
+                             server.settings.market_id, nonce=42)
+        async with http.post(f"{server.http}/api/operator/market/halt", headers=AUTH, json={"reason": "x"}) as r:
+            assert r.status == 200
+        assert (await c.request({"type": "place", **order}))["code"] == "MARKET_HALTED"
+        async with http.post(f"{server.http}/api/operator/market/resume", headers=AUTH) as r:
+            assert r.status == 200
+        assert (await c.request({"type": "place", **order}))["code"] == "NONCE_REUSED"
+        assert not server.market.engine.orders

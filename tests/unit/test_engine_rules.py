@@ -294,6 +294,42 @@ def test_reason_nonce_reused_for_signed_orders():
     assert_rejected(m, PlaceOrder, "poor", m.p, BUY, 1000, 10, nonce=1, reason=Reason.NONCE_REUSED)
 
 
+@pytest.mark.parametrize("refusal", ["halted", "unknown_product", "price"])
+def test_a_signed_orders_nonce_is_used_up_by_any_answer(refusal):
+    """A signed order refused early (a halt, an unknown product, a bad price) cannot be replayed
+    later: its nonce was used up by the refusal."""
+    m = Mkt()
+    pid, price = m.p, 1000
+    if refusal == "halted":
+        m.do(Halt, "maintenance")
+    elif refusal == "unknown_product":
+        pid = "nope"
+    else:
+        price = 10**9
+    first = m.do(PlaceOrder, "a", pid, BUY, price, 10, signature="0xsig", nonce=7)
+    assert isinstance(first[0], Rejected) and first[0].reason != Reason.NONCE_REUSED.value
+    if refusal == "halted":
+        m.do(Resume)
+    again = assert_rejected(m, PlaceOrder, "a", pid, BUY, price, 10, signature="0xsig", nonce=7,
+                            reason=Reason.NONCE_REUSED)
+    assert "7" in again.detail
+    assert isinstance(m.do(PlaceOrder, "a", m.p, BUY, 1000, 10, signature="0xsig", nonce=8)[0], OrderAccepted)
+
+
+def test_markets_stored_before_the_nonce_rule_replay_under_the_old_one():
+    """A stored config without ``nonce_first`` (written before the rule) keeps the old order of
+    checks, so an existing journal replays to the same events."""
+    stored = MarketConfig().to_dict()
+    del stored["nonce_first"]
+    old = MarketConfig.from_dict(stored)
+    assert old.nonce_first is False and MarketConfig.from_dict(MarketConfig().to_dict()).nonce_first is True
+    m = Mkt(nonce_first=False)
+    m.do(Halt, "maintenance")
+    assert_rejected(m, PlaceOrder, "a", m.p, BUY, 1000, 10, signature="0xsig", nonce=7, reason=Reason.MARKET_HALTED)
+    m.do(Resume)
+    assert isinstance(m.do(PlaceOrder, "a", m.p, BUY, 1000, 10, signature="0xsig", nonce=7)[0], OrderAccepted)
+
+
 def test_every_reason_is_covered_by_a_test():
     names = [n for n in globals() if n.startswith("test_reason_")]
     for r in Reason:
