@@ -59,11 +59,15 @@ class TradeStore:
 
     async def of_member(self, member: str, after: int, product_id: str | None, limit: int) -> list[asyncpg.Record]:
         """A member's trades (as buyer or seller) after ``seq``."""
+        # Two index range scans (trades_buyer, trades_seller: market, member, seq), each stopping
+        # after ``limit`` rows, merged (UNION: a self-trade, where allowed, once): the cost does not
+        # grow with the member's history.
+        cols = "trade_id, seq, product_id, buyer, seller, energy_wh, price_ticks, ts"
+        side = (f"SELECT {cols} FROM trades WHERE market_id = $1 AND {{who}} = $2 AND seq > $3 "
+                "AND ($4::text IS NULL OR product_id = $4) ORDER BY seq LIMIT $5")
         return await self.pool.fetch(
-            "SELECT trade_id, seq, product_id, buyer, seller, energy_wh, price_ticks, ts FROM trades "
-            "WHERE market_id = $1 AND (buyer = $2 OR seller = $2) AND seq > $3 "
-            "AND ($4::text IS NULL OR product_id = $4) ORDER BY seq LIMIT $5",
-            self.market_id, member, after, product_id, limit)
+            f"SELECT {cols} FROM (({side.format(who='buyer')}) UNION ({side.format(who='seller')})) t "
+            "ORDER BY seq LIMIT $5", self.market_id, member, after, product_id, limit)
 
     async def positions(self, member: str) -> list[dict[str, Any]]:
         """Per product: energy bought and sold and the money payable (bought - sold value)."""
