@@ -53,6 +53,7 @@ class MarketData:
         self.publisher = Publisher(self.peers, disclose_counterparty=disclose_counterparty)
         # subscriptions (the session adds itself to these)
         self.book_subs = self.publisher.book_subs
+        self.top_subs = self.publisher.top_subs
         self.trade_subs = self.publisher.trade_subs
         self.product_subs = self.publisher.product_subs
         self.sessions = self.peers.by_member
@@ -83,8 +84,8 @@ class MarketData:
     def halted(self) -> tuple[bool, str]:
         return self.mirror.halted
 
-    def snapshot(self, pid: str) -> dict:
-        return self.mirror.snapshot(pid)
+    def snapshot(self, pid: str, depth: int | None = None) -> dict:
+        return self.mirror.snapshot(pid, depth)
 
     def best(self, pid: str) -> tuple[int | None, int | None]:
         return self.mirror.best(pid)

@@ -72,10 +72,11 @@ class BookMirror:
             b = self.books[pid] = LevelBook(pid)
         return b
 
-    def snapshot(self, pid: str) -> dict:
+    def snapshot(self, pid: str, depth: int | None = None) -> dict:
+        """The committed book (its best ``depth`` levels per side, or all)."""
         b = self.books.get(pid) or LevelBook(pid)
         return {"type": "book_snapshot", "product_id": pid, "seq": b.seq or 0,
-                "bids": [list(r) for r in b.depth("buy")], "asks": [list(r) for r in b.depth("sell")]}
+                "bids": [list(r) for r in b.depth("buy", depth)], "asks": [list(r) for r in b.depth("sell", depth)]}
 
     def best(self, pid: str) -> tuple[int | None, int | None]:
         """Best committed bid and ask of a product."""

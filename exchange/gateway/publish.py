@@ -68,6 +68,8 @@ class Publisher:
         self.peers = peers
         self.disclose = disclose_counterparty
         self.book_subs: dict[str, set[Peer]] = defaultdict(set)
+        # depth-limited book subscribers: product -> session -> depth (fresh top-N snapshots)
+        self.top_subs: dict[str, dict[Peer, int]] = defaultdict(dict)
         self.trade_subs: dict[str | None, set[Peer]] = defaultdict(set)  # None: all products
         self.product_subs: set[Peer] = set()
         self.stream = PrivateStream()
@@ -76,6 +78,8 @@ class Publisher:
     def detach(self, s: Peer) -> None:
         for subs in (*self.book_subs.values(), *self.trade_subs.values()):
             subs.discard(s)
+        for tops in self.top_subs.values():
+            tops.pop(s, None)
         self.product_subs.discard(s)
 
     # ------------------------------------------------------------------ private reports
@@ -171,6 +175,14 @@ class Publisher:
                                "changes": changes.get(pid, [])})
                 for s in list(subs):
                     s.send_raw(data)
+            tops = self.top_subs.get(pid)
+            if tops:  # one snapshot per depth asked for, bounded in size whatever the book's
+                by_depth: dict[int, str] = {}
+                for s, depth in list(tops.items()):
+                    top = by_depth.get(depth)
+                    if top is None:
+                        top = by_depth[depth] = encode(mirror.snapshot(pid, depth))
+                    s.send_raw(top)
 
     @staticmethod
     def flush(public: Public) -> None:

@@ -442,9 +442,15 @@ class Session:
             self.error(msg.id, "UNKNOWN_PRODUCT", f"no product {msg.product_id}")
             return
         if msg.channel == "book":
-            md.book_subs[msg.product_id].add(self)
-            self.send({"type": "response", "id": msg.id, "result": {"channel": "book", "product_id": msg.product_id}})
-            self.send(md.snapshot(msg.product_id))
+            if msg.depth is None:
+                md.book_subs[msg.product_id].add(self)
+                md.top_subs[msg.product_id].pop(self, None)
+            else:
+                md.top_subs[msg.product_id][self] = msg.depth
+                md.book_subs[msg.product_id].discard(self)
+            self.send({"type": "response", "id": msg.id, "result": {"channel": "book", "product_id": msg.product_id,
+                                                                      "depth": msg.depth}})
+            self.send(md.snapshot(msg.product_id, msg.depth))
         elif msg.channel == "trades":
             md.trade_subs[msg.product_id].add(self)
             self.send({"type": "response", "id": msg.id, "result": {"channel": "trades", "product_id": msg.product_id}})
@@ -457,6 +463,7 @@ class Session:
         md = self.md
         if msg.channel == "book":
             md.book_subs.get(msg.product_id, set()).discard(self)
+            md.top_subs.get(msg.product_id, {}).pop(self, None)
         elif msg.channel == "trades":
             md.trade_subs.get(msg.product_id, set()).discard(self)
         else:

@@ -132,17 +132,22 @@ class Positions(Request):
 
 
 class Subscribe(Request):
-    """``book`` (needs product_id): snapshot, then deltas; ``trades``: public trades of
-    one product or all; ``products``: product and market state changes."""
+    """``book`` (needs product_id): snapshot, then deltas; with ``depth``, only the best
+    ``depth`` levels per side, as a fresh ``book_snapshot`` after each change (no deltas);
+    ``trades``: public trades of one product or all; ``products``: product and market state
+    changes."""
 
     type: Literal["subscribe"]
     channel: Literal["book", "trades", "products"]
     product_id: ProductId | None = None
+    depth: Annotated[int, Field(ge=1, le=100)] | None = None
 
     @model_validator(mode="after")
     def _book_needs_product(self) -> Subscribe:
         if self.channel == "book" and self.product_id is None:
             raise ValueError("the book channel needs a product_id")
+        if self.depth is not None and self.channel != "book":
+            raise ValueError("depth is for the book channel")
         return self
 
 

@@ -291,3 +291,24 @@ async def test_a_signed_order_refused_during_a_halt_cannot_be_replayed_after_res
             assert r.status == 200
         assert (await c.request({"type": "place", **order}))["code"] == "NONCE_REUSED"
         assert not server.market.engine.orders
+
+
+async def test_depth_limited_book_subscription_sends_bounded_snapshots(serve, http):
+    """A 200-level book: a subscriber asking for depth 5 gets 5 levels per side, in the
+    first snapshot and after each change, never the whole book."""
+    async with serve() as server:
+        pid = server.open_products[0]
+        for i in range(200):
+            await server.place(1, "sell", 9000 + i, 1, pid)
+        c = await peer(http, server, 0)
+        ans = await c.request({"type": "subscribe", "channel": "book", "product_id": pid, "depth": 5})
+        assert ans["result"] == {"channel": "book", "product_id": pid, "depth": 5}
+        snap = await c.next_of(lambda m: m.get("type") == "book_snapshot")
+        assert len(snap["asks"]) == 5 and snap["asks"][0][0] == 9000
+        await server.place(2, "sell", 8999, 3, pid)
+        after = await c.next_of(lambda m: m.get("type") == "book_snapshot")
+        assert [lvl[0] for lvl in after["asks"]] == [8999, 9000, 9001, 9002, 9003] and after["seq"] > snap["seq"]
+        await c.drain(0.3)
+        assert not [m for m in c.inbox if m.get("type") == "book"]  # no deltas for a depth subscriber
+        bad = await c.request({"type": "subscribe", "channel": "trades", "depth": 5})
+        assert bad["code"] == "INVALID_MESSAGE"
