@@ -82,4 +82,10 @@ def from_us(us: int) -> datetime:
 
 
 def iso(us: int) -> str:
+    """The exchange's one time format: ISO 8601 in UTC with ``Z`` (from_us is already UTC)."""
     return from_us(us).isoformat().replace("+00:00", "Z")
+
+
+def iso_dt(t: datetime) -> str:
+    """:func:`iso` of an aware datetime (a database timestamp, the wall clock)."""
+    return t.astimezone(UTC).isoformat().replace("+00:00", "Z")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
 import orjson
 
 from exchange.core.model import Side, TradeEvent
@@ -14,10 +12,6 @@ def encode(msg: dict) -> str:
     return orjson.dumps(msg).decode()
 
 
-
-def utc_iso(t: datetime) -> str:
-    """The exchange's one time format: ISO 8601 in UTC with ``Z`` (as ``exchange.core.units.iso``)."""
-    return t.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 def aggressor(ev: TradeEvent) -> str:

@@ -59,7 +59,7 @@ from exchange.core.model import (
     ProductListed,
     ProductStateChanged,
 )
-from exchange.core.units import US_PER_MIN, div_half_even, iso, to_us
+from exchange.core.units import US_PER_MIN, div_half_even, iso, iso_dt, to_us
 from exchange.gateway.encoding import aggressor
 from exchange.gateway.encoding import encode as _encode
 from exchange.gateway.marketdata import MarketData
@@ -236,12 +236,12 @@ class OperatorFeed:
             st.volume, st.trades, st.last_price = ps.energy_wh, ps.trades, ps.last_price
         for r in await store.history(upto, self.history_len):
             self._stats(r["product_id"]).history.append(
-                [r["ts"].isoformat().replace("+00:00", "Z"), r["price_ticks"], r["energy_wh"]])
+                [iso_dt(r["ts"]), r["price_ticks"], r["energy_wh"]])
         for r in reversed(await store.recent(upto, self.recent.maxlen or 0)):
             self.recent.append({"trade_id": r["trade_id"], "seq": r["seq"], "product_id": r["product_id"],
                                 "price": r["price_ticks"], "quantity": r["energy_wh"], "buyer": r["buyer"],
                                 "seller": r["seller"], "aggressor": None,
-                                "ts": r["ts"].isoformat().replace("+00:00", "Z")})
+                                "ts": iso_dt(r["ts"])})
 
     async def _load_members(self) -> None:
         self._members_dirty = False

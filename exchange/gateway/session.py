@@ -22,8 +22,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from exchange.core.ids import MemberId, OrderId
 from exchange.core.model import CancelAll as CancelAllCmd
 from exchange.core.model import CancelOrder, ModifyOrder, PlaceOrder, Side, TimeInForce
-from exchange.core.units import iso
-from exchange.gateway.encoding import utc_iso
+from exchange.core.units import iso, iso_dt
 from exchange.gateway.keys import MARKET, PROTOCOL, SETTINGS, SOCKETS, WS_REQUESTS
 from exchange.gateway.marketdata import MARKET_DATA, MarketData, Pending
 from exchange.gateway.metrics import METRICS
@@ -250,7 +249,7 @@ class Session:
         kind = msg.type
         if kind == "ping":
             self.send({"type": "response", "id": msg.id, "result": {"pong": True, "rate": self.bucket.usage(),
-                       "server_time": utc_iso(datetime.now(UTC)),
+                       "server_time": iso_dt(datetime.now(UTC)),
                        "market_time": iso(self.market.runtime.clock.now_us())}})
             return
         if kind == "login":
@@ -332,14 +331,14 @@ class Session:
         expires = None
         if msg.timeout_s > 0:
             self.dead_man = asyncio.get_running_loop().call_later(msg.timeout_s, self._dead_man_fired, member)
-            expires = utc_iso(datetime.now(UTC) + timedelta(seconds=msg.timeout_s))
+            expires = iso_dt(datetime.now(UTC) + timedelta(seconds=msg.timeout_s))
         self.send({"type": "response", "id": msg.id,
                    "result": {"armed": self.dead_man is not None, "timeout_s": msg.timeout_s, "expires_at": expires}})
 
     def _dead_man_fired(self, member: MemberId) -> None:
         self.dead_man = None
         log.warning("dead man's switch of %s ran out: cancelling its orders", member)
-        self.send({"type": "dead_man_triggered", "ts": utc_iso(datetime.now(UTC))})
+        self.send({"type": "dead_man_triggered", "ts": iso_dt(datetime.now(UTC))})
         self._cancel_everything(member)
 
     def _cancel_everything(self, member: MemberId) -> None:
@@ -426,7 +425,7 @@ class Session:
         for r in rows:
             side = "buy" if r["buyer"] == member else "sell"
             out.append({"trade_id": r["trade_id"], "seq": r["seq"], "product_id": r["product_id"], "side": side,
-                        "price": r["price_ticks"], "quantity": r["energy_wh"], "ts": utc_iso(r["ts"]),
+                        "price": r["price_ticks"], "quantity": r["energy_wh"], "ts": iso_dt(r["ts"]),
                         "counterparty": (r["seller"] if side == "buy" else r["buyer"])
                         if self.settings.disclose_counterparty else None})
         self.send({"type": "response", "id": msg.id, "result": {"trades": out}})
@@ -501,7 +500,7 @@ async def ws_handler(request: web.Request) -> web.StreamResponse:
     if metrics is not None:
         metrics.peer_connected()
     session.send({"type": "hello", "protocol": PROTOCOL_VERSION, "market_id": settings.market_id,
-                  "challenge": session.challenge, "server_time": utc_iso(datetime.now(UTC)),
+                  "challenge": session.challenge, "server_time": iso_dt(datetime.now(UTC)),
                   "market_time": iso(app[MARKET].runtime.clock.now_us()),
                   "eip712_domain": auth.domain(settings.chain_id)})
     try:

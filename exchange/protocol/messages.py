@@ -202,11 +202,6 @@ class ProtocolError(Exception):
         self.request_id = request_id
 
 
-def request_id(raw: str | bytes) -> Any:
-    """Best effort: the ``id`` of a message that failed validation, to echo it (also from
-    frames orjson cannot parse: exchange.protocol.frames)."""
-    return read_request_id(raw)
-
 
 # --------------------------------------------------------------------------- server messages
 # Built as plain dicts on the hot path; these models document them and generate the schema.
@@ -357,7 +352,7 @@ class WireProtocol:
         except ValidationError as exc:
             errors = exc.errors(include_url=False)
             kinds = {e["type"] for e in errors}
-            rid = request_id(raw)
+            rid = read_request_id(raw)
             if "json_invalid" in kinds or "json_type" in kinds:
                 raise ProtocolError("MALFORMED_JSON", "the frame is not a JSON object", rid) from None
             if kinds & {"union_tag_invalid", "union_tag_not_found"}:

@@ -9,15 +9,11 @@ settlement itself; moving it to a table of its own belongs to settlement's own p
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
 
-
-def _iso(t: datetime) -> str:
-    """The exchange's one time format: ISO 8601 in UTC with ``Z`` (as ``exchange.core.units.iso``)."""
-    return t.astimezone(UTC).isoformat().replace("+00:00", "Z")
+from exchange.core.units import iso_dt
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,7 +43,7 @@ class TradeStore:
         rows = await self.pool.fetch(
             "SELECT trade_id, seq, product_id, delivery_start, energy_wh, price_ticks, ts FROM trades "
             "WHERE market_id = $1 AND seq > $2 ORDER BY seq LIMIT $3", self.market_id, after, limit)
-        return [{**dict(r), "delivery_start": _iso(r["delivery_start"]), "ts": _iso(r["ts"])} for r in rows]
+        return [{**dict(r), "delivery_start": iso_dt(r["delivery_start"]), "ts": iso_dt(r["ts"])} for r in rows]
 
     async def of_product(self, product_id: str, after: int, limit: int) -> list[dict[str, Any]]:
         """A product's committed trades with buyer, seller and orders (operator view)."""
@@ -55,7 +51,7 @@ class TradeStore:
             "SELECT trade_id, seq, product_id, delivery_start, buyer, seller, buy_order_id, sell_order_id, "
             "energy_wh, price_ticks, ts FROM trades WHERE market_id = $1 AND product_id = $2 AND seq > $3 "
             "ORDER BY seq LIMIT $4", self.market_id, product_id, after, limit)
-        return [{**dict(r), "delivery_start": _iso(r["delivery_start"]), "ts": _iso(r["ts"])} for r in rows]
+        return [{**dict(r), "delivery_start": iso_dt(r["delivery_start"]), "ts": iso_dt(r["ts"])} for r in rows]
 
     async def of_member(self, member: str, after: int, product_id: str | None, limit: int) -> list[asyncpg.Record]:
         """A member's trades (as buyer or seller) after ``seq``."""
@@ -68,19 +64,6 @@ class TradeStore:
         return await self.pool.fetch(
             f"SELECT {cols} FROM (({side.format(who='buyer')}) UNION ({side.format(who='seller')})) t "
             "ORDER BY seq LIMIT $5", self.market_id, member, after, product_id, limit)
-
-    async def positions(self, member: str) -> list[dict[str, Any]]:
-        """Per product: energy bought and sold and the money payable (bought - sold value)."""
-        rows = await self.pool.fetch(
-            "SELECT product_id, "
-            "sum(CASE WHEN buyer = $2 THEN energy_wh ELSE 0 END) AS bought, "
-            "sum(CASE WHEN seller = $2 THEN energy_wh ELSE 0 END) AS sold, "
-            "sum(CASE WHEN buyer = $2 THEN energy_wh::numeric * price_ticks ELSE 0 END) - "
-            "sum(CASE WHEN seller = $2 THEN energy_wh::numeric * price_ticks ELSE 0 END) AS payable "
-            "FROM trades WHERE market_id = $1 AND (buyer = $2 OR seller = $2) GROUP BY product_id ORDER BY product_id",
-            self.market_id, member)
-        return [{"product_id": r["product_id"], "bought": int(r["bought"]), "sold": int(r["sold"]),
-                 "payable": int(r["payable"])} for r in rows]
 
     async def position_totals(self, upto: int) -> list[tuple[str, str, int, int, int]]:
         """(member, product, bought Wh, sold Wh, payable) of every member and product, over the

@@ -251,11 +251,8 @@ async def _load(base: str, connections: int, orders: int, window: int, seed: int
         elapsed = time.perf_counter() - t
     lat.sort()
 
-    def pct(q):
-        return round(lat[min(len(lat) - 1, int(len(lat) * q))] / 1e6, 2)
-
     return {"orders": len(lat), "seconds": round(elapsed, 3), "orders_per_s": round(len(lat) / elapsed),
-            "ack_p50_ms": pct(0.5), "ack_p99_ms": pct(0.99), "errors": counts["errors"],
+            "ack_p50_ms": _pct(lat, 0.5), "ack_p99_ms": _pct(lat, 0.99), "errors": counts["errors"],
             "error_codes": counts["error_codes"], "rejected": counts["rejected"], "connections": connections,
             "window": window}
 
