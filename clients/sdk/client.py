@@ -110,6 +110,7 @@ from clients.sdk.models import (
     ProductsResult,
     ProductState,
     PublicTrade,
+    VolatilityInterruption,
 )
 
 __all__ = ["BookFeed", "Feed", "VoltbourseClient"]
@@ -684,11 +685,12 @@ class VoltbourseClient:
         return feed
 
     async def subscribe_products(self, maxsize: int = 0) -> tuple[ProductsResult, Feed]:
-        """Every product's state now, and a feed of changes (``ProductState`` / ``MarketState``).
-        ``product_states`` stays current from then on."""
-        feed = Feed(self, ("product_state", "market_state"), maxsize,
-                    parse=lambda m: ProductState.model_validate(m) if m["type"] == "product_state"
-                    else MarketState.model_validate(m))
+        """Every product's state now, and a feed of changes (``ProductState``, ``MarketState``,
+        and ``VolatilityInterruption`` when a product's continuous trading pauses for a
+        volatility auction). ``product_states`` stays current from then on."""
+        parsers = {"product_state": ProductState.model_validate, "market_state": MarketState.model_validate,
+                   "volatility_interruption": VolatilityInterruption.model_validate}
+        feed = Feed(self, tuple(parsers), maxsize, parse=lambda m: parsers[m["type"]](m))
         r = self._on_products(await self._call(wire.subscribe(self._next_id(), "products")))
         self._products_sub = True
         return r, feed

@@ -24,11 +24,12 @@ from exchange.protocol.messages import (  # noqa: F401  (re-exported)
     ProductState,
     PublicTrade,
 )
+from exchange.protocol.messages import VolatilityInterruptionPush as VolatilityInterruption
 
 __all__ = [
     "BookDelta", "BookSnapshot", "CancelAllResult", "CancelResult", "Execution", "Fill", "Hello", "LoginResult",
     "MarketState", "MyTrade", "OpenOrder", "OrderResult", "Position", "ProductInfo", "ProductState",
-    "ProductsResult", "PublicTrade", "Side", "Tif",
+    "ProductsResult", "PublicTrade", "Side", "Tif", "VolatilityInterruption",
 ]
 
 Side = Literal["buy", "sell"]

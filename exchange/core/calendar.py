@@ -27,6 +27,7 @@ from exchange.core.units import US_PER_MIN, UTC, from_us, to_us
 class ProductState(str, Enum):
     PRE_OPEN = "pre_open"
     OPEN = "open"
+    AUCTION = "auction"  # a volatility auction: orders rest, nothing matches until it clears
     CLOSED = "closed"  # gate closed, awaiting delivery
     DELIVERED = "delivered"
 

@@ -22,9 +22,10 @@ from dataclasses import dataclass, field
 from datetime import date, time
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
-from exchange.core import auction
+from exchange.core import auction, controls
 from exchange.core.book import Order, OrderBook
 from exchange.core.calendar import Calendar, CalendarConfig, GateMode, Product, ProductState
+from exchange.core.controls import PriceControls
 from exchange.core.ids import MemberId, OrderId, ProductId, TradeId
 from exchange.core.model import (
     Aggressor,
@@ -62,13 +63,14 @@ from exchange.core.model import (
     TimeInForce,
     TradeEvent,
     UpdateCollateral,
+    VolatilityInterruption,
 )
 
 DAY_US = 86_400_000_000
 #: A delivery day is listed (its products visible, pre-open) this long before it opens.
 LISTING_LEAD_US = DAY_US
 
-_LIST, _OPEN, _GATE, _DELIVER = 0, 1, 2, 3
+_LIST, _OPEN, _GATE, _DELIVER, _REOPEN = 0, 1, 2, 3, 4
 
 _P = ParamSpec("_P")
 _E = TypeVar("_E", bound=Event)
@@ -79,6 +81,7 @@ _BUY, _SELL = Side.BUY, Side.SELL
 _GTC, _FOK = TimeInForce.GTC, TimeInForce.FOK
 _CALL = Mechanism.CALL
 _OPEN_STATE = ProductState.OPEN
+_AUCTION_STATE = ProductState.AUCTION
 _STP_ALLOW = SelfTradePrevention.ALLOW
 _STP_CANCEL_NEWEST = SelfTradePrevention.CANCEL_NEWEST
 _STP_CANCEL_OLDEST = SelfTradePrevention.CANCEL_OLDEST
@@ -100,6 +103,12 @@ class MarketConfig:
     # refused during a halt could be replayed after it). Markets whose stored config predates
     # this rule keep the old one (the nonce checked last), so their journals replay unchanged.
     nonce_first: bool = True
+    # A rejection that changes nothing (no nonce used up) is answered but neither numbered in
+    # the event sequence nor journaled, and a rejected client order id is not remembered (it
+    # may be sent again). Markets whose stored config predates this rule keep the old one
+    # (every rejection journaled, its client id remembered), so their journals replay unchanged.
+    quiet_rejections: bool = True
+    controls: PriceControls = field(default_factory=PriceControls)
 
     def __post_init__(self) -> None:
         if self.price_min >= self.price_max:
@@ -128,6 +137,8 @@ class MarketConfig:
             "mechanism": self.mechanism.value,
             "risk_checks": self.risk_checks,
             "nonce_first": self.nonce_first,
+            "quiet_rejections": self.quiet_rejections,
+            "controls": self.controls.to_dict(),
         }
 
     @classmethod
@@ -139,6 +150,8 @@ class MarketConfig:
         rest["self_trade_prevention"] = SelfTradePrevention(rest["self_trade_prevention"])
         rest["mechanism"] = Mechanism(rest["mechanism"])
         rest.setdefault("nonce_first", False)  # stored before the rule existed
+        rest.setdefault("quiet_rejections", False)  # likewise
+        rest["controls"] = PriceControls.from_dict(rest.get("controls"))  # absent: all off
         return cls(calendar=CalendarConfig(**c), **rest)
 
 
@@ -160,13 +173,16 @@ class Account:
 class ProductBook:
     """A listed product: its calendar entry, state and book."""
 
-    __slots__ = ("product", "state", "book", "capacity_factor")
+    __slots__ = ("product", "state", "book", "capacity_factor", "ref_price", "auction_until", "otr")
 
     def __init__(self, product: Product, state: ProductState) -> None:
         self.product = product
         self.state = state
         self.book = OrderBook(product.product_id)
         self.capacity_factor = product.minutes  # W x minutes / 60 = Wh
+        self.ref_price: int | None = None  # last trade (or auction) price: the price controls' reference
+        self.auction_until = 0  # end of a volatility auction in progress (state AUCTION)
+        self.otr: dict[MemberId, list[int]] = {}  # member -> [order entries, fills] (order-to-trade ratio)
 
 
 class MarketEngine:
@@ -193,6 +209,10 @@ class MarketEngine:
         # (time, kind, delivery start, key): key is a product id, or the ISO date of a day to list
         self._schedule: list[tuple[int, int, int, str]] = []
         self._out: list[Event] = []
+        self._otr_on = bool(config.controls.otr_max)
+        cc = config.controls
+        self._controls_on = bool(cc.banded or cc.max_order_value or cc.otr_max)  # checks at order entry
+        self._volatility_on = config.controls.volatility_on
 
     # ------------------------------------------------------------------ entry point
     def process(self, cmd: Command) -> list[Event]:
@@ -235,7 +255,18 @@ class MarketEngine:
         return ev
 
     def _reject(self, ts: int, member: MemberId | None, command: str, reason: Reason, detail: str,
-                client_order_id: str | None = None, order_id: OrderId | None = None) -> None:
+                client_order_id: str | None = None, order_id: OrderId | None = None, *,
+                spent: bool = False) -> None:
+        """Answer a command with a rejection. Under the quiet rule a rejection that used up
+        nothing (``spent``: a signed order's nonce was) changes no state: it carries the seq
+        of the last event (the state it was judged on), takes no new one and is not journaled."""
+        if self.config.quiet_rejections:
+            if spent:
+                self._emit(Rejected, ts, member, command, reason.value, detail, client_order_id, order_id)
+            else:
+                self._out.append(Rejected(self.seq, ts, member, command, reason.value, detail, client_order_id,
+                                          order_id))
+            return
         ev = self._emit(Rejected, ts, member, command, reason.value, detail, client_order_id, order_id)
         if client_order_id is not None and member is not None and command == PlaceOrder.type:
             self._remember_client_id(member, client_order_id, None, ev.seq, reason.value, None)
@@ -266,6 +297,8 @@ class MarketEngine:
                     self._emit(ProductStateChanged, t, pid, ProductState.OPEN.value)
                 elif kind == _GATE:
                     self._gate_closure(pb, t)
+                elif kind == _REOPEN:
+                    self._reopen(pb, t)
                 else:
                     self._delivered(pb, t)
         self.now = ts
@@ -292,7 +325,7 @@ class MarketEngine:
 
     def _gate_closure(self, pb: ProductBook, t: int) -> None:
         pid = pb.product.product_id
-        if self.config.mechanism is Mechanism.CALL:
+        if self.config.mechanism is Mechanism.CALL or pb.state is _AUCTION_STATE:
             self._clear_auction(pb, t)
         for o in list(pb.book.orders()):
             self._unrest(pb, o)
@@ -311,6 +344,7 @@ class MarketEngine:
         pb.book = OrderBook(pid)
         for member in self.positions.pop(pid, {}):
             self.open_sell.pop((pid, member), None)
+        pb.otr = {}
         for key in self._client_ids_by_product.pop(pid, ()):
             self.client_ids.pop(key, None)
 
@@ -328,6 +362,26 @@ class MarketEngine:
             for o in (buy, sell):
                 if book.fill(o, q):
                     del self.orders[o.order_id]
+
+    def _interrupt(self, pb: ProductBook, price: int, t: int) -> None:
+        """Stop continuous trading of ``pb``: a trade at ``price`` would leave the volatility
+        range around its reference. Orders rest without matching until the auction clears."""
+        until = t + self.config.controls.volatility_auction_s * 1_000_000
+        pb.state = _AUCTION_STATE
+        pb.auction_until = until
+        pid = pb.product.product_id
+        self._emit(VolatilityInterruption, t, pid, price, pb.ref_price, until)
+        self._emit(ProductStateChanged, t, pid, ProductState.AUCTION.value)
+        self._push(until, _REOPEN, pb.product.start_us, pid)
+
+    def _reopen(self, pb: ProductBook, t: int) -> None:
+        """End of a volatility auction: clear it at one price, then trade continuously again."""
+        if pb.state is not _AUCTION_STATE or pb.auction_until != t:
+            return  # the gate closed first
+        self._clear_auction(pb, t)
+        pb.state = _OPEN_STATE
+        pb.auction_until = 0
+        self._emit(ProductStateChanged, t, pb.product.product_id, ProductState.OPEN.value)
 
     # ------------------------------------------------------------------ accounting
     def _rest(self, pb: ProductBook, o: Order) -> None:
@@ -373,6 +427,13 @@ class MarketEngine:
         s[2] -= value
         accounts[buy.member].net_payable += value
         accounts[sell.member].net_payable -= value
+        pb.ref_price = price
+        if self._otr_on:
+            for m in (buy.member, sell.member):
+                c = pb.otr.get(m)
+                if c is None:
+                    c = pb.otr[m] = [0, 0]
+                c[1] += 1
         tid = self.next_trade_id
         self.next_trade_id = TradeId(tid + 1)
         self._emit(
@@ -394,6 +455,8 @@ class MarketEngine:
         if pb is None:
             return Reason.UNKNOWN_PRODUCT, f"no product {product_id}"
         if pb.state is not _OPEN_STATE:
+            if pb.state is _AUCTION_STATE:  # a volatility auction: orders rest until it clears
+                return None
             if pb.state is ProductState.PRE_OPEN:
                 return Reason.PRODUCT_NOT_OPEN, f"product {product_id} is not open yet"
             return Reason.PRODUCT_CLOSED, f"product {product_id} is {pb.state.value}"
@@ -437,6 +500,28 @@ class MarketEngine:
                         f"for {pid} ({have} Wh already open or sold)")
         return None
 
+    def _check_controls(self, pb: ProductBook, member: MemberId, side: Side, price: int,
+                        qty: int) -> tuple[Reason, str] | None:
+        """The pre-trade price controls (exchange.core.controls) for an order entry."""
+        c = self.config.controls
+        msg = controls.value_violation(c, price, qty)
+        if msg is not None:
+            return Reason.ORDER_VALUE_TOO_LARGE, msg
+        msg = controls.band_violation(c, pb.ref_price, side is _BUY, price)
+        if msg is not None:
+            return Reason.PRICE_OUTSIDE_BAND, msg
+        if self._otr_on:
+            msg = controls.otr_violation(c, pb.otr, member)
+            if msg is not None:
+                return Reason.ORDER_TO_TRADE_RATIO, msg
+        return None
+
+    def _count_entry(self, pb: ProductBook, member: MemberId) -> None:
+        c = pb.otr.get(member)
+        if c is None:
+            c = pb.otr[member] = [0, 0]
+        c[0] += 1
+
     def _use_nonce(self, member: MemberId, nonce: object) -> tuple[Reason, str] | None:
         """Check a signed order's nonce (above the member's last) and use it up."""
         acct = self.accounts[member]
@@ -457,27 +542,35 @@ class MarketEngine:
         if type(cmd.side) is not Side or type(cmd.tif) is not TimeInForce or type(cmd.price) is not int \
                 or type(cmd.quantity) is not int:
             err = Reason.INVALID_VALUE, "side/tif must be enums and price/quantity integers"
-        nonce_used = False
+        nonce_used = spent = False
         if err is None and cmd.nonce is not None and self.config.nonce_first and member in self.accounts:
             err = self._use_nonce(member, cmd.nonce)
             nonce_used = True
+            spent = err is None
         if err is None and self.halted:
             err = Reason.MARKET_HALTED, f"market halted: {self.halt_reason}"
         err = (err or self._check_member(member) or self._check_product(cmd.product_id)
                or self._check_price_qty(cmd.price, cmd.quantity))
-        mech_call = self.config.mechanism is _CALL
-        if err is None and mech_call and cmd.tif is not _GTC:
-            err = Reason.TIF_NOT_SUPPORTED, f"{cmd.tif.value} is not supported in a call auction"
         pb = self.products.get(cmd.product_id)
+        mech_call = self.config.mechanism is _CALL
+        resting_only = mech_call or (pb is not None and pb.state is _AUCTION_STATE)
+        if err is None and resting_only and cmd.tif is not _GTC:
+            err = Reason.TIF_NOT_SUPPORTED, (f"{cmd.tif.value} is not supported in a call auction" if mech_call
+                                             else f"{cmd.tif.value} is not supported during a volatility auction")
         if err is None and cmd.nonce is not None and not nonce_used:
             err = self._use_nonce(member, cmd.nonce)
+            spent = err is None
         if err is None:
             assert pb is not None  # _check_product passed
-            err = self._check_risk(pb, member, cmd.side, cmd.price, cmd.quantity)
+            if self._controls_on:
+                err = self._check_controls(pb, member, cmd.side, cmd.price, cmd.quantity)
+            err = err or self._check_risk(pb, member, cmd.side, cmd.price, cmd.quantity)
         if err is not None:
-            self._reject(ts, member, PlaceOrder.type, err[0], err[1], client_order_id=coid)
+            self._reject(ts, member, PlaceOrder.type, err[0], err[1], client_order_id=coid, spent=spent)
             return
         assert pb is not None
+        if self._otr_on:
+            self._count_entry(pb, member)
         oid = self.next_order_id
         self.next_order_id = OrderId(oid + 1)
         o = Order(oid, member, cmd.product_id, cmd.side, cmd.price, cmd.quantity, cmd.tif, coid, cmd.signature, ts)
@@ -485,7 +578,7 @@ class MarketEngine:
                         cmd.tif, coid, cmd.signature)
         if coid is not None:
             self._remember_client_id(member, coid, oid, ev.seq, None, cmd.product_id)
-        if mech_call:
+        if resting_only:
             self._rest(pb, o)
             return
         self._continue(pb, o, ts)
@@ -509,10 +602,15 @@ class MarketEngine:
     def _fillable(self, pb: ProductBook, o: Order) -> int:
         """Volume an incoming order could trade now, honouring self-trade prevention."""
         stp = self.config.self_trade_prevention
+        c = self.config.controls
+        ref = pb.ref_price
         total = 0
         for price, lvl in pb.book.side_levels(Side.SELL if o.side is Side.BUY else Side.BUY):
             if (price > o.price) if o.side is Side.BUY else (price < o.price):
                 break
+            if controls.triggers_interruption(c, ref, price):
+                break  # matching would stop there (volatility interruption)
+            ref = price
             for r in lvl.live_orders():
                 if r.member == o.member and stp is not SelfTradePrevention.ALLOW:
                     if stp is SelfTradePrevention.CANCEL_OLDEST:
@@ -538,6 +636,7 @@ class MarketEngine:
         member = o.member
         orders = self.orders
         execute = self._execute
+        volatility = self._volatility_on
         while o.remaining:
             lvl = best_level(opposite)
             if lvl is None:
@@ -545,6 +644,9 @@ class MarketEngine:
             price = lvl.price
             if (price > limit) if buy else (price < limit):
                 break
+            if volatility and controls.triggers_interruption(self.config.controls, pb.ref_price, price):
+                self._interrupt(pb, price, ts)
+                return True
             while o.remaining:
                 r = lvl.head()
                 if r is None:  # the level is empty and gone: on to the next one
@@ -597,12 +699,16 @@ class MarketEngine:
         err = err or self._check_member(cmd.member) or self._check_price_qty(price, qty)
         if err is None and price == o.price and qty == o.remaining:
             err = Reason.NO_CHANGE, "the new price and quantity equal the order's"
+        if err is None and self._controls_on:
+            err = self._check_controls(pb, o.member, o.side, price, qty)
         if err is None:
             err = self._check_risk(pb, o.member, o.side, price, qty, release=o.exposure(),
                                    release_sell=o.remaining if o.side is _SELL else 0)
         if err is not None:
             self._reject(ts, cmd.member, rej, err[0], err[1], order_id=cmd.order_id)
             return
+        if self._otr_on:
+            self._count_entry(pb, o.member)
         if price == o.price and qty < o.remaining:
             # quantity down keeps time priority
             self.accounts[o.member].open_exposure -= o.exposure()
@@ -619,7 +725,7 @@ class MarketEngine:
         n.price = price
         n.ts = ts
         self._emit(OrderModified, ts, n.order_id, n.member, n.product_id, price, qty, False)
-        if self.config.mechanism is _CALL:
+        if self.config.mechanism is _CALL or pb.state is _AUCTION_STATE:
             self._rest(pb, n)
         else:
             self._continue(pb, n, ts)
@@ -718,7 +824,8 @@ class MarketEngine:
             "next_order_id": self.next_order_id,
             "next_trade_id": self.next_trade_id,
             "halted": [self.halted, self.halt_reason],
-            "products": [[pid, pb.state.value] for pid, pb in sorted(self.products.items())],
+            "products": [[pid, pb.state.value, pb.ref_price, pb.auction_until, sorted([m, *c] for m, c in pb.otr.items())]
+                         for pid, pb in sorted(self.products.items())],
             "books": {pid: [o.snapshot() for o in pb.book.orders()] for pid, pb in sorted(self.products.items())},
             "accounts": [[a.member, a.collateral, a.export_capacity_w, a.suspended, a.open_exposure, a.net_payable,
                           a.last_nonce, a.settlement_ref] for _, a in sorted(self.accounts.items())],
@@ -739,7 +846,7 @@ class MarketEngine:
         live = 0
         for pid, pb in self.products.items():
             book = pb.book
-            if self.config.mechanism is Mechanism.CONTINUOUS:
+            if self.config.mechanism is Mechanism.CONTINUOUS and pb.state is not _AUCTION_STATE:
                 assert not book.is_crossed(), f"{pid} crossed"
             for side in (Side.BUY, Side.SELL):
                 for price, lvl in book.side_levels(side):

@@ -73,6 +73,10 @@ class Reason(str, Enum):
     NONCE_REUSED = "NONCE_REUSED"  # a signed order's nonce was not above the member's last one
     NO_CHANGE = "NO_CHANGE"
     INVALID_VALUE = "INVALID_VALUE"
+    # pre-trade price controls (exchange.core.controls)
+    PRICE_OUTSIDE_BAND = "PRICE_OUTSIDE_BAND"  # beyond the dynamic band around the reference price
+    ORDER_VALUE_TOO_LARGE = "ORDER_VALUE_TOO_LARGE"  # quantity x |price| above the maximum order value
+    ORDER_TO_TRADE_RATIO = "ORDER_TO_TRADE_RATIO"  # too many order entries for the member's fills
 
 
 class CancelReason(str, Enum):
@@ -321,6 +325,19 @@ class AuctionCleared(Event):
     product_id: ProductId
     price: int | None
     volume: int
+
+
+@dataclass(slots=True)
+class VolatilityInterruption(Event):
+    """Continuous trading of a product stopped before a trade at ``price``, outside the
+    volatility range around ``reference``: a volatility auction runs until ``until`` (us),
+    then clears at one price (``auction_cleared``) and the product is open again."""
+
+    type: ClassVar[str] = "volatility_interruption"
+    product_id: ProductId
+    price: int
+    reference: int | None
+    until: int
 
 
 @dataclass(slots=True)

@@ -28,6 +28,7 @@ from exchange.core.model import (
     ProductStateChanged,
     Rejected,
     TradeEvent,
+    VolatilityInterruption,
 )
 from exchange.gateway.ack import Acknowledger, Peer, Pending
 from exchange.gateway.mirror import BookMirror, MirrorOrder
@@ -125,6 +126,8 @@ class MarketData:
                     pub.state(ev, mirror, public)
                 elif isinstance(ev, Rejected):
                     pub.rejected(ev)
+                elif isinstance(ev, VolatilityInterruption):
+                    pub.volatility(ev, public)
                 elif isinstance(ev, MemberUpdated):
                     mirror.apply(ev, touched, book_last)
                     if ev.suspended:

@@ -300,7 +300,7 @@ OPERATOR_ROUTES: tuple[Route, ...] = (
 
 _LEVEL = obj(price=INT, volume=INT, orders=INT)
 _PRODUCT = obj(product_id=STR, delivery_day={"type": "string", "format": "date"}, start=TIME, end=TIME,
-                open=TIME, gate=TIME, state={"enum": ["pre_open", "open", "closed", "delivered"]},
+                open=TIME, gate=TIME, state={"enum": ["pre_open", "open", "auction", "closed", "delivered"]},
                 best_bid=OPT_INT, best_ask=OPT_INT)
 _TRADE = obj(trade_id=INT, seq=INT, product_id=STR, delivery_start=TIME, energy_wh=INT, price_ticks=INT, ts=TIME)
 _ACCOUNT = {"type": ["object", "null"], "description": "the engine's account (null: not registered)",

@@ -20,6 +20,7 @@ from exchange.core.model import (
     ProductStateChanged,
     Rejected,
     TradeEvent,
+    VolatilityInterruption,
 )
 from exchange.core.units import iso
 from exchange.gateway.ack import Peer
@@ -161,6 +162,12 @@ class Publisher:
             public.append((self.product_subs, encode({"type": "market_state", "halted": mirror.halted[0],
                                                       "reason": mirror.halted[1], "seq": ev.seq,
                                                       "ts": iso(ev.ts)})))
+
+    def volatility(self, ev: VolatilityInterruption, public: Public) -> None:
+        if self.product_subs:
+            public.append((self.product_subs, encode({
+                "type": "volatility_interruption", "product_id": ev.product_id, "price": ev.price,
+                "reference": ev.reference, "until": iso(ev.until), "seq": ev.seq, "ts": iso(ev.ts)})))
 
     def books(self, mirror: BookMirror, touched: set[tuple[str, str, int]], book_last: dict[str, int]) -> None:
         """One book delta per product touched by the group (its levels after the group)."""

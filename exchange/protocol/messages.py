@@ -294,7 +294,21 @@ class PublicTrade(Push):
 class ProductState(Push):
     type: Literal["product_state"]
     product_id: str
-    state: Literal["pre_open", "open", "closed", "delivered"]
+    state: Literal["pre_open", "open", "auction", "closed", "delivered"]
+    seq: int
+    ts: str
+
+
+class VolatilityInterruptionPush(Push):
+    """Continuous trading of a product stopped before a trade at ``price`` (outside the
+    volatility range around ``reference``, the last trade price): orders rest until the
+    volatility auction clears at ``until``, then the product is open again."""
+
+    type: Literal["volatility_interruption"]
+    product_id: str
+    price: int
+    reference: int | None
+    until: str
     seq: int
     ts: str
 
@@ -315,7 +329,7 @@ class DeadManTriggered(Push):
 
 
 CORE_PUSHES: tuple[type[Push], ...] = (Hello, Response, Error, Execution, BookSnapshot, BookDelta, PublicTrade,
-                                       ProductState, MarketState, DeadManTriggered)
+                                       ProductState, VolatilityInterruptionPush, MarketState, DeadManTriggered)
 
 
 def message_type(model: type[BaseModel]) -> str:

@@ -112,6 +112,21 @@ class Settings(BaseSettings):
     self_trade_prevention: Literal["cancel_newest", "cancel_oldest", "cancel_both", "allow"] = "cancel_newest"
     mechanism: Literal["continuous", "call"] = "continuous"
     risk_checks: bool = True
+    # Pre-trade price controls (exchange/core/controls.py, docs/engine.md); 0 turns one off.
+    #: dynamic price band around the product's last trade price: basis points of |price|,
+    #: at least price_band_min_ticks (a buy above / sell below the band is refused)
+    price_band_bp: int = Field(5000, ge=0)
+    price_band_min_ticks: int = Field(10_000, ge=0)
+    #: largest order value, quantity x |price|, in whole euros (fat-finger limit)
+    max_order_value_eur: int = Field(50_000, ge=0)
+    #: volatility interruption: a trade further than this from the last trade price stops
+    #: continuous trading of the product for volatility_auction_s, then a call auction reopens it
+    volatility_bp: int = Field(3000, ge=0)
+    volatility_min_ticks: int = Field(5000, ge=0)
+    volatility_auction_s: int = Field(30, ge=1)
+    #: order-to-trade ratio per member and product: entries allowed per fill (0: off), after otr_free
+    otr_max: int = Field(0, ge=0)
+    otr_free: int = Field(200, ge=0)
 
     # --- journal -------------------------------------------------------------
     journal_max_batch: int = Field(2000, ge=1)

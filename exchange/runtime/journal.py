@@ -39,7 +39,7 @@ class Entry:
     journal); ``origin`` is the submitter's context (e.g. a peer session and
     its request id), opaque to the runtime and journal."""
 
-    cmd_seq: int
+    cmd_seq: int  # 0: a rejection that changed nothing, answered but not journaled
     command: Command
     events: list[Event]
     command_dict: dict
@@ -73,6 +73,8 @@ class Journal:
         jrows = []
         trows = []
         for e in entries:
+            if not e.cmd_seq:
+                continue  # a rejection that changed nothing: not journaled
             evs = e.events
             jrows.append((mid, e.cmd_seq, evs[0].seq, evs[-1].seq, from_us(e.command_dict["ts"]),
                           e.command_dict, [event_to_dict(ev) for ev in evs]))

@@ -219,9 +219,15 @@ class MarketRuntime:
                     # Never stamp before the engine's clock (a wall clock may step back): the
                     # journaled ts is then exactly the time the engine used.
                     cmd.ts = ts if ts > engine.now else engine.now
+                    before = engine.seq
                     events = engine.process(cmd)
                     if not events:  # nothing happened (a tick with nothing due): nothing to persist
                         self._resolve(fut, Result(self.cmd_seq, [], t0))
+                        continue
+                    if engine.seq == before:
+                        # A rejection that changed nothing: not journaled (replay does not need
+                        # it), answered in order with the group so no answer overtakes another.
+                        group.append((Entry(0, cmd, events, {}, origin), fut, t0))
                         continue
                     self.cmd_seq += 1
                     group.append((Entry(self.cmd_seq, cmd, events, command_to_dict(cmd), origin), fut, t0))
@@ -249,7 +255,7 @@ class MarketRuntime:
                 jrows, trows = self.journal.rows(entries, self.engine)
                 t = time.perf_counter()
                 delay = 0.05
-                while True:
+                while jrows:
                     try:
                         await self.journal.write(jrows, trows)
                         break
@@ -259,7 +265,7 @@ class MarketRuntime:
                         await asyncio.sleep(delay)
                         delay = min(delay * 2, 5.0)
                 elapsed = time.perf_counter() - t
-                self.committed_seq = entries[-1].events[-1].seq
+                self.committed_seq = max(self.committed_seq, entries[-1].events[-1].seq)
                 for e, fut, t0 in batch:
                     self._resolve(fut, Result(e.cmd_seq, e.events, t0))
                 for sub in list(self.subscribers):
@@ -268,7 +274,8 @@ class MarketRuntime:
                     except Exception:  # a subscriber must never stop the market
                         log.exception("subscriber failed; removing it")
                         self.subscribers.remove(sub)
-                self._record(elapsed, len(entries))
+                if jrows:
+                    self._record(elapsed, len(jrows))
                 for _ in range(n_groups):
                     groups.task_done()
         except asyncio.CancelledError:

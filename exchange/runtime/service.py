@@ -15,8 +15,10 @@ import asyncpg
 import uvloop
 
 from exchange.core.calendar import CalendarConfig, GateMode
+from exchange.core.controls import PriceControls
 from exchange.core.engine import MarketConfig, MarketEngine
 from exchange.core.model import Mechanism, SelfTradePrevention
+from exchange.core.units import MONEY_UNITS_PER_EUR
 from exchange.runtime.clock import Clock, RealClock, SimClock
 from exchange.runtime.config import Settings
 from exchange.runtime.db import create_pool
@@ -61,6 +63,16 @@ def market_config(s: Settings) -> MarketConfig:
         self_trade_prevention=SelfTradePrevention(s.self_trade_prevention),
         mechanism=Mechanism(s.mechanism),
         risk_checks=s.risk_checks,
+        controls=PriceControls(
+            price_band_bp=s.price_band_bp,
+            price_band_min_ticks=s.price_band_min_ticks,
+            max_order_value=s.max_order_value_eur * MONEY_UNITS_PER_EUR,
+            volatility_bp=s.volatility_bp,
+            volatility_min_ticks=s.volatility_min_ticks,
+            volatility_auction_s=s.volatility_auction_s,
+            otr_max=s.otr_max,
+            otr_free=s.otr_free,
+        ),
     )
 
 

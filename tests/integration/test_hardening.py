@@ -17,6 +17,7 @@ import pytest
 from support.keys import AUTH, KEYS, OPERATOR_TOKEN
 from support.wsclient import WSClient, peer
 
+from exchange.core.engine import MarketEngine
 from exchange.gateway.marketdata import MARKET_DATA
 from exchange.runtime.db import clear_stale_socket_locks
 from exchange.tools.platform import openapi
@@ -313,3 +314,63 @@ async def test_depth_limited_book_subscription_sends_bounded_snapshots(serve, ht
         assert not [m for m in c.inbox if m.get("type") == "book"]  # no deltas for a depth subscriber
         bad = await c.request({"type": "subscribe", "channel": "trades", "depth": 5})
         assert bad["code"] == "INVALID_MESSAGE"
+
+
+# ------------------------------------------------------------------ what a rejection costs
+
+
+async def test_rejected_orders_cost_no_journal_rows_and_no_memory(serve, http):
+    """20 000-style floods of refused orders with unique client ids: no journal row, no
+    client id kept; each refusal is still answered with its id; a rejected id may be reused."""
+    async with serve(market_id="rej") as server:
+        c = await peer(http, server, 0)
+        pid = server.open_products[0]
+        rows = await server.market.pool.fetchval("SELECT count(*) FROM journal WHERE market_id = 'rej'")
+        for i in range(500):
+            ans = await c.request({"type": "place", "id": f"r{i}", "product_id": pid, "side": "buy",
+                                   "price": 10**7, "quantity": 1, "client_order_id": f"bad-{i}"})
+            assert ans["id"] == f"r{i}" and ans["code"] == "PRICE_OUT_OF_BOUNDS", ans
+        assert await server.market.pool.fetchval("SELECT count(*) FROM journal WHERE market_id = 'rej'") == rows
+        assert not server.market.engine.client_ids
+        ok = await c.request({"type": "place", "product_id": pid, "side": "buy", "price": 100, "quantity": 1,
+                              "client_order_id": "bad-7"})
+        assert ok["type"] == "response" and not ok["result"].get("duplicate"), ok
+        # a replay of the journal (which has no rejections) rebuilds exactly the same state
+        fresh = MarketEngine(server.market.engine.config)
+        await server.market.journal.replay(fresh)
+        assert fresh.seq == server.market.engine.seq and fresh.state_hash() == server.market.engine.state_hash()
+
+
+# ------------------------------------------------------------------ price controls
+
+
+@pytest.mark.server(market_id="vol", members=KEYS[:3], volatility_min_ticks=500, volatility_bp=0,
+                    volatility_auction_s=30, price_band_bp=0, price_band_min_ticks=2000, max_order_value_eur=100)
+async def test_price_controls_over_the_websocket(serve, http):
+    async with serve() as server:
+        pid = server.open_products[0]
+        a, b, watcher = await peer(http, server, 0), await peer(http, server, 1), await peer(http, server, 2)
+        await watcher.request({"type": "subscribe", "channel": "products"})
+        await a.request({"type": "place", "product_id": pid, "side": "sell", "price": 10_000, "quantity": 10})
+        await b.request({"type": "place", "product_id": pid, "side": "buy", "price": 10_000, "quantity": 5})
+        # the band around the last price (10 000 +- 2000 ticks)
+        r = await b.request({"type": "place", "product_id": pid, "side": "buy", "price": 12_001, "quantity": 1})
+        assert r["code"] == "PRICE_OUTSIDE_BAND" and "12000" in r["message"], r
+        # the value limit: 100 EUR = 10**10 money units
+        r = await b.request({"type": "place", "product_id": pid, "side": "buy", "price": 100, "quantity": 10**8 + 1})
+        assert r["code"] == "ORDER_VALUE_TOO_LARGE", r
+        # a jump beyond 500 ticks: a volatility auction
+        await a.request({"type": "place", "product_id": pid, "side": "sell", "price": 11_000, "quantity": 5})
+        r = await b.request({"type": "place", "product_id": pid, "side": "buy", "price": 11_000, "quantity": 10})
+        assert r["type"] == "response" and r["result"]["filled"] == 5, r  # 5 at 10 000, then the pause
+        vi = await watcher.next_of(lambda m: m.get("type") == "volatility_interruption")
+        assert (vi["product_id"], vi["price"], vi["reference"]) == (pid, 11_000, 10_000) and vi["until"].endswith("Z")
+        st = await watcher.next_of(lambda m: m.get("type") == "product_state")
+        assert st["state"] == "auction"
+        r = await b.request({"type": "place", "product_id": pid, "side": "buy", "price": 11_000, "quantity": 1,
+                             "tif": "ioc"})
+        assert r["code"] == "TIF_NOT_SUPPORTED", r
+        server.clock.advance(31)
+        st = await watcher.next_of(lambda m: m.get("type") == "product_state" and m["state"] == "open", timeout=5)
+        assert st["product_id"] == pid
+        assert server.market.engine.products[pid].ref_price == 11_000  # the auction cleared at 11 000

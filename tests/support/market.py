@@ -8,8 +8,16 @@ from exchange.runtime.service import Market, open_market
 from support.times import T0
 
 
+NO_PRICE_CONTROLS = {"price_band_bp": 0, "price_band_min_ticks": 0, "max_order_value_eur": 0, "volatility_bp": 0,
+                     "volatility_min_ticks": 0}
+
+
 async def open_test_market(pg_dsn: str, market_id: str = "t", clock: Clock | None = None, **overrides) -> Market:
-    """``open_market`` on ``pg_dsn`` with ``load_settings(**overrides)``; a manual clock at T0 by default."""
+    """``open_market`` on ``pg_dsn`` with ``load_settings(**overrides)``; a manual clock at T0 by default.
+    The price controls are off unless asked for: these markets trade random prices on purpose
+    (the controls have tests of their own)."""
+    for k, v in NO_PRICE_CONTROLS.items():
+        overrides.setdefault(k, v)
     settings = load_settings(database_url=pg_dsn, market_id=market_id, **overrides)
     return await open_market(pg_dsn, settings, clock or ManualClock(T0))
 

@@ -15,6 +15,7 @@ import pytest
 from support.times import GATE, T0
 
 from exchange.core.calendar import CalendarConfig, GateMode, ProductState
+from exchange.core.controls import PriceControls
 from exchange.core.engine import MarketConfig, MarketEngine
 from exchange.core.model import (
     AuctionCleared,
@@ -48,6 +49,7 @@ from exchange.core.model import (
     TimeInForce,
     TradeEvent,
     UpdateCollateral,
+    VolatilityInterruption,
 )
 from exchange.core.units import US_PER_MIN, to_us
 
@@ -124,6 +126,7 @@ def core_state(e: MarketEngine) -> dict:
 
 def assert_rejected(m: Mkt, cls, *args, reason: Reason, **kw) -> Rejected:
     before = core_state(m.e)
+    whole = m.e.snapshot()
     books = {pid: m.book(pid) for pid in m.open}
     accounts = {k: m.acct(k) for k in m.e.accounts}
     evs = m.do(cls, *args, **kw)
@@ -133,6 +136,9 @@ def assert_rejected(m: Mkt, cls, *args, reason: Reason, **kw) -> Rejected:
     assert core_state(m.e) == before
     assert {pid: m.book(pid) for pid in m.open} == books
     assert {k: m.acct(k) for k in m.e.accounts} == accounts
+    if m.e.config.quiet_rejections and kw.get("nonce") is None:
+        # the quiet rule: nothing at all changed, the seq included (nothing to journal)
+        assert m.e.snapshot() == whole and evs[0].seq == whole["seq"]
     return evs[0]
 
 
@@ -336,6 +342,137 @@ def test_every_reason_is_covered_by_a_test():
         assert any(n.startswith(f"test_reason_{r.value.lower()}") for n in names), r
 
 
+# =========================================================================== price controls
+
+
+def controlled(**c) -> Mkt:
+    return Mkt(controls=PriceControls(**c))
+
+
+def test_reason_price_outside_band_only_for_aggressive_prices():
+    m = controlled(price_band_bp=1000, price_band_min_ticks=50)  # +-10 % of |ref|, at least 50 ticks
+    m.rest("a", SELL, 1000, 10)
+    m.place("b", BUY, 1000, 10)  # a trade at 1000: the reference
+    assert m.e.products[m.p].ref_price == 1000
+    r = assert_rejected(m, PlaceOrder, "b", m.p, BUY, 1101, 5, GTC, "hi", reason=Reason.PRICE_OUTSIDE_BAND)
+    assert "1100" in r.detail and r.client_order_id == "hi"
+    assert_rejected(m, PlaceOrder, "a", m.p, SELL, 899, 5, reason=Reason.PRICE_OUTSIDE_BAND)
+    m.rest("b", BUY, 1100, 1)  # on the limits: accepted
+    m.rest("a", SELL, 1200, 1)  # passive prices are not limited
+    m.rest("b", BUY, 10, 1)
+
+
+def test_price_band_has_a_minimum_width_near_zero_and_none_without_reference():
+    m = controlled(price_band_bp=1000, price_band_min_ticks=50)
+    m.rest("b", BUY, 100_000, 1)  # no trade yet: no reference, no band
+    m.place("a", SELL, 0, 1)  # trades at 100_000? no: at the resting buy's price
+    assert m.e.products[m.p].ref_price == 100_000
+    m2 = controlled(price_band_bp=1000, price_band_min_ticks=50)
+    m2.rest("a", SELL, 0, 1)
+    m2.place("b", BUY, 0, 1)  # reference 0: the band is the minimum, 50 ticks
+    m2.rest("b", BUY, 50, 1)
+    assert_rejected(m2, PlaceOrder, "b", m2.p, BUY, 51, 1, reason=Reason.PRICE_OUTSIDE_BAND)
+    assert_rejected(m2, PlaceOrder, "a", m2.p, SELL, -51, 1, reason=Reason.PRICE_OUTSIDE_BAND)
+
+
+def test_price_band_applies_to_modify():
+    m = controlled(price_band_min_ticks=100)
+    m.rest("a", SELL, 1000, 10)
+    m.place("b", BUY, 1000, 5)
+    oid = m.rest("b", BUY, 900, 5)
+    assert_rejected(m, ModifyOrder, "b", oid, price=1101, reason=Reason.PRICE_OUTSIDE_BAND)
+    (mod, tr) = m.do(ModifyOrder, "b", oid, price=1000)[:2]
+    assert isinstance(mod, OrderModified) and isinstance(tr, TradeEvent)
+
+
+def test_reason_order_value_too_large():
+    m = controlled(max_order_value=1_000_000)  # 0.01 EUR
+    m.rest("a", SELL, 1000, 1000)  # value exactly the limit
+    r = assert_rejected(m, PlaceOrder, "a", m.p, SELL, 1000, 1001, reason=Reason.ORDER_VALUE_TOO_LARGE)
+    assert "1001000" in r.detail
+    assert_rejected(m, PlaceOrder, "b", m.p, BUY, -1001, 1000, reason=Reason.ORDER_VALUE_TOO_LARGE)  # |price|
+    oid = m.rest("b", BUY, 500, 10)
+    assert_rejected(m, ModifyOrder, "b", oid, quantity=2001, reason=Reason.ORDER_VALUE_TOO_LARGE)
+
+
+def test_reason_order_to_trade_ratio_counts_entries_and_modifications_per_product():
+    m = controlled(otr_max=2, otr_free=3)
+    ids = [m.rest("a", BUY, 100 + i, 1) for i in range(2)]
+    m.do(ModifyOrder, "a", ids[0], price=90)  # the third entry
+    assert_rejected(m, PlaceOrder, "a", m.p, BUY, 100, 1, reason=Reason.ORDER_TO_TRADE_RATIO)
+    assert_rejected(m, ModifyOrder, "a", ids[1], price=95, reason=Reason.ORDER_TO_TRADE_RATIO)
+    assert isinstance(m.do(CancelOrder, "a", ids[1])[0], OrderCancelled)  # cancels are never refused
+    m.rest("a", BUY, 100, 1, product=m.open[1])  # another product: its own count
+    m.rest("b", SELL, 100, 1)  # b is not affected
+    m.place("a", SELL, 90, 1)  # no: a's entries are used up in this product
+    m.place("c", SELL, 90, 1)  # c sells to a's resting bid: a has one fill, so two entries more
+    assert m.e.products[m.p].otr["a"] == [3, 1]
+    m.rest("a", BUY, 10, 1)
+    m.rest("a", BUY, 11, 1)
+    assert_rejected(m, PlaceOrder, "a", m.p, BUY, 12, 1, reason=Reason.ORDER_TO_TRADE_RATIO)
+
+
+def test_order_to_trade_counts_are_freed_at_delivery():
+    m = controlled(otr_max=1, otr_free=1)
+    m.rest("a", BUY, 100, 1)
+    pb = m.e.products[m.p]
+    assert pb.otr
+    m.tick(pb.product.end_us)
+    assert pb.otr == {}
+
+
+def test_volatility_interruption_stops_matching_then_an_auction_reopens_the_product():
+    m = controlled(volatility_bp=1000, volatility_auction_s=60)  # +-10 % around the last price
+    m.rest("a", SELL, 1000, 10)
+    m.place("b", BUY, 1000, 5)  # reference 1000
+    m.rest("a", SELL, 1050, 5)  # within 10 %
+    far = m.rest("a", SELL, 1200, 5)  # beyond 10 % of 1050
+    evs = m.place("b", BUY, 1300, 20)
+    # 5 at 1000, 5 at 1050 (the reference moves with each trade), then 1200 would leave the range
+    assert [t[2:] for t in trades(evs)] == [(1000, 5), (1050, 5)]
+    (vi,) = of(evs, VolatilityInterruption)
+    assert (vi.price, vi.reference, vi.until) == (1200, 1050, m.t + 60_000_000)
+    assert of(evs, ProductStateChanged)[0].state == "auction"
+    assert m.e.product_state(m.p) is ProductState.AUCTION
+    buy = of(evs, OrderAccepted)[0].order_id
+    assert sorted(m.book()) == [(far, "a", "sell", 1200, 5), (buy, "b", "buy", 1300, 10)]  # crossed, resting
+    # during the auction: orders rest, IOC/FOK are refused
+    assert isinstance(m.place("c", BUY, 1250, 5)[0], OrderAccepted)
+    assert_rejected(m, PlaceOrder, "c", m.p, BUY, 1250, 5, IOC, reason=Reason.TIF_NOT_SUPPORTED)
+    # the auction clears at one price when it ends, then the product trades continuously again
+    evs = m.tick(vi.until)
+    (ac,) = of(evs, AuctionCleared)
+    assert ac.price is not None and ac.volume == 5
+    assert {t.price for t in of(evs, TradeEvent)} == {ac.price}
+    assert of(evs, ProductStateChanged)[-1].state == "open"
+    assert m.e.products[m.p].ref_price == ac.price and not m.e.book(m.p).is_crossed()
+
+
+def test_volatility_auction_still_running_at_gate_closure_clears_there():
+    m = controlled(volatility_min_ticks=10, volatility_auction_s=10**6)
+    m.rest("a", SELL, 1000, 1)
+    m.place("b", BUY, 1000, 1)
+    m.rest("a", SELL, 1100, 1)
+    m.place("b", BUY, 1100, 1)
+    assert m.e.product_state(m.p) is ProductState.AUCTION
+    evs = m.tick(m.e.products[m.p].product.gate_us)
+    assert of(evs, AuctionCleared)[0].volume == 1 and of(evs, TradeEvent)[0].price in (1000, 1100)
+    assert m.e.product_state(m.p) is ProductState.CLOSED
+    m.tick(m.e.products[m.p].product.end_us + 10**7)  # the reopen time passes: nothing happens
+    assert m.e.product_state(m.p) is ProductState.DELIVERED
+
+
+def test_fok_that_would_run_into_the_volatility_range_is_killed_whole():
+    m = controlled(volatility_min_ticks=10)
+    m.rest("a", SELL, 1000, 1)
+    m.place("b", BUY, 1000, 1)
+    m.rest("a", SELL, 1005, 1)
+    m.rest("a", SELL, 1100, 1)
+    evs = m.place("b", BUY, 1100, 2, FOK)
+    assert trades(evs) == [] and of(evs, OrderCancelled)[0].reason is CancelReason.NOT_FILLED
+    assert m.e.product_state(m.p) is ProductState.OPEN
+
+
 # =========================================================================== matching
 
 
@@ -530,8 +667,28 @@ def test_client_order_id_of_filled_or_cancelled_order_still_duplicate():
     assert isinstance(d, Duplicate) and d.order_id == oid
 
 
-def test_resubmitted_rejected_client_order_id_gives_original_reason():
+def test_rejected_client_order_id_is_not_remembered_and_may_be_sent_again():
     m = Mkt()
+    before = m.e.snapshot()
+    (rej,) = m.place("a", BUY, 10**9, 10, coid="r-1")
+    assert rej.reason == Reason.PRICE_OUT_OF_BOUNDS.value and rej.client_order_id == "r-1"
+    assert rej.seq == before["seq"] and m.e.snapshot() == before  # nothing to journal, nothing kept
+    (acc,) = m.place("a", BUY, 1000, 10, coid="r-1")  # corrected and sent again: a new order
+    assert isinstance(acc, OrderAccepted) and acc.seq == before["seq"] + 1
+    (d,) = m.place("a", BUY, 1000, 10, coid="r-1")  # the accepted one is remembered
+    assert isinstance(d, Duplicate) and d.order_id == acc.order_id
+
+
+def test_many_rejected_client_order_ids_cost_no_memory():
+    m = Mkt()
+    before = m.e.snapshot()
+    for i in range(2000):
+        m.place("a", BUY, 10**9, 10, coid=f"bad-{i}")
+    assert m.e.snapshot() == before and not m.e.client_ids
+
+
+def test_legacy_rule_resubmitted_rejected_client_order_id_gives_original_reason():
+    m = Mkt(quiet_rejections=False)  # a market whose stored config predates the quiet rule
     (rej,) = m.place("a", BUY, 10**9, 10, coid="r-1")
     assert rej.reason == Reason.PRICE_OUT_OF_BOUNDS.value and rej.client_order_id == "r-1"
     evs = m.place("a", BUY, 1000, 10, coid="r-1")  # now valid, but the id was used
