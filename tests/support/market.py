@@ -7,7 +7,6 @@ from exchange.runtime.config import load_settings
 from exchange.runtime.service import Market, open_market
 from support.times import T0
 
-
 NO_PRICE_CONTROLS = {"price_band_bp": 0, "price_band_min_ticks": 0, "max_order_value_eur": 0, "volatility_bp": 0,
                      "volatility_min_ticks": 0}
 
