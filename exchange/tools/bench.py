@@ -19,12 +19,14 @@ import platform
 import statistics
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 
+from exchange.core.controls import PriceControls
 from exchange.core.engine import MarketConfig, MarketEngine
 from exchange.runtime.clock import ManualClock
-from exchange.runtime.config import load_settings
+from exchange.runtime.config import Settings, load_settings
 from exchange.runtime.scratch import BENCH_T0, run_on_database
-from exchange.runtime.service import open_market
+from exchange.runtime.service import market_config, open_market
 from exchange.tools import workload
 from exchange.tools.bench_e2e import bench_e2e
 
@@ -37,8 +39,10 @@ def _open_products(engine: MarketEngine) -> list[str]:
     return sorted(pid for pid, pb in engine.products.items() if pb.state.value == "open")
 
 
-def engine_once(commands: int, seed: int, members: int = 200) -> dict:
-    engine = MarketEngine(MarketConfig())
+def engine_once(commands: int, seed: int, members: int = 200, config: MarketConfig | None = None) -> dict:
+    """One run of the workload through a fresh engine under ``config`` (default: the rules a
+    new market gets from the default settings, price controls included)."""
+    engine = MarketEngine(config or market_config(Settings()))
     names = workload.members(members)
     for c in workload.registrations(names, BENCH_T0):
         engine.process(c)
@@ -70,11 +74,20 @@ def engine_once(commands: int, seed: int, members: int = 200) -> dict:
 
 
 def bench_engine(commands: int = 200_000, seed: int = 1, repeat: int = 3) -> dict:
-    runs = [engine_once(commands, seed) for _ in range(repeat)]
+    """Median of ``repeat`` runs under the default rules; runs without the price controls
+    alternate with them, so their ratio is measured under the same machine load."""
+    bare = replace(market_config(Settings()), controls=PriceControls())
+    runs, bare_runs = [], []
+    for _ in range(repeat):
+        runs.append(engine_once(commands, seed))
+        bare_runs.append(engine_once(commands, seed, config=bare))
     assert len({r["state_hash"] for r in runs}) == 1, "engine is not deterministic"
     med = sorted(runs, key=lambda r: r["commands_per_s"])[len(runs) // 2]
     med = dict(med)
     med["runs_commands_per_s"] = [r["commands_per_s"] for r in runs]
+    bare_med = statistics.median(r["commands_per_s"] for r in bare_runs)
+    med["commands_per_s_no_price_controls"] = round(bare_med)
+    med["price_controls_cost_ratio"] = round(bare_med / statistics.median(med["runs_commands_per_s"]), 3)
     med["repeat"] = repeat
     med["python"] = platform.python_version()
     med["seed"] = seed
