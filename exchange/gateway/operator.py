@@ -203,7 +203,7 @@ async def member_cancel_all(request: web.Request) -> web.Response:
 async def market_view(request: web.Request) -> web.Response:
     market = request.config_dict[MARKET]
     e, rt = market.engine, market.runtime
-    return json_response({**market_summary(market), "running": rt.running, "halt_reason": e.halt_reason,
+    return json_response({**market_summary(market, with_hash=True), "running": rt.running, "halt_reason": e.halt_reason,
                   "engine_seq": e.seq, "members": len(e.accounts), "open_orders": len(e.orders)})
 
 
