@@ -18,6 +18,12 @@ once alone (``ack_p99_ms_no_readers``, ``orders_per_s_no_readers``) and once whi
 more sessions ask for their ``positions`` and ``trades`` in turn, each with one
 request in flight and ``reader_pause_s`` between answers (``ack_p99_ms``,
 ``orders_per_s``, ``reads``, ``reads_per_s``, ``read_p50_ms``, ``read_p99_ms``).
+
+With ``--rate R`` the order load is paced at R requests/s in total (spread over the
+sessions) instead of running as fast as the answers come: latency at a given load, the
+way a member experiences it, rather than queueing at saturation. The read-load mode
+should be run paced below the server's capacity (what reads must not do is slow an
+order flow the exchange can carry; at saturation any extra work shows as queueing).
 """
 
 from __future__ import annotations
@@ -69,7 +75,9 @@ async def _wait_ready(http: aiohttp.ClientSession, base: str, proc: subprocess.P
     raise RuntimeError("server not ready in time")
 
 
-async def _session(http, url, key, products, n_orders, window, seed, lat, counts) -> None:
+async def _session(http, url, key, products, n_orders, window, seed, lat, counts, rate: float = 0.0) -> None:
+    """One trading session: ``n_orders`` requests, at most ``window`` in flight; paced at
+    ``rate`` requests/s when it is > 0 (else as fast as the answers come)."""
     acct = Account.from_key(key)
     rng = random.Random(seed)
     async with http.ws_connect(url, max_msg_size=0) as ws:
@@ -108,7 +116,13 @@ async def _session(http, url, key, products, n_orders, window, seed, lat, counts
 
         rd = asyncio.create_task(reader())
         refs = {p: 8000 + rng.randrange(-1500, 1500) for p in products}
-        for _ in range(n_orders):
+        loop = asyncio.get_running_loop()
+        start = loop.time() + rng.random() / rate if rate else 0.0  # sessions out of phase
+        for k in range(n_orders):
+            if rate:
+                wait = start + k / rate - loop.time()
+                if wait > 0:
+                    await asyncio.sleep(wait)
             await slots.acquire()
             x = rng.random()
             if x < 0.2 and mine:
@@ -213,10 +227,10 @@ def _pct(vals: list[int], q: float) -> float:
 
 
 async def _read_load(base: str, connections: int, orders: int, window: int, seed: int, readers: int,
-                     seed_trades: int, pause: float) -> dict:
+                     seed_trades: int, pause: float, rate: float) -> dict:
     traders, reader_keys = _keys(seed, connections), _keys(seed, readers, offset=500)
     await _register(base, traders + reader_keys)
-    alone = await _load(base, connections, orders, window, seed)
+    alone = await _load(base, connections, orders, window, seed, rate)
     stop = asyncio.Event()
     read_lat: list[int] = []
     url = base.replace("http", "ws", 1) + "/ws"
@@ -225,7 +239,7 @@ async def _read_load(base: str, connections: int, orders: int, window: int, seed
         await asyncio.sleep(1.0)  # readers logged in and reading
         t = time.perf_counter()
         n_before = len(read_lat)
-        loaded = await _load(base, connections, orders, window, seed + 7)
+        loaded = await _load(base, connections, orders, window, seed + 7, rate)
         reads = len(read_lat) - n_before
         elapsed = time.perf_counter() - t
         stop.set()
@@ -233,11 +247,12 @@ async def _read_load(base: str, connections: int, orders: int, window: int, seed
     read_lat.sort()
     return {**loaded, "ack_p50_ms_no_readers": alone["ack_p50_ms"], "ack_p99_ms_no_readers": alone["ack_p99_ms"],
             "orders_per_s_no_readers": alone["orders_per_s"], "readers": readers, "seed_trades": seed_trades,
+            "order_rate": rate,
             "reads": reads, "reads_per_s": round(reads / elapsed, 1), "read_p50_ms": _pct(read_lat, 0.5),
             "read_p99_ms": _pct(read_lat, 0.99)}
 
 
-async def _load(base: str, connections: int, orders: int, window: int, seed: int) -> dict:
+async def _load(base: str, connections: int, orders: int, window: int, seed: int, rate: float = 0.0) -> dict:
     keys = _keys(seed, connections)
     products = await _register(base, keys)
     lat: list[int] = []
@@ -246,7 +261,8 @@ async def _load(base: str, connections: int, orders: int, window: int, seed: int
     url = base.replace("http", "ws", 1) + "/ws"
     async with aiohttp.ClientSession() as http:
         t = time.perf_counter()
-        await asyncio.gather(*(_session(http, url, k.key, products, per, window, seed + i, lat, counts)
+        await asyncio.gather(*(_session(http, url, k.key, products, per, window, seed + i, lat, counts,
+                                        rate / connections)
                                for i, k in enumerate(keys)))
         elapsed = time.perf_counter() - t
     lat.sort()
@@ -258,7 +274,7 @@ async def _load(base: str, connections: int, orders: int, window: int, seed: int
 
 
 def bench_e2e(orders: int = 40_000, seed: int = 1, connections: int = 40, window: int = 4, readers: int = 0,
-              seed_trades: int = 100_000, reader_pause_s: float = 0.05) -> dict:
+              seed_trades: int = 100_000, reader_pause_s: float = 0.05, rate: float = 0.0) -> dict:
 
     base_dir = load_settings().data_dir
     base_dir.mkdir(parents=True, exist_ok=True)
@@ -288,8 +304,8 @@ def bench_e2e(orders: int = 40_000, seed: int = 1, connections: int = 40, window
                         await _wait_ready(http, base, proc)
                     if readers:
                         return await _read_load(base, connections, orders, window, seed, readers,
-                                                seed_trades, reader_pause_s)
-                    return await _load(base, connections, orders, window, seed)
+                                                seed_trades, reader_pause_s, rate)
+                    return await _load(base, connections, orders, window, seed, rate)
 
                 result = run_async(go())
             except BaseException:

@@ -75,7 +75,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     commands = args.commands if args.commands is not None else DEFAULT_BENCH_COMMANDS[args.kind]
     extra = {"engine": lambda: {"repeat": args.repeat}, "journal": lambda: {"concurrency": args.concurrency},
              "e2e": lambda: {"connections": args.connections, "window": args.window, "readers": args.readers,
-                             "seed_trades": args.seed_trades}}[args.kind]()
+                             "seed_trades": args.seed_trades, "rate": args.rate}}[args.kind]()
     return _finish(bench.run(args.kind, commands=commands, seed=args.seed, as_json=args.json, **extra))
 
 
@@ -152,6 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
                            help="sessions reading positions and trades meanwhile (ack_p99_ms vs ack_p99_ms_no_readers)")
             b.add_argument("--seed-trades", type=int, default=100_000,
                            help="historic trades seeded for the read load (with --readers)")
+            b.add_argument("--rate", type=float, default=0.0,
+                           help="pace the order load at this many requests/s in total (0: as fast as answered)")
         b.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("db", help="database tasks")
