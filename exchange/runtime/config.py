@@ -129,6 +129,13 @@ class Settings(BaseSettings):
     otr_free: int = Field(200, ge=0)
 
     # --- journal -------------------------------------------------------------
+    #: a snapshot of the engine every this many journal commands (0: none written), or after
+    #: snapshot_interval_s when there are new commands; recovery replays only what follows
+    #: the newest valid snapshot (docs/architecture.md, "Snapshots")
+    snapshot_every_commands: int = Field(100_000, ge=0)
+    snapshot_interval_s: float = Field(3600.0, gt=0)
+    #: recover from snapshots (false: replay the whole journal, as `snapshots verify` does)
+    snapshot_recovery: bool = True
     journal_max_batch: int = Field(2000, ge=1)
     journal_pool_size: int = Field(4, ge=1)
     #: connections of the readers' pool (member and operator reads, the operator feed): reads never

@@ -67,6 +67,11 @@ class Journal:
                         self.market_id)
         return stored
 
+    async def stored_config(self) -> MarketConfig | None:
+        """The market's stored rules (None: the market never started)."""
+        v = await self.pool.fetchval("SELECT config FROM markets WHERE market_id = $1", self.market_id)
+        return None if v is None else MarketConfig.from_dict(v)
+
     # ----------------------------------------------------------------- write
     def rows(self, entries: Sequence[Entry], engine: MarketEngine) -> tuple[list[tuple], list[tuple]]:
         mid = self.market_id
@@ -127,6 +132,13 @@ class Journal:
             self.market_id)
         return (row["cmd_seq"], row["last_seq"]) if row else (0, 0)
 
+    async def command_rows(self, after_cmd_seq: int, limit: int) -> list[tuple[int, dict, list]]:
+        """Up to ``limit`` journal rows after ``after_cmd_seq``: (cmd_seq, command dict, event dicts)."""
+        rows = await self.pool.fetch(
+            "SELECT cmd_seq, command, events FROM journal WHERE market_id = $1 AND cmd_seq > $2 "
+            "ORDER BY cmd_seq LIMIT $3", self.market_id, after_cmd_seq, limit)
+        return [(r["cmd_seq"], r["command"], r["events"]) for r in rows]
+
     async def commands(self, after_cmd_seq: int = 0, chunk: int = 5000) -> AsyncIterator[tuple[int, dict, list]]:
         """All journal rows in command order: (cmd_seq, command dict, event dicts)."""
         cursor = after_cmd_seq
@@ -150,11 +162,12 @@ class Journal:
             out.extend(ev for ev in r["events"] if ev["seq"] > after_seq)
         return out
 
-    async def replay(self, engine: MarketEngine, verify: bool = True) -> int:
-        """Rebuild ``engine`` from the journal; returns the last cmd_seq. With ``verify``,
-        every regenerated event must equal the stored one."""
-        last = 0
-        async for cmd_seq, cmd, stored in self.commands():
+    async def replay(self, engine: MarketEngine, verify: bool = True, after_cmd_seq: int = 0) -> int:
+        """Rebuild ``engine`` from the journal (the commands after ``after_cmd_seq``: an engine
+        restored from a snapshot replays only the tail); returns the last cmd_seq. With
+        ``verify``, every regenerated event must equal the stored one."""
+        last = after_cmd_seq
+        async for cmd_seq, cmd, stored in self.commands(after_cmd_seq):
             events = engine.process(command_from_dict(cmd))
             if verify:
                 produced = [event_to_dict(ev) for ev in events]

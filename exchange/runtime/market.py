@@ -31,6 +31,7 @@ from exchange.core.engine import MarketEngine
 from exchange.core.model import Command, Event, Tick, command_to_dict
 from exchange.runtime.clock import Clock
 from exchange.runtime.journal import Entry, Journal
+from exchange.runtime.snapshots import SnapshotStore, Snapshotter, recover
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +68,12 @@ _Item = tuple[Command, "asyncio.Future | None", int, object]
 
 class MarketRuntime:
     def __init__(self, engine: MarketEngine, journal: Journal, clock: Clock, *, max_batch: int = 2000,
-                 queue_size: int = 50_000, keep_stats: bool = False) -> None:
+                 queue_size: int = 50_000, keep_stats: bool = False, snapshots: SnapshotStore | None = None,
+                 snapshotter: Snapshotter | None = None) -> None:
         self.engine = engine
+        self.snapshots = snapshots  # recovery starts from the newest valid snapshot (None: the whole journal)
+        self.snapshotter = snapshotter  # seeded with the recovered state before the first command
+        self.recovered_from = 0  # cmd_seq of the snapshot recovery started from (0: none)
         self.journal = journal
         self.clock = clock
         self.max_batch = max_batch
@@ -93,11 +98,15 @@ class MarketRuntime:
         self._lock_conn = await self.journal.lock_writer()
         try:
             t = time.perf_counter()
-            self.cmd_seq = await self.journal.replay(self.engine, verify=verify)
+            self.engine, self.cmd_seq, self.recovered_from = await recover(
+                self.journal, self.snapshots, self.engine, verify=verify)
             self.committed_seq = self.engine.seq
             self.clock.not_before(self.engine.now)
-            log.info("market %s recovered %d commands (seq %d) in %.2fs, state %s", self.journal.market_id,
-                     self.cmd_seq, self.engine.seq, time.perf_counter() - t, self.engine.state_hash()[:16])
+            log.info("market %s recovered %d commands (seq %d; from the snapshot at command %d, %d replayed) in "
+                     "%.2fs, state %s", self.journal.market_id, self.cmd_seq, self.engine.seq, self.recovered_from,
+                     self.cmd_seq - self.recovered_from, time.perf_counter() - t, self.engine.state_hash()[:16])
+            if self.snapshotter is not None:
+                self.snapshotter.seed(self.engine.config, self.recovered_from)
             self.running = True
             self._tasks = [
                 asyncio.create_task(self._engine_loop(), name="engine"),

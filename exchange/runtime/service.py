@@ -24,6 +24,7 @@ from exchange.runtime.config import Settings
 from exchange.runtime.db import create_pool
 from exchange.runtime.journal import Journal
 from exchange.runtime.market import MarketRuntime
+from exchange.runtime.snapshots import SnapshotStore, Snapshotter
 from exchange.runtime.trades import TradeStore
 
 
@@ -93,12 +94,22 @@ class Market:
     runtime: MarketRuntime
     read_pool: asyncpg.Pool
     trades: TradeStore
+    snapshotter: Snapshotter | None = None
+    _snapshot_task: asyncio.Task | None = None
+
+    def start_snapshots(self) -> None:
+        if self.snapshotter is not None and self._snapshot_task is None:
+            self._snapshot_task = asyncio.create_task(self.snapshotter.run(), name="snapshots")
 
     @property
     def engine(self) -> MarketEngine:
         return self.runtime.engine
 
     async def close(self) -> None:
+        if self._snapshot_task is not None:
+            self._snapshot_task.cancel()
+            await asyncio.gather(self._snapshot_task, return_exceptions=True)
+            self._snapshot_task = None
         await self.runtime.stop()
         await self.read_pool.close()
         await self.pool.close()
@@ -113,12 +124,21 @@ async def open_market(dsn: str, settings: Settings, clock: Clock | None = None, 
         read_pool = await create_pool(dsn, min_size=1, max_size=settings.read_pool_size)
         journal = Journal(pool, settings.market_id)
         cfg = await journal.load_or_store_config(config or market_config(settings))
+        # snapshots are read and written through the readers' pool, never the journal writer's
+        store = SnapshotStore(read_pool, settings.market_id)
+        snapshotter = (Snapshotter(Journal(read_pool, settings.market_id), store,
+                                   every_commands=settings.snapshot_every_commands,
+                                   interval_s=settings.snapshot_interval_s)
+                       if settings.snapshot_every_commands else None)
         runtime = MarketRuntime(MarketEngine(cfg), journal, clock or make_clock(settings),
-                                max_batch=settings.journal_max_batch, keep_stats=keep_stats)
+                                max_batch=settings.journal_max_batch, keep_stats=keep_stats,
+                                snapshots=store if settings.snapshot_recovery else None, snapshotter=snapshotter)
         await runtime.start(verify=verify_replay)
     except BaseException:
         if read_pool is not None:
             await read_pool.close()
         await pool.close()
         raise
-    return Market(pool, journal, runtime, read_pool, TradeStore(read_pool, settings.market_id))
+    market = Market(pool, journal, runtime, read_pool, TradeStore(read_pool, settings.market_id), snapshotter)
+    market.start_snapshots()
+    return market

@@ -9,6 +9,8 @@
     bench journal [--json] [--commands N]
     db upgrade [--revision R]          migrate the database (embedded one by default)
     db url [--keep]                    print the DSN in use (starts the embedded DB)
+    snapshots list|verify|take         engine snapshots (exchange.tools.snapshots_cli)
+    bench recovery [--sizes N,N]       restart time with snapshots vs a full replay
 
 Settings come from VOLTBOURSE_* environment variables and the optional config
 file (see exchange.runtime.config). Subsystems add their commands (exchange.gateway.plugin).
@@ -33,7 +35,7 @@ from exchange import __version__
 from exchange.gateway.plugin import add_cli_commands
 from exchange.runtime.config import ConfigFileError, load_settings
 from exchange.runtime.db import EmbeddedPostgres, current_revision, database, upgrade
-from exchange.tools import bench, docs
+from exchange.tools import bench, docs, snapshots_cli
 from exchange.tools.demo import run_demo
 from exchange.tools.platform import subsystems
 from exchange.tools.server import serve
@@ -170,6 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     community_cli.add_commands(sub, bench_sub)
     add_cli_commands(subsystems(), sub, bench_sub)
     docs.add_commands(sub, bench_sub)
+    snapshots_cli.add_commands(sub, bench_sub)
     return parser
 
 
