@@ -15,8 +15,8 @@ reach the same state hash. Prints one JSON object whose ``sizes`` is a list of
 from __future__ import annotations
 
 import time
-from functools import partial
 from collections.abc import Iterator
+from functools import partial
 from typing import Any
 
 from exchange.core.engine import MarketConfig, MarketEngine
