@@ -43,6 +43,7 @@ class Order:
         "signature",
         "ts",
         "live",
+        "expire_at",
     )
 
     def __init__(self, order_id: OrderId, member: MemberId, product_id: ProductId, side: Side, price: int,
@@ -60,6 +61,7 @@ class Order:
         self.signature = signature
         self.ts = ts
         self.live = False  # True while resting in a book
+        self.expire_at: int | None = None  # good till this time (us), else till gate closure
 
     def exposure(self) -> int:
         """Money (1e-8 EUR) this order could cost its owner if fully filled at its limit:
@@ -73,11 +75,15 @@ class Order:
             self.tif, self.client_order_id, self.signature, self.ts,
         )
         o.remaining = self.remaining
+        o.expire_at = self.expire_at
         return o
 
     def snapshot(self) -> OrderSnapshot:
-        return [self.order_id, self.member, self.side.value, self.price, self.remaining, self.quantity, self.tif.value,
-                self.client_order_id, self.ts]
+        snap: OrderSnapshot = [self.order_id, self.member, self.side.value, self.price, self.remaining, self.quantity,
+                               self.tif.value, self.client_order_id, self.ts]
+        if self.expire_at is not None:
+            snap.append(self.expire_at)
+        return snap
 
 
 class Level:

@@ -70,7 +70,7 @@ DAY_US = 86_400_000_000
 #: A delivery day is listed (its products visible, pre-open) this long before it opens.
 LISTING_LEAD_US = DAY_US
 
-_LIST, _OPEN, _GATE, _DELIVER, _REOPEN = 0, 1, 2, 3, 4
+_LIST, _OPEN, _GATE, _DELIVER, _REOPEN, _EXPIRE = 0, 1, 2, 3, 4, 5
 
 _P = ParamSpec("_P")
 _E = TypeVar("_E", bound=Event)
@@ -108,6 +108,10 @@ class MarketConfig:
     # may be sent again). Markets whose stored config predates this rule keep the old one
     # (every rejection journaled, its client id remembered), so their journals replay unchanged.
     quiet_rejections: bool = True
+    # A known client order id sent with other terms (product, side, price, quantity, tif) is
+    # refused (CLIENT_ORDER_ID_REUSED) instead of answered as a duplicate. Stored configs
+    # without it keep answering duplicate.
+    coid_terms: bool = True
     controls: PriceControls = field(default_factory=PriceControls)
 
     def __post_init__(self) -> None:
@@ -138,6 +142,7 @@ class MarketConfig:
             "risk_checks": self.risk_checks,
             "nonce_first": self.nonce_first,
             "quiet_rejections": self.quiet_rejections,
+            "coid_terms": self.coid_terms,
             "controls": self.controls.to_dict(),
         }
 
@@ -151,8 +156,16 @@ class MarketConfig:
         rest["mechanism"] = Mechanism(rest["mechanism"])
         rest.setdefault("nonce_first", False)  # stored before the rule existed
         rest.setdefault("quiet_rejections", False)  # likewise
+        rest.setdefault("coid_terms", False)  # likewise
         rest["controls"] = PriceControls.from_dict(rest.get("controls"))  # absent: all off
         return cls(calendar=CalendarConfig(**c), **rest)
+
+
+def _terms(cmd: PlaceOrder) -> str:
+    """An order's terms, as a client order id remembers them."""
+    side = cmd.side.value if isinstance(cmd.side, Side) else str(cmd.side)
+    tif = cmd.tif.value if isinstance(cmd.tif, TimeInForce) else str(cmd.tif)
+    return f"{cmd.product_id}|{side}|{cmd.price}|{cmd.quantity}|{tif}"
 
 
 class Account:
@@ -199,8 +212,9 @@ class MarketEngine:
         self.products: dict[ProductId, ProductBook] = {}
         self.accounts: dict[MemberId, Account] = {}
         self.orders: dict[OrderId, Order] = {}  # live (resting) orders
-        # (member, client_order_id) -> (order_id | None, seq of the original outcome, reason | None)
-        self.client_ids: dict[tuple[MemberId, str], tuple[OrderId | None, int, str | None]] = {}
+        # (member, client_order_id) -> (order_id | None, seq of the original outcome, reason | None,
+        # the original's terms "product|side|price|quantity|tif" | None)
+        self.client_ids: dict[tuple[MemberId, str], tuple[OrderId | None, int, str | None, str | None]] = {}
         self._client_ids_by_product: dict[ProductId, list[tuple[MemberId, str]]] = {}
         # product -> member -> [bought Wh, sold Wh, payable money]
         self.positions: dict[ProductId, dict[MemberId, list[int]]] = {}
@@ -269,12 +283,12 @@ class MarketEngine:
             return
         ev = self._emit(Rejected, ts, member, command, reason.value, detail, client_order_id, order_id)
         if client_order_id is not None and member is not None and command == PlaceOrder.type:
-            self._remember_client_id(member, client_order_id, None, ev.seq, reason.value, None)
+            self._remember_client_id(member, client_order_id, None, ev.seq, reason.value, None, None)
 
     def _remember_client_id(self, member: MemberId, coid: str, order_id: OrderId | None, seq: int,
-                            reason: str | None, product_id: ProductId | None) -> None:
+                            reason: str | None, product_id: ProductId | None, terms: str | None) -> None:
         key = (member, coid)
-        self.client_ids[key] = (order_id, seq, reason)
+        self.client_ids[key] = (order_id, seq, reason, terms)
         if product_id is not None:
             self._client_ids_by_product.setdefault(product_id, []).append(key)
 
@@ -289,6 +303,8 @@ class MarketEngine:
             t, kind, _, key = heapq.heappop(sched)
             if kind == _LIST:
                 self._list_day(date.fromisoformat(key), t)
+            elif kind == _EXPIRE:
+                self._expire_order(OrderId(int(key)), t)
             else:
                 pid = ProductId(key)
                 pb = self.products[pid]
@@ -374,6 +390,14 @@ class MarketEngine:
         self._emit(ProductStateChanged, t, pid, ProductState.AUCTION.value)
         self._push(until, _REOPEN, pb.product.start_us, pid)
 
+    def _expire_order(self, oid: OrderId, t: int) -> None:
+        """A good-till-date order's time has come (if it still rests)."""
+        o = self.orders.get(oid)
+        if o is None or o.expire_at != t:
+            return  # filled, cancelled or re-timed since
+        self._unrest(self.products[o.product_id], o)
+        self._emit(OrderExpired, t, o.order_id, o.member, o.product_id, o.remaining)
+
     def _reopen(self, pb: ProductBook, t: int) -> None:
         """End of a volatility auction: clear it at one price, then trade continuously again."""
         if pb.state is not _AUCTION_STATE or pb.auction_until != t:
@@ -387,6 +411,8 @@ class MarketEngine:
     def _rest(self, pb: ProductBook, o: Order) -> None:
         pb.book.add(o)
         self.orders[o.order_id] = o
+        if o.expire_at is not None and o.expire_at < pb.product.gate_us:  # else the gate expires it
+            self._push(o.expire_at, _EXPIRE, pb.product.start_us, str(o.order_id))
         self.accounts[o.member].open_exposure += o.exposure()
         if o.side is _SELL:
             key = (o.product_id, o.member)
@@ -522,6 +548,29 @@ class MarketEngine:
             c = pb.otr[member] = [0, 0]
         c[0] += 1
 
+    def _check_conditions(self, cmd: PlaceOrder, ts: int) -> tuple[Reason, str] | None:
+        """Post-only, good-till-date and minimum quantity: their shape (the engine decides the rest)."""
+        if cmd.post_only is not True and cmd.post_only is not False:
+            return Reason.INVALID_VALUE, "post_only must be a boolean"
+        if (cmd.post_only or cmd.expire_at is not None) and cmd.tif is not _GTC:
+            return Reason.INVALID_VALUE, "post_only and expire_time need tif gtc (they concern a resting order)"
+        if cmd.expire_at is not None and (type(cmd.expire_at) is not int or cmd.expire_at <= ts):
+            return Reason.INVALID_VALUE, "expire time must be in the future"
+        if cmd.min_quantity is not None:
+            if cmd.tif is not TimeInForce.IOC:
+                return Reason.INVALID_VALUE, "min_quantity needs tif ioc (fok is all or nothing)"
+            if type(cmd.min_quantity) is not int or not 1 <= cmd.min_quantity <= cmd.quantity:
+                return Reason.INVALID_VALUE, "min_quantity must be between 1 and the order's quantity"
+        return None
+
+    def _would_trade(self, pb: ProductBook, side: Side, price: int) -> bool:
+        book = pb.book
+        if side is _BUY:
+            ask = book.best_ask()
+            return ask is not None and price >= ask
+        bid = book.best_bid()
+        return bid is not None and price <= bid
+
     def _use_nonce(self, member: MemberId, nonce: object) -> tuple[Reason, str] | None:
         """Check a signed order's nonce (above the member's last) and use it up."""
         acct = self.accounts[member]
@@ -536,7 +585,14 @@ class MarketEngine:
         if coid is not None:
             prev = self.client_ids.get((member, coid))
             if prev is not None:
-                self._emit(Duplicate, ts, member, coid, prev[0], prev[1], prev[2])
+                if prev[3] is not None and prev[3] != _terms(cmd):
+                    self._reject(ts, member, PlaceOrder.type, Reason.CLIENT_ORDER_ID_REUSED,
+                                 f"client order id {coid} is order {prev[0]} ({prev[3]}); this request's terms "
+                                 f"({_terms(cmd)}) differ", client_order_id=coid, order_id=prev[0])
+                elif self.config.quiet_rejections:  # changes nothing: not journaled (like a quiet rejection)
+                    self._out.append(Duplicate(self.seq, ts, member, coid, prev[0], prev[1], prev[2]))
+                else:
+                    self._emit(Duplicate, ts, member, coid, prev[0], prev[1], prev[2])
                 return
         err = None
         if type(cmd.side) is not Side or type(cmd.tif) is not TimeInForce or type(cmd.price) is not int \
@@ -551,6 +607,8 @@ class MarketEngine:
             err = Reason.MARKET_HALTED, f"market halted: {self.halt_reason}"
         err = (err or self._check_member(member) or self._check_product(cmd.product_id)
                or self._check_price_qty(cmd.price, cmd.quantity))
+        if err is None and (cmd.post_only or cmd.expire_at is not None or cmd.min_quantity is not None):
+            err = self._check_conditions(cmd, ts)
         pb = self.products.get(cmd.product_id)
         mech_call = self.config.mechanism is _CALL
         resting_only = mech_call or (pb is not None and pb.state is _AUCTION_STATE)
@@ -565,6 +623,9 @@ class MarketEngine:
             if self._controls_on:
                 err = self._check_controls(pb, member, cmd.side, cmd.price, cmd.quantity)
             err = err or self._check_risk(pb, member, cmd.side, cmd.price, cmd.quantity)
+            if err is None and cmd.post_only and not resting_only and self._would_trade(pb, cmd.side, cmd.price):
+                err = (Reason.POST_ONLY_WOULD_TRADE,
+                       f"post-only {cmd.side.value} at {cmd.price} would trade against the book")
         if err is not None:
             self._reject(ts, member, PlaceOrder.type, err[0], err[1], client_order_id=coid, spent=spent)
             return
@@ -574,18 +635,23 @@ class MarketEngine:
         oid = self.next_order_id
         self.next_order_id = OrderId(oid + 1)
         o = Order(oid, member, cmd.product_id, cmd.side, cmd.price, cmd.quantity, cmd.tif, coid, cmd.signature, ts)
+        if cmd.expire_at is not None:
+            o.expire_at = cmd.expire_at
         ev = self._emit(OrderAccepted, ts, oid, member, cmd.product_id, cmd.side, cmd.price, cmd.quantity,
                         cmd.tif, coid, cmd.signature)
         if coid is not None:
-            self._remember_client_id(member, coid, oid, ev.seq, None, cmd.product_id)
+            self._remember_client_id(member, coid, oid, ev.seq, None, cmd.product_id,
+                                     _terms(cmd) if self.config.coid_terms else None)
         if resting_only:
             self._rest(pb, o)
             return
-        self._continue(pb, o, ts)
+        self._continue(pb, o, ts, cmd.min_quantity)
 
-    def _continue(self, pb: ProductBook, o: Order, ts: int) -> None:
-        """Match an incoming (not resting) order, then rest or cancel its remainder."""
-        if o.tif is _FOK and self._fillable(pb, o) < o.remaining:
+    def _continue(self, pb: ProductBook, o: Order, ts: int, min_fill: int | None = None) -> None:
+        """Match an incoming (not resting) order, then rest or cancel its remainder. A FOK
+        order, or an IOC order with ``min_fill``, that cannot trade that much now is cancelled whole."""
+        need = o.remaining if o.tif is _FOK else min_fill
+        if need is not None and self._fillable(pb, o) < need:
             self._emit(OrderCancelled, ts, o.order_id, o.member, o.product_id, o.remaining, CancelReason.NOT_FILLED)
             return
         if self._match(pb, o, ts):
@@ -819,7 +885,7 @@ class MarketEngine:
     # ------------------------------------------------------------------ snapshots
     #: Bumped whenever the exported state's layout changes: a snapshot of another version
     #: is not loaded (recovery falls back to an older one or to the full journal).
-    STATE_VERSION = 1
+    STATE_VERSION = 2
 
     def export_state(self) -> JsonDict:
         """The complete state, JSON-able: :meth:`restore` rebuilds an engine that processes
@@ -841,7 +907,7 @@ class MarketEngine:
                  pb.product.gate_us, pb.state.value, pb.ref_price, pb.auction_until, [[m, *c] for m, c in pb.otr.items()]]
                 for pid, pb in self.products.items()],
             "orders": [[o.order_id, o.member, o.product_id, o.side.value, o.price, o.quantity, o.remaining, o.tif.value,
-                        o.client_order_id, o.signature, o.ts] for o in self.orders.values()],
+                        o.client_order_id, o.signature, o.ts, o.expire_at] for o in self.orders.values()],
             "accounts": [[a.member, a.collateral, a.export_capacity_w, a.suspended, a.open_exposure, a.net_payable,
                           a.last_nonce, a.settlement_ref] for a in self.accounts.values()],
             "client_ids": [[m, coid, *v] for (m, coid), v in self.client_ids.items()],
@@ -869,13 +935,13 @@ class MarketEngine:
             a = e.accounts[MemberId(m)] = Account(MemberId(m))
             a.collateral, a.export_capacity_w, a.suspended = collateral, capacity, suspended
             a.open_exposure, a.net_payable, a.last_nonce, a.settlement_ref = exposure, payable, nonce, ref
-        for oid, m, pid, side, price, qty, remaining, tif, coid, sig, ts in state["orders"]:
+        for oid, m, pid, side, price, qty, remaining, tif, coid, sig, ts, expire_at in state["orders"]:
             o = Order(OrderId(oid), MemberId(m), ProductId(pid), Side(side), price, qty, TimeInForce(tif), coid, sig, ts)
-            o.remaining = remaining
+            o.remaining, o.expire_at = remaining, expire_at
             e.products[o.product_id].book.add(o)  # accounts' exposure and open sells are restored as they were
             e.orders[o.order_id] = o
-        e.client_ids = {(MemberId(m), coid): (None if oid is None else OrderId(oid), seq, reason)
-                        for m, coid, oid, seq, reason in state["client_ids"]}
+        e.client_ids = {(MemberId(m), coid): (None if oid is None else OrderId(oid), seq, reason, terms)
+                        for m, coid, oid, seq, reason, terms in state["client_ids"]}
         e._client_ids_by_product = {ProductId(pid): [(MemberId(m), coid) for m, coid in keys]
                                     for pid, keys in state["client_ids_by_product"]}
         e.positions = {ProductId(pid): {MemberId(m): [b, s_, p] for m, b, s_, p in pos} for pid, pos in state["positions"]}

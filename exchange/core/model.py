@@ -77,6 +77,8 @@ class Reason(str, Enum):
     PRICE_OUTSIDE_BAND = "PRICE_OUTSIDE_BAND"  # beyond the dynamic band around the reference price
     ORDER_VALUE_TOO_LARGE = "ORDER_VALUE_TOO_LARGE"  # quantity x |price| above the maximum order value
     ORDER_TO_TRADE_RATIO = "ORDER_TO_TRADE_RATIO"  # too many order entries for the member's fills
+    POST_ONLY_WOULD_TRADE = "POST_ONLY_WOULD_TRADE"  # a post-only order that would take liquidity
+    CLIENT_ORDER_ID_REUSED = "CLIENT_ORDER_ID_REUSED"  # a known client order id with different terms
 
 
 class CancelReason(str, Enum):
@@ -141,6 +143,9 @@ class PlaceOrder(Command):
     client_order_id: str | None = None
     signature: str | None = None
     nonce: int | None = None  # of a signed order: must exceed the member's last used nonce
+    post_only: bool = False  # refused (POST_ONLY_WOULD_TRADE) rather than trade on arrival; gtc only
+    expire_at: int | None = None  # good till date (us): expires then if still resting; gtc only
+    min_quantity: int | None = None  # ioc only: cancelled whole unless at least this much trades at once
 
 
 @dataclass(slots=True)

@@ -306,7 +306,7 @@ class Runner:
         self.commands.append(cmd)
         # seqs are consecutive and stamps never go backwards; a rejection that changed nothing
         # takes no seq of its own (it carries the last one) and is the command's last event
-        quiet = [x for x in evs if isinstance(x, Rejected) and x.seq == self.last_seq]
+        quiet = [x for x in evs if isinstance(x, (Rejected, Duplicate)) and x.seq == self.last_seq]
         assert quiet in ([], evs[-1:]), evs
         numbered = [x for x in evs if x not in quiet]
         if numbered:

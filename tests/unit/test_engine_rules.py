@@ -342,6 +342,93 @@ def test_every_reason_is_covered_by_a_test():
         assert any(n.startswith(f"test_reason_{r.value.lower()}") for n in names), r
 
 
+# =========================================================================== order conditions
+
+
+def test_reason_post_only_would_trade_and_a_passive_post_only_rests():
+    m = Mkt()
+    m.rest("a", SELL, 1000, 10)
+    r = assert_rejected(m, PlaceOrder, "b", m.p, BUY, 1000, 5, post_only=True, reason=Reason.POST_ONLY_WOULD_TRADE)
+    assert "would trade" in r.detail
+    assert_rejected(m, PlaceOrder, "b", m.p, BUY, 1200, 5, post_only=True, reason=Reason.POST_ONLY_WOULD_TRADE)
+    m.do(PlaceOrder, "b", m.p, BUY, 999, 5, post_only=True)
+    assert [o[3] for o in m.book()] == [999, 1000]
+    assert_rejected(m, PlaceOrder, "a", m.p, SELL, 999, 5, post_only=True, reason=Reason.POST_ONLY_WOULD_TRADE)
+    assert_rejected(m, PlaceOrder, "a", m.p, SELL, 1001, 5, IOC, post_only=True, reason=Reason.INVALID_VALUE)
+
+
+def test_post_only_rests_in_a_call_auction_market():
+    m = Mkt(mechanism=Mechanism.CALL)
+    m.rest("a", SELL, 1000, 10)
+    evs = m.do(PlaceOrder, "b", m.p, BUY, 1100, 5, post_only=True)
+    assert isinstance(evs[0], OrderAccepted)
+
+
+def test_good_till_date_expires_at_its_time_and_not_before():
+    m = Mkt()
+    until = m.t + 10_000_000
+    evs = m.do(PlaceOrder, "a", m.p, BUY, 1000, 10, expire_at=until)
+    oid = evs[0].order_id
+    m.tick(until - 1)
+    assert [o[0] for o in m.book()] == [oid]
+    (ex,) = of(m.tick(until), OrderExpired)
+    assert (ex.order_id, ex.remaining, ex.ts) == (oid, 10, until) and m.book() == []
+    assert m.e.accounts["a"].open_exposure == 0
+
+
+def test_good_till_date_survives_a_partial_fill_and_a_modify_then_expires_once():
+    m = Mkt()
+    until = m.t + 10_000_000
+    oid = m.do(PlaceOrder, "a", m.p, BUY, 1000, 10, expire_at=until)[0].order_id
+    m.place("b", SELL, 1000, 4)
+    m.do(ModifyOrder, "a", oid, price=990)  # loses priority, keeps its expiry
+    evs = m.tick(until)
+    assert [(x.order_id, x.remaining) for x in of(evs, OrderExpired)] == [(oid, 6)]
+    assert m.tick(until + 1000) == [] or not of(m.tick(until + 2000), OrderExpired)
+
+
+def test_good_till_date_filled_or_cancelled_first_does_nothing_at_its_time():
+    m = Mkt()
+    until = m.t + 10_000_000
+    oid = m.do(PlaceOrder, "a", m.p, BUY, 1000, 10, expire_at=until)[0].order_id
+    m.do(CancelOrder, "a", oid)
+    assert not of(m.tick(until), OrderExpired)
+
+
+def test_good_till_date_shape_rules():
+    m = Mkt()
+    assert_rejected(m, PlaceOrder, "a", m.p, BUY, 1000, 10, expire_at=m.t, reason=Reason.INVALID_VALUE)
+    assert_rejected(m, PlaceOrder, "a", m.p, BUY, 1000, 10, IOC, expire_at=m.t + 10**9, reason=Reason.INVALID_VALUE)
+
+
+def test_minimum_quantity_ioc_trades_only_if_enough_is_there():
+    m = Mkt()
+    m.rest("a", SELL, 1000, 3)
+    m.rest("a", SELL, 1001, 3)
+    evs = m.do(PlaceOrder, "b", m.p, BUY, 1001, 10, IOC, min_quantity=7)
+    assert trades(evs) == [] and of(evs, OrderCancelled)[0].reason is CancelReason.NOT_FILLED
+    evs = m.do(PlaceOrder, "b", m.p, BUY, 1001, 10, IOC, min_quantity=6)
+    assert [t[3] for t in trades(evs)] == [3, 3] and of(evs, OrderCancelled)[0].remaining == 4
+    assert_rejected(m, PlaceOrder, "b", m.p, BUY, 1001, 10, GTC, min_quantity=6, reason=Reason.INVALID_VALUE)
+    assert_rejected(m, PlaceOrder, "b", m.p, BUY, 1001, 10, IOC, min_quantity=11, reason=Reason.INVALID_VALUE)
+
+
+def test_reason_client_order_id_reused_with_other_terms():
+    m = Mkt()
+    oid = m.rest("a", BUY, 1000, 10, coid="x")
+    r = assert_rejected(m, PlaceOrder, "a", m.p, BUY, 1001, 10, GTC, "x", reason=Reason.CLIENT_ORDER_ID_REUSED)
+    assert r.order_id == oid and "1000" in r.detail and "1001" in r.detail
+    assert_rejected(m, PlaceOrder, "a", m.p, SELL, 1000, 10, GTC, "x", reason=Reason.CLIENT_ORDER_ID_REUSED)
+    before = m.e.snapshot()
+    (d,) = m.place("a", BUY, 1000, 10, coid="x")  # the same terms: the original outcome
+    assert isinstance(d, Duplicate) and d.order_id == oid
+    assert d.seq == before["seq"] and m.e.snapshot() == before  # a duplicate changes nothing: not journaled
+    m2 = Mkt(coid_terms=False, quiet_rejections=False)  # a market stored before the rule
+    m2.rest("a", BUY, 1000, 10, coid="x")
+    (d2,) = m2.place("a", BUY, 1001, 10, coid="x")
+    assert isinstance(d2, Duplicate)
+
+
 # =========================================================================== price controls
 
 
@@ -650,7 +737,7 @@ def test_client_order_id_resubmission_is_a_duplicate():
     acc = of(evs, OrderAccepted)[0]
     book = m.book()
     next_id = m.e.next_order_id
-    evs = m.place("a", BUY, 1200, 50, coid="c-1")
+    evs = m.place("a", BUY, 1000, 10, coid="c-1")  # the same order again (a retry)
     assert len(evs) == 1 and isinstance(evs[0], Duplicate)
     d = evs[0]
     assert (d.member, d.client_order_id, d.order_id, d.original_seq, d.reason) == ("a", "c-1", acc.order_id, acc.seq, None)
