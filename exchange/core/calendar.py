@@ -108,6 +108,11 @@ class Calendar:
     def day_open_us(self, day: date) -> int:
         return self._local_midnight_us(day - timedelta(days=self.config.open_days_before))
 
+    def day_ahead_us(self, day: date) -> int:
+        """The day-ahead time of delivery day ``day``: D-1 at ``gate_day_ahead_local_time``."""
+        return to_us(datetime.combine(day - timedelta(days=1), self.config.gate_day_ahead_local_time,
+                                      tzinfo=self.zone))
+
     def products(self, day: date) -> list[Product]:
         """All products of local delivery day ``day``, in delivery order."""
         cfg = self.config
@@ -115,7 +120,7 @@ class Calendar:
         end = self._local_midnight_us(day + timedelta(days=1))
         step = cfg.product_minutes * US_PER_MIN
         open_us = self.day_open_us(day)
-        day_ahead_gate = to_us(datetime.combine(day - timedelta(days=1), cfg.gate_day_ahead_local_time, tzinfo=self.zone))
+        day_ahead_gate = self.day_ahead_us(day)
         out = []
         for s in range(start, end, step):
             gate = day_ahead_gate if cfg.gate is GateMode.DAY_AHEAD else s - cfg.gate_rolling_minutes * US_PER_MIN

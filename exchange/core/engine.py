@@ -119,6 +119,9 @@ class MarketConfig:
             raise ValueError("price_min must be below price_max")
         if self.min_quantity < 1 or self.quantity_step < 1 or self.max_quantity < self.min_quantity:
             raise ValueError("quantities: need 1 <= min_quantity <= max_quantity and quantity_step >= 1")
+        if self.mechanism is Mechanism.CALL_THEN_CONTINUOUS and self.calendar.gate is not GateMode.ROLLING:
+            raise ValueError("call_then_continuous needs the rolling gate (intraday); the auction clears at the "
+                             "day-ahead time, D-1 at gate_day_ahead_local_time")
 
     def to_dict(self) -> JsonDict:
         c = self.calendar
@@ -309,8 +312,8 @@ class MarketEngine:
                 pid = ProductId(key)
                 pb = self.products[pid]
                 if kind == _OPEN:
-                    pb.state = ProductState.OPEN
-                    self._emit(ProductStateChanged, t, pid, ProductState.OPEN.value)
+                    pb.state = _AUCTION_STATE if pb.auction_until > t else _OPEN_STATE
+                    self._emit(ProductStateChanged, t, pid, pb.state.value)
                 elif kind == _GATE:
                     self._gate_closure(pb, t)
                 elif kind == _REOPEN:
@@ -327,7 +330,13 @@ class MarketEngine:
             if p.end_us <= t:
                 continue
             state = p.state_at(t)
+            auction_at = self._day_ahead_auction(p)
+            if auction_at is not None and state is _OPEN_STATE and t < auction_at:
+                state = _AUCTION_STATE  # collecting orders for the day-ahead auction
             pb = self.products[p.product_id] = ProductBook(p, state)
+            if auction_at is not None and t < auction_at:
+                pb.auction_until = auction_at
+                self._push(auction_at, _REOPEN, p.start_us, p.product_id)
             self.positions[p.product_id] = {}
             self._emit(ProductListed, t, p.product_id, p.start_us, p.end_us, p.open_us, p.gate_us, state.value)
             if p.open_us > t:
@@ -379,6 +388,14 @@ class MarketEngine:
                 if book.fill(o, q):
                     del self.orders[o.order_id]
 
+    def _day_ahead_auction(self, p: Product) -> int | None:
+        """When the day-ahead auction of ``p`` clears (call_then_continuous), if it has one: the
+        day-ahead time must fall after the product opens and before its intraday gate."""
+        if self.config.mechanism is not Mechanism.CALL_THEN_CONTINUOUS:
+            return None
+        t = self.calendar.day_ahead_us(p.delivery_day)
+        return t if p.open_us < t < p.gate_us else None
+
     def _interrupt(self, pb: ProductBook, price: int, t: int) -> None:
         """Stop continuous trading of ``pb``: a trade at ``price`` would leave the volatility
         range around its reference. Orders rest without matching until the auction clears."""
@@ -399,7 +416,8 @@ class MarketEngine:
         self._emit(OrderExpired, t, o.order_id, o.member, o.product_id, o.remaining)
 
     def _reopen(self, pb: ProductBook, t: int) -> None:
-        """End of a volatility auction: clear it at one price, then trade continuously again."""
+        """End of an auction (a volatility auction, or the day-ahead auction of call_then_continuous):
+        clear it at one price, then trade continuously from what is left."""
         if pb.state is not _AUCTION_STATE or pb.auction_until != t:
             return  # the gate closed first
         self._clear_auction(pb, t)
@@ -614,7 +632,7 @@ class MarketEngine:
         resting_only = mech_call or (pb is not None and pb.state is _AUCTION_STATE)
         if err is None and resting_only and cmd.tif is not _GTC:
             err = Reason.TIF_NOT_SUPPORTED, (f"{cmd.tif.value} is not supported in a call auction" if mech_call
-                                             else f"{cmd.tif.value} is not supported during a volatility auction")
+                                             else f"{cmd.tif.value} is not supported during an auction")
         if err is None and cmd.nonce is not None and not nonce_used:
             err = self._use_nonce(member, cmd.nonce)
             spent = err is None
@@ -980,7 +998,7 @@ class MarketEngine:
         live = 0
         for pid, pb in self.products.items():
             book = pb.book
-            if self.config.mechanism is Mechanism.CONTINUOUS and pb.state is not _AUCTION_STATE:
+            if self.config.mechanism is not Mechanism.CALL and pb.state is not _AUCTION_STATE:
                 assert not book.is_crossed(), f"{pid} crossed"
             for side in (Side.BUY, Side.SELL):
                 for price, lvl in book.side_levels(side):

@@ -51,6 +51,10 @@ class SelfTradePrevention(str, Enum):
 class Mechanism(str, Enum):
     CONTINUOUS = "continuous"  # continuous double auction, price-time priority
     CALL = "call"  # uniform-price call auction (pay-as-clear) at gate closure
+    # day-ahead then intraday: orders collected from the product's opening are cleared by a
+    # uniform-price call auction at the day-ahead time (D-1, gate_day_ahead_local_time), then
+    # the product trades continuously, from what is left, until its rolling gate
+    CALL_THEN_CONTINUOUS = "call_then_continuous"
 
 
 class Reason(str, Enum):

@@ -110,7 +110,10 @@ class Settings(BaseSettings):
     price_max_ticks: int = 400_000
     min_quantity_wh: int = Field(1, ge=1)
     self_trade_prevention: Literal["cancel_newest", "cancel_oldest", "cancel_both", "allow"] = "cancel_newest"
-    mechanism: Literal["continuous", "call"] = "continuous"
+    #: continuous double auction; call (uniform-price auction at gate closure); or
+    #: call_then_continuous: a day-ahead auction at D-1 gate_day_ahead_local_time, then
+    #: continuous intraday trading until the rolling gate (needs gate = rolling)
+    mechanism: Literal["continuous", "call", "call_then_continuous"] = "continuous"
     risk_checks: bool = True
     # Pre-trade price controls (exchange/core/controls.py, docs/engine.md); 0 turns one off.
     #: dynamic price band around the product's last trade price: basis points of |price|,
@@ -258,6 +261,9 @@ class Settings(BaseSettings):
             raise ValueError("price_min_ticks must be below price_max_ticks")
         if self.gate == "day_ahead" and self.open_days_before < 1:
             raise ValueError("with the day_ahead gate, open_days_before must be >= 1 (products open before the gate)")
+        if self.mechanism == "call_then_continuous" and self.gate != "rolling":
+            raise ValueError("mechanism call_then_continuous needs gate=rolling: the day-ahead auction clears at "
+                             "gate_day_ahead_local_time on D-1, intraday trading runs until the rolling gate")
         return self
 
     # --- helpers (derived, no I/O) -------------------------------------------

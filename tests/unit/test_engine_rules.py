@@ -429,6 +429,61 @@ def test_reason_client_order_id_reused_with_other_terms():
     assert isinstance(d2, Duplicate)
 
 
+# =========================================================================== day-ahead then intraday
+
+
+def hybrid() -> Mkt:
+    m = Mkt(mechanism=Mechanism.CALL_THEN_CONTINUOUS, calendar=CalendarConfig(gate=GateMode.ROLLING))
+    m.auction = sorted(pid for pid, pb in m.e.products.items() if pb.state is ProductState.AUCTION)
+    return m
+
+
+def test_call_then_continuous_needs_the_rolling_gate():
+    with pytest.raises(ValueError, match="rolling"):
+        MarketConfig(mechanism=Mechanism.CALL_THEN_CONTINUOUS)
+
+
+def test_day_ahead_auction_then_continuous_from_what_is_left():
+    m = hybrid()
+    # at T0 (D-1 09:00 local) the next day's products collect orders for the day-ahead auction;
+    # today's products trade continuously (nothing is closed for half a day any more)
+    assert len(m.auction) == 24 and len(m.open) > 0
+    p = m.auction[5]
+    pb = m.e.products[p]
+    assert pb.auction_until == GATE  # D-1 12:00 local
+    b1 = m.do(PlaceOrder, "a", p, BUY, 1200, 10)[0].order_id
+    b2 = m.do(PlaceOrder, "a", p, BUY, 1000, 10)[0].order_id
+    s1 = m.do(PlaceOrder, "b", p, SELL, 900, 15)[0].order_id
+    m.do(PlaceOrder, "b", p, SELL, 1300, 5)
+    assert m.e.book(p).is_crossed()  # collected, not matched
+    r = m.do(PlaceOrder, "c", p, BUY, 2000, 1, IOC)[0]
+    assert isinstance(r, Rejected) and r.reason == Reason.TIF_NOT_SUPPORTED.value
+    evs = [x for x in m.tick(GATE) if getattr(x, "product_id", None) == p]
+    (ac,) = of(evs, AuctionCleared)
+    assert ac.volume == 15 and all(t.price == ac.price for t in of(evs, TradeEvent))
+    assert {t.aggressor for t in of(evs, TradeEvent)} == {"auction"}
+    assert m.e.product_state(p) is ProductState.OPEN
+    assert not m.e.book(p).is_crossed()
+    # what is left: 5 of the 1000 bid and the 1300 ask; continuous trading starts from it
+    assert [(o[0], o[4]) for o in m.book(p) if o[2] == "buy"] == [(b2, 5)]
+    assert s1 not in {o[0] for o in m.book(p)} and b1 not in {o[0] for o in m.book(p)}
+    evs = m.do(PlaceOrder, "c", p, SELL, 1000, 5, IOC)
+    assert trades(evs) == [(b2, of(evs, OrderAccepted)[0].order_id, 1000, 5)]
+    # the intraday gate closes the product as usual
+    evs = m.tick(pb.product.gate_us)
+    assert m.e.product_state(p) is ProductState.CLOSED and of(evs, OrderExpired)
+
+
+def test_day_ahead_auction_with_nothing_crossing_opens_continuous_trading_with_the_book():
+    m = hybrid()
+    p = m.auction[0]
+    m.do(PlaceOrder, "a", p, BUY, 900, 10)
+    m.do(PlaceOrder, "b", p, SELL, 1000, 10)
+    evs = [x for x in m.tick(GATE) if getattr(x, "product_id", None) == p]
+    assert of(evs, AuctionCleared)[0].price is None and len(m.book(p)) == 2
+    assert m.e.product_state(p) is ProductState.OPEN
+
+
 # =========================================================================== price controls
 
 

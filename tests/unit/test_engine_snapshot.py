@@ -14,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from support.times import T0
 
+from exchange.core.calendar import CalendarConfig, GateMode
 from exchange.core.controls import PriceControls
 from exchange.core.engine import MarketConfig, MarketEngine
 from exchange.core.model import (
@@ -37,13 +38,14 @@ pytestmark = pytest.mark.unit
 
 def _stream(seed: int, n: int, mechanism: Mechanism) -> tuple[MarketConfig, list[Command]]:
     rng = random.Random(seed)
-    cfg = MarketConfig(mechanism=mechanism, controls=PriceControls(
+    calendar = CalendarConfig(gate=GateMode.ROLLING) if mechanism is Mechanism.CALL_THEN_CONTINUOUS else CalendarConfig()
+    cfg = MarketConfig(mechanism=mechanism, calendar=calendar, controls=PriceControls(
         price_band_min_ticks=rng.choice([0, 1200]), volatility_min_ticks=rng.choice([0, 600, 900]),
         volatility_auction_s=rng.choice([1, 30]), otr_max=rng.choice([0, 2]), otr_free=rng.choice([5, 50])))
     probe = MarketEngine(cfg)
     probe.process(Tick(T0))
     names = workload.members(6)
-    products = sorted(pid for pid, pb in probe.products.items() if pb.state.value == "open")[:3]
+    products = sorted(pid for pid, pb in probe.products.items() if pb.state.value in ("open", "auction"))[-3:]
     flow = workload.OrderFlow(products, names, seed=seed)
     cmds: list[Command] = [Tick(T0), *workload.registrations(names, T0)]
     t = T0 + 1
