@@ -14,10 +14,12 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+import rlp
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from eth_tester import EthereumTester, PyEVMBackend
 from eth_typing import HexStr
+from eth_utils import keccak
 from web3 import EthereumTesterProvider, HTTPProvider, Web3
 from web3.contract import Contract
 from web3.exceptions import TimeExhausted, TransactionNotFound
@@ -25,6 +27,7 @@ from web3.types import Wei
 
 from exchange.runtime.config import Settings
 from settlement.compiler import Artifact, load_artifacts
+from settlement.reverts import ALREADY_KNOWN, OTHER, Revert, RevertDecoder, classify_send_error, revert_data
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +39,52 @@ DEPLOY_GAS = 3_000_000
 CALL_GAS = 200_000
 
 
+#: init code run by ``eth_call`` (no ``to``) to check the node's EVM has what the contracts
+#: need (cancun): MSTORE 42 at 0; MCOPY it to 0x20 (EIP-5656); TSTORE 7 at slot 0 and TLOAD
+#: it back (EIP-1153); add; return the 32 bytes at 0x20, i.e. 49. PUSH0-era opcodes only
+#: otherwise, so a pre-cancun EVM fails at MCOPY with an invalid opcode.
+EVM_PROBE = bytes.fromhex("602a600052" "602060006020" "5e" "60076000" "5d" "6000" "5c" "602051" "01" "602052"
+                          "60206020" "f3")
+EVM_PROBE_RESULT = (49).to_bytes(32, "big")
+
+
 class ChainError(RuntimeError):
     """The chain is unreachable or refused a transaction."""
+
+
+class SendRefused(ChainError):
+    """``eth_sendRawTransaction`` refused: ``kind`` is one of settlement.reverts'
+    ``NONCE_TOO_LOW``, ``NONCE_TOO_HIGH`` or ``OTHER`` (``already known`` is not a refusal:
+    the transaction is pending)."""
+
+    def __init__(self, message: str, kind: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+class TxReverted(ChainError):
+    """A transaction was mined and reverted; ``revert`` is why, as far as a replay
+    (``eth_call`` of the same call now) tells."""
+
+    def __init__(self, message: str, revert: Revert | None, tx_hash: str | None = None) -> None:
+        super().__init__(message)
+        self.revert = revert
+        self.tx_hash = tx_hash
+
+
+class EvmTooOld(ChainError):
+    """The node's EVM lacks an opcode the contracts use (they are compiled for prague)."""
+
+
+def tx_nonce(raw: bytes) -> int:
+    """The nonce of a signed raw transaction (legacy or typed, EIP-2718)."""
+    if raw[0] >= 0xC0:  # legacy: rlp([nonce, gasPrice, gas, to, value, data, v, r, s])
+        return int.from_bytes(rlp.decode(raw)[0], "big")
+    return int.from_bytes(rlp.decode(raw[1:])[1], "big")  # typed: type || rlp([chainId, nonce, ...])
+
+
+def tx_hash_of(raw: bytes) -> str:
+    return "0x" + keccak(raw).hex()
 
 
 @dataclass(frozen=True)
@@ -54,15 +101,20 @@ class Chain:
     :meth:`attach` ran; before that, using them raises a RuntimeError."""
 
     def __init__(self, w3: Web3, operator: LocalAccount, *, in_process: bool, tester: EthereumTester | None = None,
-                 artifacts: dict[str, Artifact] | None = None) -> None:
+                 artifacts: dict[str, Artifact] | None = None, ephemeral: bool | None = None) -> None:
         self.w3 = w3
         self.operator = operator
         #: the chain is the in-process EVM (eth-tester), not a JSON-RPC node
         #: (``Chain.in_process`` is the constructor of such a chain)
         self.is_in_process = in_process
+        #: the chain starts empty with every process (the in-memory EVM): finding our
+        #: contracts gone is expected there, and the worker deploys anew. On any other
+        #: chain a lost deployment is refused unless the operator approves a redeployment.
+        self.ephemeral = in_process if ephemeral is None else ephemeral
         self.tester = tester
         # the contracts compiled at build time (package data); never compiles nor runs node
         self.artifacts = artifacts or load_artifacts()
+        self.decoder = RevertDecoder(a.abi for a in self.artifacts.values())
         self.chain_id = w3.eth.chain_id
         self.genesis_hash = "0x" + bytes(w3.eth.get_block(0)["hash"]).hex()
         self._nonce: int | None = None
@@ -164,12 +216,64 @@ class Chain:
         """Forget the local nonce (re-read from the chain before the next signature)."""
         self._nonce = None
 
+    @property
+    def local_nonce(self) -> int | None:
+        """The nonce the next signature will use (None: read from the node first)."""
+        return self._nonce
+
+    def set_nonce(self, nonce: int) -> None:
+        self._nonce = nonce
+
+    def pending_nonce(self) -> int:
+        """The operator's next nonce as the node sees it (mined plus pending transactions)."""
+        return int(self.w3.eth.get_transaction_count(self.operator.address, "pending"))
+
+    def mined_nonce(self) -> int:
+        """The operator's transactions mined so far (its nonce in the latest block)."""
+        return int(self.w3.eth.get_transaction_count(self.operator.address, "latest"))
+
     def send_raw(self, raw: bytes) -> str:
+        """Broadcast; returns the hash. A node that already has the transaction (``already
+        known``/``already imported``, -32003) is not an error: it is pending."""
         try:
             return "0x" + bytes(self.w3.eth.send_raw_transaction(raw)).hex()
         except Exception as exc:  # noqa: BLE001 - any provider error is a chain error here
+            kind = classify_send_error(exc)
+            if kind == ALREADY_KNOWN:
+                log.info("settlement: node already has transaction %s: waiting for it", tx_hash_of(raw))
+                return tx_hash_of(raw)
             self._nonce = None  # re-read it: the transaction may or may not have been taken
-            raise ChainError(f"send failed: {exc}") from exc
+            raise SendRefused(f"send failed ({kind.replace('_', ' ')}): {exc}" if kind != OTHER
+                              else f"send failed: {exc}", kind) from exc
+
+    def simulate(self, call) -> Revert | None:
+        """``eth_call`` of ``call`` from the operator at the latest block: None when it would
+        succeed, else the decoded revert. A node that cannot be asked raises ChainError."""
+        try:
+            call.call({"from": self.operator.address})
+        except Exception as exc:  # noqa: BLE001 - sorted below
+            reverted, data, text = revert_data(exc)
+            if not reverted:
+                raise ChainError(f"eth_call failed: {exc}") from exc
+            return self.decoder.decode(data, text)
+        return None
+
+    def check_evm(self) -> None:
+        """Refuse a node whose EVM lacks cancun's MCOPY or transient storage (the contracts
+        are compiled for prague; ``verifyTradeFields`` uses MCOPY): EvmTooOld says so."""
+        try:
+            out = bytes(self.w3.eth.call({"data": EVM_PROBE, "gas": 100_000}))
+        except Exception as exc:  # noqa: BLE001 - sorted below
+            reverted, _data, text = revert_data(exc)
+            low = str(exc).lower()
+            if reverted or "opcode" in low or "not activated" in low or "not defined" in low:
+                raise EvmTooOld(f"the node's EVM cannot run cancun opcodes (MCOPY, TSTORE/TLOAD), which the "
+                                f"contracts need (compiled for prague): the probe failed with {text or exc}. "
+                                "Use a node at cancun or later (geth, anvil with --hardfork prague, ...)") from exc
+            raise ChainError(f"cannot probe the node's EVM: {exc}") from exc
+        if out != EVM_PROBE_RESULT:
+            raise EvmTooOld(f"the node's EVM ran the cancun probe (MCOPY, TSTORE/TLOAD) wrongly: returned "
+                            f"0x{out.hex()}, expected 0x{EVM_PROBE_RESULT.hex()}; use a node at cancun or later")
 
     def receipt(self, tx_hash: str, timeout: float = 30.0) -> Any | None:
         """The receipt, waiting up to ``timeout`` s; None when the chain does not know the tx."""
@@ -182,14 +286,20 @@ class Chain:
             return None
 
     def transact(self, call, gas: int) -> Any:
-        """Sign, send, wait; raises ChainError when the transaction reverts."""
+        """Sign, send, wait; raises TxReverted (with the decoded error) when the
+        transaction reverts, ChainError when it is refused or not mined."""
         raw, tx_hash = self.sign(call, gas)
         self.send_raw(raw)
         receipt = self.receipt(tx_hash)
         if receipt is None:
             raise ChainError(f"no receipt for {tx_hash}")
         if receipt["status"] != 1:
-            raise ChainError(f"transaction {tx_hash} reverted")
+            why = None
+            try:
+                why = self.simulate(call)
+            except ChainError:
+                pass
+            raise TxReverted(f"transaction {tx_hash} reverted: {why or 'reason unknown'}", why, tx_hash)
         return receipt
 
     def anchor_call(self, batch_id: int, root: bytes, trade_count: int, first_seq: int, last_seq: int,

@@ -15,6 +15,7 @@ from exchange.runtime.service import run_async
 from settlement.bench import bench_settlement
 from settlement.chain import Chain
 from settlement.reconcile import reconcile
+from settlement.worker import RedeployRefused, approve_redeploy
 
 
 def cmd_reconcile(args: argparse.Namespace) -> int:
@@ -78,6 +79,50 @@ def _reconcile_remote(url: str, token: str | None) -> dict | None:
         return None
 
 
+REDEPLOY_CONSEQUENCES = """\
+At its next start the exchange will deploy the settlement contracts anew on the node, if
+the contracts recorded for this market are gone from it (a node reset or restarted empty):
+  - batches anchored on the lost deployment stay recorded against it and become
+    unverifiable (their proofs name a registry that no longer exists);
+  - batches not anchored yet are anchored on the new deployment;
+  - every member's collateral in the engine restarts from the new chain's (zero until
+    members deposit again).
+Without this, the exchange refuses to start on such a node. Run again with --yes to approve."""
+
+
+def cmd_redeploy(args: argparse.Namespace) -> int:
+    """The operator's explicit consent to a redeployment over a node that lost ours
+    (recorded in the database, used by the next start; see docs/settlement.md)."""
+    settings = load_settings()
+    if not settings.chain_rpc_url:
+        print("voltbourse: the in-process EVM starts empty with every run and is redeployed on by itself; "
+              "nothing to approve", file=sys.stderr)
+        return 0
+    if not args.yes:
+        print(REDEPLOY_CONSEQUENCES)
+        return 1
+
+    async def run(dsn: str) -> str:
+        pool = await create_pool(dsn, min_size=1, max_size=2)
+        try:
+            try:
+                chain = Chain.from_settings(settings)
+            except Exception as exc:  # noqa: BLE001 - an unreachable node: approve without looking
+                print(f"voltbourse: cannot reach the node ({exc}); approving without checking it", file=sys.stderr)
+                chain = None
+            return await approve_redeploy(pool, settings.market_id, chain)
+        finally:
+            await pool.close()
+
+    try:
+        with database(settings) as dsn:
+            print(run_async(run(dsn)))
+    except RedeployRefused as exc:
+        print(f"voltbourse: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
 
     result = {"bench": "settlement", **bench_settlement(args.trades, args.seed, args.batch_size, args.rate,
@@ -100,6 +145,10 @@ def add_commands(sub, bench_sub) -> None:
                                  "in-process EVM, which lives inside the exchange")
     r.add_argument("--token", help="operator token (default: settings.operator_token)")
     r.set_defaults(func=cmd_reconcile)
+    d = s.add_parser("redeploy", help="approve deploying the contracts anew on a node that lost them (the exchange "
+                                      "refuses to start on such a node otherwise)")
+    d.add_argument("--yes", action="store_true", help="approve (without it: print what it means, exit 1)")
+    d.set_defaults(func=cmd_redeploy)
 
     b = bench_sub.add_parser("settlement", help="trades anchored per second, gas per trade and lag on the "
                                                 "in-process EVM")

@@ -42,7 +42,7 @@ from settlement.chain import Chain
 from settlement.proofs import ProofService
 from settlement.protocol import TradeProof
 from settlement.reconcile import reconcile
-from settlement.worker import SettlementWorker
+from settlement.worker import SettlementStartError, SettlementWorker
 
 log = logging.getLogger(__name__)
 
@@ -152,8 +152,15 @@ def settlement_subsystem(*, chain: Chain | None = None) -> Subsystem:
             poll_s=settings.settlement_poll_s, retry_s=settings.settlement_retry_s,
             retry_max_s=settings.settlement_retry_max_s,
             publish=(lambda payload: feed.publish("settlement", payload)) if feed is not None else None,
-            payout_sources=payout_sources)
-        await worker.start()
+            payout_sources=payout_sources,
+            # the in-process EVM has eth-tester's fixed chain id; a node must be the signing domain's chain
+            signing_chain_id=None if c.is_in_process else settings.chain_id)
+        try:
+            await worker.start()
+        except SettlementStartError as exc:
+            log.critical("settlement: %s", exc)
+            worker.close()
+            raise
         app[SETTLEMENT] = worker
         registry = app.get(MEMBERS)
         if registry is not None:
@@ -205,8 +212,33 @@ class SettlementCollector:
                 ("voltbourse_settlement_gas_used", "gas_used", "Gas used by anchorBatch transactions."),
                 ("voltbourse_settlement_chain_errors", "chain_errors", "Chain errors (each followed by a retry).")):
             yield CounterMetricFamily(name, doc, value=w.stats[key])
-        yield GaugeMetricFamily("voltbourse_settlement_alert", "1 while the chain is failing and the worker retries.",
+        for name, key, doc in (
+                ("voltbourse_settlement_reverts", "reverts", "anchorBatch transactions mined and reverted."),
+                ("voltbourse_settlement_batches_blocked", "batches_blocked",
+                 "Times a batch was blocked (its anchorBatch reverts with a decoded error)."),
+                ("voltbourse_settlement_rollbacks", "rollbacks",
+                 "Chain rollbacks noticed (anchored batches missing from the registry)."),
+                ("voltbourse_settlement_batches_healed", "batches_healed",
+                 "Anchored batches put back to be re-sent after a chain rollback."),
+                ("voltbourse_settlement_rescans", "rescans", "Chain event rescans after a rollback or reorg."),
+                ("voltbourse_settlement_nonce_resets", "nonce_resets",
+                 "Operator nonce reset from the node (it was ahead or behind).")):
+            yield CounterMetricFamily(name, doc, value=w.stats[key])
+        yield GaugeMetricFamily("voltbourse_settlement_alert", "1 while any settlement alert is raised (see "
+                                "voltbourse_settlement_alert_kind and /api/operator/settlement).",
                                 value=1 if w.alert else 0)
+        kinds = GaugeMetricFamily("voltbourse_settlement_alert_kind", "1 for each kind of alert raised now: chain "
+                                  "(errors, retrying), blocked, rollback, mismatch, deployment.", labels=["kind"])
+        for kind in w.alerts:
+            kinds.add_metric([kind], 1)
+        yield kinds
+        yield GaugeMetricFamily("voltbourse_settlement_blocked_batches", "Batches blocked now (their anchorBatch "
+                                "reverts with an error of the contracts).", value=len(w.blocked))
+        blocked = GaugeMetricFamily("voltbourse_settlement_blocked_batch", "1 per blocked batch, labelled with the "
+                                    "decoded error's name.", labels=["batch_id", "error"])
+        for bid, err in sorted(w.blocked.items()):
+            blocked.add_metric([str(bid), str(err.get("name") or "unknown")], 1)
+        yield blocked
         yield GaugeMetricFamily("voltbourse_settlement_pending_trades",
                                 "Trades not yet in a batch (as of the last status).", value=w.last_pending)
         if w.lag_s:

@@ -28,6 +28,29 @@ A chain that is down or refuses a transaction leaves the batch where it is; the
 worker retries with exponential back-off and raises ``alert`` (metrics, operator
 page) until it succeeds. Nothing is lost: trades only ever move forward.
 
+Chain faults (docs/settlement.md, "Chain faults"):
+
+- **reverts**: every ``anchorBatch`` is first run as a free ``eth_call``; a revert is
+  decoded by selector from the compiled ABI (:mod:`settlement.reverts`). A batch that
+  would revert (or whose mined transaction reverted with a decoded error) becomes
+  ``blocked``: never sent again while the ``eth_call`` still reverts (rechecked every
+  ``recheck_s``), with an alert naming the error. Later batches that share a member with
+  it wait behind it (the engine applies a member's settled batches in order); the others
+  go on. Collateral of an anchored batch is applied only after every earlier batch of
+  its members.
+- **nonces**: before sending, the operator's nonce is compared with the node's pending
+  nonce; stored transactions the node does not have are re-sent in nonce order, those
+  after a gap or whose nonce was taken are signed anew. ``already known`` from the node
+  means pending, never failed.
+- **scanning**: ``scanned_block`` never passes the head scanned, its hash is kept, and a
+  head below it or a changed hash rescans from below the new head.
+- **start**: the node's chain id must be the signing domain's, its EVM must run cancun
+  opcodes, and a deployment gone from a node that keeps state is refused (the operator
+  approves a redeployment with ``voltbourse settlement redeploy --yes``).
+- **rollbacks**: every ``check_s`` (and at start) the registry's batches and recent roots
+  are compared with the database; anchored batches missing on chain go back to ``sent``
+  and their stored transactions are re-sent in nonce order (or signed anew).
+
 ``fault(point)`` is a test hook called at each crash point; raising there
 simulates a crash of the worker at that point.
 """
@@ -44,18 +67,30 @@ from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
+from web3.logs import DISCARD
 
 from exchange.core.ids import MemberId
 from exchange.core.model import Rejected, UpdateCollateral
 from exchange.runtime.ports import Payout, PayoutSource
-from settlement.chain import CALL_GAS, Chain, ChainError
+from settlement.chain import CALL_GAS, Chain, ChainError, EvmTooOld, SendRefused, tx_hash_of, tx_nonce
 from settlement.merkle import MerkleTree, TradeRecord, leaf
 from settlement.netting import net_amounts
+from settlement.reverts import NONCE_TOO_HIGH, NONCE_TOO_LOW, Revert
 
 log = logging.getLogger(__name__)
 
 CONSUMER = "settlement"
 SCAN_BLOCKS = 2_000  # chain events read per query
+#: blocks rescanned below the new head after the head went back or a scanned block changed
+REORG_RESCAN = 64
+#: anchored batches (the most recent) whose roots are compared with the registry at each check
+CHECK_RECENT = 16
+#: a batch whose transaction reverts without a decodable reason is signed anew at most this often
+MAX_BLIND_REVERTS = 3
+#: after a revert, a block or a rollback, every batch is run as an eth_call first for this long
+CAUTIOUS_S = 600.0
+#: the order alerts are shown in
+ALERT_KINDS = ("deployment", "mismatch", "rollback", "blocked", "chain")
 FAULT_POINTS = ("after_form", "after_sign", "after_record_sent", "after_send", "after_record_anchored",
                 "after_collateral")
 
@@ -73,6 +108,56 @@ def trade_record(r) -> TradeRecord:
                        r["buy_signature"], r["sell_signature"])
 
 
+class SettlementStartError(RuntimeError):
+    """The worker refuses to start; the message names the problem and what to do."""
+
+
+class DeploymentLost(ChainError):
+    """The registry recorded for this market has no code on the node (any more)."""
+
+
+class RedeployRefused(RuntimeError):
+    """``voltbourse settlement redeploy`` found nothing to redeploy."""
+
+
+def _members(nets) -> set[str]:
+    return {m for m, _ in nets}
+
+
+#: what the operator can do about a blocking error of our contracts
+_HINTS = {
+    "InsufficientCollateral": "the member's collateral on chain is below what it owes in this batch: it must "
+                              "deposit at least needed - collateral, or the operator credit it",
+    "NotOperator": "the operator key is not the registry's operator: configure the right key",
+    "NetNotZero": "the batch's nets do not sum to zero: a bug, report it",
+    "EmptyRoot": "the batch has an empty root: a bug, report it",
+    "BadSequenceRange": "the batch's sequence range is invalid: a bug, report it",
+    "LengthMismatch": "members and amounts differ in length: a bug, report it",
+}
+
+
+async def approve_redeploy(pool: asyncpg.Pool, market_id: str, chain: Chain | None = None) -> str:
+    """The operator's explicit consent (``voltbourse settlement redeploy --yes``) to deploy
+    the contracts anew when the active deployment is gone from the node. With ``chain``
+    given, refuses when the deployment is in fact still there."""
+    row = await pool.fetchrow("SELECT * FROM settlement_deployments WHERE market_id = $1 AND active", market_id)
+    if row is None:
+        return f"no deployment recorded for market {market_id!r}: the next start deploys the contracts"
+    if chain is not None and row["chain_id"] == chain.chain_id and row["genesis_hash"] == chain.genesis_hash \
+            and chain.has_code(row["registry_address"]):
+        raise RedeployRefused(f"deployment {row['deployment_id']} (registry {row['registry_address']}) is intact on "
+                              f"this node (chain {chain.chain_id}): nothing to redeploy")
+    await pool.execute("UPDATE settlement_deployments SET redeploy_approved_at = now() WHERE deployment_id = $1",
+                       row["deployment_id"])
+    anchored = await pool.fetchval("SELECT count(*) FROM settlement_batches WHERE market_id = $1 AND "
+                                   "deployment_id = $2 AND state = 'anchored'", market_id, row["deployment_id"])
+    return (f"redeployment approved for market {market_id!r}: at its next start the exchange retires deployment "
+            f"{row['deployment_id']} (registry {row['registry_address']}, chain {row['chain_id']}) if its contracts "
+            f"are gone from the node, and deploys anew; its {anchored} anchored batches stay recorded against it "
+            "(unverifiable), batches not anchored go to the new deployment, and members' collateral restarts from "
+            "the new chain's")
+
+
 async def batch_trades(conn, market_id: str, batch_id: int) -> list[TradeRecord]:
     rows = await conn.fetch(_TRADE_SELECT + " WHERE t.market_id = $1 AND t.batch_id = $2 ORDER BY t.trade_id",
                             market_id, batch_id)
@@ -85,8 +170,21 @@ class SettlementWorker:
                  retry_s: float = 1.0, retry_max_s: float = 60.0,
                  publish: Callable[[dict], None] | None = None,
                  fault: Callable[[str], None] | None = None,
-                 payout_sources: Sequence[PayoutSource] = ()) -> None:
+                 payout_sources: Sequence[PayoutSource] = (),
+                 signing_chain_id: int | None = None, check_s: float = 30.0, recheck_s: float = 5.0,
+                 confirmations: int = 0, simulate: bool | None = None) -> None:
         self.pool = pool
+        #: run every anchorBatch as an eth_call before signing it (no gas spent on a revert).
+        #: Default: on a JSON-RPC node (one round trip, the node's CPU); on the in-process
+        #: EVM only while cautious (it would cost the event loop's interpreter ~2/3 of a send).
+        self.simulate_first = (not chain.is_in_process) if simulate is None else simulate
+        self._cautious_until = 0.0  # simulate first until then (after a revert, a block, a heal)
+        #: the chain id orders are signed for (settings.chain_id); the node must have it
+        self.signing_chain_id = signing_chain_id
+        self.check_s = check_s  # registry vs database comparison (rollbacks), this often
+        self.recheck_s = recheck_s  # a blocked batch's eth_call, this often
+        self.confirmations = confirmations  # chain events are read this many blocks below the head
+        self.resend_wait_s = 10.0  # wait for the receipt of a re-sent transaction this long, then look later
         self.payout_sources = payout_sources
         self.market_id = market_id
         self.chain = chain
@@ -100,10 +198,20 @@ class SettlementWorker:
         self.fault = fault or (lambda point: None)
         self.deployment_id: int | None = None
         self.deploy_block = 0
-        self.alert: str | None = None
+        self._alerts: dict[str, str] = {}  # kind (ALERT_KINDS) -> what the operator reads
         self.last_reconcile: dict[str, Any] | None = None  # the last reconciliation's summary (run_reconcile)
         self.failures = 0
-        self.stats = {"batches_anchored": 0, "trades_anchored": 0, "gas_used": 0, "chain_errors": 0}
+        self.stats = {"batches_anchored": 0, "trades_anchored": 0, "gas_used": 0, "chain_errors": 0,
+                      "reverts": 0, "batches_blocked": 0, "rollbacks": 0, "batches_healed": 0, "rescans": 0,
+                      "nonce_resets": 0}
+        #: blocked batches: batch id -> the revert (as_dict) that blocks it, plus "waiting" ids
+        self.blocked: dict[int, dict[str, Any]] = {}
+        self._healing: set[int] = set()  # batches put back after a rollback, not anchored again yet
+        self._lost = False  # the registry has no code on the node: nothing is sent
+        self._next_check = 0.0
+        self._rechecked_at: dict[int, float] = {}
+        self.chain_head: int | None = None  # as of the last check or scan
+        self.scanned_block: int | None = None
         self.last_pending = 0  # trades not in a batch, as of the last status()
         # wait of each anchored batch's oldest trade (seconds), the most recent ones
         self.lag_s: deque[float] = deque(maxlen=10_000)
@@ -113,6 +221,32 @@ class SettlementWorker:
         self._stop = asyncio.Event()
         self._wake = asyncio.Event()
         self._tx_lock = asyncio.Lock()  # operator transactions: sign, record, send in turn
+
+    # ------------------------------------------------------------------ alerts
+    @property
+    def alert(self) -> str | None:
+        """Everything the operator should know now, most serious first (None: all well)."""
+        return "; ".join(self._alerts[k] for k in ALERT_KINDS if k in self._alerts) or None
+
+    @alert.setter
+    def alert(self, value: str | None) -> None:
+        """The transient alert (a chain error being retried)."""
+        if value is None:
+            self._alerts.pop("chain", None)
+        else:
+            self._alerts["chain"] = value
+
+    @property
+    def alerts(self) -> dict[str, str]:
+        return dict(self._alerts)
+
+    def _set_alert(self, kind: str, text: str | None) -> None:
+        if text is None:
+            if self._alerts.pop(kind, None) is not None:
+                log.info("settlement: %s alert cleared", kind)
+        elif self._alerts.get(kind) != text:
+            self._alerts[kind] = text
+            log.error("settlement: %s", text)
 
     # ------------------------------------------------------------------ plumbing
     async def _chain(self, fn, *args):
@@ -131,16 +265,44 @@ class SettlementWorker:
         self._executor.shutdown(wait=False)
 
     # ------------------------------------------------------------------ deployment
-    async def start(self) -> int:
-        """Attach to this market's contracts on this chain, deploying them on first start."""
+    async def _startup_checks(self) -> None:
+        """The node is the chain we sign for, and its EVM runs what the contracts need."""
         c = self.chain
+        if self.signing_chain_id is not None and c.chain_id != self.signing_chain_id:
+            raise SettlementStartError(
+                f"the chain node reports chain id {c.chain_id}, but orders are signed for chain id "
+                f"{self.signing_chain_id} (the EIP-712 signing domain, setting chain_id / VOLTBOURSE_CHAIN_ID): "
+                f"point VOLTBOURSE_CHAIN_RPC_URL at a node of chain {self.signing_chain_id}, or set "
+                f"VOLTBOURSE_CHAIN_ID={c.chain_id} if that node is the right one")
+        try:
+            await self._chain(c.check_evm)
+        except EvmTooOld as exc:
+            raise SettlementStartError(str(exc)) from exc
+
+    async def start(self) -> int:
+        """Attach to this market's contracts on this chain, deploying them on first start.
+
+        Refuses (SettlementStartError) a node whose chain id is not the signing domain's, an
+        EVM below cancun, and a node that lost a deployment recorded in the database, unless
+        the chain is the ephemeral in-process EVM or the operator approved a redeployment
+        (``voltbourse settlement redeploy --yes``)."""
+        c = self.chain
+        await self._startup_checks()
         row = await self.pool.fetchrow(
             "SELECT * FROM settlement_deployments WHERE market_id = $1 AND active", self.market_id)
-        if row is not None and row["chain_id"] == c.chain_id and row["genesis_hash"] == c.genesis_hash \
-                and await self._chain(c.has_code, row["registry_address"]):
-            c.attach(row["token_address"], row["registry_address"])
-            self.deployment_id, self.deploy_block = row["deployment_id"], row["deploy_block"]
-            return self.deployment_id
+        if row is not None:
+            same_chain = row["chain_id"] == c.chain_id and row["genesis_hash"] == c.genesis_hash
+            if same_chain and await self._chain(c.has_code, row["registry_address"]):
+                c.attach(row["token_address"], row["registry_address"])
+                self.deployment_id, self.deploy_block = row["deployment_id"], row["deploy_block"]
+                if row["redeploy_approved_at"] is not None:  # the deployment is back: the consent lapses
+                    await self.pool.execute("UPDATE settlement_deployments SET redeploy_approved_at = NULL "
+                                            "WHERE deployment_id = $1", row["deployment_id"])
+                await self.check_chain()
+                self._next_check = time.monotonic() + self.check_s
+                return self.deployment_id
+            if not c.ephemeral and row["redeploy_approved_at"] is None:
+                raise SettlementStartError(await self._lost_message(row, same_chain))
         dep = await self._chain(c.deploy)
         async with self.pool.acquire() as conn, conn.transaction():
             if row is not None:
@@ -150,8 +312,9 @@ class SettlementWorker:
                 # chain; moving it again here would settle those trades twice); batches not yet
                 # anchored go to the new chain.
                 log.warning("settlement: contracts of deployment %s are not on this chain (%s); deploying "
-                            "anew; its anchored batches stay with it, unanchored ones go to the new chain",
-                            row["deployment_id"], c.genesis_hash)
+                            "anew%s; its anchored batches stay with it, unanchored ones go to the new chain",
+                            row["deployment_id"], c.genesis_hash,
+                            "" if c.ephemeral else " as approved by the operator")
                 await conn.execute("UPDATE settlement_deployments SET active = false WHERE deployment_id = $1",
                                    row["deployment_id"])
                 await conn.execute(
@@ -163,6 +326,7 @@ class SettlementWorker:
                 "RETURNING deployment_id", self.market_id, c.chain_id, c.genesis_hash, dep.token, dep.registry,
                 c.operator.address, dep.block)
         self.deploy_block = dep.block
+        self._next_check = time.monotonic() + self.check_s
         if row is not None and self.runtime is not None:
             # collateral lived on the old chain: the engine must not keep trusting it
             for member, acct in sorted(self.runtime.engine.accounts.items()):
@@ -171,6 +335,23 @@ class SettlementWorker:
         log.info("settlement: deployed EuroCredit %s and SettlementRegistry %s on chain %s",
                  dep.token, dep.registry, c.chain_id)
         return self.deployment_id
+
+    async def _lost_message(self, row, same_chain: bool) -> str:
+        c = self.chain
+        anchored = await self.pool.fetchval(
+            "SELECT count(*) FROM settlement_batches WHERE market_id = $1 AND deployment_id = $2 "
+            "AND state = 'anchored'", self.market_id, row["deployment_id"])
+        where = (f"the node has no contract code at registry {row['registry_address']}" if same_chain else
+                 f"the node is another chain (chain id {c.chain_id}, genesis {c.genesis_hash[:18]}..) than the "
+                 f"one deployment {row['deployment_id']} lives on (chain id {row['chain_id']}, genesis "
+                 f"{row['genesis_hash'][:18]}..)")
+        return (f"settlement refuses to start: {where}, which the database records as deployment "
+                f"{row['deployment_id']} of market {self.market_id!r} (deployed at block {row['deploy_block']}). "
+                f"The node lost the deployment (reset, restarted without its state, or another node at the URL). "
+                f"Deploying anew silently would leave {anchored} anchored batches unverifiable and restart every "
+                "member's collateral at zero. Point VOLTBOURSE_CHAIN_RPC_URL at the node that has the deployment, "
+                "or, to deploy anew on this node, run `voltbourse settlement redeploy --yes` and start again "
+                "(docs/settlement.md, Chain faults)")
 
     # ------------------------------------------------------------------ main loop
     async def run(self) -> None:
@@ -181,17 +362,18 @@ class SettlementWorker:
             try:
                 busy = await self.step()
                 backoff = self.retry_s
-                if self.alert is not None:
+                if "chain" in self._alerts:
                     log.info("settlement: chain reachable again; alert cleared")
-                    self.alert = None
+                    del self._alerts["chain"]
                     self._publish()
             except Exception as exc:  # noqa: BLE001 - the worker must outlive any chain or DB hiccup
                 busy = False
                 self.failures += 1
                 self.stats["chain_errors"] += 1
                 kind = "chain error" if isinstance(exc, (ChainError, OSError)) else type(exc).__name__
-                self.alert = f"{kind}, retrying in {backoff:.1f}s: {exc}"
-                log.error("settlement: %s", self.alert, exc_info=not isinstance(exc, (ChainError, OSError)))
+                self._alerts["chain"] = f"{kind}, retrying in {backoff:.1f}s: {exc}"
+                log.error("settlement: %s", self._alerts["chain"],
+                          exc_info=not isinstance(exc, (ChainError, OSError)))
                 self._publish()
                 await self._sleep(backoff, wakeable=False)  # new trades do not cut the back-off short
                 backoff = min(self.retry_max_s, backoff * 2)
@@ -215,6 +397,9 @@ class SettlementWorker:
         """One round of every stage; True when something moved. ``force`` forms a
         batch of whatever is pending, whatever its age."""
         moved = False
+        if self._lost or time.monotonic() >= self._next_check:
+            self._next_check = time.monotonic() + self.check_s
+            moved |= await self.check_chain()
         for _ in range(50):  # catch up with the journal first, so batches come out full
             if not await self.ingest():
                 break
@@ -301,84 +486,318 @@ class SettlementWorker:
         return True
 
     # ------------------------------------------------------------------ 3./4. send and record
-    async def send_pending(self) -> bool:
-        rows = await self.pool.fetch(
+    async def _open_batches(self) -> list:
+        return await self.pool.fetch(
             "SELECT * FROM settlement_batches WHERE market_id = $1 AND state <> 'anchored' ORDER BY batch_id",
             self.market_id)
-        for b in rows:
-            if b["state"] == "prepared":
-                await self._send(b)
-            else:
-                await self._resolve_sent(b)
-        return bool(rows)
 
-    async def _send(self, b) -> None:
+    async def send_pending(self) -> bool:
+        """Every batch not anchored yet: signed transactions first, in nonce order (after
+        the operator's nonce is synced with the node), then blocked batches rechecked and
+        prepared ones signed and sent, in batch order. True when a batch changed state."""
+        if self._lost:
+            raise DeploymentLost(self._alerts.get("deployment", "the registry has no code on the node"))
+        rows = await self._open_batches()
+        if not rows:
+            self._update_blocked({}, {})
+            return False
+        async with self._tx_lock:
+            moved = await self._sync_nonce([b for b in rows if b["state"] == "sent"])
+        if moved:
+            rows = await self._open_batches()
+        sent = [b for b in rows if b["state"] == "sent"]
+        sent.sort(key=lambda b: (tx_nonce(bytes(b["raw_tx"])) if b["raw_tx"] else -1, b["batch_id"]))
+        just_blocked: set[int] = set()
+        for b in sent:
+            changed = await self._resolve_sent(b)
+            moved |= changed
+            if changed:
+                state = await self.pool.fetchval("SELECT state FROM settlement_batches WHERE market_id = $1 "
+                                                 "AND batch_id = $2", self.market_id, b["batch_id"])
+                if state == "blocked":
+                    just_blocked.add(b["batch_id"])
+        # Blocked and prepared batches in batch order. One sharing a member with a blocked
+        # batch (or with one waiting behind it) waits: the engine applies each member's
+        # settled batches in order (settlement_ref), and the chain must see them in that order.
+        held: dict[str, int] = {}  # member -> the blocked batch it waits behind
+        blocked: dict[int, dict[str, Any]] = {}
+        waiting: dict[int, list[int]] = {}
+        for b in await self._open_batches():
+            bid, members = b["batch_id"], _members(b["nets"])
+            if b["state"] == "blocked":
+                if bid not in just_blocked and await self._recheck_blocked(b):
+                    moved = True
+                    b = await self.pool.fetchrow("SELECT * FROM settlement_batches WHERE market_id = $1 "
+                                                 "AND batch_id = $2", self.market_id, bid)
+                else:
+                    blocked[bid] = dict(b["revert_error"] or {"name": None, "text": b["last_error"]})
+                    for m in members:
+                        held.setdefault(m, bid)
+                    continue
+            if b["state"] != "prepared":
+                continue
+            behind = sorted({held[m] for m in members if m in held})
+            if behind:
+                for m in members:
+                    held.setdefault(m, behind[0])
+                waiting.setdefault(behind[0], []).append(bid)
+                continue
+            moved |= await self._send(b)
+            state = await self.pool.fetchval("SELECT state FROM settlement_batches WHERE market_id = $1 "
+                                             "AND batch_id = $2", self.market_id, bid)
+            if state == "blocked":
+                row = await self.pool.fetchval("SELECT revert_error FROM settlement_batches WHERE market_id = $1 "
+                                               "AND batch_id = $2", self.market_id, bid)
+                blocked[bid] = dict(row or {})
+                for m in members:
+                    held.setdefault(m, bid)
+        self._update_blocked(blocked, waiting)
+        return moved
+
+    async def _sync_nonce(self, sent: list) -> bool:
+        """Make the operator's nonce the node's. Stored signed transactions the node does not
+        have (nonce at or above its pending nonce) are kept to be re-sent in nonce order; one
+        after a gap (a transaction the node lost that we cannot re-send, e.g. a withdrawal)
+        is signed anew. Those below are mined, or their nonce was taken: _resolve_sent sees
+        which. True when a batch was put back to be signed anew."""
+        c = self.chain
+        pending = await self._chain(c.pending_nonce)
+        expected, moved = pending, False
+        stored = sorted((tx_nonce(bytes(b["raw_tx"])), b["batch_id"]) for b in sent if b["raw_tx"])
+        for nonce, bid in stored:
+            if nonce < pending:
+                continue
+            if nonce == expected:
+                expected += 1
+                continue
+            await self._reprepare(bid, f"its nonce {nonce} comes after a gap at {expected} (a transaction the "
+                                       "node no longer has); signing anew")
+            moved = True
+        local = c.local_nonce
+        if local is not None and local != expected:
+            log.warning("settlement: operator nonce was %d, the node's is %d (%s): reset from the node", local,
+                        expected, "ahead" if local > expected else "behind")
+            self.stats["nonce_resets"] += 1
+        c.set_nonce(expected)
+        return moved
+
+    async def _send(self, b) -> bool:
+        """Sign, record and send a prepared batch, unless an eth_call says it would revert:
+        then it is blocked (or, anchored already, recorded)."""
         c = self.chain
         nets = [(m, a) for m, a in b["nets"]]
         call, gas = await self._chain(c.anchor_call, b["batch_id"], bytes.fromhex(b["root"][2:]), b["trade_count"],
                                       b["first_seq"], b["last_seq"], nets)
+        if self.simulate_first or b["reverts"] or b["revert_error"] is not None \
+                or time.monotonic() < self._cautious_until:
+            revert = await self._chain(c.simulate, call)
+            if revert is not None:
+                if await self._anchored_on_chain(b):
+                    return True
+                await self._block(b, revert, "anchorBatch would revert")
+                return True
         # one operator transaction at a time from sign to send (nonces are ours to count)
         async with self._tx_lock:
-            raw, tx_hash = await self._chain(c.sign, call, gas)
-            try:
-                self.fault("after_sign")
-                await self.pool.execute(
-                    "UPDATE settlement_batches SET state = 'sent', tx_hash = $3, raw_tx = $4, deployment_id = $5, "
-                    "attempts = attempts + 1, sent_at = now() WHERE market_id = $1 AND batch_id = $2",
-                    self.market_id, b["batch_id"], tx_hash, raw, self.deployment_id)
-            except BaseException:
-                c.reset_nonce()  # signed, never sent: that nonce is free again
-                raise
-            self.fault("after_record_sent")
-            try:
-                await self._chain(c.send_raw, raw)
-            except ChainError as exc:
-                await self._note_error(b["batch_id"], str(exc))
-                raise
+            for attempt in (1, 2):
+                raw, tx_hash = await self._chain(c.sign, call, gas)
+                try:
+                    self.fault("after_sign")
+                    await self.pool.execute(
+                        "UPDATE settlement_batches SET state = 'sent', tx_hash = $3, raw_tx = $4, deployment_id = $5, "
+                        "attempts = attempts + 1, sent_at = now() WHERE market_id = $1 AND batch_id = $2",
+                        self.market_id, b["batch_id"], tx_hash, raw, self.deployment_id)
+                except BaseException:
+                    c.reset_nonce()  # signed, never sent: that nonce is free again
+                    raise
+                self.fault("after_record_sent")
+                try:
+                    await self._chain(c.send_raw, raw)
+                    break
+                except SendRefused as exc:
+                    if exc.kind in (NONCE_TOO_LOW, NONCE_TOO_HIGH) and attempt == 1:
+                        # our nonce was not the node's: read it again and sign anew, once
+                        log.warning("settlement: batch %d: %s; signing anew with the node's nonce",
+                                    b["batch_id"], exc)
+                        self.stats["nonce_resets"] += 1
+                        await self._reprepare(b["batch_id"], str(exc))
+                        continue
+                    if exc.kind in (NONCE_TOO_LOW, NONCE_TOO_HIGH):
+                        await self._reprepare(b["batch_id"], str(exc))
+                    else:
+                        await self._note_error(b["batch_id"], str(exc))
+                    raise
+                except ChainError as exc:
+                    await self._note_error(b["batch_id"], str(exc))
+                    raise
         self.fault("after_send")
         b = await self.pool.fetchrow("SELECT * FROM settlement_batches WHERE market_id = $1 AND batch_id = $2",
                                      self.market_id, b["batch_id"])
         await self._resolve_sent(b, wait=30.0)
+        return True
 
-    async def _resolve_sent(self, b, wait: float = 0.0) -> None:
+    async def _anchored_on_chain(self, b) -> bool:
+        """The registry holds the batch already (anchored by a transaction we have no
+        receipt of): record it (same root) and return True; another root: alert, raise."""
+        c = self.chain
+        batch_id = b["batch_id"]
+        root, _first, _last, _count, anchored_at = await self._chain(c.batch_on_chain, batch_id)
+        if not anchored_at:
+            return False
+        if "0x" + bytes(root).hex() != b["root"]:
+            text = (f"batch {batch_id} is anchored on chain with another root (0x{bytes(root).hex()}) than "
+                    f"recorded ({b['root']}): the database and the chain disagree; not re-sent")
+            self._set_alert("mismatch", text)
+            raise ChainError(text)
+        logs = await self._chain(self._anchored_event, batch_id)
+        block, tx = (logs["blockNumber"], "0x" + bytes(logs["transactionHash"]).hex()) if logs else (None, None)
+        await self._record_anchored(b, block, None, tx or b["tx_hash"] or "")
+        return True
+
+    async def _resolve_sent(self, b, wait: float = 0.0) -> bool:
         """A batch whose transaction was recorded as sent: find out what the chain did
-        (waiting up to ``wait`` s for the receipt when we have just sent it)."""
+        (waiting up to ``wait`` s for the receipt when we have just sent it). True when
+        the batch changed state; False while its transaction is pending."""
         c = self.chain
         batch_id = b["batch_id"]
         if b["deployment_id"] != self.deployment_id:
             await self._reprepare(batch_id, "sent on a retired deployment")
-            return
+            return True
         receipt = await self._chain(c.receipt, b["tx_hash"], wait)
-        if receipt is not None and receipt["status"] == 1:
-            await self._record_anchored(b, receipt["blockNumber"], receipt["gasUsed"], b["tx_hash"])
-            return
-        root, _first, _last, _count, anchored_at = await self._chain(c.batch_on_chain, batch_id)
-        if anchored_at:
-            if "0x" + bytes(root).hex() != b["root"]:
-                self.alert = f"batch {batch_id} is anchored on chain with another root ({bytes(root).hex()})"
-                raise ChainError(self.alert)
-            # anchored by a transaction we do not have the receipt of: find its event
-            logs = await self._chain(self._anchored_event, batch_id)
-            block, tx = (logs["blockNumber"], "0x" + bytes(logs["transactionHash"]).hex()) if logs else (None, None)
-            await self._record_anchored(b, block, None, tx or b["tx_hash"])
-            return
-        if receipt is not None:  # mined but reverted, and the batch is not on chain
-            msg = f"anchorBatch({batch_id}) reverted in tx {b['tx_hash']}"
-            await self._reprepare(batch_id, msg)
-            raise ChainError(msg)
-        # The chain does not know the transaction: send the very same bytes again.
+        if receipt is not None:
+            return await self._on_receipt(b, receipt)
+        if await self._anchored_on_chain(b):
+            return True
+        # The chain does not know the transaction. Its nonce used by another one: sign anew.
+        raw = bytes(b["raw_tx"])
+        nonce, mined = tx_nonce(raw), await self._chain(c.mined_nonce)
+        if nonce < mined:
+            await self._reprepare(batch_id, f"nonce {nonce} was taken by another transaction; signing anew")
+            return True
+        # Else send the very same bytes again (in nonce order: send_pending sorts them).
         try:
-            await self._chain(c.send_raw, bytes(b["raw_tx"]))
-        except ChainError as exc:
-            if "nonce" in str(exc).lower():  # its nonce is used or gone: sign anew
+            await self._chain(c.send_raw, raw)
+        except SendRefused as exc:
+            if exc.kind == NONCE_TOO_LOW:  # its nonce is used: sign anew
                 await self._reprepare(batch_id, str(exc))
-            else:
-                await self._note_error(batch_id, str(exc))
+                return True
+            await self._note_error(batch_id, str(exc))
             raise
-        receipt = await self._chain(c.receipt, b["tx_hash"], 10.0)
-        if receipt is None or receipt["status"] != 1:
-            raise ChainError(f"anchorBatch({batch_id}) not mined after re-send")
-        await self._record_anchored(b, receipt["blockNumber"], receipt["gasUsed"], b["tx_hash"])
+        receipt = await self._chain(c.receipt, b["tx_hash"], self.resend_wait_s)
+        if receipt is None:
+            # pending (e.g. the node answered "already known"): not a failure; looked at again next round
+            log.info("settlement: batch %d: transaction %s pending", batch_id, b["tx_hash"])
+            return False
+        return await self._on_receipt(b, receipt)
+
+    async def _on_receipt(self, b, receipt) -> bool:
+        c = self.chain
+        batch_id = b["batch_id"]
+        if receipt["status"] == 1:
+            if await self._chain(self._receipt_anchors, receipt, batch_id):
+                await self._record_anchored(b, receipt["blockNumber"], receipt["gasUsed"], b["tx_hash"])
+                return True
+            if await self._anchored_on_chain(b):
+                return True
+            # mined, succeeded, but no BatchAnchored: the registry is not there (a node that lost it)
+            await self.check_chain()
+            raise ChainError(f"anchorBatch({batch_id}) in tx {b['tx_hash']} was mined without anchoring the batch")
+        # mined and reverted
+        self.stats["reverts"] += 1
+        self._be_cautious()
+        if await self._anchored_on_chain(b):
+            return True
+        nets = [(m, a) for m, a in b["nets"]]
+        call, _gas = await self._chain(c.anchor_call, batch_id, bytes.fromhex(b["root"][2:]), b["trade_count"],
+                                       b["first_seq"], b["last_seq"], nets)
+        revert = await self._chain(c.simulate, call)
+        reverts = b["reverts"] + 1
+        msg = f"anchorBatch({batch_id}) reverted in tx {b['tx_hash']}"
+        if revert is not None and revert.decoded:
+            await self._block(b, revert, msg, reverts=reverts)
+        elif reverts >= MAX_BLIND_REVERTS:
+            await self._block(b, revert or Revert(None, text=f"reverted {reverts} times, the eth_call passes"),
+                              msg, reverts=reverts)
+        else:
+            await self.pool.execute(
+                "UPDATE settlement_batches SET state = 'prepared', tx_hash = NULL, raw_tx = NULL, reverts = $3, "
+                "last_error = $4 WHERE market_id = $1 AND batch_id = $2", self.market_id, batch_id, reverts,
+                f"{msg} ({revert or 'the eth_call now passes'}); signing anew")
+            log.warning("settlement: %s (%s); signing anew", msg, revert or "the eth_call now passes")
+        return True
+
+    def _be_cautious(self, seconds: float = CAUTIOUS_S) -> None:
+        """Something reverted or moved under us: simulate every batch first for a while."""
+        self._cautious_until = max(self._cautious_until, time.monotonic() + seconds)
+
+    def _receipt_anchors(self, receipt, batch_id: int) -> bool:
+        """The receipt holds the registry's BatchAnchored event for this batch."""
+        events = self.chain.registry.events.BatchAnchored().process_receipt(receipt, errors=DISCARD)
+        return any(ev["args"]["batchId"] == batch_id for ev in events)
+
+    async def _block(self, b, revert: Revert, why: str, *, reverts: int | None = None) -> None:
+        """The batch would revert (or did) with ``revert``: keep it from the chain until an
+        eth_call says it would pass."""
+        batch_id = b["batch_id"]
+        text = f"{why}: {revert}"
+        await self.pool.execute(
+            "UPDATE settlement_batches SET state = 'blocked', tx_hash = NULL, raw_tx = NULL, revert_error = $3, "
+            "blocked_at = now(), reverts = coalesce($4, reverts), last_error = $5 "
+            "WHERE market_id = $1 AND batch_id = $2",
+            self.market_id, batch_id, revert.as_dict(), reverts, text)
+        self.stats["batches_blocked"] += 1
+        self._be_cautious()
+        self._rechecked_at[batch_id] = time.monotonic()
+        log.error("settlement: batch %d blocked: %s", batch_id, text)
+        member = revert.args.get("member") if revert.name == "InsufficientCollateral" else None
+        if member and self.runtime is not None and member in self.runtime.engine.accounts:
+            # the engine still counts money the chain does not have: bring it down to the
+            # chain's, so the member cannot trade further on it while the batch waits
+            await self._engine_collateral(member)
+
+    async def _recheck_blocked(self, b) -> bool:
+        """A blocked batch whose eth_call now passes goes back to prepared (True)."""
+        batch_id = b["batch_id"]
+        now = time.monotonic()
+        if now - self._rechecked_at.get(batch_id, 0.0) < self.recheck_s:
+            return False
+        self._rechecked_at[batch_id] = now
+        c = self.chain
+        nets = [(m, a) for m, a in b["nets"]]
+        call, _gas = await self._chain(c.anchor_call, batch_id, bytes.fromhex(b["root"][2:]), b["trade_count"],
+                                       b["first_seq"], b["last_seq"], nets)
+        revert = await self._chain(c.simulate, call)
+        if revert is not None:
+            if await self._anchored_on_chain(b):
+                self._rechecked_at.pop(batch_id, None)
+                return True
+            if revert.as_dict() != b["revert_error"]:
+                await self.pool.execute("UPDATE settlement_batches SET revert_error = $3, last_error = $4 "
+                                        "WHERE market_id = $1 AND batch_id = $2", self.market_id, batch_id,
+                                        revert.as_dict(), f"anchorBatch would revert: {revert}")
+            return False
+        await self.pool.execute(
+            "UPDATE settlement_batches SET state = 'prepared', last_error = $3 WHERE market_id = $1 AND batch_id = $2",
+            self.market_id, batch_id, f"unblocked: {(b['revert_error'] or {}).get('text', 'the revert')} no longer "
+                                      "reverts")
+        self._rechecked_at.pop(batch_id, None)
+        log.info("settlement: batch %d unblocked (its anchorBatch no longer reverts)", batch_id)
+        return True
+
+    def _update_blocked(self, blocked: dict[int, dict[str, Any]], waiting: dict[int, list[int]]) -> None:
+        self.blocked = {bid: dict(err, waiting=waiting.get(bid, [])) for bid, err in blocked.items()}
+        if not blocked:
+            self._set_alert("blocked", None)
+            return
+        parts = []
+        for bid, err in sorted(blocked.items()):
+            behind = waiting.get(bid, [])
+            parts.append(f"batch {bid} blocked: anchorBatch reverts with {err.get('text') or err.get('name')}"
+                         + (f" ({_HINTS[err['name']]})" if err.get("name") in _HINTS else "")
+                         + (f"; batches {', '.join(map(str, behind))} wait behind it (they share members with it: "
+                            "settling them first would apply those members' batches out of order)" if behind else ""))
+        self._set_alert("blocked", "; ".join(parts) + f". A blocked batch is not sent again until its eth_call "
+                        f"passes (rechecked every {self.recheck_s:g} s); batches without a member in common go on "
+                        "(docs/settlement.md, Chain faults)")
 
     def _anchored_event(self, batch_id: int):
         c = self.chain
@@ -406,6 +825,11 @@ class SettlementWorker:
         since = self._ingested_at.pop(b["batch_id"], None)
         if since is not None:
             self.lag_s.append(time.monotonic() - since)
+        if b["batch_id"] in self._healing:
+            self._healing.discard(b["batch_id"])
+            if not self._healing:
+                self._set_alert("rollback", None)
+                log.info("settlement: every batch lost in the chain rollback is anchored again")
         log.info("settlement: batch %d anchored (%d trades, block %s, gas %s)", b["batch_id"], b["trade_count"],
                  block, gas)
         self.fault("after_record_anchored")
@@ -434,12 +858,22 @@ class SettlementWorker:
         return next((ev for ev in res.events if type(ev) is Rejected), None)
 
     async def apply_collateral(self) -> bool:
+        """Tell the engine about anchored batches, each member's in batch order: a batch
+        waits while an earlier batch with one of its members is not anchored (blocked, in
+        flight, or lost in a rollback), since the engine applies a member's settlement refs
+        as a high-water mark and would skip the earlier one's payable."""
         if self.runtime is None:
             return False
         rows = await self.pool.fetch(
-            "SELECT batch_id, nets FROM settlement_batches WHERE market_id = $1 AND state = 'anchored' "
-            "AND NOT collateral_applied ORDER BY batch_id", self.market_id)
+            "SELECT batch_id, nets, state FROM settlement_batches WHERE market_id = $1 "
+            "AND (state <> 'anchored' OR NOT collateral_applied) ORDER BY batch_id", self.market_id)
+        held: set[str] = set()
+        applied = False
         for b in rows:
+            members = _members(b["nets"])
+            if b["state"] != "anchored" or members & held:
+                held |= members
+                continue
             # one command per member, committed together (the engine applies each ref once)
             results = await asyncio.gather(*(self._engine_collateral(member, settled=-amount, ref=b["batch_id"])
                                              for member, amount in b["nets"]))
@@ -450,7 +884,8 @@ class SettlementWorker:
             self.fault("after_collateral")
             await self.pool.execute("UPDATE settlement_batches SET collateral_applied = true "
                                     "WHERE market_id = $1 AND batch_id = $2", self.market_id, b["batch_id"])
-        return bool(rows)
+            applied = True
+        return applied
 
     # ------------------------------------------------------------------ 5b. flexibility payouts
     async def settle_payouts(self) -> bool:
@@ -516,14 +951,39 @@ class SettlementWorker:
 
     # ------------------------------------------------------------------ 6. chain events
     async def scan_chain(self) -> bool:
-        scanned = await self.pool.fetchval(
-            "SELECT scanned_block FROM settlement_deployments WHERE deployment_id = $1", self.deployment_id)
-        head = await self._chain(lambda: self.chain.w3.eth.block_number)
-        if head <= scanned:
+        """Deposits and withdrawal requests in the next bounded range of blocks. The cursor
+        (``scanned_block``) never passes the head actually scanned (minus ``confirmations``),
+        and the hash of the block it stops at is kept: a head below it (a rollback) or
+        another hash there now (a reorg) rescans from below the new head, so an event in a
+        block at or below the cursor is never skipped. Rescanning is harmless: collateral
+        is taken from the chain as it is, requests are keyed by their id."""
+        row = await self.pool.fetchrow("SELECT scanned_block, scanned_hash FROM settlement_deployments "
+                                       "WHERE deployment_id = $1", self.deployment_id)
+        scanned, scanned_hash = row["scanned_block"], row["scanned_hash"]
+        c = self.chain
+        head = self.chain_head = await self._chain(lambda: c.w3.eth.block_number)
+        why = None
+        if scanned > head:
+            why = f"the chain head #{head} is below the scanned block #{scanned} (rollback, or a cursor past the head)"
+        elif scanned_hash is not None and scanned >= self.deploy_block:
+            now_hash = await self._chain(self._block_hash, scanned)
+            if now_hash != scanned_hash:
+                why = f"block #{scanned} is not the one scanned any more ({scanned_hash[:10]}.. -> {now_hash[:10]}..)"
+        start = scanned + 1
+        if why is not None:
+            start = max(self.deploy_block, min(scanned, head) - max(self.confirmations, REORG_RESCAN))
+            self.stats["rescans"] += 1
+            log.warning("settlement: %s: rescanning deposits and withdrawal requests from block #%d", why, start)
+        safe = head - self.confirmations
+        to = min(safe, start + SCAN_BLOCKS - 1)
+        if to < start:
+            if why is not None:  # nothing to scan yet, but never keep a cursor past the head
+                back = max(self.deploy_block, start - 1)
+                await self._save_cursor(back, await self._chain(self._block_hash, back))
             return False
-        to = min(head, scanned + SCAN_BLOCKS)
-        deposits = await self._chain(self.chain.logs, "Deposited", scanned + 1, to)
-        requests = await self._chain(self.chain.logs, "WithdrawalRequested", scanned + 1, to)
+        to_hash = await self._chain(self._block_hash, to)  # before the logs: a later reorg shows as a new hash
+        deposits = await self._chain(c.logs, "Deposited", start, to)
+        requests = await self._chain(c.logs, "WithdrawalRequested", start, to)
         for ev in requests:
             await self.pool.execute(
                 "INSERT INTO settlement_withdrawals (market_id, deployment_id, request_id, member, amount, state) "
@@ -534,9 +994,16 @@ class SettlementWorker:
                 rejected = await self._engine_collateral(member)
                 if rejected is not None:
                     log.warning("settlement: deposit of %s not applied: %s", member, rejected.detail)
-        await self.pool.execute("UPDATE settlement_deployments SET scanned_block = $2 WHERE deployment_id = $1",
-                                self.deployment_id, to)
+        await self._save_cursor(to, to_hash)
         return bool(deposits or requests)
+
+    def _block_hash(self, number: int) -> str:
+        return "0x" + bytes(self.chain.w3.eth.get_block(number)["hash"]).hex()
+
+    async def _save_cursor(self, block: int, block_hash: str | None) -> None:
+        await self.pool.execute("UPDATE settlement_deployments SET scanned_block = $2, scanned_hash = $3 "
+                                "WHERE deployment_id = $1", self.deployment_id, block, block_hash)
+        self.scanned_block = block
 
     async def process_withdrawals(self) -> bool:
         rows = await self.pool.fetch(
@@ -545,7 +1012,10 @@ class SettlementWorker:
         reg = self.chain.registry
         for w in rows:
             rid, member, amount = w["request_id"], w["member"], w["amount"]
-            status = (await self._chain(reg.functions.withdrawals(rid).call))[2]
+            c_member, c_amount, status = await self._chain(reg.functions.withdrawals(rid).call)
+            if status == 0 or (c_member.lower(), c_amount) != (member.lower(), amount):
+                await self._withdrawal_vanished(w, status, c_member, c_amount)
+                continue
             if status in (2, 3):  # decided on chain already (e.g. before a crash): record that
                 await self._set_withdrawal(rid, "executed" if status == 2 else "rejected", w["reason"])
                 continue
@@ -564,6 +1034,23 @@ class SettlementWorker:
             await self._set_withdrawal(rid, "executed", None)
         return bool(rows)
 
+    async def _withdrawal_vanished(self, w, status: int, c_member: str, c_amount: int) -> None:
+        """The request is not on chain as recorded (a rollback removed it, or another request
+        took its id): forget it, release what the engine reserved, and record the chain's."""
+        rid = w["request_id"]
+        log.warning("settlement: withdrawal request %d of %s (%d) is no longer on chain as recorded (chain: %s); "
+                    "forgotten, the engine's reservation released", rid, w["member"], w["amount"],
+                    "unknown" if status == 0 else f"{c_member} {c_amount} status {status}")
+        await self.pool.execute("DELETE FROM settlement_withdrawals WHERE market_id = $1 AND deployment_id = $2 "
+                                "AND request_id = $3", self.market_id, self.deployment_id, rid)
+        if status != 0:
+            await self.pool.execute(
+                "INSERT INTO settlement_withdrawals (market_id, deployment_id, request_id, member, amount, state) "
+                "VALUES ($1, $2, $3, $4, $5, 'requested') ON CONFLICT DO NOTHING", self.market_id,
+                self.deployment_id, rid, c_member, c_amount)
+        if self.runtime is not None:
+            await self._engine_collateral(w["member"])
+
     def _operator_tx(self, call, gas: int = CALL_GAS):
         return self.chain.transact(call, gas)
 
@@ -573,12 +1060,126 @@ class SettlementWorker:
             "WHERE market_id = $1 AND deployment_id = $2 AND request_id = $3",
             self.market_id, self.deployment_id, rid, state, reason)
 
+    # ------------------------------------------------------------------ 7. the chain checked
+    async def check_chain(self) -> bool:
+        """Compare the chain with the database (at start and every ``check_s``): the
+        registry still has code (else DeploymentLost: nothing is sent while it is gone);
+        the registry holds every batch recorded as anchored, with its root (the most recent
+        ``CHECK_RECENT`` always, older ones while the registry's batch count says some are
+        missing). Anchored batches the registry lost (the node rolled back) go back to
+        ``sent`` with their stored transaction, re-sent in nonce order by send_pending, or
+        to ``prepared`` without one; decided withdrawals the chain no longer has are taken
+        up again. True when something was put back."""
+        c = self.chain
+        if not c.attached or self.deployment_id is None:
+            return False
+        if not await self._chain(c.has_code, c.registry.address):
+            self._lost = True
+            text = (f"the node lost the settlement contracts: no code at registry {c.registry.address} (deployment "
+                    f"{self.deployment_id}, chain {c.chain_id}); nothing is sent to it. Point the exchange at the "
+                    "node that has them, or stop it, run `voltbourse settlement redeploy --yes` and start again "
+                    "(docs/settlement.md, Chain faults)")
+            self._set_alert("deployment", text)
+            raise DeploymentLost(text)
+        if self._lost:
+            log.info("settlement: the registry's code is back")
+        self._lost = False
+        self._set_alert("deployment", None)
+        self.chain_head = await self._chain(lambda: c.w3.eth.block_number)
+        on_chain = await self._chain(c.registry.functions.batchCount().call)
+        recorded = await self.pool.fetchval(
+            "SELECT count(*) FROM settlement_batches WHERE market_id = $1 AND deployment_id = $2 AND state = 'anchored'",
+            self.market_id, self.deployment_id)
+        missing: list = []
+        mismatched: list[str] = []
+        checked, offset = 0, 0
+        while True:
+            page = await self.pool.fetch(
+                "SELECT * FROM settlement_batches WHERE market_id = $1 AND deployment_id = $2 AND state = 'anchored' "
+                "ORDER BY block_number DESC NULLS FIRST, batch_id DESC LIMIT 200 OFFSET $3",
+                self.market_id, self.deployment_id, offset)
+            if not page:
+                break
+            offset += len(page)
+            for b in page:
+                if checked >= CHECK_RECENT and len(missing) >= recorded - on_chain:
+                    break
+                checked += 1
+                root, *_rest, anchored_at = await self._chain(c.batch_on_chain, b["batch_id"])
+                if not anchored_at:
+                    missing.append(b)
+                elif "0x" + bytes(root).hex() != b["root"]:
+                    mismatched.append(f"batch {b['batch_id']}: root on chain 0x{bytes(root).hex()} != recorded "
+                                      f"{b['root']}")
+            else:
+                continue
+            break
+        in_flight = await self.pool.fetchval(
+            "SELECT count(*) FROM settlement_batches WHERE market_id = $1 AND deployment_id = $2 AND state = 'sent'",
+            self.market_id, self.deployment_id)
+        if on_chain > recorded + in_flight:
+            mismatched.append(f"the registry holds {on_chain} batches, the database {recorded} anchored ones (and "
+                              f"{in_flight} in flight): was the database restored from an older backup?")
+        self._set_alert("mismatch", ("chain and database disagree: " + "; ".join(mismatched[:5])
+                                     + " (not repaired automatically; see docs/settlement.md, Chain faults)")
+                        if mismatched else None)
+        healed = await self._heal(missing) if missing else False
+        healed |= await self._check_withdrawals()
+        return healed
+
+    async def _heal(self, missing: list) -> bool:
+        """Anchored batches the registry no longer has: put them back to be sent again."""
+        ids = sorted(b["batch_id"] for b in missing)
+        msg = (f"lost in a chain rollback (the node's head is #{self.chain_head}); its stored transaction is "
+               "re-sent in nonce order")
+        async with self.pool.acquire() as conn, conn.transaction():
+            for b in missing:
+                raw = bytes(b["raw_tx"]) if b["raw_tx"] is not None else None
+                await conn.execute(
+                    "UPDATE settlement_batches SET state = $3, tx_hash = $4, block_number = NULL, gas_used = NULL, "
+                    "anchored_at = NULL, collateral_applied = false, heals = heals + 1, last_error = $5 "
+                    "WHERE market_id = $1 AND batch_id = $2", self.market_id, b["batch_id"],
+                    "sent" if raw else "prepared", tx_hash_of(raw) if raw else None, msg)
+        self.chain.reset_nonce()  # the node's nonce for the operator went back too
+        self._be_cautious()
+        self._healing |= set(ids)
+        self.stats["rollbacks"] += 1
+        self.stats["batches_healed"] += len(ids)
+        self._set_alert("rollback", f"chain rollback: batch{'es' if len(ids) > 1 else ''} "
+                                    f"{', '.join(map(str, ids))} were anchored but the registry no longer has them "
+                                    f"(node head #{self.chain_head}); re-sending their signed transactions in nonce "
+                                    "order (collateral of their members is updated once they are anchored again)")
+        return True
+
+    async def _check_withdrawals(self) -> bool:
+        """Decided withdrawals (the most recent) whose decision the chain lost: executed ones
+        go back to reserved (executed again), rejected ones to requested (judged again)."""
+        rows = await self.pool.fetch(
+            "SELECT * FROM settlement_withdrawals WHERE market_id = $1 AND deployment_id = $2 "
+            "AND state IN ('executed', 'rejected') ORDER BY updated_at DESC, request_id DESC LIMIT $3",
+            self.market_id, self.deployment_id, CHECK_RECENT)
+        reg = self.chain.registry
+        moved = False
+        for w in rows:
+            c_member, c_amount, status = await self._chain(reg.functions.withdrawals(w["request_id"]).call)
+            if status == 0 or (c_member.lower(), c_amount) != (w["member"].lower(), w["amount"]):
+                await self._withdrawal_vanished(w, status, c_member, c_amount)
+                moved = True
+            elif status == 1:
+                back = "reserved" if w["state"] == "executed" else "requested"
+                log.warning("settlement: withdrawal %d was %s but is pending on chain again (rollback): back to %s",
+                            w["request_id"], w["state"], back)
+                await self._set_withdrawal(w["request_id"], back, None)
+                moved = True
+        return moved
+
     # ------------------------------------------------------------------ status
     async def status(self, limit: int = 20) -> dict[str, Any]:
         """The operator's view (also the ``settlement`` topic of the operator feed)."""
         rows = await self.pool.fetch(
             "SELECT batch_id, trade_count, first_trade_id, last_trade_id, root, tx_hash, block_number, state, "
-            "anchored_at FROM settlement_batches WHERE market_id = $1 ORDER BY batch_id DESC LIMIT $2",
+            "anchored_at, revert_error, last_error FROM settlement_batches WHERE market_id = $1 "
+            "ORDER BY batch_id DESC LIMIT $2",
             self.market_id, limit)
         pending = self.last_pending = await self.pool.fetchval(
             "SELECT count(*) FROM trades WHERE market_id = $1 AND batch_id IS NULL", self.market_id)
@@ -589,10 +1190,17 @@ class SettlementWorker:
             "batches": [{"batch_id": r["batch_id"], "trade_count": r["trade_count"],
                          "first_trade_id": r["first_trade_id"], "last_trade_id": r["last_trade_id"],
                          "root": r["root"], "tx_hash": r["tx_hash"], "block": r["block_number"], "state": r["state"],
-                         "anchored_at": r["anchored_at"].isoformat() if r["anchored_at"] else None} for r in rows],
+                         "anchored_at": r["anchored_at"].isoformat() if r["anchored_at"] else None,
+                         **({"error": r["revert_error"]} if r["state"] == "blocked" else {}),
+                         **({"last_error": r["last_error"]} if r["state"] != "anchored" and r["last_error"] else {})}
+                        for r in rows],
             "last_anchored_block": last_block,
             "pending_trades": pending,
             "alert": self.alert,
+            "alerts": self.alerts,
+            "blocked": [{"batch_id": bid, **err} for bid, err in sorted(self.blocked.items())],
+            "chain_head": self.chain_head,
+            "scanned_block": self.scanned_block,
             "reconcile": self.last_reconcile,
             "chain_id": self.chain.chain_id,
             "registry": self.chain.registry.address if self.chain.attached else None,
