@@ -10,7 +10,7 @@ first at the same price; the marginal order may be partly filled.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 from exchange.core.book import Order
@@ -24,27 +24,37 @@ class Clearing:
     supply: int
 
 
-def clearing(bids: Sequence[Order], asks: Sequence[Order]) -> Clearing:
-    """Find the uniform clearing price for resting bids and asks (any order)."""
-    prices = sorted({o.price for o in bids} | {o.price for o in asks})
-    if not bids or not asks:
+def clearing(bids: Sequence[Order], asks: Sequence[Order], takers: Collection[Order] = ()) -> Clearing:
+    """Find the uniform clearing price for resting bids and asks (any order). ``takers``
+    (orders of block bids, at the extreme price) add their volume at every price but do
+    not set one: the price comes from the other orders' limits."""
+    taking = {id(o) for o in takers}
+    prices = sorted({o.price for o in bids if id(o) not in taking} | {o.price for o in asks if id(o) not in taking})
+    if not bids or not asks or not prices:
         return Clearing(None, 0, 0, 0)
     bid_at: dict[int, int] = {}
     ask_at: dict[int, int] = {}
+    must_buy = must_sell = 0  # the takers' volume: demanded (offered) at every price
     for o in bids:
-        bid_at[o.price] = bid_at.get(o.price, 0) + o.remaining
+        if id(o) in taking:
+            must_buy += o.remaining
+        else:
+            bid_at[o.price] = bid_at.get(o.price, 0) + o.remaining
     for o in asks:
-        ask_at[o.price] = ask_at.get(o.price, 0) + o.remaining
+        if id(o) in taking:
+            must_sell += o.remaining
+        else:
+            ask_at[o.price] = ask_at.get(o.price, 0) + o.remaining
     # demand(p) = bids with price >= p, supply(p) = asks with price <= p
     demand = []
-    acc = 0
+    acc = must_buy
     for p in reversed(prices):
         acc += bid_at.get(p, 0)
         demand.append(acc)
     demand.reverse()
     best_key = None
     tied: list[tuple[int, int, int]] = []
-    supply = 0
+    supply = must_sell
     for i, p in enumerate(prices):
         supply += ask_at.get(p, 0)
         d = demand[i]

@@ -30,6 +30,8 @@ from exchange.core.ids import MemberId, OrderId, ProductId, TradeId
 from exchange.core.model import (
     Aggressor,
     AuctionCleared,
+    BlockAccepted,
+    BlockResult,
     CancelAll,
     CancelAllDone,
     CancelOrder,
@@ -49,6 +51,7 @@ from exchange.core.model import (
     OrderCancelled,
     OrderExpired,
     OrderModified,
+    PlaceBlock,
     PlaceOrder,
     PositionFinal,
     ProductListed,
@@ -73,6 +76,7 @@ LISTING_LEAD_US = DAY_US
 _LIST, _OPEN, _GATE, _DELIVER, _REOPEN, _EXPIRE = 0, 1, 2, 3, 4, 5
 
 _P = ParamSpec("_P")
+_Alloc = list[tuple[Order, Order, int]]
 _E = TypeVar("_E", bound=Event)
 
 # Enum members read on the hot paths, bound once: on Python 3.11 reading ``Side.BUY`` runs
@@ -186,6 +190,34 @@ class Account:
         self.settlement_ref = 0  # last settlement batch whose payable was applied
 
 
+class Block:
+    """A pending block order (exchange.core.model.PlaceBlock)."""
+
+    __slots__ = ("order_id", "member", "product_ids", "side", "price", "quantity", "client_order_id", "signature",
+                 "ts")
+
+    def __init__(self, order_id: OrderId, member: MemberId, product_ids: tuple[ProductId, ...], side: Side,
+                 price: int, quantity: int, client_order_id: str | None, signature: str | None, ts: int) -> None:
+        self.order_id = order_id
+        self.member = member
+        self.product_ids = product_ids
+        self.side = side
+        self.price = price
+        self.quantity = quantity
+        self.client_order_id = client_order_id
+        self.signature = signature
+        self.ts = ts
+
+    def exposure(self) -> int:
+        """Money the block could cost: its quantity in every hour at its average limit."""
+        p = self.price if self.side is _BUY else -self.price
+        return self.quantity * len(self.product_ids) * p if p > 0 else 0
+
+    def export(self) -> list[Any]:
+        return [self.order_id, self.member, list(self.product_ids), self.side.value, self.price, self.quantity,
+                self.client_order_id, self.signature, self.ts]
+
+
 class ProductBook:
     """A listed product: its calendar entry, state and book."""
 
@@ -226,6 +258,9 @@ class MarketEngine:
         # (time, kind, delivery start, key): key is a product id, or the ISO date of a day to list
         self._schedule: list[tuple[int, int, int, str]] = []
         self._out: list[Event] = []
+        self.blocks: dict[OrderId, Block] = {}  # pending block orders, in arrival order
+        self._blocks_by_product: dict[ProductId, list[OrderId]] = {}
+        self._cleared: tuple[int, frozenset[ProductId]] = (-1, frozenset())  # a joint auction just run
         self._otr_on = bool(config.controls.otr_max)
         cc = config.controls
         self._controls_on = bool(cc.banded or cc.max_order_value or cc.otr_max)  # checks at order entry
@@ -248,6 +283,8 @@ class MarketEngine:
             self._cancel_all(cmd, ts)
         elif type(cmd) is RegisterMember:
             self._register(cmd, ts)
+        elif type(cmd) is PlaceBlock:
+            self._place_block(cmd, ts)
         elif type(cmd) is UpdateCollateral:
             self._collateral(cmd, ts)
         elif type(cmd) is Halt:
@@ -351,7 +388,7 @@ class MarketEngine:
     def _gate_closure(self, pb: ProductBook, t: int) -> None:
         pid = pb.product.product_id
         if self.config.mechanism is Mechanism.CALL or pb.state is _AUCTION_STATE:
-            self._clear_auction(pb, t)
+            self._auction(pb, t)
         for o in list(pb.book.orders()):
             self._unrest(pb, o)
             self._emit(OrderExpired, t, o.order_id, o.member, pid, o.remaining)
@@ -388,6 +425,209 @@ class MarketEngine:
                 if book.fill(o, q):
                     del self.orders[o.order_id]
 
+    # ------------------------------------------------------------------ block orders
+    def _auction(self, pb: ProductBook, t: int) -> None:
+        """Clear ``pb``'s call auction at ``t``; with block orders, jointly with every product
+        they connect it to (all clear at the same time by construction)."""
+        pid = pb.product.product_id
+        if self._cleared[0] == t and pid in self._cleared[1]:
+            return  # cleared already, jointly with a block's other hours
+        if not self._blocks_by_product.get(pid):
+            self._clear_auction(pb, t)
+            return
+        group: set[ProductId] = set()
+        todo = [pid]
+        pending: dict[OrderId, Block] = {}
+        while todo:
+            p = todo.pop()
+            if p in group:
+                continue
+            group.add(p)
+            for oid in self._blocks_by_product.get(p, ()):
+                b = pending[oid] = self.blocks[oid]
+                todo.extend(b.product_ids)
+        products = sorted(group)
+        base = {p: self._auction_sides(self.products[p]) for p in products}
+        # Blocks in time priority: each is kept if, with those kept before it, every kept block
+        # fills completely in each of its hours and its average price limit holds.
+        kept: list[Block] = []
+        for b in sorted(pending.values(), key=lambda b: b.order_id):
+            if self._block_clearing(base, [*kept, b]) is not None:
+                kept.append(b)
+        final = self._block_clearing(base, kept)
+        assert final is not None  # kept only ever grows by feasible sets
+        for p in products:
+            ppb = self.products[p]
+            c, alloc = final[p]
+            self._emit(AuctionCleared, t, p, c.price, c.volume)
+            for buy, sell, q in alloc:
+                assert c.price is not None
+                self._execute(ppb, buy, sell, q, c.price, "auction", t)
+                for o in (buy, sell):
+                    if o.live and ppb.book.fill(o, q):
+                        del self.orders[o.order_id]
+        executed = {b.order_id for b in kept}
+        for b in sorted(pending.values(), key=lambda b: b.order_id):
+            self._drop_block(b)
+            prices = [final[p][0].price for p in b.product_ids]
+            ok = b.order_id in executed
+            self._emit(BlockResult, t, b.order_id, b.member, ok, prices,
+                       "executed in every hour" if ok else
+                       "not executed: with the blocks before it, it could not fill in every hour within its limit")
+        self._cleared = (t, frozenset(group))
+
+    def _auction_sides(self, pb: ProductBook) -> tuple[list[Order], list[Order]]:
+        book = pb.book
+        return ([o for _, lvl in book.side_levels(_BUY) for o in lvl.live_orders()],
+                [o for _, lvl in book.side_levels(_SELL) for o in lvl.live_orders()])
+
+    def _block_clearing(self, base: Mapping[ProductId, tuple[list[Order], list[Order]]],
+                        blocks: list[Block]) -> dict[ProductId, tuple[auction.Clearing, _Alloc]] | None:
+        """Each product's clearing and allocation with ``blocks`` in (each as a must-fill order
+        at the extreme price in each of its hours), or None unless every block fills whole in
+        every hour and its hours' clearing prices average within its limit."""
+        cfg = self.config
+        extra: dict[ProductId, tuple[list[Order], list[Order]]] = {p: ([], []) for p in base}
+        must: list[tuple[Block, Order]] = []
+        for b in blocks:
+            is_buy = b.side is _BUY
+            for p in b.product_ids:
+                o = Order(b.order_id, b.member, p, b.side, cfg.price_max if is_buy else cfg.price_min, b.quantity, _GTC,
+                          b.client_order_id, None, b.ts)
+                extra[p][0 if is_buy else 1].append(o)
+                must.append((b, o))
+        out: dict[ProductId, tuple[auction.Clearing, _Alloc]] = {}
+        filled: dict[int, int] = {}
+        for p, (bids, asks) in base.items():
+            eb, ea = extra[p]
+            all_bids, all_asks = [*eb, *bids], [*ea, *asks]  # the must-fill orders first: price priority
+            c = auction.clearing(all_bids, all_asks, [*eb, *ea])
+            alloc = auction.allocate(all_bids, all_asks, c)
+            for buy, sell, q in alloc:
+                filled[id(buy)] = filled.get(id(buy), 0) + q
+                filled[id(sell)] = filled.get(id(sell), 0) + q
+            out[p] = (c, alloc)
+        if any(filled.get(id(o), 0) < o.quantity for _, o in must):
+            return None
+        for b in blocks:
+            prices = [out[p][0].price for p in b.product_ids]
+            if any(x is None for x in prices):
+                return None
+            total, limit = sum(x for x in prices if x is not None), b.price * len(prices)
+            if (total > limit) if b.side is _BUY else (total < limit):
+                return None
+        return out
+
+    def _drop_block(self, b: Block) -> None:
+        """Release a block's reservations (cancelled, or decided by its auction)."""
+        del self.blocks[b.order_id]
+        self.accounts[b.member].open_exposure -= b.exposure()
+        for p in b.product_ids:
+            ids = self._blocks_by_product[p]
+            ids.remove(b.order_id)
+            if not ids:
+                del self._blocks_by_product[p]
+            if b.side is _SELL:
+                self.open_sell[(p, b.member)] -= b.quantity
+
+    def _block_clearing_time(self, pb: ProductBook) -> int | None:
+        """When ``pb``'s next call auction clears, if a block may take part in it."""
+        if pb.state is _AUCTION_STATE and self.config.mechanism is Mechanism.CALL_THEN_CONTINUOUS \
+                and pb.auction_until == self._day_ahead_auction(pb.product):
+            return pb.auction_until
+        if self.config.mechanism is _CALL and pb.state is _OPEN_STATE:
+            return pb.product.gate_us
+        return None
+
+    def _check_block(self, cmd: PlaceBlock) -> tuple[Reason, str] | None:
+        pids = cmd.product_ids
+        if type(pids) is not list or not 2 <= len(pids) <= 24 or len(set(pids)) != len(pids):
+            return Reason.INVALID_VALUE, "a block names 2 to 24 different products"
+        pbs = [self.products.get(p) for p in pids]
+        missing = [p for p, pb in zip(pids, pbs) if pb is None]
+        if missing:
+            return Reason.UNKNOWN_PRODUCT, f"no product {missing[0]}"
+        books = [pb for pb in pbs if pb is not None]
+        if any(a.product.end_us != b.product.start_us for a, b in zip(books, books[1:])):
+            return Reason.BLOCK_NOT_ALLOWED, "a block's products must be consecutive, in delivery order"
+        if len({pb.product.delivery_day for pb in books}) != 1:
+            return Reason.BLOCK_NOT_ALLOWED, "a block's products must be of one delivery day"
+        times = {self._block_clearing_time(pb) for pb in books}
+        if None in times or len(times) != 1:
+            return Reason.BLOCK_NOT_ALLOWED, ("block orders take part in a call auction only (the day-ahead auction "
+                                              "of call_then_continuous, or a call market's gate), all hours at once")
+        return None
+
+    def _place_block(self, cmd: PlaceBlock, ts: int) -> None:
+        member, coid = cmd.member, cmd.client_order_id
+        terms = None
+        if type(cmd.product_ids) is list:
+            terms = f"{','.join(map(str, cmd.product_ids))}|{getattr(cmd.side, 'value', cmd.side)}|{cmd.price}|" \
+                    f"{cmd.quantity}|block"
+        if coid is not None:
+            prev = self.client_ids.get((member, coid))
+            if prev is not None:
+                if prev[3] != terms:
+                    self._reject(ts, member, PlaceBlock.type, Reason.CLIENT_ORDER_ID_REUSED,
+                                 f"client order id {coid} is order {prev[0]} ({prev[3]}); this request's terms differ",
+                                 client_order_id=coid, order_id=prev[0])
+                else:
+                    self._out.append(Duplicate(self.seq, ts, member, coid, prev[0], prev[1], prev[2]))
+                return
+        err = None
+        if type(cmd.side) is not Side or type(cmd.price) is not int or type(cmd.quantity) is not int:
+            err = Reason.INVALID_VALUE, "side must be an enum and price/quantity integers"
+        spent = False
+        if err is None and cmd.nonce is not None and member in self.accounts:
+            err = self._use_nonce(member, cmd.nonce)
+            spent = err is None
+        if err is None and self.halted:
+            err = Reason.MARKET_HALTED, f"market halted: {self.halt_reason}"
+        err = (err or self._check_member(member) or self._check_block(cmd)
+               or self._check_price_qty(cmd.price, cmd.quantity))
+        n = len(cmd.product_ids) if type(cmd.product_ids) is list else 0
+        if err is None and self._controls_on:
+            msg = controls.value_violation(self.config.controls, cmd.price, cmd.quantity * n)
+            if msg is not None:
+                err = Reason.ORDER_VALUE_TOO_LARGE, msg
+        blk = None
+        if err is None:
+            blk = Block(self.next_order_id, member, tuple(cmd.product_ids), cmd.side, cmd.price, cmd.quantity, coid,
+                        cmd.signature, ts)
+            err = self._check_block_risk(blk)
+        if err is not None or blk is None:
+            assert err is not None
+            self._reject(ts, member, PlaceBlock.type, err[0], err[1], client_order_id=coid, spent=spent)
+            return
+        self.next_order_id = OrderId(blk.order_id + 1)
+        self.blocks[blk.order_id] = blk
+        self.accounts[member].open_exposure += blk.exposure()
+        for p in blk.product_ids:
+            self._blocks_by_product.setdefault(p, []).append(blk.order_id)
+            if blk.side is _SELL:
+                self.open_sell[(p, member)] = self.open_sell.get((p, member), 0) + blk.quantity
+        ev = self._emit(BlockAccepted, ts, blk.order_id, member, list(blk.product_ids), cmd.side, cmd.price,
+                        cmd.quantity, coid, cmd.signature)
+        if coid is not None:
+            self._remember_client_id(member, coid, blk.order_id, ev.seq, None, blk.product_ids[-1], terms)
+
+    def _check_block_risk(self, blk: Block) -> tuple[Reason, str] | None:
+        if not self.config.risk_checks:
+            return None
+        acct = self.accounts[blk.member]
+        need = blk.exposure()
+        if need:
+            used = acct.open_exposure + max(acct.net_payable, 0)
+            if used + need > acct.collateral:
+                return (Reason.INSUFFICIENT_COLLATERAL,
+                        f"the block needs {need} money units on top of {used} in use; collateral is {acct.collateral}")
+        if blk.side is _SELL:
+            for p in blk.product_ids:
+                err = self._check_risk(self.products[p], blk.member, _SELL, blk.price, blk.quantity)
+                if err is not None:
+                    return err
+        return None
+
     def _day_ahead_auction(self, p: Product) -> int | None:
         """When the day-ahead auction of ``p`` clears (call_then_continuous), if it has one: the
         day-ahead time must fall after the product opens and before its intraday gate."""
@@ -420,7 +660,7 @@ class MarketEngine:
         clear it at one price, then trade continuously from what is left."""
         if pb.state is not _AUCTION_STATE or pb.auction_until != t:
             return  # the gate closed first
-        self._clear_auction(pb, t)
+        self._auction(pb, t)
         pb.state = _OPEN_STATE
         pb.auction_until = 0
         self._emit(ProductStateChanged, t, pb.product.product_id, ProductState.OPEN.value)
@@ -757,6 +997,11 @@ class MarketEngine:
         return o if o is not None and o.member == member else None
 
     def _cancel(self, cmd: CancelOrder, ts: int) -> None:
+        blk = self.blocks.get(cmd.order_id)
+        if blk is not None and blk.member == cmd.member:
+            self._drop_block(blk)
+            self._emit(OrderCancelled, ts, blk.order_id, blk.member, blk.product_ids[0], blk.quantity, CancelReason.USER)
+            return
         o = self._own_order(cmd.member, cmd.order_id)
         if o is None:
             self._reject(ts, cmd.member, CancelOrder.type, Reason.UNKNOWN_ORDER,
@@ -829,7 +1074,12 @@ class MarketEngine:
         for o in victims:
             self._unrest(self.products[o.product_id], o)
             self._emit(OrderCancelled, ts, o.order_id, o.member, o.product_id, o.remaining, reason)
-        return len(victims)
+        blocks = [b for b in self.blocks.values()
+                  if b.member == member and (product_id is None or product_id in b.product_ids)]
+        for b in blocks:
+            self._drop_block(b)
+            self._emit(OrderCancelled, ts, b.order_id, b.member, b.product_ids[0], b.quantity, reason)
+        return len(victims) + len(blocks)
 
     def _register(self, cmd: RegisterMember, ts: int) -> None:
         if not cmd.member or (cmd.collateral is not None and cmd.collateral < 0) or cmd.export_capacity_w < 0:
@@ -903,7 +1153,7 @@ class MarketEngine:
     # ------------------------------------------------------------------ snapshots
     #: Bumped whenever the exported state's layout changes: a snapshot of another version
     #: is not loaded (recovery falls back to an older one or to the full journal).
-    STATE_VERSION = 2
+    STATE_VERSION = 3
 
     def export_state(self) -> JsonDict:
         """The complete state, JSON-able: :meth:`restore` rebuilds an engine that processes
@@ -933,6 +1183,7 @@ class MarketEngine:
             "positions": [[pid, [[m, *v] for m, v in pos.items()]] for pid, pos in self.positions.items()],
             "open_sell": [[k[0], k[1], v] for k, v in self.open_sell.items()],
             "schedule": [list(x) for x in self._schedule],
+            "blocks": [b.export() for b in self.blocks.values()],
         }
 
     @classmethod
@@ -966,6 +1217,11 @@ class MarketEngine:
         e.open_sell = {(ProductId(pid), MemberId(m)): v for pid, m, v in state["open_sell"]}
         e._schedule = [(t, kind, start, key) for t, kind, start, key in state["schedule"]]
         heapq.heapify(e._schedule)
+        for oid, m, pids, side, price, qty, coid, sig, ts in state["blocks"]:
+            b = e.blocks[OrderId(oid)] = Block(OrderId(oid), MemberId(m), tuple(ProductId(p) for p in pids), Side(side),
+                                               price, qty, coid, sig, ts)
+            for p in b.product_ids:  # reservations are in the accounts and open sells already
+                e._blocks_by_product.setdefault(p, []).append(b.order_id)
         return e
 
     def snapshot(self) -> JsonDict:
@@ -985,6 +1241,7 @@ class MarketEngine:
             "open_sell": sorted([k[0], k[1], v] for k, v in self.open_sell.items() if v),
             "client_ids": sorted([k[0], k[1], *v] for k, v in self.client_ids.items()),
             "schedule": sorted(self._schedule),
+            "blocks": [b.export() for _, b in sorted(self.blocks.items())],
         }
 
     def state_hash(self) -> str:
@@ -1013,6 +1270,13 @@ class MarketEngine:
                             open_sell[(pid, o.member)] = open_sell.get((pid, o.member), 0) + o.remaining
                         live += 1
         assert live == len(self.orders)
+        for b in self.blocks.values():
+            exposure[b.member] = exposure.get(b.member, 0) + b.exposure()
+            for p in b.product_ids:
+                assert b.order_id in self._blocks_by_product[p]
+                if b.side is Side.SELL:
+                    open_sell[(p, b.member)] = open_sell.get((p, b.member), 0) + b.quantity
+        assert sum(map(len, self._blocks_by_product.values())) == sum(len(b.product_ids) for b in self.blocks.values())
         for m, a in self.accounts.items():
             assert a.open_exposure == exposure.get(m, 0), m
         assert {k: v for k, v in self.open_sell.items() if v} == open_sell

@@ -83,6 +83,7 @@ class Reason(str, Enum):
     ORDER_TO_TRADE_RATIO = "ORDER_TO_TRADE_RATIO"  # too many order entries for the member's fills
     POST_ONLY_WOULD_TRADE = "POST_ONLY_WOULD_TRADE"  # a post-only order that would take liquidity
     CLIENT_ORDER_ID_REUSED = "CLIENT_ORDER_ID_REUSED"  # a known client order id with different terms
+    BLOCK_NOT_ALLOWED = "BLOCK_NOT_ALLOWED"  # a block order's products cannot clear in one auction
 
 
 class CancelReason(str, Enum):
@@ -150,6 +151,23 @@ class PlaceOrder(Command):
     post_only: bool = False  # refused (POST_ONLY_WOULD_TRADE) rather than trade on arrival; gtc only
     expire_at: int | None = None  # good till date (us): expires then if still resting; gtc only
     min_quantity: int | None = None  # ioc only: cancelled whole unless at least this much trades at once
+
+
+@dataclass(slots=True)
+class PlaceBlock(Command):
+    """A block order: ``quantity`` Wh in each of several consecutive products (hours) of one
+    delivery day, all or none, with ``price`` a limit on the average of their clearing
+    prices. It takes part in the day-ahead (call) auction only, never in continuous trading."""
+
+    type: ClassVar[str] = "place_block"
+    member: MemberId
+    product_ids: list[ProductId]
+    side: Side
+    price: int
+    quantity: int
+    client_order_id: str | None = None
+    signature: str | None = None
+    nonce: int | None = None
 
 
 @dataclass(slots=True)
@@ -257,6 +275,34 @@ class OrderAccepted(Event):
     tif: TimeInForce
     client_order_id: str | None
     signature: str | None
+
+
+@dataclass(slots=True)
+class BlockAccepted(Event):
+    """A block order waits for its auction (its money and export capacity are reserved)."""
+
+    type: ClassVar[str] = "block_accepted"
+    order_id: OrderId
+    member: MemberId
+    product_ids: list[ProductId]
+    side: Side
+    price: int
+    quantity: int
+    client_order_id: str | None
+    signature: str | None
+
+
+@dataclass(slots=True)
+class BlockResult(Event):
+    """The auction's verdict on a block: executed in every hour (its trades precede this
+    event, at each hour's clearing price) or not at all."""
+
+    type: ClassVar[str] = "block_result"
+    order_id: OrderId
+    member: MemberId
+    executed: bool
+    prices: list[int | None]  # each hour's clearing price, in the block's order
+    detail: str
 
 
 @dataclass(slots=True)
@@ -481,7 +527,7 @@ def event_from_dict(d: Mapping[str, Any]) -> Event:
 
 #: Event types that answer a command itself (vs. calendar transitions applied before it).
 OUTCOME_TYPES = frozenset({"rejected", "duplicate", "order_accepted", "order_modified", "order_cancelled",
-                           "cancel_all_done"})
+                           "cancel_all_done", "block_accepted"})
 
 
 def command_outcome(events: list[Event]) -> Event:

@@ -19,6 +19,8 @@ from exchange.core.controls import PriceControls
 from exchange.core.engine import MarketConfig, MarketEngine
 from exchange.core.model import (
     AuctionCleared,
+    BlockAccepted,
+    BlockResult,
     CancelAll,
     CancelAllDone,
     CancelOrder,
@@ -35,6 +37,7 @@ from exchange.core.model import (
     OrderCancelled,
     OrderExpired,
     OrderModified,
+    PlaceBlock,
     PlaceOrder,
     PositionFinal,
     ProductListed,
@@ -482,6 +485,113 @@ def test_day_ahead_auction_with_nothing_crossing_opens_continuous_trading_with_t
     evs = [x for x in m.tick(GATE) if getattr(x, "product_id", None) == p]
     assert of(evs, AuctionCleared)[0].price is None and len(m.book(p)) == 2
     assert m.e.product_state(p) is ProductState.OPEN
+
+
+# =========================================================================== block orders
+
+
+def block(m: Mkt, member, hours, side, price, qty, coid=None) -> list:
+    return m.do(PlaceBlock, member, list(hours), side, price, qty, coid)
+
+
+def test_a_block_executes_whole_at_each_hours_clearing_price_when_the_average_is_within_its_limit():
+    m = hybrid()
+    h = m.auction[8:11]  # three consecutive hours
+    for p, price in zip(h, (900, 1000, 1100)):  # sellers: 10 Wh in each hour
+        m.do(PlaceOrder, "b", p, SELL, price, 10)
+    (acc,) = block(m, "a", h, BUY, 1000, 10)  # average of 900, 1000, 1100 = 1000: within the limit
+    assert isinstance(acc, BlockAccepted) and acc.product_ids == h
+    assert m.e.accounts["a"].open_exposure == 10 * 3 * 1000  # reserved for the auction
+    evs = m.tick(GATE)
+    (res,) = of(evs, BlockResult)
+    assert res.executed and res.prices == [900, 1000, 1100] and res.order_id == acc.order_id
+    fills = [(t.product_id, t.price, t.quantity) for t in of(evs, TradeEvent) if t.buy_order_id == acc.order_id]
+    assert fills == [(h[0], 900, 10), (h[1], 1000, 10), (h[2], 1100, 10)]
+    assert m.e.accounts["a"].open_exposure == 0 and not m.e.blocks
+    assert m.e.position(h[1], "a") == (10, 0, 10 * 1000)
+
+
+def test_a_block_is_all_or_none_never_partly_filled():
+    m = hybrid()
+    h = m.auction[8:11]
+    m.do(PlaceOrder, "b", h[0], SELL, 900, 10)
+    m.do(PlaceOrder, "b", h[1], SELL, 900, 10)
+    m.do(PlaceOrder, "b", h[2], SELL, 900, 4)  # not enough in the last hour
+    (acc,) = block(m, "a", h, BUY, 2000, 10)
+    evs = m.tick(GATE)
+    (res,) = of(evs, BlockResult)
+    assert not res.executed and "could not fill" in res.detail
+    assert not [t for t in of(evs, TradeEvent) if acc.order_id in (t.buy_order_id, t.sell_order_id)]
+    assert m.e.accounts["a"].open_exposure == 0 and m.e.position(h[0], "a") == (0, 0, 0)
+
+
+def test_a_block_whose_average_price_exceeds_its_limit_is_not_executed():
+    m = hybrid()
+    h = m.auction[8:10]
+    m.do(PlaceOrder, "b", h[0], SELL, 900, 10)
+    m.do(PlaceOrder, "b", h[1], SELL, 1200, 10)
+    block(m, "a", h, BUY, 1049, 10)  # average 1050 > 1049
+    assert not of(m.tick(GATE), BlockResult)[0].executed
+
+
+def test_blocks_are_decided_in_time_priority_and_an_earlier_block_keeps_its_fill():
+    m = hybrid()
+    h = m.auction[8:10]
+    for p in h:
+        m.do(PlaceOrder, "b", p, SELL, 1000, 10)
+    (first,) = block(m, "a", h, BUY, 1000, 10)
+    (second,) = block(m, "c", h, BUY, 1500, 10)  # higher, but later: there is energy for one block only
+    res = {r.order_id: r.executed for r in of(m.tick(GATE), BlockResult)}
+    assert res == {first.order_id: True, second.order_id: False}
+
+
+def test_sell_blocks_and_hourly_bids():
+    m = hybrid()
+    h = m.auction[3:6]
+    for p in h:
+        m.do(PlaceOrder, "b", p, BUY, 1000, 5)
+    (acc,) = block(m, "a", h, SELL, 950, 5)
+    evs = m.tick(GATE)
+    assert of(evs, BlockResult)[0].executed
+    assert {t.price for t in of(evs, TradeEvent) if t.sell_order_id == acc.order_id} == {1000}
+
+
+def test_block_orders_can_be_cancelled_before_the_auction():
+    m = hybrid()
+    h = m.auction[8:10]
+    (acc,) = block(m, "a", h, BUY, 1000, 10)
+    (c,) = m.do(CancelOrder, "a", acc.order_id)
+    assert isinstance(c, OrderCancelled) and c.order_id == acc.order_id and m.e.accounts["a"].open_exposure == 0
+    assert not of(m.tick(GATE), BlockResult)
+    (acc2,) = block(hybrid(), "a", h, BUY, 1000, 10)
+    assert isinstance(acc2, BlockAccepted)
+
+
+def test_reason_block_not_allowed():
+    m = hybrid()
+    h = m.auction
+    r = assert_rejected(m, PlaceBlock, "a", [h[0], h[2]], BUY, 1000, 1, reason=Reason.BLOCK_NOT_ALLOWED)
+    assert "consecutive" in r.detail
+    assert_rejected(m, PlaceBlock, "a", m.open[:2], BUY, 1000, 1, reason=Reason.BLOCK_NOT_ALLOWED)  # continuous
+    assert_rejected(m, PlaceBlock, "a", [h[0]], BUY, 1000, 1, reason=Reason.INVALID_VALUE)
+    assert_rejected(Mkt(), PlaceBlock, "a", Mkt().open[:2], BUY, 1000, 1, reason=Reason.BLOCK_NOT_ALLOWED)
+
+
+def test_block_orders_in_a_call_market_clear_at_the_gate():
+    m = Mkt(mechanism=Mechanism.CALL)
+    h = m.open[8:10]
+    for p in h:
+        m.do(PlaceOrder, "b", p, SELL, 1000, 10)
+    (acc,) = block(m, "a", h, BUY, 1000, 10)
+    evs = m.tick(GATE)
+    assert of(evs, BlockResult)[0].executed
+    assert len(of(evs, AuctionCleared)) == 24  # each product cleared once, the block's hours jointly
+
+
+def test_block_collateral_is_reserved():
+    m = hybrid()
+    m.reg("poor", collateral=10 * 2 * 1000 - 1)
+    assert_rejected(m, PlaceBlock, "poor", m.auction[8:10], BUY, 1000, 10, reason=Reason.INSUFFICIENT_COLLATERAL)
 
 
 # =========================================================================== price controls

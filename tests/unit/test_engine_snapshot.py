@@ -22,8 +22,10 @@ from exchange.core.model import (
     Command,
     Halt,
     Mechanism,
+    PlaceBlock,
     RegisterMember,
     Resume,
+    Side,
     Tick,
     UpdateCollateral,
     command_from_dict,
@@ -59,6 +61,10 @@ def _stream(seed: int, n: int, mechanism: Mechanism) -> tuple[MarketConfig, list
         elif x < 0.04:
             m = rng.choice(names)
             cmds.append(UpdateCollateral(t, m, 10**15, rng.randrange(0, 10**6), i))
+        elif x < 0.07 and mechanism is not Mechanism.CONTINUOUS:  # block orders, for the auction
+            first = rng.randrange(2)
+            cmds.append(PlaceBlock(t, rng.choice(names), products[first:first + 2], rng.choice(list(Side)),
+                                   rng.randrange(7000, 9000), rng.randrange(1, 30) * 100))
         elif x < 0.045:
             cmds.append(RegisterMember(t, rng.choice(names), collateral=None, export_capacity_w=10**9,
                                        suspended=rng.random() < 0.5))
