@@ -46,6 +46,19 @@ ORDER_TYPES = {
     ],
 }
 
+#: An order with conditions (post-only, good-till-date, minimum quantity) is signed as a
+#: ``ConditionalOrder``: the ``Order`` fields and the conditions, so none can be added or
+#: changed in transit. An order without conditions keeps the ``Order`` type.
+CONDITIONAL_ORDER_TYPES = {
+    "EIP712Domain": ORDER_TYPES["EIP712Domain"],
+    "ConditionalOrder": [
+        *ORDER_TYPES["Order"],
+        {"name": "postOnly", "type": "bool"},
+        {"name": "expireTime", "type": "string"},  # ISO 8601 UTC with Z, "" for none
+        {"name": "minQuantity", "type": "uint256"},  # 0 for none
+    ],
+}
+
 
 def domain(chain_id: int) -> dict[str, str | int]:
     return {"name": EIP712_NAME, "version": EIP712_VERSION, "chainId": chain_id}
@@ -73,22 +86,25 @@ def sign_login(challenge: str, private_key: PrivateKey) -> str:
 
 
 def order_typed_data(market_id: str, chain_id: int, *, product_id: str, side: str, price: int, quantity: int,
-                     tif: str, client_order_id: str | None, nonce: int) -> TypedData:
-    return {
-        "types": ORDER_TYPES,
-        "primaryType": "Order",
-        "domain": domain(chain_id),
-        "message": {
-            "market": market_id,
-            "product": product_id,
-            "side": side,
-            "price": price,
-            "quantity": quantity,
-            "tif": tif,
-            "clientOrderId": client_order_id or "",
-            "nonce": nonce,
-        },
+                     tif: str, client_order_id: str | None, nonce: int, post_only: bool = False,
+                     expire_time: str | None = None, min_quantity: int | None = None) -> TypedData:
+    """The EIP-712 typed data of an order: ``Order``, or ``ConditionalOrder`` when it has a
+    condition (``expire_time`` as the exchange writes times: ISO 8601 UTC ending in Z)."""
+    message: dict[str, Any] = {
+        "market": market_id,
+        "product": product_id,
+        "side": side,
+        "price": price,
+        "quantity": quantity,
+        "tif": tif,
+        "clientOrderId": client_order_id or "",
+        "nonce": nonce,
     }
+    if not (post_only or expire_time is not None or min_quantity is not None):
+        return {"types": ORDER_TYPES, "primaryType": "Order", "domain": domain(chain_id), "message": message}
+    message.update(postOnly=post_only, expireTime=expire_time or "", minQuantity=min_quantity or 0)
+    return {"types": CONDITIONAL_ORDER_TYPES, "primaryType": "ConditionalOrder", "domain": domain(chain_id),
+            "message": message}
 
 
 def recover_order_signer(typed: TypedData, signature: str) -> str:
