@@ -31,6 +31,7 @@ from clients.sdk.models import (
     MyTrade,
     OpenOrder,
     OrderResult,
+    OrderState,
     Position,
     ProductState,
     PublicTrade,
@@ -39,6 +40,6 @@ from clients.sdk.models import (
 __all__ = [
     "AuthenticationError", "BookDelta", "BookFeed", "BookSnapshot", "BookUpdate", "ClientClosed", "ConnectionLost",
     "Execution", "Feed", "InvalidRequest", "LocalBook", "MyTrade", "OpenOrder", "OrderRejected", "OrderResult",
-    "OutcomeUnknown", "Position", "ProductState", "PublicTrade", "RequestError", "RequestTimeout", "Retryable",
+    "OrderState", "OutcomeUnknown", "Position", "ProductState", "PublicTrade", "RequestError", "RequestTimeout", "Retryable",
     "VoltbourseClient", "VoltbourseError", "member_key", "member_keys",
 ]

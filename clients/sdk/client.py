@@ -79,7 +79,7 @@ import secrets
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any
+from typing import Any, Literal, overload
 
 import aiohttp
 from eth_account.signers.local import LocalAccount
@@ -106,6 +106,7 @@ from clients.sdk.models import (
     MyTrade,
     OpenOrder,
     OrderResult,
+    OrderState,
     Position,
     ProductsResult,
     ProductState,
@@ -619,9 +620,28 @@ class VoltbourseClient:
         return CancelAllResult.model_validate(r).cancelled
 
     # ------------------------------------------------------------------ queries
-    async def orders(self, product_id: str | None = None) -> list[OpenOrder]:
-        r = await self._call(wire.orders(self._next_id(), product_id))
-        return [OpenOrder.model_validate(o) for o in r["orders"]]
+    @overload
+    async def orders(self, product_id: str | None = None, status: Literal["open"] = "open") -> list[OpenOrder]: ...
+
+    @overload
+    async def orders(self, product_id: str | None = None, *,
+                     status: Literal["closed", "all"]) -> list[OrderState]: ...
+
+    async def orders(self, product_id: str | None = None,
+                     status: Literal["open", "closed", "all"] = "open") -> list[OpenOrder] | list[OrderState]:
+        """My open orders (:class:`OpenOrder`); with ``status`` ``closed`` or ``all``, my closed
+        (filled, cancelled, expired) or all orders as :class:`OrderState` (without fills)."""
+        r = await self._call(wire.orders(self._next_id(), product_id, status))
+        if status == "open":
+            return [OpenOrder.model_validate(o) for o in r["orders"]]
+        return [OrderState.model_validate(o) for o in r["orders"]]
+
+    async def order_status(self, order_id: int | None = None, client_order_id: str | None = None) -> OrderState:
+        """One of my orders, open or closed, by ``order_id`` or ``client_order_id`` (one of the two):
+        status, remaining, filled, fills. Known until its product is delivered (closed ones: my
+        most recent 1000); otherwise :class:`OrderRejected` with ``UNKNOWN_ORDER``."""
+        r = await self._call(wire.order_status(self._next_id(), order_id, client_order_id))
+        return OrderState.model_validate(r)
 
     async def my_trades(self, product_id: str | None = None, after: int = 0, limit: int = 100) -> list[MyTrade]:
         """My trades with ``seq`` > ``after`` (page with the last ``seq`` seen)."""

@@ -28,7 +28,7 @@ from exchange.protocol.messages import VolatilityInterruptionPush as VolatilityI
 
 __all__ = [
     "BookDelta", "BookSnapshot", "CancelAllResult", "CancelResult", "Execution", "Fill", "Hello", "LoginResult",
-    "MarketState", "MyTrade", "OpenOrder", "OrderResult", "Position", "ProductInfo", "ProductState",
+    "MarketState", "MyTrade", "OpenOrder", "OrderResult", "OrderState", "Position", "ProductInfo", "ProductState",
     "ProductsResult", "PublicTrade", "Side", "Tif", "VolatilityInterruption",
 ]
 
@@ -90,6 +90,28 @@ class OpenOrder(_Result):
     quantity: int
     remaining: int
     client_order_id: str | None = None
+
+
+class OrderState(_Result):
+    """One of my orders, open or closed (``order_status``; ``orders`` with ``status`` closed or
+    all, there without ``fills``). ``quantity`` is as placed; ``remaining`` is what rests in the
+    book while ``open``, what was left when it was ``cancelled`` (``reason`` says why) or
+    ``expired``, and 0 once ``filled``; ``seq`` and ``ts`` are those of its last change."""
+
+    order_id: int
+    client_order_id: str | None = None
+    product_id: str
+    side: Side
+    price: int
+    quantity: int
+    remaining: int
+    filled: int
+    status: Literal["open", "filled", "cancelled", "expired"]
+    reason: str | None = None
+    tif: str | None = None
+    fills: tuple[Fill, ...] = ()
+    seq: int
+    ts: str
 
 
 class MyTrade(_Result):

@@ -12,7 +12,7 @@ their own way and share everything else:
   (:mod:`exchange.protocol.messages`), so a malformed request fails here
   (``pydantic.ValidationError``) before it is sent: :func:`place`,
   :func:`cancel`, :func:`modify`, :func:`cancel_all`, :func:`orders`,
-  :func:`trades`, :func:`positions`, :func:`ping`, :func:`subscribe`,
+  :func:`order_status`, :func:`trades`, :func:`positions`, :func:`ping`, :func:`subscribe`,
   :func:`unsubscribe`. Each takes the request ``id`` first (the caller numbers
   its requests);
 * **signed orders**: :class:`OrderSigner` adds the EIP-712 ``signature`` and a
@@ -155,8 +155,17 @@ def cancel_all(request_id: RequestId, product_id: str | None = None) -> Message:
     return dump(P.CancelAll(type="cancel_all", id=request_id, product_id=product_id))
 
 
-def orders(request_id: RequestId, product_id: str | None = None) -> Message:
-    return dump(P.Orders(type="orders", id=request_id, product_id=product_id))
+def orders(request_id: RequestId, product_id: str | None = None,
+           status: Literal["open", "closed", "all"] = "open") -> Message:
+    msg = dump(P.Orders(type="orders", id=request_id, product_id=product_id, status=status))
+    if status == "open":
+        del msg["status"]  # the default: the request as servers before order status knew it
+    return msg
+
+
+def order_status(request_id: RequestId, order_id: int | None = None, client_order_id: str | None = None) -> Message:
+    """One of my orders by ``order_id`` or ``client_order_id`` (exactly one of the two)."""
+    return dump(P.OrderStatus(type="order_status", id=request_id, order_id=order_id, client_order_id=client_order_id))
 
 
 def trades(request_id: RequestId, product_id: str | None = None, after: int = 0, limit: int = 100) -> Message:

@@ -160,6 +160,7 @@ async def make_app(market: Market, settings: Settings, subsystems: Sequence[Subs
     md = MarketData(market, peers, disclose_counterparty=settings.disclose_counterparty, metrics=metrics)
     md.bootstrap()
     await md.load_positions()
+    await md.load_order_status()
     app[MARKET_DATA] = md
     registry = make_registry(market, chain_collateral=settings.settlement_enabled)
     app[MEMBERS] = registry

@@ -2,7 +2,9 @@
 for each committed group (one runtime subscriber):
 
 1. :class:`~exchange.gateway.ack.Acknowledger`: the one answer to each request;
-2. :class:`~exchange.gateway.mirror.BookMirror`: the committed books, orders, states;
+2. :class:`~exchange.gateway.mirror.BookMirror`: the committed books, orders, states
+   (and, next to it, :class:`~exchange.gateway.orderstatus.OrderStatusView`: members' open
+   and closed orders with their fills, and :class:`~exchange.gateway.positions.PositionsView`);
 3. :class:`~exchange.gateway.publish.Publisher`: execution reports to the members'
    sessions, then public market data (book deltas, trades, product/market states).
 
@@ -32,6 +34,7 @@ from exchange.core.model import (
 )
 from exchange.gateway.ack import Acknowledger, Peer, Pending
 from exchange.gateway.mirror import BookMirror, MirrorOrder
+from exchange.gateway.orderstatus import OrderStatusView
 from exchange.gateway.peers import Peers
 from exchange.gateway.positions import PositionsView
 from exchange.gateway.publish import Public, Publisher
@@ -59,6 +62,8 @@ class MarketData:
         self.product_subs = self.publisher.product_subs
         self.sessions = self.peers.by_member
         self.positions = PositionsView()
+        self.order_status = OrderStatusView()
+        self.bootstrap_seq = 0
 
     def bootstrap(self) -> None:
         """Build the mirror from the engine right after recovery (engine == committed state),
@@ -66,11 +71,22 @@ class MarketData:
         rt = self.market.runtime
         assert rt.committed_seq == rt.engine.seq, "bootstrap must run before new commands"
         self.mirror.bootstrap(rt.engine)
+        self.bootstrap_seq = self.mirror.seq
+        self.order_status.follow(self.bootstrap_seq)
         rt.subscribers.append(self.on_commit)
 
     async def load_positions(self) -> None:
         """Members' positions up to the bootstrap seq (later trades come with the stream)."""
-        await self.positions.load(self.market.trades, self.mirror.seq)
+        await self.positions.load(self.market.trades, self.bootstrap_seq)
+
+    async def load_order_status(self) -> None:
+        """Members' orders of the products not delivered at the bootstrap, with their history,
+        from the journal (read pool) up to the bootstrap seq; later events come with the stream."""
+        market = self.market
+        states = self.mirror.product_states
+        products = [(pid, pb.product.open_us) for pid, pb in market.engine.products.items()
+                    if states.get(pid, "delivered") != "delivered"]  # calendar data: immutable
+        await self.order_status.load(market.read_pool, market.journal.market_id, products, self.bootstrap_seq)
 
     # ------------------------------------------------------------------ committed views
     @property
@@ -110,7 +126,7 @@ class MarketData:
     # ------------------------------------------------------------------ the subscriber
     def on_commit(self, entries: list[Entry]) -> None:
         self.acks.on_commit(entries)
-        mirror, pub = self.mirror, self.publisher
+        mirror, pub, orders = self.mirror, self.publisher, self.order_status
         touched: set[tuple[str, str, int]] = set()
         book_last: dict[str, int] = {}
         public: Public = []
@@ -118,10 +134,14 @@ class MarketData:
             for ev in e.events:
                 if isinstance(ev, TradeEvent):
                     self.positions.trade(ev)
+                    orders.apply(ev)
                     pub.trade(ev, mirror.apply_trade(ev, touched, book_last), public)
                 elif isinstance(ev, _ORDER_EVENTS):
+                    orders.apply(ev)
                     pub.order_event(ev, mirror.apply(ev, touched, book_last))
                 elif isinstance(ev, _STATE_EVENTS):
+                    if type(ev) is ProductStateChanged:
+                        orders.apply(ev)
                     mirror.apply(ev, touched, book_last)
                     pub.state(ev, mirror, public)
                 elif isinstance(ev, Rejected):

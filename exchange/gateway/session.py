@@ -37,6 +37,11 @@ from exchange.runtime.service import Market
 log = logging.getLogger(__name__)
 
 MAX_LOGIN_ATTEMPTS = 5
+HEARTBEAT_TIMEOUT = 4008
+"""Close code for a peer that answered the server's ping with nothing (no pong, no frame) in
+time. aiohttp's own ``heartbeat=`` drops the TCP connection without a close frame (code 1006
+at the peer), so the session runs the heartbeat itself."""
+CLOSE_TIMEOUT_S = 5.0  # sending the close frame to a peer that does not read: then the socket is dropped
 _SIDES = {"buy": Side.BUY, "sell": Side.SELL}
 _TIFS = {"gtc": TimeInForce.GTC, "ioc": TimeInForce.IOC, "fok": TimeInForce.FOK}
 
@@ -127,6 +132,9 @@ class Session:
         self.cancel_on_disconnect = False
         self.dead_man: asyncio.TimerHandle | None = None
         self.sender = asyncio.create_task(self._sender())
+        self.alive = True  # a frame (pong or any other) arrived since the last ping
+        self.busy = False  # a request of the peer is being served: its next frames wait to be read
+        self.heartbeat = asyncio.create_task(self._heartbeat())
         self.login_timer: asyncio.TimerHandle | None = asyncio.get_running_loop().call_later(
             settings.ws_login_timeout_s, self._login_timeout)
 
@@ -184,6 +192,31 @@ class Session:
         except (ConnectionError, RuntimeError, asyncio.CancelledError):
             return
 
+    async def _heartbeat(self) -> None:
+        """Ping the peer every ``ws_heartbeat_s``; a peer that sends nothing back (a pong or any
+        other frame) within half of it is closed with :data:`HEARTBEAT_TIMEOUT` and a close frame."""
+        interval = self.settings.ws_heartbeat_s
+        ws = self.ws
+        try:
+            while not self.closed:
+                await asyncio.sleep(interval)
+                if self.closed:
+                    return
+                self.alive = False
+                try:
+                    await asyncio.wait_for(ws.ping(), interval / 2)
+                except (ConnectionError, RuntimeError):
+                    return  # the connection is going: its handler ends the session
+                except TimeoutError:
+                    pass  # the peer does not read: no answer will come either
+                await asyncio.sleep(interval / 2)
+                if not self.alive and not self.busy and not self.closed:
+                    log.info("peer %s did not answer the ping within %g s: closing", self.member, interval / 2)
+                    self.close(HEARTBEAT_TIMEOUT, "heartbeat timeout")
+                    return
+        except asyncio.CancelledError:
+            return
+
     def close(self, code: int, reason: str, *, flush: bool = False) -> None:
         """Close the connection; with ``flush``, after sending what is already queued
         (so a peer closed for a policy violation sees the errors that led to it)."""
@@ -199,7 +232,15 @@ class Session:
             except asyncio.QueueFull:
                 pass
         self.sender.cancel()
-        asyncio.get_running_loop().create_task(self.ws.close(code=code, message=reason.encode()[:120]))
+        asyncio.get_running_loop().create_task(self._close_ws(code, reason))
+
+    async def _close_ws(self, code: int, reason: str) -> None:
+        """Send the close frame and wait for the peer's (``timeout`` of the response); a peer that
+        does not even take the close frame within :data:`CLOSE_TIMEOUT_S` loses its socket."""
+        try:
+            await asyncio.wait_for(self.ws.close(code=code, message=reason.encode()[:120]), CLOSE_TIMEOUT_S)
+        except (TimeoutError, ConnectionError, RuntimeError):
+            pass
 
     async def finish(self) -> None:
         """End of the connection: flush what is queued, then stop the sender; with
@@ -207,6 +248,7 @@ class Session:
         if self.dead_man is not None:
             self.dead_man.cancel()
             self.dead_man = None
+        self.heartbeat.cancel()
         stopping = self.app is not None and LIMITS in self.app and self.app[LIMITS].stopping
         if self.cancel_on_disconnect and self.member is not None and not stopping:
             log.info("%s disconnected with cancel_on_disconnect: cancelling its orders", self.member)
@@ -219,7 +261,7 @@ class Session:
                 self.out.put_nowait(None)
             except asyncio.QueueFull:
                 self.sender.cancel()
-        await asyncio.gather(self.sender, return_exceptions=True)
+        await asyncio.gather(self.sender, self.heartbeat, return_exceptions=True)
 
     # ------------------------------------------------------------------ input
     def _cancel_login_timer(self) -> None:
@@ -286,8 +328,9 @@ class Session:
             elif kind == "cancel_all":
                 self._submit(CancelAllCmd(0, member, msg.product_id), msg.id, kind, t0)
             elif kind == "orders":
-                self.send({"type": "response", "id": msg.id,
-                           "result": {"seq": self.md.seq, "orders": self.md.member_orders(member, msg.product_id)}})
+                self._orders(msg, member)
+            elif kind == "order_status":
+                self._order_status(msg, member)
             elif kind == "trades":
                 await self._trades(msg, member)
             elif kind == "positions":
@@ -323,6 +366,27 @@ class Session:
                 return OrderId(o["order_id"])
         self.error(msg.id, "UNKNOWN_ORDER", f"no open order of yours with client_order_id {msg.client_order_id!r}")
         return None
+
+    def _orders(self, msg: Any, member: MemberId) -> None:
+        md = self.md
+        if msg.status == "open":  # the committed book mirror's open orders
+            orders = md.member_orders(member, msg.product_id)
+        else:  # with closed ones: the order status view (exchange.gateway.orderstatus)
+            view = md.order_status
+            found = view.closed(member, msg.product_id) if msg.status == "closed" \
+                else view.of_member(member, msg.product_id)
+            orders = [o.view(fills=False) for o in found]
+        self.send({"type": "response", "id": msg.id, "result": {"seq": md.seq, "orders": orders}})
+
+    def _order_status(self, msg: Any, member: MemberId) -> None:
+        o = self.md.order_status.get(member, msg.order_id, msg.client_order_id)
+        if o is None:  # unknown, forgotten, or another member's: the same answer (nothing leaks)
+            named = f"order {msg.order_id}" if msg.order_id is not None \
+                else f"client_order_id {msg.client_order_id!r}"
+            self.error(msg.id, "UNKNOWN_ORDER", f"no order of yours with {named} (orders are known until their "
+                       "product is delivered; closed ones: your most recent)")
+            return
+        self.send({"type": "response", "id": msg.id, "result": o.view()})
 
     def _dead_man(self, msg: Any, member: MemberId) -> None:
         if self.dead_man is not None:
@@ -482,7 +546,9 @@ async def ws_handler(request: web.Request) -> web.StreamResponse:
     if limits.anonymous >= settings.ws_anonymous_max:
         return web.json_response({"error": "BUSY", "message": "too many connections waiting to log in; retry "
                                   "shortly"}, status=503, headers={"Retry-After": "5"})
-    ws = web.WebSocketResponse(heartbeat=settings.ws_heartbeat_s, max_msg_size=settings.ws_max_message_bytes,
+    # The heartbeat is the session's own (Session._heartbeat: it closes with a close frame, 4008);
+    # autoping off lets it see the pongs, so pings are answered below.
+    ws = web.WebSocketResponse(autoping=False, max_msg_size=settings.ws_max_message_bytes,
                                timeout=2.0)  # close handshake: do not hold a socket for long
     await ws.prepare(request)
     app[SOCKETS].add(ws)
@@ -507,8 +573,20 @@ async def ws_handler(request: web.Request) -> web.StreamResponse:
         async for m in ws:
             if session.closed:
                 break
+            session.alive = True
             if m.type == WSMsgType.TEXT:
-                await session.handle(m.data)
+                session.busy = True
+                try:
+                    await session.handle(m.data)
+                finally:
+                    session.busy = False
+            elif m.type == WSMsgType.PING:
+                try:
+                    await ws.pong(m.data)
+                except (ConnectionError, RuntimeError):
+                    break
+            elif m.type == WSMsgType.PONG:
+                pass
             elif m.type == WSMsgType.BINARY:
                 session.error(None, "BINARY_NOT_SUPPORTED", "send JSON text frames")
             elif m.type == WSMsgType.ERROR:

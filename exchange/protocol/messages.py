@@ -110,10 +110,31 @@ class CancelAll(Request):
 
 
 class Orders(Request):
-    """My open orders (optionally of one product)."""
+    """My orders (optionally of one product): ``open`` (the default: my orders in the book),
+    ``closed`` (filled, cancelled or expired, of products not yet delivered; the last 1000 per
+    member) or ``all``. Closed and all list each order as ``order_status`` answers it, without
+    its fills."""
 
     type: Literal["orders"]
     product_id: ProductId | None = None
+    status: Literal["open", "closed", "all"] = "open"
+
+
+class OrderStatus(Request):
+    """One of my orders, open or closed, by ``order_id`` or by my ``client_order_id`` (one of
+    the two): quantity as placed, remaining, filled, status (``open``, ``filled``, ``cancelled``
+    with its ``reason``, ``expired``), its fills, seq and time of its last change. Known until
+    its product is delivered (closed ones: the last 1000 per member); otherwise, and for
+    another member's order, ``UNKNOWN_ORDER``."""
+
+    type: Literal["order_status"]
+    order_id: OrderId | None = None
+    client_order_id: ClientOrderId | None = None
+
+    @model_validator(mode="after")
+    def _one_ref(self) -> OrderStatus:
+        _one_order_ref(self.order_id, self.client_order_id)
+        return self
 
 
 class Trades(Request):
@@ -188,8 +209,8 @@ class Replay(Request):
     from_pseq: Annotated[int, Field(ge=1, le=MAX_INT)]
 
 
-CORE_REQUESTS: tuple[type[Request], ...] = (Login, Place, Cancel, Modify, CancelAll, Orders, Trades, Positions,
-                                             Subscribe, Unsubscribe, Ping, SessionOptions, DeadMan, Replay)
+CORE_REQUESTS: tuple[type[Request], ...] = (Login, Place, Cancel, Modify, CancelAll, Orders, OrderStatus, Trades,
+                                             Positions, Subscribe, Unsubscribe, Ping, SessionOptions, DeadMan, Replay)
 
 
 class ProtocolError(Exception):
