@@ -1150,6 +1150,25 @@ class MarketEngine:
         p = self.positions.get(product_id, {}).get(member)
         return (p[0], p[1], p[2]) if p else (0, 0, 0)
 
+    def _live_schedule(self) -> list[tuple[int, int, int, str]]:
+        """The schedule without the entries that have become no-ops (a good-till-date order
+        filled or cancelled since, a volatility auction the gate ended). Those leave the heap
+        without an event, possibly in a command that is not journaled (a quiet rejection):
+        the state hash must not depend on whether they are still there."""
+        out = []
+        for entry in self._schedule:
+            t, kind, _, key = entry
+            if kind == _REOPEN:
+                pb = self.products.get(ProductId(key))
+                if pb is None or pb.auction_until != t or pb.state in (ProductState.CLOSED, ProductState.DELIVERED):
+                    continue
+            elif kind == _EXPIRE:
+                o = self.orders.get(OrderId(int(key)))
+                if o is None or o.expire_at != t:
+                    continue
+            out.append(entry)
+        return out
+
     # ------------------------------------------------------------------ snapshots
     #: Bumped whenever the exported state's layout changes: a snapshot of another version
     #: is not loaded (recovery falls back to an older one or to the full journal).
@@ -1182,7 +1201,7 @@ class MarketEngine:
             "client_ids_by_product": [[pid, [list(k) for k in keys]] for pid, keys in self._client_ids_by_product.items()],
             "positions": [[pid, [[m, *v] for m, v in pos.items()]] for pid, pos in self.positions.items()],
             "open_sell": [[k[0], k[1], v] for k, v in self.open_sell.items()],
-            "schedule": [list(x) for x in self._schedule],
+            "schedule": [list(x) for x in sorted(self._live_schedule())],
             "blocks": [b.export() for b in self.blocks.values()],
         }
 
@@ -1240,7 +1259,7 @@ class MarketEngine:
             "positions": {pid: sorted([m, *v] for m, v in pos.items()) for pid, pos in sorted(self.positions.items())},
             "open_sell": sorted([k[0], k[1], v] for k, v in self.open_sell.items() if v),
             "client_ids": sorted([k[0], k[1], *v] for k, v in self.client_ids.items()),
-            "schedule": sorted(self._schedule),
+            "schedule": sorted(self._live_schedule()),
             "blocks": [b.export() for _, b in sorted(self.blocks.items())],
         }
 
