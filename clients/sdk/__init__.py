@@ -25,6 +25,7 @@ from clients.sdk.errors import (
 )
 from clients.sdk.keys import member_key, member_keys
 from clients.sdk.models import (
+    BlockResult,
     BookDelta,
     BookSnapshot,
     Execution,
@@ -38,7 +39,7 @@ from clients.sdk.models import (
 )
 
 __all__ = [
-    "AuthenticationError", "BookDelta", "BookFeed", "BookSnapshot", "BookUpdate", "ClientClosed", "ConnectionLost",
+    "AuthenticationError", "BlockResult", "BookDelta", "BookFeed", "BookSnapshot", "BookUpdate", "ClientClosed", "ConnectionLost",
     "Execution", "Feed", "InvalidRequest", "LocalBook", "MyTrade", "OpenOrder", "OrderRejected", "OrderResult",
     "OrderState", "OutcomeUnknown", "Position", "ProductState", "PublicTrade", "RequestError", "RequestTimeout", "Retryable",
     "VoltbourseClient", "VoltbourseError", "member_key", "member_keys",

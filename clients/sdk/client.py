@@ -79,6 +79,7 @@ import secrets
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
+from datetime import datetime
 from typing import Any, Literal, overload
 
 import aiohttp
@@ -95,6 +96,7 @@ from clients.sdk.errors import (
     RequestTimeout,
 )
 from clients.sdk.models import (
+    BlockResult,
     BookDelta,
     BookSnapshot,
     CancelAllResult,
@@ -582,8 +584,11 @@ class VoltbourseClient:
 
     async def place(self, product_id: str, side: str, price: int, quantity: int, tif: str = "gtc", *,
                     client_order_id: str | None = None, sign: bool | None = None, retries: int = 0,
-                    timeout: float | None = None) -> OrderResult:
-        """Place a limit order (price in ticks of 0.01 EUR/MWh, quantity in Wh).
+                    timeout: float | None = None, post_only: bool = False, expire_time: datetime | None = None,
+                    min_quantity: int | None = None) -> OrderResult:
+        """Place a limit order (price in ticks of 0.01 EUR/MWh, quantity in Wh). Conditions:
+        ``post_only`` (gtc: refused rather than trade on arrival), ``expire_time`` (gtc: good
+        till this aware time, whole seconds), ``min_quantity`` (ioc: trade only if that much can).
 
         Returns the :class:`OrderResult` after the order is durable. ``retries`` > 0 resends
         the same order after :class:`ConnectionLost`/:class:`RequestTimeout` (needs a
@@ -596,7 +601,7 @@ class VoltbourseClient:
         while True:
             signer = wire.OrderSigner(self.account, self._hello(), self._nonces) if sign else None
             msg = wire.place(self._next_id(), product_id, side, price, quantity, tif, client_order_id=client_order_id,
-                             signer=signer)
+                             signer=signer, post_only=post_only, expire_time=expire_time, min_quantity=min_quantity)
             try:
                 return wire.order_result(await self._call(msg, timeout), msg)
             except OutcomeUnknown:
@@ -604,6 +609,19 @@ class VoltbourseClient:
                     raise
                 attempt += 1
                 log.info("resending order %s after a lost answer (attempt %d)", client_order_id, attempt)
+
+    async def place_block(self, product_ids: list[str], side: str, price: int, quantity: int, *,
+                          client_order_id: str | None = None, sign: bool | None = None,
+                          timeout: float | None = None) -> BlockResult:
+        """A block order for the day-ahead auction: ``quantity`` Wh in each of the consecutive
+        ``product_ids``, all or none, ``price`` a limit on their average clearing price. Answers
+        ``status: pending``; the verdict comes as an ``execution`` report ``block_result`` (after
+        the ``fill`` reports, if executed). Cancel it with :meth:`cancel` before the auction."""
+        sign = self.sign_orders if sign is None else sign
+        signer = wire.OrderSigner(self.account, self._hello(), self._nonces) if sign else None
+        msg = wire.place_block(self._next_id(), product_ids, side, price, quantity, client_order_id=client_order_id,
+                               signer=signer)
+        return BlockResult.model_validate(await self._call(msg, timeout))
 
     async def cancel(self, order_id: int, *, timeout: float | None = None) -> CancelResult:
         return CancelResult.model_validate(await self._call(wire.cancel(self._next_id(), order_id), timeout))

@@ -27,7 +27,7 @@ from exchange.protocol.messages import (  # noqa: F401  (re-exported)
 from exchange.protocol.messages import VolatilityInterruptionPush as VolatilityInterruption
 
 __all__ = [
-    "BookDelta", "BookSnapshot", "CancelAllResult", "CancelResult", "Execution", "Fill", "Hello", "LoginResult",
+    "BlockResult", "BookDelta", "BookSnapshot", "CancelAllResult", "CancelResult", "Execution", "Fill", "Hello", "LoginResult",
     "MarketState", "MyTrade", "OpenOrder", "OrderResult", "OrderState", "Position", "ProductInfo", "ProductState",
     "ProductsResult", "PublicTrade", "Side", "Tif", "VolatilityInterruption",
 ]
@@ -49,6 +49,15 @@ class Fill(_Result):
     trade_id: int
     price: int
     quantity: int
+
+
+class BlockResult(_Result):
+    """Answer to ``place_block``: the block waits for its auction (``status == "pending"``)."""
+
+    order_id: int
+    status: Literal["pending"] = "pending"
+    product_ids: tuple[str, ...] = ()
+    seq: int | None = None
 
 
 class OrderResult(_Result):

@@ -29,6 +29,7 @@ Pushes are read with the models of :mod:`clients.sdk.models`
 from __future__ import annotations
 
 import time
+from datetime import datetime
 from typing import Any, Literal
 
 import orjson
@@ -122,11 +123,23 @@ class OrderSigner:
         self.nonces = nonces
 
     def sign(self, *, product_id: str, side: str, price: int, quantity: int, tif: str,
-             client_order_id: str | None) -> dict[str, Any]:
+             client_order_id: str | None, post_only: bool = False, expire_time: datetime | None = None,
+             min_quantity: int | None = None) -> dict[str, Any]:
         """The ``signature`` and ``nonce`` fields of a ``place`` with these order fields."""
         nonce = self.nonces.next()
         typed = auth.order_typed_data(self.market_id, self.chain_id, product_id=product_id, side=side, price=price,
-                                      quantity=quantity, tif=tif, client_order_id=client_order_id, nonce=nonce)
+                                      quantity=quantity, tif=tif, client_order_id=client_order_id, nonce=nonce,
+                                      post_only=post_only, min_quantity=min_quantity,
+                                      expire_time=None if expire_time is None else int(expire_time.timestamp()))
+        return {"signature": auth.sign_order(typed, self.account.key), "nonce": nonce}
+
+    def sign_block(self, *, product_ids: list[str], side: str, price: int, quantity: int,
+                   client_order_id: str | None) -> dict[str, Any]:
+        """The ``signature`` and ``nonce`` fields of a ``place_block``."""
+        nonce = self.nonces.next()
+        typed = auth.block_order_typed_data(self.market_id, self.chain_id, product_ids=product_ids, side=side,
+                                            price=price, quantity=quantity, client_order_id=client_order_id,
+                                            nonce=nonce)
         return {"signature": auth.sign_order(typed, self.account.key), "nonce": nonce}
 
 
@@ -134,13 +147,31 @@ class OrderSigner:
 
 
 def place(request_id: RequestId, product_id: str, side: str, price: int, quantity: int, tif: str = "gtc", *,
-          client_order_id: str | None = None, signer: OrderSigner | None = None) -> Message:
-    """A limit order (price in ticks of 0.01 EUR/MWh, quantity in Wh); signed with ``signer``."""
+          client_order_id: str | None = None, signer: OrderSigner | None = None, post_only: bool = False,
+          expire_time: datetime | None = None, min_quantity: int | None = None) -> Message:
+    """A limit order (price in ticks of 0.01 EUR/MWh, quantity in Wh); signed with ``signer``.
+    Conditions: ``post_only`` (gtc), ``expire_time`` (gtc, aware, whole seconds), ``min_quantity`` (ioc)."""
     fields: dict[str, Any] = dict(product_id=product_id, side=side, price=price, quantity=quantity, tif=tif,
                                   client_order_id=client_order_id)
+    conditions: dict[str, Any] = {k: v for k, v in (("post_only", post_only), ("expire_time", expire_time),
+                                                    ("min_quantity", min_quantity)) if v}
     if signer is not None:
-        fields.update(signer.sign(**fields))
-    return dump(P.Place(type="place", id=request_id, **fields))
+        fields.update(signer.sign(**fields, **conditions))
+    msg = dump(P.Place(type="place", id=request_id, **fields, **conditions))
+    if not post_only:
+        msg.pop("post_only", None)  # the default: a plain order looks as it always did
+    return msg
+
+
+def place_block(request_id: RequestId, product_ids: list[str], side: str, price: int, quantity: int, *,
+                client_order_id: str | None = None, signer: OrderSigner | None = None) -> Message:
+    """A block order: ``quantity`` Wh in each of the consecutive ``product_ids``, all or none,
+    ``price`` a limit on their average clearing price (day-ahead auction only)."""
+    fields: dict[str, Any] = dict(product_ids=list(product_ids), side=side, price=price, quantity=quantity,
+                                  client_order_id=client_order_id)
+    if signer is not None:
+        fields.update(signer.sign_block(**fields))
+    return dump(P.PlaceBlock(type="place_block", id=request_id, **fields))
 
 
 def cancel(request_id: RequestId, order_id: int) -> Message:

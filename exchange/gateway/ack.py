@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from exchange.core.model import (
+    BlockAccepted,
     CancelAllDone,
     Duplicate,
     Event,
@@ -75,6 +76,10 @@ def response(p: Pending, events: list[Event]) -> dict:
         return {"type": "response", "id": p.request_id, "result": {"cancelled": done.cancelled}}
     if isinstance(first, (OrderAccepted, OrderModified)):
         return {"type": "response", "id": p.request_id, "result": order_outcome(first, events)}
+    if isinstance(first, BlockAccepted):
+        return {"type": "response", "id": p.request_id,
+                "result": {"order_id": first.order_id, "status": "pending", "product_ids": first.product_ids,
+                           "seq": first.seq}}
     if isinstance(first, OrderCancelled):
         return {"type": "response", "id": p.request_id,
                 "result": {"order_id": first.order_id, "status": "cancelled", "remaining": first.remaining}}

@@ -19,6 +19,8 @@ from typing import Any
 from aiohttp import web
 
 from exchange.core.model import (
+    BlockAccepted,
+    BlockResult,
     MarketHalted,
     MarketResumed,
     MemberUpdated,
@@ -146,6 +148,8 @@ class MarketData:
                     pub.state(ev, mirror, public)
                 elif isinstance(ev, Rejected):
                     pub.rejected(ev)
+                elif isinstance(ev, (BlockAccepted, BlockResult)):
+                    pub.block(ev)
                 elif isinstance(ev, VolatilityInterruption):
                     pub.volatility(ev, public)
                 elif isinstance(ev, MemberUpdated):

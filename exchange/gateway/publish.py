@@ -10,6 +10,8 @@ import secrets
 from collections import defaultdict, deque
 
 from exchange.core.model import (
+    BlockAccepted,
+    BlockResult,
     MarketHalted,
     MarketResumed,
     OrderAccepted,
@@ -94,11 +96,24 @@ class Publisher:
 
     def rejected(self, ev: Rejected) -> None:
         """Rejections of a member's order commands go to its private stream too."""
-        if ev.member is None or ev.command not in ("place", "modify", "cancel"):
+        if ev.member is None or ev.command not in ("place", "place_block", "modify", "cancel"):
             return
         self.private(ev.member, {"type": "execution", "exec": "rejected", "seq": ev.seq, "ts": iso(ev.ts),
                                  "order_id": ev.order_id, "client_order_id": ev.client_order_id,
                                  "command": ev.command, "reason": ev.reason, "detail": ev.detail})
+
+    def block(self, ev: BlockAccepted | BlockResult) -> None:
+        """Execution reports of a block order: accepted for its auction, then its verdict (its
+        fills, if executed, come as ``fill`` reports before the verdict)."""
+        if isinstance(ev, BlockAccepted):
+            self.private(ev.member, {"type": "execution", "exec": "block_accepted", "seq": ev.seq, "ts": iso(ev.ts),
+                                     "order_id": ev.order_id, "client_order_id": ev.client_order_id,
+                                     "product_ids": ev.product_ids, "side": ev.side.value, "price": ev.price,
+                                     "quantity": ev.quantity})
+        else:
+            self.private(ev.member, {"type": "execution", "exec": "block_result", "seq": ev.seq, "ts": iso(ev.ts),
+                                     "order_id": ev.order_id, "executed": ev.executed, "prices": ev.prices,
+                                     "detail": ev.detail})
 
     def order_event(self, ev: OrderAccepted | OrderCancelled | OrderExpired | OrderModified,
                     o: MirrorOrder | None) -> None:

@@ -19,10 +19,11 @@ from typing import Any
 import orjson
 from aiohttp import WSCloseCode, WSMsgType, web
 
-from exchange.core.ids import MemberId, OrderId
+from exchange.core.ids import MemberId, OrderId, ProductId
 from exchange.core.model import CancelAll as CancelAllCmd
 from exchange.core.model import CancelOrder, ModifyOrder, PlaceOrder, Side, TimeInForce
-from exchange.core.units import iso, iso_dt
+from exchange.core.model import PlaceBlock as PlaceBlockCmd
+from exchange.core.units import iso, iso_dt, to_us
 from exchange.gateway.keys import MARKET, PROTOCOL, SETTINGS, SOCKETS, WS_REQUESTS
 from exchange.gateway.marketdata import MARKET_DATA, MarketData, Pending
 from exchange.gateway.metrics import METRICS
@@ -308,6 +309,8 @@ class Session:
         try:
             if kind == "place":
                 self._place(msg, member, t0)
+            elif kind == "place_block":
+                self._place_block(msg, member, t0)
             elif kind == "cancel":
                 oid = self._order_ref(msg, member)
                 if oid is not None:
@@ -464,21 +467,42 @@ class Session:
             "pseq": stream.pseq.get(claimed, 0), "pstream": stream.run_id}})
 
     def _place(self, msg: Any, member: MemberId, t0: int) -> None:
+        expire_at = to_us(msg.expire_time) if msg.expire_time is not None else None
         if msg.signature is not None:
             typed = auth.order_typed_data(self.settings.market_id, self.settings.chain_id, product_id=msg.product_id,
                                           side=msg.side, price=msg.price, quantity=msg.quantity, tif=msg.tif,
-                                          client_order_id=msg.client_order_id, nonce=msg.nonce)
-            try:
-                signer = auth.recover_order_signer(typed, msg.signature)
-            except ValueError as exc:
-                self.error(msg.id, "BAD_SIGNATURE", str(exc))
-                return
-            if signer != member:
-                self.error(msg.id, "BAD_SIGNATURE", f"the order is signed by {signer}, not by {member}")
+                                          client_order_id=msg.client_order_id, nonce=msg.nonce,
+                                          post_only=msg.post_only, min_quantity=msg.min_quantity,
+                                          expire_time=None if expire_at is None else expire_at // 1_000_000)
+            if not self._signed_by(typed, msg, member):
                 return
         cmd = PlaceOrder(0, member, msg.product_id, _SIDES[msg.side], msg.price, msg.quantity, _TIFS[msg.tif],
-                         msg.client_order_id, msg.signature, msg.nonce)
+                         msg.client_order_id, msg.signature, msg.nonce, msg.post_only, expire_at, msg.min_quantity)
         self._submit(cmd, msg.id, "place", t0)
+
+    def _place_block(self, msg: Any, member: MemberId, t0: int) -> None:
+        if msg.signature is not None:
+            typed = auth.block_order_typed_data(self.settings.market_id, self.settings.chain_id,
+                                                product_ids=msg.product_ids, side=msg.side, price=msg.price,
+                                                quantity=msg.quantity, client_order_id=msg.client_order_id,
+                                                nonce=msg.nonce)
+            if not self._signed_by(typed, msg, member):
+                return
+        cmd = PlaceBlockCmd(0, member, [ProductId(p) for p in msg.product_ids], _SIDES[msg.side], msg.price,
+                            msg.quantity, msg.client_order_id, msg.signature, msg.nonce)
+        self._submit(cmd, msg.id, "place_block", t0)
+
+    def _signed_by(self, typed: auth.TypedData, msg: Any, member: MemberId) -> bool:
+        """Whether ``msg``'s signature of ``typed`` is ``member``'s (else answered BAD_SIGNATURE)."""
+        try:
+            signer = auth.recover_order_signer(typed, msg.signature)
+        except ValueError as exc:
+            self.error(msg.id, "BAD_SIGNATURE", str(exc))
+            return False
+        if signer != member:
+            self.error(msg.id, "BAD_SIGNATURE", f"the order is signed by {signer}, not by {member}")
+            return False
+        return True
 
     def _submit(self, cmd, request_id, kind: str, t0: int) -> None:
         self.market.runtime.enqueue(cmd, Pending(self, request_id, kind, t0))

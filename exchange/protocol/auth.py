@@ -54,8 +54,22 @@ CONDITIONAL_ORDER_TYPES = {
     "ConditionalOrder": [
         *ORDER_TYPES["Order"],
         {"name": "postOnly", "type": "bool"},
-        {"name": "expireTime", "type": "string"},  # ISO 8601 UTC with Z, "" for none
+        {"name": "expireTime", "type": "uint256"},  # Unix seconds, 0 for none
         {"name": "minQuantity", "type": "uint256"},  # 0 for none
+    ],
+}
+
+#: A block order: its hours as one comma-separated string of product ids, in order.
+BLOCK_ORDER_TYPES = {
+    "EIP712Domain": ORDER_TYPES["EIP712Domain"],
+    "BlockOrder": [
+        {"name": "market", "type": "string"},
+        {"name": "products", "type": "string"},
+        {"name": "side", "type": "string"},
+        {"name": "price", "type": "int256"},
+        {"name": "quantity", "type": "uint256"},
+        {"name": "clientOrderId", "type": "string"},
+        {"name": "nonce", "type": "uint256"},
     ],
 }
 
@@ -87,9 +101,9 @@ def sign_login(challenge: str, private_key: PrivateKey) -> str:
 
 def order_typed_data(market_id: str, chain_id: int, *, product_id: str, side: str, price: int, quantity: int,
                      tif: str, client_order_id: str | None, nonce: int, post_only: bool = False,
-                     expire_time: str | None = None, min_quantity: int | None = None) -> TypedData:
+                     expire_time: int | None = None, min_quantity: int | None = None) -> TypedData:
     """The EIP-712 typed data of an order: ``Order``, or ``ConditionalOrder`` when it has a
-    condition (``expire_time`` as the exchange writes times: ISO 8601 UTC ending in Z)."""
+    condition (``expire_time`` in Unix seconds)."""
     message: dict[str, Any] = {
         "market": market_id,
         "product": product_id,
@@ -102,9 +116,16 @@ def order_typed_data(market_id: str, chain_id: int, *, product_id: str, side: st
     }
     if not (post_only or expire_time is not None or min_quantity is not None):
         return {"types": ORDER_TYPES, "primaryType": "Order", "domain": domain(chain_id), "message": message}
-    message.update(postOnly=post_only, expireTime=expire_time or "", minQuantity=min_quantity or 0)
+    message.update(postOnly=post_only, expireTime=expire_time or 0, minQuantity=min_quantity or 0)
     return {"types": CONDITIONAL_ORDER_TYPES, "primaryType": "ConditionalOrder", "domain": domain(chain_id),
             "message": message}
+
+
+def block_order_typed_data(market_id: str, chain_id: int, *, product_ids: list[str], side: str, price: int,
+                           quantity: int, client_order_id: str | None, nonce: int) -> TypedData:
+    return {"types": BLOCK_ORDER_TYPES, "primaryType": "BlockOrder", "domain": domain(chain_id),
+            "message": {"market": market_id, "products": ",".join(product_ids), "side": side, "price": price,
+                        "quantity": quantity, "clientOrderId": client_order_id or "", "nonce": nonce}}
 
 
 def recover_order_signer(typed: TypedData, signature: str) -> str:

@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
 from exchange.protocol.frames import read_request_id
+from exchange.protocol.types import UtcTime
 
 PROTOCOL_VERSION = 1
 MAX_INT = 2**53 - 1  # exact in every JSON implementation
@@ -60,9 +61,36 @@ class Place(Request):
     client_order_id: ClientOrderId | None = None
     signature: Signature | None = None
     nonce: Annotated[int, Field(ge=0, le=MAX_INT)] | None = None
+    post_only: bool = Field(False, description="gtc only: refused (POST_ONLY_WOULD_TRADE) rather than trade on arrival")
+    expire_time: UtcTime | None = Field(None, description="good till date (gtc only, whole seconds): the order "
+                                        "expires then if it still rests")
+    min_quantity: Quantity | None = Field(None, description="ioc only: trade only if at least this much trades at once")
 
     @model_validator(mode="after")
     def _signed_needs_nonce(self) -> Place:
+        if (self.signature is None) != (self.nonce is None):
+            raise ValueError("signature and nonce go together")
+        if self.expire_time is not None and self.expire_time.microsecond:
+            raise ValueError("expire_time: whole seconds (it is signed as Unix seconds)")
+        return self
+
+
+class PlaceBlock(Request):
+    """A block order: ``quantity`` Wh in each of 2-24 consecutive products of one delivery
+    day, all or none, ``price`` a limit on their average clearing price; it takes part in
+    the day-ahead (call) auction only."""
+
+    type: Literal["place_block"]
+    product_ids: list[ProductId] = Field(min_length=2, max_length=24)
+    side: Literal["buy", "sell"]
+    price: Price
+    quantity: Quantity
+    client_order_id: ClientOrderId | None = None
+    signature: Signature | None = None
+    nonce: Annotated[int, Field(ge=0, le=MAX_INT)] | None = None
+
+    @model_validator(mode="after")
+    def _signed_needs_nonce(self) -> PlaceBlock:
         if (self.signature is None) != (self.nonce is None):
             raise ValueError("signature and nonce go together")
         return self
@@ -209,7 +237,7 @@ class Replay(Request):
     from_pseq: Annotated[int, Field(ge=1, le=MAX_INT)]
 
 
-CORE_REQUESTS: tuple[type[Request], ...] = (Login, Place, Cancel, Modify, CancelAll, Orders, OrderStatus, Trades,
+CORE_REQUESTS: tuple[type[Request], ...] = (Login, Place, PlaceBlock, Cancel, Modify, CancelAll, Orders, OrderStatus, Trades,
                                              Positions, Subscribe, Unsubscribe, Ping, SessionOptions, DeadMan, Replay)
 
 
@@ -263,7 +291,7 @@ class Execution(Push):
     """A private report on one of my orders."""
 
     type: Literal["execution"]
-    exec: Literal["accepted", "fill", "cancelled", "expired", "modified", "rejected"]
+    exec: Literal["accepted", "fill", "cancelled", "expired", "modified", "rejected", "block_accepted", "block_result"]
     pseq: int | None = Field(None, description="my private stream's sequence number: 1, 2, 3 ... (a gap: replay); "
                              "always sent by this server")
     seq: int
@@ -282,6 +310,9 @@ class Execution(Push):
     detail: str | None = Field(None, description="rejected: why, in words")
     command: str | None = Field(None, description="rejected: place, modify or cancel")
     priority_kept: bool | None = None
+    product_ids: list[str] | None = Field(None, description="block_accepted: the block's hours")
+    executed: bool | None = Field(None, description="block_result: executed in every hour, or not at all")
+    prices: list[int | None] | None = Field(None, description="block_result: each hour's clearing price")
 
 
 class BookSnapshot(Push):
