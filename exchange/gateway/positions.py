@@ -16,10 +16,14 @@ class PositionsView:
         self.seq = 0
 
     async def load(self, trades: TradeStore, upto: int) -> None:
-        """Every committed trade with ``seq <= upto`` (the stream delivers the later ones)."""
-        for member, pid, bought, sold, payable in await trades.position_totals(upto):
-            self._cell(member, pid)[:] = [bought, sold, payable]
+        """Every committed trade with ``seq <= upto`` (the stream delivers the later ones).
+        Trades the stream delivers while the totals load are kept: the totals are added."""
         self.seq = upto
+        for member, pid, bought, sold, payable in await trades.position_totals(upto):
+            cell = self._cell(member, pid)
+            cell[0] += bought
+            cell[1] += sold
+            cell[2] += payable
 
     def _cell(self, member: str, pid: str) -> list[int]:
         products = self.by_member.get(member)
