@@ -23,13 +23,18 @@ from exchange.tools import workload
 pytestmark = pytest.mark.integration
 
 
-async def _trade(market, n: int, seed: int = 3, members: int = 10) -> None:
+async def _trade(market, n: int, seed: int = 3, members: int = 10, rounds: int = 1) -> None:
+    """``n`` workload commands in ``rounds``; after each round the snapshotter catches up
+    (so a round that journals more than ``snapshot_every_commands`` leaves a snapshot)."""
     rt = market.runtime
     names = workload.members(members)
     await asyncio.gather(*(rt.submit(c) for c in workload.registrations(names, 0)))
     flow = workload.OrderFlow(open_products(rt.engine), names, seed=seed, first_order_id=rt.engine.next_order_id)
-    for cmd in flow.stream(n, 0):
-        await rt.submit(cmd)
+    stream = flow.stream(n, 0)
+    for _ in range(rounds):
+        for _, cmd in zip(range(n // rounds), stream):
+            await rt.submit(cmd)
+        await _caught_up(market)
 
 
 async def _caught_up(market, timeout: float = 30) -> None:
@@ -47,8 +52,7 @@ async def _caught_up(market, timeout: float = 30) -> None:
 async def test_restart_loads_the_newest_snapshot_and_replays_only_the_tail(pg_dsn):
     market = await open_test_market(pg_dsn, "snap1", snapshot_every_commands=400)
     try:
-        await _trade(market, 2000)
-        await _caught_up(market)
+        await _trade(market, 2400, rounds=4)
         infos = await SnapshotStore(market.read_pool, "snap1").list()
         assert len(infos) >= 3 and all(b.cmd_seq - a.cmd_seq >= 400 for a, b in zip(infos, infos[1:]))
         before, journaled = market.engine.state_hash(), market.runtime.cmd_seq
@@ -73,8 +77,7 @@ async def test_restart_loads_the_newest_snapshot_and_replays_only_the_tail(pg_ds
 async def test_a_corrupt_newest_snapshot_is_skipped_for_an_older_one(pg_dsn, pool):
     market = await open_test_market(pg_dsn, "snap2", snapshot_every_commands=300)
     try:
-        await _trade(market, 1500, seed=4)
-        await _caught_up(market)
+        await _trade(market, 1800, seed=4, rounds=4)
         before = market.engine.state_hash()
     finally:
         await market.close()
@@ -96,8 +99,7 @@ async def test_a_corrupt_newest_snapshot_is_skipped_for_an_older_one(pg_dsn, poo
 async def test_verify_replays_the_journal_and_catches_a_forged_snapshot(pg_dsn, pool):
     market = await open_test_market(pg_dsn, "snap3", snapshot_every_commands=250)
     try:
-        await _trade(market, 1000, seed=5)
-        await _caught_up(market)
+        await _trade(market, 1200, seed=5, rounds=3)
         config = market.engine.config
     finally:
         await market.close()
