@@ -676,8 +676,12 @@ class VoltbourseClient:
                 return out
             after = page[-1].seq
 
-    async def positions(self) -> list[Position]:
-        r = await self._call(wire.positions(self._next_id()))
+    async def positions(self, product_id: str | None = None, *, delivered: bool = False,
+                        after_product: str | None = None, limit: int | None = None) -> list[Position]:
+        """My positions: the products not delivered yet; with ``delivered``, every product
+        (a page of ``limit`` after ``after_product``, in product-id order)."""
+        r = await self._call(wire.positions(self._next_id(), product_id, delivered=delivered,
+                                            after_product=after_product, limit=limit))
         return [Position.model_validate(p) for p in r["positions"]]
 
     async def ping(self) -> dict:

@@ -203,8 +203,16 @@ def trades(request_id: RequestId, product_id: str | None = None, after: int = 0,
     return dump(P.Trades(type="trades", id=request_id, product_id=product_id, after=after, limit=limit))
 
 
-def positions(request_id: RequestId) -> Message:
-    return dump(P.Positions(type="positions", id=request_id))
+def positions(request_id: RequestId, product_id: str | None = None, *, delivered: bool = False,
+              after_product: str | None = None, limit: int | None = None) -> Message:
+    fields: dict[str, Any] = {k: v for k, v in (("product_id", product_id), ("after_product", after_product),
+                                                ("limit", limit)) if v is not None}
+    msg = dump(P.Positions(type="positions", id=request_id, delivered=delivered, **fields))
+    if not delivered:
+        msg.pop("delivered", None)
+    if limit is None:
+        msg.pop("limit", None)
+    return msg
 
 
 def ping(request_id: RequestId) -> Message:

@@ -5,6 +5,8 @@ a member's ``positions`` request costs no database work and never competes with 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from exchange.core.model import TradeEvent
 from exchange.runtime.trades import TradeStore
 
@@ -45,8 +47,13 @@ class PositionsView:
         s[1] += ev.quantity
         s[2] -= value
 
-    def of(self, member: str) -> list[dict[str, int | str]]:
-        out: list[dict[str, int | str]] = []
-        for pid, (bought, sold, payable) in sorted(self.by_member.get(member, {}).items()):
-            out.append({"product_id": pid, "bought": bought, "sold": sold, "net": bought - sold, "payable": payable})
-        return out
+    def of(self, member: str, product_id: str | None = None, after: str | None = None) -> Iterator[dict[str, int | str]]:
+        """The member's positions in product-id order (one product, or those after ``after``)."""
+        products = self.by_member.get(member, {})
+        if product_id is not None:
+            pids = [product_id] if product_id in products else []
+        else:
+            pids = sorted(p for p in products if after is None or p > after)
+        for pid in pids:
+            bought, sold, payable = products[pid]
+            yield {"product_id": pid, "bought": bought, "sold": sold, "net": bought - sold, "payable": payable}

@@ -519,8 +519,17 @@ class Session:
         self.send({"type": "response", "id": msg.id, "result": {"trades": out}})
 
     async def _positions(self, msg: Any, member: str) -> None:
-        # committed positions, in memory (exchange.gateway.positions): no database round trip
-        out = [{**p, "state": self.md.product_states.get(str(p["product_id"]))} for p in self.md.positions.of(member)]
+        # committed positions, in memory (exchange.gateway.positions): no database round trip;
+        # by default only products not delivered yet, so the answer does not grow with history
+        states = self.md.product_states
+        out = []
+        for p in self.md.positions.of(member, msg.product_id, msg.after_product):
+            state = states.get(str(p["product_id"]))
+            if not msg.delivered and state in (None, "delivered"):
+                continue
+            out.append({**p, "state": state})
+            if len(out) >= msg.limit:
+                break
         self.send({"type": "response", "id": msg.id, "result": {"positions": out}})
 
     def _subscribe(self, msg) -> None:

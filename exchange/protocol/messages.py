@@ -175,9 +175,16 @@ class Trades(Request):
 
 
 class Positions(Request):
-    """My position per product (bought, sold, net Wh; payable money)."""
+    """My position per product (bought, sold, net Wh; payable money): by default the
+    products not delivered yet (bounded by the market's calendar, whatever the history);
+    with ``delivered`` true, every product in product-id order, a page of ``limit`` after
+    ``after_product``."""
 
     type: Literal["positions"]
+    product_id: ProductId | None = None
+    delivered: bool = False
+    after_product: ProductId | None = None
+    limit: Annotated[int, Field(ge=1, le=1000)] = 1000
 
 
 class Subscribe(Request):

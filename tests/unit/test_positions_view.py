@@ -41,5 +41,5 @@ async def test_a_trade_arriving_while_the_totals_load_is_kept():
     view.trade(_trade(11, 7, 60))  # after it: from the stream
     await loading
     assert store.asked == [10]
-    assert view.of("b") == [{"product_id": "p", "bought": 107, "sold": 0, "net": 107, "payable": 100 * 50 + 7 * 60}]
-    assert view.of("s") == [{"product_id": "p", "bought": 0, "sold": 107, "net": -107, "payable": -(100 * 50 + 7 * 60)}]
+    assert list(view.of("b")) == [{"product_id": "p", "bought": 107, "sold": 0, "net": 107, "payable": 100 * 50 + 7 * 60}]
+    assert list(view.of("s")) == [{"product_id": "p", "bought": 0, "sold": 107, "net": -107, "payable": -(100 * 50 + 7 * 60)}]
