@@ -42,7 +42,11 @@ async def _bench(dsn: str, trades: int, seed: int, batch_size: int, rate: int, s
                  max_age_s: float) -> dict:
 
 
-    settings = load_settings(database_url=dsn, market_id="bench")
+    # Pairs trade at random prices on purpose (settlement is measured, not price formation):
+    # without the price controls, whose band and volatility auctions would stop such trading
+    # (a volatility auction never ends on the bench's manual clock)
+    settings = load_settings(database_url=dsn, market_id="bench", price_band_bp=0, price_band_min_ticks=0,
+                             volatility_bp=0, volatility_min_ticks=0, max_order_value_eur=0)
     market = await open_market(dsn, settings, ManualClock(BENCH_T0))
     rt = market.runtime
     chain = Chain.in_process()
