@@ -119,13 +119,15 @@ class Settings(BaseSettings):
     #: dynamic price band around the product's last trade price: basis points of |price|,
     #: at least price_band_min_ticks (a buy above / sell below the band is refused)
     price_band_bp: int = Field(5000, ge=0)
-    price_band_min_ticks: int = Field(10_000, ge=0)
+    # at least 250 EUR/MWh: a community's whole corridor between feed-in and retail tariffs
+    # (e.g. 80 .. 300 EUR/MWh) stays inside the band from any price in it
+    price_band_min_ticks: int = Field(25_000, ge=0)
     #: largest order value, quantity x |price|, in whole euros (fat-finger limit)
     max_order_value_eur: int = Field(50_000, ge=0)
     #: volatility interruption: a trade further than this from the last trade price stops
     #: continuous trading of the product for volatility_auction_s, then a call auction reopens it
     volatility_bp: int = Field(3000, ge=0)
-    volatility_min_ticks: int = Field(5000, ge=0)
+    volatility_min_ticks: int = Field(10_000, ge=0)
     volatility_auction_s: int = Field(30, ge=1)
     #: order-to-trade ratio per member and product: entries allowed per fill (0: off), after otr_free
     otr_max: int = Field(0, ge=0)
