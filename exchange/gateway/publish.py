@@ -66,6 +66,10 @@ class PrivateStream:
         return [data for n, data in ring if n >= from_pseq]
 
 
+#: book deltas kept per product for subscribers that resume from a seq
+BOOK_REPLAY = 256
+
+
 class Publisher:
     def __init__(self, peers: Peers, *, disclose_counterparty: bool = False) -> None:
         self.peers = peers
@@ -75,6 +79,9 @@ class Publisher:
         self.top_subs: dict[str, dict[Peer, int]] = defaultdict(dict)
         self.trade_subs: dict[str | None, set[Peer]] = defaultdict(set)  # None: all products
         self.product_subs: set[Peer] = set()
+        # product -> the last BOOK_REPLAY book deltas, (prev_seq, seq, encoded): a subscriber that
+        # holds the book at some seq gets the deltas since instead of a snapshot
+        self.book_history: dict[str, deque[tuple[int, int, str]]] = {}
         self.stream = PrivateStream()
 
     # ------------------------------------------------------------------ subscriptions
@@ -166,8 +173,22 @@ class Publisher:
             s.close(4003, "member suspended", flush=True)
 
     # ------------------------------------------------------------------ public
+    def book_since(self, pid: str, from_seq: int, current: int) -> list[str] | None:
+        """The book deltas after ``from_seq`` (a book the client holds at that seq), in order;
+        [] when it is current; None when they are not all kept any more (then: a snapshot)."""
+        if from_seq == current:
+            return []
+        hist = self.book_history.get(pid, ())
+        out: list[str] = []
+        for prev, _seq, data in hist:
+            if out or prev == from_seq:
+                out.append(data)
+        return out or None
+
     def state(self, ev: ProductStateChanged | ProductListed | MarketHalted | MarketResumed, mirror: BookMirror,
               public: Public) -> None:
+        if isinstance(ev, ProductStateChanged) and ev.state == "delivered":
+            self.book_history.pop(ev.product_id, None)  # nothing to replay for a delivered product
         if not self.product_subs:
             return
         if isinstance(ev, (ProductStateChanged, ProductListed)):
@@ -191,10 +212,14 @@ class Publisher:
             book = mirror.book(pid)
             prev = book.seq or 0
             book.seq = seq
+            data = encode({"type": "book", "product_id": pid, "seq": seq, "prev_seq": prev,
+                           "changes": changes.get(pid, [])})
+            hist = self.book_history.get(pid)
+            if hist is None:
+                hist = self.book_history[pid] = deque(maxlen=BOOK_REPLAY)
+            hist.append((prev, seq, data))
             subs = self.book_subs.get(pid)
             if subs:
-                data = encode({"type": "book", "product_id": pid, "seq": seq, "prev_seq": prev,
-                               "changes": changes.get(pid, [])})
                 for s in list(subs):
                     s.send_raw(data)
             tops = self.top_subs.get(pid)

@@ -538,15 +538,25 @@ class Session:
             self.error(msg.id, "UNKNOWN_PRODUCT", f"no product {msg.product_id}")
             return
         if msg.channel == "book":
+            replay = None
+            if msg.from_seq is not None:
+                current = md.mirror.book(msg.product_id).seq or 0
+                replay = md.publisher.book_since(msg.product_id, msg.from_seq, current)
             if msg.depth is None:
                 md.book_subs[msg.product_id].add(self)
                 md.top_subs[msg.product_id].pop(self, None)
             else:
                 md.top_subs[msg.product_id][self] = msg.depth
                 md.book_subs[msg.product_id].discard(self)
-            self.send({"type": "response", "id": msg.id, "result": {"channel": "book", "product_id": msg.product_id,
-                                                                      "depth": msg.depth}})
-            self.send(md.snapshot(msg.product_id, msg.depth))
+            result: dict[str, Any] = {"channel": "book", "product_id": msg.product_id, "depth": msg.depth}
+            if msg.from_seq is not None:
+                result["replayed"] = None if replay is None else len(replay)
+            self.send({"type": "response", "id": msg.id, "result": result})
+            if replay is None:
+                self.send(md.snapshot(msg.product_id, msg.depth))
+            else:  # the deltas since the client's seq, then live ones: no snapshot
+                for data in replay:
+                    self.send_raw(data)
         elif msg.channel == "trades":
             md.trade_subs[msg.product_id].add(self)
             self.send({"type": "response", "id": msg.id, "result": {"channel": "trades", "product_id": msg.product_id}})

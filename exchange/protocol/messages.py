@@ -197,6 +197,9 @@ class Subscribe(Request):
     channel: Literal["book", "trades", "products"]
     product_id: ProductId | None = None
     depth: Annotated[int, Field(ge=1, le=100)] | None = None
+    from_seq: Annotated[int, Field(ge=0, le=MAX_INT)] | None = Field(
+        None, description="book (full depth): the seq of the book you hold; the deltas since are replayed "
+        "instead of a snapshot while they are kept (the last 256 per product)")
 
     @model_validator(mode="after")
     def _book_needs_product(self) -> Subscribe:
@@ -204,6 +207,8 @@ class Subscribe(Request):
             raise ValueError("the book channel needs a product_id")
         if self.depth is not None and self.channel != "book":
             raise ValueError("depth is for the book channel")
+        if self.from_seq is not None and (self.channel != "book" or self.depth is not None):
+            raise ValueError("from_seq is for the full-depth book channel")
         return self
 
 
