@@ -64,12 +64,12 @@ class OrderResult(_Result):
     """Outcome of ``place`` / ``modify`` (after the journal commit).
 
     A resubmission of a known ``client_order_id`` answers ``duplicate=True`` with the
-    original ``order_id`` and ``original_seq`` only (the other fields are ``None``):
-    the order exists once; ask :meth:`~clients.sdk.VoltbourseClient.orders` for its state.
+    original ``order_id``, ``original_seq`` (the seq of its acceptance) and the order's
+    state now (``status``, ``remaining``, ``filled``, ``fills``): the order exists once.
     """
 
     order_id: int
-    status: Literal["resting", "filled", "cancelled"] | None = None
+    status: Literal["resting", "filled", "cancelled", "expired"] | None = None  # expired: a duplicate's state
     remaining: int | None = None
     filled: int = 0
     fills: tuple[Fill, ...] = ()

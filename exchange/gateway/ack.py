@@ -5,6 +5,7 @@ events (``exchange.core.model.command_outcome``)."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -47,20 +48,24 @@ class Pending:
 
 
 class Acknowledger:
-    def __init__(self, metrics: Any = None) -> None:
+    """Answers each command's request after its commit. ``order_state(member, order_id)``
+    (the committed order-status view) fills a duplicate's answer with the order's state."""
+
+    def __init__(self, metrics: Any = None, order_state: Callable[[str, int], dict | None] | None = None) -> None:
         self.metrics = metrics
+        self.order_state = order_state
 
     def on_commit(self, entries: list[Entry]) -> None:
         now_ns = time.perf_counter_ns()
         for e in entries:
             origin = e.origin
             if origin is not None and type(origin) is Pending:
-                origin.session.send(response(origin, e.events))
+                origin.session.send(response(origin, e.events, self.order_state))
                 if self.metrics is not None:
                     self.metrics.observe_command_latency((now_ns - origin.received_ns) / 1e9)
 
 
-def response(p: Pending, events: list[Event]) -> dict:
+def response(p: Pending, events: list[Event], order_state: Callable[[str, int], dict | None] | None = None) -> dict:
     first = command_outcome(events)
     if isinstance(first, Rejected):
         return {"type": "error", "id": p.request_id, "code": first.reason, "message": first.detail}
@@ -69,8 +74,14 @@ def response(p: Pending, events: list[Event]) -> dict:
             return {"type": "error", "id": p.request_id, "code": first.reason,
                     "message": f"duplicate client_order_id {first.client_order_id!r}: the original order "
                                f"was rejected ({first.reason})"}
-        return {"type": "response", "id": p.request_id,
-                "result": {"order_id": first.order_id, "duplicate": True, "original_seq": first.original_seq}}
+        result: dict[str, Any] = {"order_id": first.order_id, "duplicate": True, "original_seq": first.original_seq}
+        state = order_state(first.member, first.order_id) if order_state is not None else None
+        if state is not None:  # the order as it is now (it may have traded or closed since)
+            result.update({k: state[k] for k in ("remaining", "filled", "fills", "seq") if k in state})
+            result["status"] = "resting" if state["status"] == "open" else state["status"]
+            if state.get("reason"):
+                result["reason"] = state["reason"]
+        return {"type": "response", "id": p.request_id, "result": result}
     if p.kind == "cancel_all":
         done = next(ev for ev in events if isinstance(ev, CancelAllDone))
         return {"type": "response", "id": p.request_id, "result": {"cancelled": done.cancelled}}

@@ -55,7 +55,7 @@ class MarketData:
         self.market = market
         self.peers = peers if peers is not None else Peers()
         self.mirror = BookMirror()
-        self.acks = Acknowledger(metrics)
+        self.acks = Acknowledger(metrics, self._order_state)
         self.publisher = Publisher(self.peers, disclose_counterparty=disclose_counterparty)
         # subscriptions (the session adds itself to these)
         self.book_subs = self.publisher.book_subs
@@ -124,6 +124,10 @@ class MarketData:
         if s.member is not None:
             self.peers.detach(s.member, s)
         self.publisher.detach(s)
+
+    def _order_state(self, member: str, order_id: int) -> dict | None:
+        rec = self.order_status.get(member, order_id=order_id)
+        return None if rec is None else rec.view()
 
     # ------------------------------------------------------------------ the subscriber
     def on_commit(self, entries: list[Entry]) -> None:

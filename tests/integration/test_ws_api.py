@@ -97,7 +97,10 @@ async def test_place_cancel_modify_and_fills_on_both_sides(server, http):
     # idempotent resubmission
     r = await a.request({"type": "place", "product_id": pid, "side": "sell", "price": 9000, "quantity": 1000,
                          "client_order_id": "a-1"})
-    assert r["result"] == {"order_id": sell_id, "duplicate": True, "original_seq": r["result"]["original_seq"]}
+    assert r["result"] == {"order_id": sell_id, "duplicate": True, "original_seq": r["result"]["original_seq"],
+                           # the order as it is now: 300 of its 800 Wh traded since
+                           "status": "resting", "remaining": 500, "filled": 300, "seq": r["result"]["seq"],
+                           "fills": [{"trade_id": 1, "price": 9000, "quantity": 300}]}
     # cancel and cancel_all
     r = await a.request({"type": "cancel", "order_id": sell_id})
     assert r["result"] == {"order_id": sell_id, "status": "cancelled", "remaining": 500}
