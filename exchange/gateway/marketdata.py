@@ -153,6 +153,7 @@ class MarketData:
                 elif isinstance(ev, Rejected):
                     pub.rejected(ev)
                 elif isinstance(ev, (BlockAccepted, BlockResult)):
+                    orders.apply(ev)
                     pub.block(ev)
                 elif isinstance(ev, VolatilityInterruption):
                     pub.volatility(ev, public)

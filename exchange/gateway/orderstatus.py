@@ -25,7 +25,10 @@ from typing import Any
 import asyncpg
 
 from exchange.core.engine import LISTING_LEAD_US
+from exchange.core.ids import ProductId
 from exchange.core.model import (
+    BlockAccepted,
+    BlockResult,
     Event,
     OrderAccepted,
     OrderCancelled,
@@ -45,7 +48,9 @@ MAX_CLOSED_PER_MEMBER = 1000
 LOAD_CHUNK = 5000
 """Journal rows (commands) read per query when the view is rebuilt at start."""
 
-_LOADED_TYPES = [OrderAccepted.type, OrderCancelled.type, OrderExpired.type, OrderModified.type, TradeEvent.type]
+_LOADED_TYPES = [OrderAccepted.type, OrderCancelled.type, OrderExpired.type, OrderModified.type, TradeEvent.type,
+                 BlockAccepted.type, BlockResult.type]
+BLOCK = "block"  # the tif shown for a block order: its quantity is the total over its hours
 OPEN, FILLED, CANCELLED, EXPIRED = "open", "filled", "cancelled", "expired"
 DELIVERED = "delivered"  # the product state
 
@@ -131,11 +136,25 @@ class OrderStatusView:
         elif t is OrderAccepted:
             assert isinstance(ev, OrderAccepted)
             self._accept(ev)
+        elif t is BlockAccepted:
+            assert isinstance(ev, BlockAccepted)
+            self._accept_block(ev)
+        elif t is BlockResult:
+            assert isinstance(ev, BlockResult)
+            o = self.orders.get(ev.order_id)
+            if o is not None and o.status == OPEN:
+                if ev.executed:
+                    o.remaining = 0
+                    self._close(o, FILLED, ev)
+                else:
+                    o.reason = "not_executed"
+                    self._close(o, CANCELLED, ev)
         elif t is OrderCancelled:
             assert isinstance(ev, OrderCancelled)
             o = self.orders.get(ev.order_id)
             if o is not None and o.status == OPEN:
-                o.remaining, o.reason = ev.remaining, ev.reason.value
+                o.remaining = o.quantity - o.filled if o.tif == BLOCK else ev.remaining
+                o.reason = ev.reason.value
                 self._close(o, CANCELLED, ev)
         elif t is OrderExpired:
             assert isinstance(ev, OrderExpired)
@@ -158,17 +177,27 @@ class OrderStatusView:
     def _accept(self, ev: OrderAccepted) -> None:
         o = OrderRecord(ev.order_id, ev.member, ev.product_id, ev.side.value, ev.price, ev.quantity, ev.tif.value,
                         ev.client_order_id, ev.quantity, seq=ev.seq, ts=ev.ts)
+        self._index(o, [ev.product_id])
+
+    def _index(self, o: OrderRecord, product_ids: list[ProductId]) -> None:
         self.orders[o.order_id] = o
         ids = self.open_by_member.get(o.member)
         if ids is None:
             ids = self.open_by_member[o.member] = set()
         ids.add(o.order_id)
-        prod = self.by_product.get(o.product_id)
-        if prod is None:
-            prod = self.by_product[o.product_id] = set()
-        prod.add(o.order_id)
+        for pid in product_ids:  # forgotten when the first of them is delivered
+            prod = self.by_product.get(pid)
+            if prod is None:
+                prod = self.by_product[pid] = set()
+            prod.add(o.order_id)
         if o.client_order_id is not None:
             self.by_client_id[(o.member, o.client_order_id)] = o.order_id
+
+    def _accept_block(self, ev: BlockAccepted) -> None:
+        total = ev.quantity * len(ev.product_ids)
+        o = OrderRecord(ev.order_id, ev.member, ev.product_ids[0], ev.side.value, ev.price, total, BLOCK,
+                        ev.client_order_id, total, seq=ev.seq, ts=ev.ts)
+        self._index(o, ev.product_ids)
 
     def _fill(self, oid: int, ev: TradeEvent, remaining: int) -> None:
         o = self.orders.get(oid)
@@ -176,8 +205,11 @@ class OrderStatusView:
             return
         o.fills.append((ev.trade_id, ev.price, ev.quantity))
         o.filled += ev.quantity
-        o.remaining = remaining
         o.seq, o.ts = ev.seq, ev.ts
+        if o.tif == BLOCK:  # hour by hour; its verdict (block_result) closes it
+            o.remaining = o.quantity - o.filled
+            return
+        o.remaining = remaining
         if remaining == 0 and o.status == OPEN:
             self._close(o, FILLED, ev)
 

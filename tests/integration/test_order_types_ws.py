@@ -105,6 +105,11 @@ async def test_a_block_order_in_the_day_ahead_auction(serve, http):
         fills = [m for m in b.inbox if m.get("exec") == "fill" and m.get("order_id") == oid]
         assert sorted((f["product_id"], f["quantity"], f["liquidity"]) for f in fills) == \
             [(h, 100, "auction") for h in hours]
+        st = await b.request({"type": "order_status", "client_order_id": "blk-1"})
+        assert "result" in st, st
+        st = st["result"]
+        assert (st["order_id"], st["status"], st["tif"], st["quantity"], st["filled"], st["remaining"]) == \
+            (oid, "filled", "block", 300, 300, 0) and len(st["fills"]) == 3
         # continuous trading follows: the products are open
         assert {server.market.engine.products[h].state.value for h in hours} == {"open"}
 
