@@ -168,9 +168,12 @@ class MarketConfig:
         return cls(calendar=CalendarConfig(**c), **rest)
 
 
-def _terms(cmd: PlaceOrder) -> str:
-    """An order's terms, as a client order id remembers them."""
+def _terms(cmd: PlaceOrder | PlaceBlock) -> str:
+    """An order's terms, as a client order id remembers them (a block: its hours, "block")."""
     side = cmd.side.value if isinstance(cmd.side, Side) else str(cmd.side)
+    if isinstance(cmd, PlaceBlock):
+        hours = ",".join(map(str, cmd.product_ids)) if type(cmd.product_ids) is list else str(cmd.product_ids)
+        return f"{hours}|{side}|{cmd.price}|{cmd.quantity}|block"
     tif = cmd.tif.value if isinstance(cmd.tif, TimeInForce) else str(cmd.tif)
     return f"{cmd.product_id}|{side}|{cmd.price}|{cmd.quantity}|{tif}"
 
@@ -324,6 +327,22 @@ class MarketEngine:
         ev = self._emit(Rejected, ts, member, command, reason.value, detail, client_order_id, order_id)
         if client_order_id is not None and member is not None and command == PlaceOrder.type:
             self._remember_client_id(member, client_order_id, None, ev.seq, reason.value, None, None)
+
+    def _answered_by_client_id(self, ts: int, command: str, member: MemberId, coid: str, terms: str) -> bool:
+        """A known client order id is answered here: the original outcome (``duplicate``) for
+        the same terms, CLIENT_ORDER_ID_REUSED for other ones. False for a new id."""
+        prev = self.client_ids.get((member, coid))
+        if prev is None:
+            return False
+        if prev[3] is not None and prev[3] != terms:
+            self._reject(ts, member, command, Reason.CLIENT_ORDER_ID_REUSED,
+                         f"client order id {coid} is order {prev[0]} ({prev[3]}); this request's terms ({terms}) "
+                         "differ", client_order_id=coid, order_id=prev[0])
+        elif self.config.quiet_rejections:  # changes nothing: not journaled (like a quiet rejection)
+            self._out.append(Duplicate(self.seq, ts, member, coid, prev[0], prev[1], prev[2]))
+        else:
+            self._emit(Duplicate, ts, member, coid, prev[0], prev[1], prev[2])
+        return True
 
     def _remember_client_id(self, member: MemberId, coid: str, order_id: OrderId | None, seq: int,
                             reason: str | None, product_id: ProductId | None, terms: str | None) -> None:
@@ -560,20 +579,9 @@ class MarketEngine:
 
     def _place_block(self, cmd: PlaceBlock, ts: int) -> None:
         member, coid = cmd.member, cmd.client_order_id
-        terms = None
-        if type(cmd.product_ids) is list:
-            terms = f"{','.join(map(str, cmd.product_ids))}|{getattr(cmd.side, 'value', cmd.side)}|{cmd.price}|" \
-                    f"{cmd.quantity}|block"
-        if coid is not None:
-            prev = self.client_ids.get((member, coid))
-            if prev is not None:
-                if prev[3] != terms:
-                    self._reject(ts, member, PlaceBlock.type, Reason.CLIENT_ORDER_ID_REUSED,
-                                 f"client order id {coid} is order {prev[0]} ({prev[3]}); this request's terms differ",
-                                 client_order_id=coid, order_id=prev[0])
-                else:
-                    self._out.append(Duplicate(self.seq, ts, member, coid, prev[0], prev[1], prev[2]))
-                return
+        terms = _terms(cmd)
+        if coid is not None and self._answered_by_client_id(ts, PlaceBlock.type, member, coid, terms):
+            return
         err = None
         if type(cmd.side) is not Side or type(cmd.price) is not int or type(cmd.quantity) is not int:
             err = Reason.INVALID_VALUE, "side must be an enum and price/quantity integers"
@@ -614,19 +622,11 @@ class MarketEngine:
     def _check_block_risk(self, blk: Block) -> tuple[Reason, str] | None:
         if not self.config.risk_checks:
             return None
-        acct = self.accounts[blk.member]
-        need = blk.exposure()
-        if need:
-            used = acct.open_exposure + max(acct.net_payable, 0)
-            if used + need > acct.collateral:
-                return (Reason.INSUFFICIENT_COLLATERAL,
-                        f"the block needs {need} money units on top of {used} in use; collateral is {acct.collateral}")
-        if blk.side is _SELL:
-            for p in blk.product_ids:
-                err = self._check_risk(self.products[p], blk.member, _SELL, blk.price, blk.quantity)
-                if err is not None:
-                    return err
-        return None
+        err = self._check_collateral(blk.member, blk.exposure())
+        if err is None and blk.side is _SELL:  # its quantity in each of its hours
+            err = next(filter(None, (self._check_capacity(self.products[p], blk.member, blk.quantity)
+                                     for p in blk.product_ids)), None)
+        return err
 
     def _day_ahead_auction(self, p: Product) -> int | None:
         """When the day-ahead auction of ``p`` clears (call_then_continuous), if it has one: the
@@ -764,24 +764,35 @@ class MarketEngine:
         ``release_sell`` open sell energy) freed by the order being replaced (modify)."""
         if not self.config.risk_checks:
             return None
-        acct = self.accounts[member]
         p = price if side is _BUY else -price
-        need = add_qty * p if p > 0 else 0
-        if need:
-            used = acct.open_exposure - release + max(acct.net_payable, 0)
-            if used + need > acct.collateral:
-                return (Reason.INSUFFICIENT_COLLATERAL,
-                        f"needs {need} money units on top of {used} in use; collateral is {acct.collateral}")
-        if side is _SELL:
-            pid = pb.product.product_id
-            cap = acct.export_capacity_w * pb.capacity_factor // 60
-            pos = self.positions[pid].get(member)
-            net_sold = max(pos[1] - pos[0], 0) if pos else 0
-            have = self.open_sell.get((pid, member), 0) - release_sell + net_sold
-            if have + add_qty > cap:
-                return (Reason.EXPORT_CAPACITY_EXCEEDED,
-                        f"selling {add_qty} Wh more would exceed the export capacity of {cap} Wh "
-                        f"for {pid} ({have} Wh already open or sold)")
+        err = self._check_collateral(member, add_qty * p if p > 0 else 0, release)
+        if err is None and side is _SELL:
+            err = self._check_capacity(pb, member, add_qty, release_sell)
+        return err
+
+    def _check_collateral(self, member: MemberId, need: int, release: int = 0) -> tuple[Reason, str] | None:
+        """``need`` more money units backed by the member's collateral?"""
+        if not need:
+            return None
+        acct = self.accounts[member]
+        used = acct.open_exposure - release + max(acct.net_payable, 0)
+        if used + need > acct.collateral:
+            return (Reason.INSUFFICIENT_COLLATERAL,
+                    f"needs {need} money units on top of {used} in use; collateral is {acct.collateral}")
+        return None
+
+    def _check_capacity(self, pb: ProductBook, member: MemberId, add_qty: int,
+                        release_sell: int = 0) -> tuple[Reason, str] | None:
+        """``add_qty`` Wh more to sell in ``pb`` within the member's export capacity?"""
+        pid = pb.product.product_id
+        cap = self.accounts[member].export_capacity_w * pb.capacity_factor // 60
+        pos = self.positions[pid].get(member)
+        net_sold = max(pos[1] - pos[0], 0) if pos else 0
+        have = self.open_sell.get((pid, member), 0) - release_sell + net_sold
+        if have + add_qty > cap:
+            return (Reason.EXPORT_CAPACITY_EXCEEDED,
+                    f"selling {add_qty} Wh more would exceed the export capacity of {cap} Wh "
+                    f"for {pid} ({have} Wh already open or sold)")
         return None
 
     def _check_controls(self, pb: ProductBook, member: MemberId, side: Side, price: int,
@@ -840,18 +851,8 @@ class MarketEngine:
     # ------------------------------------------------------------------ handlers
     def _place(self, cmd: PlaceOrder, ts: int) -> None:
         member, coid = cmd.member, cmd.client_order_id
-        if coid is not None:
-            prev = self.client_ids.get((member, coid))
-            if prev is not None:
-                if prev[3] is not None and prev[3] != _terms(cmd):
-                    self._reject(ts, member, PlaceOrder.type, Reason.CLIENT_ORDER_ID_REUSED,
-                                 f"client order id {coid} is order {prev[0]} ({prev[3]}); this request's terms "
-                                 f"({_terms(cmd)}) differ", client_order_id=coid, order_id=prev[0])
-                elif self.config.quiet_rejections:  # changes nothing: not journaled (like a quiet rejection)
-                    self._out.append(Duplicate(self.seq, ts, member, coid, prev[0], prev[1], prev[2]))
-                else:
-                    self._emit(Duplicate, ts, member, coid, prev[0], prev[1], prev[2])
-                return
+        if coid is not None and self._answered_by_client_id(ts, PlaceOrder.type, member, coid, _terms(cmd)):
+            return
         err = None
         if type(cmd.side) is not Side or type(cmd.tif) is not TimeInForce or type(cmd.price) is not int \
                 or type(cmd.quantity) is not int:
