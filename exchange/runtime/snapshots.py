@@ -91,6 +91,20 @@ def apply(engine: MarketEngine, rows: list[tuple[int, dict, list]]) -> None:
             raise ReplayMismatch(f"command {cmd_seq}: replay produced {produced!r}, journal has {stored!r}")
 
 
+async def catch_up(journal: Journal, engine: MarketEngine, cursor: int, upto: int | None = None,
+                   chunk: int = 5000) -> int:
+    """Feed ``engine`` (at journal command ``cursor``) the journal's next commands, up to
+    ``upto`` (None: its end), ``chunk`` rows per query, each chunk in a worker thread and
+    checked against the stored events; returns the last command applied."""
+    while upto is None or cursor < upto:
+        rows = await journal.command_rows(cursor, chunk if upto is None else min(chunk, upto - cursor))
+        if not rows:
+            break
+        await asyncio.to_thread(apply, engine, rows)
+        cursor = rows[-1][0]
+    return cursor
+
+
 class SnapshotStore:
     def __init__(self, pool: asyncpg.Pool, market_id: str) -> None:
         self.pool = pool
@@ -189,11 +203,9 @@ class Snapshotter:
         await self.start_shadow()
         shadow = self.shadow
         assert shadow is not None
-        rows = await self.journal.command_rows(self.cursor, self.chunk)
-        if rows:
-            await asyncio.to_thread(apply, shadow, rows)
-            self.cursor = rows[-1][0]
-        behind = len(rows) >= self.chunk
+        before = self.cursor
+        self.cursor = await catch_up(self.journal, shadow, before, before + self.chunk, self.chunk)
+        behind = self.cursor - before >= self.chunk  # journal commands are numbered without gaps
         new = self.cursor - self.last_snapshot
         if new <= 0 or (behind and not force):
             return False
@@ -253,19 +265,8 @@ async def verify_chain(journal: Journal, store: SnapshotStore, config: MarketCon
     engine = MarketEngine(config)
     cursor = 0
     out: list[Verified] = []
-
-    async def upto(target: int | None) -> None:
-        nonlocal cursor
-        while target is None or cursor < target:
-            n = chunk if target is None else min(chunk, target - cursor)
-            rows = await journal.command_rows(cursor, n)
-            if not rows:
-                return
-            await asyncio.to_thread(apply, engine, rows)
-            cursor = rows[-1][0]
-
     for info in await store.list():
-        await upto(info.cmd_seq)
+        cursor = await catch_up(journal, engine, cursor, info.cmd_seq, chunk)
         replay_hash = engine.state_hash()
         problem = None
         restored = False
@@ -280,8 +281,7 @@ async def verify_chain(journal: Journal, store: SnapshotStore, config: MarketCon
         if not restored and problem is None:
             problem = "the snapshot does not restore to the replayed state"
         out.append(Verified(info.cmd_seq, replay_hash, info.state_hash, restored, problem))
-    await upto(None)
-    return out, cursor
+    return out, await catch_up(journal, engine, cursor, None, chunk)
 
 
 async def take(journal: Journal, store: SnapshotStore, config: MarketConfig) -> Encoded:
@@ -289,12 +289,7 @@ async def take(journal: Journal, store: SnapshotStore, config: MarketConfig) -> 
     safe beside a running market: it only reads the journal)."""
     found = await store.newest_valid(config)
     engine, cursor = found if found is not None else (MarketEngine(config), 0)
-    while True:
-        rows = await journal.command_rows(cursor, 5000)
-        if not rows:
-            break
-        await asyncio.to_thread(apply, engine, rows)
-        cursor = rows[-1][0]
+    cursor = await catch_up(journal, engine, cursor)
     if not cursor:
         raise SnapshotInvalid("the journal is empty: nothing to snapshot")
     enc = await asyncio.to_thread(encode, engine, cursor)

@@ -20,12 +20,12 @@ from functools import partial
 from typing import Any
 
 from exchange.core.engine import MarketConfig, MarketEngine
-from exchange.core.model import Command, Tick, command_to_dict, event_to_dict
+from exchange.core.model import Command, Tick, command_to_dict
 from exchange.core.units import from_us
 from exchange.runtime.clock import ManualClock
 from exchange.runtime.config import load_settings
 from exchange.runtime.db import create_pool
-from exchange.runtime.journal import JOURNAL_COLUMNS
+from exchange.runtime.journal import Entry, Journal
 from exchange.runtime.scratch import BENCH_T0, run_on_database
 from exchange.runtime.service import market_config, open_market
 from exchange.runtime.snapshots import SnapshotStore, encode
@@ -65,7 +65,8 @@ async def _build(dsn: str, n: int, tail: int, seed: int) -> tuple[str, int, int]
     pool = await create_pool(dsn, min_size=1, max_size=2)
     try:
         await pool.execute("INSERT INTO markets (market_id, config) VALUES ($1, $2)", MARKET, config.to_dict())
-        rows: list[tuple] = []
+        journal = Journal(pool, MARKET)
+        entries: list[Entry] = []
         cmd_seq = 0
         snap_bytes = 0
         stream = _commands(engine, seed)
@@ -76,12 +77,10 @@ async def _build(dsn: str, n: int, tail: int, seed: int) -> tuple[str, int, int]
             if not events or engine.seq == before:
                 continue  # nothing to journal (a tick with nothing due, a quiet rejection)
             cmd_seq += 1
-            d = command_to_dict(cmd)
-            rows.append((MARKET, cmd_seq, events[0].seq, events[-1].seq, from_us(d["ts"]), d,
-                         [event_to_dict(ev) for ev in events]))
-            if len(rows) >= 20_000 or cmd_seq == n:
-                await pool.copy_records_to_table("journal", records=rows, columns=JOURNAL_COLUMNS)
-                rows = []
+            entries.append(Entry(cmd_seq, cmd, events, command_to_dict(cmd)))
+            if len(entries) >= 20_000 or cmd_seq == n:  # the runtime's own rows, trades included
+                await journal.write(*journal.rows(entries, engine))
+                entries = []
             if cmd_seq == n - tail:
                 enc = encode(engine, cmd_seq)
                 await SnapshotStore(pool, MARKET).write(enc)
