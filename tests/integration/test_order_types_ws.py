@@ -4,7 +4,7 @@ written from docs/websocket.md would)."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 import pytest
 from eth_account import Account
@@ -113,6 +113,3 @@ async def test_a_block_order_in_the_day_ahead_auction(serve, http):
         # continuous trading follows: the products are open
         assert {server.market.engine.products[h].state.value for h in hours} == {"open"}
 
-
-def test_the_clock_of_this_module_is_the_one_the_tests_think():
-    assert from_us(T0) == datetime(2026, 11, 21, 8, tzinfo=UTC)
