@@ -1,9 +1,12 @@
 """Benchmarks (``voltbourse bench KIND``). Figures, not pass/fail: quote medians.
 
 * ``engine``: the pure engine on a fixed, seeded workload in-process
-  (about 55 % resting limits, 25 % crossing, 20 % cancels/modifies over the 24
-  products of a day). Prints ``commands_per_s``, ``trades``, ``p50_us``,
-  ``p99_us`` (per-command processing time), median of ``--repeat`` runs.
+  (about 55 % resting limits, a fifth of them post-only and a fifth good till a
+  date, 25 % crossing, a quarter of them IOC and half of those with a minimum
+  quantity, 20 % cancels/modifies, over the 24 products of a day; ``mix`` gives the
+  shares). Prints ``commands_per_s``, ``trades``, ``p50_us``, ``p99_us``
+  (per-command processing time), median of ``--repeat`` runs; ``auction``: block
+  orders and orders collected by a day-ahead auction, then the joint auction.
 * ``journal``: durable throughput through the runtime (engine + group commit
   to the embedded PostgreSQL in a throw-away data directory), with
   ``--concurrency`` submitters each waiting for its ack. Prints
@@ -19,10 +22,12 @@ import platform
 import statistics
 import time
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
+from exchange.core.calendar import GateMode
 from exchange.core.controls import PriceControls
 from exchange.core.engine import MarketConfig, MarketEngine
+from exchange.core.model import AuctionCleared, BlockResult, Command, Mechanism, Tick, TradeEvent
 from exchange.runtime.clock import ManualClock
 from exchange.runtime.config import Settings, load_settings
 from exchange.runtime.scratch import BENCH_T0, run_on_database
@@ -39,15 +44,38 @@ def _open_products(engine: MarketEngine) -> list[str]:
     return sorted(pid for pid, pb in engine.products.items() if pb.state.value == "open")
 
 
-def engine_once(commands: int, seed: int, members: int = 200, config: MarketConfig | None = None) -> dict:
-    """One run of the workload through a fresh engine under ``config`` (default: the rules a
-    new market gets from the default settings, price controls included)."""
-    engine = MarketEngine(config or market_config(Settings()))
+@dataclass(frozen=True)
+class Workload:
+    """A recorded command stream and the engine state it starts from (``setup`` on a fresh
+    engine): the order ids it names are the ones a fresh engine assigns."""
+
+    config: MarketConfig
+    setup: list[Command]
+    commands: list[Command]
+
+
+def record_workload(commands: int, seed: int, members: int = 200, config: MarketConfig | None = None,
+                    mix: workload.Mix = workload.ENGINE_MIX) -> Workload:
+    """``commands`` of ``mix`` over the open products, recorded through an engine under ``config``
+    (default: the rules a new market gets from the default settings, price controls included),
+    so that cancels and modifies name the orders the engine really accepted."""
+    config = config or market_config(Settings())
+    engine = MarketEngine(config)
     names = workload.members(members)
-    for c in workload.registrations(names, BENCH_T0):
+    setup = workload.registrations(names, BENCH_T0)
+    for c in setup:
         engine.process(c)
-    flow = workload.OrderFlow(_open_products(engine), names, seed=seed, first_order_id=engine.next_order_id)
-    cmds = list(flow.stream(commands, BENCH_T0 + 1))
+    flow = workload.OrderFlow(_open_products(engine), names, seed=seed, first_order_id=engine.next_order_id,
+                              mix=mix, feedback=True)
+    return Workload(config, setup, flow.record(engine, commands, BENCH_T0 + 1))
+
+
+def run_workload(w: Workload) -> dict:
+    """One timed run of a recorded workload through a fresh engine."""
+    engine = MarketEngine(w.config)
+    for c in w.setup:
+        engine.process(c)
+    cmds = w.commands
     first_trade = engine.next_trade_id
     lat = [0] * len(cmds)
     process = engine.process
@@ -73,21 +101,92 @@ def engine_once(commands: int, seed: int, members: int = 200, config: MarketConf
     }
 
 
-def bench_engine(commands: int = 200_000, seed: int = 1, repeat: int = 3) -> dict:
-    """Median of ``repeat`` runs under the default rules; runs without the price controls
-    alternate with them, so their ratio is measured under the same machine load."""
-    bare = replace(market_config(Settings()), controls=PriceControls())
-    runs, bare_runs = [], []
+def engine_once(commands: int, seed: int, members: int = 200, config: MarketConfig | None = None,
+                mix: workload.Mix = workload.ENGINE_MIX) -> dict:
+    """One run of the workload through a fresh engine under ``config`` (default: the rules a
+    new market gets from the default settings, price controls included)."""
+    return run_workload(record_workload(commands, seed, members, config, mix))
+
+
+def auction_config() -> MarketConfig:
+    """The default rules as a day-ahead auction then intraday market (blocks allowed)."""
+    base = market_config(Settings())
+    return replace(base, mechanism=Mechanism.CALL_THEN_CONTINUOUS, calendar=replace(base.calendar, gate=GateMode.ROLLING))
+
+
+def record_auction(commands: int, seed: int, members: int = 200) -> tuple[Workload, int]:
+    """Orders and blocks (:data:`~exchange.tools.workload.AUCTION_MIX`) for the products collecting
+    orders for their day-ahead auction at ``BENCH_T0``, and the time that auction clears."""
+    config = auction_config()
+    engine = MarketEngine(config)
+    names = workload.members(members)
+    setup = workload.registrations(names, BENCH_T0)
+    for c in setup:
+        engine.process(c)
+    day_ahead = sorted(pid for pid, pb in engine.products.items() if pb.state.value == "auction")
+    flow = workload.OrderFlow(day_ahead, names, seed=seed, first_order_id=engine.next_order_id,
+                              mix=workload.AUCTION_MIX, feedback=True)
+    cmds = flow.record(engine, commands, BENCH_T0 + 1)
+    return Workload(config, setup, cmds), engine.products[day_ahead[0]].auction_until
+
+
+def auction_once(w: Workload, clears_at: int) -> dict:
+    """One timed run: the order entry, then the tick that clears the joint day-ahead auction."""
+    engine = MarketEngine(w.config)
+    for c in w.setup:
+        engine.process(c)
+    process = engine.process
+    t = time.perf_counter()
+    for c in w.commands:
+        process(c)
+    entered = time.perf_counter()
+    events = process(Tick(clears_at))
+    done = time.perf_counter()
+    blocks = [e for e in events if isinstance(e, BlockResult)]
+    return {
+        "commands": len(w.commands) + 1,
+        "commands_per_s": round((len(w.commands) + 1) / (done - t)),
+        "entry_commands_per_s": round(len(w.commands) / (entered - t)),
+        "auction_s": round(done - entered, 3),
+        "products": sum(1 for e in events if isinstance(e, AuctionCleared)),
+        "blocks": len(blocks),
+        "blocks_executed": sum(1 for b in blocks if b.executed),
+        "auction_trades": sum(1 for e in events if isinstance(e, TradeEvent)),
+        "state_hash": engine.state_hash(),
+    }
+
+
+def bench_engine(commands: int = 200_000, seed: int = 1, repeat: int = 3,
+                 auction_commands: int | None = None) -> dict:
+    """Median of ``repeat`` runs under the default rules, of :data:`~exchange.tools.workload.ENGINE_MIX`
+    (post-only, good-till-date and minimum-quantity IOC orders among plain ones); runs without
+    the price controls alternate with them, so their ratio is measured under the same machine
+    load. Block orders, which a continuous market refuses, are measured in a phase of their own
+    (``auction``): ``auction_commands`` (default a tenth of ``commands``) orders and blocks
+    collected for a day-ahead auction, then the joint auction that clears them."""
+    mix = workload.ENGINE_MIX
+    bare_config = replace(market_config(Settings()), controls=PriceControls())
+    w = record_workload(commands, seed, mix=mix)
+    bare = record_workload(commands, seed, config=bare_config, mix=mix)
+    auction_w, clears_at = record_auction(commands // 10 if auction_commands is None else auction_commands, seed)
+    runs, bare_runs, auctions = [], [], []
     for _ in range(repeat):
-        runs.append(engine_once(commands, seed))
-        bare_runs.append(engine_once(commands, seed, config=bare))
+        runs.append(run_workload(w))
+        bare_runs.append(run_workload(bare))
+        auctions.append(auction_once(auction_w, clears_at))
     assert len({r["state_hash"] for r in runs}) == 1, "engine is not deterministic"
+    assert len({r["state_hash"] for r in auctions}) == 1, "engine is not deterministic"
     med = sorted(runs, key=lambda r: r["commands_per_s"])[len(runs) // 2]
     med = dict(med)
     med["runs_commands_per_s"] = [r["commands_per_s"] for r in runs]
     bare_med = statistics.median(r["commands_per_s"] for r in bare_runs)
     med["commands_per_s_no_price_controls"] = round(bare_med)
     med["price_controls_cost_ratio"] = round(bare_med / statistics.median(med["runs_commands_per_s"]), 3)
+    med["mix"] = mix.fractions()
+    auction = dict(sorted(auctions, key=lambda r: r["commands_per_s"])[len(auctions) // 2])
+    auction["runs_auction_s"] = [r["auction_s"] for r in auctions]
+    auction["mix"] = workload.AUCTION_MIX.fractions()
+    med["auction"] = auction
     med["repeat"] = repeat
     med["python"] = platform.python_version()
     med["seed"] = seed
