@@ -1,6 +1,11 @@
 """Chain access with web3: the in-process py-evm chain (eth-tester) by default, any
 JSON-RPC node when ``chain_rpc_url`` is set.
 
+The in-process chain keeps its blocks and state on disk (settlement/chainstore.py, one
+SQLite file per chain directory, a block committed whole or not at all) and is reopened
+where it stopped; ``chain_data_dir = "ephemeral"`` (or ``Chain.in_process()`` without a
+directory) keeps it in memory, empty at every start.
+
 Every transaction is built with explicit gas, signed locally by the operator key and
 sent raw, so its hash is known (and recorded) before it leaves the process: the
 worker's exactly-once protocol depends on that. Events are read from receipts, and
@@ -11,7 +16,10 @@ after a cursor, never by scanning the whole chain.
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
+from hashlib import sha256
+from pathlib import Path
 from typing import Any
 
 import rlp
@@ -26,6 +34,7 @@ from web3.exceptions import TimeExhausted, TransactionNotFound
 from web3.types import Wei
 
 from exchange.runtime.config import Settings
+from settlement.chainstore import PersistentPyEVMBackend, SqliteChainDB
 from settlement.compiler import Artifact, load_artifacts
 from settlement.reverts import ALREADY_KNOWN, OTHER, Revert, RevertDecoder, classify_send_error, revert_data
 
@@ -76,6 +85,23 @@ class EvmTooOld(ChainError):
     """The node's EVM lacks an opcode the contracts use (they are compiled for prague)."""
 
 
+EPHEMERAL = "ephemeral"
+
+
+def chain_data_path(settings: Settings) -> Path | None:
+    """Where the in-process chain of these settings lives: ``chain_data_dir``, by default
+    ``<data_dir>/chain/<market_id>`` (next to the embedded PostgreSQL's ``<data_dir>/pg``;
+    one chain per market, as one journal per market); None for ``ephemeral`` (in memory)."""
+    if settings.chain_data_dir == EPHEMERAL:
+        return None
+    if settings.chain_data_dir is not None:
+        return Path(settings.chain_data_dir)
+    name = settings.market_id
+    if not re.fullmatch(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}", name):  # not a plain file name: a safe one
+        name = re.sub(r"[^A-Za-z0-9_.-]", "_", name)[:40].lstrip(".") + "-" + sha256(name.encode()).hexdigest()[:12]
+    return Path(settings.data_dir) / "chain" / name
+
+
 def tx_nonce(raw: bytes) -> int:
     """The nonce of a signed raw transaction (legacy or typed, EIP-2718)."""
     if raw[0] >= 0xC0:  # legacy: rlp([nonce, gasPrice, gas, to, value, data, v, r, s])
@@ -101,16 +127,20 @@ class Chain:
     :meth:`attach` ran; before that, using them raises a RuntimeError."""
 
     def __init__(self, w3: Web3, operator: LocalAccount, *, in_process: bool, tester: EthereumTester | None = None,
-                 artifacts: dict[str, Artifact] | None = None, ephemeral: bool | None = None) -> None:
+                 artifacts: dict[str, Artifact] | None = None, ephemeral: bool | None = None,
+                 store: SqliteChainDB | None = None) -> None:
         self.w3 = w3
         self.operator = operator
         #: the chain is the in-process EVM (eth-tester), not a JSON-RPC node
         #: (``Chain.in_process`` is the constructor of such a chain)
         self.is_in_process = in_process
+        #: the in-process chain's store on disk (None: in memory, or a JSON-RPC node)
+        self.store = store
         #: the chain starts empty with every process (the in-memory EVM): finding our
         #: contracts gone is expected there, and the worker deploys anew. On any other
-        #: chain a lost deployment is refused unless the operator approves a redeployment.
-        self.ephemeral = in_process if ephemeral is None else ephemeral
+        #: chain (a node, or the in-process EVM on disk) a lost deployment is refused unless
+        #: the operator approves a redeployment.
+        self.ephemeral = (in_process and store is None) if ephemeral is None else ephemeral
         self.tester = tester
         # the contracts compiled at build time (package data); never compiles nor runs node
         self.artifacts = artifacts or load_artifacts()
@@ -123,18 +153,28 @@ class Chain:
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def in_process(cls, operator_key: str | None = None, artifacts: dict[str, Artifact] | None = None) -> Chain:
-
-        backend = PyEVMBackend()
-        tester = EthereumTester(backend)
-        w3 = Web3(EthereumTesterProvider(tester))
-        # eth-tester charges eth_call to its sender's balance: read from the faucet account,
-        # so reads keep working whatever the operator's balance
-        w3.eth.default_account = w3.eth.accounts[-1]
-        key = operator_key or backend.account_keys[0].to_hex()
-        chain = cls(w3, Account.from_key(key), in_process=True, tester=tester, artifacts=artifacts)
-        if operator_key:  # a key of our own: fund it from the tester's faucet account
-            chain.faucet(chain.operator.address, 10**21)
+    def in_process(cls, operator_key: str | None = None, artifacts: dict[str, Artifact] | None = None,
+                   data_dir: Path | None = None) -> Chain:
+        """The in-process py-evm chain: in memory (empty, gone with the process) without
+        ``data_dir``; else stored in ``data_dir`` (created if missing, locked while open) and
+        resumed from its last block when it holds one. :meth:`close` releases it."""
+        store = SqliteChainDB(data_dir) if data_dir is not None else None
+        try:
+            backend = PyEVMBackend() if store is None else PersistentPyEVMBackend(store)
+            tester = EthereumTester(backend)
+            w3 = Web3(EthereumTesterProvider(tester))
+            # eth-tester charges eth_call to its sender's balance: read from the faucet account,
+            # so reads keep working whatever the operator's balance
+            w3.eth.default_account = w3.eth.accounts[-1]
+            key = operator_key or backend.account_keys[0].to_hex()
+            chain = cls(w3, Account.from_key(key), in_process=True, tester=tester, artifacts=artifacts, store=store)
+            if operator_key and chain.w3.eth.get_balance(chain.operator.address) < 10**20:
+                # a key of our own: fund it from the tester's faucet account (once per chain)
+                chain.faucet(chain.operator.address, 10**21)
+        except BaseException:
+            if store is not None:
+                store.close()
+            raise
         return chain
 
     @classmethod
@@ -150,7 +190,13 @@ class Chain:
             if not key:
                 raise ValueError("chain_rpc_url needs chain_operator_key (VOLTBOURSE_CHAIN_OPERATOR_KEY)")
             return cls.rpc(settings.chain_rpc_url, key, artifacts)
-        return cls.in_process(key, artifacts)
+        return cls.in_process(key, artifacts, chain_data_path(settings))
+
+    def close(self) -> None:
+        """Release what the chain holds: the in-process chain's store is committed and
+        closed (its directory unlocked). Nothing to do for a node or an in-memory chain."""
+        if self.store is not None:
+            self.store.close()
 
     def faucet(self, to: str, wei: int) -> None:
         """In process only: send ether from the tester's funded account (gas money)."""

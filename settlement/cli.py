@@ -13,7 +13,7 @@ from exchange.runtime.config import load_settings
 from exchange.runtime.db import create_pool, database
 from exchange.runtime.service import run_async
 from settlement.bench import bench_settlement
-from settlement.chain import Chain
+from settlement.chain import Chain, chain_data_path
 from settlement.reconcile import reconcile
 from settlement.worker import RedeployRefused, approve_redeploy
 
@@ -55,8 +55,12 @@ def _reconcile_direct(settings) -> dict:
             if row is None:
                 raise SystemExit(f"no contracts deployed for market {settings.market_id!r} yet")
             chain = Chain.from_settings(settings)
-            chain.attach(row["token_address"], row["registry_address"])
-            return (await reconcile(pool, settings.market_id, chain, deployment_id=row["deployment_id"])).as_dict()
+            try:
+                chain.attach(row["token_address"], row["registry_address"])
+                return (await reconcile(pool, settings.market_id, chain,
+                                        deployment_id=row["deployment_id"])).as_dict()
+            finally:
+                chain.close()
         finally:
             await pool.close()
 
@@ -94,9 +98,9 @@ def cmd_redeploy(args: argparse.Namespace) -> int:
     """The operator's explicit consent to a redeployment over a node that lost ours
     (recorded in the database, used by the next start; see docs/settlement.md)."""
     settings = load_settings()
-    if not settings.chain_rpc_url:
-        print("voltbourse: the in-process EVM starts empty with every run and is redeployed on by itself; "
-              "nothing to approve", file=sys.stderr)
+    if not settings.chain_rpc_url and chain_data_path(settings) is None:
+        print("voltbourse: the in-process EVM is ephemeral (VOLTBOURSE_CHAIN_DATA_DIR=ephemeral): it starts empty "
+              "with every run and is redeployed on by itself; nothing to approve", file=sys.stderr)
         return 0
     if not args.yes:
         print(REDEPLOY_CONSEQUENCES)
@@ -105,12 +109,17 @@ def cmd_redeploy(args: argparse.Namespace) -> int:
     async def run(dsn: str) -> str:
         pool = await create_pool(dsn, min_size=1, max_size=2)
         try:
+            chain: Chain | None
             try:
                 chain = Chain.from_settings(settings)
-            except Exception as exc:  # noqa: BLE001 - an unreachable node: approve without looking
-                print(f"voltbourse: cannot reach the node ({exc}); approving without checking it", file=sys.stderr)
+            except Exception as exc:  # noqa: BLE001 - an unreachable node (or a chain in use): approve without looking
+                print(f"voltbourse: cannot reach the chain ({exc}); approving without checking it", file=sys.stderr)
                 chain = None
-            return await approve_redeploy(pool, settings.market_id, chain)
+            try:
+                return await approve_redeploy(pool, settings.market_id, chain)
+            finally:
+                if chain is not None:
+                    chain.close()
         finally:
             await pool.close()
 

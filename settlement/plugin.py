@@ -39,6 +39,7 @@ from exchange.protocol.auth import recover_login
 from exchange.protocol.messages import MAX_INT, Address, Signature
 from settlement import cli as settlement_cli
 from settlement.chain import Chain
+from settlement.chainstore import ChainStoreLocked
 from settlement.proofs import ProofService
 from settlement.protocol import TradeProof
 from settlement.reconcile import reconcile
@@ -143,7 +144,12 @@ def settlement_subsystem(*, chain: Chain | None = None) -> Subsystem:
         settings = app[SETTINGS]
         market = app[MARKET]
         loop = asyncio.get_running_loop()
-        c = chain if chain is not None else await loop.run_in_executor(None, Chain.from_settings, settings)
+        owned = chain is None  # a chain made here (from the settings) is closed here
+        try:
+            c = chain if chain is not None else await loop.run_in_executor(None, Chain.from_settings, settings)
+        except ChainStoreLocked as exc:
+            log.critical("settlement: %s", exc)
+            raise
         feed = app.get(OPERATOR_FEED)
         payout_sources = app[PAYOUT_SOURCES]
         worker = SettlementWorker(
@@ -157,9 +163,12 @@ def settlement_subsystem(*, chain: Chain | None = None) -> Subsystem:
             signing_chain_id=None if c.is_in_process else settings.chain_id)
         try:
             await worker.start()
-        except SettlementStartError as exc:
-            log.critical("settlement: %s", exc)
+        except BaseException as exc:
+            if isinstance(exc, SettlementStartError):
+                log.critical("settlement: %s", exc)
             worker.close()
+            if owned:
+                c.close()
             raise
         app[SETTLEMENT] = worker
         registry = app.get(MEMBERS)
@@ -177,14 +186,17 @@ def settlement_subsystem(*, chain: Chain | None = None) -> Subsystem:
         market.runtime.subscribers.append(on_commit)
         task = asyncio.create_task(worker.run(), name="settlement-worker")
         log.info("settlement: registry %s on chain %s (%s)", c.registry.address, c.chain_id,
-                 "in-process EVM" if c.is_in_process else settings.chain_rpc_url)
+                 settings.chain_rpc_url if not c.is_in_process else
+                 f"in-process EVM in {c.store.directory}" if c.store is not None else "in-process EVM in memory")
         yield
         worker.stop()
         try:
             await asyncio.wait_for(task, 10)
         except (TimeoutError, Exception):  # noqa: BLE001 - shutting down either way
             log.exception("settlement worker did not stop cleanly")
-        worker.close()
+        await worker.shutdown()
+        if owned:
+            c.close()  # the in-process chain's last block is committed and its directory unlocked
 
     return Subsystem(
         name="settlement",

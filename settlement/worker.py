@@ -264,6 +264,12 @@ class SettlementWorker:
     def close(self) -> None:
         self._executor.shutdown(wait=False)
 
+    async def shutdown(self) -> None:
+        """Close, and wait (off the event loop) for a chain call in progress to end, so
+        the chain can be closed after it."""
+        self.close()
+        await asyncio.get_running_loop().run_in_executor(None, self._executor.shutdown, True)
+
     # ------------------------------------------------------------------ deployment
     async def _startup_checks(self) -> None:
         """The node is the chain we sign for, and its EVM runs what the contracts need."""
@@ -284,7 +290,7 @@ class SettlementWorker:
 
         Refuses (SettlementStartError) a node whose chain id is not the signing domain's, an
         EVM below cancun, and a node that lost a deployment recorded in the database, unless
-        the chain is the ephemeral in-process EVM or the operator approved a redeployment
+        the chain is the ephemeral (in-memory) in-process EVM or the operator approved a redeployment
         (``voltbourse settlement redeploy --yes``)."""
         c = self.chain
         await self._startup_checks()
@@ -341,17 +347,23 @@ class SettlementWorker:
         anchored = await self.pool.fetchval(
             "SELECT count(*) FROM settlement_batches WHERE market_id = $1 AND deployment_id = $2 "
             "AND state = 'anchored'", self.market_id, row["deployment_id"])
-        where = (f"the node has no contract code at registry {row['registry_address']}" if same_chain else
-                 f"the node is another chain (chain id {c.chain_id}, genesis {c.genesis_hash[:18]}..) than the "
+        node = "the node" if c.store is None else f"the in-process chain in {c.store.directory}"
+        where = (f"{node} has no contract code at registry {row['registry_address']}" if same_chain else
+                 f"{node} is another chain (chain id {c.chain_id}, genesis {c.genesis_hash[:18]}..) than the "
                  f"one deployment {row['deployment_id']} lives on (chain id {row['chain_id']}, genesis "
                  f"{row['genesis_hash'][:18]}..)")
+        if c.store is None:
+            why = "The node lost the deployment (reset, restarted without its state, or another node at the URL)"
+            fix = "Point VOLTBOURSE_CHAIN_RPC_URL at the node that has the deployment"
+        else:
+            why = ("The chain's directory was emptied, replaced or is not the one this database was used with "
+                   "(VOLTBOURSE_CHAIN_DATA_DIR, VOLTBOURSE_DATA_DIR)")
+            fix = "Point VOLTBOURSE_CHAIN_DATA_DIR at the directory that has the chain (restore it if it was lost)"
         return (f"settlement refuses to start: {where}, which the database records as deployment "
                 f"{row['deployment_id']} of market {self.market_id!r} (deployed at block {row['deploy_block']}). "
-                f"The node lost the deployment (reset, restarted without its state, or another node at the URL). "
-                f"Deploying anew silently would leave {anchored} anchored batches unverifiable and restart every "
-                "member's collateral at zero. Point VOLTBOURSE_CHAIN_RPC_URL at the node that has the deployment, "
-                "or, to deploy anew on this node, run `voltbourse settlement redeploy --yes` and start again "
-                "(docs/settlement.md, Chain faults)")
+                f"{why}. Deploying anew silently would leave {anchored} anchored batches unverifiable and restart "
+                f"every member's collateral at zero. {fix}, or, to deploy anew on this chain, run "
+                "`voltbourse settlement redeploy --yes` and start again (docs/settlement.md, Chain faults)")
 
     # ------------------------------------------------------------------ main loop
     async def run(self) -> None:

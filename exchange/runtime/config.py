@@ -180,8 +180,11 @@ class Settings(BaseSettings):
     # --- settlement (settlement/, docs/settlement.md) --------------------------
     #: anchor and settle trades on chain; the chain then owns members' collateral
     settlement_enabled: bool = True
-    #: JSON-RPC node to use; unset: an in-process py-evm chain (eth-tester), empty at every start
+    #: JSON-RPC node to use; unset: an in-process py-evm chain (eth-tester), kept in chain_data_dir
     chain_rpc_url: str | None = None
+    #: directory of the in-process chain (its blocks and state, reopened at every start); unset:
+    #: <data_dir>/chain/<market_id>; "ephemeral": in memory, empty at every start (tests, benches)
+    chain_data_dir: Literal["ephemeral"] | Path | None = None
     #: operator key (0x hex) that deploys the contracts and anchors batches; required with
     #: chain_rpc_url, defaults to eth-tester's first funded key in process
     chain_operator_key: SecretStr | None = None
@@ -220,6 +223,13 @@ class Settings(BaseSettings):
                 f"data_dir {v} is inside the source checkout {_CHECKOUT}; "
                 "use a directory outside it (default: the per-user data dir)"
             )
+        return v
+
+    @field_validator("chain_data_dir")
+    @classmethod
+    def _chain_dir_outside_checkout(cls, v: Path | str | None) -> Path | str | None:
+        if isinstance(v, Path):
+            return cls._data_dir_outside_checkout(v)
         return v
 
     @field_validator("product_minutes", mode="before")
