@@ -21,13 +21,17 @@ class LocalBook(LevelBook):
     views of :class:`~exchange.core.levels.LevelBook` (``best_bid``, ``best_ask``, ``mid``,
     ``depth``, ``level``).
 
-    ``seq`` is ``None`` until a snapshot arrives (and again while resyncing).
+    ``seq`` is ``None`` until a snapshot arrives (and again while resyncing). ``held_seq`` is
+    the seq of the levels held, kept while resyncing: a resubscription with ``from_seq =
+    held_seq`` gets the deltas since (:meth:`resume`, then :meth:`apply` them) instead of a
+    snapshot while the server still keeps them.
     """
 
-    __slots__ = ()
+    __slots__ = ("held_seq",)
 
     def __init__(self, product_id: str) -> None:
         super().__init__(product_id, None)
+        self.held_seq: int | None = None
 
     @property
     def synced(self) -> bool:
@@ -36,10 +40,18 @@ class LocalBook(LevelBook):
     def reset(self, snap: BookSnapshot) -> None:
         self.bids = {p: (v, n) for p, v, n in snap.bids}
         self.asks = {p: (v, n) for p, v, n in snap.asks}
-        self.seq = snap.seq
+        self.seq = self.held_seq = snap.seq
 
     def invalidate(self) -> None:
+        """Not current any more (a gap, a lost connection); the levels and ``held_seq`` stay."""
         self.seq = None
+
+    def resume(self) -> None:
+        """Current again at ``held_seq``: the server answered a subscription ``from_seq =
+        held_seq`` with the deltas since (they follow, chained from ``held_seq``)."""
+        if self.held_seq is None:
+            raise BookGap(f"{self.product_id}: no book held to resume")
+        self.seq = self.held_seq
 
     def apply(self, delta: BookDelta) -> bool:
         """Apply ``delta``; False if it is stale (already included), raises :class:`BookGap`
@@ -52,13 +64,14 @@ class LocalBook(LevelBook):
             raise BookGap(f"{self.product_id}: delta prev_seq {delta.prev_seq} != held seq {self.seq}")
         for side, price, volume, n in delta.changes:
             self.set_level(side, price, volume, n)
-        self.seq = delta.seq
+        self.seq = self.held_seq = delta.seq
         return True
 
     def follow(self, delta: BookDelta) -> bool:
         """Follow the book with a pushed delta: :meth:`apply` it once a snapshot is held (False
         before: the snapshot to come already includes it). On a gap the book is invalidated
-        and :class:`BookGap` raised: re-subscribe for a fresh snapshot (:meth:`reset`)."""
+        and :class:`BookGap` raised: re-subscribe from ``held_seq`` (replayed deltas after
+        :meth:`resume`) or for a fresh snapshot (:meth:`reset`)."""
         if not self.synced:
             return False
         try:
@@ -74,13 +87,16 @@ class LocalBook(LevelBook):
 @dataclass(frozen=True)
 class BookUpdate:
     """What a book feed yields: the local ``book`` after a snapshot (``delta is None``) or a
-    delta. ``resync`` marks a snapshot that replaced the book after a gap or a reconnection."""
+    delta. ``resync`` marks a snapshot that replaced the book after a gap or a reconnection
+    (the server no longer kept the deltas missed); ``replayed`` a delta the server sent again
+    because the feed missed it (a gap or a reconnection resynced without a snapshot)."""
 
     product_id: str
     book: LocalBook = field(repr=False)
     seq: int
     delta: BookDelta | None = None
     resync: bool = False
+    replayed: bool = False
 
     @property
     def is_snapshot(self) -> bool:

@@ -27,13 +27,15 @@ What it does
   member's last nonce across restarts of the client.
 * **Streams**: :meth:`executions` (private reports), :meth:`subscribe_book`
   (a local book from a snapshot + ``seq``/``prev_seq`` deltas; on a gap it
-  re-subscribes by itself and yields a fresh snapshot), :meth:`subscribe_trades`,
+  re-subscribes by itself from the seq it holds and applies the deltas the server
+  replays, or a fresh snapshot when they are no longer kept), :meth:`subscribe_trades`,
   :meth:`subscribe_products`.
 * **Reconnection**: when the socket drops, requests in flight fail at once with
   :class:`~clients.sdk.errors.ConnectionLost` (never silently resent: an order may
   have been accepted before the drop). The client reconnects in the background
   with exponential back-off and jitter, logs in again, re-subscribes every
-  stream (book feeds yield a fresh snapshot) and calls the ``on_connect`` hooks.
+  stream (book feeds resume from their seq: the deltas missed are replayed, or a
+  fresh snapshot follows) and calls the ``on_connect`` hooks.
   New requests wait for the connection (up to their timeout).
 
 Retrying orders safely
@@ -203,30 +205,76 @@ class Feed:
 
 class BookFeed(Feed):
     """A subscription to one product's book: yields :class:`~clients.sdk.book.BookUpdate`
-    (first a snapshot, then one per delta; a fresh snapshot with ``resync=True`` after a
-    gap or a reconnection). ``book`` is the local :class:`~clients.sdk.book.LocalBook`,
-    always current; ``gaps`` counts the resyncs caused by a missed delta."""
+    (first a snapshot, then one per delta). ``book`` is the local
+    :class:`~clients.sdk.book.LocalBook`, always current (``book.synced``) but while a resync
+    is under way.
+
+    **Resync.** On a gap (a delta whose ``prev_seq`` is not the seq held) or after a
+    reconnection the feed subscribes again with ``from_seq`` = the seq of the book it holds:
+    the server replays the deltas since (updates with ``replayed=True``, checked to chain
+    from that seq) when it still keeps them (the last 256 per product), else it sends a
+    snapshot (an update with ``resync=True``). Counters: ``gaps`` (resyncs caused by a missed
+    delta), ``replays`` (resyncs done by replay, no snapshot), ``snapshots`` (snapshots
+    applied, the first one included)."""
 
     def __init__(self, client: VoltbourseClient, product_id: str, maxsize: int = 0) -> None:
         super().__init__(client, (), maxsize)
         self.product_id = product_id
         self.book = LocalBook(product_id)
         self.gaps = 0
+        self.replays = 0
+        self.snapshots = 0
         self._resync_next = False
         self._resyncing: asyncio.Task | None = None
+        self._awaiting: wire.RequestId | None = None  # the subscription whose answer is awaited
+        self._replaying = 0  # replayed deltas announced and not arrived yet
+
+    def _subscribe_msg(self) -> dict:
+        """The next subscription: from the book held (a replay), else plain (a snapshot). Deltas
+        are dropped until its answer: the replay or the snapshot after it includes them."""
+        c = self._client
+        msg = wire.subscribe(c._next_id(), "book", self.product_id, from_seq=self.book.held_seq)
+        self._awaiting = msg["id"]
+        self._replaying = 0
+        return msg
+
+    def _on_answer(self, request: dict, result: Any) -> None:
+        """The answer to one of this feed's subscriptions (called in order with the stream)."""
+        if request.get("id") != self._awaiting:
+            return  # an earlier subscription's, superseded
+        self._awaiting = None
+        if request.get("from_seq") is None or not isinstance(result, dict):
+            return  # a snapshot follows (or the subscription failed: the book stays unsynced)
+        n = result.get("replayed")
+        if n is None:
+            log.info("book %s: the deltas since %s are no longer kept: a snapshot follows", self.product_id,
+                     request["from_seq"])
+            return
+        self.book.resume()
+        self.replays += 1
+        self._replaying = int(n)
 
     def _on_snapshot(self, snap: BookSnapshot) -> None:
         self.book.reset(snap)
+        self.snapshots += 1
+        self._replaying = 0
         self._push(BookUpdate(self.product_id, self.book, snap.seq, None, self._resync_next))
         self._resync_next = False
 
     def _on_delta(self, delta: BookDelta) -> None:
+        if self._awaiting is not None:
+            return  # resyncing: what the answer announces (a replay or a snapshot) includes it
+        replayed = self._replaying > 0
+        if replayed:
+            self._replaying -= 1
         try:
             if self.book.follow(delta):
-                self._push(BookUpdate(self.product_id, self.book, delta.seq, delta))
+                self._push(BookUpdate(self.product_id, self.book, delta.seq, delta, replayed=replayed))
+                if replayed and not self._replaying:
+                    self._resync_next = False
         except BookGap as exc:
             self.gaps += 1
-            log.info("book gap (%s): resyncing", exc)
+            log.info("book gap (%s): resyncing from seq %s", exc, self.book.held_seq)
             self._start_resync()
 
     def _start_resync(self) -> None:
@@ -238,8 +286,8 @@ class BookFeed(Feed):
     async def _resync(self) -> None:
         c = self._client
         try:
-            await c._call(wire.unsubscribe(c._next_id(), "book", self.product_id))
-            await c._call(wire.subscribe(c._next_id(), "book", self.product_id))
+            # not waiting for a connection: a reconnection subscribes again by itself
+            await c._call(self._subscribe_msg(), wait_connected=False)
         except (OutcomeUnknown, ClientClosed):
             pass  # a reconnection re-subscribes anyway
         except RequestError as exc:  # e.g. the product is gone
@@ -382,11 +430,12 @@ class VoltbourseClient:
                 self._fatal = exc
                 raise
             self.member = result.member
-            # re-subscribe every stream (fresh book snapshots follow)
-            for pid, feed in self._book_feeds.items():
+            # re-subscribe every stream; a book held resumes from its seq (the deltas missed
+            # are replayed, or a fresh snapshot follows when the server no longer keeps them)
+            for feed in list(self._book_feeds.values()):
                 feed.book.invalidate()
                 feed._resync_next = self.connects > 0
-                await self._call(wire.subscribe(self._next_id(), "book", pid), wait_connected=False)
+                await self._call(feed._subscribe_msg(), wait_connected=False)
             for trades_of in self._trade_subs:
                 await self._call(wire.subscribe(self._next_id(), "trades", trades_of), wait_connected=False)
             if self._products_sub:
@@ -482,6 +531,11 @@ class VoltbourseClient:
             entry = self._pending.pop(rid, None) if rid is not None else None
             if entry is not None:
                 fut, req = entry
+                if req.get("type") == "subscribe" and req.get("channel") == "book":
+                    # here, in order with the stream: the replayed deltas come right after it
+                    feed = self._book_feeds.get(req.get("product_id") or "")
+                    if feed is not None:
+                        feed._on_answer(req, msg.get("result") if t == "response" else None)
                 if not fut.done():
                     try:
                         fut.set_result(wire.result_of(msg, req))
@@ -705,13 +759,14 @@ class VoltbourseClient:
 
     async def subscribe_book(self, product_id: str, maxsize: int = 0) -> BookFeed:
         """Subscribe to a product's book; the feed yields a snapshot first, then deltas, and
-        resyncs by itself on a gap. One feed per product and client."""
+        resyncs by itself on a gap or a reconnection (by replay from the seq it holds, else by
+        a snapshot). One feed per product and client."""
         if product_id in self._book_feeds:
             raise ValueError(f"already subscribed to the book of {product_id}")
         feed = BookFeed(self, product_id, maxsize)
         self._book_feeds[product_id] = feed
         try:
-            await self._call(wire.subscribe(self._next_id(), "book", product_id))
+            await self._call(feed._subscribe_msg())
         except BaseException:
             self._book_feeds.pop(product_id, None)
             self._feeds.discard(feed)

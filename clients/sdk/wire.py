@@ -219,9 +219,14 @@ def ping(request_id: RequestId) -> Message:
     return dump(P.Ping(type="ping", id=request_id))
 
 
-def subscribe(request_id: RequestId, channel: Channel, product_id: str | None = None) -> Message:
-    """``channel``: ``book`` (of ``product_id``), ``trades`` (of one product or all), ``products``."""
-    return dump(P.Subscribe(type="subscribe", id=request_id, channel=channel, product_id=product_id))
+def subscribe(request_id: RequestId, channel: Channel, product_id: str | None = None, *,
+              from_seq: int | None = None) -> Message:
+    """``channel``: ``book`` (of ``product_id``), ``trades`` (of one product or all), ``products``.
+    ``from_seq`` (book): the seq of the book held; the server replays the deltas since (the answer's
+    ``replayed``: how many follow) or, when they are no longer kept (``replayed: null``), sends a
+    snapshot."""
+    return dump(P.Subscribe(type="subscribe", id=request_id, channel=channel, product_id=product_id,
+                            from_seq=from_seq))
 
 
 def unsubscribe(request_id: RequestId, channel: Channel, product_id: str | None = None) -> Message:

@@ -131,7 +131,9 @@ async def test_book_feed_keeps_a_local_book_and_resyncs_after_a_gap(server):
         assert _engine_levels(server, pid) == (feed.book.depth("buy"), feed.book.depth("sell"))
         assert feed.book.best_bid() == 8080 and feed.book.best_ask() == 9000
 
-        # drop one delta on the way in: the feed notices the gap and resyncs by itself
+        # drop one delta on the way in: the feed notices the gap and resyncs by itself, from the
+        # seq it holds: the server replays the deltas since (no snapshot; more in
+        # tests/integration/test_sdk_book_replay.py)
         dropped = []
 
         def drop_one(msg):
@@ -144,11 +146,12 @@ async def test_book_feed_keeps_a_local_book_and_resyncs_after_a_gap(server):
         for i in range(4):
             await a.place(pid, "buy", price=7000 + i, quantity=10)
         upd = await feed.get(5)
-        while not upd.resync:
+        while not upd.replayed:
             upd = await feed.get(5)
-        assert dropped and feed.gaps == 1 and upd.is_snapshot
+        assert dropped and feed.gaps == 1 and feed.replays == 1 and not upd.is_snapshot
         while feed.book.seq != _book_seq(server, pid):
             await feed.get(5)
+        assert feed.snapshots == 1
         assert _engine_levels(server, pid) == (feed.book.depth("buy"), feed.book.depth("sell"))
         await feed.close()
 
@@ -176,12 +179,11 @@ async def test_reconnects_after_a_drop_and_after_a_server_restart(server):
         a.on_connect(lambda c: reconnected.append(c.connects))
         feed = await a.subscribe_book(pid)
         assert (await feed.get(5)).is_snapshot
-        # 1. the socket drops
+        # 1. the socket drops: the feed resumes from its seq (nothing missed: no snapshot)
         await a._force_disconnect()
         await asyncio.sleep(0.01)
         await a.wait_connected(5)
-        upd = await feed.get(5)
-        assert upd.is_snapshot and upd.resync and reconnected == [2]
+        assert feed.book.synced and feed.replays == 1 and feed.snapshots == 1 and reconnected == [2]
         r = await a.place(pid, "buy", price=6000, quantity=100)
         assert r.status == "resting"
 
@@ -192,10 +194,13 @@ async def test_reconnects_after_a_drop_and_after_a_server_restart(server):
             await a.place(pid, "buy", price=6001, quantity=100, timeout=1)
         await server.start()
         await a.wait_connected(10)
-        upd = await feed.get(5)
-        while not upd.resync:  # the delta of the 6000 bid, from before the restart
-            upd = await feed.get(5)
-        assert upd.is_snapshot and upd.resync and upd.book.best_bid() == 6000  # recovered from the journal
+        # a restarted server keeps no deltas: resumed at once if the book held is current,
+        # else from a snapshot
+        async with asyncio.timeout(5):
+            while not (feed.book.synced and feed.book.seq == _book_seq(server, pid)):
+                await asyncio.sleep(0.01)
+        assert feed.book.best_bid() == 6000  # recovered from the journal
+        assert _engine_levels(server, pid) == (feed.book.depth("buy"), feed.book.depth("sell"))
         assert [o.order_id for o in await a.orders()] == [r.order_id]
         assert a.disconnects == 2 and a.connects == 3
         await b.wait_connected(10)
