@@ -175,9 +175,13 @@ class OrderBook:
     def best_level(self, side: Side) -> Level | None:
         """The best level of ``side`` (the highest bid or the lowest ask), None if the side is empty."""
         levels = self.bids if side is _BUY else self.asks
-        if not levels:
+        # the first key straight from the SortedDict's sorted key list (sortedcontainers 2.4,
+        # pinned): what ``levels.peekitem(0)`` returns, without its index arithmetic (the
+        # matching loop's most frequent call)
+        lists = levels._list._lists
+        if not lists:
             return None
-        lvl: Level = levels.peekitem(0)[1]
+        lvl: Level = levels[lists[0][0]]
         return lvl
 
     def side_levels(self, side: Side) -> Iterator[tuple[int, Level]]:

@@ -671,10 +671,13 @@ class MarketEngine:
         self.orders[o.order_id] = o
         if o.expire_at is not None and o.expire_at < pb.product.gate_us:  # else the gate expires it
             self._push(o.expire_at, _EXPIRE, pb.product.start_us, str(o.order_id))
-        self.accounts[o.member].open_exposure += o.exposure()
         if o.side is _SELL:
+            if o.price < 0:  # o.exposure(), inline
+                self.accounts[o.member].open_exposure += o.remaining * -o.price
             key = (o.product_id, o.member)
             self.open_sell[key] = self.open_sell.get(key, 0) + o.remaining
+        elif o.price > 0:
+            self.accounts[o.member].open_exposure += o.remaining * o.price
 
     def _unrest(self, pb: ProductBook, o: Order) -> None:
         self.accounts[o.member].open_exposure -= o.exposure()
@@ -720,10 +723,11 @@ class MarketEngine:
                 c[1] += 1
         tid = self.next_trade_id
         self.next_trade_id = TradeId(tid + 1)
-        self._emit(
-            TradeEvent, t, tid, pb.product.product_id, price, qty, buy.order_id, sell.order_id, buy.member,
+        self.seq = seq = self.seq + 1  # _emit, inline
+        self._out.append(TradeEvent(
+            seq, t, tid, pb.product.product_id, price, qty, buy.order_id, sell.order_id, buy.member,
             sell.member, aggressor, buy.remaining, sell.remaining,
-        )
+        ))
 
     # ------------------------------------------------------------------ checks
     def _check_member(self, member: MemberId) -> tuple[Reason, str] | None:
@@ -802,9 +806,10 @@ class MarketEngine:
         msg = controls.value_violation(c, price, qty)
         if msg is not None:
             return Reason.ORDER_VALUE_TOO_LARGE, msg
-        msg = controls.band_violation(c, pb.ref_price, side is _BUY, price)
-        if msg is not None:
-            return Reason.PRICE_OUTSIDE_BAND, msg
+        if pb.ref_price is not None:  # no band before a product's first trade
+            msg = controls.band_violation(c, pb.ref_price, side is _BUY, price)
+            if msg is not None:
+                return Reason.PRICE_OUTSIDE_BAND, msg
         if self._otr_on:
             msg = controls.otr_violation(c, pb.otr, member)
             if msg is not None:
@@ -853,38 +858,54 @@ class MarketEngine:
         member, coid = cmd.member, cmd.client_order_id
         if coid is not None and self._answered_by_client_id(ts, PlaceOrder.type, member, coid, _terms(cmd)):
             return
+        # The checks in their order of precedence (the first failing one answers). The common
+        # case (a known member, an open product, a valid price and quantity) is tested inline;
+        # the _check_* helpers give the reason and its message when one fails.
+        cfg = self.config
+        side, tif, price, qty, nonce, pid = cmd.side, cmd.tif, cmd.price, cmd.quantity, cmd.nonce, cmd.product_id
         err = None
-        if type(cmd.side) is not Side or type(cmd.tif) is not TimeInForce or type(cmd.price) is not int \
-                or type(cmd.quantity) is not int:
+        if type(side) is not Side or type(tif) is not TimeInForce or type(price) is not int or type(qty) is not int:
             err = Reason.INVALID_VALUE, "side/tif must be enums and price/quantity integers"
         nonce_used = spent = False
-        if err is None and cmd.nonce is not None and self.config.nonce_first and member in self.accounts:
-            err = self._use_nonce(member, cmd.nonce)
+        if nonce is not None and err is None and cfg.nonce_first and member in self.accounts:
+            err = self._use_nonce(member, nonce)
             nonce_used = True
             spent = err is None
         if err is None and self.halted:
             err = Reason.MARKET_HALTED, f"market halted: {self.halt_reason}"
-        err = (err or self._check_member(member) or self._check_product(cmd.product_id)
-               or self._check_price_qty(cmd.price, cmd.quantity))
+        pb = self.products.get(pid)
+        if err is None:
+            acct = self.accounts.get(member)
+            if acct is None or acct.suspended:
+                err = self._check_member(member)
+            elif pb is None or (pb.state is not _OPEN_STATE and pb.state is not _AUCTION_STATE):
+                err = self._check_product(pid)
+            elif not cfg.price_min <= price <= cfg.price_max or qty < cfg.min_quantity or qty > cfg.max_quantity \
+                    or qty % cfg.quantity_step:
+                err = self._check_price_qty(price, qty)
         if err is None and (cmd.post_only or cmd.expire_at is not None or cmd.min_quantity is not None):
             err = self._check_conditions(cmd, ts)
-        pb = self.products.get(cmd.product_id)
-        mech_call = self.config.mechanism is _CALL
+        mech_call = cfg.mechanism is _CALL
         resting_only = mech_call or (pb is not None and pb.state is _AUCTION_STATE)
-        if err is None and resting_only and cmd.tif is not _GTC:
-            err = Reason.TIF_NOT_SUPPORTED, (f"{cmd.tif.value} is not supported in a call auction" if mech_call
-                                             else f"{cmd.tif.value} is not supported during an auction")
-        if err is None and cmd.nonce is not None and not nonce_used:
-            err = self._use_nonce(member, cmd.nonce)
+        if err is None and resting_only and tif is not _GTC:
+            err = Reason.TIF_NOT_SUPPORTED, (f"{tif.value} is not supported in a call auction" if mech_call
+                                             else f"{tif.value} is not supported during an auction")
+        if nonce is not None and err is None and not nonce_used:
+            err = self._use_nonce(member, nonce)
             spent = err is None
         if err is None:
-            assert pb is not None  # _check_product passed
+            assert pb is not None  # the product check passed
             if self._controls_on:
-                err = self._check_controls(pb, member, cmd.side, cmd.price, cmd.quantity)
-            err = err or self._check_risk(pb, member, cmd.side, cmd.price, cmd.quantity)
-            if err is None and cmd.post_only and not resting_only and self._would_trade(pb, cmd.side, cmd.price):
+                err = self._check_controls(pb, member, side, price, qty)
+            if err is None and cfg.risk_checks:  # _check_risk, for a new order
+                p = price if side is _BUY else -price
+                if p > 0:
+                    err = self._check_collateral(member, qty * p)
+                if err is None and side is _SELL:
+                    err = self._check_capacity(pb, member, qty)
+            if err is None and cmd.post_only and not resting_only and self._would_trade(pb, side, price):
                 err = (Reason.POST_ONLY_WOULD_TRADE,
-                       f"post-only {cmd.side.value} at {cmd.price} would trade against the book")
+                       f"post-only {side.value} at {price} would trade against the book")
         if err is not None:
             self._reject(ts, member, PlaceOrder.type, err[0], err[1], client_order_id=coid, spent=spent)
             return
@@ -893,14 +914,13 @@ class MarketEngine:
             self._count_entry(pb, member)
         oid = self.next_order_id
         self.next_order_id = OrderId(oid + 1)
-        o = Order(oid, member, cmd.product_id, cmd.side, cmd.price, cmd.quantity, cmd.tif, coid, cmd.signature, ts)
+        o = Order(oid, member, pid, side, price, qty, tif, coid, cmd.signature, ts)
         if cmd.expire_at is not None:
             o.expire_at = cmd.expire_at
-        ev = self._emit(OrderAccepted, ts, oid, member, cmd.product_id, cmd.side, cmd.price, cmd.quantity,
-                        cmd.tif, coid, cmd.signature)
+        self.seq = seq = self.seq + 1  # _emit, inline
+        self._out.append(OrderAccepted(seq, ts, oid, member, pid, side, price, qty, tif, coid, cmd.signature))
         if coid is not None:
-            self._remember_client_id(member, coid, oid, ev.seq, None, cmd.product_id,
-                                     _terms(cmd) if self.config.coid_terms else None)
+            self._remember_client_id(member, coid, oid, seq, None, pid, _terms(cmd) if cfg.coid_terms else None)
         if resting_only:
             self._rest(pb, o)
             return
@@ -962,6 +982,7 @@ class MarketEngine:
         orders = self.orders
         execute = self._execute
         volatility = self._volatility_on
+        cc = self.config.controls
         while o.remaining:
             lvl = best_level(opposite)
             if lvl is None:
@@ -969,7 +990,7 @@ class MarketEngine:
             price = lvl.price
             if (price > limit) if buy else (price < limit):
                 break
-            if volatility and controls.triggers_interruption(self.config.controls, pb.ref_price, price):
+            if volatility and pb.ref_price is not None and controls.triggers_interruption(cc, pb.ref_price, price):
                 self._interrupt(pb, price, ts)
                 return True
             while o.remaining:
