@@ -197,6 +197,14 @@ class Settings(BaseSettings):
     settlement_retry_s: float = Field(1.0, gt=0)
     settlement_retry_max_s: float = Field(60.0, gt=0)
 
+    # --- metering and billing (exchange/metering/, docs/metering.md) -----------
+    #: length of a metering interval (minutes); products must be whole multiples of it
+    metering_interval_minutes: Literal[5, 10, 15, 30, 60] = 15
+    #: largest readings upload accepted (CSV or xlsx), in MiB
+    metering_upload_max_mb: int = Field(256, ge=1, le=4096)
+    #: the tariff of members who have none assigned
+    metering_default_tariff: str = "default"
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -232,7 +240,7 @@ class Settings(BaseSettings):
             return cls._data_dir_outside_checkout(v)
         return v
 
-    @field_validator("product_minutes", mode="before")
+    @field_validator("product_minutes", "metering_interval_minutes", mode="before")
     @classmethod
     def _int_from_env(cls, v: Any) -> Any:
         # environment values arrive as strings; Literal[15, 30, 60] does not coerce them

@@ -447,13 +447,17 @@ def downgrade(dsn: str, revision: str = "base") -> None:
 
 
 def current_revision(dsn: str) -> str | None:
-    """The revision the database at ``dsn`` is at (None if unmigrated). BLOCKING."""
+    """The revision the database at ``dsn`` is at: its heads (one per branch: the core's and
+    a subsystem's own), sorted and comma-separated; None if unmigrated. BLOCKING."""
 
     async def query() -> str | None:
         conn = await asyncpg.connect(dsn)
         try:
             exists = await conn.fetchval("SELECT to_regclass('alembic_version') IS NOT NULL")
-            return await conn.fetchval("SELECT version_num FROM alembic_version") if exists else None
+            if not exists:
+                return None
+            heads = sorted(r[0] for r in await conn.fetch("SELECT version_num FROM alembic_version"))
+            return ",".join(heads) if heads else None
         finally:
             await conn.close()
 

@@ -9,6 +9,7 @@ settlement itself; moving it to a table of its own belongs to settlement's own p
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -23,6 +24,18 @@ class Pair:
     energy_wh: int
     money: int  # energy x price, money units of 1e-8 EUR
     trades: int
+
+
+@dataclass(frozen=True, slots=True)
+class PairProduct:
+    """Trades of one buyer with one seller in one product: energy (Wh) and money (1e-8 EUR)."""
+
+    buyer: str
+    seller: str
+    product_id: str
+    delivery_start: datetime
+    energy_wh: int
+    money_units: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +92,19 @@ class TradeStore:
             "  WHERE market_id = $1 AND seq <= $2 GROUP BY seller, product_id"
             ") t GROUP BY member, product_id", self.market_id, upto)
         return [(r["member"], r["product_id"], int(r["bought"]), int(r["sold"]), int(r["payable"])) for r in rows]
+
+    async def pair_products(self, start: datetime, end: datetime, member: str | None = None) -> list[PairProduct]:
+        """The committed trades of each product whose delivery starts in ``[start, end)``,
+        summed per buyer and seller (metering settles delivery against them), optionally
+        only those of one member (as buyer or seller)."""
+        rows = await self.pool.fetch(
+            "SELECT buyer, seller, product_id, delivery_start, sum(energy_wh)::bigint AS wh, "
+            "sum(energy_wh::numeric * price_ticks) AS money FROM trades WHERE market_id = $1 "
+            "AND delivery_start >= $2 AND delivery_start < $3 AND ($4::text IS NULL OR buyer = $4 OR seller = $4) "
+            "GROUP BY buyer, seller, product_id, delivery_start ORDER BY delivery_start, buyer, seller",
+            self.market_id, start, end, member)
+        return [PairProduct(r["buyer"], r["seller"], r["product_id"], r["delivery_start"], int(r["wh"]),
+                            int(r["money"])) for r in rows]
 
     # ------------------------------------------------------------------ aggregates (operator page)
     async def pairs(self, upto: int) -> list[Pair]:

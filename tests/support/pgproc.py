@@ -11,12 +11,13 @@ import psutil
 
 
 def alembic_head() -> str:
-    """The migrations' head revision."""
+    """The migrations' head revisions (one per branch), sorted and comma-separated (as
+    exchange.runtime.db.current_revision reports them)."""
     from alembic.script import ScriptDirectory
 
     from exchange.runtime.db import alembic_config
 
-    return ScriptDirectory.from_config(alembic_config("postgresql://unused")).get_current_head()
+    return ",".join(sorted(ScriptDirectory.from_config(alembic_config("postgresql://unused")).get_heads()))
 
 
 def dead_pid() -> int:

@@ -1,0 +1,1 @@
+"""The pure rules of metering and billing: no I/O, integers only, deterministic."""
