@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from exchange.core.units import US_PER_MIN, UTC, iso, to_us
 from exchange.gateway.http import ANY_OBJECT, ApiError, Route, array, json_response, read_body, read_query
-from exchange.gateway.keys import MARKET, SETTINGS
+from exchange.gateway.keys import MARKET, PAYOUT_SOURCES, SETTINGS
 from exchange.gateway.plugin import Subsystem, WsRequest
 from exchange.metering import cli as metering_cli
 from exchange.metering import protocol as msgs
@@ -351,6 +351,15 @@ def statement_response(request: web.Request, b: dict, fmt: str) -> web.StreamRes
     return json_response(b)
 
 
+async def list_payouts(request: web.Request) -> web.Response:
+    q = read_query(request, PeriodQuery)
+    rows = await _svc(request).store.payouts(checksum(q.member) if q.member else None)
+    return json_response([{"payout_id": r["payout_id"], "event_id": r["event_id"], "member": r["member"],
+                           "start": iso(to_us(r["period_start"])), "end": iso(to_us(r["period_end"])),
+                           "version": r["version"], "amount": money_json(int(r["amount_units"])),
+                           "settled_batch": r["settled_batch"]} for r in rows])
+
+
 async def kpis(request: web.Request) -> web.Response:
     q = read_query(request, PeriodQuery)
     svc = _svc(request)
@@ -476,6 +485,8 @@ ROUTES = (
     Route("GET", f"{_P}/bills/{{member}}", get_bill, "A member's bill: JSON, CSV, printable HTML or PDF", ANY_OBJECT,
           query=_PERIOD_Q + (("format", {"type": "string", "enum": ["json", "csv", "html", "pdf"]}, "default json"),),
           errors=(404, 422), tags=_TAGS),
+    Route("GET", f"{_P}/payouts", list_payouts, "Community charges of issued bills and their settlement on chain "
+          "(negative: the member pays the community)", _LIST, query=_MEMBER_Q, errors=(422,), tags=_TAGS),
     Route("GET", f"{_P}/kpis", kpis, "KPIs from meters: community and members, per period or day", ANY_OBJECT,
           query=_PERIOD_Q + (("by", {"type": "string", "enum": ["period", "day"]}, "period or day"),),
           errors=(409, 422), tags=_TAGS),
@@ -495,6 +506,7 @@ def metering_subsystem() -> Subsystem:
         store = MeteringStore(m.read_pool, m.journal.market_id)
         app[METERING] = MeteringService(store, m.trades, interval_minutes=s.metering_interval_minutes, tz=s.tz,
                                         product_minutes=s.product_minutes, default_tariff=s.metering_default_tariff)
+        app[PAYOUT_SOURCES].append(store)  # settlement collects members' community charges on chain
         yield
 
     return Subsystem(

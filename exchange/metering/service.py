@@ -46,6 +46,9 @@ NO_BILL = register("NO_BILL", 404, "no bill issued for this member and period", 
 NO_FEES = register("NO_FEES", 409, "no fee schedule in force at the start of the period", OWNER)
 
 WEEK_US = 7 * 86_400_000_000
+#: payout event ids on chain are one space for every payout source (the registry refuses an
+#: id twice): metering's bill runs use 2^56 + n, flexibility's events stay far below
+METERING_EVENT_BASE = 1 << 56
 MAX_PERIOD_US = 366 * 86_400_000_000
 
 
@@ -344,6 +347,7 @@ class MeteringService:
         version, with the change against the previous one."""
         async with self._lock:
             settled = await self.settle(start_us, end_us, keep_series=False)
+            event_id = METERING_EVENT_BASE + await self.store.next_run()
             out = []
             for m in sorted(settled.flows):
                 if members is not None and m not in members:
@@ -352,7 +356,7 @@ class MeteringService:
                 body = bill_json(b, settled.tariff_of.get(m))
                 digest = hashlib.sha256(canonical(body)).hexdigest()
                 version, new, previous = await self.store.issue_bill(m, start_us, end_us, digest, b.total_units,
-                                                                     b.community_units, body)
+                                                                     b.community_units, body, event_id)
                 delta = None
                 if new and previous is not None:
                     delta = b.total_units - int(previous["total_units"]["units"])

@@ -14,6 +14,7 @@ import asyncpg
 from exchange.core.units import UTC, from_us, to_us
 from exchange.metering.core.model import MeterPoint, PointKind
 from exchange.metering.readings import MISSING, ParsedReadings
+from exchange.runtime.ports import Payout
 
 DAY_US = 86_400_000_000
 #: one advisory lock key space for the metering writers of a market (imports, corrections)
@@ -258,9 +259,12 @@ class MeteringStore:
 
     # ------------------------------------------------------------------ bills
     async def issue_bill(self, member: str, start_us: int, end_us: int, digest: str, total_units: int,
-                         community_units: int, bill: dict[str, Any]) -> tuple[int, bool, dict[str, Any] | None]:
+                         community_units: int, bill: dict[str, Any],
+                         event_id: int | None = None) -> tuple[int, bool, dict[str, Any] | None]:
         """Store ``bill`` as a new version unless the latest has the same digest. Returns
-        (version, whether it is new, the previous version's bill or None)."""
+        (version, whether it is new, the previous version's bill or None). With ``event_id``,
+        the change of what the member owes the community is recorded in the same
+        transaction as a payout for settlement (negative: the member pays)."""
         async with self.pool.acquire() as conn, conn.transaction():
             await conn.execute(_LOCK_SQL, self.market_id)
             prev = await conn.fetchrow(
@@ -274,7 +278,37 @@ class MeteringStore:
                 "INSERT INTO bills (market_id, member, period_start, period_end, version, digest, total_units, "
                 "community_units, bill) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)", self.market_id, member,
                 _ts(start_us), _ts(end_us), version, digest, total_units, community_units, bill)
+            before = int(prev["bill"]["community_units"]["units"]) if prev is not None else 0
+            if event_id is not None and community_units != before:
+                await conn.execute(
+                    "INSERT INTO bill_payouts (market_id, event_id, member, period_start, period_end, version, "
+                    "amount_units) VALUES ($1, $2, $3, $4, $5, $6, $7)", self.market_id, event_id, member,
+                    _ts(start_us), _ts(end_us), version, before - community_units)
             return version, True, (prev["bill"] if prev is not None else None)
+
+    async def next_run(self) -> int:
+        return int(await self.pool.fetchval("SELECT nextval('bill_runs')"))
+
+    # ------------------------------------------------------------------ settlement of community charges (a PayoutSource)
+    async def pending_payouts(self) -> list[Payout]:
+        rows = await self.pool.fetch(
+            "SELECT payout_id, event_id, member, amount_units FROM bill_payouts WHERE market_id = $1 "
+            "AND settled_batch IS NULL ORDER BY event_id, payout_id", self.market_id)
+        return [Payout(payout_id=r["payout_id"], event_id=r["event_id"], member=r["member"],
+                       amount_units=int(r["amount_units"])) for r in rows]
+
+    async def mark_settled(self, payout_ids: list[int], batch_id: int) -> int:
+        done = await self.pool.execute(
+            "UPDATE bill_payouts SET settled_batch = $3 WHERE market_id = $1 AND payout_id = ANY($2::bigint[]) "
+            "AND settled_batch IS NULL", self.market_id, payout_ids, batch_id)
+        return int(done.split()[-1])
+
+    async def payouts(self, member: str | None = None) -> list[dict[str, Any]]:
+        rows = await self.pool.fetch(
+            "SELECT payout_id, event_id, member, period_start, period_end, version, amount_units, settled_batch, "
+            "created_at FROM bill_payouts WHERE market_id = $1 AND ($2::text IS NULL OR member = $2) "
+            "ORDER BY payout_id", self.market_id, member)
+        return [dict(r) for r in rows]
 
     async def bills(self, member: str | None = None, limit: int = 500) -> list[dict[str, Any]]:
         rows = await self.pool.fetch(

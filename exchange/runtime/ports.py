@@ -9,7 +9,9 @@ from typing import Protocol, TypedDict
 
 class Payout(TypedDict):
     """Money a subsystem owes a member (positive) or charges it (negative), in money
-    units of 1e-8 EUR, grouped on chain by ``event_id`` (one settlement per group)."""
+    units of 1e-8 EUR, grouped on chain by ``event_id`` (one settlement per group).
+    Event ids are one space on chain for every source (the registry refuses an id twice):
+    flexibility uses its event ids (small integers), metering ``2**56 + bill run``."""
 
     payout_id: int
     event_id: int
@@ -18,7 +20,8 @@ class Payout(TypedDict):
 
 
 class PayoutSource(Protocol):
-    """A subsystem whose payouts settlement pays on chain (flexibility today)."""
+    """A subsystem whose payouts settlement pays on chain (flexibility's revenue shares and
+    penalties, metering's community charges)."""
 
     async def pending_payouts(self) -> list[Payout]:
         """Payouts not yet settled, ordered by ``event_id`` then ``payout_id``."""

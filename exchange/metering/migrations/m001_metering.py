@@ -145,10 +145,29 @@ UPGRADE = [
       PRIMARY KEY (market_id, member, period_start, period_end, version)
     )
     """,
+    # What members owe the community (its fees, imbalance charges), settled on chain through
+    # settlement (a PayoutSource): one row per member and issued bill version that changed
+    # the amount (a correction pays only the change); one on-chain event per bill run.
+    """
+    CREATE TABLE bill_payouts (
+      payout_id     bigserial PRIMARY KEY,
+      market_id     text NOT NULL,
+      event_id      bigint NOT NULL,
+      member        text NOT NULL,
+      period_start  timestamptz NOT NULL,
+      period_end    timestamptz NOT NULL,
+      version       integer NOT NULL,
+      amount_units  numeric NOT NULL,
+      settled_batch bigint,
+      created_at    timestamptz NOT NULL DEFAULT now()
+    )
+    """,
+    "CREATE INDEX bill_payouts_pending ON bill_payouts (market_id, event_id) WHERE settled_batch IS NULL",
+    "CREATE SEQUENCE bill_runs",
 ]
 
-DOWNGRADE = [f"DROP TABLE IF EXISTS {t} CASCADE" for t in (
-    "bills", "grid_intensity", "fee_schedules", "member_tariffs", "tariff_prices", "tariffs", "meter_uploads",
+DOWNGRADE = ["DROP SEQUENCE IF EXISTS bill_runs"] + [f"DROP TABLE IF EXISTS {t} CASCADE" for t in (
+    "bill_payouts", "bills", "grid_intensity", "fee_schedules", "member_tariffs", "tariff_prices", "tariffs", "meter_uploads",
     "meter_devices", "meter_corrections", "meter_days", "meter_points")]
 
 

@@ -1,0 +1,95 @@
+"""What members owe the community on their bills settles on chain through settlement (the
+metering store is a PayoutSource): one transaction per bill run, exactly once, a
+correction paying only its change, reconciled against the bills. Real PostgreSQL, the real
+runtime and the in-process EVM with contracts compiled from source."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+import pytest
+from support.market import open_test_market
+from support.settlement import DEPOSIT, MEMBER_KEYS, make_worker, reconnect, register_and_fund
+
+from exchange.core.units import iso, to_us
+from exchange.metering.core.model import Basis, FeeSchedule, MeterPoint, Payee, PerKwhFee, PeriodicFee, PointKind
+from exchange.metering.fees import schedule_json
+from exchange.metering.service import METERING_EVENT_BASE, MeteringService
+from exchange.metering.store import MeteringStore
+
+pytestmark = pytest.mark.integration
+
+DAY = datetime(2026, 11, 1, tzinfo=UTC)
+START, END = to_us(DAY), to_us(DAY + timedelta(hours=1))
+FEES = FeeSchedule(per_kwh=(PerKwhFee("service_fee", 2_000, Basis.IMPORT, Payee.COMMUNITY),
+                            PerKwhFee("grid_import_fee", 8_000, Basis.IMPORT)),
+                   periodic=(PeriodicFee("fixed_fee", 720_000_000, Payee.COMMUNITY),))
+
+
+def readings(values: dict[str, list[int]]) -> bytes:
+    lines = ["point_id,interval_start,energy_wh"]
+    for pid, vals in values.items():
+        lines += [f"{pid},{iso(START + i * 900_000_000)},{v}" for i, v in enumerate(vals)]
+    return ("\n".join(lines) + "\n").encode()
+
+
+async def test_community_charges_settle_once_and_corrections_pay_the_change(pool, pg_dsn, chain):
+    market = await open_test_market(pg_dsn, "s")
+    store = MeteringStore(pool, "s")
+    svc = MeteringService(store, market.trades, interval_minutes=15, tz=ZoneInfo("Europe/Amsterdam"),
+                          product_minutes=60)
+    a, b = MEMBER_KEYS[0].address, MEMBER_KEYS[1].address
+    try:
+        worker = make_worker(pool, market, chain, payout_sources=[store])
+        await worker.start()
+        await register_and_fund(market, worker, chain)
+        await svc.add_points([MeterPoint("a", a, PointKind.IMPORT), MeterPoint("b", b, PointKind.IMPORT)])
+        await svc.put_tariff("default", "flat", [(START - 86_400_000_000, 30_000, 8_000)])
+        await store.put_fee_schedule(START - 86_400_000_000, schedule_json(FEES))
+        await svc.import_file(readings({"a": [100, 100, 100, 100], "b": [50, 0, 0, 50]}), "nov.csv", now_us=None)
+        run = await svc.run_bills(START, END)
+        # community: 2 000 ticks per Wh imported + the fixed fee for 1 h of a 720 h month (1 EUR)
+        fixed = 720_000_000 // 720
+        owed = {a: 400 * 2_000 + fixed, b: 100 * 2_000 + fixed}
+        assert {r["member"]: int(r["community"]["units"]) for r in run} == owed
+        pending = await store.pending_payouts()
+        event = pending[0]["event_id"]
+        assert event > METERING_EVENT_BASE and {p["event_id"] for p in pending} == {event}
+        assert {p["member"]: p["amount_units"] for p in pending} == {m: -v for m, v in owed.items()}
+        await worker.step()
+        assert chain.registry.functions.payoutBatches(event).call()
+        assert chain.collateral(a) == DEPOSIT - owed[a] and chain.collateral(b) == DEPOSIT - owed[b]
+        assert market.engine.accounts[a].collateral == DEPOSIT - owed[a]
+        assert await store.pending_payouts() == []
+        # a crash after the chain took it but before the rows were marked: settled once
+        await pool.execute("UPDATE bill_payouts SET settled_batch = NULL")
+        w2 = make_worker(pool, market, reconnect(chain), payout_sources=[store])
+        await w2.start()
+        await w2.step()
+        assert chain.collateral(a) == DEPOSIT - owed[a]
+        assert await store.pending_payouts() == []
+        # the same bill run again: nothing new to settle
+        again = await svc.run_bills(START, END)
+        assert not any(r["new"] for r in again) and await store.pending_payouts() == []
+        # a correction of b's meter: b's bill gets a version 2 and only the change is collected
+        await svc.import_file(readings({"b": [50, 0, 0, 150]}), "fix.csv", now_us=None)
+        fixed_run = await svc.run_bills(START, END)
+        assert [(r["member"], r["version"]) for r in fixed_run if r["new"]] == [(b, 2)]
+        pending = await store.pending_payouts()
+        assert [(p["member"], p["amount_units"]) for p in pending] == [(b, -100 * 2_000)]
+        assert pending[0]["event_id"] > event
+        await w2.step()
+        assert chain.collateral(b) == DEPOSIT - owed[b] - 100 * 2_000
+        assert chain.collateral(a) == DEPOSIT - owed[a]
+        # reconciled: what was settled for each member equals its latest bill's community total
+        settled = {}
+        for p in await store.payouts():
+            assert p["settled_batch"] is not None
+            settled[p["member"]] = settled.get(p["member"], 0) - int(p["amount_units"])
+        latest = {r["member"]: int(r["community_units"]) for r in await store.bills()}
+        assert settled == latest
+        w2.close()
+    finally:
+        worker.close()
+        await market.close()
