@@ -13,7 +13,7 @@ from support.market import open_test_market
 from support.settlement import DEPOSIT, MEMBER_KEYS, make_worker, reconnect, register_and_fund
 
 from exchange.core.units import iso, to_us
-from exchange.metering.core.model import Basis, FeeSchedule, MeterPoint, Payee, PerKwhFee, PeriodicFee, PointKind
+from exchange.metering.core.model import Basis, FeeSchedule, MeterPoint, Payee, PeriodicFee, PerKwhFee, PointKind
 from exchange.metering.fees import schedule_json
 from exchange.metering.service import METERING_EVENT_BASE, MeteringService
 from exchange.metering.store import MeteringStore
