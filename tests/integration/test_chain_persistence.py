@@ -104,11 +104,11 @@ def test_a_failed_atomic_batch_leaves_nothing_and_the_head_commits_a_block(tmp_p
 
 
 def test_chain_data_dir_setting():
-    s = load_settings(market_id="community")
+    s = load_settings(market_id="community", chain_data_dir=None)  # None: the default, whatever the environment
     assert chain_data_path(s) == s.data_dir / "chain" / "community"  # next to <data_dir>/pg
     assert chain_data_path(load_settings(chain_data_dir="ephemeral")) is None
     assert chain_data_path(load_settings(chain_data_dir="/srv/vb-chain")) == Path("/srv/vb-chain")
-    odd = chain_data_path(load_settings(market_id="../x y"))
+    odd = chain_data_path(load_settings(market_id="../x y", chain_data_dir=None))
     assert odd is not None and odd.parent == s.data_dir / "chain" and "/" not in odd.name and odd.name != ".."
     with pytest.raises(ValueError, match="inside the source checkout"):
         load_settings(chain_data_dir=str(ROOT / "chain"))
