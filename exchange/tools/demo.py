@@ -44,6 +44,7 @@ from exchange.runtime.journal import Entry
 from exchange.runtime.members import MemberIn, Role
 from exchange.runtime.service import Market, open_market, run_async
 from exchange.tools.flex_demo import run_flex_demo
+from exchange.tools.metering_demo import DemoMeters
 from exchange.tools.server import start_http
 from settlement.plugin import SETTLEMENT, run_reconcile
 
@@ -169,6 +170,12 @@ async def _demo(dsn: str, settings: Settings, speed: int, duration: float, membe
         print(f"  settlement:  {'in-process EVM' if c.is_in_process else settings.chain_rpc_url} chain {c.chain_id}, "
               f"SettlementRegistry {c.registry.address}, vEUR {c.token.address}; batches of up to "
               f"{worker.batch_size} trades or {worker.max_age_s:g} s; status {base}/api/operator/settlement")
+    # meters, tariff and fees of the community (exchange/metering): bills at the end
+    meters = DemoMeters(runner.app, [k.address for k in keys], settings.timezone)
+    bill_from = -(-clock.now_us() // 3_600_000_000) * 3_600_000_000  # the first whole hour
+    n_points = await meters.setup(bill_from - 86_400_000_000)
+    print(f"  metering:    {n_points} metering points, tariff 'default', fees; meter readings and bills at the end "
+          f"({base}/api/operator/metering/...; docs/metering.md)")
     flex_task = None
     if flex_members := min(7, len(keys)):
         flex_task = asyncio.create_task(_flex_demo(runner.app, f"ws://{host}:{port}/ws", keys[:flex_members], clock))
@@ -213,6 +220,10 @@ async def _demo(dsn: str, settings: Settings, speed: int, duration: float, membe
         if flex_task is not None and not flex_task.done():
             flex_task.cancel()
             await asyncio.gather(flex_task, return_exceptions=True)
+        try:
+            await meters.finish(bill_from, clock.now_us(), base, token)
+        except Exception as exc:  # noqa: BLE001 - the demo still ends with its summary
+            log.warning("metering demo failed: %s", exc, exc_info=True)
         if worker is not None:
             await _settle_and_reconcile(market, worker)
         await runner.cleanup()

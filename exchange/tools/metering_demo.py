@@ -1,0 +1,140 @@
+"""The demo's meters and bills (exchange/metering): the members' metering points, the
+community's tariff and fees at the start; at the end, the meter readings of the delivered
+quarter-hours (each member's community profile, clients.community.profiles, plus what it
+traded, off by a seeded forecast error) uploaded as a CSV like an operator would, every
+member billed, and the community's KPIs computed from the meters."""
+
+from __future__ import annotations
+
+import random
+from datetime import date
+from decimal import Decimal
+
+from aiohttp import web
+
+from clients.community.profiles import Location, make_community, member_profile
+from exchange.core.units import US_PER_MIN, eur, from_us, iso, to_us
+from exchange.metering.core.model import EXAMPLE_FEES, Grid, MeterPoint, PointKind
+from exchange.metering.core.series import positions_on_grid
+from exchange.metering.fees import schedule_json
+from exchange.metering.plugin import METERING
+from exchange.metering.service import MeteringService
+
+STEP_US = 15 * US_PER_MIN
+#: the forecast error of a meter reading against the member's profile, per mille (+/-)
+FORECAST_ERROR_PERMILLE = 150
+
+
+def _points(address: str) -> list[MeterPoint]:
+    stem = address[2:10].lower()
+    return [MeterPoint(f"{stem}-imp", address, PointKind.IMPORT), MeterPoint(f"{stem}-exp", address, PointKind.EXPORT),
+            MeterPoint(f"{stem}-gen", address, PointKind.GENERATION)]
+
+
+class DemoMeters:
+    def __init__(self, app: web.Application, addresses: list[str], tz: str, seed: int = 42) -> None:
+        self.svc: MeteringService = app[METERING]
+        self.tz = tz
+        self.seed = seed
+        self.members = make_community(len(addresses), seed=seed, ids=addresses)
+
+    async def setup(self, since_us: int) -> int:
+        """Points, the default tariff (30 ct/kWh import, 8 ct/kWh feed-in) and the fees."""
+        points = [p for m in self.members for p in _points(m.member_id)]
+        await self.svc.add_points(points)
+        await self.svc.put_tariff("default", "Demo retail", [(since_us, 30_000, 8_000)])
+        await self.svc.store.put_fee_schedule(since_us, schedule_json(EXAMPLE_FEES))
+        return len(points)
+
+    async def positions(self, grid: Grid) -> dict[str, list[int]]:
+        """Each member's traded position per quarter-hour (bought - sold, Wh)."""
+        per: dict[str, list[tuple[int, int, int]]] = {}
+        for t in await self.svc.trades.pair_products(from_us(grid.start_us), from_us(grid.end_us)):
+            s_us = to_us(t.delivery_start)
+            e_us = s_us + int(t.product_id.rsplit("-", 1)[1]) * US_PER_MIN
+            per.setdefault(t.buyer, []).append((s_us, e_us, t.energy_wh))
+            per.setdefault(t.seller, []).append((s_us, e_us, -t.energy_wh))
+        return {m: positions_on_grid(v, grid) for m, v in per.items()}
+
+    def readings_csv(self, grid: Grid, positions: dict[str, list[int]]) -> bytes:
+        """Every point's readings on ``grid``. A member consumes its profile's consumption
+        plus what it bought and generates its profile's generation plus what it sold, each
+        traded part off by a seeded forecast error (+/- 15 %): the meters of members who
+        trade what they forecast."""
+        rows = ["point_id,interval_start,energy_wh"]
+        days: set[date] = set()
+        for i in range(0, grid.n, 4):
+            days.add(from_us(grid.start_us + i * grid.step_us).astimezone(self.svc.tz).date())
+        loc = Location(timezone=self.tz)
+        for m in self.members:
+            rng = random.Random(f"meter|{self.seed}|{m.member_id}")
+            stem = m.member_id[2:10].lower()
+            pos = positions.get(m.member_id, [0] * grid.n)
+            for day in sorted(days):
+                prof = member_profile(m, day, loc, self.seed)
+                for slot, cons, gen in zip(prof.slots, prof.consumption_wh, prof.generation_wh, strict=True):
+                    s = to_us(slot)
+                    if not grid.start_us <= s < grid.end_us:
+                        continue
+                    p = pos[(s - grid.start_us) // grid.step_us]
+                    e = FORECAST_ERROR_PERMILLE
+                    cons += max(p, 0) * (1000 + rng.randint(-e, e)) // 1000
+                    gen += max(-p, 0) * (1000 + rng.randint(-e, e)) // 1000
+                    ts = iso(s)
+                    rows.append(f"{stem}-imp,{ts},{max(cons - gen, 0)}")
+                    rows.append(f"{stem}-exp,{ts},{max(gen - cons, 0)}")
+                    rows.append(f"{stem}-gen,{ts},{gen}")
+        return ("\n".join(rows) + "\n").encode()
+
+    async def finish(self, start_us: int, now_us: int, base: str, token: str, out=print) -> dict:
+        """Upload the delivered intervals' readings, bill the period, print bills and KPIs."""
+        end_us = now_us // STEP_US * STEP_US
+        if end_us <= start_us:
+            out("Metering: no quarter-hour delivered yet, nothing to bill")
+            return {}
+        grid = Grid(start_us, STEP_US, (end_us - start_us) // STEP_US)
+        data = self.readings_csv(grid, await self.positions(grid))
+        up = await self.svc.import_file(data, "demo-readings.csv", now_us=now_us)
+        out(f"Metering: {up['rows']} meter readings uploaded ({up['points']} points, {iso(start_us)} .. "
+            f"{iso(end_us)}); bills and KPIs below come from them")
+        bills = await self.svc.run_bills(start_us, end_us)
+        k = await self.svc.kpis(start_us, end_us)
+        out(f"Bills for {iso(start_us)} .. {iso(end_us)} (EUR; + the member pays, - it is paid):")
+        out(f"  {'member':<44} {'P2P bought kWh':>14} {'sold kWh':>9} {'total':>10} {'grid only':>10} {'saved':>8}")
+        for b in bills:
+            full = await self.svc.bill_for(b["member"], start_us, end_us)
+            f = full["flows"]
+            out(f"  {b['member']:<44} {_kwh(f['bought_wh']):>14} {_kwh(f['sold_wh']):>9} "
+                f"{_eur(full['total_units']['units']):>10} {_eur(full['grid_only_units']['units']):>10} "
+                f"{_eur(full['savings_units']['units']):>8}")
+        first = bills[0]["member"] if bills else None
+        if first:
+            full = await self.svc.bill_for(first, start_us, end_us)
+            out(f"  every line of {first}'s bill:")
+            for line in full["lines"]:
+                out(f"    {line['name']:<22} {line['payee']:<10} {_eur(line['amount']['units']):>10} EUR"
+                    + (f"  ({_kwh(line['energy_wh'])} kWh)" if line["energy_wh"] else ""))
+            q = f"start={iso(start_us)}&end={iso(end_us)}"
+            out(f"  statement: {base}/api/operator/metering/bills/{first}?{q}&format=html "
+                f"(and format=pdf, csv; header 'Authorization: Bearer {token}')")
+        c = k["community"]
+        out("Community KPIs from meters: "
+            f"consumption {_kwh(c['consumption_wh'])} kWh, generation {_kwh(c['generation_wh'])} kWh, "
+            f"grid import {_kwh(c['grid_import_wh'])} kWh, export {_kwh(c['grid_export_wh'])} kWh, "
+            f"self-sufficiency {_pct(c['self_sufficiency'])}, self-consumption {_pct(c['self_consumption'])}, "
+            f"P2P share {_pct(c['p2p_share'])}, peak import {_kwh(c['peak_import_w'])} kW, "
+            f"savings vs grid only {_eur(c['savings']['units'])} EUR, "
+            f"{c['estimated_intervals']} readings estimated")
+        return {"bills": bills, "kpis": k}
+
+
+def _eur(units: str) -> str:
+    return f"{eur(int(units)).quantize(Decimal('0.01'))}"
+
+
+def _kwh(wh: int) -> str:
+    return f"{Decimal(wh).scaleb(-3):.3f}"
+
+
+def _pct(ratio: str | None) -> str:
+    return "n/a" if ratio is None else f"{(Decimal(ratio) * 100).quantize(Decimal('0.1'))} %"
