@@ -44,6 +44,9 @@ from settlement.compiler import compile_contracts
 # Servers built by tests run without on-chain settlement unless a test turns it on
 # (the settlement tests do): an EVM per test server would only cost time.
 os.environ.setdefault("VOLTBOURSE_SETTLEMENT_ENABLED", "false")
+# ... and when they turn it on, on a chain in memory (a test that checks the chain on disk
+# sets its own directory): nothing is left behind, no two tests meet on one directory.
+os.environ.setdefault("VOLTBOURSE_CHAIN_DATA_DIR", "ephemeral")
 
 TESTS = Path(__file__).resolve().parent
 KINDS = ("unit", "integration", "e2e")

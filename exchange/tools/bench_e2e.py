@@ -325,6 +325,8 @@ def bench_e2e(orders: int = 40_000, seed: int = 1, connections: int = 40, window
             env = dict(os.environ, VOLTBOURSE_DATABASE_URL=pg.dsn, VOLTBOURSE_PORT=str(port),
                        VOLTBOURSE_HOST="127.0.0.1", VOLTBOURSE_OPERATOR_TOKEN=TOKEN,
                        VOLTBOURSE_MARKET_ID="bench-e2e", VOLTBOURSE_GATE="rolling",
+                       # the chain on disk as deployed, in this run's scratch directory
+                       VOLTBOURSE_CHAIN_DATA_DIR=str(tmp / "chain"),
                        # a throughput measurement: the per-connection rate limit is not what is measured
                        VOLTBOURSE_WS_RATE_PER_S="1000000", VOLTBOURSE_WS_BURST="1000000")
             with open(log_path, "w") as log:
