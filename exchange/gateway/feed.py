@@ -13,6 +13,19 @@ thread; :meth:`OperatorFeed.publish_threadsafe` from another thread)::
 A message on the socket is ``{"topic": topic, **payload}`` (one JSON text
 frame). A newly connected page first gets the last message of every topic.
 
+**Panels.** A subsystem that wants a section of its own on the page publishes a
+``panel.<name>`` topic; the page renders it without knowing the subsystem (display
+strings only, formatted by the publisher)::
+
+    feed.publish("panel.metering", {
+        "title": "Meters and bills", "note": "optional line under the title",
+        "cards": [{"id": "ss", "label": "Self-sufficiency", "value": "72.7", "unit": "%", "note": "..."}],
+        "chart": {"label": "Energy per day", "unit": "kWh", "x": ["1 Nov", "2 Nov"],
+                  "series": [{"name": "consumption", "values": ["12.5", "13.1"]}]},
+        "tables": [{"id": "days", "caption": "...", "columns": ["Day", "kWh"], "rows": [["1 Nov", "12.5"]]}]})
+
+(the chart's table alternative is one of the ``tables``).
+
 The market topics are built here from the committed stream (a runtime
 subscriber; book levels come from the committed mirror of
 :class:`~.marketdata.MarketData`), coalesced and sent at most every

@@ -6,16 +6,21 @@ peer WebSocket messages (exchange.metering.protocol) and its tables (migrations/
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 import tempfile
 from collections.abc import AsyncIterator
 from datetime import datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Literal
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from exchange.core.units import US_PER_MIN, UTC, iso, to_us
+from exchange.core.units import US_PER_MIN, UTC, from_us, iso, to_us
+from exchange.gateway.feed import OPERATOR_FEED
 from exchange.gateway.http import ANY_OBJECT, ApiError, Route, array, json_response, read_body, read_query
 from exchange.gateway.keys import MARKET, PAYOUT_SOURCES, SETTINGS
 from exchange.gateway.plugin import Subsystem, WsRequest
@@ -37,6 +42,8 @@ from exchange.metering.store import MeteringStore
 from exchange.protocol.auth import checksum, recover_login
 from exchange.protocol.errors import VoltbourseError
 from exchange.protocol.types import UtcTime
+
+log = logging.getLogger(__name__)
 
 METERING: web.AppKey[MeteringService] = web.AppKey("metering", MeteringService)
 MAX_ENERGY_VIEW_US = 31 * 86_400_000_000
@@ -496,6 +503,106 @@ ROUTES = (
 )
 
 
+# --------------------------------------------------------------------------- operator page panel
+
+
+def _kwh(wh: int) -> str:
+    return f"{Decimal(wh).scaleb(-3):.1f}"
+
+
+def _pct(ratio: str | None) -> str:
+    return "–" if ratio is None else f"{(Decimal(ratio) * 100).quantize(Decimal('0.1'))}"
+
+
+def _eur2(units: int) -> str:
+    return f"{Decimal(units).scaleb(-8).quantize(Decimal('0.01'))}"
+
+
+async def panel(svc: MeteringService, now_us: int) -> dict:
+    """The operator page's ``panel.metering``: this local month so far, from meters (KPIs,
+    energy per day, the latest bills). Display strings only."""
+    local = from_us(now_us).astimezone(svc.tz)
+    start = to_us(datetime(local.year, local.month, 1, tzinfo=svc.tz).astimezone(UTC))
+    end = now_us // svc.step_us * svc.step_us
+    title = "Meters and bills"
+    if end <= start:
+        return {"title": title, "note": "No metering interval of this month has ended yet."}
+    try:
+        k = await svc.kpis(start, end, by_day=True)
+    except VoltbourseError as exc:
+        return {"title": title, "note": f"KPIs from meters need a tariff: {exc.message}"}
+    c = k["community"]
+    cards = [
+        {"id": "consumption", "label": "Consumption", "value": _kwh(c["consumption_wh"]), "unit": "kWh"},
+        {"id": "generation", "label": "Generation", "value": _kwh(c["generation_wh"]), "unit": "kWh"},
+        {"id": "self_sufficiency", "label": "Self-sufficiency", "value": _pct(c["self_sufficiency"]), "unit": "%",
+         "note": "(consumption − grid import) / consumption"},
+        {"id": "self_consumption", "label": "Self-consumption", "value": _pct(c["self_consumption"]), "unit": "%"},
+        {"id": "p2p_share", "label": "P2P share", "value": _pct(c["p2p_share"]), "unit": "%",
+         "note": "bought on the exchange / consumption"},
+        {"id": "grid", "label": "Grid import / export", "value": f"{_kwh(c['grid_import_wh'])} / "
+                                                                 f"{_kwh(c['grid_export_wh'])}", "unit": "kWh"},
+        {"id": "peak", "label": "Peak import", "value": _kwh(c["peak_import_w"]), "unit": "kW"},
+        {"id": "savings", "label": "Savings vs grid only", "value": _eur2(int(c["savings"]["units"])), "unit": "EUR"},
+        {"id": "co2", "label": "CO₂ avoided", "value": _kwh(c["co2_avoided_g"]), "unit": "kg"},
+        {"id": "estimated", "label": "Estimated readings", "value": str(c["estimated_intervals"])},
+    ]
+    days = k.get("days", [])
+    labels = [d["day"] for d in days]
+    series = [("consumption", "consumption_wh"), ("grid import", "grid_import_wh"), ("generation", "generation_wh")]
+    chart = {"label": "Energy per day (kWh)", "unit": "kWh", "x": labels,
+             "series": [{"name": n, "values": [_kwh(d[key]) for d in days]} for n, key in series]}
+    day_rows = [[lab, _kwh(d["consumption_wh"]), _kwh(d["grid_import_wh"]), _kwh(d["generation_wh"]),
+                 _pct(d["self_sufficiency"])] for lab, d in zip(labels, days, strict=True)]
+    bills = await svc.store.bills(limit=50)
+    bill_rows = [[r["member"], iso(to_us(r["period_start"]))[:16], iso(to_us(r["period_end"]))[:16], str(r["version"]),
+                  _eur2(int(r["total_units"])), _eur2(int(r["community_units"]))] for r in bills]
+    tables = [{"id": "metering-days", "caption": "Energy per day from meters (the chart as a table)",
+               "columns": ["Day", "Consumption kWh", "Grid import kWh", "Generation kWh", "Self-sufficiency %"],
+               "rows": day_rows},
+              {"id": "metering-bills", "caption": "Issued bills (latest version)",
+               "columns": ["Member", "From", "To", "Version", "Total EUR", "To the community EUR"],
+               "rows": bill_rows}]
+    shown = f"{from_us(start).astimezone(svc.tz):%Y-%m-%d} to {from_us(end).astimezone(svc.tz):%Y-%m-%d %H:%M %Z}"
+    return {"title": title, "note": f"This month so far ({shown}), from meter readings; missing readings are "
+                                    "estimated (docs/metering.md).",
+            "cards": cards, "chart": chart, "tables": tables}
+
+
+class PanelPublisher:
+    """Publishes the panel at start, after every upload, push or bill run (coalesced), and
+    every ``every_s`` seconds (the month moves on)."""
+
+    def __init__(self, app: web.Application, every_s: float = 60.0) -> None:
+        self.app = app
+        self.every_s = every_s
+        self.dirty = asyncio.Event()
+        self.task: asyncio.Task | None = None
+
+    def touch(self) -> None:
+        self.dirty.set()
+
+    async def run(self) -> None:
+        while True:
+            feed = self.app.get(OPERATOR_FEED)
+            if feed is not None:
+                try:
+                    feed.publish("panel.metering", await panel(self.app[METERING], _clock_now(self.app)))
+                except Exception:  # a failing panel must not stop the subsystem
+                    log.exception("metering: the operator panel failed")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.dirty.wait(), self.every_s)
+            self.dirty.clear()
+            await asyncio.sleep(0.5)  # coalesce bursts
+
+
+def _clock_now(app: web.Application) -> int:
+    return app[MARKET].runtime.clock.now_us()
+
+
+PANEL: web.AppKey[PanelPublisher] = web.AppKey("metering_panel", PanelPublisher)
+
+
 # --------------------------------------------------------------------------- wiring
 
 
@@ -507,7 +614,12 @@ def metering_subsystem() -> Subsystem:
         app[METERING] = MeteringService(store, m.trades, interval_minutes=s.metering_interval_minutes, tz=s.tz,
                                         product_minutes=s.product_minutes, default_tariff=s.metering_default_tariff)
         app[PAYOUT_SOURCES].append(store)  # settlement collects members' community charges on chain
+        publisher = app[PANEL] = PanelPublisher(app)
+        app[METERING].on_change = publisher.touch
+        publisher.task = asyncio.create_task(publisher.run(), name="metering-panel")
         yield
+        publisher.task.cancel()
+        await asyncio.gather(publisher.task, return_exceptions=True)
 
     return Subsystem(
         name="metering",

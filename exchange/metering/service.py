@@ -8,14 +8,15 @@ import asyncio
 import hashlib
 import logging
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, cast
 from zoneinfo import ZoneInfo
 
-from exchange.core.units import US_PER_MIN, eur, eur_cents_half_even, from_us, iso
+from exchange.core.units import US_PER_MIN, eur, eur_cents_half_even, from_us, iso, to_us
 from exchange.metering.core.bill import Bill, bill
 from exchange.metering.core.kpi import Kpi, community_kpi, member_kpi
 from exchange.metering.core.model import FeeSchedule, Grid, MemberSeries, MeterPoint
@@ -82,6 +83,8 @@ class MeteringService:
         self.tz = tz
         self.default_tariff = default_tariff
         self._lock = asyncio.Lock()
+        #: called after readings were imported or bills issued (the operator page's panel)
+        self.on_change: Callable[[], None] = lambda: None
 
     # ------------------------------------------------------------------ points and readings
     async def add_points(self, points: Sequence[MeterPoint]) -> int:
@@ -141,6 +144,7 @@ class MeteringService:
                   "first": iso(min(parsed.first_us.values())), "last": iso(max(parsed.last_us.values()))}
         result: ImportResult = await self.store.import_readings(parsed, digest=digest, filename=filename, fmt=fmt,
                                                                 source=source, report=report)
+        self.on_change()
         return {**result.as_dict(), "digest": digest, **report}
 
     async def check_push(self, member: str, readings: Sequence[tuple[str, int, int]], *,
@@ -265,13 +269,18 @@ class MeteringService:
         return out, contracted, tariff_of
 
     async def settle(self, start_us: int, end_us: int, member: str | None = None, *,
-                     keep_series: bool = True, chunk: int = 50) -> Settled:
+                     keep_series: bool = True, chunk: int = 50, need_fees: bool = True) -> Settled:
         """Settle ``[start_us, end_us)`` for every member with a metering point or a position
         (or for ``member`` alone: the community checks then cover that member only).
         Members are loaded and settled ``chunk`` at a time; ``keep_series=False`` keeps only
         their flows (a year of a large community does not fit in memory as series)."""
         grid = self.grid(start_us, end_us)
-        fees = await self.fees_at(start_us)
+        try:
+            fees = await self.fees_at(start_us)
+        except VoltbourseError:
+            if need_fees:
+                raise
+            fees = FeeSchedule()  # energy views and KPIs do not need the community's fees
         points_of: dict[str, list[MeterPoint]] = defaultdict(list)
         for p in await self.store.points(member):
             points_of[p.member].append(p)
@@ -364,6 +373,7 @@ class MeteringService:
                             "total": money_json(b.total_units), "community": money_json(b.community_units),
                             "change_units": None if delta is None else str(delta),
                             "estimated_intervals": b.flows.estimated_intervals})
+            self.on_change()
             return out
 
     async def bill_for(self, member: str, start_us: int, end_us: int) -> dict:
@@ -379,7 +389,7 @@ class MeteringService:
 
     # ------------------------------------------------------------------ KPIs
     async def kpis(self, start_us: int, end_us: int, *, by_day: bool = False) -> dict:
-        settled = await self.settle(start_us, end_us)
+        settled = await self.settle(start_us, end_us, need_fees=False)
         intensity_changes = await self.store.intensity(start_us, end_us)
         intensity = step_series(intensity_changes, settled.grid, default=0)
         return await asyncio.to_thread(self._kpis, settled, intensity, by_day)
@@ -387,15 +397,15 @@ class MeteringService:
     async def member_energy(self, member: str, start_us: int, end_us: int, *, by: str = "day") -> dict:
         """A member's own metered energy, its exchange position and KPIs for a period (per
         day or per interval), readings that were estimated flagged."""
-        settled = await self.settle(start_us, end_us, member)
+        settled = await self.settle(start_us, end_us, member, need_fees=False)
         intensity = step_series(await self.store.intensity(start_us, end_us), settled.grid, default=0)
         s = settled.series.get(member) or MemberSeries.empty(member, settled.grid)
         f = settled.flows.get(member)
         g = settled.grid
-        step = 86_400_000_000 // g.step_us if by == "day" else 1
+        spans = ([(i0, i1) for _, i0, i1 in self.local_days(g)] if by == "day"
+                 else [(i, i + 1) for i in range(g.n)])
         rows = []
-        for i0 in range(0, g.n, step):
-            i1 = min(g.n, i0 + step)
+        for i0, i1 in spans:
             part = slice_series(s, i0, i1)
             k = member_kpi(part, intensity[i0:i1])
             rows.append({"start": iso(g.start_us + i0 * g.step_us), "consumption_wh": k.consumption_wh,
@@ -417,14 +427,26 @@ class MeteringService:
                                "community": {**kpi_json(community), "savings": money_json(savings)},
                                "members": members}
         if by_day:
-            per_day = 86_400_000_000 // g.step_us
             days = []
-            for d0 in range(0, g.n, per_day):
-                d1 = min(g.n, d0 + per_day)
+            for day, d0, d1 in self.local_days(g):
                 sub = [slice_series(s, d0, d1) for s in settled.series.values()]
-                days.append({"start": iso(g.start_us + d0 * g.step_us),
+                days.append({"day": day.isoformat(), "start": iso(g.start_us + d0 * g.step_us),
                              **kpi_json(community_kpi(sub, intensity[d0:d1]))})
             out["days"] = days
+        return out
+
+    def local_days(self, g: Grid) -> list[tuple[date, int, int]]:
+        """The community's local days on ``g``: (day, first interval, end interval); a day
+        of a clock change has 92 or 100 quarter-hours, the first and last may be partial."""
+        out: list[tuple[date, int, int]] = []
+        i = 0
+        while i < g.n:
+            t = g.start_us + i * g.step_us
+            day = from_us(t).astimezone(self.tz).date()
+            nxt = to_us(datetime(day.year, day.month, day.day, tzinfo=self.tz) + timedelta(days=1))
+            j = min(g.n, max(i + 1, -(-(nxt - g.start_us) // g.step_us)))
+            out.append((day, i, j))
+            i = j
         return out
 
 

@@ -2,12 +2,13 @@
 // settlement and flexibility; operator actions call /api/operator/... with the
 // page session (cookie + X-Voltbourse-Page header).
 import * as fmt from "./format.js";
-import { depthChart, priceVolumeChart, viridis } from "./charts.js";
+import { barChart, depthChart, priceVolumeChart, viridis } from "./charts.js";
 
 const $ = (sel) => document.querySelector(sel);
 const S = {
   tz: "UTC", market: null, products: [], books: new Map(), trades: [], members: new Map(), p2p: null, kpis: null,
   settlement: null, flexibility: null, selected: null, day: null, history: new Map(), connected: false,
+  panels: new Map(),
 };
 const MAX_TRADES = 300;
 
@@ -105,7 +106,10 @@ function onMessage(m) {
     case "kpis": S.kpis = m; schedule("kpis"); break;
     case "settlement": S.settlement = m; schedule("settlement"); break;
     case "flexibility": S.flexibility = m; schedule("flex"); break;
-    default: break;
+    default:
+      // a subsystem's panel (exchange.gateway.feed: "panel.<name>" topics)
+      if (typeof m.topic === "string" && m.topic.startsWith("panel.")) { S.panels.set(m.topic, m); schedule("panels"); }
+      break;
   }
 }
 
@@ -329,6 +333,38 @@ const RENDER = {
       h("tfoot", {}, h("tr", {}, h("th", { scope: "row", colspan: 2, text: "Total" }),
         h("td", { class: "num", text: fmt.kwh(m.total_energy_wh) }), h("td", { class: "num", text: fmt.eur(m.total_money) }),
         h("td", { class: "num", text: m.trades })))));
+  },
+
+  panels() {
+    const box = $("#panels"), nav = $("#panel-links");
+    const sections = [], links = [];
+    for (const [topic, p] of [...S.panels.entries()].sort()) {
+      const id = `panel-${topic.slice(6).replace(/[^a-z0-9-]/gi, "-")}`;
+      const cards = (p.cards || []).map((c) => h("div", { class: "kpi", role: "listitem", "data-card": c.id || c.label },
+        h("span", { class: "kpi-label", text: c.label }),
+        h("span", { class: "kpi-value" }, h("strong", { text: c.value ?? "–" }), c.unit ? ` ${c.unit}` : ""),
+        c.note ? h("span", { class: "kpi-note", text: c.note }) : null));
+      const parts = [h("h2", { id: `${id}-h`, text: p.title || topic.slice(6) })];
+      if (p.note) parts.push(h("p", { class: "muted small", text: p.note }));
+      if (cards.length) parts.push(h("div", { class: "kpis", role: "list" }, ...cards));
+      if (p.chart) {
+        const c = h("div", { class: "chart", "data-chart": id });
+        barChart(c, p.chart);
+        parts.push(h("div", { class: "card" }, h("h3", { text: p.chart.label }), c));
+      }
+      for (const t of p.tables || []) {
+        parts.push(h("div", { class: "card scroll" }, h("table", { class: "plain", "data-table": t.id || t.caption },
+          h("caption", { text: t.caption }),
+          h("thead", {}, h("tr", {}, ...t.columns.map((c) => h("th", { scope: "col", text: c })))),
+          h("tbody", {}, ...t.rows.map((r) => h("tr", {}, ...r.map((v, i) => i === 0
+            ? h("th", { scope: "row", text: String(v) })
+            : h("td", { class: typeof v === "string" && /^-?[0-9][0-9,.]*$/.test(v) ? "num" : "", text: String(v) }))))))));
+      }
+      sections.push(h("section", { id, class: "panel", "aria-labelledby": `${id}-h`, "data-panel": topic }, ...parts));
+      links.push(h("a", { href: `#${id}`, text: p.title || topic.slice(6) }));
+    }
+    box.replaceChildren(...sections);
+    nav.replaceChildren(...links);
   },
 
   settlement() {

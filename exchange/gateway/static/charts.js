@@ -94,6 +94,29 @@ export function priceVolumeChart(container, trades, fmt, tz) {
   container.replaceChildren(s);
 }
 
+// Grouped bars: one group per x label, one bar per series (values are display numbers).
+export function barChart(container, chart) {
+  const xs = chart?.x || [], series = chart?.series || [];
+  if (!xs.length || !series.length) return empty(container, "Nothing to plot yet.");
+  const W = 600, H = 220, L = 56, R = 10, T = 28, B = 30;
+  const vals = series.map((sr) => sr.values.map((v) => Number(v) || 0));
+  const vmax = Math.max(1e-9, ...vals.flat());
+  const gw = (W - L - R) / xs.length, bw = Math.max(1, (gw * 0.8) / series.length);
+  const y = (v) => H - B - (Math.max(0, v) / vmax) * (H - T - B);
+  const s = svg(W, H, `${chart.label}: ${series.map((sr) => sr.name).join(", ")} over ${xs.length} ${xs.length === 1 ? "period" : "periods"}, ` +
+                      `up to ${vmax.toLocaleString("en")} ${chart.unit || ""}`);
+  vals.forEach((vs, k) => vs.forEach((v, i) => {
+    const x0 = L + i * gw + gw * 0.1 + k * bw;
+    s.append(el("rect", { x: x0, y: y(v), width: Math.max(1, bw - 1), height: H - B - y(v), class: `bar s${k % 4}` }));
+  }));
+  s.append(el("line", { x1: L, y1: H - B, x2: W - R, y2: H - B, class: "axis" }));
+  s.append(el("text", { x: L - 4, y: T + 4, class: "tick end" }, vmax.toLocaleString("en")));
+  s.append(el("text", { x: L, y: H - 8, class: "tick" }, xs[0]));
+  if (xs.length > 1) s.append(el("text", { x: W - R, y: H - 8, class: "tick end" }, xs[xs.length - 1]));
+  series.forEach((sr, k) => s.append(el("text", { x: L + 4 + k * 140, y: 12, class: `tick lbl s${k % 4}` }, `■ ${sr.name}`)));
+  container.replaceChildren(s);
+}
+
 // Viridis (perceptually uniform, colour-vision-deficiency safe), 9 stops.
 const VIRIDIS = [[68, 1, 84], [71, 44, 122], [59, 81, 139], [44, 113, 142], [33, 144, 141], [39, 173, 129],
                  [92, 200, 99], [170, 220, 50], [253, 231, 37]];
