@@ -24,7 +24,7 @@ from exchange.flexibility.market import BalancingMarket
 from exchange.flexibility.service import FlexError, FlexService, offer_json
 from exchange.gateway.feed import OPERATOR_FEED
 from exchange.gateway.http import ANY_OBJECT, ApiError, Route, array, json_response, read_body, read_query
-from exchange.gateway.keys import MARKET, PAYOUT_SOURCES
+from exchange.gateway.keys import BILL_ITEM_SOURCES, MARKET, PAYOUT_SOURCES
 from exchange.gateway.metrics import METRICS
 from exchange.gateway.peers import PEERS
 from exchange.gateway.plugin import Subsystem, WsRequest
@@ -309,6 +309,7 @@ def flexibility_subsystem(*, config: FlexConfig | None = None, market: Balancing
         await flex.load()
         app[FLEX] = flex
         app[PAYOUT_SOURCES].append(flex.store)  # settlement pays members' shares on chain
+        app[BILL_ITEM_SOURCES].append(flex.store)  # and they appear on members' bills
         metrics = app.get(METRICS)
         if metrics is not None:
             metrics.registry.register(FlexCollector(flex))

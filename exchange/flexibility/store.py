@@ -10,7 +10,7 @@ import asyncpg
 from exchange.core.units import from_us, to_us
 from exchange.flexibility.core import DeliveryKind, Direction, FlexEvent, Instruction, MemberHistory, Offer
 from exchange.flexibility.core.delivery import DeliveryRecord
-from exchange.runtime.ports import Payout
+from exchange.runtime.ports import BillItem, Payout
 
 
 def _t(us: int):
@@ -178,6 +178,25 @@ class FlexStore:
             "SELECT payout_id, event_id, member, amount_units, status, batch_id FROM flex_payouts "
             "WHERE market_id = $1 ORDER BY payout_id", self.market_id)
         return [dict(r) for r in rows]
+
+    async def bill_items(self, start_us: int, end_us: int) -> list[BillItem]:
+        """Members' revenue shares and penalties of the events whose period starts in
+        ``[start_us, end_us)`` (a BillItemSource: they appear on members' bills)."""
+        rows = await self.pool.fetch(
+            "SELECT p.member, sum(greatest(p.amount_units, 0))::bigint AS paid, "
+            "sum(least(p.amount_units, 0))::bigint AS charged, count(DISTINCT p.event_id) AS events "
+            "FROM flex_payouts p JOIN flex_events e ON e.market_id = p.market_id AND e.event_id = p.event_id "
+            "WHERE p.market_id = $1 AND e.period_start >= $2 AND e.period_start < $3 GROUP BY p.member "
+            "ORDER BY p.member", self.market_id, _t(start_us), _t(end_us))
+        out: list[BillItem] = []
+        for r in rows:
+            if r["paid"]:
+                out.append(BillItem(member=r["member"], name="flexibility_payout", amount_units=int(r["paid"]),
+                                    detail=f"demand response, {r['events']} event(s); paid on chain"))
+            if r["charged"]:
+                out.append(BillItem(member=r["member"], name="flexibility_penalty", amount_units=int(r["charged"]),
+                                    detail="delivery shortfall in demand-response events; charged on chain"))
+        return out
 
     async def pending_payouts(self) -> list[Payout]:
         rows = await self.pool.fetch("SELECT payout_id, event_id, member, amount_units FROM flex_payouts "

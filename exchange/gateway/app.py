@@ -27,7 +27,16 @@ from exchange.gateway.http import (
     read_query,
     ref,
 )
-from exchange.gateway.keys import MARKET, MEMBERS, PAYOUT_SOURCES, PROTOCOL, SETTINGS, SOCKETS, WS_REQUESTS
+from exchange.gateway.keys import (
+    BILL_ITEM_SOURCES,
+    MARKET,
+    MEMBERS,
+    PAYOUT_SOURCES,
+    PROTOCOL,
+    SETTINGS,
+    SOCKETS,
+    WS_REQUESTS,
+)
 from exchange.gateway.marketdata import MARKET_DATA, MarketData
 from exchange.gateway.metrics import METRICS, Metrics, add_metrics_route
 from exchange.gateway.openapi import build_openapi
@@ -175,6 +184,7 @@ async def make_app(market: Market, settings: Settings, subsystems: Sequence[Subs
     app[LIMITS] = Limits()
     app[WS_REQUESTS] = {}
     app[PAYOUT_SOURCES] = []
+    app[BILL_ITEM_SOURCES] = []
     app.on_shutdown.append(close_sockets)
     add_routes(app, OPERATOR_ROUTES)
     add_metrics_route(app)

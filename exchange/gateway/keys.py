@@ -12,7 +12,7 @@ from aiohttp import web
 from exchange.protocol.messages import WireProtocol
 from exchange.runtime.config import Settings
 from exchange.runtime.members import MemberRegistry
-from exchange.runtime.ports import PayoutSource
+from exchange.runtime.ports import BillItemSource, PayoutSource
 from exchange.runtime.service import Market
 
 MARKET: web.AppKey[Market] = web.AppKey("market", Market)
@@ -27,3 +27,6 @@ WS_REQUESTS: web.AppKey[dict[str, Any]] = web.AppKey("ws_requests")
 # appends its source; settlement pays them on chain. A list, so the order of lifecycles
 # does not matter.
 PAYOUT_SOURCES: web.AppKey[list[PayoutSource]] = web.AppKey("payout_sources")
+# Bill item sources (exchange.runtime.ports.BillItemSource): a subsystem whose payments to
+# members belong on their bills appends its source; metering puts them on the bills.
+BILL_ITEM_SOURCES: web.AppKey[list[BillItemSource]] = web.AppKey("bill_item_sources")

@@ -17,7 +17,7 @@ from typing import Any, cast
 from zoneinfo import ZoneInfo
 
 from exchange.core.units import US_PER_MIN, eur, eur_cents_half_even, from_us, iso, to_us
-from exchange.metering.core.bill import Bill, bill
+from exchange.metering.core.bill import Bill, Line, bill
 from exchange.metering.core.kpi import Kpi, community_kpi, member_kpi
 from exchange.metering.core.model import FeeSchedule, Grid, MemberSeries, MeterPoint
 from exchange.metering.core.series import estimate, positions_on_grid, step_series
@@ -26,6 +26,7 @@ from exchange.metering.fees import schedule_from_json
 from exchange.metering.readings import ParsedReadings, RowError, UploadRefused, parse_csv, parse_rows, parse_xlsx
 from exchange.metering.store import ImportResult, MeteringStore, canonical
 from exchange.protocol.errors import VoltbourseError, register
+from exchange.runtime.ports import BillItemSource
 from exchange.runtime.trades import TradeStore
 
 log = logging.getLogger(__name__)
@@ -82,6 +83,8 @@ class MeteringService:
         self.step_us = interval_minutes * US_PER_MIN
         self.tz = tz
         self.default_tariff = default_tariff
+        #: other subsystems' lines on members' bills (flexibility's payouts and penalties)
+        self.bill_item_sources: list[BillItemSource] = []
         self._lock = asyncio.Lock()
         #: called after readings were imported or bills issued (the operator page's panel)
         self.on_change: Callable[[], None] = lambda: None
@@ -345,10 +348,20 @@ class MeteringService:
         return out
 
     # ------------------------------------------------------------------ bills
-    def bill_of(self, settled: Settled, member: str) -> Bill:
+    def bill_of(self, settled: Settled, member: str, extra: tuple[Line, ...] = ()) -> Bill:
         g = settled.grid
         return bill(member, g.start_us, g.end_us, settled.flows[member], settled.fees, self.tz,
-                    settled.contracted_w.get(member, 0))
+                    settled.contracted_w.get(member, 0), extra)
+
+    async def extra_lines(self, start_us: int, end_us: int) -> dict[str, tuple[Line, ...]]:
+        """Other subsystems' items for the period as bill lines (a payment to the member is a
+        negative amount on its bill); settled on chain by those subsystems, shown here."""
+        out: dict[str, list[Line]] = defaultdict(list)
+        for source in self.bill_item_sources:
+            for item in await source.bill_items(start_us, end_us):
+                out[item["member"]].append(Line(item["name"], item["name"].split("_")[0], -item["amount_units"],
+                                                detail=item["detail"]))
+        return {m: tuple(v) for m, v in out.items()}
 
     async def run_bills(self, start_us: int, end_us: int, members: Sequence[str] | None = None) -> list[dict]:
         """Bill every member (or ``members``) for the period and issue the bills: a bill
@@ -356,12 +369,13 @@ class MeteringService:
         version, with the change against the previous one."""
         async with self._lock:
             settled = await self.settle(start_us, end_us, keep_series=False)
+            extra = await self.extra_lines(start_us, end_us)
             event_id = METERING_EVENT_BASE + await self.store.next_run()
             out = []
             for m in sorted(settled.flows):
                 if members is not None and m not in members:
                     continue
-                b = self.bill_of(settled, m)
+                b = self.bill_of(settled, m, extra.get(m, ()))
                 body = bill_json(b, settled.tariff_of.get(m))
                 digest = hashlib.sha256(canonical(body)).hexdigest()
                 version, new, previous = await self.store.issue_bill(m, start_us, end_us, digest, b.total_units,

@@ -30,3 +30,22 @@ class PayoutSource(Protocol):
     async def mark_settled(self, payout_ids: list[int], batch_id: int) -> int:
         """Record that these payouts are settled on chain in payout batch ``batch_id``."""
         ...
+
+
+class BillItem(TypedDict):
+    """A line another subsystem adds to members' bills: ``amount_units`` > 0 the member was
+    paid, < 0 it was charged (money units of 1e-8 EUR), for delivery in the bill's period."""
+
+    member: str
+    name: str
+    amount_units: int
+    detail: str
+
+
+class BillItemSource(Protocol):
+    """A subsystem whose payments to members appear on their bills (flexibility's revenue
+    shares and penalties; metering bills them as lines, settlement pays them)."""
+
+    async def bill_items(self, start_us: int, end_us: int) -> list[BillItem]:
+        """The items of deliveries in ``[start_us, end_us)``, per member and line name."""
+        ...

@@ -12,7 +12,8 @@ import pytest
 from support.market import open_test_market
 from support.settlement import DEPOSIT, MEMBER_KEYS, make_worker, reconnect, register_and_fund
 
-from exchange.core.units import iso, to_us
+from exchange.core.units import from_us, iso, to_us
+from exchange.flexibility.store import FlexStore
 from exchange.metering.core.model import Basis, FeeSchedule, MeterPoint, Payee, PeriodicFee, PerKwhFee, PointKind
 from exchange.metering.fees import schedule_json
 from exchange.metering.service import METERING_EVENT_BASE, MeteringService
@@ -92,4 +93,40 @@ async def test_community_charges_settle_once_and_corrections_pay_the_change(pool
         w2.close()
     finally:
         worker.close()
+        await market.close()
+
+
+async def test_flexibility_payouts_and_penalties_are_lines_of_the_bills(pool, pg_dsn):
+    """Through the BillItemSource port: flexibility's revenue shares and penalties of events
+    delivered in the period appear on the members' bills (paid on chain by flexibility's own
+    payouts: not part of what the member owes the community)."""
+    market = await open_test_market(pg_dsn, "s")
+    store = MeteringStore(pool, "s")
+    svc = MeteringService(store, market.trades, interval_minutes=15, tz=ZoneInfo("Europe/Amsterdam"),
+                          product_minutes=60)
+    svc.bill_item_sources = [FlexStore(pool, "s")]
+    a, b = MEMBER_KEYS[0].address, MEMBER_KEYS[1].address
+    try:
+        await svc.add_points([MeterPoint("a", a, PointKind.IMPORT), MeterPoint("b", b, PointKind.IMPORT)])
+        await svc.put_tariff("default", "flat", [(START - 86_400_000_000, 30_000, 8_000)])
+        await store.put_fee_schedule(START - 86_400_000_000, schedule_json(FEES))
+        await svc.import_file(readings({"a": [100] * 4, "b": [50] * 4}), "nov.csv", now_us=None)
+        for eid, start in ((1, START), (2, END)):  # event 2 is delivered after the period
+            await pool.execute("INSERT INTO flex_events (market_id, event_id, period_start, period_end, direction, "
+                               "origin, phase) VALUES ('s', $1, $2, $3, 'up', 'operator', 'settled')", eid,
+                               from_us(start), from_us(start + 3_600_000_000))
+        await pool.executemany("INSERT INTO flex_payouts (market_id, payout_id, event_id, member, amount_units) "
+                               "VALUES ('s', $1, $2, $3, $4)",
+                               [(1, 1, a, 150_000_000), (2, 1, b, -20_000_000), (3, 2, a, 999)])
+        await svc.run_bills(START, END)
+        bill_a = await svc.bill_for(a, START, END)
+        bill_b = await svc.bill_for(b, START, END)
+        lines_a = {x["name"]: int(x["amount"]["units"]) for x in bill_a["lines"]}
+        lines_b = {x["name"]: int(x["amount"]["units"]) for x in bill_b["lines"]}
+        assert lines_a["flexibility_payout"] == -150_000_000 and "flexibility_penalty" not in lines_a
+        assert lines_b["flexibility_penalty"] == 20_000_000
+        assert int(bill_a["total_units"]["units"]) == sum(lines_a.values())
+        owed_a = 400 * 2_000 + 720_000_000 // 720
+        assert int(bill_a["community_units"]["units"]) == owed_a  # flexibility is not the community's
+    finally:
         await market.close()
