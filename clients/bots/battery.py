@@ -12,6 +12,7 @@ from __future__ import annotations
 from datetime import date
 
 from clients.bots.base import Bot, MarketWatch
+from clients.bots.metering import BotMeter
 from clients.bots.prosumer import COLLATERAL, FEED_IN_TICKS, RETAIL_TICKS, CommunityData
 from clients.bots.strategies import BatteryPlanner, BatterySpec
 
@@ -32,6 +33,7 @@ class BatteryBot(Bot):
         self.params = dict(buy_bp=buy_bp, sell_bp=sell_bp)
         self.planners: dict[date, BatteryPlanner] = {}
         self.day_of: dict[str, date] = {}
+        self.meter = BotMeter(key.address, data)  # the household's profile; the battery is not metered
 
     def registration(self) -> dict:
         return {**super().registration(), "role": self.role,

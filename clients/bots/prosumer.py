@@ -17,8 +17,11 @@ from datetime import UTC, date, datetime
 from zoneinfo import ZoneInfo
 
 from clients.bots.base import Bot, MarketWatch
+from clients.bots.metering import BotMeter
 from clients.bots.strategies import ProsumerPlanner
 from clients.community.profiles import COMMUNITY_TZ, Location, community_profiles, hourly_table, make_community
+from exchange.core.calendar import product_id_for
+from exchange.core.units import from_us
 
 __all__ = ["CommunityData", "ProsumerBot", "reference_prices"]
 
@@ -60,6 +63,12 @@ class CommunityData:
                                                                     self.seed))
         return t
 
+    def hour_energy(self, address: str, hour_start_us: int) -> tuple[int, int]:
+        """``address``'s forecast (consumption Wh, generation Wh) of the UTC hour starting at
+        ``hour_start_us`` (from the table of the local day it starts in; (0, 0) when unknown)."""
+        day = from_us(hour_start_us).astimezone(ZoneInfo(self.tz)).date()
+        return self.table(day).get(address, {}).get(product_id_for(hour_start_us, 60), (0, 0))
+
     def references(self, day: date, product_ids: list[str]) -> dict[str, int]:
         r = self._refs.get(day)
         if r is None:
@@ -80,6 +89,7 @@ class ProsumerBot(Bot):
                            buy_end_bp=buy_end_bp, ramp_minutes=ramp_minutes)
         self.planners: dict[date, ProsumerPlanner] = {}
         self.day_of: dict[str, date] = {}
+        self.meter = BotMeter(key.address, data)
 
     def registration(self) -> dict:
         return {**super().registration(), "role": self.role, "export_capacity_w": self.member.pv_wp,

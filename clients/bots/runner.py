@@ -18,6 +18,12 @@ what differs, wait for the acks, re-plan if fills arrived meanwhile, place
 the rest). Fills reach the planner from the execution reports, in stream
 order; after a reconnection the missed fills are fetched with ``trades``.
 
+Meters: the members with community profiles have a :class:`~clients.bots.metering.BotMeter`;
+with an operator token the runner registers their metering points, the community's tariff
+and fees; once an hour of market time (and at the end) the meters push the readings of the
+intervals delivered so far over their members' WebSockets, and the run ends by billing the
+metered period and reporting the community's KPIs from meters (:meth:`BotRunner.kpis`).
+
 Market time: the runner's :class:`~clients.bots.base.MarketWatch` polls
 ``/api/products`` and ``/api/market`` (public REST) and estimates the
 exchange's (simulated) time from the last engine time it saw plus wall time ×
@@ -45,13 +51,16 @@ import aiohttp
 
 from clients.bots.base import Bot, BotStats, MarketWatch
 from clients.bots.battery import BatteryBot
+from clients.bots.metering import BotMeter
 from clients.bots.prosumer import FEED_IN_TICKS, RETAIL_TICKS, CommunityData, ProsumerBot
 from clients.bots.zic_bot import ZicBot
 from clients.community.kpis import Tariffs, community_kpis
+from clients.community.meters import METER_INTERVAL_MINUTES, point_ids
 from clients.community.profiles import COMMUNITY_TZ
 from clients.sdk.client import VoltbourseClient
 from clients.sdk.keys import member_keys
 from clients.sdk.local import LocalExchange
+from exchange.core.units import US_PER_MIN, iso, to_us
 
 _loop_factory: Callable[[], asyncio.AbstractEventLoop] | None
 try:
@@ -62,6 +71,26 @@ except ImportError:  # optional: the standard event loop then
 
 log = logging.getLogger(__name__)
 STOP_GRACE_S = 10.0  # how long stopping bots may take before they are left behind
+METERING = "/api/operator/metering"
+METER_STEP_US = METER_INTERVAL_MINUTES * US_PER_MIN
+#: The community's tariff and fees for the bills, set by the runner unless there are some (docs/sdk.md).
+TARIFF_ID = "default"
+TARIFF_FROM = "2020-01-01T00:00:00Z"
+FEES = {"per_kwh": [{"name": "grid_import_fee", "ct_per_kwh": "8", "basis": "import", "community_reduction_pct": "50"},
+                    {"name": "marketplace_fee", "ct_per_kwh": "0.5", "basis": "p2p_traded", "payee": "community"}],
+        "periodic": [{"name": "fixed_fee", "eur_per_month": "3", "payee": "community"}]}
+
+
+class MeteringUnavailable(RuntimeError):
+    """The exchange's metering refused a request (absent, or an error worth reporting)."""
+
+
+def ct_per_kwh(ticks: int) -> str:
+    """Ticks (0.01 EUR/MWh = 0.001 ct/kWh) as the metering API's decimal ct/kWh, exactly."""
+    if ticks < 0:
+        raise ValueError("a tariff price must be >= 0")
+    whole, frac = divmod(ticks, 1000)
+    return f"{whole}.{frac:03d}".rstrip("0").rstrip(".")
 
 
 def run_async(coro):
@@ -87,6 +116,10 @@ class BotRunner:
         self.concurrency = concurrency
         self.watch = MarketWatch(self.http_url, speed)
         self._days: set[date] = set()
+        # metering: the bots' meters push the intervals of [meter_from_us, meter_until_us)
+        self.meter_every_s = max(1.0, 3600 / speed)  # once an hour of market time
+        self.meter_from_us: int | None = None
+        self.meter_until_us: int | None = None
 
     async def register(self, http: aiohttp.ClientSession) -> tuple[int, int]:
         created = existing = 0
@@ -107,6 +140,81 @@ class BotRunner:
         await asyncio.gather(*(one(b) for b in self.bots))
         return created, existing
 
+    # -- metering
+
+    def meters(self) -> list[tuple[Bot, BotMeter]]:
+        """The bots with a meter (members with community profiles)."""
+        return [(b, m) for b in self.bots if isinstance(m := getattr(b, "meter", None), BotMeter)]
+
+    async def _operator(self, http: aiohttp.ClientSession, method: str, path: str, what: str, **kw: Any) -> Any:
+        headers = {"Authorization": f"Bearer {self.operator_token}"}
+        async with http.request(method, f"{self.http_url}{METERING}{path}", headers=headers, **kw) as r:
+            if r.status not in (200, 201):
+                raise MeteringUnavailable(f"{what}: {method} {METERING}{path} answered {r.status} "
+                                          f"{(await r.text())[:300]}")
+            return await r.json()
+
+    async def setup_metering(self, http: aiohttp.ClientSession) -> str:
+        """Register the members' metering points (:func:`~clients.community.meters.point_ids`),
+        the community's tariff (``default``, from the bots' retail and feed-in prices) and a fee
+        schedule, each unless it exists. Returns what it did, for the log."""
+        points = [{"point_id": pid, "member": b.address, "kind": kind} for b, _ in self.meters()
+                  for kind, pid in point_ids(b.address, bool(getattr(getattr(b, "member", None), "pv_wp", 0))).items()]
+        new = 0
+        for k in range(0, len(points), 5_000):
+            new += (await self._operator(http, "POST", "/points", "registering metering points",
+                                         json={"points": points[k:k + 5_000]}))["new"]
+        tariffs = await self._operator(http, "GET", "/tariffs", "reading the tariffs")
+        tariff = f"tariff {TARIFF_ID!r} kept"
+        if not any(t["tariff_id"] == TARIFF_ID for t in tariffs):
+            await self._operator(http, "PUT", f"/tariffs/{TARIFF_ID}", "setting the tariff", json={
+                "name": "Community retail", "prices": [{"valid_from": TARIFF_FROM,
+                                                        "import_ct_per_kwh": ct_per_kwh(RETAIL_TICKS),
+                                                        "feed_in_ct_per_kwh": ct_per_kwh(FEED_IN_TICKS)}]})
+            tariff = (f"tariff {TARIFF_ID!r} set ({ct_per_kwh(RETAIL_TICKS)} ct/kWh import, "
+                      f"{ct_per_kwh(FEED_IN_TICKS)} ct/kWh feed-in)")
+        fees = "fee schedule kept"
+        if not await self._operator(http, "GET", "/fees", "reading the fees"):
+            await self._operator(http, "PUT", "/fees", "setting the fees", json={"effective_from": TARIFF_FROM, **FEES})
+            fees = "fee schedule set (grid import fee 8 ct/kWh, -50 % in the community; marketplace fee 0.5 ct/kWh; " \
+                   "3 EUR/month)"
+        return f"metering: {new} points registered ({len(points) - new} already), {tariff}, {fees}"
+
+    async def market_now(self, http: aiohttp.ClientSession) -> int | None:
+        """The exchange's time (``/api/market``: the engine's, never ahead of its clock)."""
+        async with http.get(f"{self.http_url}/api/market") as r:
+            now = (await r.json()).get("now")
+        return to_us(datetime.fromisoformat(now)) if now else None
+
+    async def push_readings(self, http: aiohttp.ClientSession) -> int:
+        """Every meter pushes the intervals that ended by market time since it last pushed (from
+        ``meter_from_us``, the first interval of the run). Returns the readings pushed."""
+        now = await self.market_now(http)
+        meters = self.meters()
+        if now is None or self.meter_from_us is None or not meters:
+            return 0
+        end = now - now % METER_STEP_US
+        if end <= self.meter_from_us:
+            return 0
+        sem = asyncio.Semaphore(self.concurrency)
+        start = self.meter_from_us
+
+        async def one(b: Bot, m: BotMeter) -> int:
+            async with sem:
+                return await m.push(b.client, start, end)
+
+        n = sum(await asyncio.gather(*(one(b, m) for b, m in meters)))
+        self.meter_until_us = end
+        return n
+
+    async def meter_loop(self, http: aiohttp.ClientSession) -> None:
+        while True:
+            await asyncio.sleep(self.meter_every_s)
+            try:
+                await self.push_readings(http)
+            except Exception as exc:  # meters must not stop the trading
+                log.warning("pushing meter readings: %r", exc)
+
     def _new_days(self) -> None:
         for day in self.watch.days():
             if day not in self._days:
@@ -124,6 +232,11 @@ class BotRunner:
             if self.operator_token:
                 created, existing = await self.register(http)
                 out(f"members: {created} registered, {existing} already registered")
+                if self.meters():
+                    try:
+                        out(await self.setup_metering(http))
+                    except (MeteringUnavailable, aiohttp.ClientError) as err:
+                        out(f"metering: not set up ({err}); no KPIs from meters")
             self._new_days()
             sem = asyncio.Semaphore(self.concurrency)
 
@@ -137,7 +250,11 @@ class BotRunner:
             out(f"{len(self.bots)} bots logged in to {self.watch.market_id} at {self.url}; "
                 f"requote every {self.requote_wall_s:.2f} s wall")
             rng = random.Random(7)
+            now = self.watch.now_us()
+            self.meter_from_us = now + (-now) % METER_STEP_US  # the first interval that starts with the bots
             tasks = [asyncio.create_task(self.watch.run(http))]
+            if self.meters():
+                tasks.append(asyncio.create_task(self.meter_loop(http)))
             tasks += [asyncio.create_task(b.run(self.watch, self.requote_wall_s, random.Random(rng.random())))
                       for b in self.bots]
             t0 = time.monotonic()
@@ -221,15 +338,61 @@ class BotRunner:
         return sorted(out, key=lambda t: t["trade_id"]), source
 
     async def kpis(self, http: aiohttp.ClientSession) -> dict | None:
-        """The community KPIs of the delivery hours the bots traded (:func:`community_kpis_of`);
-        None for bots without community profiles (``--strategy zic``)."""
+        """The community KPIs of the run, from meters: the meters push the intervals delivered
+        by now, then (with an operator token) the runner bills the metered period
+        (``POST /api/operator/metering/bills/run``) and reads its KPIs
+        (``GET /api/operator/metering/kpis``): ``source`` ``"meters"``, the period, the
+        community's KPIs as the exchange computes them, the bills. Without a token (or when
+        metering fails) ``source`` is None and ``note`` says why. ``forecast``: the
+        profile-based figures of the traded hours (:func:`community_kpis_of`), for comparison
+        only. None for bots without community profiles (``--strategy zic``)."""
         if getattr(self.bots[0], "data", None) is None:
             return None
+        out: dict[str, Any] = {"source": None, "note": None}
+        try:
+            await self.push_readings(http)  # the intervals delivered since the last push
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            log.warning("pushing the last meter readings: %r", exc)
+        meters = [m for _, m in self.meters()]
+        disabled: dict[str, int] = {}
+        for m in meters:
+            if m.disabled:
+                disabled[m.disabled] = disabled.get(m.disabled, 0) + 1
+        out["readings"] = {"pushed": sum(m.pushed for m in meters), "messages": sum(m.messages for m in meters),
+                           "failures": sum(m.failures for m in meters),
+                           "members": sum(1 for m in meters if m.pushed), "disabled": disabled,
+                           "unmetered_batteries": sum(1 for b, _ in self.meters() if isinstance(b, BatteryBot))}
+        if not self.operator_token:
+            out["note"] = ("the KPIs from meters need an operator token (--operator-token): the bills and the "
+                           "community's KPIs are operator routes")
+        elif self.meter_from_us is None or self.meter_until_us is None or self.meter_until_us <= self.meter_from_us:
+            out["note"] = "no metering interval was delivered during the run: nothing metered to report"
+        else:
+            try:
+                out.update(await self.meter_kpis(http, self.meter_from_us, self.meter_until_us))
+            except (MeteringUnavailable, aiohttp.ClientError, TimeoutError) as exc:
+                log.warning("KPIs from meters failed: %s", exc)
+                out["note"] = f"the KPIs from meters failed: {exc}"
         trades, source = await self.market_trades(http)
         tz = self.watch.config.get("calendar", {}).get("timezone")
         days = {pid: p.delivery_day for pid, p in self.watch.products.items()}
         still_open = {pid for pid, p in self.watch.products.items() if p.state in ("pre_open", "open")}
-        return community_kpis_of(self.bots, trades, days, source=source, tz=tz, still_open=still_open)
+        out["timezone"] = tz
+        out["forecast"] = community_kpis_of(self.bots, trades, days, source=source, tz=tz, still_open=still_open)
+        return out
+
+    async def meter_kpis(self, http: aiohttp.ClientSession, start_us: int, end_us: int) -> dict:
+        """Bill ``[start_us, end_us)`` (whole metering intervals) and read its KPIs from meters."""
+        period = {"start": iso(start_us), "end": iso(end_us)}
+        run = await self._operator(http, "POST", "/bills/run", "running the bills", json=period)
+        k = await self._operator(http, "GET", "/kpis", "reading the KPIs", params=period)
+        bills = run["bills"]
+        return {"source": "meters", "start": period["start"], "end": period["end"],
+                "interval_minutes": METER_INTERVAL_MINUTES, "intervals": (end_us - start_us) // METER_STEP_US,
+                "members": len(k["members"]), "community": k["community"],
+                "bills": {"count": len(bills), "new": sum(1 for b in bills if b["new"]), "total": run["total"],
+                          "community": run["community"],
+                          "estimated_intervals": sum(b.get("estimated_intervals") or 0 for b in bills)}}
 
     def _line(self, t0: float) -> str:
         s = self.summary(time.monotonic() - t0)
@@ -342,13 +505,67 @@ def _pct(bp: int) -> str:
     return _fixed(bp, 100, 2) + " %"
 
 
+def _ppm_pct(ppm: int | None) -> str:
+    return "n/a" if ppm is None else _fixed(ppm, 10_000, 2) + " %"
+
+
+def _units_eur(money: dict) -> str:  # a money_json of the metering API
+    return _eur(int(money["units"]))
+
+
 def format_kpis(k: dict | None) -> list[str]:
-    """The KPI block (:func:`community_kpis_of`) as readable lines."""
+    """The run's KPI block (:meth:`BotRunner.kpis`: from meters, then the forecast comparison)
+    as readable lines; a bare :func:`community_kpis_of` dict as :func:`format_forecast_kpis`."""
+    if not k:
+        return []
+    if "forecast" not in k:
+        return format_forecast_kpis(k)
+    lines = format_meter_kpis(k)
+    if k.get("forecast"):
+        lines.append("forecast comparison (the profiles without forecast error, only the hours traded P2P; "
+                     "not metered):")
+        lines += ["  " + line for line in format_forecast_kpis(k["forecast"])]
+    return lines
+
+
+def format_meter_kpis(k: dict) -> list[str]:
+    """The KPIs from meters of :meth:`BotRunner.kpis` as readable lines."""
+    r = k["readings"]
+    pushed = f"{r['pushed']} readings pushed by {r['members']} members' meters" + (
+        f", {r['failures']} pushes failed" if r["failures"] else "") + (
+        "".join(f", {n} meters off ({why})" for why, n in r["disabled"].items()))
+    if k["source"] != "meters":
+        return [f"community KPIs from meters: none ({k['note']}); {pushed}"]
+    zone = ZoneInfo(k["timezone"]) if k.get("timezone") else None
+    first = datetime.fromisoformat(k["start"]).astimezone(zone)
+    last = datetime.fromisoformat(k["end"]).astimezone(zone)
+    c, b = k["community"], k["bills"]
+    est = f", {c['estimated_intervals']} member-intervals estimated" if c["estimated_intervals"] else ""
+    return [
+        f"community KPIs from meters: {k['members']} members, {k['intervals']} intervals of {k['interval_minutes']} "
+        f"min ({first:%a %Y-%m-%d %H:%M} to {last:%H:%M %Z}); {pushed}{est}",
+        f"  self-sufficiency  {_ppm_pct(c['self_sufficiency_ppm'])} (consumption {_kwh(c['consumption_wh'])}, "
+        f"community grid import {_kwh(c['grid_import_wh'])})",
+        f"  self-consumption  {_ppm_pct(c['self_consumption_ppm'])} of PV generation {_kwh(c['generation_wh'])}",
+        f"  grid              import {_kwh(c['grid_import_wh'])}, export {_kwh(c['grid_export_wh'])} "
+        f"(the community behind one connection)",
+        f"  peak import       {_fixed(c['peak_import_w'], 1000, 1)} kW ({_kwh(c['peak_import_wh'])} in one interval)",
+        f"  P2P share         {_ppm_pct(c['p2p_share_ppm'])} of consumption bought P2P ({_kwh(c['p2p_bought_wh'])})",
+        f"  savings           {_units_eur(c['savings'])} vs grid-only (the bills' counterfactual)",
+        f"  bills             {b['count']} issued ({b['new']} new), total {_units_eur(b['total'])}, "
+        f"of which {_units_eur(b['community'])} to the community",
+    ] + ([f"  batteries         {r['unmetered_batteries']} not metered (the profiles are battery-free): what their "
+          "owners buy or sell P2P is not in their readings, so the P2P share can exceed 100 % and their bills "
+          "settle those trades against the household alone"] if r.get("unmetered_batteries") else [])
+
+
+def format_forecast_kpis(k: dict | None) -> list[str]:
+    """The profile-based KPI block (:func:`community_kpis_of`) as readable lines."""
     if not k:
         return []
     hours = k["hours"]
     if not hours:
-        return ["community KPIs: no trade between the bots, nothing to report"]
+        return ["forecast KPIs: no trade between the bots, nothing to report"]
     zone = ZoneInfo(k["timezone"]) if k.get("timezone") else None
 
     def start(pid: str) -> datetime:
@@ -362,7 +579,7 @@ def format_kpis(k: dict | None) -> list[str]:
     t = k["tariffs"]
     income = "; negative: net income" if min(k["cost"], k["baseline_no_p2p"], k["baseline_grid_only"]) < 0 else ""
     lines = [
-        f"community KPIs: {k['members']} members, {len(hours)} delivery hours traded ({span}{still}), "
+        f"forecast KPIs: {k['members']} members, {len(hours)} delivery hours traded ({span}{still}), "
         f"from the {k['source']}",
         f"  self-sufficiency  {_pct(k['self_sufficiency_bp'])} with P2P, "
         f"{_pct(k['self_sufficiency_no_p2p_bp'])} without (own PV only)",
