@@ -374,6 +374,16 @@ async def kpis(request: web.Request) -> web.Response:
     return json_response(await svc.kpis(start, end, by_day=q.by == "day"))
 
 
+async def info(request: web.Request) -> web.Response:
+    """What a member's gateway or a client needs to meter for this community (public)."""
+    svc = _svc(request)
+    s = request.config_dict[SETTINGS]
+    return json_response({"market_id": s.market_id, "interval_minutes": svc.interval_minutes,
+                          "timezone": s.timezone, "readings_per_push": msgs.MAX_PUSH,
+                          "max_energy_wh": 10**9, "upload_max_mb": s.metering_upload_max_mb,
+                          "point_kinds": [k.value for k in PointKind]})
+
+
 # --------------------------------------------------------------------------- member push (REST, signed)
 
 
@@ -497,6 +507,8 @@ ROUTES = (
     Route("GET", f"{_P}/kpis", kpis, "KPIs from meters: community and members, per period or day", ANY_OBJECT,
           query=_PERIOD_Q + (("by", {"type": "string", "enum": ["period", "day"]}, "period or day"),),
           errors=(409, 422), tags=_TAGS),
+    Route("GET", "/api/metering", info, "Metering rules of this community: interval length, time zone, limits",
+          ANY_OBJECT, tags=("metering",)),
     Route("POST", "/api/metering/readings", push_signed, "Push a member's readings (signed by the member or its "
           "device key)", ANY_OBJECT, status=201, body=msgs.SignedReadings, errors=(401, 403, 404, 422),
           tags=("metering",)),

@@ -343,3 +343,9 @@ async def test_signed_rest_push_by_member_and_device(api, server, http):
     st, corr = await api.call("GET", f"{P}/corrections?point_id=A-imp")
     assert [(c["old_wh"], c["new_wh"]) for c in corr] == [(42, 43)]
     assert from_us(T0) > DAY
+
+
+async def test_public_metering_rules(api):
+    st, body = await api.call("GET", "/api/metering", headers={})
+    assert st == 200 and body["interval_minutes"] == 15 and body["readings_per_push"] == 2000
+    assert body["timezone"] == "Europe/Amsterdam" and "import" in body["point_kinds"]
