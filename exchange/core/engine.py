@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import heapq
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, time
 from typing import Any, Concatenate, ParamSpec, TypeVar
@@ -468,16 +468,28 @@ class MarketEngine:
         products = sorted(group)
         base = {p: self._auction_sides(self.products[p]) for p in products}
         # Blocks in time priority: each is kept if, with those kept before it, every kept block
-        # fills completely in each of its hours and its average price limit holds.
+        # fills completely in each of its hours and its average price limit holds. Adding a
+        # block changes only its own hours' clearings, so only those are recomputed and only
+        # the blocks in those hours re-checked (the others are as feasible as before).
+        state = {p: self._product_clearing(p, base[p], ()) for p in products}
+        kept_on: dict[ProductId, list[Block]] = {p: [] for p in products}
         kept: list[Block] = []
         for b in sorted(pending.values(), key=lambda b: b.order_id):
-            if self._block_clearing(base, [*kept, b]) is not None:
+            trial = {p: self._product_clearing(p, base[p], (*kept_on[p], b)) for p in b.product_ids}
+            if any(short for _, _, short in trial.values()):
+                continue
+            touched = {x.order_id: x for p in b.product_ids for x in kept_on[p]}
+            touched[b.order_id] = b
+            price = {p: (trial[p] if p in trial else state[p])[0].price
+                     for x in touched.values() for p in x.product_ids}
+            if all(self._block_within_limit(x, price) for x in touched.values()):
                 kept.append(b)
-        final = self._block_clearing(base, kept)
-        assert final is not None  # kept only ever grows by feasible sets
+                for p in b.product_ids:
+                    state[p] = trial[p]
+                    kept_on[p].append(b)
         for p in products:
             ppb = self.products[p]
-            c, alloc = final[p]
+            c, alloc, _ = state[p]
             self._emit(AuctionCleared, t, p, c.price, c.volume)
             for buy, sell, q in alloc:
                 assert c.price is not None
@@ -488,7 +500,7 @@ class MarketEngine:
         executed = {b.order_id for b in kept}
         for b in sorted(pending.values(), key=lambda b: b.order_id):
             self._drop_block(b)
-            prices = [final[p][0].price for p in b.product_ids]
+            prices = [state[p][0].price for p in b.product_ids]
             ok = b.order_id in executed
             self._emit(BlockResult, t, b.order_id, b.member, ok, prices,
                        "executed in every hour" if ok else
@@ -500,42 +512,38 @@ class MarketEngine:
         return ([o for _, lvl in book.side_levels(_BUY) for o in lvl.live_orders()],
                 [o for _, lvl in book.side_levels(_SELL) for o in lvl.live_orders()])
 
-    def _block_clearing(self, base: Mapping[ProductId, tuple[list[Order], list[Order]]],
-                        blocks: list[Block]) -> dict[ProductId, tuple[auction.Clearing, _Alloc]] | None:
-        """Each product's clearing and allocation with ``blocks`` in (each as a must-fill order
-        at the extreme price in each of its hours), or None unless every block fills whole in
-        every hour and its hours' clearing prices average within its limit."""
+    def _product_clearing(self, pid: ProductId, sides: tuple[list[Order], list[Order]],
+                          blocks: Sequence[Block]) -> tuple[auction.Clearing, _Alloc, bool]:
+        """One product's clearing and allocation with ``blocks`` in (each as a must-fill order
+        at the extreme price, in the order given, ahead of the book: price priority), and
+        whether some block does not fill completely in it."""
         cfg = self.config
-        extra: dict[ProductId, tuple[list[Order], list[Order]]] = {p: ([], []) for p in base}
-        must: list[tuple[Block, Order]] = []
+        bids, asks = sides
+        eb: list[Order] = []
+        ea: list[Order] = []
         for b in blocks:
             is_buy = b.side is _BUY
-            for p in b.product_ids:
-                o = Order(b.order_id, b.member, p, b.side, cfg.price_max if is_buy else cfg.price_min, b.quantity, _GTC,
-                          b.client_order_id, None, b.ts)
-                extra[p][0 if is_buy else 1].append(o)
-                must.append((b, o))
-        out: dict[ProductId, tuple[auction.Clearing, _Alloc]] = {}
+            (eb if is_buy else ea).append(Order(b.order_id, b.member, pid, b.side,
+                                                cfg.price_max if is_buy else cfg.price_min, b.quantity, _GTC,
+                                                b.client_order_id, None, b.ts))
+        all_bids, all_asks = [*eb, *bids], [*ea, *asks]
+        c = auction.clearing(all_bids, all_asks, [*eb, *ea])
+        alloc = auction.allocate(all_bids, all_asks, c)
         filled: dict[int, int] = {}
-        for p, (bids, asks) in base.items():
-            eb, ea = extra[p]
-            all_bids, all_asks = [*eb, *bids], [*ea, *asks]  # the must-fill orders first: price priority
-            c = auction.clearing(all_bids, all_asks, [*eb, *ea])
-            alloc = auction.allocate(all_bids, all_asks, c)
-            for buy, sell, q in alloc:
-                filled[id(buy)] = filled.get(id(buy), 0) + q
-                filled[id(sell)] = filled.get(id(sell), 0) + q
-            out[p] = (c, alloc)
-        if any(filled.get(id(o), 0) < o.quantity for _, o in must):
-            return None
-        for b in blocks:
-            prices = [out[p][0].price for p in b.product_ids]
-            if any(x is None for x in prices):
-                return None
-            total, limit = sum(x for x in prices if x is not None), b.price * len(prices)
-            if (total > limit) if b.side is _BUY else (total < limit):
-                return None
-        return out
+        for buy, sell, q in alloc:
+            filled[id(buy)] = filled.get(id(buy), 0) + q
+            filled[id(sell)] = filled.get(id(sell), 0) + q
+        short = any(filled.get(id(o), 0) < o.quantity for o in (*eb, *ea))
+        return c, alloc, short
+
+    @staticmethod
+    def _block_within_limit(b: Block, price: Mapping[ProductId, int | None]) -> bool:
+        """Every hour of ``b`` cleared and their prices average within its limit."""
+        prices = [price[p] for p in b.product_ids]
+        if any(x is None for x in prices):
+            return False
+        total, limit = sum(x for x in prices if x is not None), b.price * len(prices)
+        return not ((total > limit) if b.side is _BUY else (total < limit))
 
     def _drop_block(self, b: Block) -> None:
         """Release a block's reservations (cancelled, or decided by its auction)."""
