@@ -92,20 +92,7 @@ class Journal:
 
     async def write(self, jrows: list[tuple], trows: list[tuple]) -> None:
         """Commit one group of commands durably (one transaction)."""
-        async with self.pool.acquire() as conn:
-            try:
-                async with conn.transaction():
-                    await conn.copy_records_to_table("journal", records=jrows, columns=JOURNAL_COLUMNS)
-                    if trows:
-                        await conn.copy_records_to_table("trades", records=trows, columns=TRADE_COLUMNS)
-            except asyncpg.UniqueViolationError:
-                # A retry of a group whose COMMIT did reach the server: it is durable already
-                # if exactly these commands with exactly these event ranges are there.
-                have = await conn.fetch(
-                    "SELECT cmd_seq, first_seq, last_seq FROM journal WHERE market_id = $1 "
-                    "AND cmd_seq BETWEEN $2 AND $3 ORDER BY cmd_seq", self.market_id, jrows[0][1], jrows[-1][1])
-                if [tuple(r) for r in have] != [(r[1], r[2], r[3]) for r in jrows]:
-                    raise
+        await write_groups(self.pool, [(self.market_id, jrows, trows)])
 
     async def lock_writer(self) -> asyncpg.Connection:
         """Take the market's single-writer lock (a PostgreSQL session advisory lock) on a
@@ -188,3 +175,45 @@ class Journal:
         q = ("INSERT INTO consumer_cursors (consumer, market_id, seq) VALUES ($1, $2, $3) "
              "ON CONFLICT (consumer, market_id) DO UPDATE SET seq = EXCLUDED.seq, updated_at = now()")
         await (conn or self.pool).execute(q, consumer, self.market_id, seq)
+
+
+async def write_groups(pool: asyncpg.Pool, groups: Sequence[tuple[str, list[tuple], list[tuple]]]) -> None:
+    """Commit the groups of one or more markets ``(market_id, journal rows, trade rows)`` in
+    one transaction (COPY of every journal row, then of every trade row).
+
+    A group may be the retry of one whose COMMIT reached the server although the answer did
+    not: then the rows are there already. With several groups, the transaction is redone
+    group by group so that one such retry cannot hold back the others."""
+    groups = [g for g in groups if g[1]]
+    if not groups:
+        return
+    try:
+        await _copy(pool, [r for _, j, _ in groups for r in j], [r for _, _, t in groups for r in t])
+        return
+    except asyncpg.UniqueViolationError:
+        if len(groups) == 1:
+            await _check_committed(pool, *groups[0][:2])
+            return
+    for market_id, j, t in groups:
+        try:
+            await _copy(pool, j, t)
+        except asyncpg.UniqueViolationError:
+            await _check_committed(pool, market_id, j)
+
+
+async def _copy(pool: asyncpg.Pool, jrows: list[tuple], trows: list[tuple]) -> None:
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.copy_records_to_table("journal", records=jrows, columns=JOURNAL_COLUMNS)
+        if trows:
+            await conn.copy_records_to_table("trades", records=trows, columns=TRADE_COLUMNS)
+
+
+async def _check_committed(pool: asyncpg.Pool, market_id: str, jrows: list[tuple]) -> None:
+    """The rows of a group that failed as duplicates are durable if exactly these commands
+    with exactly these event ranges are there; anything else is a real conflict."""
+    have = await pool.fetch(
+        "SELECT cmd_seq, first_seq, last_seq FROM journal WHERE market_id = $1 AND cmd_seq BETWEEN $2 AND $3 "
+        "ORDER BY cmd_seq", market_id, jrows[0][1], jrows[-1][1])
+    if [tuple(r) for r in have] != [(r[1], r[2], r[3]) for r in jrows]:
+        raise RuntimeError(f"journal conflict in market {market_id}: commands {jrows[0][1]}..{jrows[-1][1]} exist "
+                           "with other events (another writer?)")

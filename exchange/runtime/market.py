@@ -30,6 +30,7 @@ import asyncpg
 from exchange.core.engine import MarketEngine
 from exchange.core.model import Command, Event, Tick, command_to_dict
 from exchange.runtime.clock import Clock
+from exchange.runtime.committer import GroupCommitter
 from exchange.runtime.journal import Entry, Journal
 from exchange.runtime.snapshots import SnapshotStore, Snapshotter, recover
 
@@ -69,12 +70,13 @@ _Item = tuple[Command, "asyncio.Future | None", int, object]
 class MarketRuntime:
     def __init__(self, engine: MarketEngine, journal: Journal, clock: Clock, *, max_batch: int = 2000,
                  queue_size: int = 50_000, keep_stats: bool = False, snapshots: SnapshotStore | None = None,
-                 snapshotter: Snapshotter | None = None) -> None:
+                 snapshotter: Snapshotter | None = None, committer: GroupCommitter | None = None) -> None:
         self.engine = engine
         self.snapshots = snapshots  # recovery starts from the newest valid snapshot (None: the whole journal)
         self.snapshotter = snapshotter  # seeded with the recovered state before the first command
         self.recovered_from = 0  # cmd_seq of the snapshot recovery started from (0: none)
         self.journal = journal
+        self.committer = committer  # shared with the process's other markets (None: commit alone)
         self.clock = clock
         self.max_batch = max_batch
         self.queue: asyncio.Queue[_Item] = asyncio.Queue(queue_size)
@@ -95,7 +97,10 @@ class MarketRuntime:
     # ----------------------------------------------------------------- lifecycle
     async def start(self, verify: bool = True) -> None:
         """Take the single-writer lock, rebuild the engine from the journal, start the tasks."""
-        self._lock_conn = await self.journal.lock_writer()
+        if self.committer is not None:
+            await self.committer.lock(self.journal.market_id)
+        else:
+            self._lock_conn = await self.journal.lock_writer()
         try:
             t = time.perf_counter()
             self.engine, self.cmd_seq, self.recovered_from = await recover(
@@ -146,6 +151,11 @@ class MarketRuntime:
         await asyncio.gather(*tasks, return_exceptions=True)
         self._tasks = []
         self._refuse_all(why)
+        if self.committer is not None:
+            try:
+                await self.committer.unlock(self.journal.market_id)
+            except Exception:  # noqa: BLE001 - the connection may be gone; the lock goes with it
+                log.warning("could not release the writer lock cleanly", exc_info=True)
         if self._lock_conn is not None:
             conn, self._lock_conn = self._lock_conn, None
             try:
@@ -266,7 +276,10 @@ class MarketRuntime:
                 delay = 0.05
                 while jrows:
                     try:
-                        await self.journal.write(jrows, trows)
+                        if self.committer is not None:
+                            await self.committer.commit(self.journal.market_id, jrows, trows)
+                        else:
+                            await self.journal.write(jrows, trows)
                         break
                     except Exception as exc:  # retried until it succeeds: nothing is lost or acked early
                         self.commit_failures += 1

@@ -29,7 +29,11 @@ from exchange.core.controls import PriceControls
 from exchange.core.engine import MarketConfig, MarketEngine
 from exchange.core.model import AuctionCleared, BlockResult, Command, Mechanism, Tick, TradeEvent
 from exchange.runtime.clock import ManualClock
+from exchange.runtime.committer import GroupCommitter
 from exchange.runtime.config import Settings, load_settings
+from exchange.runtime.db import create_pool
+from exchange.runtime.journal import Journal
+from exchange.runtime.market import MarketRuntime
 from exchange.runtime.scratch import BENCH_T0, run_on_database
 from exchange.runtime.service import market_config, open_market
 from exchange.tools import workload
@@ -238,9 +242,77 @@ async def _journal_async(dsn: str, commands: int, seed: int, concurrency: int) -
         await market.close()
 
 
-def bench_journal(commands: int = 100_000, seed: int = 1, concurrency: int = 128, dsn: str | None = None) -> dict:
-    """Against ``dsn``, or a fresh embedded PostgreSQL in a temporary directory (removed after)."""
+def bench_journal(commands: int = 100_000, seed: int = 1, concurrency: int = 128, dsn: str | None = None,
+                  markets: list[int] | None = None) -> dict:
+    """Against ``dsn``, or a fresh embedded PostgreSQL in a temporary directory (removed after).
+    With ``markets`` (e.g. [1, 10, 100]): the same load spread over that many markets of one
+    process sharing one group commit, after the single market with a writer of its own."""
+    if markets:
+        return run_on_database(lambda d: _journal_markets_async(d, commands, seed, concurrency, markets), dsn)
     return run_on_database(lambda d: _journal_async(d, commands, seed, concurrency), dsn)
+
+
+async def _journal_markets_async(dsn: str, commands: int, seed: int, concurrency: int, markets: list[int]) -> dict:
+    """``bench journal --markets 1,10,100``: durable commands/s and ack latency when the load
+    is spread over N markets of one process whose journal writes share one transaction per
+    group commit (exchange.runtime.committer), next to one market committing alone."""
+    single = await _journal_async(dsn, commands, seed, concurrency)
+    out = []
+    for n in markets:
+        out.append(await _shared_markets_run(dsn, n, commands, seed, concurrency))
+    base = single["commands_per_s"]
+    return {"single_market": single, "markets": out,
+            "aggregate_vs_single": {str(r["markets"]): round(r["commands_per_s"] / base, 3) for r in out},
+            "target": "aggregate >= single market, p99 <= 20 ms"}
+
+
+async def _shared_markets_run(dsn: str, n: int, commands: int, seed: int, concurrency: int) -> dict:
+    settings = load_settings(database_url=dsn, market_id="bench")
+    pool = await create_pool(dsn, min_size=1, max_size=settings.journal_pool_size)
+    committer = GroupCommitter(pool)
+    committer.start()
+    runtimes: list[MarketRuntime] = []
+    try:
+        config = market_config(settings)
+        for i in range(n):
+            journal = Journal(pool, f"bench-{n}x-{i}")
+            cfg = await journal.load_or_store_config(config)
+            rt = MarketRuntime(MarketEngine(cfg), journal, ManualClock(BENCH_T0),
+                               max_batch=settings.journal_max_batch, keep_stats=True, committer=committer)
+            await rt.start()
+            runtimes.append(rt)
+        names = workload.members(200)
+        streams = []
+        per_market = commands // n
+        for k, rt in enumerate(runtimes):
+            await asyncio.gather(*(rt.submit(c) for c in workload.registrations(names, 0)))
+            flow = workload.OrderFlow(_open_products(rt.engine), names, seed=seed + k,
+                                      first_order_id=rt.engine.next_order_id)
+            streams.append(iter(flow.stream(per_market, 0)))
+        lat: list[int] = []
+        commits_before = committer.commits
+
+        async def client(j: int) -> None:
+            rt, it = runtimes[j % n], streams[j % n]
+            for cmd in it:
+                t0 = time.perf_counter_ns()
+                await rt.submit(cmd)
+                lat.append(time.perf_counter_ns() - t0)
+
+        t = time.perf_counter()
+        await asyncio.gather(*(client(j) for j in range(max(concurrency, n))))
+        elapsed = time.perf_counter() - t
+        lat.sort()
+        commits = committer.commits - commits_before
+        return {"markets": n, "commands": len(lat), "seconds": round(elapsed, 3),
+                "commands_per_s": round(len(lat) / elapsed), "p50_ms": round(_pct(lat, 0.50) / 1e6, 2),
+                "p99_ms": round(_pct(lat, 0.99) / 1e6, 2), "commits": commits,
+                "commands_per_commit": round(len(lat) / commits, 1) if commits else None}
+    finally:
+        for rt in runtimes:
+            await rt.stop()
+        await committer.stop()
+        await pool.close()
 
 
 def run(kind: str, commands: int | None = None, seed: int = 1, as_json: bool = False, **kw) -> int:

@@ -75,10 +75,23 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
 
     commands = args.commands if args.commands is not None else DEFAULT_BENCH_COMMANDS[args.kind]
-    extra = {"engine": lambda: {"repeat": args.repeat}, "journal": lambda: {"concurrency": args.concurrency},
+    extra = {"engine": lambda: {"repeat": args.repeat}, "journal": lambda: {"concurrency": args.concurrency,
+                                                                              "markets": _int_list(args.markets)},
              "e2e": lambda: {"connections": args.connections, "window": args.window, "readers": args.readers,
                              "seed_trades": args.seed_trades, "rate": args.rate}}[args.kind]()
     return _finish(bench.run(args.kind, commands=commands, seed=args.seed, as_json=args.json, **extra))
+
+
+def _int_list(text: str | None) -> list[int] | None:
+    if not text:
+        return None
+    try:
+        out = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise SystemExit(f"--markets takes whole numbers separated by commas, not {text!r}") from None
+    if not out or any(n < 1 or n > 1000 for n in out):
+        raise SystemExit("--markets: between 1 and 1000 markets each")
+    return out
 
 
 def cmd_db_upgrade(args: argparse.Namespace) -> int:
@@ -147,6 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
             b.add_argument("--repeat", type=int, default=3, help="runs; the median is reported")
         elif kind == "journal":
             b.add_argument("--concurrency", type=int, default=128, help="concurrent submitters awaiting acks")
+            b.add_argument("--markets", default=None,
+                           help="e.g. 1,10,100: the load spread over that many markets sharing one group commit")
         else:
             b.add_argument("--connections", type=int, default=40, help="authenticated WebSocket sessions")
             b.add_argument("--window", type=int, default=4, help="requests in flight per session")

@@ -1,0 +1,92 @@
+"""Group commit across markets (exchange.runtime.committer): the markets of one process
+share one journal transaction per commit; each still acknowledges only after COMMIT, in
+its own order, and recovers alone to the state it had. Real PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from support.market import open_products
+from support.times import T0
+
+from exchange.core.engine import MarketEngine
+from exchange.core.model import PlaceOrder, RegisterMember, Side
+from exchange.runtime.clock import ManualClock
+from exchange.runtime.committer import GroupCommitter
+from exchange.runtime.config import load_settings
+from exchange.runtime.journal import Journal, write_groups
+from exchange.runtime.market import MarketRuntime
+from exchange.runtime.service import market_config
+
+pytestmark = pytest.mark.integration
+
+
+async def _runtime(pool, market_id: str, committer: GroupCommitter | None) -> MarketRuntime:
+    settings = load_settings(database_url="postgresql://unused", market_id=market_id)
+    journal = Journal(pool, market_id)
+    cfg = await journal.load_or_store_config(market_config(settings))
+    rt = MarketRuntime(MarketEngine(cfg), journal, ManualClock(T0), committer=committer)
+    await rt.start()
+    return rt
+
+
+async def _trade(rt: MarketRuntime, n: int, salt: int) -> None:
+    await rt.submit(RegisterMember(0, "a", collateral=10**15, export_capacity_w=10**9))
+    await rt.submit(RegisterMember(0, "b", collateral=10**15, export_capacity_w=10**9))
+    pid = open_products(rt.engine)[0]
+    orders = [PlaceOrder(0, m, pid, side, 9_000 + (i * 37 + salt) % 200, 1_000 + i % 50)
+              for i in range(n) for m, side in (("a", Side.BUY), ("b", Side.SELL))]
+    await asyncio.gather(*(rt.submit(o) for o in orders))
+
+
+async def test_markets_share_commits_and_recover_alone(pool):
+    committer = GroupCommitter(pool)
+    committer.start()
+    rts = [await _runtime(pool, f"g{i}", committer) for i in range(3)]
+    await asyncio.gather(*(_trade(rt, 150, i) for i, rt in enumerate(rts)))
+    hashes = [rt.engine.state_hash() for rt in rts]
+    counts = [rt.cmd_seq for rt in rts]
+    assert committer.commits < sum(counts)  # groups of several commands, of several markets
+    assert committer.groups > committer.commits  # some commits carried more than one market
+    for rt in rts:
+        await rt.stop()
+    await committer.stop()
+    for i, (h, n) in enumerate(zip(hashes, counts, strict=True)):
+        assert await pool.fetchval("SELECT count(*) FROM journal WHERE market_id = $1", f"g{i}") == n
+        alone = await _runtime(pool, f"g{i}", None)  # a writer of its own: recovery from the journal
+        try:
+            assert alone.engine.state_hash() == h
+        finally:
+            await alone.stop()
+
+
+async def test_a_retry_already_committed_does_not_hold_back_other_markets(pool):
+    """A group whose COMMIT reached the server (its answer lost) is sent again together with
+    another market's new group: both end durable, the new one exactly once."""
+    rt = await _runtime(pool, "r1", None)
+    await _trade(rt, 5, 1)
+    await rt.stop()
+    rows = await pool.fetch("SELECT market_id, cmd_seq, first_seq, last_seq, ts, command, events FROM journal "
+                            "WHERE market_id = 'r1' ORDER BY cmd_seq")
+    again = [tuple(r) for r in rows]
+    fresh = [("r2", 1, 1, 1, rows[0]["ts"], {"type": "tick", "ts": 0}, [{"type": "x", "seq": 1}])]
+    await write_groups(pool, [("r1", again, []), ("r2", fresh, [])])
+    assert await pool.fetchval("SELECT count(*) FROM journal WHERE market_id = 'r1'") == len(again)
+    assert await pool.fetchval("SELECT count(*) FROM journal WHERE market_id = 'r2'") == 1
+    # a real conflict (other events under the same commands) is not taken for a retry
+    forged = [(*r[:2], r[2] + 1000, r[3] + 1000, *r[4:]) for r in again]
+    with pytest.raises(RuntimeError, match="journal conflict"):
+        await write_groups(pool, [("r1", forged, [])])
+
+
+async def test_one_market_once_per_process(pool):
+    committer = GroupCommitter(pool)
+    committer.start()
+    rt = await _runtime(pool, "once", committer)
+    try:
+        with pytest.raises(RuntimeError, match="already running"):
+            await _runtime(pool, "once", committer)
+    finally:
+        await rt.stop()
+        await committer.stop()
