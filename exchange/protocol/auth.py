@@ -1,9 +1,12 @@
 """Peer identity: login by signing a server challenge, and EIP-712 signed orders.
 
-* Login: on connect the server sends a challenge text (random nonce, market,
-  time). The member signs it with ``personal_sign`` (EIP-191) and sends its
-  address and the signature; the server recovers the signer and binds the
-  session to that address if it is a registered, active member.
+* Login: on connect the server offers a Sign-In with Ethereum (EIP-4361) nonce
+  and fields (:mod:`exchange.protocol.siwe`); the member signs the message with
+  ``personal_sign`` (EIP-191, :func:`sign_login`) and sends it with the signature;
+  the server checks the message (domain, chain, nonce, times), recovers the signer
+  (:func:`recover_login`) and binds the session to the message's address if it is a
+  registered, active member. DEPRECATED, for one more version: the challenge text
+  (:func:`new_challenge`) signed the same way, sent with the address.
 * Orders may carry an EIP-712 signature over their fields (the typed data below)
   and a nonce; the server verifies that the session's member signed exactly this
   order. The engine keeps the signature with the order (and so in the journal)
@@ -85,7 +88,8 @@ def new_challenge(market_id: str, now: datetime | None = None) -> str:
 
 
 def recover_login(challenge: str, signature: str) -> str:
-    """The checksum address that signed ``challenge`` (raises ValueError on a bad signature)."""
+    """The checksum address that signed ``challenge`` (a SIWE message or the deprecated
+    challenge) with EIP-191 ``personal_sign`` (raises ValueError on a bad signature)."""
     try:
         signer: str = Account.recover_message(encode_defunct(text=challenge), signature=signature)
     except Exception as exc:  # eth-account raises several types for malformed signatures
@@ -94,7 +98,8 @@ def recover_login(challenge: str, signature: str) -> str:
 
 
 def sign_login(challenge: str, private_key: PrivateKey) -> str:
-    """Client side (SDK, tests, bench): sign a login challenge."""
+    """Client side (SDK, tests, bench): the EIP-191 signature of a login text (a SIWE
+    message, or the deprecated challenge)."""
     sig: str = Account.sign_message(encode_defunct(text=challenge), private_key).signature.hex()
     return "0x" + sig.removeprefix("0x")
 

@@ -40,12 +40,25 @@ class Request(BaseModel):
 
 
 class Login(Request):
-    """Answer the server's ``hello`` challenge: an EIP-191 (personal_sign) signature of
-    the challenge text by the member's key."""
+    """Sign in: ``message``, a Sign-In with Ethereum (EIP-4361) message built from the
+    hello's ``siwe`` offer (its domain, URI, chain id, nonce, times) with the member's
+    address, and ``signature``, its EIP-191 (personal_sign) signature by the member's key.
+    DEPRECATED (one more version): ``address`` and the ``signature`` of the hello's
+    ``challenge`` text, without ``message``."""
 
     type: Literal["login"]
-    address: Address
+    message: str | None = Field(None, min_length=1, max_length=4096,
+                                description="the EIP-4361 message signed (LF line ends, none at the end)")
+    address: Address | None = Field(None, description="required without message (the deprecated challenge "
+                                    "login); with message, if given, it must be the message's address")
     signature: Signature
+
+    @model_validator(mode="after")
+    def _message_or_address(self) -> Login:
+        if self.message is None and self.address is None:
+            raise ValueError("give message (Sign-In with Ethereum) or, deprecated, address with the challenge's "
+                             "signature")
+        return self
 
 
 class Place(Request):
@@ -274,11 +287,34 @@ class Push(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class SiweOffer(BaseModel):
+    """What the server expects in a Sign-In with Ethereum (EIP-4361) login on this connection:
+    build the message from these fields and your address (docs/websocket.md)."""
+
+    model_config = ConfigDict(extra="forbid")
+    domain: str = Field(description="the Host the WebSocket was opened to")
+    uri: str = Field(description="ws://HOST/ws or wss://HOST/ws")
+    chain_id: int
+    version: Literal["1"]
+    statement: str
+    nonce: str = Field(description="single use, for this connection only")
+    issued_at: str = Field(description="RFC 3339 UTC")
+    expiration_time: str = Field(description="RFC 3339 UTC: the nonce is refused after it")
+
+
 class Hello(Push):
     type: Literal["hello"]
     protocol: int
     market_id: str
-    challenge: str = Field(description="text to sign with EIP-191 personal_sign, then send `login`")
+    challenge: str = Field(description="DEPRECATED (use siwe): text to sign with EIP-191 personal_sign, then send "
+                           "`login` with address and signature")
+    siwe: SiweOffer | None = Field(None, description="the Sign-In with Ethereum offer of this connection (absent when "
+                                   "the connection is already signed in)")
+    member: str | None = Field(None, description="set when the connection is already signed in (a member portal "
+                               "session cookie): no login needed, a login is refused")
+    auth: Literal["portal"] | None = Field(None, description="how the connection is signed in when member is set")
+    pseq: int | None = Field(None, description="with member: my private stream's current sequence (as login answers)")
+    pstream: str | None = Field(None, description="with member: the id of the server's run of pseq")
     server_time: str = Field(description="the server's wall clock, ISO 8601 UTC with Z")
     market_time: str | None = Field(None, description="the market's clock (simulated when SIM_SPEED > 1), ISO 8601 UTC with Z: "
                                          "what products' open/gate/delivery times and every ts are in")
