@@ -32,6 +32,7 @@ from exchange.gateway.keys import (
     MARKET,
     MEMBERS,
     PAYOUT_SOURCES,
+    PEER_AUTHENTICATORS,
     PROTOCOL,
     SETTINGS,
     SOCKETS,
@@ -185,6 +186,7 @@ async def make_app(market: Market, settings: Settings, subsystems: Sequence[Subs
     app[WS_REQUESTS] = {}
     app[PAYOUT_SOURCES] = []
     app[BILL_ITEM_SOURCES] = []
+    app[PEER_AUTHENTICATORS] = []  # subsystems that sign /ws connections in from their request (the portal)
     app.on_shutdown.append(close_sockets)
     add_routes(app, OPERATOR_ROUTES)
     add_metrics_route(app)

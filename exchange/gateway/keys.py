@@ -5,6 +5,8 @@ feed.py, ``PAGE_SESSIONS`` in page.py, ``PEERS``/``PROTOCOL``/``WS_REQUESTS`` he
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
@@ -30,3 +32,24 @@ PAYOUT_SOURCES: web.AppKey[list[PayoutSource]] = web.AppKey("payout_sources")
 # Bill item sources (exchange.runtime.ports.BillItemSource): a subsystem whose payments to
 # members belong on their bills appends its source; metering puts them on the bills.
 BILL_ITEM_SOURCES: web.AppKey[list[BillItemSource]] = web.AppKey("bill_item_sources")
+
+
+@dataclass(frozen=True)
+class PeerAuth:
+    """A peer WebSocket connection signed in before its first frame (by its upgrade request,
+    e.g. a member portal session cookie): ``member`` (checksum address), ``via`` (what the
+    hello's ``auth`` says, e.g. ``"portal"``) and ``ref``, the authenticator's own reference
+    of what signed it in (e.g. a hash of the portal session), so that it can end those
+    connections later (:func:`exchange.gateway.session.end_peer_sessions`)."""
+
+    member: str
+    via: str
+    ref: str = ""
+
+
+#: ``async (request) -> PeerAuth | None``: who the upgrade request of ``/ws`` is signed in as.
+PeerAuthenticator = Callable[[web.Request], Awaitable[PeerAuth | None]]
+# Peer authenticators: a subsystem that can sign a WebSocket in from its upgrade request appends
+# one in its lifecycle; the /ws handler asks them in order, the first answer counts. Each must
+# refuse what a cross-site page could send (check the Origin). None of them: the hello's login.
+PEER_AUTHENTICATORS: web.AppKey[list[PeerAuthenticator]] = web.AppKey("peer_authenticators")

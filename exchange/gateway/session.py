@@ -24,11 +24,11 @@ from exchange.core.model import CancelAll as CancelAllCmd
 from exchange.core.model import CancelOrder, ModifyOrder, PlaceOrder, Side, TimeInForce
 from exchange.core.model import PlaceBlock as PlaceBlockCmd
 from exchange.core.units import iso, iso_dt, to_us
-from exchange.gateway.keys import MARKET, PROTOCOL, SETTINGS, SOCKETS, WS_REQUESTS
+from exchange.gateway.keys import MARKET, PEER_AUTHENTICATORS, PROTOCOL, SETTINGS, SOCKETS, WS_REQUESTS, PeerAuth
 from exchange.gateway.marketdata import MARKET_DATA, MarketData, Pending
 from exchange.gateway.metrics import METRICS
-from exchange.protocol import auth
-from exchange.protocol.errors import VoltbourseError
+from exchange.protocol import auth, siwe
+from exchange.protocol.errors import VoltbourseError, register
 from exchange.protocol.frames import read_request_id
 from exchange.protocol.messages import CORE_REQUESTS, PROTOCOL_VERSION, ProtocolError, WireProtocol
 from exchange.runtime.config import Settings
@@ -38,6 +38,10 @@ from exchange.runtime.service import Market
 log = logging.getLogger(__name__)
 
 MAX_LOGIN_ATTEMPTS = 5
+SIWE_NONCE_TTL = timedelta(minutes=10)  # a connection's Sign-In with Ethereum nonce is good this long
+SIGNED_OUT = 4401  # close code: the session (e.g. a portal's) this connection was signed in by ended
+register("SIGNED_OUT", 401, "the session this connection was signed in by (a member portal session) ended: "
+         "close code 4401")
 HEARTBEAT_TIMEOUT = 4008
 """Close code for a peer that answered the server's ping with nothing (no pong, no frame) in
 time. aiohttp's own ``heartbeat=`` drops the TCP connection without a close frame (code 1006
@@ -110,7 +114,7 @@ LIMITS: web.AppKey[Limits] = web.AppKey("ws_limits", Limits)
 class Session:
     def __init__(self, ws: web.WebSocketResponse, market: Market, md: MarketData, settings: Settings,
                  metrics: Any = None, handlers: dict[str, Any] | None = None, protocol: WireProtocol | None = None,
-                 app: web.Application | None = None) -> None:
+                 app: web.Application | None = None, host: str = "localhost", secure: bool = False) -> None:
         self.ws = ws
         self.app = app
         self.handlers = handlers if handlers is not None else {}
@@ -120,7 +124,19 @@ class Session:
         self.settings = settings
         self.metrics = metrics
         self.member: MemberId | None = None
-        self.challenge = auth.new_challenge(settings.market_id)
+        self.auth: str | None = None  # how it signed in: "siwe", "challenge" (deprecated), or a PeerAuth's via
+        self.auth_ref = ""  # with a PeerAuth: its ref (which portal session signed this connection in)
+        self.challenge = auth.new_challenge(settings.market_id)  # deprecated login
+        now = datetime.now(UTC).replace(microsecond=0)
+        # the Sign-In with Ethereum offer of this connection (hello.siwe); its nonce is single use
+        self.siwe: dict[str, Any] | None = {
+            "domain": host, "uri": f"{'wss' if secure else 'ws'}://{host}/ws", "chain_id": settings.chain_id,
+            "version": "1", "statement": siwe.safe_statement(f"Sign in to the Voltbourse exchange of community "
+                                                              f"{settings.market_id}."),
+            "nonce": siwe.new_nonce(), "issued_at": siwe.format_time(now),
+            "expiration_time": siwe.format_time(now + SIWE_NONCE_TTL)}
+        self.siwe_expires = now + SIWE_NONCE_TTL
+        self.scheme = "wss" if secure else "ws"
         self.login_failures = 0
         self.bucket = TokenBucket(settings.ws_rate_per_s, settings.ws_burst)
         # frames dropped by the rate limit use up this patience; it refills at the same rate,
@@ -300,7 +316,8 @@ class Session:
             return
         member = self.member
         if member is None:
-            self.error(msg.id, "NOT_AUTHENTICATED", "log in first: sign the hello challenge and send `login`")
+            self.error(msg.id, "NOT_AUTHENTICATED", "log in first: sign a Sign-In with Ethereum message "
+                       "built from hello.siwe and send `login`")
             return
         if member in self.md.mirror.suspended:
             self.error(msg.id, "MEMBER_SUSPENDED", f"{member} is suspended; this session ends")
@@ -429,42 +446,97 @@ class Session:
 
     def _login(self, msg) -> None:
         if self.member is not None:
-            self.error(msg.id, "ALREADY_AUTHENTICATED", f"this session is bound to {self.member}")
+            self.error(msg.id, "ALREADY_AUTHENTICATED", f"this session is bound to {self.member} (signed in by "
+                       f"{self.auth})")
             return
+        if msg.message is not None:
+            self._login_siwe(msg)
+            return
+        # DEPRECATED (one more version): the signature of the hello's challenge, with the address
         try:
-            signer = auth.recover_login(self.challenge, msg.signature)
+            signer = auth.recover_login(self.challenge, msg.signature) if self.challenge else None
         except ValueError as exc:
             signer, why = None, str(exc)
         else:
-            why = "the signature is not by that address"
+            why = "the signature is not by that address" if self.challenge else "the challenge was used"
         claimed = auth.checksum(msg.address)
         if signer != claimed:
-            self.login_failures += 1
-            self.error(msg.id, "BAD_SIGNATURE", f"login refused: {why}")
-            if self.login_failures >= MAX_LOGIN_ATTEMPTS:
-                self.close(WSCloseCode.POLICY_VIOLATION, "too many failed logins", flush=True)
+            self._login_failed(msg.id, "BAD_SIGNATURE", f"login refused: {why}")
             return
-        acct = self.market.engine.accounts.get(MemberId(claimed))
-        if acct is None:
-            self.error(msg.id, "UNKNOWN_MEMBER", f"{claimed} is not a registered member of {self.settings.market_id}")
+        self._bind_login(msg.id, claimed, "challenge")
+
+    def _login_siwe(self, msg) -> None:
+        """A Sign-In with Ethereum login: the message parses, is for this connection's domain,
+        chain and nonce, in time, and is signed by its address (docs/websocket.md)."""
+        offer = self.siwe
+        try:
+            m = siwe.parse(msg.message)
+        except siwe.SiweError as exc:
+            self._login_failed(msg.id, siwe.SIWE_INVALID, f"login refused: not an EIP-4361 message: {exc}")
             return
-        if acct.suspended or claimed in self.md.mirror.suspended:
-            self.error(msg.id, "MEMBER_SUSPENDED", f"{claimed} is suspended")
+        if msg.address is not None and auth.checksum(msg.address) != m.address:
+            self._login_failed(msg.id, siwe.SIWE_INVALID, f"login refused: address {msg.address} is not the "
+                               f"message's ({m.address})")
             return
-        if len(self.md.peers.sessions(claimed)) >= self.settings.ws_sessions_per_member:
-            self.error(msg.id, "TOO_MANY_SESSIONS",
-                       f"{claimed} has {self.settings.ws_sessions_per_member} sessions open (the most allowed)")
+        now = datetime.now(UTC)
+        try:
+            if offer is None:
+                raise VoltbourseError(siwe.SIWE_NONCE_USED, "this connection's nonce was used")
+            siwe.check(m, domain=offer["domain"], chain_id=self.settings.chain_id, now=now, scheme=self.scheme)
+            if m.nonce != offer["nonce"]:
+                raise VoltbourseError(siwe.SIWE_NONCE_UNKNOWN, "the message's nonce is not the one this connection "
+                                      "offered (hello.siwe.nonce)")
+            if now >= self.siwe_expires:
+                raise VoltbourseError(siwe.SIWE_EXPIRED, f"this connection's nonce expired at "
+                                      f"{offer['expiration_time']}: reconnect for a new one")
+        except VoltbourseError as exc:
+            self._login_failed(msg.id, exc.code, f"login refused: {exc.message}")
             return
-        self.member = MemberId(claimed)
-        self.challenge = ""  # single use
+        try:
+            signer = auth.recover_login(msg.message, msg.signature)
+        except ValueError as exc:
+            self._login_failed(msg.id, "BAD_SIGNATURE", f"login refused: {exc}")
+            return
+        if signer != m.address:
+            self._login_failed(msg.id, "BAD_SIGNATURE", f"login refused: the message is signed by {signer}, not by "
+                               f"{m.address}")
+            return
+        self._bind_login(msg.id, m.address, "siwe")
+
+    def _login_failed(self, request_id: Any, code: str, message: str) -> None:
+        self.login_failures += 1
+        self.error(request_id, code, message)
+        if self.login_failures >= MAX_LOGIN_ATTEMPTS:
+            self.close(WSCloseCode.POLICY_VIOLATION, "too many failed logins", flush=True)
+
+    def _bind_login(self, request_id: Any, member: str, how: str) -> None:
+        refused = member_refusal(self.market, self.md, self.settings, member)
+        if refused is not None:
+            self.error(request_id, refused.code, refused.message)
+            return
+        self._bind(member, how)
+        stream = self.md.publisher.stream
+        self.send({"type": "response", "id": request_id, "result": {
+            "member": member, "market_id": self.settings.market_id, "auth": how,
+            "pseq": stream.pseq.get(member, 0), "pstream": stream.run_id}})
+
+    def _bind(self, member: str, how: str, ref: str = "") -> None:
+        self.member = MemberId(member)
+        self.auth, self.auth_ref = how, ref
+        self.challenge = ""  # single use, and so is the SIWE nonce
+        self.siwe = None
         self._cancel_login_timer()
         self.md.attach(self)
         if self.on_login is not None:
             self.on_login()
-        stream = self.md.publisher.stream
-        self.send({"type": "response", "id": msg.id, "result": {
-            "member": claimed, "market_id": self.settings.market_id,
-            "pseq": stream.pseq.get(claimed, 0), "pstream": stream.run_id}})
+
+    def sign_in(self, peer: PeerAuth) -> VoltbourseError | None:
+        """Bind the connection to ``peer`` (signed in by its upgrade request) before the hello;
+        the refusal (unknown or suspended member, too many sessions) if it cannot be."""
+        refused = member_refusal(self.market, self.md, self.settings, peer.member)
+        if refused is None:
+            self._bind(peer.member, peer.via, peer.ref)
+        return refused
 
     def _place(self, msg: Any, member: MemberId, t0: int) -> None:
         expire_at = to_us(msg.expire_time) if msg.expire_time is not None else None
@@ -578,6 +650,48 @@ class Session:
                                                                   "subscribed": False}})
 
 
+def member_refusal(market: Market, md: MarketData, settings: Settings, member: str, *,
+                   count_sessions: bool = True) -> VoltbourseError | None:
+    """Why ``member`` may not sign in now (an unknown or suspended member; with
+    ``count_sessions``, too many WebSocket sessions open), or None. The engine's accounts are
+    the members (the operator registry's rows are reconciled into them at start)."""
+    acct = market.engine.accounts.get(MemberId(member))
+    if acct is None:
+        return VoltbourseError("UNKNOWN_MEMBER", f"{member} is not a registered member of {settings.market_id}")
+    if acct.suspended or member in md.mirror.suspended:
+        return VoltbourseError("MEMBER_SUSPENDED", f"{member} is suspended")
+    if count_sessions and len(md.peers.sessions(member)) >= settings.ws_sessions_per_member:
+        return VoltbourseError("TOO_MANY_SESSIONS",
+                               f"{member} has {settings.ws_sessions_per_member} sessions open (the most allowed)")
+    return None
+
+
+async def _signed_in_by(request: web.Request) -> PeerAuth | None:
+    """The first peer authenticator's answer for this upgrade request (app[PEER_AUTHENTICATORS])."""
+    for authenticate in request.app.get(PEER_AUTHENTICATORS, ()):
+        try:
+            peer = await authenticate(request)
+        except Exception:  # noqa: BLE001 - a failing authenticator leaves the normal login
+            log.exception("peer authenticator %r failed", authenticate)
+            continue
+        if peer is not None:
+            return peer
+    return None
+
+
+def end_peer_sessions(app: web.Application, member: str, via: str, refs: set[str] | None = None,
+                      reason: str = "signed out") -> int:
+    """Close ``member``'s connections signed in by ``via`` (a PeerAuth's) and, unless ``refs``
+    is None, one of ``refs``: an error frame ``SIGNED_OUT`` then close code 4401. How many."""
+    n = 0
+    for s in app[MARKET_DATA].peers.sessions(member):
+        if getattr(s, "auth", None) == via and (refs is None or getattr(s, "auth_ref", "") in refs):
+            s.error(None, "SIGNED_OUT", f"{reason}: this connection ends")
+            s.close(SIGNED_OUT, reason, flush=True)
+            n += 1
+    return n
+
+
 async def ws_handler(request: web.Request) -> web.StreamResponse:
     app = request.app
     settings = app[SETTINGS]
@@ -591,6 +705,7 @@ async def ws_handler(request: web.Request) -> web.StreamResponse:
                                   "shortly"}, status=503, headers={"Retry-After": "5"})
     # The heartbeat is the session's own (Session._heartbeat: it closes with a close frame, 4008);
     # autoping off lets it see the pongs, so pings are answered below.
+    peer = await _signed_in_by(request)
     ws = web.WebSocketResponse(autoping=False, max_msg_size=settings.ws_max_message_bytes,
                                timeout=2.0)  # close handshake: do not hold a socket for long
     await ws.prepare(request)
@@ -598,7 +713,7 @@ async def ws_handler(request: web.Request) -> web.StreamResponse:
     metrics = app.get(METRICS)
     limits.opened(ip)
     session = Session(ws, app[MARKET], app[MARKET_DATA], settings, metrics, app.get(WS_REQUESTS),
-                      app.get(PROTOCOL), app)
+                      app.get(PROTOCOL), app, host=request.host, secure=request.secure)
     anonymous = [True]
 
     def logged_in() -> None:
@@ -608,10 +723,21 @@ async def ws_handler(request: web.Request) -> web.StreamResponse:
     session.on_login = logged_in
     if metrics is not None:
         metrics.peer_connected()
-    session.send({"type": "hello", "protocol": PROTOCOL_VERSION, "market_id": settings.market_id,
-                  "challenge": session.challenge, "server_time": iso_dt(datetime.now(UTC)),
-                  "market_time": iso(app[MARKET].runtime.clock.now_us()),
-                  "eip712_domain": auth.domain(settings.chain_id)})
+    refused = session.sign_in(peer) if peer is not None else None
+    hello: dict[str, Any] = {"type": "hello", "protocol": PROTOCOL_VERSION, "market_id": settings.market_id,
+                             "challenge": session.challenge, "server_time": iso_dt(datetime.now(UTC)),
+                             "market_time": iso(app[MARKET].runtime.clock.now_us()),
+                             "eip712_domain": auth.domain(settings.chain_id)}
+    if session.member is not None:
+        stream = session.md.publisher.stream
+        hello.update(member=session.member, auth=session.auth, pseq=stream.pseq.get(session.member, 0),
+                     pstream=stream.run_id)
+    else:
+        hello["siwe"] = session.siwe
+    session.send(hello)
+    if refused is not None:  # signed in by the request, but that member may not trade now: log in instead
+        session.error(None, refused.code, f"not signed in by the {peer.via if peer else ''} session: "
+                                          f"{refused.message}")
     try:
         async for m in ws:
             if session.closed:

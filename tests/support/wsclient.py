@@ -12,6 +12,23 @@ from eth_account.messages import encode_defunct, encode_typed_data
 from support.keys import KEYS
 
 
+def personal_sign(text: str, acct) -> str:
+    """EIP-191 personal_sign of ``text``, 0x-prefixed hex."""
+    return "0x" + Account.sign_message(encode_defunct(text=text), acct.key).signature.hex().removeprefix("0x")
+
+
+def siwe_text(offer: dict, address: str, **changes) -> str:
+    """The EIP-4361 message of docs/websocket.md from the server's offer (``hello.siwe`` or
+    ``GET /portal/siwe/nonce``) and a checksummed address; ``changes`` replace offered fields."""
+    f = {**offer, **changes}
+    lines = [f"{f['domain']} wants you to sign in with your Ethereum account:", address, "", f["statement"], "",
+             f"URI: {f['uri']}", f"Version: {f['version']}", f"Chain ID: {f['chain_id']}", f"Nonce: {f['nonce']}",
+             f"Issued At: {f['issued_at']}"]
+    if f.get("expiration_time"):
+        lines.append(f"Expiration Time: {f['expiration_time']}")
+    return "\n".join(lines)
+
+
 class WSClient:
     def __init__(self, ws: aiohttp.ClientWebSocketResponse, key=None) -> None:
         self.ws = ws
@@ -33,8 +50,14 @@ class WSClient:
         return self.acct.address
 
     async def login(self) -> dict:
-        sig = Account.sign_message(encode_defunct(text=self.hello["challenge"]), self.acct.key).signature.hex()
-        return await self.request({"type": "login", "address": self.acct.address, "signature": "0x" + sig.removeprefix("0x")})
+        """Sign in with a Sign-In with Ethereum message built from ``hello.siwe``."""
+        text = siwe_text(self.hello["siwe"], self.acct.address)
+        return await self.request({"type": "login", "message": text, "signature": personal_sign(text, self.acct)})
+
+    async def login_challenge(self) -> dict:
+        """The deprecated login: the hello's challenge signed, with the address."""
+        return await self.request({"type": "login", "address": self.acct.address,
+                                   "signature": personal_sign(self.hello["challenge"], self.acct)})
 
     async def send(self, msg: dict) -> int:
         rid = msg.setdefault("id", f"wsclient-req-{next(self.ids)}")
