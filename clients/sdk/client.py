@@ -14,8 +14,8 @@
 
 What it does
 ------------
-* **Login**: answers the server's ``hello`` challenge with an EIP-191 signature
-  (:func:`clients.sdk.wire.login`).
+* **Login**: answers the server's ``hello`` with a Sign-In with Ethereum (EIP-4361)
+  message signed with EIP-191 (:func:`clients.sdk.wire.login`).
 * **Requests** return when the exchange answers (for orders: after the journal
   commit). Each is built by :mod:`clients.sdk.wire` from the server's own pydantic
   model (:mod:`exchange.protocol.messages`), so a malformed request fails locally

@@ -39,7 +39,7 @@ class RequestError(VoltbourseError):
 
 
 class AuthenticationError(RequestError):
-    """Login refused (``BAD_SIGNATURE``, ``UNKNOWN_MEMBER``, ``MEMBER_SUSPENDED``) or a request
+    """Login refused (``BAD_SIGNATURE``, ``SIWE_*``, ``UNKNOWN_MEMBER``, ``MEMBER_SUSPENDED``) or a request
     sent without a login (``NOT_AUTHENTICATED``). Not retried by the reconnection loop."""
 
 
@@ -83,7 +83,9 @@ class ClientClosed(VoltbourseError):
     """The client was closed (or gave up reconnecting after a fatal login error)."""
 
 
-_AUTH = {"BAD_SIGNATURE", "UNKNOWN_MEMBER", "MEMBER_SUSPENDED", "NOT_AUTHENTICATED", "ALREADY_AUTHENTICATED"}
+_AUTH = {"BAD_SIGNATURE", "UNKNOWN_MEMBER", "MEMBER_SUSPENDED", "NOT_AUTHENTICATED", "ALREADY_AUTHENTICATED",
+         "SIWE_INVALID", "SIWE_WRONG_DOMAIN", "SIWE_WRONG_CHAIN", "SIWE_EXPIRED", "SIWE_NOT_YET_VALID",
+         "SIWE_NONCE_UNKNOWN", "SIWE_NONCE_USED", "SIGNED_OUT"}
 _INVALID = {"INVALID_MESSAGE", "MALFORMED_JSON", "UNKNOWN_TYPE", "BINARY_NOT_SUPPORTED"}
 _RETRYABLE = {"RATE_LIMITED", "BUSY", "UNAVAILABLE"}
 

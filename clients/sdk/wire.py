@@ -7,7 +7,7 @@ their own way and share everything else:
 
 * **frames**: :func:`encode` / :func:`decode` (JSON text frames);
 * **login**: :func:`read_hello` (the server's first frame) and :func:`login`
-  (the request, the challenge signed with EIP-191);
+  (the request: a Sign-In with Ethereum message from the hello's offer, signed with EIP-191);
 * **requests**, built from the server's own pydantic models
   (:mod:`exchange.protocol.messages`), so a malformed request fails here
   (``pydantic.ValidationError``) before it is sent: :func:`place`,
@@ -39,7 +39,7 @@ from pydantic import BaseModel
 
 from clients.sdk.errors import OutcomeUnknown, error_for
 from clients.sdk.models import Hello, OrderResult
-from exchange.protocol import auth
+from exchange.protocol import auth, siwe
 from exchange.protocol import messages as P
 
 __all__ = [
@@ -91,7 +91,12 @@ def read_hello(msg: Message | str | bytes) -> Hello:
 
 
 def login(request_id: RequestId, hello: Hello, acct: LocalAccount) -> Message:
-    """The ``login`` request: the hello's challenge signed by the member (EIP-191)."""
+    """The ``login`` request: a Sign-In with Ethereum (EIP-4361) message built from the hello's
+    ``siwe`` offer for the member's address, signed by the member (EIP-191). A server that
+    offers none (older) gets the deprecated answer: its challenge signed, with the address."""
+    if hello.siwe is not None:
+        text = siwe.from_offer(hello.siwe.model_dump(), acct.address).text()
+        return dump(P.Login(type="login", id=request_id, message=text, signature=auth.sign_login(text, acct.key)))
     return dump(P.Login(type="login", id=request_id, address=acct.address,
                         signature=auth.sign_login(hello.challenge, acct.key)))
 
