@@ -205,6 +205,13 @@ class Settings(BaseSettings):
     #: the tariff of members who have none assigned
     metering_default_tariff: str = "default"
 
+    # --- member portal (exchange/portal/, docs/portal.md) ----------------------
+    #: hours a member portal sign-in lasts (its session cookie's Max-Age)
+    portal_session_hours: int = Field(12, ge=1, le=24 * 30)
+    #: the demo-only sign-in key (at least 16 characters): with it, GET /portal/demo-login?member=...&key=...
+    #: signs a member in without a wallet. Unset (the default; anything but a demo): that route answers 404
+    portal_demo_login: SecretStr | None = None
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -246,6 +253,13 @@ class Settings(BaseSettings):
         # environment values arrive as strings; Literal[15, 30, 60] does not coerce them
         if isinstance(v, str) and v.strip().lstrip("-").isdigit():
             return int(v)
+        return v
+
+    @field_validator("portal_demo_login")
+    @classmethod
+    def _demo_key_long(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is not None and len(v.get_secret_value()) < 16:
+            raise ValueError("the demo sign-in key must have at least 16 characters (or be unset)")
         return v
 
     @field_validator("sim_start")

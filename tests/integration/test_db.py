@@ -14,6 +14,7 @@ from support.pgproc import alembic_head, dead_pid, kill_leftover, postmaster_pid
 
 from exchange.flexibility.migrations import TABLES as FLEX_TABLES
 from exchange.metering.migrations import TABLES as METERING_TABLES
+from exchange.portal.migrations import TABLES as PORTAL_TABLES
 from exchange.runtime.db import (
     CORE_TABLES,
     EmbeddedPostgres,
@@ -27,7 +28,7 @@ from settlement.migrations import TABLES as SETTLEMENT_TABLES
 pytestmark = pytest.mark.integration
 
 # the schema: the runtime's tables and every subsystem's (each owns its migrations)
-TABLES = CORE_TABLES + SETTLEMENT_TABLES + FLEX_TABLES + METERING_TABLES
+TABLES = CORE_TABLES + SETTLEMENT_TABLES + FLEX_TABLES + METERING_TABLES + PORTAL_TABLES
 HEAD = alembic_head()
 
 

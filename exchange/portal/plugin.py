@@ -1,0 +1,447 @@
+"""The member portal as a subsystem of the exchange (exchange.gateway.plugin): Sign-In with
+Ethereum (EIP-4361) for members, their browser sessions (``portal_sessions``: they survive a
+restart), CSRF-protected sign-out (one session, or everywhere), the page and its files at
+``/portal``, a demo-only sign-in link, and the peer WebSocket signed in by the session
+cookie (a peer authenticator, exchange.gateway.keys.PEER_AUTHENTICATORS). docs/portal.md.
+:data:`SUBSYSTEM` is registered through the ``voltbourse.subsystems`` entry points."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hashlib
+import hmac
+import logging
+import re
+import secrets
+import time
+from collections import defaultdict, deque
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Annotated
+
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, StringConstraints
+
+from exchange.gateway.http import INT, STR, TIME, ApiError, Route, json_response, obj, read_body, read_query
+from exchange.gateway.keys import MARKET, PEER_AUTHENTICATORS, SETTINGS, PeerAuth
+from exchange.gateway.marketdata import MARKET_DATA
+from exchange.gateway.plugin import Subsystem
+from exchange.gateway.session import end_peer_sessions, member_refusal
+from exchange.portal.store import PortalStore
+from exchange.protocol import siwe
+from exchange.protocol.auth import checksum, recover_login
+from exchange.protocol.errors import VoltbourseError, register
+from exchange.runtime.config import Settings
+
+log = logging.getLogger(__name__)
+
+NOT_SIGNED_IN = register("NOT_SIGNED_IN", 401, "no live member portal session: sign in (cookie missing, expired "
+                         "or signed out)", "portal")
+CSRF = register("CSRF", 403, "the request lacks the session's X-CSRF-Token header (or comes from another origin)",
+                "portal")
+
+COOKIE = "vb_portal"
+CSRF_HEADER = "X-CSRF-Token"
+PEER_AUTH = "portal"  # the hello's "auth" of a WebSocket signed in by a portal session
+NONCE_TTL = timedelta(minutes=10)
+MAX_OPEN_NONCES = 10_000  # unused, unexpired nonces at once (asked for without signing in)
+NONCES_PER_MIN = 60  # per client address
+FAILURES_PER_MIN = 20  # failed sign-ins per client address, then 429 for the rest of the minute
+PURGE_EVERY_S = 600.0
+KEEP_ENDED = timedelta(days=7)  # ended nonces and sessions are forgotten after this
+STATIC = Path(__file__).resolve().parent / "static"
+_FILE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._\-]{0,99}")
+_SID = re.compile(r"[A-Za-z0-9_\-]{43}")  # secrets.token_urlsafe(32)
+
+Signature = Annotated[str, StringConstraints(pattern=r"^0x[0-9a-fA-F]{130}$")]
+Address = Annotated[str, StringConstraints(pattern=r"^0x[0-9a-fA-F]{40}$")]
+
+
+class LoginIn(BaseModel):
+    """A Sign-In with Ethereum message built from ``GET /portal/siwe/nonce`` and its EIP-191
+    (personal_sign) signature by the member's key."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    message: Annotated[str, StringConstraints(min_length=1, max_length=siwe.MAX_MESSAGE_CHARS)]
+    signature: Signature
+
+
+class DemoQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    member: Address
+    key: Annotated[str, StringConstraints(min_length=1, max_length=200)]
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def sid_hash(sid: str) -> str:
+    """What is stored of a session id: its SHA-256 (hex)."""
+    return hashlib.sha256(sid.encode()).hexdigest()
+
+
+def csrf_token(sid: str) -> str:
+    """The session's CSRF token: HMAC-SHA256 keyed with the session id (which only the cookie
+    holds, and page scripts cannot read: HttpOnly), so nothing more is stored and it survives
+    a restart; a cross-site page can neither read nor compute it."""
+    mac = hmac.new(sid.encode(), b"voltbourse portal csrf", hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(mac).rstrip(b"=").decode()
+
+
+def same_origin(request: web.Request, *, required: bool) -> bool:
+    """Whether the request's ``Origin`` is this exchange: the configured ``public_origin``, or
+    else the host the request was sent to (``Host``) over http or https. Without an
+    ``Origin`` header: ``not required``."""
+    origin = request.headers.get("Origin")
+    if origin is None:
+        return not required
+    public = request.config_dict[SETTINGS].public_origin
+    if public:
+        return origin.rstrip("/") == public.rstrip("/")
+    return origin in (f"http://{request.host}", f"https://{request.host}")
+
+
+def security_headers(request: web.Request, resp: web.StreamResponse) -> web.StreamResponse:
+    """As on the operator page: scripts only from this origin (no inline script), no framing,
+    no sniffing, same-origin referrers, nothing cached."""
+    host = request.host
+    resp.headers["Content-Security-Policy"] = (
+        f"default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+        f"connect-src 'self' ws://{host} wss://{host}; frame-ancestors 'none'; base-uri 'none'; form-action 'self'")
+    resp.headers["X-Content-Type-Options"] = "nosniff"
+    resp.headers["Referrer-Policy"] = "same-origin"
+    resp.headers["Cache-Control"] = "no-store"
+    return resp
+
+
+def _private(resp: web.Response) -> web.Response:
+    resp.headers["Cache-Control"] = "no-store"
+    return resp
+
+
+class Throttle:
+    """At most ``per_min`` events per key in any minute."""
+
+    def __init__(self, per_min: int) -> None:
+        self.per_min = per_min
+        self.events: dict[str, deque[float]] = defaultdict(deque)
+
+    def over(self, key: str) -> bool:
+        q = self.events[key]
+        cutoff = time.monotonic() - 60
+        while q and q[0] < cutoff:
+            q.popleft()
+        if not q:
+            del self.events[key]
+            return False
+        return len(q) >= self.per_min
+
+    def hit(self, key: str) -> None:
+        self.events[key].append(time.monotonic())
+
+
+class Portal:
+    """The portal's state in a running app: its store and throttles."""
+
+    def __init__(self, store: PortalStore, settings: Settings) -> None:
+        self.store = store
+        self.settings = settings
+        self.nonces = Throttle(NONCES_PER_MIN)
+        self.failures = Throttle(FAILURES_PER_MIN)
+
+    @property
+    def ttl(self) -> timedelta:
+        return timedelta(hours=self.settings.portal_session_hours)
+
+    async def live(self, request: web.Request) -> tuple[str, str, datetime] | None:
+        """The request's live session: (session id, member, expires_at), or None."""
+        sid = request.cookies.get(COOKIE)
+        if not sid or not _SID.fullmatch(sid):
+            return None
+        row = await self.store.session(sid_hash(sid), _now())
+        return None if row is None else (sid, row["member"], row["expires_at"])
+
+    async def authenticate(self, request: web.Request) -> PeerAuth | None:
+        """The peer authenticator of ``/ws``: a live session cookie, sent by a page of this
+        exchange (``Origin`` required and same-origin: no cross-site WebSocket hijacking)."""
+        if COOKIE not in request.cookies:
+            return None
+        if not same_origin(request, required=True):
+            log.info("portal: /ws with a session cookie from origin %r refused (not signed in by it)",
+                     request.headers.get("Origin"))
+            return None
+        live = await self.live(request)
+        if live is None:
+            return None
+        sid, member, _ = live
+        return PeerAuth(member=member, via=PEER_AUTH, ref=sid_hash(sid))
+
+    async def purge_loop(self) -> None:
+        while True:
+            try:
+                nonces, sessions = await self.store.purge(_now(), KEEP_ENDED)
+                if nonces or sessions:
+                    log.info("portal: forgot %d ended nonces and %d ended sessions", nonces, sessions)
+            except Exception:  # noqa: BLE001 - housekeeping must not stop the subsystem
+                log.exception("portal: purging ended nonces and sessions failed")
+            await asyncio.sleep(PURGE_EVERY_S)
+
+
+PORTAL: web.AppKey[Portal] = web.AppKey("portal", Portal)
+
+
+def _portal(request: web.Request) -> Portal:
+    return request.config_dict[PORTAL]
+
+
+def _who(request: web.Request) -> str:
+    return request.remote or "?"
+
+
+def _refuse_member(request: web.Request, member: str) -> None:
+    """401 with the reason when ``member`` is not a registered, active member of this market."""
+    app = request.app
+    refused = member_refusal(app[MARKET], app[MARKET_DATA], app[SETTINGS], member, count_sessions=False)
+    if refused is not None:
+        raise ApiError(401, refused.code, refused.message)
+
+
+def _session_view(sid: str, member: str, expires_at: datetime) -> dict:
+    return {"member": member, "expires_at": siwe.format_time(expires_at.replace(microsecond=0)),
+            "csrf_token": csrf_token(sid)}
+
+
+async def _start_session(request: web.Request, member: str, via: str, nonce: str | None) -> tuple[str, datetime]:
+    portal = _portal(request)
+    now = _now()
+    sid = secrets.token_urlsafe(32)
+    expires = now + portal.ttl
+    code = await portal.store.sign_in(nonce, now, sid_hash(sid), member, via, expires,
+                                      request.headers.get("User-Agent", ""))
+    if code is not None:
+        why = {siwe.SIWE_NONCE_UNKNOWN: "the nonce was not issued by this server (GET /portal/siwe/nonce)",
+               siwe.SIWE_NONCE_USED: "the nonce was used already: ask for a new one",
+               siwe.SIWE_EXPIRED: "the nonce expired: ask for a new one"}[code]
+        raise ApiError(401, code, why)
+    return sid, expires
+
+
+def _set_cookie(request: web.Request, resp: web.StreamResponse, sid: str) -> None:
+    resp.set_cookie(COOKIE, sid, httponly=True, samesite="Strict", path="/", secure=request.secure,
+                    max_age=int(_portal(request).ttl.total_seconds()))
+
+
+async def _signed_in(request: web.Request, *, csrf: bool) -> tuple[str, str]:
+    """(session id, member) of the request's live session (401 ``NOT_SIGNED_IN``); with
+    ``csrf``, the same origin (when the browser names one) and the session's
+    ``X-CSRF-Token`` are required too (403 ``CSRF``)."""
+    if csrf and not same_origin(request, required=False):
+        raise ApiError(403, CSRF, "cross-origin request refused")
+    live = await _portal(request).live(request)
+    if live is None:
+        raise ApiError(401, NOT_SIGNED_IN, "not signed in (no live portal session): sign in at /portal")
+    sid, member, _ = live
+    if csrf:
+        given = request.headers.get(CSRF_HEADER, "")
+        if not given or not hmac.compare_digest(given.encode(), csrf_token(sid).encode()):
+            raise ApiError(403, CSRF, f"send the session's csrf_token in the {CSRF_HEADER} header")
+    return sid, member
+
+
+# --------------------------------------------------------------------------- handlers
+
+
+async def nonce(request: web.Request) -> web.Response:
+    portal = _portal(request)
+    who = _who(request)
+    if portal.nonces.over(who):
+        raise ApiError(429, "RATE_LIMITED", f"more than {NONCES_PER_MIN} sign-in nonces a minute from this address")
+    portal.nonces.hit(who)
+    now = _now().replace(microsecond=0)
+    expires = now + NONCE_TTL
+    value = siwe.new_nonce()
+    if not await portal.store.issue_nonce(value, now, expires, MAX_OPEN_NONCES):
+        raise ApiError(503, "BUSY", "too many sign-ins under way: retry in a few minutes")
+    s = request.config_dict[SETTINGS]
+    host = request.host
+    return _private(json_response({
+        "nonce": value, "domain": host, "uri": f"{request.scheme}://{host}/portal", "chain_id": s.chain_id,
+        "version": "1",
+        "statement": siwe.safe_statement(f"Sign in to the Voltbourse member portal of community {s.market_id}."),
+        "issued_at": siwe.format_time(now), "expiration_time": siwe.format_time(expires)}))
+
+
+async def _verified_member(request: web.Request, body: LoginIn) -> siwe.SiweMessage:
+    """The message of a valid sign-in (everything but its nonce, which the store checks)."""
+    try:
+        m = siwe.parse(body.message)
+    except siwe.SiweError as exc:
+        raise ApiError(401, siwe.SIWE_INVALID, f"not an EIP-4361 message: {exc}") from None
+    siwe.check(m, domain=request.host, chain_id=request.config_dict[SETTINGS].chain_id, now=_now(),
+               scheme=request.scheme)
+    try:
+        signer = recover_login(body.message, body.signature)
+    except ValueError as exc:
+        raise ApiError(401, "BAD_SIGNATURE", str(exc)) from None
+    if signer != m.address:
+        raise ApiError(401, "BAD_SIGNATURE", f"the message is signed by {signer}, not by {m.address}")
+    _refuse_member(request, m.address)
+    return m
+
+
+async def login(request: web.Request) -> web.Response:
+    if not same_origin(request, required=False):
+        raise ApiError(403, CSRF, "cross-origin sign-in refused")
+    portal = _portal(request)
+    who = _who(request)
+    if portal.failures.over(who):
+        raise ApiError(429, "TOO_MANY_ATTEMPTS", "too many failed sign-ins from this address: wait a minute")
+    body = await read_body(request, LoginIn)
+    try:
+        m = await _verified_member(request, body)
+        sid, expires = await _start_session(request, m.address, "siwe", m.nonce)
+    except VoltbourseError:
+        portal.failures.hit(who)
+        raise
+    resp = _private(json_response(_session_view(sid, m.address, expires)))
+    _set_cookie(request, resp, sid)
+    log.info("portal: %s signed in", m.address)
+    return resp
+
+
+async def session_info(request: web.Request) -> web.Response:
+    live = await _portal(request).live(request)
+    if live is None:
+        raise ApiError(401, NOT_SIGNED_IN, "not signed in (no live portal session): sign in at /portal")
+    sid, member, expires = live
+    _refuse_member(request, member)
+    return _private(json_response(_session_view(sid, member, expires)))
+
+
+async def logout(request: web.Request) -> web.Response:
+    sid, member = await _signed_in(request, csrf=True)
+    h = sid_hash(sid)
+    await _portal(request).store.revoke(h, _now())
+    end_peer_sessions(request.app, member, PEER_AUTH, {h})
+    resp = _private(json_response({"signed_out": 1}))
+    resp.del_cookie(COOKIE, path="/")
+    return resp
+
+
+async def logout_all(request: web.Request) -> web.Response:
+    _, member = await _signed_in(request, csrf=True)
+    ended = await _portal(request).store.revoke_member(member, _now())
+    end_peer_sessions(request.app, member, PEER_AUTH)
+    resp = _private(json_response({"signed_out": len(ended)}))
+    resp.del_cookie(COOKIE, path="/")
+    log.info("portal: %s signed out everywhere (%d sessions)", member, len(ended))
+    return resp
+
+
+async def demo_login(request: web.Request) -> web.StreamResponse:
+    key = request.config_dict[SETTINGS].portal_demo_login
+    not_here = ApiError(404, "NOT_FOUND", "no such resource")
+    if key is None:
+        raise not_here
+    portal = _portal(request)
+    who = _who(request)
+    if portal.failures.over(who):
+        raise ApiError(429, "TOO_MANY_ATTEMPTS", "too many failed sign-ins from this address: wait a minute")
+    q = read_query(request, DemoQuery)
+    if not hmac.compare_digest(q.key.encode(), key.get_secret_value().encode()):
+        portal.failures.hit(who)
+        raise not_here
+    member = checksum(q.member)
+    _refuse_member(request, member)
+    sid, _ = await _start_session(request, member, "demo", None)
+    resp = web.Response(status=303, headers={"Location": "/portal"})
+    _set_cookie(request, resp, sid)
+    log.info("portal: %s signed in by the demo link", member)
+    return resp
+
+
+async def page(request: web.Request) -> web.StreamResponse:
+    index = STATIC / "index.html"
+    if not index.is_file():
+        raise ApiError(404, "NOT_FOUND", "the portal page is not installed")
+    return security_headers(request, web.FileResponse(index))
+
+
+async def static_file(request: web.Request) -> web.StreamResponse:
+    name = request.match_info["file"]
+    path = STATIC / name
+    if not _FILE.fullmatch(name) or not path.is_file():
+        raise ApiError(404, "NOT_FOUND", f"no portal file {name!r}")
+    return security_headers(request, web.FileResponse(path))
+
+
+# --------------------------------------------------------------------------- routes
+
+_TAGS = ("portal",)
+_SESSION = obj(member=STR, expires_at=TIME, csrf_token=STR)
+_CSRF_NOTE = (f"Needs the session cookie ({COOKIE}) and the header {CSRF_HEADER}: <csrf_token> (403 CSRF "
+              "otherwise; 401 NOT_SIGNED_IN without a live session).")
+ROUTES = (
+    Route("GET", "/portal/siwe/nonce", nonce, "A single-use Sign-In with Ethereum nonce and the message's fields",
+          obj(nonce=STR, domain=STR, uri=STR, chain_id=INT, version=STR, statement=STR, issued_at=TIME,
+              expiration_time=TIME), errors=(429, 503), tags=_TAGS,
+          description="Build the EIP-4361 message from these fields and the wallet's address, sign it with "
+                      "personal_sign, then POST it to /portal/siwe/login within 10 minutes (docs/portal.md)."),
+    Route("POST", "/portal/siwe/login", login, "Sign in: an EIP-4361 message and its signature; sets the session "
+          "cookie", _SESSION, body=LoginIn, errors=(401, 403, 422, 429), tags=_TAGS,
+          description=f"Sets {COOKIE} (HttpOnly, SameSite=Strict, Path=/, Max-Age: portal_session_hours; Secure "
+                      "over https). Refusals (401): SIWE_INVALID, SIWE_WRONG_DOMAIN, SIWE_WRONG_CHAIN, "
+                      "SIWE_EXPIRED, SIWE_NOT_YET_VALID, SIWE_NONCE_UNKNOWN, SIWE_NONCE_USED, BAD_SIGNATURE, "
+                      "UNKNOWN_MEMBER, MEMBER_SUSPENDED."),
+    Route("GET", "/portal/session", session_info, "The signed-in member, the session's end and its CSRF token",
+          _SESSION, errors=(401,), tags=_TAGS),
+    Route("POST", "/portal/logout", logout, "Sign this session out", obj(signed_out=INT), errors=(401, 403),
+          tags=_TAGS, description=_CSRF_NOTE + " Its WebSocket connections are closed (4401)."),
+    Route("POST", "/portal/logout-all", logout_all, "Sign out everywhere: every session of the member",
+          obj(signed_out=INT), errors=(401, 403), tags=_TAGS,
+          description=_CSRF_NOTE + " Every WebSocket connection a portal session signed in is closed (4401)."),
+    Route("GET", "/portal/demo-login", demo_login, "Demo only: sign a member in without a wallet", {}, status=303,
+          query=(("member", {"type": "string"}, "the member's address"),
+                 ("key", {"type": "string"}, "the demo sign-in key (setting portal_demo_login)")),
+          errors=(401, 404, 422, 429), tags=_TAGS,
+          description="404 unless the setting portal_demo_login is set and key equals it; then sets the session "
+                      "cookie and redirects to /portal."),
+    Route("GET", "/portal", page, "The member portal page", STR, content_type="text/html", errors=(404,),
+          tags=_TAGS),
+    Route("GET", "/portal/", page, "The member portal page", STR, content_type="text/html", errors=(404,),
+          tags=_TAGS),
+    Route("GET", "/portal/static/{file}", static_file, "The portal page's files (scripts, styles)", STR,
+          content_type="application/octet-stream", errors=(404,), tags=_TAGS),
+)
+
+
+# --------------------------------------------------------------------------- wiring
+
+
+async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+    m = app[MARKET]
+    s = app[SETTINGS]
+    portal = app[PORTAL] = Portal(PortalStore(m.read_pool, s.market_id), s)
+    app[PEER_AUTHENTICATORS].append(portal.authenticate)
+    task = asyncio.create_task(portal.purge_loop(), name="portal-purge")
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+SUBSYSTEM = Subsystem(
+    name="portal",
+    summary="the member portal: Sign-In with Ethereum, browser sessions, the page at /portal (docs/portal.md)",
+    routes=ROUTES,
+    migrations=Path(__file__).resolve().parent / "migrations",
+    lifecycle=lifecycle,
+)
+__all__ = ["COOKIE", "CSRF_HEADER", "PORTAL", "SUBSYSTEM", "csrf_token", "sid_hash"]
