@@ -20,7 +20,7 @@ from clients.sdk import RequestError, VoltbourseClient, VoltbourseError
 __all__ = ["MAX_PUSH", "BotMeter"]
 
 log = logging.getLogger(__name__)
-MAX_PUSH = 2_000  # readings per meter_readings message (the protocol's limit)
+MAX_PUSH = 150  # readings per meter_readings message (the protocol's limit: one 16 KiB frame)
 KINDS = ("import", "export", "generation")
 
 

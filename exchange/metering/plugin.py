@@ -380,6 +380,7 @@ async def info(request: web.Request) -> web.Response:
     s = request.config_dict[SETTINGS]
     return json_response({"market_id": s.market_id, "interval_minutes": svc.interval_minutes,
                           "timezone": s.timezone, "readings_per_push": msgs.MAX_PUSH,
+                          "readings_per_rest_push": msgs.MAX_REST_PUSH,
                           "max_energy_wh": 10**9, "upload_max_mb": s.metering_upload_max_mb,
                           "point_kinds": [k.value for k in PointKind]})
 
@@ -387,8 +388,18 @@ async def info(request: web.Request) -> web.Response:
 # --------------------------------------------------------------------------- member push (REST, signed)
 
 
+REST_PUSH_MAX_BYTES = 1024 * 1024
+
+
 async def push_signed(request: web.Request) -> web.Response:
-    body = await read_body(request, msgs.SignedReadings)
+    if request.content_length is not None and request.content_length > REST_PUSH_MAX_BYTES:
+        raise ApiError(413, UPLOAD_TOO_LARGE, f"a push is at most {REST_PUSH_MAX_BYTES} bytes")
+    raw = bytearray()
+    async for chunk in request.content.iter_chunked(1 << 16):
+        raw += chunk
+        if len(raw) > REST_PUSH_MAX_BYTES:
+            raise ApiError(413, UPLOAD_TOO_LARGE, f"a push is at most {REST_PUSH_MAX_BYTES} bytes")
+    body = msgs.SignedReadings.model_validate_json(bytes(raw))
     svc = _svc(request)
     market = request.config_dict[SETTINGS].market_id
     message = msgs.push_message(market, body.member, body.nonce, msgs.readings_digest(body.readings))

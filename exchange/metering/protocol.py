@@ -15,7 +15,11 @@ from exchange.protocol.types import UtcTime
 
 PointId = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:\-]+$")]
 Address = Annotated[str, StringConstraints(pattern=r"^0x[0-9a-fA-F]{40}$")]
-MAX_PUSH = 2_000
+#: readings per WebSocket message: what fits in a frame of the default ws_max_message_bytes
+#: (16 KiB; a reading is about 95 bytes of JSON)
+MAX_PUSH = 150
+#: readings per signed REST push (body up to 1 MiB)
+MAX_REST_PUSH = 2_000
 
 
 class Reading(BaseModel):
@@ -26,7 +30,8 @@ class Reading(BaseModel):
 
 
 class MeterReadings(Request):
-    """Push readings of your own metering points (at most 2 000 per message). Validated
+    """Push readings of your own metering points (at most 150 per message: the frame size
+    limit). Validated
     like an upload (docs/metering.md): the interval grid, no interval that has not ended,
     no second reading of an interval in one message; a reading that differs from a stored
     one is a correction (kept in the audit trail)."""
@@ -90,7 +95,7 @@ class SignedReadings(BaseModel):
     member: Address
     signer: Address
     nonce: Annotated[int, Field(ge=1, le=2**63 - 1)]
-    readings: Annotated[list[Reading], Field(min_length=1, max_length=MAX_PUSH)]
+    readings: Annotated[list[Reading], Field(min_length=1, max_length=MAX_REST_PUSH)]
     signature: Annotated[str, StringConstraints(pattern=r"^0x[0-9a-fA-F]{130}$")]
 
 

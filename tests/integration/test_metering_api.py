@@ -349,3 +349,19 @@ async def test_public_metering_rules(api):
     st, body = await api.call("GET", "/api/metering", headers={})
     assert st == 200 and body["interval_minutes"] == 15 and body["readings_per_push"] == 2000
     assert body["timezone"] == "Europe/Amsterdam" and "import" in body["point_kinds"]
+
+
+async def test_pushes_up_to_their_limits(api, server, http):
+    """A WS push of 150 readings fits in one frame; a signed REST push carries 2 000 (body
+    above 64 KiB, the API's usual limit)."""
+    pts = {"points": [{"point_id": f"A-x{k}", "member": A, "kind": "import"} for k in range(20)]}
+    st, _ = await api.call("POST", f"{P}/points", pts)
+    readings = [{"point_id": f"A-x{k}", "interval_start": at(15 * i), "energy_wh": 100_000 + i}
+                for k in range(20) for i in range(100)]
+    a = await peer(http, server, 0)
+    r = await a.request({"type": "meter_readings", "id": 1, "readings": readings[:150]})
+    assert r["type"] == "response" and r["result"]["new_values"] == 150, r
+    body = _signed(A, KEYS[0], int(time.time() * 1000), readings)
+    assert len(json.dumps(body)) > 64 * 1024
+    st, res = await api.call("POST", "/api/metering/readings", body, headers={})
+    assert st == 201 and res["rows"] == 2000 and res["new_values"] == 1850, res
