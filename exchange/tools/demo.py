@@ -164,6 +164,12 @@ async def _demo(dsn: str, settings: Settings, speed: int, duration: float, membe
     print(f"  peers:       ws://{host}:{port}/ws (docs/websocket.md); a member key to try: 0x{keys[0].key.hex()}")
     print(f"  operator:    {base}/api/operator/... with 'Authorization: Bearer {token}' (docs/rest.md)")
     print(f"  operator page: {base}/operator  (log in with the token {token})")
+    demo_key = settings.portal_demo_login.get_secret_value() if settings.portal_demo_login else None
+    print(f"  member portal: {base}/portal  sign in with a browser wallet holding the member key "
+          f"0x{keys[0].key.hex().removeprefix('0x')} ({keys[0].address})")
+    if demo_key:
+        print(f"    no wallet? demo-only link (refused outside the demo): "
+              f"{base}/portal/demo-login?member={keys[0].address}&key={demo_key}")
     print(f"  journal:     PostgreSQL {dsn}  (tables journal, trades; market_id = '{settings.market_id}')")
     if worker is not None:
         c = worker.chain
@@ -275,8 +281,11 @@ async def _settle_and_reconcile(market, worker) -> None:
 def run_demo(settings: Settings, speed: int = 600, duration: float = 60.0, members: int = 24) -> int:
     market_id = f"demo-{datetime.now(UTC):%Y%m%d%H%M%S}"
     token = settings.operator_token or SecretStr(secrets.token_urlsafe(16))
+    # the member portal's demo-only sign-in link (no wallet needed), valid for this run only
+    demo_login = settings.portal_demo_login or SecretStr(secrets.token_urlsafe(18))
     settings = settings.model_copy(update={"market_id": market_id, "gate": "rolling", "gate_rolling_minutes": 60,
-                                           "clock": "sim", "sim_speed": speed, "operator_token": token})
+                                           "clock": "sim", "sim_speed": speed, "operator_token": token,
+                                           "portal_demo_login": demo_login})
     with database(settings) as dsn:
         upgrade(dsn)
         return run_async(_demo(dsn, settings, speed, duration, members))
