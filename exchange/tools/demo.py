@@ -180,7 +180,8 @@ async def _demo(dsn: str, settings: Settings, speed: int, duration: float, membe
     meters = DemoMeters(runner.app, [k.address for k in keys], settings.timezone)
     bill_from = -(-clock.now_us() // 3_600_000_000) * 3_600_000_000  # the first whole hour
     n_points = await meters.setup(bill_from - 86_400_000_000)
-    print(f"  metering:    {n_points} metering points, tariff 'default', fees; meter readings and bills at the end "
+    print(f"  metering:    {n_points} metering points, tariff 'default', fees; the delivered quarter-hours' readings "
+          f"and interim bills every 20 s (the portal and the operator page show them), the final bills at the end "
           f"({base}/api/operator/metering/...; docs/metering.md)")
     flex_task = None
     if flex_members := min(7, len(keys)):
@@ -201,6 +202,7 @@ async def _demo(dsn: str, settings: Settings, speed: int, duration: float, membe
     tasks = [asyncio.create_task(bot_loop(b)) for b in bots]
     t0 = time.monotonic()
     last = (t0, 0)
+    last_meter = t0
     try:
         while duration <= 0 or time.monotonic() - t0 < duration:
             await asyncio.sleep(5)
@@ -210,6 +212,12 @@ async def _demo(dsn: str, settings: Settings, speed: int, duration: float, membe
             print(f"  [{console.local(clock.now_us())}] {rate:6.0f} commands/s  {console.trades} trades  "
                   f"{console.energy / 1000:.1f} kWh  {len(rt.engine.orders)} open orders  seq {rt.committed_seq}",
                   flush=True)
+            if now - last_meter >= 20:
+                last_meter = now
+                try:
+                    await meters.tick(bill_from, clock.now_us())
+                except Exception as exc:  # noqa: BLE001 - the demo goes on without it
+                    log.warning("metering demo tick failed: %s", exc)
             if worker is not None:
                 st = await worker.status(limit=1)
                 last_batch = st["batches"][0] if st["batches"] else None

@@ -37,6 +37,7 @@ class DemoMeters:
         self.tz = tz
         self.seed = seed
         self.members = make_community(len(addresses), seed=seed, ids=addresses)
+        self.uploaded_until = 0
 
     async def setup(self, since_us: int) -> int:
         """Points, the default tariff (30 ct/kWh import, 8 ct/kWh feed-in) and the fees."""
@@ -66,8 +67,8 @@ class DemoMeters:
         for i in range(0, grid.n, 4):
             days.add(from_us(grid.start_us + i * grid.step_us).astimezone(self.svc.tz).date())
         loc = Location(timezone=self.tz)
+        e = FORECAST_ERROR_PERMILLE
         for m in self.members:
-            rng = random.Random(f"meter|{self.seed}|{m.member_id}")
             stem = m.member_id[2:10].lower()
             pos = positions.get(m.member_id, [0] * grid.n)
             for day in sorted(days):
@@ -76,8 +77,9 @@ class DemoMeters:
                     s = to_us(slot)
                     if not grid.start_us <= s < grid.end_us:
                         continue
+                    # the error of one member's interval is the same in every upload
+                    rng = random.Random(f"meter|{self.seed}|{m.member_id}|{s}")
                     p = pos[(s - grid.start_us) // grid.step_us]
-                    e = FORECAST_ERROR_PERMILLE
                     cons += max(p, 0) * (1000 + rng.randint(-e, e)) // 1000
                     gen += max(-p, 0) * (1000 + rng.randint(-e, e)) // 1000
                     ts = iso(s)
@@ -85,6 +87,20 @@ class DemoMeters:
                     rows.append(f"{stem}-exp,{ts},{max(gen - cons, 0)}")
                     rows.append(f"{stem}-gen,{ts},{gen}")
         return ("\n".join(rows) + "\n").encode()
+
+    async def tick(self, start_us: int, now_us: int) -> None:
+        """While the demo runs: upload the quarter-hours delivered since the last upload (as a
+        member's gateway would) and issue interim bills, so the portal and the operator page
+        show energy and bills live."""
+        end_us = now_us // STEP_US * STEP_US
+        first = max(start_us, self.uploaded_until)
+        if end_us <= first:
+            return
+        grid = Grid(first, STEP_US, (end_us - first) // STEP_US)
+        await self.svc.import_file(self.readings_csv(grid, await self.positions(grid)), "demo-live.csv",
+                                   now_us=now_us)
+        self.uploaded_until = end_us
+        await self.svc.run_bills(start_us, end_us)
 
     async def finish(self, start_us: int, now_us: int, base: str, token: str, out=print) -> dict:
         """Upload the delivered intervals' readings, bill the period, print bills and KPIs."""
