@@ -50,6 +50,7 @@ import aiohttp
 import asyncpg
 from eth_account import Account
 
+from exchange.protocol import siwe
 from exchange.protocol.auth import sign_login
 from exchange.runtime.config import load_settings
 from exchange.runtime.db import EmbeddedPostgres, upgrade
@@ -172,9 +173,10 @@ async def _register(base: str, keys: list) -> list[str]:
 
 
 async def _login(ws: aiohttp.ClientWebSocketResponse, acct) -> None:
+    """Sign in with Ethereum (EIP-4361) from the hello's offer, as the SDK does."""
     hello = await ws.receive_json()
-    await ws.send_json({"type": "login", "id": 0, "address": acct.address,
-                        "signature": sign_login(hello["challenge"], acct.key)})
+    text = siwe.from_offer(hello["siwe"], acct.address).text()
+    await ws.send_json({"type": "login", "id": 0, "message": text, "signature": sign_login(text, acct.key)})
     while True:
         m = await ws.receive_json()
         if m.get("id") == 0:
