@@ -12,7 +12,11 @@ Checks, per market:
 - the ``NetSettled`` events of its anchoring transaction equal the recorded nets;
 - the registry holds no batch the database does not know (batch count).
 
-Any difference is reported with what was expected and what was found.
+Any difference is reported with what was expected and what was found. A batch merely
+**in flight** (``prepared`` or ``sent``: formed, on its way to the chain) is not a
+difference: it is listed in ``in_flight`` (its trades and root are still checked, and
+one already mined is counted on chain), so a reconciliation while the worker is
+running is OK. A ``blocked`` batch is a difference (it will not go on by itself).
 """
 
 from __future__ import annotations
@@ -26,6 +30,9 @@ from settlement.merkle import MerkleTree, leaf
 from settlement.netting import net_amounts
 from settlement.worker import batch_trades
 
+#: states of a batch on its way to the chain: formed, or signed and sent
+IN_FLIGHT = ("prepared", "sent")
+
 
 @dataclass
 class Report:
@@ -35,6 +42,7 @@ class Report:
     pending_trades: int = 0
     differences: list[str] = field(default_factory=list)
     unverifiable: list[str] = field(default_factory=list)  # batches whose chain is gone (retired)
+    in_flight: list[str] = field(default_factory=list)  # batches formed, not anchored yet (not a difference)
     checked_at: str = ""
 
     @property
@@ -44,7 +52,7 @@ class Report:
     def as_dict(self) -> dict:
         return {"ok": self.ok, "trades": self.trades, "batches": self.batches, "anchored": self.anchored,
                 "pending_trades": self.pending_trades, "differences": self.differences,
-                "unverifiable": self.unverifiable,
+                "unverifiable": self.unverifiable, "in_flight": self.in_flight,
                 "checked_at": self.checked_at}
 
 
@@ -73,6 +81,7 @@ async def reconcile(pool, market_id: str, chain, *, deployment_id: int | None = 
         batches = await conn.fetch("SELECT * FROM settlement_batches WHERE market_id = $1 ORDER BY batch_id",
                                    market_id)
         rep.batches = len(batches)
+        mined_in_flight = 0
         for b in batches:
             bid = b["batch_id"]
             trades = await batch_trades(conn, market_id, bid)
@@ -88,6 +97,18 @@ async def reconcile(pool, market_id: str, chain, *, deployment_id: int | None = 
             nets = {m: a for m, a in b["nets"]}
             if nets != net_amounts(trades):
                 diff(f"batch {bid}: recorded net amounts differ from its trades' net amounts")
+            if b["state"] in IN_FLIGHT:
+                # on its way: the worker anchors it (a chain error is retried, and alerted)
+                rep.in_flight.append(f"batch {bid}: {b['state']}" + (f" (tx {b['tx_hash']})" if b["tx_hash"] else "")
+                                     + (f", last error: {b['last_error']}" if b["last_error"] else ""))
+                if deployment_id is not None and b["deployment_id"] in (None, deployment_id):
+                    c_root, _f, _l, _c, c_at = await call(chain.batch_on_chain, bid)
+                    if c_at and "0x" + bytes(c_root).hex() == b["root"]:
+                        mined_in_flight += 1  # mined, not recorded as anchored yet
+                    elif c_at:
+                        diff(f"batch {bid}: in flight, but the registry holds it with another root "
+                             f"0x{bytes(c_root).hex()} than recorded {b['root']}")
+                continue
             if b["state"] != "anchored":
                 diff(f"batch {bid}: not anchored (state {b['state']}"
                      + (f", last error: {b['last_error']}" if b["last_error"] else "") + ")")
@@ -125,6 +146,7 @@ async def reconcile(pool, market_id: str, chain, *, deployment_id: int | None = 
                 diff(f"batch {bid}: net amounts settled on chain differ from the recorded ones")
         if deployment_id is not None:
             on_chain = await call(chain.registry.functions.batchCount().call)
-            if on_chain != rep.anchored:
-                diff(f"the registry holds {on_chain} batches, the database {rep.anchored} anchored ones")
+            if on_chain != rep.anchored + mined_in_flight:
+                diff(f"the registry holds {on_chain} batches, the database {rep.anchored} anchored ones"
+                     + (f" and {mined_in_flight} in flight already on chain" if mined_in_flight else ""))
     return rep
