@@ -12,8 +12,9 @@ from typing import Any
 from exchange.runtime.config import load_settings
 from exchange.runtime.db import create_pool, database
 from exchange.runtime.service import run_async
-from settlement.bench import bench_settlement
+from settlement.bench import FLOW_RATE, MIN_BATCH, THIN_MAX_AGE_S, bench_settlement
 from settlement.chain import Chain, chain_data_path
+from settlement.devnode import DevNodeUnavailable
 from settlement.reconcile import reconcile
 from settlement.worker import RedeployRefused, approve_redeploy
 
@@ -35,10 +36,14 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report))
     else:
-        print(f"trades {report['trades']}, batches {report['batches']} ({report['anchored']} anchored), "
-              f"pending {report['pending_trades']}: {'OK' if report['ok'] else 'DIFFERENCES'}")
+        in_flight = report.get("in_flight", [])
+        print(f"trades {report['trades']}, batches {report['batches']} ({report['anchored']} anchored"
+              + (f", {len(in_flight)} in flight" if in_flight else "")
+              + f"), pending {report['pending_trades']}: {'OK' if report['ok'] else 'DIFFERENCES'}")
         for d in report["differences"]:
             print("  -", d)
+        for d in in_flight:
+            print("  (in flight)", d)
         for d in report.get("unverifiable", []):
             print("  (unverifiable)", d)
     return 0 if report["ok"] else 1
@@ -134,8 +139,15 @@ def cmd_redeploy(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
 
-    result = {"bench": "settlement", **bench_settlement(args.trades, args.seed, args.batch_size, args.rate,
-                                                         args.stream_seconds, args.max_age)}
+    try:
+        figures = bench_settlement(args.trades, args.seed, args.batch_size, args.rate, args.stream_seconds,
+                                   args.max_age, rpc=args.rpc, operator_key=args.operator_key,
+                                   flow_rate=args.flow_rate, flow_s=args.flow_seconds, flow_speed=args.flow_speed,
+                                   min_batch=args.min_batch, thin_max_age_s=args.thin_max_age)
+    except DevNodeUnavailable as exc:
+        print(f"voltbourse: {exc}", file=sys.stderr)
+        return 2
+    result = {"bench": "settlement", **figures}
     if args.json:
         print(json.dumps(result))
     else:
@@ -160,7 +172,7 @@ def add_commands(sub, bench_sub) -> None:
     d.set_defaults(func=cmd_redeploy)
 
     b = bench_sub.add_parser("settlement", help="trades anchored per second, gas per trade and lag on the "
-                                                "in-process EVM")
+                                                "in-process EVM or a JSON-RPC node (--rpc)")
     b.add_argument("--json", action="store_true", help="print one JSON object")
     b.add_argument("--trades", type=int, default=20_000, help="backlog of trades to settle (default 20000)")
     b.add_argument("--seed", type=int, default=1)
@@ -168,4 +180,19 @@ def add_commands(sub, bench_sub) -> None:
     b.add_argument("--rate", type=int, default=1000, help="trades/s of the live stream phase")
     b.add_argument("--stream-seconds", type=float, default=10.0, help="length of the live stream phase")
     b.add_argument("--max-age", type=float, default=5.0, help="settlement_max_age_s during the stream phase")
+    b.add_argument("--rpc", metavar="URL", help="settle on this JSON-RPC node (fresh contracts deployed there) "
+                                                "instead of the in-process EVM; 'hardhat' starts the local Hardhat "
+                                                "dev node of contracts/ for the run")
+    b.add_argument("--operator-key", help="the operator's key on the --rpc node (default: the dev node's first "
+                                          "account, Hardhat's and anvil's well-known key 0)")
+    b.add_argument("--flow-rate", type=float, default=FLOW_RATE,
+                   help=f"trades/s of the realistic flow, as in `bots run` (default {FLOW_RATE})")
+    b.add_argument("--flow-seconds", type=float, default=100.0, help="length of the realistic flow, in real-flow "
+                                                                     "seconds (default 100)")
+    b.add_argument("--flow-speed", type=float, default=2.0, help="the realistic flow runs this many times faster "
+                                                                 "than real time, ages scaled alike (default 2)")
+    b.add_argument("--min-batch", type=int, default=MIN_BATCH,
+                   help=f"thin-flow policy measured: a batch waits for this many trades (default {MIN_BATCH}) ...")
+    b.add_argument("--thin-max-age", type=float, default=THIN_MAX_AGE_S,
+                   help=f"... or until its oldest trade waited this long (default {THIN_MAX_AGE_S:g} s)")
     b.set_defaults(func=cmd_bench)

@@ -9,6 +9,8 @@ It is a downstream consumer of the journal with its own cursor (``settlement``):
 2. **form**: when ``batch_size`` ingested trades wait, or the oldest has waited
    ``max_age_s``, the next batch is formed in one transaction: its row (``prepared``,
    root, nets, trade range) and ``trades.batch_id``. A trade is in exactly one batch.
+   Thin flow (``min_batch``, off by default): a smaller batch waits past ``max_age_s``
+   for ``min_batch`` trades, at most until its oldest waited ``thin_max_age_s``.
 3. **send**: the ``anchorBatch`` transaction is signed locally; its hash and raw bytes
    are recorded (``sent``) *before* it is broadcast. After a crash a ``sent`` batch is
    resolved from the chain: receipt of the recorded hash, else the registry's own
@@ -166,7 +168,8 @@ async def batch_trades(conn, market_id: str, batch_id: int) -> list[TradeRecord]
 
 class SettlementWorker:
     def __init__(self, pool: asyncpg.Pool, market_id: str, chain: Chain, *, runtime=None,
-                 batch_size: int = 2000, max_age_s: float = 5.0, poll_s: float = 0.5,
+                 batch_size: int = 2000, max_age_s: float = 5.0, min_batch: int = 0,
+                 thin_max_age_s: float | None = None, poll_s: float = 0.5,
                  retry_s: float = 1.0, retry_max_s: float = 60.0,
                  publish: Callable[[dict], None] | None = None,
                  fault: Callable[[str], None] | None = None,
@@ -191,6 +194,11 @@ class SettlementWorker:
         self.runtime = runtime
         self.batch_size = batch_size
         self.max_age_s = max_age_s
+        #: thin flow: a batch of fewer than ``min_batch`` trades waits past ``max_age_s`` until
+        #: it has them or its oldest trade waited ``thin_max_age_s`` (gas per batch is mostly
+        #: fixed, so a bigger batch costs less per trade; the price is lag). 0: off.
+        self.min_batch = min_batch
+        self.thin_max_age_s = max_age_s if thin_max_age_s is None else max(thin_max_age_s, max_age_s)
         self.poll_s = poll_s
         self.retry_s = retry_s
         self.retry_max_s = retry_max_s
@@ -470,7 +478,9 @@ class SettlementWorker:
                 return False
             if self._pending_since is None:
                 self._pending_since = now
-            if pending < self.batch_size and not force and now - self._pending_since < self.max_age_s:
+            age = now - self._pending_since
+            if pending < self.batch_size and not force and (
+                    age < self.max_age_s or (pending < self.min_batch and age < self.thin_max_age_s)):
                 return False
             await conn.execute("LOCK TABLE settlement_batches IN SHARE ROW EXCLUSIVE MODE")
             batch_id = (await conn.fetchval(
