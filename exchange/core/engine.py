@@ -49,6 +49,7 @@ from exchange.core.model import (
     ModifyOrder,
     OrderAccepted,
     OrderCancelled,
+    OrderDelegated,
     OrderExpired,
     OrderModified,
     PlaceBlock,
@@ -927,6 +928,8 @@ class MarketEngine:
             o.expire_at = cmd.expire_at
         self.seq = seq = self.seq + 1  # _emit, inline
         self._out.append(OrderAccepted(seq, ts, oid, member, pid, side, price, qty, tif, coid, cmd.signature))
+        if cmd.delegation is not None:
+            self._emit(OrderDelegated, ts, oid, member, cmd.delegation)
         if coid is not None:
             self._remember_client_id(member, coid, oid, seq, None, pid, _terms(cmd) if cfg.coid_terms else None)
         if resting_only:

@@ -151,6 +151,7 @@ class PlaceOrder(Command):
     post_only: bool = False  # refused (POST_ONLY_WOULD_TRADE) rather than trade on arrival; gtc only
     expire_at: int | None = None  # good till date (us): expires then if still resting; gtc only
     min_quantity: int | None = None  # ioc only: cancelled whole unless at least this much trades at once
+    delegation: str | None = None  # placed by an agent under this member's delegation (its id)
 
 
 @dataclass(slots=True)
@@ -275,6 +276,17 @@ class OrderAccepted(Event):
     tif: TimeInForce
     client_order_id: str | None
     signature: str | None
+
+
+@dataclass(slots=True)
+class OrderDelegated(Event):
+    """The order accepted just before was placed by a trading agent under the member's
+    delegation ``delegation`` (its id: the keccak-256 of the signed EIP-712 delegation)."""
+
+    type: ClassVar[str] = "order_delegated"
+    order_id: OrderId
+    member: MemberId
+    delegation: str
 
 
 @dataclass(slots=True)

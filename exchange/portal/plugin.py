@@ -19,19 +19,23 @@ import time
 from collections import defaultdict, deque
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, Literal
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, StringConstraints
+from eth_account import Account
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from exchange.gateway.http import INT, STR, TIME, ApiError, Route, json_response, obj, read_body, read_query
+from exchange.gateway.http import ANY_OBJECT, INT, STR, TIME, ApiError, Route, json_response, obj, read_body, read_query
 from exchange.gateway.keys import MARKET, PEER_AUTHENTICATORS, SETTINGS, PeerAuth
 from exchange.gateway.marketdata import MARKET_DATA
 from exchange.gateway.plugin import Subsystem
 from exchange.gateway.session import end_peer_sessions, member_refusal
+from exchange.portal.agent import AgentHost
+from exchange.portal.agent_rules import MAX_DELEGATION_DAYS, Limits
 from exchange.portal.store import PortalStore
-from exchange.protocol import siwe
+from exchange.protocol import auth, siwe
 from exchange.protocol.auth import checksum, recover_login
 from exchange.protocol.errors import VoltbourseError, register
 from exchange.runtime.config import Settings
@@ -195,6 +199,7 @@ class Portal:
 
 
 PORTAL: web.AppKey[Portal] = web.AppKey("portal", Portal)
+AGENT_HOST: web.AppKey[AgentHost] = web.AppKey("portal_agents", AgentHost)
 
 
 def _portal(request: web.Request) -> Portal:
@@ -384,6 +389,154 @@ async def static_file(request: web.Request) -> web.StreamResponse:
 
 # --------------------------------------------------------------------------- routes
 
+
+# --------------------------------------------------------------------------- the managed trading agent
+
+AGENT_REFUSED = register("AGENT_DELEGATION_INVALID", 422, "a delegation to the trading agent is malformed, not "
+                                                         "signed by the member, or outside what the agent accepts",
+                         "portal")
+_DEC = r"^[0-9]{1,9}(\.[0-9]{1,8})?$"
+
+
+class AgentLimitsIn(BaseModel):
+    """The limits a member gives its trading agent (docs/portal.md, "My agent"); exact decimals."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    strategy: Literal["limits"] = "limits"
+    max_buy_price_eur_mwh: Annotated[str, StringConstraints(pattern=_DEC)]
+    min_sell_price_eur_mwh: Annotated[str, StringConstraints(pattern=_DEC)]
+    max_order_kwh: Annotated[str, StringConstraints(pattern=_DEC)]
+    daily_budget_eur: Annotated[str, StringConstraints(pattern=_DEC)]
+    battery_reserve_kwh: Annotated[str, StringConstraints(pattern=_DEC)] = "0"
+    excluded_hours: Annotated[list[Annotated[int, Field(ge=0, le=23)]], Field(max_length=24)] = Field(
+        default_factory=list)
+    expires_in_hours: Annotated[int, Field(ge=1, le=MAX_DELEGATION_DAYS * 24)] = 24
+
+
+class AgentDelegationIn(BaseModel):
+    """The typed data /portal/agent/prepare returned, signed by the member's wallet
+    (``eth_signTypedData_v4``)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    typed_data: dict[str, Any]
+    signature: Annotated[str, StringConstraints(pattern=r"^0x[0-9a-fA-F]{130}$")]
+
+
+def _exact(text: str, scale: int, what: str) -> int:
+    d = Decimal(text) * scale
+    if d != d.to_integral_value():
+        raise ApiError(422, AGENT_REFUSED, f"{what}: {text} is finer than the smallest unit")
+    return int(d)
+
+
+def _agent(request: web.Request) -> AgentHost:
+    return request.config_dict[AGENT_HOST]
+
+
+def _agent_key() -> tuple[str, str]:
+    acct = Account.create()
+    return acct.address, "0x" + acct.key.hex().removeprefix("0x")
+
+
+async def agent_status(request: web.Request) -> web.Response:
+    _, member = await _signed_in(request, csrf=False)
+    return _private(json_response(await _agent_view(request, member)))
+
+
+async def _agent_view(request: web.Request, member: str) -> dict[str, Any]:
+    portal = _portal(request)
+    address, _ = await portal.store.agent_key(member, _agent_key)
+    active = await portal.store.active_delegations(_now(), member)
+    host = _agent(request)
+    run = host.runs.get(member)
+    d = active[0] if active else None
+    return {
+        "agent": address, "active": run is not None and d is not None,
+        "delegation": None if d is None else {"delegation_id": d["delegation_id"], "limits": d["message"],
+                                              "expires_at": siwe.format_time(d["expires_at"])},
+        "orders": [] if run is None else [{"order_id": oid, "product_id": p, "side": sd, "price": pr, "quantity": q}
+                                          for oid, (p, sd, pr, q) in sorted(host.live_orders(run).items())],
+        "placed": 0 if run is None else run.placed, "refused": 0 if run is None else run.refused,
+        "spent_today_units": "0" if run is None else str(sum(run.spent.values())),
+    }
+
+
+async def agent_prepare(request: web.Request) -> web.Response:
+    """The EIP-712 delegation for these limits, for the member's wallet to sign."""
+    _, member = await _signed_in(request, csrf=True)
+    body = await read_body(request, AgentLimitsIn)
+    portal = _portal(request)
+    s = request.config_dict[SETTINGS]
+    address, _ = await portal.store.agent_key(member, _agent_key)
+    now_s = int(time.time())
+    message = {"market": s.market_id, "delegate": address, "strategy": body.strategy,
+               "maxBuyPrice": _exact(body.max_buy_price_eur_mwh, 100, "max_buy_price_eur_mwh"),
+               "minSellPrice": _exact(body.min_sell_price_eur_mwh, 100, "min_sell_price_eur_mwh"),
+               "maxOrderWh": _exact(body.max_order_kwh, 1000, "max_order_kwh"),
+               "dailyBudget": _exact(body.daily_budget_eur, 100_000_000, "daily_budget_eur"),
+               "batteryReserveWh": _exact(body.battery_reserve_kwh, 1000, "battery_reserve_kwh"),
+               "excludedHours": ",".join(str(h) for h in sorted(set(body.excluded_hours))),
+               "expiry": now_s + body.expires_in_hours * 3600, "nonce": time.time_ns() // 1000}
+    _check_limits(request, message, now_s)
+    typed = auth.delegation_typed_data(s.chain_id, message)
+    return _private(json_response({"typed_data": typed, "delegation_id": auth.typed_data_hash(typed)}))
+
+
+def _check_limits(request: web.Request, message: dict[str, Any], now_s: int) -> Limits:
+    cfg = request.config_dict[MARKET].engine.config
+    try:
+        limits = Limits.from_message(message)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ApiError(422, AGENT_REFUSED, f"malformed delegation: {exc}") from None
+    problems = limits.problems(now_s, cfg.price_min, cfg.price_max)
+    if problems:
+        raise ApiError(422, AGENT_REFUSED, "; ".join(problems))
+    return limits
+
+
+async def agent_enable(request: web.Request) -> web.Response:
+    """Turn the agent on with a delegation the member signed."""
+    _, member = await _signed_in(request, csrf=True)
+    body = await read_body(request, AgentDelegationIn)
+    s = request.config_dict[SETTINGS]
+    portal = _portal(request)
+    message = body.typed_data.get("message")
+    if not isinstance(message, dict):
+        raise ApiError(422, AGENT_REFUSED, "typed_data.message is missing")
+    address, _ = await portal.store.agent_key(member, _agent_key)
+    expected = auth.delegation_typed_data(s.chain_id, message)
+    if body.typed_data != expected:
+        raise ApiError(422, AGENT_REFUSED, "typed_data is not a Voltbourse delegation of this chain (sign what "
+                                           "/portal/agent/prepare returned)")
+    if message.get("market") != s.market_id:
+        raise ApiError(422, AGENT_REFUSED, f"the delegation is for market {message.get('market')!r}, not "
+                                           f"{s.market_id!r}")
+    if not isinstance(message.get("delegate"), str) or message["delegate"].lower() != address.lower():
+        raise ApiError(422, AGENT_REFUSED, f"the delegate must be your agent's key {address}")
+    now_s = int(time.time())
+    limits = _check_limits(request, message, now_s)
+    try:
+        signer = auth.recover_order_signer(expected, body.signature)
+    except ValueError as exc:
+        raise ApiError(401, "BAD_SIGNATURE", str(exc)) from None
+    if signer != member:
+        raise ApiError(401, "BAD_SIGNATURE", f"the delegation is signed by {signer}, not by {member}")
+    delegation_id = auth.typed_data_hash(expected)
+    await portal.store.put_delegation(delegation_id, member, address, message, body.signature,
+                                      datetime.fromtimestamp(limits.expiry, UTC), _now())
+    await _agent(request).enable(member, delegation_id, limits)
+    log.info("portal: %s delegated to its trading agent (%s)", member, delegation_id)
+    return _private(json_response(await _agent_view(request, member), 201))
+
+
+async def agent_revoke(request: web.Request) -> web.Response:
+    """Revoke the delegation at once: the agent stops and its resting orders are cancelled."""
+    _, member = await _signed_in(request, csrf=True)
+    revoked = await _portal(request).store.revoke_delegation(member, _now())
+    cancelled = await _agent(request).disable(member)
+    return _private(json_response({"revoked": revoked, "cancelled_orders": cancelled}))
+
+
 _TAGS = ("portal",)
 _SESSION = obj(member=STR, expires_at=TIME, csrf_token=STR)
 _CSRF_NOTE = (f"Needs the session cookie ({COOKIE}) and the header {CSRF_HEADER}: <csrf_token> (403 CSRF "
@@ -413,6 +566,15 @@ ROUTES = (
           errors=(401, 404, 422, 429), tags=_TAGS,
           description="404 unless the setting portal_demo_login is set and key equals it; then sets the session "
                       "cookie and redirects to /portal."),
+    Route("GET", "/portal/agent", agent_status, "My trading agent: its key, the active delegation, its orders",
+          ANY_OBJECT, errors=(401,), tags=_TAGS),
+    Route("POST", "/portal/agent/prepare", agent_prepare, "The EIP-712 delegation for these limits, to sign in "
+          "the wallet", ANY_OBJECT, body=AgentLimitsIn, errors=(401, 403, 422), tags=_TAGS, description=_CSRF_NOTE),
+    Route("POST", "/portal/agent", agent_enable, "Turn the trading agent on with a signed delegation", ANY_OBJECT,
+          status=201, body=AgentDelegationIn, errors=(401, 403, 422), tags=_TAGS, description=_CSRF_NOTE),
+    Route("DELETE", "/portal/agent", agent_revoke, "Revoke the delegation at once (the agent's orders are "
+          "cancelled)", obj(revoked=STR, cancelled_orders=INT), errors=(401, 403), tags=_TAGS,
+          description=_CSRF_NOTE),
     Route("GET", "/portal", page, "The member portal page", STR, content_type="text/html", errors=(404,),
           tags=_TAGS),
     Route("GET", "/portal/", page, "The member portal page", STR, content_type="text/html", errors=(404,),
@@ -430,8 +592,12 @@ async def lifecycle(app: web.Application) -> AsyncIterator[None]:
     s = app[SETTINGS]
     portal = app[PORTAL] = Portal(PortalStore(m.read_pool, s.market_id), s)
     app[PEER_AUTHENTICATORS].append(portal.authenticate)
+    host = app[AGENT_HOST] = AgentHost(m.runtime, portal.store, s.tz)
+    for d in await portal.store.active_delegations(_now()):  # agents survive a restart
+        await host.enable(d["member"], d["delegation_id"], Limits.from_message(d["message"]))
     task = asyncio.create_task(portal.purge_loop(), name="portal-purge")
     yield
+    await host.stop()
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task

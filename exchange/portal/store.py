@@ -1,10 +1,13 @@
-"""The member portal's tables (``portal_nonces``, ``portal_sessions``): no other module
+"""The member portal's tables (``portal_nonces``, ``portal_sessions``, ``portal_agent_keys``,
+``portal_delegations``): no other module
 reads or writes them. Sessions are keyed by the SHA-256 of their id: the id itself (the
 cookie's value) is never stored."""
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from collections.abc import Callable
+from datetime import date, datetime, timedelta
+from typing import Any
 
 import asyncpg
 
@@ -86,3 +89,56 @@ class PortalStore:
                 "WITH d AS (DELETE FROM portal_sessions WHERE market_id = $1 AND (expires_at < $2 OR revoked_at < $2) "
                 "RETURNING 1) SELECT count(*) FROM d", self.market_id, cutoff)
         return int(nonces), int(sessions)
+
+    # ------------------------------------------------------------------ the managed trading agent
+    async def agent_key(self, member: str, make: Callable[[], tuple[str, str]]) -> tuple[str, str]:
+        """(address, private key) of ``member``'s agent key, made with ``make`` the first time."""
+        row = await self.pool.fetchrow("SELECT address, private_key FROM portal_agent_keys WHERE market_id = $1 "
+                                       "AND member = $2", self.market_id, member)
+        if row is not None:
+            return row["address"], row["private_key"]
+        address, key = make()
+        await self.pool.execute(
+            "INSERT INTO portal_agent_keys (market_id, member, address, private_key) VALUES ($1, $2, $3, $4) "
+            "ON CONFLICT DO NOTHING", self.market_id, member, address, key)
+        row = await self.pool.fetchrow("SELECT address, private_key FROM portal_agent_keys WHERE market_id = $1 "
+                                       "AND member = $2", self.market_id, member)
+        assert row is not None
+        return row["address"], row["private_key"]
+
+    async def put_delegation(self, delegation_id: str, member: str, delegate: str, message: dict[str, Any],
+                             signature: str, expires_at: datetime, now: datetime) -> None:
+        """Store a delegation as the member's active one (the previous one, if any, ends)."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute("UPDATE portal_delegations SET revoked_at = $3 WHERE market_id = $1 AND member = $2 "
+                               "AND revoked_at IS NULL", self.market_id, member, now)
+            await conn.execute(
+                "INSERT INTO portal_delegations (market_id, delegation_id, member, delegate, message, signature, "
+                "expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (market_id, delegation_id) DO UPDATE "
+                "SET revoked_at = NULL", self.market_id, delegation_id, member, delegate, message, signature,
+                expires_at)
+
+    async def revoke_delegation(self, member: str, now: datetime) -> str | None:
+        """End the member's active delegation at once; its id (None: there was none)."""
+        return await self.pool.fetchval(
+            "UPDATE portal_delegations SET revoked_at = $3 WHERE market_id = $1 AND member = $2 AND revoked_at IS NULL "
+            "RETURNING delegation_id", self.market_id, member, now)
+
+    async def active_delegations(self, now: datetime, member: str | None = None) -> list[asyncpg.Record]:
+        return await self.pool.fetch(
+            "SELECT delegation_id, member, delegate, message, signature, expires_at, created_at FROM portal_delegations "
+            "WHERE market_id = $1 AND revoked_at IS NULL AND expires_at > $2 AND ($3::text IS NULL OR member = $3) "
+            "ORDER BY member", self.market_id, now, member)
+
+    async def agent_order(self, order_id: int, member: str, delegation_id: str, product_id: str, side: str,
+                          price: int, quantity: int, local_day: date) -> None:
+        await self.pool.execute(
+            "INSERT INTO portal_agent_orders (market_id, order_id, member, delegation_id, product_id, side, price, "
+            "quantity, local_day) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT DO NOTHING",
+            self.market_id, order_id, member, delegation_id, product_id, side, price, quantity, local_day)
+
+    async def agent_orders(self, member: str, since_day: date | None = None) -> list[asyncpg.Record]:
+        return await self.pool.fetch(
+            "SELECT order_id, delegation_id, product_id, side, price, quantity, local_day, placed_at "
+            "FROM portal_agent_orders WHERE market_id = $1 AND member = $2 AND ($3::date IS NULL OR local_day >= $3) "
+            "ORDER BY order_id", self.market_id, member, since_day)

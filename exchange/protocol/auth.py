@@ -21,7 +21,7 @@ from typing import Any
 
 from eth_account import Account
 from eth_account.messages import encode_defunct, encode_typed_data
-from eth_utils import to_checksum_address
+from eth_utils import keccak, to_checksum_address
 
 #: EIP-712 typed data (``types``, ``primaryType``, ``domain``, ``message``): a JSON object.
 TypedData = dict[str, Any]
@@ -75,6 +75,40 @@ BLOCK_ORDER_TYPES = {
         {"name": "nonce", "type": "uint256"},
     ],
 }
+
+
+#: A member's delegation to a trading agent: the agent's key (``delegate``) may trade for the
+#: member in ``market`` within these limits until ``expiry`` (Unix seconds). Prices in ticks
+#: (0.01 EUR/MWh), energy in Wh, money in units of 1e-8 EUR; ``excludedHours``: the local
+#: delivery hours it must not trade, comma-separated ("" for none).
+DELEGATION_TYPES = {
+    "EIP712Domain": ORDER_TYPES["EIP712Domain"],
+    "Delegation": [
+        {"name": "market", "type": "string"},
+        {"name": "delegate", "type": "address"},
+        {"name": "strategy", "type": "string"},
+        {"name": "maxBuyPrice", "type": "int256"},
+        {"name": "minSellPrice", "type": "int256"},
+        {"name": "maxOrderWh", "type": "uint256"},
+        {"name": "dailyBudget", "type": "uint256"},
+        {"name": "batteryReserveWh", "type": "uint256"},
+        {"name": "excludedHours", "type": "string"},
+        {"name": "expiry", "type": "uint256"},
+        {"name": "nonce", "type": "uint256"},
+    ],
+}
+
+
+def delegation_typed_data(chain_id: int, message: dict[str, Any]) -> TypedData:
+    """The EIP-712 typed data of a delegation (``message`` with the ``Delegation`` fields)."""
+    return {"types": DELEGATION_TYPES, "primaryType": "Delegation", "domain": domain(chain_id), "message": message}
+
+
+def typed_data_hash(typed: TypedData) -> str:
+    """The EIP-712 hash of typed data (0x hex): what is signed, an id for what was signed."""
+    msg = encode_typed_data(full_message=typed)
+    digest: bytes = keccak(b"\x19" + msg.version + msg.header + msg.body)
+    return "0x" + digest.hex()
 
 
 def domain(chain_id: int) -> dict[str, str | int]:

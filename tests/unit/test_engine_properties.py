@@ -657,7 +657,7 @@ def _model_classes(base):
 def test_codec_registry_maps_every_tag_to_the_live_class():
     cmds = {c.type: c for c in _model_classes(Command)}
     evs = {c.type: c for c in _model_classes(Event)}
-    assert len(cmds) == 10 and len(evs) == 20
+    assert len(cmds) == 10 and len(evs) == 21
     assert COMMANDS == cmds
     assert EVENTS == evs
 

@@ -1,0 +1,131 @@
+"""The managed trading agent (portal, "My agent") against a real server: a member signs an
+EIP-712 delegation in its wallet; the platform's agent then trades for it within the
+signed limits (its orders journaled with an order_delegated event); revoking stops it at
+once and cancels its orders; a forged, foreign or out-of-bounds delegation is refused; the
+agent survives a restart."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from support.keys import KEYS
+from test_portal_auth import jar, sign_in
+
+from exchange.core.model import OrderDelegated, PlaceOrder, Side
+from exchange.protocol import auth
+
+pytestmark = [pytest.mark.integration, pytest.mark.server(market_id="agentm", members=KEYS[:3])]
+A, B = KEYS[0], KEYS[1]
+
+LIMITS = {"max_buy_price_eur_mwh": "95", "min_sell_price_eur_mwh": "140", "max_order_kwh": "2",
+          "daily_budget_eur": "1", "excluded_hours": [3], "expires_in_hours": 24}
+
+
+async def _call(http, server, method: str, path: str, sid: str, csrf: str | None, body=None):
+    headers = {**jar(sid, server.http)}
+    if csrf is not None:
+        headers["X-CSRF-Token"] = csrf
+    async with http.request(method, server.http + path, json=body, headers=headers) as r:
+        return r.status, await r.json()
+
+
+async def _enable(http, server, key=A, limits=None, signer=None):
+    sid, login = await sign_in(http, server, key)
+    csrf = login["csrf_token"]
+    st, prep = await _call(http, server, "POST", "/portal/agent/prepare", sid, csrf, limits or LIMITS)
+    assert st == 200, prep
+    typed = prep["typed_data"]
+    sig = auth.sign_order(typed, (signer or key).key)
+    st, body = await _call(http, server, "POST", "/portal/agent", sid, csrf, {"typed_data": typed, "signature": sig})
+    return sid, csrf, typed, st, body
+
+
+async def _wait(pred, timeout: float = 10.0):
+    for _ in range(int(timeout / 0.1)):
+        if pred():
+            return True
+        await asyncio.sleep(0.1)
+    return False
+
+
+async def test_agent_trades_within_limits_and_stops_when_revoked(server, http):
+    sid, csrf, typed, st, body = await _enable(http, server)
+    assert st == 201 and body["active"], body
+    assert body["delegation"]["delegation_id"] == auth.typed_data_hash(typed)
+    engine = server.market.engine
+    member = A.address
+    # the agent rests buys at the cap (9 500 ticks) and sells at the floor (14 000), 2 kWh each
+    assert await _wait(lambda: sum(1 for o in engine.orders.values() if o.member == member) >= 2)
+    mine = [o for o in engine.orders.values() if o.member == member]
+    assert all((o.price <= 9_500 if o.side is Side.BUY else o.price >= 14_000) and o.remaining <= 2_000
+               for o in mine)
+    # another member sells below the cap: the agent's bid takes it
+    pid = mine[0].product_id
+    res = await server.market.runtime.submit(PlaceOrder(0, B.address, pid, Side.SELL, 9_000, 1_000))
+    assert any(e.type == "trade" and e.buyer == member and e.price == 9_500 for e in res.events)
+    # the journal shows the agent's orders under the delegation
+    rows = await server.market.pool.fetch("SELECT events FROM journal WHERE market_id = 'agentm'")
+    delegated = [e for r in rows for e in r["events"] if e["type"] == OrderDelegated.type]
+    assert delegated and all(e["delegation"] == body["delegation"]["delegation_id"] and e["member"] == member
+                             for e in delegated)
+    # the daily budget (1 EUR) bounds its buys: at most 1 EUR of limit value placed today
+    st, status = await _call(http, server, "GET", "/portal/agent", sid, None)
+    assert st == 200 and int(status["spent_today_units"]) <= 100_000_000
+    # revoke: the agent stops at once and its resting orders are cancelled
+    st, rev = await _call(http, server, "DELETE", "/portal/agent", sid, csrf)
+    assert st == 200 and rev["revoked"] == body["delegation"]["delegation_id"] and rev["cancelled_orders"] >= 1
+    assert not any(o.member == member for o in engine.orders.values())
+    await asyncio.sleep(1.5)  # a step later: nothing new
+    assert not any(o.member == member for o in engine.orders.values())
+    st, status = await _call(http, server, "GET", "/portal/agent", sid, None)
+    assert status["active"] is False and status["delegation"] is None
+
+
+async def test_refusals(server, http):
+    # signed by another key
+    *_, st, body = await _enable(http, server, signer=B)
+    assert st == 401 and body["error"] == "BAD_SIGNATURE"
+    # limits the agent does not accept
+    bad = {**LIMITS, "min_sell_price_eur_mwh": "90"}  # floor below cap
+    sid, login = await sign_in(http, server, A)
+    st, body = await _call(http, server, "POST", "/portal/agent/prepare", sid, login["csrf_token"], bad)
+    assert st == 422 and body["error"] == "AGENT_DELEGATION_INVALID" and "floor" in body["message"]
+    st, body = await _call(http, server, "POST", "/portal/agent/prepare", sid, login["csrf_token"],
+                           {**LIMITS, "max_buy_price_eur_mwh": "95.001"})
+    assert st == 422
+    # a delegation changed after signing (a higher cap), or naming another delegate
+    st, prep = await _call(http, server, "POST", "/portal/agent/prepare", sid, login["csrf_token"], LIMITS)
+    typed = prep["typed_data"]
+    sig = auth.sign_order(typed, A.key)
+    forged = {**typed, "message": {**typed["message"], "maxBuyPrice": 12_000}}
+    st, body = await _call(http, server, "POST", "/portal/agent", sid, login["csrf_token"],
+                           {"typed_data": forged, "signature": sig})
+    assert st == 401 and body["error"] == "BAD_SIGNATURE"
+    other = {**typed, "message": {**typed["message"], "delegate": B.address}}
+    st, body = await _call(http, server, "POST", "/portal/agent", sid, login["csrf_token"],
+                           {"typed_data": other, "signature": auth.sign_order(other, A.key)})
+    assert st == 422 and "delegate" in body["message"]
+    # CSRF and sign-in are required
+    st, body = await _call(http, server, "POST", "/portal/agent", sid, None, {"typed_data": typed, "signature": sig})
+    assert st == 403
+    assert not any(o.member == A.address for o in server.market.engine.orders.values())
+
+
+async def test_the_agent_survives_a_restart(server, http):
+    sid, csrf, typed, st, body = await _enable(http, server)
+    assert st == 201
+    member = A.address
+
+    def resting() -> list[tuple[str, str]]:
+        return sorted((o.product_id, o.side.value) for o in server.market.engine.orders.values() if o.member == member)
+
+    assert await _wait(lambda: len(resting()) >= 4)
+    await asyncio.sleep(1.5)  # a full round: every (product, side) it wants is resting
+    before = resting()
+    await server.restart()
+    await asyncio.sleep(2.5)  # the agent is back and has run its steps
+    after = resting()
+    assert after == before and len(set(after)) == len(after)  # remembered: nothing placed twice
+    st, status = await _call(http, server, "GET", "/portal/agent", sid, None)
+    assert st == 200 and status["active"] and len(status["orders"]) == len(before)
