@@ -20,6 +20,7 @@ from exchange.core.engine import MarketConfig, MarketEngine
 from exchange.core.model import Mechanism, SelfTradePrevention
 from exchange.core.units import MONEY_UNITS_PER_EUR
 from exchange.runtime.clock import Clock, RealClock, SimClock
+from exchange.runtime.committer import GroupCommitter
 from exchange.runtime.config import Settings
 from exchange.runtime.db import create_pool
 from exchange.runtime.journal import Journal
@@ -87,7 +88,9 @@ def make_clock(s: Settings) -> Clock:
 @dataclass
 class Market:
     """A running market: the journal writer's pool (commits only), the readers' pool
-    (committed reads: trades, positions, history), the journal, the runtime."""
+    (committed reads: trades, positions, history), the journal, the runtime. With
+    ``owns_pools`` False the pools are shared with the process's other markets (a platform
+    hosting several communities) and stay open when this market closes."""
 
     pool: asyncpg.Pool
     journal: Journal
@@ -96,6 +99,7 @@ class Market:
     trades: TradeStore
     snapshotter: Snapshotter | None = None
     _snapshot_task: asyncio.Task | None = None
+    owns_pools: bool = True
 
     def start_snapshots(self) -> None:
         if self.snapshotter is not None and self._snapshot_task is None:
@@ -111,17 +115,28 @@ class Market:
             await asyncio.gather(self._snapshot_task, return_exceptions=True)
             self._snapshot_task = None
         await self.runtime.stop()
-        await self.read_pool.close()
-        await self.pool.close()
+        if self.owns_pools:
+            await self.read_pool.close()
+            await self.pool.close()
 
 
 async def open_market(dsn: str, settings: Settings, clock: Clock | None = None, *, config: MarketConfig | None = None,
-                      keep_stats: bool = False, verify_replay: bool = True) -> Market:
-    """Connect, recover the market from its journal and start its runtime."""
-    pool = await create_pool(dsn, min_size=1, max_size=settings.journal_pool_size)
-    read_pool = None
+                      keep_stats: bool = False, verify_replay: bool = True, pool: asyncpg.Pool | None = None,
+                      read_pool: asyncpg.Pool | None = None, committer: GroupCommitter | None = None) -> Market:
+    """Connect, recover the market from its journal and start its runtime.
+
+    ``pool`` and ``read_pool`` (given together): pools shared with the process's other
+    markets instead of two of its own; ``committer``: the process's group commit across
+    markets (docs/architecture.md, "Group commit across markets"), which then also holds the
+    market's single-writer lock."""
+    if (pool is None) != (read_pool is None):
+        raise ValueError("give both pool and read_pool (shared) or neither")
+    owns = pool is None
+    if pool is None:
+        pool = await create_pool(dsn, min_size=1, max_size=settings.journal_pool_size)
     try:
-        read_pool = await create_pool(dsn, min_size=1, max_size=settings.read_pool_size)
+        if read_pool is None:
+            read_pool = await create_pool(dsn, min_size=1, max_size=settings.read_pool_size)
         journal = Journal(pool, settings.market_id)
         cfg = await journal.load_or_store_config(config or market_config(settings))
         # snapshots are read and written through the readers' pool, never the journal writer's
@@ -132,13 +147,16 @@ async def open_market(dsn: str, settings: Settings, clock: Clock | None = None, 
                        if settings.snapshot_every_commands else None)
         runtime = MarketRuntime(MarketEngine(cfg), journal, clock or make_clock(settings),
                                 max_batch=settings.journal_max_batch, keep_stats=keep_stats,
-                                snapshots=store if settings.snapshot_recovery else None, snapshotter=snapshotter)
+                                snapshots=store if settings.snapshot_recovery else None, snapshotter=snapshotter,
+                                committer=committer)
         await runtime.start(verify=verify_replay)
     except BaseException:
-        if read_pool is not None:
-            await read_pool.close()
-        await pool.close()
+        if owns:
+            if read_pool is not None:
+                await read_pool.close()
+            await pool.close()
         raise
-    market = Market(pool, journal, runtime, read_pool, TradeStore(read_pool, settings.market_id), snapshotter)
+    market = Market(pool, journal, runtime, read_pool, TradeStore(read_pool, settings.market_id), snapshotter,
+                    owns_pools=owns)
     market.start_snapshots()
     return market
