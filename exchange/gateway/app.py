@@ -28,9 +28,11 @@ from exchange.gateway.http import (
     ref,
 )
 from exchange.gateway.keys import (
+    BASE_PATH,
     BILL_ITEM_SOURCES,
     MARKET,
     MEMBERS,
+    OPERATOR_TOKEN_HASHES,
     PAYOUT_SOURCES,
     PEER_AUTHENTICATORS,
     PROTOCOL,
@@ -46,6 +48,13 @@ from exchange.gateway.page import add_page_routes
 from exchange.gateway.peers import PEERS, Peers
 from exchange.gateway.plugin import Subsystem, wire_protocol
 from exchange.gateway.session import LIMITS, Limits, close_sockets, ws_handler
+from exchange.gateway.tenants import (
+    PLATFORM_ROUTES,
+    PLATFORM_SCHEMAS,
+    PUBLIC_PLATFORM_ROUTES,
+    Platform,
+    add_platform,
+)
 from exchange.gateway.views import market_summary, product_summary, products_sorted
 from exchange.runtime.config import Settings
 from exchange.runtime.service import Market
@@ -148,20 +157,29 @@ _OPENAPI_BYTES: web.AppKey[bytes] = web.AppKey("openapi_bytes", bytes)
 
 def openapi_document(subsystems: Sequence[Subsystem]) -> dict:
     """The OpenAPI document of the gateway with ``subsystems`` (enabled or not)."""
-    routes = [*PUBLIC_ROUTES, *OPERATOR_ROUTES, *(r for s in subsystems for r in s.routes)]
-    return build_openapi(routes, schemas=SCHEMAS, models=MODELS)
+    routes = [*PUBLIC_ROUTES, *OPERATOR_ROUTES, *PLATFORM_ROUTES, *(r for s in subsystems for r in s.routes)]
+    return build_openapi(routes, schemas={**SCHEMAS, **PLATFORM_SCHEMAS}, models=MODELS)
 
 
 def ws_schema_document(subsystems: Sequence[Subsystem]) -> dict:
     return wire_protocol(subsystems).json_schema()
 
 
-async def make_app(market: Market, settings: Settings, subsystems: Sequence[Subsystem] = ()) -> web.Application:
+async def make_app(market: Market, settings: Settings, subsystems: Sequence[Subsystem] = (), *,
+                   base_path: str = "", operator_token_hashes: set[bytes] | None = None,
+                   platform: Platform | None = None) -> web.Application:
     """Build the app over a started market: members reconciled, market data following
-    the committed stream, metrics attached, then every enabled subsystem registered."""
+    the committed stream, metrics attached, then every enabled subsystem registered.
+
+    ``base_path`` (``/m/<market_id>``): a market the platform hosts, every route under it
+    (exchange.gateway.tenants), whose operator API also takes the tokens whose sha256 is in
+    ``operator_token_hashes`` (its community manager's). ``platform``: this app is the
+    deployment's root (its default market) and hosts the platform's markets."""
     app = web.Application(client_max_size=64 * 1024, middlewares=[error_middleware])
     app[MARKET] = market
     app[SETTINGS] = settings
+    app[BASE_PATH] = base_path
+    app[OPERATOR_TOKEN_HASHES] = operator_token_hashes if operator_token_hashes is not None else set()
     metrics = Metrics()
     metrics.attach(market.runtime)
     app[METRICS] = metrics
@@ -199,4 +217,12 @@ async def make_app(market: Market, settings: Settings, subsystems: Sequence[Subs
             app[WS_REQUESTS][r.type] = r
         if s.lifecycle is not None:
             app.cleanup_ctx.append(s.lifecycle)
+    add_routes(app, PUBLIC_PLATFORM_ROUTES)
+    if platform is not None:
+        add_platform(app, platform)
+    if base_path:  # mounted under /m/<market_id> (as aiohttp's add_subapp prefixes a sub-application)
+        for resource in app.router.resources():  # re-indexed: its canonical path changes
+            app.router.unindex_resource(resource)
+            resource.add_prefix(base_path)
+            app.router.index_resource(resource)
     return app

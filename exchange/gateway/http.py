@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import functools
+import hashlib
 import hmac
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
@@ -24,7 +25,7 @@ from typing import Any
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from exchange.gateway.keys import SETTINGS
+from exchange.gateway.keys import OPERATOR_TOKEN_HASHES, SETTINGS
 from exchange.protocol.errors import VoltbourseError
 from exchange.runtime.market import MarketBusy, MarketUnavailable
 
@@ -105,22 +106,49 @@ def read_query(request: web.Request, model: type[BaseModel]) -> Any:
     return model.model_validate(dict(request.query))
 
 
+#: request key: the operator page's session already vouched for this request (exchange.gateway.page)
+PAGE_AUTHENTICATED: web.RequestKey[bool] = web.RequestKey("operator_page", bool)
+
+
+def operator_enabled(request: web.Request) -> bool:
+    """Whether any operator token opens this app's operator API."""
+    secret = request.config_dict[SETTINGS].operator_token
+    hashes: set[bytes] = request.config_dict.get(OPERATOR_TOKEN_HASHES) or set()
+    return bool(secret is not None and secret.get_secret_value()) or bool(hashes)
+
+
+def operator_token_valid(request: web.Request, given: str) -> bool:
+    """``given`` is the platform operator token (``settings.operator_token``) or one of the
+    further tokens this market accepts (its community manager's, kept as sha256 digests)."""
+    if not given:
+        return False
+    secret = request.config_dict[SETTINGS].operator_token
+    token = secret.get_secret_value() if secret is not None else ""
+    ok = bool(token) and hmac.compare_digest(given.encode(), token.encode())
+    digest = hashlib.sha256(given.encode()).digest()
+    hashes: set[bytes] = request.config_dict.get(OPERATOR_TOKEN_HASHES) or set()
+    for h in hashes:
+        ok = hmac.compare_digest(digest, h) or ok
+    return ok
+
+
 def operator_only(handler: Handler) -> Handler:
     """Check the operator token before ``handler`` (401 no token, 403 wrong token,
-    503 when the operator API is disabled)."""
+    503 when the operator API is disabled). A request the operator page's session
+    vouched for (:data:`PAGE_AUTHENTICATED`) needs no token."""
 
     @functools.wraps(handler)
     async def guarded(request: web.Request) -> web.StreamResponse:
-        secret = request.config_dict[SETTINGS].operator_token
-        token = secret.get_secret_value() if secret is not None else ""
-        if not token:
+        if not operator_enabled(request):
             return error_response(503, "OPERATOR_DISABLED",
                                   "the operator API is disabled (no operator token configured)")
+        if request.get(PAGE_AUTHENTICATED):
+            return await handler(request)
         scheme, _, given = request.headers.get("Authorization", "").partition(" ")
         given = given.strip()
         if scheme.lower() != "bearer" or not given:
             return error_response(401, "UNAUTHENTICATED", "send Authorization: Bearer <operator token>")
-        if not hmac.compare_digest(given.encode(), token.encode()):
+        if not operator_token_valid(request, given):
             return error_response(403, "FORBIDDEN", "this token may not use the operator API")
         return await handler(request)
 

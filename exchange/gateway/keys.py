@@ -53,3 +53,11 @@ PeerAuthenticator = Callable[[web.Request], Awaitable[PeerAuth | None]]
 # one in its lifecycle; the /ws handler asks them in order, the first answer counts. Each must
 # refuse what a cross-site page could send (check the Origin). None of them: the hello's login.
 PEER_AUTHENTICATORS: web.AppKey[list[PeerAuthenticator]] = web.AppKey("peer_authenticators")
+
+# Where this market's app is mounted: "" for the deployment's default market (its routes at
+# the root), "/m/<market_id>" for a community the platform hosts (exchange.gateway.tenants).
+# Pages and peer sign-in build their own URLs from it.
+BASE_PATH: web.AppKey[str] = web.AppKey("base_path", str)
+# sha256 digests of further operator tokens this market accepts besides the platform
+# operator token (settings.operator_token): its community manager's (exchange.gateway.tenants).
+OPERATOR_TOKEN_HASHES: web.AppKey[set[bytes]] = web.AppKey("operator_token_hashes")  # mutable: a new token replaces the old

@@ -22,7 +22,6 @@ token. Everything else about those routes (validation, errors) is unchanged.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import html
 import json
 import logging
@@ -32,10 +31,10 @@ from collections import defaultdict, deque
 from pathlib import Path
 
 from aiohttp import WSMsgType, web
-from multidict import CIMultiDict
 
 from exchange.gateway.feed import OPERATOR_FEED, FeedClient, OperatorFeed
-from exchange.gateway.keys import MARKET, MEMBERS, SETTINGS
+from exchange.gateway.http import PAGE_AUTHENTICATED, operator_enabled, operator_token_valid
+from exchange.gateway.keys import BASE_PATH, MARKET, MEMBERS, SETTINGS
 from exchange.gateway.marketdata import MARKET_DATA
 
 log = logging.getLogger(__name__)
@@ -104,13 +103,24 @@ class PageSessions:
 PAGE_SESSIONS: web.AppKey[PageSessions] = web.AppKey("page_sessions", PageSessions)
 
 
-def _token(request: web.Request) -> str:
-    secret = request.config_dict[SETTINGS].operator_token
-    return secret.get_secret_value() if secret is not None else ""
+def _base(request: web.Request) -> str:
+    """Where this market's app is mounted ("" at the root, "/m/<id>" for a hosted community)."""
+    return request.config_dict.get(BASE_PATH, "")
+
+
+def _cookie(request: web.Request) -> str:
+    """The session cookie's name: one per market, so that the root's cookie (path /) never
+    stands for a hosted community's (path /m/<id>/)."""
+    base = _base(request)
+    return COOKIE + ("_" + base.rsplit("/", 1)[-1] if base else "")
+
+
+def _cookie_path(request: web.Request) -> str:
+    return _base(request) + "/"
 
 
 def _sid(request: web.Request) -> str | None:
-    sid = request.cookies.get(COOKIE)
+    sid = request.cookies.get(_cookie(request))
     return sid if request.config_dict[PAGE_SESSIONS].valid(sid) else None
 
 
@@ -158,13 +168,15 @@ def _login_html(message: str = "") -> str:
 
 async def page(request: web.Request) -> web.StreamResponse:
     if _sid(request) is None:
-        raise web.HTTPSeeOther("/operator/login")
+        raise web.HTTPSeeOther(_base(request) + "/operator/login")
+    if request.path.endswith("/"):  # the page's URLs are relative to .../operator
+        raise web.HTTPSeeOther(_base(request) + "/operator")
     return _security_headers(request, web.FileResponse(STATIC / "index.html"))
 
 
 async def login_form(request: web.Request) -> web.StreamResponse:
     if _sid(request) is not None:
-        raise web.HTTPSeeOther("/operator")
+        raise web.HTTPSeeOther(_base(request) + "/operator")
     return _security_headers(request, web.Response(text=_login_html(), content_type="text/html"))
 
 
@@ -180,8 +192,7 @@ async def login(request: web.Request) -> web.StreamResponse:
 
     if not _same_origin(request):
         return refuse(403, "FORBIDDEN", "cross-origin login refused")
-    token = _token(request)
-    if not token:
+    if not operator_enabled(request):
         return refuse(503, "OPERATOR_DISABLED", "The operator login is disabled: no operator token is configured.")
     who = request.remote or "?"
     try:
@@ -192,7 +203,7 @@ async def login(request: web.Request) -> web.StreamResponse:
             given = (await request.post()).get("token")
     except (ValueError, json.JSONDecodeError):
         given = None
-    if not isinstance(given, str) or not given or not hmac.compare_digest(given.encode(), token.encode()):
+    if not isinstance(given, str) or not given or not operator_token_valid(request, given):
         # Failures are counted per source address; a source over the limit is refused
         # outright for a minute. The right token is always accepted: another source's
         # guessing never locks the operator out.
@@ -207,8 +218,9 @@ async def login(request: web.Request) -> web.StreamResponse:
     if as_json:
         resp = web.json_response({"operator": True, "expires_in_s": int(sessions.ttl_s)})
     else:
-        resp = web.HTTPSeeOther("/operator")
-    resp.set_cookie(COOKIE, sid, httponly=True, samesite="Strict", path="/", secure=request.secure,
+        resp = web.HTTPSeeOther(_base(request) + "/operator")
+    resp.set_cookie(_cookie(request), sid, httponly=True, samesite="Strict", path=_cookie_path(request),
+                    secure=request.secure,
                     max_age=int(sessions.ttl_s))
     if isinstance(resp, web.HTTPException):
         raise resp
@@ -218,11 +230,12 @@ async def login(request: web.Request) -> web.StreamResponse:
 async def logout(request: web.Request) -> web.StreamResponse:
     if not _same_origin(request):
         return _err(403, "FORBIDDEN", "cross-origin logout refused")
-    sid = request.cookies.get(COOKIE)
+    sid = request.cookies.get(_cookie(request))
     if sid:
         await request.app[PAGE_SESSIONS].end(sid)
-    resp = web.json_response({"operator": False}) if _wants_json(request) else web.HTTPSeeOther("/operator/login")
-    resp.del_cookie(COOKIE, path="/")
+    resp = (web.json_response({"operator": False}) if _wants_json(request)
+            else web.HTTPSeeOther(_base(request) + "/operator/login"))
+    resp.del_cookie(_cookie(request), path=_cookie_path(request))
     if isinstance(resp, web.HTTPException):
         raise resp
     return resp
@@ -231,7 +244,7 @@ async def logout(request: web.Request) -> web.StreamResponse:
 async def session_info(request: web.Request) -> web.Response:
     sid = _sid(request)
     if sid is None:
-        return _err(401, "UNAUTHENTICATED", "log in at /operator/login")
+        return _err(401, "UNAUTHENTICATED", f"log in at {_base(request)}/operator/login")
     return web.json_response({"operator": True, "expires_in_s": request.app[PAGE_SESSIONS].remaining(sid)})
 
 
@@ -274,17 +287,14 @@ async def feed_ws(request: web.Request) -> web.StreamResponse:
 
 @web.middleware
 async def page_session_auth(request: web.Request, handler):
-    """Let the page call ``/api/operator/...`` with its session cookie (plus the
-    ``X-Voltbourse-Page`` header) instead of the bearer token."""
-    if (request.path.startswith("/api/operator/") and "Authorization" not in request.headers
-            and request.headers.get(PAGE_HEADER) == "1" and COOKIE in request.cookies):
+    """Let the page call ``/api/operator/...`` (of its own market) with its session cookie
+    (plus the ``X-Voltbourse-Page`` header) instead of the bearer token."""
+    if (request.path.startswith(_base(request) + "/api/operator/") and "Authorization" not in request.headers
+            and request.headers.get(PAGE_HEADER) == "1" and _cookie(request) in request.cookies):
         if not _same_origin(request):
             return _err(403, "FORBIDDEN", "cross-origin request refused")
-        token = _token(request)
-        if token and _sid(request) is not None:
-            headers = CIMultiDict(request.headers)
-            headers["Authorization"] = f"Bearer {token}"
-            request = request.clone(headers=headers)
+        if operator_enabled(request) and _sid(request) is not None:
+            request[PAGE_AUTHENTICATED] = True
     return await handler(request)
 
 

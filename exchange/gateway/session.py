@@ -24,7 +24,16 @@ from exchange.core.model import CancelAll as CancelAllCmd
 from exchange.core.model import CancelOrder, ModifyOrder, PlaceOrder, Side, TimeInForce
 from exchange.core.model import PlaceBlock as PlaceBlockCmd
 from exchange.core.units import iso, iso_dt, to_us
-from exchange.gateway.keys import MARKET, PEER_AUTHENTICATORS, PROTOCOL, SETTINGS, SOCKETS, WS_REQUESTS, PeerAuth
+from exchange.gateway.keys import (
+    BASE_PATH,
+    MARKET,
+    PEER_AUTHENTICATORS,
+    PROTOCOL,
+    SETTINGS,
+    SOCKETS,
+    WS_REQUESTS,
+    PeerAuth,
+)
 from exchange.gateway.marketdata import MARKET_DATA, MarketData, Pending
 from exchange.gateway.metrics import METRICS
 from exchange.protocol import auth, siwe
@@ -114,7 +123,8 @@ LIMITS: web.AppKey[Limits] = web.AppKey("ws_limits", Limits)
 class Session:
     def __init__(self, ws: web.WebSocketResponse, market: Market, md: MarketData, settings: Settings,
                  metrics: Any = None, handlers: dict[str, Any] | None = None, protocol: WireProtocol | None = None,
-                 app: web.Application | None = None, host: str = "localhost", secure: bool = False) -> None:
+                 app: web.Application | None = None, host: str = "localhost", secure: bool = False,
+                 path: str = "/ws") -> None:
         self.ws = ws
         self.app = app
         self.handlers = handlers if handlers is not None else {}
@@ -130,7 +140,7 @@ class Session:
         now = datetime.now(UTC).replace(microsecond=0)
         # the Sign-In with Ethereum offer of this connection (hello.siwe); its nonce is single use
         self.siwe: dict[str, Any] | None = {
-            "domain": host, "uri": f"{'wss' if secure else 'ws'}://{host}/ws", "chain_id": settings.chain_id,
+            "domain": host, "uri": f"{'wss' if secure else 'ws'}://{host}{path}", "chain_id": settings.chain_id,
             "version": "1", "statement": siwe.safe_statement(f"Sign in to the Voltbourse exchange of community "
                                                               f"{settings.market_id}."),
             "nonce": siwe.new_nonce(), "issued_at": siwe.format_time(now),
@@ -713,7 +723,8 @@ async def ws_handler(request: web.Request) -> web.StreamResponse:
     metrics = app.get(METRICS)
     limits.opened(ip)
     session = Session(ws, app[MARKET], app[MARKET_DATA], settings, metrics, app.get(WS_REQUESTS),
-                      app.get(PROTOCOL), app, host=request.host, secure=request.secure)
+                      app.get(PROTOCOL), app, host=request.host, secure=request.secure,
+                      path=app.get(BASE_PATH, "") + "/ws")
     anonymous = [True]
 
     def logged_in() -> None:
