@@ -5,6 +5,10 @@ import * as fmt from "./format.js";
 import { barChart, depthChart, priceVolumeChart, viridis } from "./charts.js";
 
 const $ = (sel) => document.querySelector(sel);
+// Where this market's page lives: "/" for the deployment's default market, "/m/<id>/" for a
+// community the platform hosts; every URL the page uses is under it.
+const BASE = location.pathname.replace(/operator\/?$/, "");
+
 const S = {
   tz: "UTC", market: null, products: [], books: new Map(), trades: [], members: new Map(), p2p: null, kpis: null,
   settlement: null, flexibility: null, selected: null, day: null, history: new Map(), connected: false,
@@ -56,14 +60,14 @@ function schedule(...parts) {
 // ------------------------------------------------------------------ feed
 let ws = null, backoff = 500;
 function connect() {
-  const url = `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/ws/operator`;
+  const url = `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}${BASE}ws/operator`;
   ws = new WebSocket(url);
   ws.onopen = () => { backoff = 500; setConn(true); };
   ws.onmessage = (ev) => { try { onMessage(JSON.parse(ev.data)); } catch (e) { console.error(e); } };
   ws.onclose = async (ev) => {
     setConn(false, ev.code);
-    const r = await fetch("/operator/session", { credentials: "same-origin" }).catch(() => null);
-    if (r && r.status === 401) { location.href = "/operator/login"; return; }
+    const r = await fetch(`${BASE}operator/session`, { credentials: "same-origin" }).catch(() => null);
+    if (r && r.status === 401) { location.href = `${BASE}operator/login`; return; }
     setTimeout(connect, backoff);
     backoff = Math.min(backoff * 2, 10000);
   };
@@ -476,7 +480,7 @@ function confirmDialog(title, text) {
 }
 
 async function api(method, path, body) {
-  const r = await fetch(path, {
+  const r = await fetch(BASE + path.replace(/^\//, ""), {
     method, credentials: "same-origin",
     headers: { "X-Voltbourse-Page": "1", ...(body === undefined ? {} : { "Content-Type": "application/json" }) },
     body: body === undefined ? undefined : JSON.stringify(body),
@@ -574,4 +578,23 @@ function wireActions() {
 }
 
 wireActions();
+// ------------------------------------------------------------------ market switcher
+// The platform's communities (GET api/markets: ids, names, paths; public): each has its own
+// operator page and token, so switching opens that page (its login when not signed in there).
+async function loadMarkets() {
+  const r = await fetch(`${BASE}api/markets`, { credentials: "same-origin" }).catch(() => null);
+  if (!r || !r.ok) return;
+  const markets = await r.json().catch(() => []);
+  if (!Array.isArray(markets) || markets.length < 2) return;
+  const sel = $("#market-switch");
+  sel.replaceChildren(...markets.map((m) => h("option", {
+    value: m.path, text: `${m.name ? m.name + " — " : ""}${m.market_id}${m.default ? " (default)" : ""}` +
+      `${m.status === "suspended" ? " · suspended" : ""}`,
+    ...(m.path === BASE ? { selected: "" } : {}),
+  })));
+  sel.addEventListener("change", () => { location.href = `${sel.value}operator`; });
+  $("#market-switcher").hidden = false;
+}
+
 connect();
+loadMarkets();
