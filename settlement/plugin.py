@@ -155,6 +155,7 @@ def settlement_subsystem(*, chain: Chain | None = None) -> Subsystem:
         worker = SettlementWorker(
             market.pool, market.journal.market_id, c, runtime=market.runtime,
             batch_size=settings.settlement_batch_size, max_age_s=settings.settlement_max_age_s,
+            min_batch=settings.settlement_min_batch, thin_max_age_s=settings.settlement_thin_max_age_s,
             poll_s=settings.settlement_poll_s, retry_s=settings.settlement_retry_s,
             retry_max_s=settings.settlement_retry_max_s,
             publish=(lambda payload: feed.publish("settlement", payload)) if feed is not None else None,

@@ -191,6 +191,11 @@ class Settings(BaseSettings):
     #: trades per batch (at most), and the age after which a smaller batch is sent anyway
     settlement_batch_size: int = Field(2000, ge=1, le=20_000)
     settlement_max_age_s: float = Field(5.0, gt=0)
+    #: thin flow: a batch of fewer trades than this waits past settlement_max_age_s, at most until
+    #: its oldest trade waited settlement_thin_max_age_s (fewer, larger batches: gas per trade
+    #: falls about 5x at bots-like flow, for up to that much more lag); 0: off
+    settlement_min_batch: int = Field(0, ge=0, le=20_000)
+    settlement_thin_max_age_s: float = Field(60.0, gt=0)
     #: seconds between worker polls when there is nothing to do
     settlement_poll_s: float = Field(0.5, gt=0)
     #: first and longest wait between retries after a chain error
