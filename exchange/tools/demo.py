@@ -17,6 +17,7 @@ import random
 import secrets
 import time
 from collections import defaultdict
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from eth_account import Account
@@ -42,10 +43,10 @@ from exchange.runtime.config import Settings
 from exchange.runtime.db import database, upgrade
 from exchange.runtime.journal import Entry
 from exchange.runtime.members import MemberIn, Role
-from exchange.runtime.service import Market, open_market, run_async
+from exchange.runtime.service import Market, run_async
 from exchange.tools.flex_demo import run_flex_demo
 from exchange.tools.metering_demo import DemoMeters
-from exchange.tools.server import start_http
+from exchange.tools.server import start_deployment
 from settlement.plugin import SETTLEMENT, run_reconcile
 
 log = logging.getLogger(__name__)
@@ -89,9 +90,10 @@ class Bot:
 class Console:
     """Prints what the committed event stream shows (it is a downstream subscriber)."""
 
-    def __init__(self, market: Market, zone) -> None:
+    def __init__(self, market: Market, zone, label: str = "") -> None:
         self.market = market
         self.zone = zone
+        self.label = label  # "" for the first community; the second's lines carry its id
         self.trades = 0
         self.energy = 0
         self.value = 0
@@ -119,10 +121,10 @@ class Console:
                 elif isinstance(ev, ProductStateChanged) and ev.state == "closed":
                     n, wh, money, expired = self.per_product[ev.product_id]
                     vwap = f"{price_eur_per_mwh(money // wh):>7} EUR/MWh" if wh else "     no trades"
-                    print(f"  [{self.local(ev.ts)}] gate closed  {ev.product_id}: {n:4d} trades "
+                    print(f"  {self.label}[{self.local(ev.ts)}] gate closed  {ev.product_id}: {n:4d} trades "
                           f"{wh / 1000:8.1f} kWh  VWAP {vwap}  {expired} orders expired", flush=True)
         for when, pids in opened.items():
-            print(f"  [{when}] opened {len(pids)} products ({pids[0]} .. {pids[-1]})", flush=True)
+            print(f"  {self.label}[{when}] opened {len(pids)} products ({pids[0]} .. {pids[-1]})", flush=True)
 
 
 async def _demo(dsn: str, settings: Settings, speed: int, duration: float, members: int) -> int:
@@ -133,11 +135,12 @@ async def _demo(dsn: str, settings: Settings, speed: int, duration: float, membe
     today = datetime.now(zone).date()
     start = datetime(today.year, today.month, today.day, 22, 50, tzinfo=zone).astimezone(UTC)
     clock = SimClock(start, speed=speed)
-    market = await open_market(dsn, settings, clock)
+    # one server, one group commit: the first community at the root, the second under /m/<id>/
+    deployment = await start_deployment(dsn, settings, clock=clock)
+    market, runner = deployment.market, deployment.runner
     rt = market.runtime
     console = Console(market, zone)
     rt.subscribers.append(console)
-    runner = await start_http(market, settings)
     host, port = runner.addresses[0][:2]
     base = f"http://{host}:{port}"
     rng = random.Random(42)
@@ -176,7 +179,14 @@ async def _demo(dsn: str, settings: Settings, speed: int, duration: float, membe
         print(f"  settlement:  {'in-process EVM' if c.is_in_process else settings.chain_rpc_url} chain {c.chain_id}, "
               f"SettlementRegistry {c.registry.address}, vEUR {c.token.address}; batches of up to "
               f"{worker.batch_size} trades or {worker.max_age_s:g} s; status {base}/api/operator/settlement")
-    # meters, tariff and fees of the community (exchange/metering): bills at the end
+    # The second community, side by side on the same server: its own rules (a day-ahead auction
+    # at 12:00, then continuous trading until the rolling gate), members, bots, operator token
+    second = await _second_community(deployment, settings, max(4, members // 2), rng)
+    sb = second.base_path
+    print(f"  second community {second.market_id} ({second.rules}): {base}{sb}/operator  (log in with its own "
+          f"token {second.token}; the page's switcher lists both); peers ws://{host}:{port}{sb}/ws, a member key "
+          f"to try: 0x{second.keys[0].key.hex().removeprefix('0x')}; market data {base}{sb}/api/products; "
+          f"platform {base}/api/platform/markets")
     meters = DemoMeters(runner.app, [k.address for k in keys], settings.timezone)
     bill_from = -(-clock.now_us() // 3_600_000_000) * 3_600_000_000  # the first whole hour
     n_points = await meters.setup(bill_from - 86_400_000_000)
@@ -199,7 +209,21 @@ async def _demo(dsn: str, settings: Settings, speed: int, duration: float, membe
                     bot.open.append(first.order_id)
             await asyncio.sleep(bot.rng.uniform(0.02, 0.2))
 
+    async def bot_loop_in(bot: Bot, rt2) -> None:
+        while True:
+            open_products = sorted((pb.product.start_us, pid) for pid, pb in rt2.engine.products.items()
+                                   if pb.state.value == "open")
+            if open_products:
+                cmd = bot.next_command([pid for _, pid in open_products])
+                res = await rt2.submit(cmd)
+                first = command_outcome(res.events)
+                if isinstance(first, OrderAccepted) and isinstance(cmd, PlaceOrder) and cmd.tif is TimeInForce.GTC:
+                    bot.open.append(first.order_id)
+            await asyncio.sleep(bot.rng.uniform(0.05, 0.3))
+
     tasks = [asyncio.create_task(bot_loop(b)) for b in bots]
+    rt2 = second.market.runtime
+    tasks += [asyncio.create_task(bot_loop_in(b, rt2)) for b in second.bots]
     t0 = time.monotonic()
     last = (t0, 0)
     last_meter = t0
@@ -212,6 +236,10 @@ async def _demo(dsn: str, settings: Settings, speed: int, duration: float, membe
             print(f"  [{console.local(clock.now_us())}] {rate:6.0f} commands/s  {console.trades} trades  "
                   f"{console.energy / 1000:.1f} kWh  {len(rt.engine.orders)} open orders  seq {rt.committed_seq}",
                   flush=True)
+            print(f"  {second.console.label}{second.console.trades} trades  "
+                  f"{second.console.energy / 1000:.1f} kWh  {len(rt2.engine.orders)} open orders  "
+                  f"seq {rt2.committed_seq}; group commit: {deployment.committer.groups} groups of both in "
+                  f"{deployment.committer.commits} transactions", flush=True)
             if now - last_meter >= 20:
                 last_meter = now
                 try:
@@ -240,13 +268,53 @@ async def _demo(dsn: str, settings: Settings, speed: int, duration: float, membe
             log.warning("metering demo failed: %s", exc, exc_info=True)
         if worker is not None:
             await _settle_and_reconcile(market, worker)
-        await runner.cleanup()
+        hash2 = second.market.engine.state_hash()
+        # archived: its data stay, and the next demo or serve on this database does not start it
+        await deployment.platform.archive(second.market_id)
         value = console.value // 10**8
         print(f"Done: {rt.cmd_seq} commands journaled, {console.trades} trades, {console.energy / 1000:.1f} kWh "
               f"worth {value} EUR; state hash {rt.engine.state_hash()[:16]}")
+        print(f"  second community {second.market_id}: {rt2.cmd_seq} commands journaled, {second.console.trades} "
+              f"trades, {second.console.energy / 1000:.1f} kWh; state hash {hash2[:16]} (archived on the platform: "
+              f"POST /api/platform/markets/{second.market_id}/resume starts it again)")
         print(f"  replay it: VOLTBOURSE_MARKET_ID={settings.market_id} voltbourse serve  (recovers from the journal)")
-        await market.close()
+        await deployment.close()
     return 0
+
+
+@dataclass
+class SecondCommunity:
+    market_id: str
+    rules: str
+    token: str
+    base_path: str
+    market: Market
+    keys: list
+    bots: list[Bot]
+    console: Console
+
+
+async def _second_community(deployment, settings: Settings, members: int, rng: random.Random) -> SecondCommunity:
+    """Create the demo's second community on the platform and register its own members."""
+    mid = f"{settings.market_id}-b"
+    tenant, token = await deployment.platform.create(mid, "Second community", {
+        "gate": "rolling", "gate_rolling_minutes": 30, "mechanism": "call_then_continuous"})
+    if tenant.market is None or tenant.app is None:
+        raise RuntimeError(f"the second community did not start: {tenant.error}")
+    console = Console(tenant.market, settings.tz, label=f"[{mid}] ")
+    tenant.market.runtime.subscribers.append(console)
+    keys = [Account.from_key(random.Random(f"demo-b-member-{i}").randbytes(32)) for i in range(members)]
+    registry = tenant.app[MEMBERS]
+    bots = []
+    for i, key in enumerate(keys):
+        role = ROLES[(i + 1) % len(ROLES)]
+        await registry.create(MemberIn(address=key.address, name=f"b-member {i:03d}", role=role,
+                                       export_capacity_w=10_000 if role != "consumer" else 0,
+                                       retail_tariff_ticks=28_000, feed_in_tariff_ticks=9_000,
+                                       collateral=50_000 * MONEY_UNITS_PER_EUR))
+        bots.append(Bot(MemberId(key.address), role, random.Random(rng.random())))
+    return SecondCommunity(mid, "day-ahead auction at 12:00, then continuous until 30 min before delivery", token,
+                           tenant.base_path, tenant.market, keys, bots, console)
 
 
 def _settlement_key():
