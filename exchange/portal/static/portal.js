@@ -6,12 +6,14 @@ import { siweMessage, messageHex, checksumAddress } from "./siwe.js";
 import * as wallet from "./wallet.js";
 import { Peer } from "./peer.js";
 import { verifyProof } from "./proof.js";
+import { initAgent } from "./agent.js";
 
 const $ = (sel) => document.querySelector(sel);
 const S = {
   session: null, peer: null, hello: null, tz: "Europe/Amsterdam", products: [], product: null,
-  book: null, last: [], orders: [], trades: [], nonce: 0, bills: [],
+  book: null, last: [], orders: [], trades: [], nonce: 0, bills: [], agent: null,
 };
+let agentView = null;
 window.portal = S; // for the curious (and the tests): state only, no secrets (the cookie is HttpOnly)
 
 // --------------------------------------------------------------------------- small DOM helpers
@@ -139,6 +141,7 @@ async function signOut(all) {
   if (S.peer) S.peer.close();
   S.peer = null;
   S.session = null;
+  S.agent = null;
   showSignin(r.ok ? (all ? "Signed out on every device." : "Signed out.") : `Sign-out failed ${refusal(r.status, r.body)}`);
   if (r.ok) $("#signin-error").classList.add("info"); else $("#signin-error").classList.remove("info");
 }
@@ -169,7 +172,7 @@ async function start(session) {
     if (m.ok && m.body?.timezone) S.tz = m.body.timezone;
   } catch { /* metering off: default zone */ }
   await loadProducts();
-  await Promise.all([refreshMine(), initEnergy(), loadBills(), loadFlex()]);
+  await Promise.all([refreshMine(), initEnergy(), loadBills(), loadFlex(), agentView.start()]);
 }
 
 function onConn(state) {
@@ -208,6 +211,7 @@ function onPush(m) {
     }
     case "execution":
       soon(refreshMine);
+      if (agentView) agentView.refresh();
       if (m.exec === "fill") toast(`Your order ${m.order_id} traded ${fmt.kwh(m.quantity)} kWh at ${fmt.price(m.price)} EUR/MWh.`);
       break;
     case "flex_invitation":
@@ -353,8 +357,9 @@ async function refreshMine() {
 const productName = (pid) => fmt.productLabel(S.products.find((p) => p.product_id === pid) || pid, S.tz);
 
 function renderOrders() {
+  const byAgent = new Set((S.agent?.orders || []).map((a) => a.order_id));
   fill("#orders", S.orders.map((o) => row([
-    cell(String(o.order_id)), cell(productName(o.product_id)), cell(o.side),
+    cell(byAgent.has(o.order_id) ? `${o.order_id} (agent)` : String(o.order_id)), cell(productName(o.product_id)), cell(o.side),
     num(fmt.price(o.price)), num(fmt.kwh(o.remaining)), num(fmt.kwh(o.quantity)),
     (() => {
       const td = document.createElement("td");
@@ -747,6 +752,14 @@ async function runProof(tradeId) {
 // --------------------------------------------------------------------------- wiring
 
 async function boot() {
+  agentView = initAgent({
+    S, api, wallet, productName, dom: { cell, row, fill, button },
+    onStatus: (st) => {  // mark the agent's orders in "My open orders" when they change
+      const key = (st.orders || []).map((o) => o.order_id).join(",");
+      if (key !== S.agentOrdersKey) { S.agentOrdersKey = key; if (S.orders.length) renderOrders(); }
+    },
+    onChange: () => refreshMine(),
+  });
   $("#signin-btn").addEventListener("click", signIn);
   $("#signout").addEventListener("click", () => signOut(false));
   $("#signout-all").addEventListener("click", () => signOut(true));

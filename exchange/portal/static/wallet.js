@@ -35,5 +35,5 @@ export async function account() {
 }
 
 export const personalSign = (hexMessage, address) => call("personal_sign", [hexMessage, address], "sign-in signature");
-export const signTypedData = (address, typed) =>
-  call("eth_signTypedData_v4", [address, JSON.stringify(typed)], "order signature");
+export const signTypedData = (address, typed, what = "order signature") =>
+  call("eth_signTypedData_v4", [address, JSON.stringify(typed)], what);
