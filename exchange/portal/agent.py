@@ -58,11 +58,17 @@ class AgentHost:
         if old is not None:
             await self._halt(old)
         run = AgentRun(member, delegation_id, limits)
-        today = from_us(self.runtime.engine.now).astimezone(self.tz).date()
+        today = self.today()
+        earlier: dict[int, tuple[str, str, int, int]] = {}
         for r in await self.store.agent_orders(member, since_day=None):
-            run.orders[r["order_id"]] = (r["product_id"], r["side"], r["price"], r["quantity"])
+            if r["delegation_id"] == delegation_id:
+                earlier[r["order_id"]] = (r["product_id"], r["side"], r["price"], r["quantity"])
+            else:  # placed under an earlier delegation: cancelled below (its limits no longer hold)
+                run.orders[r["order_id"]] = (r["product_id"], r["side"], r["price"], r["quantity"])
             if r["side"] == "buy" and r["local_day"] == today:
                 run.spent[today] = run.spent.get(today, 0) + r["price"] * r["quantity"]
+        await self._cancel_all(run)
+        run.orders = earlier
         run.orders = self.live_orders(run)
         run.task = asyncio.create_task(self._loop(run), name=f"agent-{member[:10]}")
         self.runs[member] = run
@@ -91,6 +97,10 @@ class AgentHost:
     async def stop(self) -> None:
         await asyncio.gather(*(self._halt(r) for r in self.runs.values()), return_exceptions=True)
         self.runs.clear()
+
+    def today(self) -> date:
+        """The community's local date by the market's clock."""
+        return from_us(self.runtime.engine.now).astimezone(self.tz).date()
 
     def live_orders(self, run: AgentRun) -> dict[int, tuple[str, str, int, int]]:
         engine = self.runtime.engine
@@ -129,11 +139,12 @@ class AgentHost:
             await self._cancel_all(run)
             return
         run.orders = self.live_orders(run)
-        open_products = sorted((pb.product.start_us, pid) for pid, pb in engine.products.items()
-                               if pb.state.value == "open")[:PRODUCTS_AHEAD]
+        excluded = run.limits.excluded_hours
+        open_products = [(start_us, pid, hour) for start_us, pid in sorted(
+            (pb.product.start_us, pid) for pid, pb in engine.products.items() if pb.state.value == "open")
+            if (hour := from_us(start_us).astimezone(self.tz).hour) not in excluded][:PRODUCTS_AHEAD]
         today = from_us(now_us).astimezone(self.tz).date()
-        for start_us, pid in open_products:
-            hour = from_us(start_us).astimezone(self.tz).hour
+        for _, pid, hour in open_products:
             resting: dict[str, int] = {}
             for p, side, _, qty in run.orders.values():
                 if p == pid:

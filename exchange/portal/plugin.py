@@ -396,6 +396,7 @@ AGENT_REFUSED = register("AGENT_DELEGATION_INVALID", 422, "a delegation to the t
                                                          "signed by the member, or outside what the agent accepts",
                          "portal")
 _DEC = r"^[0-9]{1,9}(\.[0-9]{1,8})?$"
+_SIGNED_DEC = r"^-?[0-9]{1,9}(\.[0-9]{1,8})?$"
 
 
 class AgentLimitsIn(BaseModel):
@@ -403,8 +404,8 @@ class AgentLimitsIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True)
     strategy: Literal["limits"] = "limits"
-    max_buy_price_eur_mwh: Annotated[str, StringConstraints(pattern=_DEC)]
-    min_sell_price_eur_mwh: Annotated[str, StringConstraints(pattern=_DEC)]
+    max_buy_price_eur_mwh: Annotated[str, StringConstraints(pattern=_SIGNED_DEC)]
+    min_sell_price_eur_mwh: Annotated[str, StringConstraints(pattern=_SIGNED_DEC)]
     max_order_kwh: Annotated[str, StringConstraints(pattern=_DEC)]
     daily_budget_eur: Annotated[str, StringConstraints(pattern=_DEC)]
     battery_reserve_kwh: Annotated[str, StringConstraints(pattern=_DEC)] = "0"
@@ -433,6 +434,11 @@ def _agent(request: web.Request) -> AgentHost:
     return request.config_dict[AGENT_HOST]
 
 
+def _market_now_s(request: web.Request) -> int:
+    """Now by the market's clock (the one the agent's expiry is checked against)."""
+    return request.config_dict[MARKET].runtime.clock.now_us() // 1_000_000
+
+
 def _agent_key() -> tuple[str, str]:
     acct = Account.create()
     return acct.address, "0x" + acct.key.hex().removeprefix("0x")
@@ -446,7 +452,7 @@ async def agent_status(request: web.Request) -> web.Response:
 async def _agent_view(request: web.Request, member: str) -> dict[str, Any]:
     portal = _portal(request)
     address, _ = await portal.store.agent_key(member, _agent_key)
-    active = await portal.store.active_delegations(_now(), member)
+    active = await portal.store.active_delegations(datetime.fromtimestamp(_market_now_s(request), UTC), member)
     host = _agent(request)
     run = host.runs.get(member)
     d = active[0] if active else None
@@ -457,7 +463,7 @@ async def _agent_view(request: web.Request, member: str) -> dict[str, Any]:
         "orders": [] if run is None else [{"order_id": oid, "product_id": p, "side": sd, "price": pr, "quantity": q}
                                           for oid, (p, sd, pr, q) in sorted(host.live_orders(run).items())],
         "placed": 0 if run is None else run.placed, "refused": 0 if run is None else run.refused,
-        "spent_today_units": "0" if run is None else str(sum(run.spent.values())),
+        "spent_today_units": "0" if run is None else str(run.spent.get(host.today(), 0)),
     }
 
 
@@ -468,7 +474,7 @@ async def agent_prepare(request: web.Request) -> web.Response:
     portal = _portal(request)
     s = request.config_dict[SETTINGS]
     address, _ = await portal.store.agent_key(member, _agent_key)
-    now_s = int(time.time())
+    now_s = _market_now_s(request)
     message = {"market": s.market_id, "delegate": address, "strategy": body.strategy,
                "maxBuyPrice": _exact(body.max_buy_price_eur_mwh, 100, "max_buy_price_eur_mwh"),
                "minSellPrice": _exact(body.min_sell_price_eur_mwh, 100, "min_sell_price_eur_mwh"),
@@ -513,7 +519,7 @@ async def agent_enable(request: web.Request) -> web.Response:
                                            f"{s.market_id!r}")
     if not isinstance(message.get("delegate"), str) or message["delegate"].lower() != address.lower():
         raise ApiError(422, AGENT_REFUSED, f"the delegate must be your agent's key {address}")
-    now_s = int(time.time())
+    now_s = _market_now_s(request)
     limits = _check_limits(request, message, now_s)
     try:
         signer = auth.recover_order_signer(expected, body.signature)
@@ -593,7 +599,8 @@ async def lifecycle(app: web.Application) -> AsyncIterator[None]:
     portal = app[PORTAL] = Portal(PortalStore(m.read_pool, s.market_id), s)
     app[PEER_AUTHENTICATORS].append(portal.authenticate)
     host = app[AGENT_HOST] = AgentHost(m.runtime, portal.store, s.tz)
-    for d in await portal.store.active_delegations(_now()):  # agents survive a restart
+    market_now = datetime.fromtimestamp(m.runtime.clock.now_us() // 1_000_000, UTC)
+    for d in await portal.store.active_delegations(market_now):  # agents survive a restart
         await host.enable(d["member"], d["delegation_id"], Limits.from_message(d["message"]))
     task = asyncio.create_task(portal.purge_loop(), name="portal-purge")
     yield

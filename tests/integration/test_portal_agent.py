@@ -129,3 +129,18 @@ async def test_the_agent_survives_a_restart(server, http):
     assert after == before and len(set(after)) == len(after)  # remembered: nothing placed twice
     st, status = await _call(http, server, "GET", "/portal/agent", sid, None)
     assert st == 200 and status["active"] and len(status["orders"]) == len(before)
+
+
+async def test_new_limits_replace_the_old_orders(server, http):
+    """A new delegation while one is active: the orders placed under the old limits are
+    cancelled, only orders within the new ones rest."""
+    sid, csrf, typed, st, body = await _enable(http, server)
+    assert st == 201
+    member = A.address
+    engine = server.market.engine
+    assert await _wait(lambda: any(o.member == member and o.price == 9_500 for o in engine.orders.values()))
+    *_, st, body = await _enable(http, server, limits={**LIMITS, "max_buy_price_eur_mwh": "90"})
+    assert st == 201
+    await asyncio.sleep(1.5)
+    buys = [o.price for o in engine.orders.values() if o.member == member and o.side is Side.BUY]
+    assert buys and all(p == 9_000 for p in buys)

@@ -102,9 +102,17 @@ export function checkPrepared(typed, { values, body }, { market, delegate, chain
     if (!eq(m[key], values[id])) out.push(`${key} ${m[key]}, typed ${values[id]}`);
   }
   if (String(m.excludedHours) !== body.excluded_hours.join(",")) out.push(`excludedHours "${m.excludedHours}"`);
+  // The expiry is set by the market's clock (simulated in a demo), known here from the hello:
+  // it must be the requested hours after it, allowing for the time since (up to a day).
   const want = nowS + body.expires_in_hours * 3600;
-  if (!Number.isSafeInteger(m.expiry) || Math.abs(m.expiry - want) > 600) out.push(`expiry ${m.expiry}`);
+  if (!Number.isSafeInteger(m.expiry) || m.expiry < want - 600 || m.expiry > want + 86400) out.push(`expiry ${m.expiry}`);
   return out;
+}
+
+// The market's time when the page connected (the hello's market_time; the wall clock without it).
+function marketNowS(hello) {
+  const t = Date.parse(hello?.market_time || hello?.server_time || "");
+  return Math.floor((Number.isNaN(t) ? Date.now() : t) / 1000);
 }
 
 const hourLabel = (h) => `${String(h).padStart(2, "0")}:00–${String((h + 1) % 24).padStart(2, "0")}:00`;
@@ -234,7 +242,7 @@ export function initAgent(ctx) {
       const typed = r.body.typed_data;
       const diff = checkPrepared(typed, parsed, { market: S.hello.market_id, delegate: S.agent?.agent,
                                                    chainId: S.hello.eip712_domain?.chainId,
-                                                   nowS: Math.floor(Date.now() / 1000) });
+                                                   nowS: marketNowS(S.hello) });
       if (diff.length) {
         showErrors([{ field: "server", message: `The delegation the exchange prepared differs from your limits ` +
                                                 `(${diff.join("; ")}); nothing was signed` }]);
