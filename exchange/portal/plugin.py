@@ -12,6 +12,7 @@ import base64
 import contextlib
 import hashlib
 import hmac
+import html
 import logging
 import re
 import secrets
@@ -28,7 +29,7 @@ from eth_account import Account
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from exchange.gateway.http import ANY_OBJECT, INT, STR, TIME, ApiError, Route, json_response, obj, read_body, read_query
-from exchange.gateway.keys import MARKET, PEER_AUTHENTICATORS, SETTINGS, PeerAuth
+from exchange.gateway.keys import BASE_PATH, MARKET, PEER_AUTHENTICATORS, SETTINGS, PeerAuth
 from exchange.gateway.marketdata import MARKET_DATA
 from exchange.gateway.plugin import Subsystem
 from exchange.gateway.session import end_peer_sessions, member_refusal
@@ -166,7 +167,7 @@ class Portal:
 
     async def live(self, request: web.Request) -> tuple[str, str, datetime] | None:
         """The request's live session: (session id, member, expires_at), or None."""
-        sid = request.cookies.get(COOKIE)
+        sid = request.cookies.get(cookie_name(request))
         if not sid or not _SID.fullmatch(sid):
             return None
         row = await self.store.session(sid_hash(sid), _now())
@@ -175,7 +176,7 @@ class Portal:
     async def authenticate(self, request: web.Request) -> PeerAuth | None:
         """The peer authenticator of ``/ws``: a live session cookie, sent by a page of this
         exchange (``Origin`` required and same-origin: no cross-site WebSocket hijacking)."""
-        if COOKIE not in request.cookies:
+        if cookie_name(request) not in request.cookies:
             return None
         if not same_origin(request, required=True):
             log.info("portal: /ws with a session cookie from origin %r refused (not signed in by it)",
@@ -238,9 +239,21 @@ async def _start_session(request: web.Request, member: str, via: str, nonce: str
     return sid, expires
 
 
+def base_path(request: web.Request) -> str:
+    """Where this market's routes are: "" for the default market, "/m/<id>" for a hosted one."""
+    return request.config_dict.get(BASE_PATH, "")
+
+
+def cookie_name(request: web.Request) -> str:
+    """The session cookie of this market: ``vb_portal`` for the default market, ``vb_portal_<id>``
+    for a hosted one (with its own path, so two communities' sessions never meet)."""
+    base = base_path(request)
+    return COOKIE if not base else f"{COOKIE}_{base.rsplit('/', 1)[-1]}"
+
+
 def _set_cookie(request: web.Request, resp: web.StreamResponse, sid: str) -> None:
-    resp.set_cookie(COOKIE, sid, httponly=True, samesite="Strict", path="/", secure=request.secure,
-                    max_age=int(_portal(request).ttl.total_seconds()))
+    resp.set_cookie(cookie_name(request), sid, httponly=True, samesite="Strict", path=base_path(request) + "/",
+                    secure=request.secure, max_age=int(_portal(request).ttl.total_seconds()))
 
 
 async def _signed_in(request: web.Request, *, csrf: bool) -> tuple[str, str]:
@@ -277,7 +290,7 @@ async def nonce(request: web.Request) -> web.Response:
     s = request.config_dict[SETTINGS]
     host = request.host
     return _private(json_response({
-        "nonce": value, "domain": host, "uri": f"{request.scheme}://{host}/portal", "chain_id": s.chain_id,
+        "nonce": value, "domain": host, "uri": f"{request.scheme}://{host}{base_path(request)}/portal", "chain_id": s.chain_id,
         "version": "1",
         "statement": siwe.safe_statement(f"Sign in to the Voltbourse member portal of community {s.market_id}."),
         "issued_at": siwe.format_time(now), "expiration_time": siwe.format_time(expires)}))
@@ -336,7 +349,7 @@ async def logout(request: web.Request) -> web.Response:
     await _portal(request).store.revoke(h, _now())
     end_peer_sessions(request.app, member, PEER_AUTH, {h})
     resp = _private(json_response({"signed_out": 1}))
-    resp.del_cookie(COOKIE, path="/")
+    resp.del_cookie(cookie_name(request), path=base_path(request) + "/")
     return resp
 
 
@@ -345,7 +358,7 @@ async def logout_all(request: web.Request) -> web.Response:
     ended = await _portal(request).store.revoke_member(member, _now())
     end_peer_sessions(request.app, member, PEER_AUTH)
     resp = _private(json_response({"signed_out": len(ended)}))
-    resp.del_cookie(COOKIE, path="/")
+    resp.del_cookie(cookie_name(request), path=base_path(request) + "/")
     log.info("portal: %s signed out everywhere (%d sessions)", member, len(ended))
     return resp
 
@@ -366,17 +379,20 @@ async def demo_login(request: web.Request) -> web.StreamResponse:
     member = checksum(q.member)
     _refuse_member(request, member)
     sid, _ = await _start_session(request, member, "demo", None)
-    resp = web.Response(status=303, headers={"Location": "/portal"})
+    resp = web.Response(status=303, headers={"Location": base_path(request) + "/portal"})
     _set_cookie(request, resp, sid)
     log.info("portal: %s signed in by the demo link", member)
     return resp
 
 
 async def page(request: web.Request) -> web.StreamResponse:
+    """The page, with this market's base path filled in (its files, its API and its WebSocket
+    are under it: "" for the default market, "/m/<id>" for a hosted one)."""
     index = STATIC / "index.html"
     if not index.is_file():
         raise ApiError(404, "NOT_FOUND", "the portal page is not installed")
-    return security_headers(request, web.FileResponse(index))
+    text = index.read_text(encoding="utf-8").replace("{{BASE}}", html.escape(base_path(request), quote=True))
+    return security_headers(request, web.Response(text=text, content_type="text/html"))
 
 
 async def static_file(request: web.Request) -> web.StreamResponse:

@@ -18,7 +18,8 @@ export class Peer {
   }
 
   url() {
-    return (location.protocol === "https:" ? "wss://" : "ws://") + location.host + "/ws";
+    const base = document.querySelector('meta[name="voltbourse-base"]')?.content || "";
+    return (location.protocol === "https:" ? "wss://" : "ws://") + location.host + base + "/ws";
   }
 
   connect() {

@@ -66,7 +66,12 @@ const num = (text, cls = "num") => cell(text, cls);
 
 // --------------------------------------------------------------------------- HTTP
 
+// This market's base path ("" or "/m/<id>"), filled in by the server: the API and the
+// WebSocket of a hosted community are under it.
+export const BASE = document.querySelector('meta[name="voltbourse-base"]')?.content || "";
+
 async function api(path, opts = {}) {
+  path = BASE + path;
   const headers = { Accept: "application/json", ...(opts.headers || {}) };
   if (opts.body !== undefined) headers["Content-Type"] = "application/json";
   if (opts.csrf && S.session) headers["X-CSRF-Token"] = S.session.csrf_token;
