@@ -347,7 +347,8 @@ async def test_signed_rest_push_by_member_and_device(api, server, http):
 
 async def test_public_metering_rules(api):
     st, body = await api.call("GET", "/api/metering", headers={})
-    assert st == 200 and body["interval_minutes"] == 15 and body["readings_per_push"] == 2000
+    assert st == 200 and body["interval_minutes"] == 15 and body["readings_per_push"] == 150
+    assert body["readings_per_rest_push"] == 2000
     assert body["timezone"] == "Europe/Amsterdam" and "import" in body["point_kinds"]
 
 
