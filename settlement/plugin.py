@@ -175,7 +175,7 @@ def settlement_subsystem(*, chain: Chain | None = None) -> Subsystem:
         registry = app.get(MEMBERS)
         if registry is not None:
             registry.funder = worker.credit_member  # POST /api/operator/members collateral -> on chain
-        app[PROOFS] = ProofService(market.pool, market.journal.market_id, c)
+        app[PROOFS] = ProofService(market.pool, market.journal.market_id, c, run_chain=worker.run_on_chain)
         metrics = app.get(METRICS)
         if metrics is not None:
             metrics.registry.register(SettlementCollector(worker))

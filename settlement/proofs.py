@@ -24,10 +24,13 @@ class ProofError(VoltbourseError):
 
 
 class ProofService:
-    def __init__(self, pool, market_id: str, chain, cache_batches: int = 8) -> None:
+    def __init__(self, pool, market_id: str, chain, cache_batches: int = 8, run_chain=None) -> None:
         self.pool = pool
         self.market_id = market_id
         self.chain = chain
+        #: how a chain read is run (the worker's chain thread: one caller of the chain at a time);
+        #: None: no chain read, the proof carries the root as recorded when the batch was anchored
+        self.run_chain = run_chain
         self._trees: OrderedDict[int, tuple[list[TradeRecord], MerkleTree]] = OrderedDict()
         self.cache_batches = cache_batches
 
@@ -47,8 +50,11 @@ class ProofService:
     async def trade_proof(self, trade_id: int, member: str | None = None) -> dict:
         """The proof of ``trade_id``; with ``member``, only if it is the buyer or seller."""
         row = await self.pool.fetchrow(
-            "SELECT t.buyer, t.seller, t.batch_id, b.state, b.root, b.tx_hash, b.block_number FROM trades t "
+            "SELECT t.buyer, t.seller, t.batch_id, b.state, b.root, b.tx_hash, b.block_number, "
+            "bd.delegation AS buy_delegation, sd.delegation AS sell_delegation FROM trades t "
             "LEFT JOIN settlement_batches b ON b.market_id = t.market_id AND b.batch_id = t.batch_id "
+            "LEFT JOIN order_delegations bd ON bd.market_id = t.market_id AND bd.order_id = t.buy_order_id "
+            "LEFT JOIN order_delegations sd ON sd.market_id = t.market_id AND sd.order_id = t.sell_order_id "
             "WHERE t.market_id = $1 AND t.trade_id = $2", self.market_id, trade_id)
         if row is None or (member is not None and member.lower() not in (row["buyer"].lower(),
                                                                          row["seller"].lower())):
@@ -68,11 +74,25 @@ class ProofService:
             "index": index,
             "proof": ["0x" + p.hex() for p in tree.proof(index)],
             "root": row["root"],
+            "chain_root": await self._chain_root(row["batch_id"]),
+            "delegations": {"buy": row["buy_delegation"], "sell": row["sell_delegation"]},
             "tx_hash": row["tx_hash"],
             "block": row["block_number"],
             "chain_id": self.chain.chain_id,
             "registry": self.chain.registry.address,
         }
+
+
+    async def _chain_root(self, batch_id: int) -> str | None:
+        """The batch's root read from the registry now (None when there is no chain reader, or
+        the chain does not answer: the proof then carries only the recorded root)."""
+        if self.run_chain is None:
+            return None
+        try:
+            got = await self.run_chain(lambda: self.chain.registry.functions.batches(batch_id).call()[0])
+        except Exception:  # noqa: BLE001 - the proof stays useful without it
+            return None
+        return "0x" + bytes(got).hex()
 
 
 def leaf_from_proof(p: dict) -> bytes:

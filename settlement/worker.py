@@ -257,6 +257,10 @@ class SettlementWorker:
             log.error("settlement: %s", text)
 
     # ------------------------------------------------------------------ plumbing
+    async def run_on_chain(self, fn, *args):
+        """Run a chain call on the worker's chain thread (for readers beside the worker: proofs)."""
+        return await self._chain(fn, *args)
+
     async def _chain(self, fn, *args):
         """Run a (blocking) web3 call on the single chain thread."""
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
@@ -456,6 +460,12 @@ class SettlementWorker:
                 "SELECT $1, (e->>'order_id')::bigint, e->>'signature' FROM journal j, jsonb_array_elements(j.events) e "
                 "WHERE j.market_id = $1 AND j.last_seq > $2 AND j.last_seq <= $3 "
                 "AND e->>'type' = 'order_accepted' AND e->>'signature' IS NOT NULL "
+                "ON CONFLICT DO NOTHING", self.market_id, cursor, last)
+            # orders a member's trading agent placed under a delegation (shown with their proofs)
+            await conn.execute(
+                "INSERT INTO order_delegations (market_id, order_id, delegation) "
+                "SELECT $1, (e->>'order_id')::bigint, e->>'delegation' FROM journal j, jsonb_array_elements(j.events) e "
+                "WHERE j.market_id = $1 AND j.last_seq > $2 AND j.last_seq <= $3 AND e->>'type' = 'order_delegated' "
                 "ON CONFLICT DO NOTHING", self.market_id, cursor, last)
             await conn.execute(
                 "INSERT INTO consumer_cursors (consumer, market_id, seq) VALUES ($1, $2, $3) "

@@ -465,11 +465,12 @@ async def test_a_trade_proof_is_verified_in_the_browser(server, browser, pool):
         const alt = (f) => { const q = structuredClone(p); f(q); return v.verifyProof(q).ok; };
         return [v.verifyProof(p).ok, alt((q) => { q.trade.energy_wh += 1; }), alt((q) => { q.trade.price_ticks -= 1; }),
                 alt((q) => { q.trade.buyer = q.trade.seller; }), alt((q) => { q.trade_id = 1; }),
-                alt((q) => { q.root = '0x' + '00'.repeat(32); })];
+                alt((q) => { q.chain_root = '0x' + '00'.repeat(32); })];
     }""", p)
     assert results == [True, False, False, False, False, False]
     onchain = await worker._chain(lambda: worker.chain.registry.functions.batches(p["batch_id"]).call())
-    assert p["root"] == "0x" + bytes(onchain[0]).hex()
+    assert p["root"] == "0x" + bytes(onchain[0]).hex() == p["chain_root"]  # the server read it from the chain
+    assert p["delegations"] == {"buy": None, "sell": None}  # placed by the members themselves
     assert p["root"] in proof and proof.count(p["root"]) == 2  # computed here = on chain
     await close(page)
 

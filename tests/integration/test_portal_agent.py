@@ -10,10 +10,13 @@ import asyncio
 
 import pytest
 from support.keys import KEYS
+from support.server import member
+from support.wsclient import peer
 from test_portal_auth import jar, sign_in
 
 from exchange.core.model import OrderDelegated, PlaceOrder, Side
 from exchange.protocol import auth
+from settlement.plugin import SETTLEMENT
 
 pytestmark = [pytest.mark.integration, pytest.mark.server(market_id="agentm", members=KEYS[:3])]
 A, B = KEYS[0], KEYS[1]
@@ -144,3 +147,36 @@ async def test_new_limits_replace_the_old_orders(server, http):
     await asyncio.sleep(1.5)
     buys = [o.price for o in engine.orders.values() if o.member == member and o.side is Side.BUY]
     assert buys and all(p == 9_000 for p in buys)
+
+
+@pytest.mark.server(settlement_enabled=True, settlement_batch_size=2, settlement_max_age_s=0.2,
+                    settlement_poll_s=0.05, members=[member(k, collateral=None) for k in KEYS[:3]], via="runtime")
+async def test_the_proof_of_an_agents_trade_names_its_delegation(server, http):
+    """Settlement copies order_delegated into its tables: the trade's proof names the
+    delegation its order was placed under, and carries the root read from the chain."""
+    worker = server.app[SETTLEMENT]
+    for k in KEYS[:3]:
+        await worker._chain(worker.chain.fund_member, k, 10**13)
+    worker.wake()
+    engine = server.market.engine
+    assert await _wait(lambda: all(engine.accounts[k.address].collateral == 10**13 for k in KEYS[:3]))
+    sid, csrf, typed, st, body = await _enable(http, server)
+    assert st == 201, body
+    delegation = body["delegation"]["delegation_id"]
+    assert await _wait(lambda: any(o.member == A.address and o.side is Side.BUY for o in engine.orders.values()))
+    pid = next(o.product_id for o in engine.orders.values() if o.member == A.address and o.side is Side.BUY)
+    res = await server.market.runtime.submit(PlaceOrder(0, B.address, pid, Side.SELL, 9_000, 1_000))
+    trade = next(e for e in res.events if e.type == "trade")
+    c = await peer(http, server, 0)
+
+    async def proof() -> dict:
+        for _ in range(100):
+            r = await c.request({"type": "trade_proof", "trade_id": trade.trade_id})
+            if r["type"] == "response":
+                return r["result"]
+            await asyncio.sleep(0.1)
+        raise AssertionError(r)
+
+    p = await proof()
+    assert p["delegations"] == {"buy": delegation, "sell": None}
+    assert p["chain_root"] == p["root"]
