@@ -1,5 +1,6 @@
-"""settlement: the delegation an order was placed under (a member's trading agent), copied
-from the journal's order_delegated events with the order signatures, for trade proofs
+"""settlement: order_delegations (orders a member's trading agent placed, for trade proofs)
+
+Copied from the journal's order_delegated events with the order signatures.
 
 Revision ID: 0009
 Revises: 0007

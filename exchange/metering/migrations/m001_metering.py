@@ -1,5 +1,7 @@
-"""metering: metering points, readings per point and UTC day, corrections (audit), uploads,
-tariffs and their prices, members' tariffs, fee schedules, grid CO2 intensity, bills
+"""metering: points, readings, corrections, uploads, tariffs, fees, intensity, bills, payouts
+
+Metering points, readings per point and UTC day, corrections (audit), uploads, tariffs and their
+prices, members' tariffs, fee schedules, grid CO2 intensity, bills and their community charges.
 
 Revision ID: m001
 Revises:
