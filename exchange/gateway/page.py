@@ -7,7 +7,8 @@ Routes (see docs/operator-page.md):
 ``POST /operator/login``         ``token=<operator token>`` (form) or ``{"token": ...}`` (JSON):
                                  sets the session cookie (HttpOnly, SameSite=Strict)
 ``POST /operator/logout``        ends the session (and closes its feed sockets)
-``GET  /operator/session``       200 ``{"operator": true, "expires_in_s"}`` or 401
+``GET  /operator/session``       200 ``{"operator": true, "platform": bool, "market_id",
+                                 "expires_in_s"}`` or 401
 ``GET  /operator/static/...``    HTML/CSS/JS (no data in them)
 ``GET  /ws/operator``            the live feed (:mod:`.feed`): needs the session cookie
                                  and, when the browser sends one, a same-origin ``Origin``
@@ -17,11 +18,18 @@ cookie instead of the bearer token: a request that carries a valid session
 cookie and the header ``X-Voltbourse-Page: 1`` (which a cross-site form or
 image cannot send) is handed to the operator route as if it carried the
 token. Everything else about those routes (validation, errors) is unchanged.
+
+The platform operator's routes (``/api/platform/...``, on the deployment's root only) take
+the page session the same way, when that session was opened with the platform operator
+token (``settings.operator_token``) on the root's page: its session info says
+``"platform": true`` and the page shows its Communities panel. A community manager's session
+(a hosted market's page, its own token) never reaches them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hmac
 import html
 import json
 import logging
@@ -36,6 +44,7 @@ from exchange.gateway.feed import OPERATOR_FEED, FeedClient, OperatorFeed
 from exchange.gateway.http import PAGE_AUTHENTICATED, operator_enabled, operator_token_valid
 from exchange.gateway.keys import BASE_PATH, MARKET, MEMBERS, SETTINGS
 from exchange.gateway.marketdata import MARKET_DATA
+from exchange.gateway.tenants import PLATFORM
 
 log = logging.getLogger(__name__)
 
@@ -53,19 +62,29 @@ class PageSessions:
     def __init__(self, ttl_s: float = SESSION_TTL_S) -> None:
         self.ttl_s = ttl_s
         self.expiry: dict[str, float] = {}
+        self.platform: set[str] = set()  # sessions opened with the platform operator token (on the root)
         self.sockets: dict[str, set[web.WebSocketResponse]] = defaultdict(set)
         self.failures: dict[str, deque] = defaultdict(deque)
 
-    def create(self) -> str:
+    def create(self, platform: bool = False) -> str:
         now = time.monotonic()
         for sid, exp in list(self.expiry.items()):
             if exp <= now:
-                self.expiry.pop(sid, None)
+                self._drop(sid)
         while len(self.expiry) >= MAX_SESSIONS:  # the oldest goes
-            self.expiry.pop(min(self.expiry, key=self.expiry.__getitem__))
+            self._drop(min(self.expiry, key=self.expiry.__getitem__))
         sid = secrets.token_urlsafe(32)
         self.expiry[sid] = now + self.ttl_s
+        if platform:
+            self.platform.add(sid)
         return sid
+
+    def _drop(self, sid: str) -> None:
+        self.expiry.pop(sid, None)
+        self.platform.discard(sid)
+
+    def is_platform(self, sid: str) -> bool:
+        return sid in self.platform and self.valid(sid)
 
     def valid(self, sid: str | None) -> bool:
         if not sid:
@@ -74,7 +93,7 @@ class PageSessions:
         if exp is None:
             return False
         if exp <= time.monotonic():
-            self.expiry.pop(sid, None)
+            self._drop(sid)
             return False
         return True
 
@@ -82,7 +101,7 @@ class PageSessions:
         return max(0, int(self.expiry.get(sid, 0) - time.monotonic()))
 
     async def end(self, sid: str) -> None:
-        self.expiry.pop(sid, None)
+        self._drop(sid)
         for ws in list(self.sockets.pop(sid, ())):
             await ws.close(code=4401, message=b"logged out")
 
@@ -124,6 +143,19 @@ def _sid(request: web.Request) -> str | None:
     return sid if request.config_dict[PAGE_SESSIONS].valid(sid) else None
 
 
+def _platform_root(request: web.Request) -> bool:
+    """This page is the deployment's root (its default market) and the platform's routes
+    (``/api/platform/...``) are here."""
+    return not _base(request) and PLATFORM in request.config_dict
+
+
+def _platform_token(request: web.Request, given: str) -> bool:
+    """``given`` is the platform operator token (not a community manager's)."""
+    secret = request.config_dict[SETTINGS].operator_token
+    token = secret.get_secret_value() if secret is not None else ""
+    return bool(token) and hmac.compare_digest(given.encode(), token.encode())
+
+
 def _same_origin(request: web.Request) -> bool:
     """No ``Origin`` (not a browser's cross-origin request) or the configured public
     origin (``public_origin``). Without that setting (a local deployment), the origin must
@@ -157,10 +189,18 @@ def _err(status: int, code: str, message: str) -> web.Response:
     return web.json_response({"error": code, "message": message}, status=status)
 
 
-def _login_html(message: str = "") -> str:
+def _login_html(request: web.Request, message: str = "") -> str:
     page = (STATIC / "login.html").read_text()
     note = f'<p class="form-error" role="alert" id="login-error">{html.escape(message)}</p>' if message else ""
-    return page.replace("<!--MESSAGE-->", note)
+    mid = html.escape(request.config_dict[SETTINGS].market_id)
+    if _base(request):  # a hosted community: its manager's token or the platform's
+        who = (f'<p id="login-who">Community <strong id="login-market">{mid}</strong>: log in with its community '
+               "manager's operator token or the platform operator token.</p>")
+    else:
+        who = (f'<p id="login-who">Market <strong id="login-market">{mid}</strong>: log in with the operator token '
+               "of this exchange (the <code>VOLTBOURSE_OPERATOR_TOKEN</code> setting; <code>make demo</code> "
+               "prints it).</p>")
+    return page.replace("<!--WHO-->", who).replace("<!--MESSAGE-->", note)
 
 
 # --------------------------------------------------------------------------- handlers
@@ -177,7 +217,7 @@ async def page(request: web.Request) -> web.StreamResponse:
 async def login_form(request: web.Request) -> web.StreamResponse:
     if _sid(request) is not None:
         raise web.HTTPSeeOther(_base(request) + "/operator")
-    return _security_headers(request, web.Response(text=_login_html(), content_type="text/html"))
+    return _security_headers(request, web.Response(text=_login_html(request), content_type="text/html"))
 
 
 async def login(request: web.Request) -> web.StreamResponse:
@@ -187,7 +227,7 @@ async def login(request: web.Request) -> web.StreamResponse:
     def refuse(status: int, code: str, message: str) -> web.StreamResponse:
         if as_json:
             return _err(status, code, message)
-        return _security_headers(request, web.Response(text=_login_html(message), content_type="text/html",
+        return _security_headers(request, web.Response(text=_login_html(request, message), content_type="text/html",
                                                        status=status))
 
     if not _same_origin(request):
@@ -213,10 +253,11 @@ async def login(request: web.Request) -> web.StreamResponse:
         if throttled:
             return refuse(429, "TOO_MANY_ATTEMPTS", "Too many failed logins from this address; wait a minute.")
         return refuse(401, "UNAUTHENTICATED", "Wrong operator token.")
-    sid = sessions.create()
+    platform = _platform_root(request) and _platform_token(request, given)
+    sid = sessions.create(platform=platform)
     resp: web.StreamResponse
     if as_json:
-        resp = web.json_response({"operator": True, "expires_in_s": int(sessions.ttl_s)})
+        resp = web.json_response({"operator": True, "platform": platform, "expires_in_s": int(sessions.ttl_s)})
     else:
         resp = web.HTTPSeeOther(_base(request) + "/operator")
     resp.set_cookie(_cookie(request), sid, httponly=True, samesite="Strict", path=_cookie_path(request),
@@ -245,7 +286,10 @@ async def session_info(request: web.Request) -> web.Response:
     sid = _sid(request)
     if sid is None:
         return _err(401, "UNAUTHENTICATED", f"log in at {_base(request)}/operator/login")
-    return web.json_response({"operator": True, "expires_in_s": request.app[PAGE_SESSIONS].remaining(sid)})
+    sessions = request.app[PAGE_SESSIONS]
+    return web.json_response({"operator": True, "platform": sessions.is_platform(sid),
+                              "market_id": request.config_dict[SETTINGS].market_id,
+                              "expires_in_s": sessions.remaining(sid)})
 
 
 async def feed_ws(request: web.Request) -> web.StreamResponse:
@@ -288,12 +332,18 @@ async def feed_ws(request: web.Request) -> web.StreamResponse:
 @web.middleware
 async def page_session_auth(request: web.Request, handler):
     """Let the page call ``/api/operator/...`` (of its own market) with its session cookie
-    (plus the ``X-Voltbourse-Page`` header) instead of the bearer token."""
-    if (request.path.startswith(_base(request) + "/api/operator/") and "Authorization" not in request.headers
+    (plus the ``X-Voltbourse-Page`` header) instead of the bearer token; and, on the
+    platform's root, ``/api/platform/...`` when the session was opened with the platform
+    operator token."""
+    operator_route = request.path.startswith(_base(request) + "/api/operator/")
+    platform_route = request.path.startswith("/api/platform/") and _platform_root(request)
+    if ((operator_route or platform_route) and "Authorization" not in request.headers
             and request.headers.get(PAGE_HEADER) == "1" and _cookie(request) in request.cookies):
         if not _same_origin(request):
             return _err(403, "FORBIDDEN", "cross-origin request refused")
-        if operator_enabled(request) and _sid(request) is not None:
+        sid = _sid(request)
+        if operator_enabled(request) and sid is not None and (
+                operator_route or request.app[PAGE_SESSIONS].is_platform(sid)):
             request[PAGE_AUTHENTICATED] = True
     return await handler(request)
 

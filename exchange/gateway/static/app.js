@@ -585,16 +585,165 @@ async function loadMarkets() {
   const r = await fetch(`${BASE}api/markets`, { credentials: "same-origin" }).catch(() => null);
   if (!r || !r.ok) return;
   const markets = await r.json().catch(() => []);
-  if (!Array.isArray(markets) || markets.length < 2) return;
+  if (!Array.isArray(markets)) return;
   const sel = $("#market-switch");
   sel.replaceChildren(...markets.map((m) => h("option", {
     value: m.path, text: `${m.name ? m.name + " — " : ""}${m.market_id}${m.default ? " (default)" : ""}` +
       `${m.status === "suspended" ? " · suspended" : ""}`,
     ...(m.path === BASE ? { selected: "" } : {}),
   })));
-  sel.addEventListener("change", () => { location.href = `${sel.value}operator`; });
-  $("#market-switcher").hidden = false;
+  $("#market-switcher").hidden = markets.length < 2;
+}
+$("#market-switch").addEventListener("change", (ev) => { location.href = `${ev.currentTarget.value}operator`; });
+
+// ------------------------------------------------------------------ communities (platform operator)
+// Shown when this page's session was opened with the platform operator token on the
+// deployment's root page (GET operator/session says "platform": true); it calls the platform
+// routes (api/platform/markets...) with the page session like the operator actions.
+const P = { markets: null, shown: "" };
+
+async function loadPlatform() {
+  const r = await fetch(`${BASE}operator/session`, { credentials: "same-origin" }).catch(() => null);
+  if (!r || !r.ok) return;
+  const info = await r.json().catch(() => null);
+  if (!info || !info.platform) return;
+  $("#platform-section").hidden = false;
+  $("#platform-link").hidden = false;
+  await refreshPlatform();
+  setInterval(refreshPlatform, 5000);
 }
 
+async function refreshPlatform() {
+  try {
+    P.markets = await api("GET", "/api/platform/markets");
+  } catch (e) {
+    pstatus(`Could not load the communities: ${e.message}`, false);
+    return;
+  }
+  const key = JSON.stringify(P.markets);
+  if (key === P.shown) return; // unchanged: keep the table (and the keyboard focus in it)
+  P.shown = key;
+  renderPlatform();
+}
+
+function pstatus(text, ok) {
+  const s = $("#platform-status");
+  s.textContent = text;
+  s.className = "action-status " + (ok ? "ok" : "bad");
+}
+
+const rules = (settings) => {
+  const kv = Object.entries(settings || {});
+  return kv.length ? kv.map(([k, v]) => `${k}=${v}`).join(", ") : "the deployment's";
+};
+
+function renderPlatform() {
+  const tb = $("#platform-markets tbody");
+  tb.replaceChildren(...P.markets.map((m) => {
+    const label = `${m.market_id}${m.name ? ` (${m.name})` : ""}`;
+    const button = (text, cls, onclick) => h("button", { type: "button", class: cls, "data-action": text.toLowerCase()
+      .replace(/[^a-z ]/g, "").trim().replaceAll(" ", "-"), "aria-label": `${text.replace("…", "")} ${label}`, onclick },
+      text);
+    const actions = [];
+    if (m.default) actions.push(h("span", { class: "muted", text: "the deployment's own market (this page)" }));
+    else {
+      if (m.status === "active") {
+        actions.push(button("Suspend…", "danger", () => platformAct("Suspend a community",
+          `Suspend community ${label}? Its market halts (no new orders; cancels still work) and new peer ` +
+          "sessions are refused until it is resumed.", m, "suspend", (r) => `Community ${r.market_id} suspended.`)));
+      } else {
+        actions.push(button(m.status === "archived" ? "Start again…" : "Resume…", "", () => platformAct(
+          m.status === "archived" ? "Start a community again" : "Resume a community",
+          m.status === "archived" ? `Start archived community ${label} again? It is recovered from its journal and ` +
+            `mounted at ${m.path}.` : `Resume trading on community ${label}?`, m, "resume",
+          (r) => `Community ${r.market_id} is ${r.status} again.`)));
+      }
+      if (m.status !== "archived") {
+        actions.push(button("Archive…", "danger", () => platformAct("Archive a community",
+          `Archive community ${label}? It stops and ${m.path} answers 404; its journal, members and every ` +
+          "record stay, and it can be started again.", m, "archive", (r) => `Community ${r.market_id} archived.`)));
+      }
+      actions.push(button("New token…", "secondary", () => platformAct("Rotate the community manager token",
+        `Make a new community manager token for ${label}? The current one stops working at once (its page ` +
+        "sessions stay until they log out).", m, "token", (r) => `New community manager token for ${r.market_id}.`)));
+    }
+    const running = m.running ? (m.halted ? "yes, halted" : "yes") : (m.error ? `no: ${m.error}` : "no");
+    const path = m.status === "archived" ? h("span", { class: "mono", text: m.path })
+      : h("a", { class: "mono", href: `${m.path}operator`, "data-open": m.market_id, text: m.path,
+                 "aria-label": `open the operator page of ${label} (${m.path}operator)` });
+    return h("tr", { "data-market-id": m.market_id, "data-status": m.status },
+      h("th", { scope: "row", class: "mono", text: m.market_id }),
+      h("td", { text: m.name || (m.default ? "(default)" : "") }),
+      h("td", { class: `status status-${m.status}`, text: m.status }),
+      h("td", {}, path),
+      h("td", { class: "running", text: running }),
+      h("td", { class: "small", text: m.default ? "" : rules(m.settings) }),
+      h("td", {}, h("div", { class: "row-actions" }, ...actions)));
+  }));
+}
+
+function showToken(res) {
+  $("#platform-token-note").textContent = `Community ${res.market_id}${res.name ? ` (${res.name})` : ""}: give this ` +
+    `token to its community manager. It opens ${res.path}operator and that community's operator API only; only its ` +
+    "hash is kept, so it is not shown again (make a new one if it is lost).";
+  const input = $("#platform-token-value");
+  input.value = res.operator_token;
+  $("#platform-token").hidden = false;
+  input.focus();
+  input.select();
+}
+
+async function platformAct(title, question, m, op, done) {
+  if (!(await confirmDialog(title, question))) { pstatus("Cancelled: nothing was changed.", true); return; }
+  try {
+    const res = await api("POST", `/api/platform/markets/${encodeURIComponent(m.market_id)}/${op}`, {});
+    pstatus(done(res), true);
+    if (res.operator_token) showToken(res);
+  } catch (e) {
+    pstatus(`${title} failed: ${e.message}`, false);
+  }
+  await refreshPlatform();
+  loadMarkets();
+}
+
+function wirePlatform() {
+  $("#platform-token-done").addEventListener("click", () => {
+    $("#platform-token-value").value = "";
+    $("#platform-token").hidden = true;
+  });
+  $("#platform-create").addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    const err = $("#platform-create-error");
+    err.hidden = true;
+    const market_id = $("#new-market-id").value.trim(), name = $("#new-market-name").value.trim();
+    const settings = {};
+    for (const [key, el] of [["gate", "#new-market-gate"], ["mechanism", "#new-market-mechanism"],
+                             ["timezone", "#new-market-timezone"]]) {
+      const v = $(el).value.trim();
+      if (v) settings[key] = v;
+    }
+    if ($("#new-market-minutes").value) settings.product_minutes = Number($("#new-market-minutes").value);
+    const btn = $("#platform-create-btn");
+    btn.disabled = true;
+    try {
+      // the server validates everything (id, name, the settings as a whole) and says what is wrong
+      const res = await api("POST", "/api/platform/markets", { market_id, name, settings });
+      pstatus(`Community ${res.market_id} created and running at ${res.path}.`, true);
+      ev.target.reset();
+      showToken(res);
+    } catch (e) {
+      err.textContent = `The community was not created: ${e.message}`;
+      err.hidden = false;
+      pstatus("", true);
+    } finally {
+      btn.disabled = false;
+    }
+    await refreshPlatform();
+    loadMarkets();
+  });
+}
+
+wirePlatform();
 connect();
 loadMarkets();
+loadPlatform();
