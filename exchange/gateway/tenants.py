@@ -417,7 +417,8 @@ async def create_market(request: web.Request) -> web.Response:
         t, token = await p.create(body.market_id, body.name, body.settings)
     except ValidationError as exc:  # the settings, as a whole
         raise ApiError(422, "INVALID_REQUEST", "settings: " + "; ".join(
-            f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in exc.errors())) from None
+            (f"{'.'.join(map(str, e['loc']))}: " if e["loc"] else "") + str(e["msg"]).removeprefix("Value error, ")
+            for e in exc.errors())) from None
     return json_response({**p.view(t.record), "operator_token": token}, 201)
 
 
