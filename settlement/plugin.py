@@ -12,6 +12,8 @@ Routes:
   proof of its own trade over REST. ``sig`` is the member's EIP-191 signature of
   ``"Voltbourse proof\\nMarket: <market>\\nTrade: <trade_id>\\nTime: <ts>"``; ``ts`` must be
   within 5 minutes of the server's clock. (Over WebSocket: ``trade_proof``.)
+- WebSocket ``my_collateral`` — the signed-in member's collateral on chain and in the engine,
+  its recent deposits and withdrawal requests (settlement/collateral.py).
 - ``GET /api/operator/settlement`` — status: batches, pending trades, alert, contracts.
 - ``POST /api/operator/settlement/reconcile`` — run the reconciliation now.
 - ``GET /api/operator/trades/{trade_id}/proof`` — any trade's proof, for auditors.
@@ -40,8 +42,9 @@ from exchange.protocol.messages import MAX_INT, Address, Signature
 from settlement import cli as settlement_cli
 from settlement.chain import Chain
 from settlement.chainstore import ChainStoreLocked
+from settlement.collateral import my_collateral
 from settlement.proofs import ProofService
-from settlement.protocol import TradeProof
+from settlement.protocol import MyCollateral, TradeProof
 from settlement.reconcile import reconcile
 from settlement.worker import SettlementStartError, SettlementWorker
 
@@ -136,6 +139,13 @@ async def _ws_trade_proof(app: web.Application, member: str, msg: TradeProof) ->
     return await app[PROOFS].trade_proof(msg.trade_id, member)
 
 
+async def _ws_my_collateral(app: web.Application, member: str, msg: MyCollateral) -> dict:
+    worker = app[SETTLEMENT]
+    return await my_collateral(pool=worker.pool, market_id=worker.market_id, deployment_id=worker.deployment_id,
+                               chain=worker.chain, run_on_chain=worker.run_on_chain, engine=app[MARKET].engine,
+                               member=member, limit=msg.limit)
+
+
 def settlement_subsystem(*, chain: Chain | None = None) -> Subsystem:
     """Settlement as a subsystem; ``chain`` overrides the chain chosen by the settings
     (tests pass a prepared in-process chain)."""
@@ -203,7 +213,7 @@ def settlement_subsystem(*, chain: Chain | None = None) -> Subsystem:
         name="settlement",
         summary="trades batched under Merkle roots, anchored and netted on an EVM chain (docs/settlement.md)",
         routes=ROUTES,
-        ws_requests=(WsRequest(TradeProof, _ws_trade_proof),),
+        ws_requests=(WsRequest(TradeProof, _ws_trade_proof), WsRequest(MyCollateral, _ws_my_collateral)),
         migrations=Path(__file__).resolve().parent / "migrations",
         lifecycle=lifecycle,
         commands=settlement_cli.add_commands,

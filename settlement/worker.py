@@ -75,6 +75,7 @@ from exchange.core.ids import MemberId
 from exchange.core.model import Rejected, UpdateCollateral
 from exchange.runtime.ports import Payout, PayoutSource
 from settlement.chain import CALL_GAS, Chain, ChainError, EvmTooOld, SendRefused, tx_hash_of, tx_nonce
+from settlement.collateral import record_deposits
 from settlement.merkle import MerkleTree, TradeRecord, leaf
 from settlement.netting import net_amounts
 from settlement.reverts import NONCE_TOO_HIGH, NONCE_TOO_LOW, Revert
@@ -1021,6 +1022,7 @@ class SettlementWorker:
                 "INSERT INTO settlement_withdrawals (market_id, deployment_id, request_id, member, amount, state) "
                 "VALUES ($1, $2, $3, $4, $5, 'requested') ON CONFLICT DO NOTHING", self.market_id,
                 self.deployment_id, ev["args"]["requestId"], ev["args"]["member"], ev["args"]["amount"])
+        await record_deposits(self.pool, self.market_id, self.deployment_id, start, deposits)  # members' view
         if self.runtime is not None:
             for member in sorted({ev["args"]["member"] for ev in deposits}):
                 rejected = await self._engine_collateral(member)
