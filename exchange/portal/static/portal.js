@@ -7,6 +7,7 @@ import * as wallet from "./wallet.js";
 import { Peer } from "./peer.js";
 import { verifyProof } from "./proof.js";
 import { initAgent } from "./agent.js";
+import { initCollateral } from "./collateral.js";
 
 const $ = (sel) => document.querySelector(sel);
 const S = {
@@ -14,6 +15,7 @@ const S = {
   book: null, last: [], orders: [], trades: [], nonce: 0, bills: [], agent: null,
 };
 let agentView = null;
+let collateralView = null;
 window.portal = S; // for the curious (and the tests): state only, no secrets (the cookie is HttpOnly)
 
 // --------------------------------------------------------------------------- small DOM helpers
@@ -177,7 +179,7 @@ async function start(session) {
     if (m.ok && m.body?.timezone) S.tz = m.body.timezone;
   } catch { /* metering off: default zone */ }
   await loadProducts();
-  await Promise.all([refreshMine(), initEnergy(), loadBills(), loadFlex(), agentView.start()]);
+  await Promise.all([refreshMine(), initEnergy(), loadBills(), loadFlex(), agentView.start(), collateralView.start()]);
 }
 
 function onConn(state) {
@@ -217,6 +219,7 @@ function onPush(m) {
     case "execution":
       soon(refreshMine);
       if (agentView) agentView.refresh();
+      if (collateralView) collateralView.refresh();
       if (m.exec === "fill") toast(`Your order ${m.order_id} traded ${fmt.kwh(m.quantity)} kWh at ${fmt.price(m.price)} EUR/MWh.`);
       break;
     case "flex_invitation":
@@ -765,6 +768,7 @@ async function boot() {
     },
     onChange: () => refreshMine(),
   });
+  collateralView = initCollateral({ S, fmt, dom: { cell, row, fill } });
   $("#signin-btn").addEventListener("click", signIn);
   $("#signout").addEventListener("click", () => signOut(false));
   $("#signout-all").addEventListener("click", () => signOut(true));
