@@ -72,6 +72,10 @@ async def run_flex_demo(app, ws_url: str, keys: list, clock, *, seed: int = 7, p
                         out(f"  [flex] activated {a.activated_w / 1e6:.1f} MW at {a.price / 100:.2f} EUR/MWh; "
                             f"{len(ev.instructions)} dispatch instructions")
             await asyncio.sleep(0.05)
+        # a settled event's shares and payouts are written just after its phase changes: wait for them
+        while (ev.phase == "settled" and any(s.payout for s in ev.shares) and loop.time() < end
+               and not any(p["event_id"] == ev.event_id for p in flex.payouts)):
+            await asyncio.sleep(0.05)
         reserves = sum(1 for i in ev.instructions if i.reserve)
         out(f"  [flex] event {ev.event_id}: {ev.phase} {ev.reason}; shortfall {ev.shortfall_wh} Wh, "
             f"{reserves} reserve call(s); revenue {eur(ev.gross)} EUR, penalty {eur(ev.penalty)} EUR")
