@@ -18,6 +18,9 @@ async def test_a_hosted_communitys_portal_is_its_own(platform_env):  # noqa: F81
     await member(http, base + "/m/a", tokens["a"], KEYS[0].address)
     st, page = await call(http, "GET", f"{base}/m/a/portal", headers={})
     assert st == 200 and 'content="/m/a"' in page and 'src="/m/a/portal/static/portal.js"' in page
+    # the page's modules import the operator page's exact formatting from beside it
+    async with http.get(f"{base}/m/a/operator/static/format.js") as r:
+        assert r.status == 200 and "roundHalfEven" in await r.text()
     st, root_page = await call(http, "GET", f"{base}/portal", headers={})
     assert st == 200 and 'content=""' in root_page
     st, offer = await call(http, "GET", f"{base}/m/a/portal/siwe/nonce", headers={})

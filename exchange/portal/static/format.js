@@ -3,33 +3,14 @@
 // sends is parsed from the typed decimal text into integers with BigInt, never through a float;
 // what it shows is formatted with BigInt until the final string.
 
-function group(digits) {
-  return digits.replace(/\B(?=(\d{3})+(?!\d))/g, ",");
-}
+// The exact arithmetic is the operator page's (one implementation of half-even rounding and
+// fixed-point formatting); the portal writes a true minus sign.
+import { count, fixed as fixedAscii, roundHalfEven } from "../../operator/static/format.js";
 
-// Fixed-point: integer `value` with `scale` decimals -> "1,234.567".
-export function fixed(value, scale) {
-  if (value === null || value === undefined || value === "") return "–";
-  let v = BigInt(value);
-  const neg = v < 0n;
-  if (neg) v = -v;
-  const base = 10n ** BigInt(scale);
-  const int = group((v / base).toString());
-  const frac = scale > 0 ? "." + (v % base).toString().padStart(scale, "0") : "";
-  return (neg ? "−" : "") + int + frac;
-}
+export { count, roundHalfEven };
 
-// Divide by 10^digits, rounding half to even (exact).
-export function roundHalfEven(value, digits) {
-  let v = BigInt(value);
-  const neg = v < 0n;
-  if (neg) v = -v;
-  const d = 10n ** BigInt(digits);
-  let q = v / d;
-  const r2 = (v % d) * 2n;
-  if (r2 > d || (r2 === d && q % 2n === 1n)) q += 1n;
-  return neg ? -q : q;
-}
+// Fixed-point: integer `value` with `scale` decimals -> "1,234.567" ("−1,234.567").
+export const fixed = (value, scale) => fixedAscii(value, scale).replace(/^-/, "−");
 
 export const kwh = (wh) => fixed(wh, 3);                       // Wh -> kWh, 3 decimals
 export const price = (ticks) => fixed(ticks, 2);               // ticks -> EUR/MWh
@@ -39,7 +20,6 @@ export function eur(money) {
   const units = typeof money === "object" ? money.units : money;
   return fixed(roundHalfEven(units, 6), 2);
 }
-export const count = (n) => (n === null || n === undefined ? "–" : group(String(n)));
 // a ratio given as an exact decimal string ("0.4125") -> "41.25 %"
 export function percent(ratio) {
   if (ratio === null || ratio === undefined) return "–";
