@@ -36,7 +36,14 @@ from exchange.metering.fees import (
     schedule_view,
 )
 from exchange.metering.readings import UploadRefused
-from exchange.metering.service import INVALID_PERIOD, INVALID_UPLOAD, UPLOAD_TOO_LARGE, MeteringService, money_json
+from exchange.metering.service import (
+    INVALID_PERIOD,
+    INVALID_UPLOAD,
+    UPLOAD_TOO_LARGE,
+    MeteringService,
+    money_json,
+    upload_error,
+)
 from exchange.metering.statement import render_csv, render_html, render_pdf
 from exchange.metering.store import MeteringStore
 from exchange.protocol.auth import checksum, recover_login
@@ -58,11 +65,6 @@ def _svc(request: web.Request) -> MeteringService:
 
 def _now(request: web.Request) -> int:
     return request.config_dict[MARKET].runtime.clock.now_us()
-
-
-def _refused(exc: UploadRefused) -> ApiError:
-    return ApiError(422, INVALID_UPLOAD, str(exc), errors=[e.as_dict() for e in exc.errors],
-                    error_count=exc.error_count)
 
 
 # --------------------------------------------------------------------------- bodies and queries
@@ -211,7 +213,7 @@ async def put_tariff(request: web.Request) -> web.Response:
         try:
             prices = parse_tariff_csv(data)
         except UploadRefused as exc:
-            raise _refused(exc) from None
+            raise upload_error(exc) from None
     else:
         body = await read_body(request, TariffIn)
         name = body.name
@@ -219,7 +221,7 @@ async def put_tariff(request: web.Request) -> web.Response:
             prices = parse_tariff_rows([["valid_from", "import_ct_per_kwh", "feed_in_ct_per_kwh"]] + [
                 [p.valid_from.isoformat(), p.import_ct_per_kwh, p.feed_in_ct_per_kwh] for p in body.prices])
         except UploadRefused as exc:
-            raise _refused(exc) from None
+            raise upload_error(exc) from None
     n = await _svc(request).put_tariff(tariff_id, name, prices)
     return json_response({"tariff_id": tariff_id, "name": name, "prices": n})
 

@@ -47,6 +47,12 @@ INVALID_PERIOD = register("INVALID_BILLING_PERIOD", 422, "a period must be whole
 NO_BILL = register("NO_BILL", 404, "no bill issued for this member and period", OWNER)
 NO_FEES = register("NO_FEES", 409, "no fee schedule in force at the start of the period", OWNER)
 
+def upload_error(exc: UploadRefused) -> VoltbourseError:
+    """A refused file as the API's error: every problem (line, column, reason) and their count."""
+    return VoltbourseError(INVALID_UPLOAD, str(exc), errors=[e.as_dict() for e in exc.errors],
+                           error_count=exc.error_count)
+
+
 WEEK_US = 7 * 86_400_000_000
 #: payout event ids on chain are one space for every payout source (the registry refuses an
 #: id twice): metering's bill runs use 2^56 + n, flexibility's events stay far below
@@ -109,8 +115,7 @@ class MeteringService:
         try:
             parsed = await asyncio.to_thread(parse, data, points, self.interval_minutes, not_after_us=now_us)
         except UploadRefused as exc:
-            raise VoltbourseError(INVALID_UPLOAD, str(exc), errors=[e.as_dict() for e in exc.errors],
-                                  error_count=exc.error_count) from None
+            raise upload_error(exc) from None
         return await self._import(parsed, digest, filename, fmt, source)
 
     async def import_path(self, path: Path, *, now_us: int | None, source: str = "file") -> dict:
@@ -136,8 +141,7 @@ class MeteringService:
         try:
             parsed = await asyncio.to_thread(parse)
         except UploadRefused as exc:
-            raise VoltbourseError(INVALID_UPLOAD, str(exc), errors=[e.as_dict() for e in exc.errors],
-                                  error_count=exc.error_count) from None
+            raise upload_error(exc) from None
         return await self._import(parsed, digest, path.name, "csv", source)
 
     async def _import(self, parsed: ParsedReadings, digest: str, filename: str, fmt: str, source: str) -> dict:
@@ -166,8 +170,7 @@ class MeteringService:
         try:
             return parse_rows(rows, mine, self.interval_minutes, not_after_us=now_us)
         except UploadRefused as exc:
-            raise VoltbourseError(INVALID_UPLOAD, str(exc), errors=[e.as_dict() for e in exc.errors],
-                                  error_count=exc.error_count) from None
+            raise upload_error(exc) from None
 
     async def push_readings(self, member: str, readings: Sequence[tuple[str, int, int]], *, now_us: int | None,
                             source: str) -> dict:
