@@ -269,13 +269,18 @@ class MarketEngine:
         cc = config.controls
         self._controls_on = bool(cc.banded or cc.max_order_value or cc.otr_max)  # checks at order entry
         self._volatility_on = config.controls.volatility_on
+        self._banded = cc.banded
 
     # ------------------------------------------------------------------ entry point
     def process(self, cmd: Command) -> list[Event]:
         out: list[Event] = []
         self._out = out
         ts = cmd.ts if cmd.ts > self.now else self.now
-        self._advance(ts)
+        sched = self._schedule
+        if sched and sched[0][0] <= ts or not self.started:
+            self._advance(ts)
+        else:  # nothing due: _advance would only set the clock
+            self.now = ts
         # exact types (a dispatch table's semantics), the frequent ones first
         if type(cmd) is PlaceOrder:
             self._place(cmd, ts)
@@ -883,6 +888,7 @@ class MarketEngine:
         if err is None and self.halted:
             err = Reason.MARKET_HALTED, f"market halted: {self.halt_reason}"
         pb = self.products.get(pid)
+        acct = None
         if err is None:
             acct = self.accounts.get(member)
             if acct is None or acct.suspended:
@@ -902,16 +908,35 @@ class MarketEngine:
         if nonce is not None and err is None and not nonce_used:
             err = self._use_nonce(member, nonce)
             spent = err is None
+        buy = side is _BUY
         if err is None:
-            assert pb is not None  # the product check passed
+            assert pb is not None and acct is not None  # the member and product checks passed
+            # The price controls and the risk checks, their common case inline: the helpers
+            # (_check_controls, _check_collateral, _check_capacity) answer when one may fail.
             if self._controls_on:
-                err = self._check_controls(pb, member, side, price, qty)
+                cc = cfg.controls
+                ref = pb.ref_price
+                if cc.max_order_value and (price if price >= 0 else -price) * qty > cc.max_order_value \
+                        or self._otr_on:
+                    err = self._check_controls(pb, member, side, price, qty)
+                elif ref is not None and self._banded:  # no band before a product's first trade
+                    w = (ref if ref >= 0 else -ref) * cc.price_band_bp // 10_000  # controls.width, inline
+                    if w < cc.price_band_min_ticks:
+                        w = cc.price_band_min_ticks
+                    if (price > ref + w) if buy else (price < ref - w):
+                        err = self._check_controls(pb, member, side, price, qty)
             if err is None and cfg.risk_checks:  # _check_risk, for a new order
-                p = price if side is _BUY else -price
+                p = price if buy else -price
                 if p > 0:
-                    err = self._check_collateral(member, qty * p)
-                if err is None and side is _SELL:
-                    err = self._check_capacity(pb, member, qty)
+                    payable = acct.net_payable
+                    if acct.open_exposure + (payable if payable > 0 else 0) + qty * p > acct.collateral:
+                        err = self._check_collateral(member, qty * p)
+                if err is None and not buy:
+                    pos = self.positions[pid].get(member)
+                    net_sold = pos[1] - pos[0] if pos else 0
+                    have = self.open_sell.get((pid, member), 0) + (net_sold if net_sold > 0 else 0)
+                    if have + qty > acct.export_capacity_w * pb.capacity_factor // 60:
+                        err = self._check_capacity(pb, member, qty)
             if err is None and cmd.post_only and not resting_only and self._would_trade(pb, side, price):
                 err = (Reason.POST_ONLY_WOULD_TRADE,
                        f"post-only {side.value} at {price} would trade against the book")
@@ -934,8 +959,16 @@ class MarketEngine:
             self._remember_client_id(member, coid, oid, seq, None, pid, _terms(cmd) if cfg.coid_terms else None)
         if resting_only:
             self._rest(pb, o)
-            return
-        self._continue(pb, o, ts, cmd.min_quantity)
+        elif tif is _FOK or cmd.min_quantity is not None:
+            self._continue(pb, o, ts, cmd.min_quantity)
+        elif self._match(pb, o, ts):  # _continue, for a GTC or IOC order
+            if o.remaining:
+                if tif is _GTC:
+                    self._rest(pb, o)
+                else:
+                    self._emit(OrderCancelled, ts, oid, member, pid, o.remaining, CancelReason.NOT_FILLED)
+        elif o.remaining:  # stopped by self-trade prevention
+            self._emit(OrderCancelled, ts, oid, member, pid, o.remaining, CancelReason.SELF_TRADE)
 
     def _continue(self, pb: ProductBook, o: Order, ts: int, min_fill: int | None = None) -> None:
         """Match an incoming (not resting) order, then rest or cancel its remainder. A FOK
@@ -982,47 +1015,101 @@ class MarketEngine:
 
         Level by level from the best of the other side while its price crosses ``o``'s
         limit, order by order in time priority; the book's levels account the fills
-        (a filled order and an emptied level leave the book there and then)."""
+        (a filled order and an emptied level leave the book there and then). Each trade is
+        booked as :meth:`_execute` books it (inline here: ``o`` is incoming, the resting
+        order is the one whose exposure and open sell shrink)."""
         buy = o.side is _BUY
         best_level = pb.book.best_level
         opposite = _SELL if buy else _BUY
         limit = o.price
-        stp = self.config.self_trade_prevention
+        lvl = best_level(opposite)
+        if lvl is None or ((lvl.price > limit) if buy else (lvl.price < limit)):
+            return True  # nothing crosses (the common case of a resting order)
+        cfg = self.config
+        stp = cfg.self_trade_prevention
         aggressor = o.side
         member = o.member
         orders = self.orders
-        execute = self._execute
+        accounts = self.accounts
+        open_sell = self.open_sell
+        pid = pb.product.product_id
+        pos = self.positions[pid]
+        otr = pb.otr if self._otr_on else None
+        out = self._out
         volatility = self._volatility_on
-        cc = self.config.controls
+        cc = cfg.controls
         while o.remaining:
-            lvl = best_level(opposite)
             if lvl is None:
-                break
+                lvl = best_level(opposite)
+                if lvl is None:
+                    break
             price = lvl.price
             if (price > limit) if buy else (price < limit):
                 break
-            if volatility and pb.ref_price is not None and controls.triggers_interruption(cc, pb.ref_price, price):
-                self._interrupt(pb, price, ts)
-                return True
+            ref = pb.ref_price
+            if volatility and ref is not None:  # controls.triggers_interruption, inline
+                w = (ref if ref >= 0 else -ref) * cc.volatility_bp // 10_000
+                if w < cc.volatility_min_ticks:
+                    w = cc.volatility_min_ticks
+                d = price - ref
+                if (d if d >= 0 else -d) > w:
+                    self._interrupt(pb, price, ts)
+                    return True
             while o.remaining:
                 r = lvl.head()
                 if r is None:  # the level is empty and gone: on to the next one
                     break
-                if r.member == member and stp is not _STP_ALLOW:
+                rm = r.member
+                if rm == member and stp is not _STP_ALLOW:
                     if stp is not _STP_CANCEL_NEWEST:  # cancel the resting one
                         self._unrest(pb, r)
-                        self._emit(OrderCancelled, ts, r.order_id, r.member, r.product_id, r.remaining,
+                        self._emit(OrderCancelled, ts, r.order_id, rm, r.product_id, r.remaining,
                                    CancelReason.SELF_TRADE)
                     if stp is not _STP_CANCEL_OLDEST:
                         return False
                     continue
                 qty = o.remaining if o.remaining < r.remaining else r.remaining
-                if buy:
-                    execute(pb, o, r, qty, price, aggressor, ts)
+                # _execute(pb, buy order, sell order, qty, price, aggressor, ts), inline
+                if buy:  # the resting order sells
+                    if price < 0:  # its exposure (a sell at a negative price) shrinks
+                        accounts[rm].open_exposure -= qty * -price
+                    open_sell[(r.product_id, rm)] -= qty
+                    b_order, s_order = o, r
                 else:
-                    execute(pb, r, o, qty, price, aggressor, ts)
+                    if price > 0:
+                        accounts[rm].open_exposure -= qty * price
+                    b_order, s_order = r, o
+                o.remaining -= qty
+                r.remaining -= qty
+                bm, sm = b_order.member, s_order.member
+                value = qty * price
+                bp = pos.get(bm)
+                if bp is None:
+                    bp = pos[bm] = [0, 0, 0]
+                bp[0] += qty
+                bp[2] += value
+                sp = pos.get(sm)
+                if sp is None:
+                    sp = pos[sm] = [0, 0, 0]
+                sp[1] += qty
+                sp[2] -= value
+                accounts[bm].net_payable += value
+                accounts[sm].net_payable -= value
+                pb.ref_price = price
+                if otr is not None:
+                    for m in (bm, sm):
+                        c = otr.get(m)
+                        if c is None:
+                            c = otr[m] = [0, 0]
+                        c[1] += 1
+                tid = self.next_trade_id
+                self.next_trade_id = TradeId(tid + 1)
+                self.seq = seq = self.seq + 1
+                out.append(TradeEvent(seq, ts, tid, pid, price, qty, b_order.order_id, s_order.order_id, bm, sm,
+                                      aggressor, b_order.remaining, s_order.remaining))
                 if lvl.fill(r, qty):
                     del orders[r.order_id]
+            lvl = None
         return True
 
     def _own_order(self, member: MemberId, order_id: OrderId) -> Order | None:
