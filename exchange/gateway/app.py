@@ -33,6 +33,7 @@ from exchange.gateway.keys import (
     MARKET,
     MEMBERS,
     OPERATOR_TOKEN_HASHES,
+    OUTLOOK_SOURCES,
     PAYOUT_SOURCES,
     PEER_AUTHENTICATORS,
     PROTOCOL,
@@ -204,6 +205,7 @@ async def make_app(market: Market, settings: Settings, subsystems: Sequence[Subs
     app[WS_REQUESTS] = {}
     app[PAYOUT_SOURCES] = []
     app[BILL_ITEM_SOURCES] = []
+    app[OUTLOOK_SOURCES] = []
     app[PEER_AUTHENTICATORS] = []  # subsystems that sign /ws connections in from their request (the portal)
     app.on_shutdown.append(close_sockets)
     add_routes(app, OPERATOR_ROUTES)

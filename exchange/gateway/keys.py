@@ -14,7 +14,7 @@ from aiohttp import web
 from exchange.protocol.messages import WireProtocol
 from exchange.runtime.config import Settings
 from exchange.runtime.members import MemberRegistry
-from exchange.runtime.ports import BillItemSource, PayoutSource
+from exchange.runtime.ports import BillItemSource, OutlookSource, PayoutSource
 from exchange.runtime.service import Market
 
 MARKET: web.AppKey[Market] = web.AppKey("market", Market)
@@ -32,6 +32,9 @@ PAYOUT_SOURCES: web.AppKey[list[PayoutSource]] = web.AppKey("payout_sources")
 # Bill item sources (exchange.runtime.ports.BillItemSource): a subsystem whose payments to
 # members belong on their bills appends its source; metering puts them on the bills.
 BILL_ITEM_SOURCES: web.AppKey[list[BillItemSource]] = web.AppKey("bill_item_sources")
+# Outlook sources (exchange.runtime.ports.OutlookSource): a subsystem that can forecast a
+# member's grid exchange and tariff appends its source; the portal's trading agent plans with it.
+OUTLOOK_SOURCES: web.AppKey[list[OutlookSource]] = web.AppKey("outlook_sources")
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from exchange.core.units import US_PER_MIN, UTC, from_us, iso, to_us
 from exchange.gateway.feed import OPERATOR_FEED
 from exchange.gateway.http import ANY_OBJECT, ApiError, Route, array, json_response, read_body, read_query
-from exchange.gateway.keys import BILL_ITEM_SOURCES, MARKET, PAYOUT_SOURCES, SETTINGS
+from exchange.gateway.keys import BILL_ITEM_SOURCES, MARKET, OUTLOOK_SOURCES, PAYOUT_SOURCES, SETTINGS
 from exchange.gateway.plugin import Subsystem, WsRequest
 from exchange.metering import cli as metering_cli
 from exchange.metering import protocol as msgs
@@ -640,6 +640,7 @@ def metering_subsystem() -> Subsystem:
                                         product_minutes=s.product_minutes, default_tariff=s.metering_default_tariff)
         app[PAYOUT_SOURCES].append(store)  # settlement collects members' community charges on chain
         app[METERING].bill_item_sources = app[BILL_ITEM_SOURCES]  # flexibility's payouts on the bills
+        app[OUTLOOK_SOURCES].append(app[METERING])  # members' forecasts for the portal's trading agent
         publisher = app[PANEL] = PanelPublisher(app)
         app[METERING].on_change = publisher.touch
         publisher.task = asyncio.create_task(publisher.run(), name="metering-panel")

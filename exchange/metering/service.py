@@ -18,6 +18,7 @@ from zoneinfo import ZoneInfo
 
 from exchange.core.units import US_PER_MIN, eur, eur_cents_half_even, from_us, iso, to_us
 from exchange.metering.core.bill import Bill, Line, bill
+from exchange.metering.core.forecast import expected, history_span
 from exchange.metering.core.kpi import Kpi, community_kpi, member_kpi
 from exchange.metering.core.model import FeeSchedule, Grid, MemberSeries, MeterPoint
 from exchange.metering.core.series import estimate, positions_on_grid, step_series
@@ -26,7 +27,7 @@ from exchange.metering.fees import schedule_from_json
 from exchange.metering.readings import ParsedReadings, RowError, UploadRefused, parse_csv, parse_rows, parse_xlsx
 from exchange.metering.store import ImportResult, MeteringStore, canonical
 from exchange.protocol.errors import VoltbourseError, register
-from exchange.runtime.ports import BillItemSource
+from exchange.runtime.ports import BillItemSource, Outlook
 from exchange.runtime.trades import TradeStore
 
 log = logging.getLogger(__name__)
@@ -403,6 +404,39 @@ class MeteringService:
         return {**latest["bill"], "version": latest["version"], "digest": latest["digest"],
                 "versions": [{"version": v["version"], "digest": v["digest"],
                               "total": v["bill"]["total_units"]} for v in versions]}
+
+    # ------------------------------------------------------------------ outlook (the trading agent's forecast)
+    async def outlook(self, member: str, intervals: list[tuple[int, int]], now_us: int) -> list[Outlook] | None:
+        """The member's expected grid import and export in each interval (the mean of the same
+        interval on the last 7 days before ``now_us``, estimated readings included) and its
+        tariff then; None when the member has no metering point (exchange.runtime.ports)."""
+        points = await self.store.points(member)
+        if not points or not intervals:
+            return None
+        h0, h1 = history_span(intervals, now_us, self.step_us)
+        series = None
+        if h0 < h1:
+            history = Grid(h0, self.step_us, (h1 - h0) // self.step_us)
+            series = (await self._series(history, points)).get(member)
+        p0 = min(s for s, _ in intervals)
+        p0 -= p0 % self.step_us
+        p1 = max(e for _, e in intervals)
+        p1 += -p1 % self.step_us
+        prices: tuple[list[int], list[int]] | None
+        try:
+            prices = (await self._prices(Grid(p0, self.step_us, (p1 - p0) // self.step_us), [member]))[0][member]
+        except VoltbourseError:  # no tariff known: the forecast stands without prices
+            prices = None
+        out: list[Outlook] = []
+        for start, end in intervals:
+            e = (expected(series.imp, series.exp, series.grid, start, end, now_us) if series is not None
+                 else None)
+            i = (start - p0) // self.step_us
+            out.append({"start_us": start, "end_us": end, "import_wh": e.import_wh if e else 0,
+                        "export_wh": e.export_wh if e else 0, "history_days": e.days if e else 0,
+                        "import_price": prices[0][i] if prices else None,
+                        "feed_in_price": prices[1][i] if prices else None})
+        return out
 
     # ------------------------------------------------------------------ KPIs
     async def kpis(self, start_us: int, end_us: int, *, by_day: bool = False) -> dict:

@@ -1,17 +1,21 @@
 """The managed trading agent the platform runs for members who delegated to it (the portal's
 "My agent"). One asyncio task per active delegation, in the exchange process: every
-``period_s`` it looks at the open products (the next few), asks the rules
-(:mod:`exchange.portal.agent_rules`) what to rest, checks every order against the signed
-limits and submits it to the market's runtime as a ``PlaceOrder`` carrying the delegation's
-id: the engine journals an ``order_delegated`` event with it, so the journal (and every
-replay) shows which orders the agent placed under which delegation. Revoking stops the task
-and cancels the agent's resting orders at once."""
+``period_s`` it builds what it sees of the market (:class:`~exchange.portal.agent_rules.AgentView`:
+the listed products, the member's positions, its forecast from the outlook sources), asks
+the delegation's strategy for the orders it wants resting, brings them within the signed
+limits, cancels what no longer fits and submits the rest to the market's runtime as
+``PlaceOrder`` commands carrying the delegation's id: the engine journals an
+``order_delegated`` event with it, so the journal (and every replay) shows which orders the
+agent placed under which delegation. Revoking stops the task and cancels the agent's resting
+orders at once."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date
 from zoneinfo import ZoneInfo
@@ -19,14 +23,26 @@ from zoneinfo import ZoneInfo
 from exchange.core.ids import MemberId, OrderId, ProductId
 from exchange.core.model import CancelOrder, OrderAccepted, PlaceOrder, Side
 from exchange.core.units import from_us
-from exchange.portal.agent_rules import Limits, check_order, wanted
+from exchange.portal.agent_rules import (
+    AgentStrategy,
+    AgentView,
+    Expectation,
+    Limits,
+    Slot,
+    StrategyFactory,
+    changes,
+    check_order,
+    fit,
+    strategies,
+)
 from exchange.portal.store import PortalStore
 from exchange.runtime.market import MarketRuntime, MarketUnavailable
+from exchange.runtime.ports import OutlookSource
 
 log = logging.getLogger(__name__)
 
-#: how many of the next open products the agent trades in
-PRODUCTS_AHEAD = 4
+#: the member's forecast is asked for again after this long (or when new products are listed)
+OUTLOOK_TTL_S = 300.0
 
 
 @dataclass
@@ -34,20 +50,31 @@ class AgentRun:
     member: str
     delegation_id: str
     limits: Limits
+    strategy: AgentStrategy
     orders: dict[int, tuple[str, str, int, int]] = field(default_factory=dict)  # oid -> (product, side, price, qty)
     spent: dict[date, int] = field(default_factory=dict)  # money units of buys placed per local day
     placed: int = 0
     refused: int = 0
     task: asyncio.Task | None = None
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    expect: dict[str, Expectation] = field(default_factory=dict)  # product id -> forecast
+    expect_at: float = float("-inf")  # when (monotonic) the forecast was last asked for
+    note: str | None = None  # why the agent rests nothing, in plain words (None: it trades)
 
 
 class AgentHost:
-    def __init__(self, runtime: MarketRuntime, store: PortalStore, tz: ZoneInfo, period_s: float = 1.0) -> None:
+    def __init__(self, runtime: MarketRuntime, store: PortalStore, tz: ZoneInfo, period_s: float = 1.0, *,
+                 planners: Mapping[str, StrategyFactory] | None = None,
+                 outlook_sources: list[OutlookSource] | None = None) -> None:
         self.runtime = runtime
         self.store = store
         self.tz = tz
         self.period_s = period_s
+        #: strategy name -> factory: ``limits`` plus what the composition root supplied
+        self.strategies = strategies(planners)
+        #: who forecasts members' grid exchange (metering); read at every refresh, so a
+        #: subsystem that registers after the portal started is still used
+        self.outlook_sources = outlook_sources if outlook_sources is not None else []
         self.runs: dict[str, AgentRun] = {}
 
     async def enable(self, member: str, delegation_id: str, limits: Limits) -> AgentRun:
@@ -57,7 +84,10 @@ class AgentHost:
         old = self.runs.pop(member, None)
         if old is not None:
             await self._halt(old)
-        run = AgentRun(member, delegation_id, limits)
+        factory = self.strategies.get(limits.strategy)
+        if factory is None:
+            raise ValueError(f"this deployment does not run the {limits.strategy!r} strategy")
+        run = AgentRun(member, delegation_id, limits, factory(limits))
         today = self.today()
         earlier: dict[int, tuple[str, str, int, int]] = {}
         for r in await self.store.agent_orders(member, since_day=None):
@@ -130,8 +160,44 @@ class AgentHost:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(run.stopping.wait(), self.period_s)
 
+    async def _refresh_expectations(self, run: AgentRun, slots: list[tuple[str, int, int]]) -> None:
+        """Ask the outlook sources for the member's forecast of the listed products when new
+        ones were listed or the last answer is older than OUTLOOK_TTL_S."""
+        fresh = time.monotonic() - run.expect_at < OUTLOOK_TTL_S
+        if fresh and all(pid in run.expect for pid, _, _ in slots):
+            return
+        run.expect_at = time.monotonic()
+        intervals = [(start, end) for _, start, end in slots]
+        for source in self.outlook_sources:
+            got = await source.outlook(run.member, intervals, self.runtime.engine.now)
+            if got is not None:
+                run.expect = {pid: Expectation(o["import_wh"], o["export_wh"], o["history_days"], o["import_price"],
+                                               o["feed_in_price"]) for (pid, _, _), o in zip(slots, got)}
+                return
+        run.expect = {}
+
+    async def view(self, run: AgentRun) -> AgentView:
+        """What the agent sees now: every listed product not yet delivered, in delivery order."""
+        engine = self.runtime.engine
+        now = engine.now
+        listed = sorted((pb.product.start_us, pid, pb) for pid, pb in engine.products.items()
+                        if pb.product.end_us > now)
+        await self._refresh_expectations(run, [(pid, pb.product.start_us, pb.product.end_us)
+                                               for _, pid, pb in listed])
+        member = MemberId(run.member)
+        slots = []
+        for start, pid, pb in listed:
+            local = from_us(start).astimezone(self.tz)
+            bought, sold, _ = engine.position(pid, member)
+            slots.append(Slot(pid, start, pb.product.end_us, pb.product.gate_us, local.date(), local.hour,
+                              pb.state.value == "open" and local.hour not in run.limits.excluded_hours,
+                              pb.ref_price, pb.book.best_bid(), pb.book.best_ask(), bought, sold,
+                              run.expect.get(pid)))
+        return AgentView(now, tuple(slots))
+
     async def step(self, run: AgentRun) -> None:
-        """One round: rest what the rules want in the next open products, within the limits."""
+        """One round: exactly what the strategy wants (within the limits) rests in every
+        tradable product; what no longer fits is cancelled first."""
         engine = self.runtime.engine
         now_us = engine.now
         now_s = now_us // 1_000_000
@@ -139,20 +205,26 @@ class AgentHost:
             await self._cancel_all(run)
             return
         run.orders = self.live_orders(run)
-        excluded = run.limits.excluded_hours
-        open_products = [(start_us, pid, hour) for start_us, pid in sorted(
-            (pb.product.start_us, pid) for pid, pb in engine.products.items() if pb.state.value == "open")
-            if (hour := from_us(start_us).astimezone(self.tz).hour) not in excluded][:PRODUCTS_AHEAD]
+        view = await self.view(run)
+        target = run.strategy.plan(view)
+        run.note = run.strategy.status()
         today = from_us(now_us).astimezone(self.tz).date()
-        for _, pid, hour in open_products:
-            resting: dict[str, int] = {}
-            for p, side, _, qty in run.orders.values():
-                if p == pid:
-                    resting[side] = resting.get(side, 0) + qty
-            for side, price, qty in wanted(run.limits, resting, hour):
+        for slot in view.slots:
+            if not slot.tradable:
+                continue
+            pid = slot.product_id
+            resting = {oid: (side, price, engine.orders[OrderId(oid)].remaining)
+                       for oid, (p, side, price, _) in run.orders.items() if p == pid and oid in engine.orders}
+            cancel, place = changes(fit(run.limits, target.get(pid, [])), resting)
+            for oid in cancel:
                 if run.stopping.is_set():
                     return
-                why = check_order(run.limits, side, price, qty, hour, now_s, run.spent.get(today, 0))
+                await self.runtime.submit(CancelOrder(0, MemberId(run.member), OrderId(oid)))
+                run.orders.pop(oid, None)
+            for side, price, qty in place:
+                if run.stopping.is_set():
+                    return
+                why = check_order(run.limits, side, price, qty, slot.local_hour, now_s, run.spent.get(today, 0))
                 if why is not None:
                     run.refused += 1
                     continue

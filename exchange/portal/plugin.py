@@ -29,12 +29,12 @@ from eth_account import Account
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from exchange.gateway.http import ANY_OBJECT, INT, STR, TIME, ApiError, Route, json_response, obj, read_body, read_query
-from exchange.gateway.keys import BASE_PATH, MARKET, PEER_AUTHENTICATORS, SETTINGS, PeerAuth
+from exchange.gateway.keys import BASE_PATH, MARKET, OUTLOOK_SOURCES, PEER_AUTHENTICATORS, SETTINGS, PeerAuth
 from exchange.gateway.marketdata import MARKET_DATA
 from exchange.gateway.plugin import Subsystem
 from exchange.gateway.session import end_peer_sessions, member_refusal
 from exchange.portal.agent import AgentHost
-from exchange.portal.agent_rules import MAX_DELEGATION_DAYS, Limits
+from exchange.portal.agent_rules import MAX_DELEGATION_DAYS, Limits, StrategyFactory
 from exchange.portal.store import PortalStore
 from exchange.protocol import auth, siwe
 from exchange.protocol.auth import checksum, recover_login
@@ -201,6 +201,9 @@ class Portal:
 
 PORTAL: web.AppKey[Portal] = web.AppKey("portal", Portal)
 AGENT_HOST: web.AppKey[AgentHost] = web.AppKey("portal_agents", AgentHost)
+#: strategies beyond the built-in ``limits`` (name -> factory), set by the composition root
+#: (exchange.tools) before the app starts: the bots' prosumer and battery planners
+AGENT_PLANNERS: web.AppKey[dict[str, StrategyFactory]] = web.AppKey("portal_agent_planners")
 
 
 def _portal(request: web.Request) -> Portal:
@@ -419,12 +422,14 @@ class AgentLimitsIn(BaseModel):
     """The limits a member gives its trading agent (docs/portal.md, "My agent"); exact decimals."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
-    strategy: Literal["limits"] = "limits"
+    strategy: Literal["limits", "prosumer", "battery"] = "limits"
     max_buy_price_eur_mwh: Annotated[str, StringConstraints(pattern=_SIGNED_DEC)]
     min_sell_price_eur_mwh: Annotated[str, StringConstraints(pattern=_SIGNED_DEC)]
     max_order_kwh: Annotated[str, StringConstraints(pattern=_DEC)]
     daily_budget_eur: Annotated[str, StringConstraints(pattern=_DEC)]
     battery_reserve_kwh: Annotated[str, StringConstraints(pattern=_DEC)] = "0"
+    battery_capacity_kwh: Annotated[str, StringConstraints(pattern=_DEC)] = "0"
+    battery_power_kw: Annotated[str, StringConstraints(pattern=_DEC)] = "0"
     excluded_hours: Annotated[list[Annotated[int, Field(ge=0, le=23)]], Field(max_length=24)] = Field(
         default_factory=list)
     expires_in_hours: Annotated[int, Field(ge=1, le=MAX_DELEGATION_DAYS * 24)] = 24
@@ -474,6 +479,7 @@ async def _agent_view(request: web.Request, member: str) -> dict[str, Any]:
     d = active[0] if active else None
     return {
         "agent": address, "active": run is not None and d is not None,
+        "strategies": sorted(host.strategies), "note": None if run is None else run.note,
         "delegation": None if d is None else {"delegation_id": d["delegation_id"], "limits": d["message"],
                                               "expires_at": siwe.format_time(d["expires_at"])},
         "orders": [] if run is None else [{"order_id": oid, "product_id": p, "side": sd, "price": pr, "quantity": q}
@@ -497,6 +503,8 @@ async def agent_prepare(request: web.Request) -> web.Response:
                "maxOrderWh": _exact(body.max_order_kwh, 1000, "max_order_kwh"),
                "dailyBudget": _exact(body.daily_budget_eur, 100_000_000, "daily_budget_eur"),
                "batteryReserveWh": _exact(body.battery_reserve_kwh, 1000, "battery_reserve_kwh"),
+               "batteryCapacityWh": _exact(body.battery_capacity_kwh, 1000, "battery_capacity_kwh"),
+               "batteryPowerW": _exact(body.battery_power_kw, 1000, "battery_power_kw"),
                "excludedHours": ",".join(str(h) for h in sorted(set(body.excluded_hours))),
                "expiry": now_s + body.expires_in_hours * 3600, "nonce": time.time_ns() // 1000}
     _check_limits(request, message, now_s)
@@ -510,7 +518,7 @@ def _check_limits(request: web.Request, message: dict[str, Any], now_s: int) -> 
         limits = Limits.from_message(message)
     except (KeyError, TypeError, ValueError) as exc:
         raise ApiError(422, AGENT_REFUSED, f"malformed delegation: {exc}") from None
-    problems = limits.problems(now_s, cfg.price_min, cfg.price_max)
+    problems = limits.problems(now_s, cfg.price_min, cfg.price_max, tuple(_agent(request).strategies))
     if problems:
         raise ApiError(422, AGENT_REFUSED, "; ".join(problems))
     return limits
@@ -614,10 +622,16 @@ async def lifecycle(app: web.Application) -> AsyncIterator[None]:
     s = app[SETTINGS]
     portal = app[PORTAL] = Portal(PortalStore(m.read_pool, s.market_id), s)
     app[PEER_AUTHENTICATORS].append(portal.authenticate)
-    host = app[AGENT_HOST] = AgentHost(m.runtime, portal.store, s.tz)
+    host = app[AGENT_HOST] = AgentHost(m.runtime, portal.store, s.tz, planners=app.get(AGENT_PLANNERS),
+                                       outlook_sources=app[OUTLOOK_SOURCES])
     market_now = datetime.fromtimestamp(m.runtime.clock.now_us() // 1_000_000, UTC)
     for d in await portal.store.active_delegations(market_now):  # agents survive a restart
-        await host.enable(d["member"], d["delegation_id"], Limits.from_message(d["message"]))
+        limits = Limits.from_message(d["message"])
+        if limits.strategy not in host.strategies:
+            log.error("portal: the agent of %s stays off: its delegation names the %r strategy, which this "
+                      "deployment does not run", d["member"], limits.strategy)
+            continue
+        await host.enable(d["member"], d["delegation_id"], limits)
     task = asyncio.create_task(portal.purge_loop(), name="portal-purge")
     yield
     await host.stop()

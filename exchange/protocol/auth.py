@@ -92,6 +92,8 @@ DELEGATION_TYPES = {
         {"name": "maxOrderWh", "type": "uint256"},
         {"name": "dailyBudget", "type": "uint256"},
         {"name": "batteryReserveWh", "type": "uint256"},
+        {"name": "batteryCapacityWh", "type": "uint256"},
+        {"name": "batteryPowerW", "type": "uint256"},
         {"name": "excludedHours", "type": "string"},
         {"name": "expiry", "type": "uint256"},
         {"name": "nonce", "type": "uint256"},

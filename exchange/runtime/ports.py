@@ -49,3 +49,28 @@ class BillItemSource(Protocol):
     async def bill_items(self, start_us: int, end_us: int) -> list[BillItem]:
         """The items of deliveries in ``[start_us, end_us)``, per member and line name."""
         ...
+
+
+class Outlook(TypedDict):
+    """What a member can expect in one delivery interval ``[start_us, end_us)``: the energy it
+    would draw from the grid (``import_wh``) and feed into it (``export_wh``) without the
+    market, and the grid tariff it would pay and get then (ticks, 0.01 EUR/MWh; None when no
+    tariff is known). A forecast, not a measurement."""
+
+    start_us: int
+    end_us: int
+    import_wh: int
+    export_wh: int
+    history_days: int  # how many earlier days the energy is the mean of (0: nothing known, both 0)
+    import_price: int | None
+    feed_in_price: int | None
+
+
+class OutlookSource(Protocol):
+    """A subsystem that can forecast a member's grid exchange (metering, from the member's own
+    metered history and tariff); the portal's trading agent plans with it."""
+
+    async def outlook(self, member: str, intervals: list[tuple[int, int]], now_us: int) -> list[Outlook] | None:
+        """One outlook per interval, in order, using only what was known before ``now_us``;
+        None when this source knows nothing of the member (no metering point)."""
+        ...

@@ -15,9 +15,13 @@ from __future__ import annotations
 import functools
 from importlib.metadata import entry_points
 
+from aiohttp import web
+
 from exchange.gateway.app import openapi_document, ws_schema_document
 from exchange.gateway.plugin import Subsystem
+from exchange.portal.plugin import AGENT_PLANNERS
 from exchange.runtime.db import SUBSYSTEMS_GROUP
+from exchange.tools.agent_planners import PLANNERS
 
 
 @functools.cache
@@ -30,6 +34,13 @@ def subsystems() -> tuple[Subsystem, ...]:
             raise TypeError(f"entry point {ep.name} = {ep.value} is not an exchange.gateway.plugin.Subsystem")
         out.append(sub)
     return tuple(out)
+
+
+def configure(app: web.Application) -> web.Application:
+    """What the composition root hands the subsystems of a market's app before it starts:
+    the portal's trading agent gets the bots' prosumer and battery planners."""
+    app[AGENT_PLANNERS] = dict(PLANNERS)
+    return app
 
 
 def openapi() -> dict:

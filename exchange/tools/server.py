@@ -37,7 +37,8 @@ async def start_http(market: Market, settings: Settings, host: str | None = None
                      port: int | None = None, subsystems: Sequence[Subsystem] | None = None) -> web.AppRunner:
     """Serve the app for ``market`` with the installed subsystems (or ``subsystems``); the
     bound address is ``runner.addresses[0]``."""
-    app = await make_app(market, settings, platform.subsystems() if subsystems is None else subsystems)
+    app = platform.configure(await make_app(market, settings,
+                                            platform.subsystems() if subsystems is None else subsystems))
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, host or settings.host, settings.port if port is None else port)
@@ -94,11 +95,12 @@ async def start_deployment(dsn: str, settings: Settings, host: str | None = None
         market = await open_market(dsn, settings, clock, pool=pool, read_pool=read_pool, committer=committer)
 
         async def build(m: Market, s: Settings, base_path: str, hashes: set[bytes]) -> web.Application:
-            return await make_app(m, s, subs, base_path=base_path, operator_token_hashes=hashes)
+            return platform.configure(await make_app(m, s, subs, base_path=base_path,
+                                                     operator_token_hashes=hashes))
 
         hosted = Platform(settings, TenantStore(pool), build, dsn=dsn, pool=pool, read_pool=read_pool,
                           committer=committer, clock=market.runtime.clock, default_market=market)
-        app = await make_app(market, settings, subs, platform=hosted)
+        app = platform.configure(await make_app(market, settings, subs, platform=hosted))
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, host or settings.host, settings.port if port is None else port)

@@ -295,6 +295,37 @@ async def test_refusals_are_shown_precisely(server, browser):
     await close(page)
 
 
+async def test_choose_the_battery_strategy_from_the_page(server, browser):
+    """The strategy and the battery are part of what is signed; the page refuses a battery
+    strategy without a battery itself, and the status says plainly why the agent rests
+    nothing (no tariff or prices that vary over the day here)."""
+    page = await sign_in(browser, server)
+    prepares: list[str] = []
+    page.on("request", lambda r: prepares.append(r.url) if r.url.endswith("/portal/agent/prepare") else None)
+    await fill_limits(page, sell="250", reserve="2")
+    await page.select_option("#ag-strategy", "battery")
+    await page.click("#ag-review")
+    await expect(page.locator("#ag-errors")).to_contain_text("The battery strategy needs your battery's capacity "
+                                                             "and power")
+    await expect(page.locator("#ag-capacity")).to_have_attribute("aria-invalid", "true")
+    assert prepares == []
+    await page.fill("#ag-capacity", "10")
+    await page.fill("#ag-power", "5")
+    await page.click("#ag-review")
+    review = page.locator("#ag-review-list")
+    await expect(review).to_contain_text("battery: charges in the cheap hours")
+    await expect(review).to_contain_text("10.000 kWh, 5.000 kW")
+    await page.click("#ag-sign")
+    await expect(page.locator("#agent-state")).to_have_text("Active", timeout=10_000)
+    m = typed_signed(page)[-1].payload["message"]
+    assert (m["strategy"], m["batteryCapacityWh"], m["batteryPowerW"], m["batteryReserveWh"]) == (
+        "battery", 10_000, 5_000, 2_000)
+    await expect(page.locator("#agent-summary")).to_contain_text("no price differences over the day",
+                                                                 timeout=10_000)
+    assert agent_orders(server) == []
+    await close(page)
+
+
 # --------------------------------------------------------------------------- phone
 
 

@@ -3,6 +3,8 @@ order placed under a delegation."""
 
 from __future__ import annotations
 
+from datetime import date
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -10,7 +12,17 @@ from support.times import T0
 
 from exchange.core.engine import MarketConfig, MarketEngine
 from exchange.core.model import OrderAccepted, OrderDelegated, PlaceOrder, RegisterMember, Side, Tick
-from exchange.portal.agent_rules import Limits, check_order, wanted
+from exchange.portal.agent_rules import (
+    STRATEGIES,
+    AgentView,
+    Limits,
+    LimitsStrategy,
+    Slot,
+    changes,
+    check_order,
+    fit,
+    strategies,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -38,13 +50,65 @@ def test_refusals_name_the_limit():
     assert "per order" in check_order(L, "sell", 15_000, 2_001, 10, 0, 0)
 
 
-def test_wanted_and_problems():
-    assert wanted(L, {}, 10) == [("buy", 9_500, 2_000), ("sell", 14_000, 2_000)]
-    assert wanted(L, {"buy": 2_000}, 10) == [("sell", 14_000, 2_000)]
-    assert wanted(L, {}, 3) == []
+def _slot(pid: str, hour: int, tradable: bool = True) -> Slot:
+    return Slot(pid, hour * 3_600_000_000, (hour + 1) * 3_600_000_000, 0, date(2026, 1, 1), hour, tradable, None, None,
+                None, 0, 0, None)
+
+
+def test_the_limits_strategy_rests_a_buy_at_the_cap_and_a_sell_at_the_floor_in_the_next_four_products():
+    view = AgentView(0, tuple(_slot(f"p{h:02d}", h, tradable=h != 3) for h in range(8)))
+    plan = LimitsStrategy(L).plan(view)
+    assert sorted(plan) == ["p00", "p01", "p02", "p04"]
+    assert all(v == [("buy", 9_500, 2_000), ("sell", 14_000, 2_000)] for v in plan.values())
+    assert LimitsStrategy(L).status() is None
+
+
+@given(orders=st.lists(st.tuples(st.sampled_from(["buy", "sell"]), st.integers(-50_000, 50_000),
+                                 st.integers(-5, 10_000)), max_size=6))
+def test_fit_brings_any_order_within_the_cap_floor_and_size(orders):
+    for side, price, qty in fit(L, orders):
+        assert 0 < qty <= L.max_order_wh
+        assert price <= L.max_buy_price if side == "buy" else price >= L.min_sell_price
+
+
+@given(target=st.lists(st.tuples(st.sampled_from(["buy", "sell"]), st.integers(1, 5), st.integers(1, 3)),
+                       max_size=5),
+       resting=st.dictionaries(st.integers(1, 50), st.tuples(st.sampled_from(["buy", "sell"]), st.integers(1, 5),
+                                                             st.integers(1, 3)), max_size=5))
+def test_changes_meet_the_target_and_keep_what_can_stay(target, resting):
+    cancel, place = changes(target, resting)
+    assert set(cancel) <= set(resting)
+    kept = [o for oid, o in resting.items() if oid not in cancel]
+    # every wanted order is met once: by an order kept (same side and price, no more than
+    # wanted) or by one placed exactly as wanted
+    left = list(target)
+    for side, price, rem in kept:
+        i = next(i for i, (s, p, q) in enumerate(left) if (s, p) == (side, price) and rem <= q)
+        del left[i]
+    assert sorted(left) == sorted(place)
+    # nothing cancelled that could have stayed
+    for oid in cancel:
+        side, price, rem = resting[oid]
+        assert not any((s, p) == (side, price) and rem <= q for s, p, q in place)
+
+
+def test_problems():
     assert L.problems(1_999_000_000, -50_000, 300_000) == []
     bad = Limits("other", 20_000, 10_000, 0, -1, 0, frozenset({24}), 1)
     assert len(bad.problems(1_999_000_000, -50_000, 300_000)) == 6
+    # a strategy this deployment does not run; the battery strategy needs a battery
+    assert any("one of limits" in p for p in Limits("prosumer", *_REST).problems(1_999_000_000, -50_000, 300_000))
+    assert Limits("prosumer", *_REST).problems(1_999_000_000, -50_000, 300_000, STRATEGIES) == []
+    no_battery = Limits("battery", *_REST).problems(1_999_000_000, -50_000, 300_000, STRATEGIES)
+    assert no_battery == ["the battery strategy needs the battery's capacity and power"]
+    big_reserve = Limits("battery", *_REST[:4], 10_000, *_REST[5:], 10_000, 5_000)
+    assert big_reserve.problems(1_999_000_000, -50_000, 300_000, STRATEGIES) == [
+        "the battery reserve must be below the battery's capacity"]
+    with pytest.raises(ValueError, match="unknown agent strategy"):
+        strategies({"martingale": LimitsStrategy})
+
+
+_REST = (9_500, 14_000, 2_000, 100_000_000, 0, frozenset(), 2_000_000_000)
 
 
 def test_the_engine_records_the_delegation_of_an_order():

@@ -33,17 +33,29 @@ const FIELDS = [
   ["max", "max_order_kwh", 3, "Largest order", 1n, "must be at least 0.001 kWh (1 Wh)", "2.5"],
   ["budget", "daily_budget_eur", 8, "Daily budget", 0n, "", "1.50"],
   ["reserve", "battery_reserve_kwh", 3, "Battery reserve", 0n, "", "0"],
+  ["capacity", "battery_capacity_kwh", 3, "Battery capacity", 0n, "", "10"],
+  ["power", "battery_power_kw", 3, "Battery power", 0n, "", "5"],
 ];
+const OPTIONAL = new Set(["reserve", "capacity", "power"]); // empty means 0
+
+// The strategies (the server's GET /portal/agent "strategies" says which this exchange runs).
+export const STRATEGIES = {
+  limits: "limits: buys at your cap, sells at your floor, in the next 4 open hours",
+  prosumer: "prosumer: sells your expected surplus and buys your expected shortfall, from your meter's last 7 days",
+  battery: "battery: charges in the cheap hours of your tariff, sells what it stored in the dear ones",
+};
 
 // The form's texts -> {body, values} for POST /portal/agent/prepare, or {errors: [{field, message}]}.
 // `values` holds the integers the delegation must carry (ticks, Wh, money units).
 export function limitsFromForm(texts) {
   const errors = [];
-  const body = { strategy: "limits" };
+  const strategy = String(texts.strategy || "limits");
+  const body = { strategy };
+  if (!Object.hasOwn(STRATEGIES, strategy)) errors.push({ field: "strategy", message: `Unknown strategy ${strategy}` });
   const values = {};
   for (const [id, key, scale, label, min, why, example] of FIELDS) {
     let text = String(texts[id] ?? "").trim();
-    if (id === "reserve" && text === "") text = "0";
+    if (OPTIONAL.has(id) && text === "") text = "0";
     const r = fmt.parseDecimal(text, scale, { what: label });
     if (r.error) {
       let message = r.error;
@@ -77,12 +89,19 @@ export function limitsFromForm(texts) {
     errors.push({ field: "hours", message: "Every hour is excluded: the agent would never trade. Untick at least one hour" });
   }
   body.excluded_hours = hours;
+  if (strategy === "battery" && values.capacity !== undefined && values.power !== undefined) {
+    if (values.capacity === 0n || values.power === 0n) {
+      errors.push({ field: "capacity", message: "The battery strategy needs your battery's capacity and power" });
+    } else if (values.reserve !== undefined && values.reserve >= values.capacity) {
+      errors.push({ field: "reserve", message: "The battery reserve must be below the battery's capacity" });
+    }
+  }
   return errors.length ? { errors } : { body, values };
 }
 
 function unitOf(scale, id) {
   return { buy: "0.01 EUR/MWh", sell: "0.01 EUR/MWh", max: "1 Wh = 0.001 kWh", reserve: "1 Wh = 0.001 kWh",
-           budget: "0.00000001 EUR" }[id] || `10^-${scale}`;
+           capacity: "1 Wh = 0.001 kWh", power: "1 W = 0.001 kW", budget: "0.00000001 EUR" }[id] || `10^-${scale}`;
 }
 
 // The typed data the server prepared must say what the member typed, for this market, naming the
@@ -96,9 +115,10 @@ export function checkPrepared(typed, { values, body }, { market, delegate, chain
   if (chainId !== undefined && !eq(typed?.domain?.chainId, chainId)) out.push(`chain id ${typed?.domain?.chainId}`);
   if (m.market !== market) out.push(`market ${m.market}, not ${market}`);
   if (delegate && String(m.delegate).toLowerCase() !== delegate.toLowerCase()) out.push(`delegate ${m.delegate}`);
-  if (m.strategy !== "limits") out.push(`strategy ${m.strategy}`);
+  if (m.strategy !== body.strategy) out.push(`strategy ${m.strategy}, chosen ${body.strategy}`);
   for (const [id, key] of [["buy", "maxBuyPrice"], ["sell", "minSellPrice"], ["max", "maxOrderWh"],
-                           ["budget", "dailyBudget"], ["reserve", "batteryReserveWh"]]) {
+                           ["budget", "dailyBudget"], ["reserve", "batteryReserveWh"],
+                           ["capacity", "batteryCapacityWh"], ["power", "batteryPowerW"]]) {
     if (!eq(m[key], values[id])) out.push(`${key} ${m[key]}, typed ${values[id]}`);
   }
   if (String(m.excludedHours) !== body.excluded_hours.join(",")) out.push(`excludedHours "${m.excludedHours}"`);
@@ -123,12 +143,14 @@ export function describeLimits(m, tz) {
   return [
     ["Market", String(m.market)],
     ["Agent key (delegate)", String(m.delegate)],
-    ["Strategy", m.strategy === "limits" ? "limits: buys at your cap, sells at your floor" : String(m.strategy)],
+    ["Strategy", STRATEGIES[m.strategy] || String(m.strategy)],
     ["Buy price cap", `${fmt.price(m.maxBuyPrice)} EUR/MWh`],
     ["Sell price floor", `${fmt.price(m.minSellPrice)} EUR/MWh`],
     ["Largest order", `${fmt.kwh(m.maxOrderWh)} kWh`],
     ["Daily budget", `${eurExact(m.dailyBudget)} EUR`],
     ["Battery reserve", `${fmt.kwh(m.batteryReserveWh)} kWh`],
+    ["Battery", BigInt(m.batteryCapacityWh ?? 0) > 0n
+      ? `${fmt.kwh(m.batteryCapacityWh)} kWh, ${fmt.kwh(m.batteryPowerW ?? 0)} kW` : "none"],
     ["Hours left alone", hours.length ? hours.map(hourLabel).join(", ") + ` (${tz})` : "none"],
     ["Expires", `${fmt.dateTime(new Date(Number(m.expiry) * 1000).toISOString(), tz)} (${tz})`],
   ];
@@ -176,7 +198,7 @@ export function initAgent(ctx) {
 
   function showErrors(errors) {
     const box = $("#ag-errors");
-    for (const id of ["buy", "sell", "max", "budget", "reserve", "expiry"]) {
+    for (const id of ["strategy", "buy", "sell", "max", "budget", "reserve", "capacity", "power", "expiry"]) {
       $(`#ag-${id}`).setAttribute("aria-invalid", errors.some((e) => e.field === id) ? "true" : "false");
     }
     if (!errors.length) { box.hidden = true; box.replaceChildren(); return; }
@@ -198,15 +220,17 @@ export function initAgent(ctx) {
     if (/floor|cap|price/.test(m)) out.push("buy", "sell");
     if (/max order|max_order/.test(m)) out.push("max");
     if (/budget/.test(m)) out.push("budget");
-    if (/battery/.test(m)) out.push("reserve");
+    if (/reserve/.test(m)) out.push("reserve");
+    if (/capacity|power/.test(m)) out.push("capacity", "power");
+    if (/strategy/.test(m)) out.push("strategy");
     if (/expir/.test(m)) out.push("expiry");
     return out;
   }
 
   function texts() {
     const v = (id) => $(`#ag-${id}`).value;
-    return { buy: v("buy"), sell: v("sell"), max: v("max"), budget: v("budget"), reserve: v("reserve"),
-             expiry: v("expiry"),
+    return { strategy: v("strategy"), buy: v("buy"), sell: v("sell"), max: v("max"), budget: v("budget"),
+             reserve: v("reserve"), capacity: v("capacity"), power: v("power"), expiry: v("expiry"),
              hours: [...document.querySelectorAll('input[name="ag-hour"]:checked')].map((i) => Number(i.value)) };
   }
 
@@ -353,6 +377,7 @@ export function initAgent(ctx) {
       rows.push(["Delegation", d.delegation_id]);
       rows.push(...describeLimits(d.limits, S.tz).filter(([k]) => k !== "Agent key (delegate)" && k !== "Market"));
     }
+    if (st.note) rows.push(["Why it rests nothing now", st.note]);
     rows.push(["Orders placed", fmt.count(st.placed)], ["Orders refused by the limits", fmt.count(st.refused)],
               ["Spent today (buys placed, at their price)", `${fmt.eur(st.spent_today_units)} EUR`]);
     dl("#agent-summary", rows);
@@ -366,6 +391,9 @@ export function initAgent(ctx) {
     $("#ag-review").textContent = d ? "Review and sign new limits in your wallet" : "Review and sign in your wallet";
     $("#agent-updated").textContent = `Updated ${fmt.hm(new Date().toISOString(), S.tz)}:` +
       `${String(new Date().getSeconds()).padStart(2, "0")}; refreshed every ${REFRESH_MS / 1000} s while shown.`;
+    for (const o of $("#ag-strategy").options) {  // only what this exchange runs
+      o.disabled = Array.isArray(st.strategies) && !st.strategies.includes(o.value);
+    }
     ctx.onStatus?.(st);
   }
 
@@ -390,6 +418,9 @@ export function initAgent(ctx) {
     $("#ag-max").value = decimalText(m.maxOrderWh, 3);
     $("#ag-budget").value = decimalText(m.dailyBudget, 8);
     $("#ag-reserve").value = decimalText(m.batteryReserveWh, 3);
+    $("#ag-capacity").value = decimalText(m.batteryCapacityWh ?? 0, 3);
+    $("#ag-power").value = decimalText(m.batteryPowerW ?? 0, 3);
+    if (Object.hasOwn(STRATEGIES, m.strategy)) $("#ag-strategy").value = m.strategy;
     const ex = new Set(String(m.excludedHours).split(",").filter((x) => x !== "").map(Number));
     for (const i of document.querySelectorAll('input[name="ag-hour"]')) i.checked = ex.has(Number(i.value));
   }
@@ -398,7 +429,7 @@ export function initAgent(ctx) {
   $("#ag-sign").addEventListener("click", signAndEnable);
   $("#ag-back").addEventListener("click", () => { closeReview(); result(""); $("#ag-buy").focus(); });
   $("#agent-revoke").addEventListener("click", revoke);
-  for (const id of ["buy", "sell", "max", "budget", "reserve", "expiry"]) {
+  for (const id of ["strategy", "buy", "sell", "max", "budget", "reserve", "capacity", "power", "expiry"]) {
     $(`#ag-${id}`).addEventListener("input", closeReview);
   }
   boxes.addEventListener("change", closeReview);
