@@ -1,7 +1,11 @@
-"""One order book per product: price levels in a SortedDict, FIFO queues per level.
+"""One order book per product: price levels kept sorted per side, FIFO queues per level.
 
 Bids are keyed by ``-price`` so that the best level of either side is the
-first key. A :class:`Level` is a deque of orders in time priority plus its
+first key. A side (:class:`SortedLevels`) is a dict ``key -> Level`` that also keeps
+its keys sorted, in chunks (a two-level sorted list, as ``sortedcontainers`` keeps
+them, with only what the book needs: adding or removing a level is a few C-level
+bisections and list operations, and the best level is the first key of the first
+chunk). A :class:`Level` is a deque of orders in time priority plus its
 live count and volume. Cancelled or re-prioritised orders are marked dead and
 removed lazily when they reach the head of their queue, so cancel is O(1)
 apart from the dictionary look-up.
@@ -15,10 +19,9 @@ Only the methods below change them; matching goes through
 
 from __future__ import annotations
 
+from bisect import bisect_left, bisect_right, insort
 from collections import deque
 from collections.abc import Iterator
-
-from sortedcontainers import SortedDict
 
 from exchange.core.ids import MemberId, OrderId, ProductId
 from exchange.core.model import Side, TimeInForce
@@ -96,7 +99,7 @@ class Level:
 
     __slots__ = ("price", "queue", "count", "volume", "_side", "_key")
 
-    def __init__(self, price: int, side: SortedDict, key: int) -> None:
+    def __init__(self, price: int, side: SortedLevels, key: int) -> None:
         self.price = price
         self.queue: deque[Order] = deque()
         self.count = 0
@@ -148,9 +151,81 @@ class Level:
         order.live = False
         self.count -= 1
         if self.count == 0:
-            del self._side[self._key]
+            self._side.delete(self._key)
         elif self.queue[0] is order:
             self.queue.popleft()
+
+
+#: A chunk of sorted keys is split in two halves of this size when it grows above twice it.
+_CHUNK = 512
+
+
+class SortedLevels(dict[int, Level]):
+    """One side of a book: ``key -> Level`` (a dict: look-ups are plain dict look-ups), its
+    keys also kept in ascending order in chunks of at most ``2 * _CHUNK`` (``_maxes[i]`` is
+    the last key of ``_chunks[i]``). Levels enter through :meth:`insert` and leave through
+    :meth:`delete` only."""
+
+    __slots__ = ("_chunks", "_maxes")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._chunks: list[list[int]] = []
+        self._maxes: list[int] = []
+
+    def first(self) -> Level | None:
+        """The level of the lowest key (the best of the side), None if the side is empty."""
+        chunks = self._chunks
+        return self[chunks[0][0]] if chunks else None
+
+    def first_key(self) -> int | None:
+        chunks = self._chunks
+        return chunks[0][0] if chunks else None
+
+    def in_order(self) -> Iterator[Level]:
+        """The levels by ascending key (the side's best first)."""
+        for chunk in self._chunks:
+            for key in chunk:
+                yield self[key]
+
+    def insert(self, key: int, level: Level) -> None:
+        """Add a level under a key not in the side."""
+        self[key] = level
+        maxes = self._maxes
+        chunks = self._chunks
+        if not maxes:
+            chunks.append([key])
+            maxes.append(key)
+            return
+        i = bisect_right(maxes, key)
+        if i == len(maxes):  # above every key: the end of the last chunk
+            i -= 1
+            chunk = chunks[i]
+            chunk.append(key)
+            maxes[i] = key
+        else:
+            chunk = chunks[i]
+            insort(chunk, key)
+        if len(chunk) > 2 * _CHUNK:
+            half = chunk[_CHUNK:]
+            del chunk[_CHUNK:]
+            maxes[i] = chunk[-1]
+            chunks.insert(i + 1, half)
+            maxes.insert(i + 1, half[-1])
+
+    def delete(self, key: int) -> None:
+        """Remove the level under ``key`` (in the side)."""
+        del self[key]
+        maxes = self._maxes
+        i = bisect_left(maxes, key)
+        chunk = self._chunks[i]
+        j = bisect_left(chunk, key)
+        del chunk[j]
+        if not chunk:
+            del self._chunks[i]
+            del maxes[i]
+        elif j == len(chunk):  # it was the chunk's last key
+            maxes[i] = chunk[-1]
 
 
 class OrderBook:
@@ -158,15 +233,16 @@ class OrderBook:
 
     def __init__(self, product_id: ProductId) -> None:
         self.product_id = product_id
-        self.bids: SortedDict = SortedDict()  # -price -> Level
-        self.asks: SortedDict = SortedDict()  # price -> Level
+        self.bids = SortedLevels()  # -price -> Level
+        self.asks = SortedLevels()  # price -> Level
 
     # -- queries
     def best_bid(self) -> int | None:
-        return -self.bids.keys()[0] if self.bids else None
+        key = self.bids.first_key()
+        return None if key is None else -key
 
     def best_ask(self) -> int | None:
-        return self.asks.keys()[0] if self.asks else None
+        return self.asks.first_key()
 
     def is_crossed(self) -> bool:
         b, a = self.best_bid(), self.best_ask()
@@ -174,20 +250,12 @@ class OrderBook:
 
     def best_level(self, side: Side) -> Level | None:
         """The best level of ``side`` (the highest bid or the lowest ask), None if the side is empty."""
-        levels = self.bids if side is _BUY else self.asks
-        # the first key straight from the SortedDict's sorted key list (sortedcontainers 2.4,
-        # pinned): what ``levels.peekitem(0)`` returns, without its index arithmetic (the
-        # matching loop's most frequent call)
-        lists = levels._list._lists
-        if not lists:
-            return None
-        lvl: Level = levels[lists[0][0]]
-        return lvl
+        return (self.bids if side is _BUY else self.asks).first()
 
     def side_levels(self, side: Side) -> Iterator[tuple[int, Level]]:
         """(price, level) of one side, best first."""
-        levels: SortedDict = self.bids if side is Side.BUY else self.asks
-        return ((lvl.price, lvl) for lvl in levels.values())
+        levels = self.bids if side is _BUY else self.asks
+        return ((lvl.price, lvl) for lvl in levels.in_order())
 
     def depth(self, side: Side, limit: int | None = None) -> list[tuple[int, int, int]]:
         """Aggregated (price, volume, order count) levels, best first."""
@@ -207,10 +275,8 @@ class OrderBook:
     def level_of(self, order: Order) -> Level:
         """The level a live order rests in."""
         if order.side is _BUY:
-            lvl: Level = self.bids[-order.price]
-        else:
-            lvl = self.asks[order.price]
-        return lvl
+            return self.bids[-order.price]
+        return self.asks[order.price]
 
     # -- mutation
     def add(self, order: Order) -> None:
@@ -219,10 +285,14 @@ class OrderBook:
             levels, key = self.bids, -order.price
         else:
             levels, key = self.asks, order.price
-        lvl: Level | None = levels.get(key)
+        lvl = levels.get(key)
         if lvl is None:
-            lvl = levels[key] = Level(order.price, levels, key)
-        lvl.append(order)
+            lvl = Level(order.price, levels, key)
+            levels.insert(key, lvl)
+        lvl.queue.append(order)  # lvl.append(order), inline
+        order.live = True
+        lvl.count += 1
+        lvl.volume += order.remaining
 
     def remove(self, order: Order) -> None:
         """Take a live order out of the book (lazily: it is marked dead)."""
