@@ -90,6 +90,7 @@ _AUCTION_STATE = ProductState.AUCTION
 _STP_ALLOW = SelfTradePrevention.ALLOW
 _STP_CANCEL_NEWEST = SelfTradePrevention.CANCEL_NEWEST
 _STP_CANCEL_OLDEST = SelfTradePrevention.CANCEL_OLDEST
+_USER = CancelReason.USER
 
 
 @dataclass(frozen=True, slots=True)
@@ -694,9 +695,12 @@ class MarketEngine:
             self.accounts[o.member].open_exposure += o.remaining * o.price
 
     def _unrest(self, pb: ProductBook, o: Order) -> None:
-        self.accounts[o.member].open_exposure -= o.exposure()
         if o.side is _SELL:
+            if o.price < 0:  # o.exposure(), inline
+                self.accounts[o.member].open_exposure -= o.remaining * -o.price
             self.open_sell[(o.product_id, o.member)] -= o.remaining
+        elif o.price > 0:
+            self.accounts[o.member].open_exposure -= o.remaining * o.price
         pb.book.remove(o)
         del self.orders[o.order_id]
 
@@ -992,21 +996,31 @@ class MarketEngine:
         """Volume an incoming order could trade now, honouring self-trade prevention."""
         stp = self.config.self_trade_prevention
         c = self.config.controls
+        volatility = self._volatility_on
         ref = pb.ref_price
+        buy = o.side is _BUY
+        limit, member, want = o.price, o.member, o.remaining
         total = 0
-        for price, lvl in pb.book.side_levels(Side.SELL if o.side is Side.BUY else Side.BUY):
-            if (price > o.price) if o.side is Side.BUY else (price < o.price):
+        for price, lvl in pb.book.side_levels(_SELL if buy else _BUY):
+            if (price > limit) if buy else (price < limit):
                 break
-            if controls.triggers_interruption(c, ref, price):
-                break  # matching would stop there (volatility interruption)
+            if volatility and ref is not None:  # controls.triggers_interruption, inline
+                w = (ref if ref >= 0 else -ref) * c.volatility_bp // 10_000
+                if w < c.volatility_min_ticks:
+                    w = c.volatility_min_ticks
+                d = price - ref
+                if (d if d >= 0 else -d) > w:
+                    break  # matching would stop there (volatility interruption)
             ref = price
-            for r in lvl.live_orders():
-                if r.member == o.member and stp is not SelfTradePrevention.ALLOW:
-                    if stp is SelfTradePrevention.CANCEL_OLDEST:
+            for r in lvl.queue:  # its live orders, in time priority
+                if not r.live:
+                    continue
+                if r.member == member and stp is not _STP_ALLOW:
+                    if stp is _STP_CANCEL_OLDEST:
                         continue
                     return total
                 total += r.remaining
-                if total >= o.remaining:
+                if total >= want:
                     return total
         return total
 
@@ -1122,13 +1136,14 @@ class MarketEngine:
             self._drop_block(blk)
             self._emit(OrderCancelled, ts, blk.order_id, blk.member, blk.product_ids[0], blk.quantity, CancelReason.USER)
             return
-        o = self._own_order(cmd.member, cmd.order_id)
-        if o is None:
+        o = self.orders.get(cmd.order_id)
+        if o is None or o.member != cmd.member:
             self._reject(ts, cmd.member, CancelOrder.type, Reason.UNKNOWN_ORDER,
                          f"order {cmd.order_id} is not an open order of {cmd.member}", order_id=cmd.order_id)
             return
         self._unrest(self.products[o.product_id], o)
-        self._emit(OrderCancelled, ts, o.order_id, o.member, o.product_id, o.remaining, CancelReason.USER)
+        self.seq = seq = self.seq + 1  # _emit, inline
+        self._out.append(OrderCancelled(seq, ts, o.order_id, o.member, o.product_id, o.remaining, _USER))
 
     def _modify(self, cmd: ModifyOrder, ts: int) -> None:
         o = self._own_order(cmd.member, cmd.order_id)
