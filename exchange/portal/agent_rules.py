@@ -53,7 +53,7 @@ class Limits:
         hours = frozenset(int(h) for h in str(m["excludedHours"]).split(",") if h.strip() != "")
         return cls(str(m["strategy"]), int(m["maxBuyPrice"]), int(m["minSellPrice"]), int(m["maxOrderWh"]),
                    int(m["dailyBudget"]), int(m["batteryReserveWh"]), hours, int(m["expiry"]),
-                   int(m.get("batteryCapacityWh", 0)), int(m.get("batteryPowerW", 0)))
+                   int(m["batteryCapacityWh"]), int(m["batteryPowerW"]))
 
     def problems(self, now_s: int, price_min: int, price_max: int,
                  available: Sequence[str] = BUILT_IN) -> list[str]:

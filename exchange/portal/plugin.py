@@ -626,7 +626,12 @@ async def lifecycle(app: web.Application) -> AsyncIterator[None]:
                                        outlook_sources=app[OUTLOOK_SOURCES])
     market_now = datetime.fromtimestamp(m.runtime.clock.now_us() // 1_000_000, UTC)
     for d in await portal.store.active_delegations(market_now):  # agents survive a restart
-        limits = Limits.from_message(d["message"])
+        try:
+            limits = Limits.from_message(d["message"])
+        except (KeyError, TypeError, ValueError) as exc:
+            log.error("portal: the agent of %s stays off: its delegation %s is in an older format (%s missing or "
+                      "malformed); the member signs new limits on the page", d["member"], d["delegation_id"], exc)
+            continue
         if limits.strategy not in host.strategies:
             log.error("portal: the agent of %s stays off: its delegation names the %r strategy, which this "
                       "deployment does not run", d["member"], limits.strategy)

@@ -105,6 +105,11 @@ async def test_refusals(server, http):
     st, body = await _call(http, server, "POST", "/portal/agent", sid, login["csrf_token"],
                            {"typed_data": forged, "signature": sig})
     assert st == 401 and body["error"] == "BAD_SIGNATURE"
+    # a message without a field of the Delegation type (an older format): refused precisely
+    short = {**typed, "message": {k: v for k, v in typed["message"].items() if k != "batteryPowerW"}}
+    st, body = await _call(http, server, "POST", "/portal/agent", sid, login["csrf_token"],
+                           {"typed_data": short, "signature": sig})
+    assert st == 422 and body["error"] == "AGENT_DELEGATION_INVALID" and "batteryPowerW" in body["message"]
     other = {**typed, "message": {**typed["message"], "delegate": B.address}}
     st, body = await _call(http, server, "POST", "/portal/agent", sid, login["csrf_token"],
                            {"typed_data": other, "signature": auth.sign_order(other, A.key)})
