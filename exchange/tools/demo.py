@@ -20,6 +20,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+import asyncpg
 from eth_account import Account
 from pydantic import SecretStr
 
@@ -135,6 +136,9 @@ async def _demo(dsn: str, settings: Settings, speed: int, duration: float, membe
     today = datetime.now(zone).date()
     start = datetime(today.year, today.month, today.day, 22, 50, tzinfo=zone).astimezone(UTC)
     clock = SimClock(start, speed=speed)
+    # A demo killed before its end (kill -9) left its second community active on the platform:
+    # archive it first, or this run would start it again (with its own bots' clock ahead of ours)
+    stale = await archive_stale_demo_communities(dsn)
     # one server, one group commit: the first community at the root, the second under /m/<id>/
     deployment = await start_deployment(dsn, settings, clock=clock)
     market, runner = deployment.market, deployment.runner
@@ -174,6 +178,9 @@ async def _demo(dsn: str, settings: Settings, speed: int, duration: float, membe
         print(f"    no wallet? demo-only link (refused outside the demo): "
               f"{base}/portal/demo-login?member={keys[0].address}&key={demo_key}")
     print(f"  journal:     PostgreSQL {dsn}  (tables journal, trades; market_id = '{settings.market_id}')")
+    if stale:
+        print(f"  archived the second community of an earlier demo that did not end: {', '.join(stale)} "
+              f"(data kept; POST {base}/api/platform/markets/<id>/resume starts one again)")
     if worker is not None:
         c = worker.chain
         print(f"  settlement:  {'in-process EVM' if c.is_in_process else settings.chain_rpc_url} chain {c.chain_id}, "
@@ -280,6 +287,35 @@ async def _demo(dsn: str, settings: Settings, speed: int, duration: float, membe
         print(f"  replay it: VOLTBOURSE_MARKET_ID={settings.market_id} voltbourse serve  (recovers from the journal)")
         await deployment.close()
     return 0
+
+
+#: The demo's second communities are ``<demo market id>-b``, the demo's market id ``demo-<UTC time>``.
+DEMO_COMMUNITY_RE = r"^demo-[0-9]{14}-b$"
+
+
+async def archive_stale_demo_communities(dsn: str) -> list[str]:
+    """Archive the second communities of earlier demos that did not end (killed: a demo
+    archives its own at the end): those still registered as running whose market no
+    process runs (its single-writer lock is free). A demo running beside this one on the
+    same database keeps its own. Their data stay. Returns their ids."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        out = []
+        for r in await conn.fetch("SELECT market_id FROM platform_markets WHERE status <> 'archived' AND "
+                                  "market_id ~ $1 ORDER BY market_id", DEMO_COMMUNITY_RE):
+            mid = r["market_id"]
+            key = "voltbourse:" + mid  # the runtime's single-writer lock (Journal.lock_writer)
+            if not await conn.fetchval("SELECT pg_try_advisory_lock(hashtextextended($1, 0))", key):
+                continue  # another demo runs it
+            try:
+                await conn.execute("UPDATE platform_markets SET status = 'archived', updated_at = now() "
+                                   "WHERE market_id = $1", mid)
+            finally:
+                await conn.execute("SELECT pg_advisory_unlock(hashtextextended($1, 0))", key)
+            out.append(mid)
+        return out
+    finally:
+        await conn.close()
 
 
 @dataclass

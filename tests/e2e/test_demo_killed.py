@@ -1,0 +1,79 @@
+"""`voltbourse demo` killed with SIGKILL (its second community left active on the platform),
+then started again on the same data: the second start archives the stale community instead
+of starting it beside its own, runs to its end and leaves nothing active."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import asyncpg
+import pytest
+from support.paths import ROOT
+
+from exchange.runtime.db import EmbeddedPostgres
+
+pytestmark = pytest.mark.e2e
+
+
+def _demo(env: dict, duration: int, out) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "exchange.tools.cli", "--log-level", "WARNING", "demo",
+                             "--duration", str(duration), "--speed", "900", "--members", "8"],
+                            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, text=True)
+
+
+async def _registry(dsn: str) -> dict[str, str]:
+    conn = await asyncpg.connect(dsn)
+    try:
+        return {r["market_id"]: r["status"] for r in await conn.fetch("SELECT market_id, status FROM platform_markets")}
+    finally:
+        await conn.close()
+
+
+@pytest.mark.slow
+def test_demo_after_a_kill_archives_the_stale_second_community(tmp_path):
+    import platformdirs
+
+    data = platformdirs.user_data_path("voltbourse") / f"test-demo-killed-{os.getpid()}"
+    shutil.rmtree(data, ignore_errors=True)
+    data.mkdir(parents=True)
+    env = dict(os.environ, VOLTBOURSE_DATA_DIR=str(data), VOLTBOURSE_PORT="0",
+               VOLTBOURSE_SETTLEMENT_ENABLED="false")
+    first_out = tmp_path / "first.out"
+    try:
+        with first_out.open("w") as out:
+            first = _demo(env, 300, out)
+            try:
+                deadline = time.monotonic() + 150
+                while "second community demo-" not in first_out.read_text():
+                    assert first.poll() is None, first_out.read_text()
+                    assert time.monotonic() < deadline, first_out.read_text()
+                    time.sleep(0.5)
+                time.sleep(2)  # trading in both communities
+            finally:
+                first.send_signal(signal.SIGKILL)
+                first.wait(30)
+        text = first_out.read_text()
+        stale = next(w for line in text.splitlines() if line.startswith("  second community ")
+                     for w in line.split() if w.startswith("demo-") and w.endswith("-b"))
+        second = subprocess.run([sys.executable, "-m", "exchange.tools.cli", "--log-level", "WARNING", "demo",
+                                 "--duration", "4", "--speed", "900", "--members", "8"],
+                                cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+        assert second.returncode == 0, second.stdout + second.stderr
+        lines = second.stdout.splitlines()
+        assert any(line.startswith(f"  archived the second community of an earlier demo that did not end: {stale} ")
+                   for line in lines), second.stdout
+        assert not any(f"[{stale}]" in line for line in lines)
+        own = next(w for line in lines if line.startswith("  second community ") for w in line.split()
+                   if w.startswith("demo-") and w.endswith("-b"))
+        assert own != stale and any(line.startswith("Done:") for line in lines)
+        with EmbeddedPostgres(data / "pg") as pg:
+            registry = asyncio.run(_registry(pg.dsn))
+        assert registry == {stale: "archived", own: "archived"}  # both kept, none left active
+    finally:
+        shutil.rmtree(data, ignore_errors=True)
