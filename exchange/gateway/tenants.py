@@ -35,7 +35,9 @@ commit for every market).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
+import json
 import logging
 import re
 import secrets
@@ -46,7 +48,7 @@ from typing import Annotated, Any
 
 import asyncpg
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError, model_validator
 
 from exchange.core.model import Halt, Rejected, Resume
 from exchange.gateway.http import (
@@ -59,13 +61,15 @@ from exchange.gateway.http import (
     Route,
     add_routes,
     array,
+    error_response,
     json_response,
     obj,
     read_body,
     ref,
+    validation_response,
 )
 from exchange.gateway.keys import MARKET, SETTINGS
-from exchange.protocol.errors import register
+from exchange.protocol.errors import VoltbourseError, register
 from exchange.runtime.clock import Clock
 from exchange.runtime.committer import GroupCommitter
 from exchange.runtime.config import Settings
@@ -81,6 +85,9 @@ MARKET_SUSPENDED = register("MARKET_SUSPENDED", 503, "the platform operator susp
 MARKET_NOT_RUNNING = register("MARKET_NOT_RUNNING", 503, "this hosted market failed to start (see the platform's "
                               "market list for the error)", "platform")
 BAD_MARKET_STATE = register("BAD_MARKET_STATE", 409, "the market is not in a state that allows this", "platform")
+SETTING_FIXED = register("SETTING_FIXED", 409, "this setting of a market that has started cannot be changed (its "
+                         "engine rules are stored with its journal; see docs/architecture.md, 'Changing a "
+                         "community's settings')", "platform")
 
 MARKET_ID_RE = r"^[a-z0-9][a-z0-9_-]{0,39}$"
 STATUSES = ("active", "suspended", "archived")
@@ -95,6 +102,21 @@ MARKET_SETTINGS = (
     "volatility_min_ticks", "volatility_auction_s", "otr_max", "otr_free", "disclose_counterparty",
     "metering_interval_minutes", "metering_default_tariff", "settlement_batch_size", "settlement_max_age_s",
 )
+
+
+#: What ``PATCH /api/platform/markets/{id}`` may change once a market has started (its rules
+#: are stored with its journal on first start). These are read by the market's services when
+#: they start (the settlement worker, metering, the trade publisher), so a change restarts the
+#: market's application: its engine recovers from its newest snapshot, peer sessions are
+#: closed and reconnect, nothing committed is lost.
+RESTART_SETTINGS = ("settlement_batch_size", "settlement_max_age_s", "metering_default_tariff",
+                    "disclose_counterparty")
+#: The rest of ``MARKET_SETTINGS`` is fixed once the market has started: the engine's rules
+#: (calendar, gate, mechanism, price bounds and controls, quantities, self-trade prevention,
+#: risk checks), which replay and snapshots must run under unchanged, and the metering
+#: interval its readings and bills are kept at. ``disclose_counterparty`` may only be turned
+#: off: the members traded under the promise that their counterparties stay private.
+FIXED_SETTINGS = tuple(k for k in MARKET_SETTINGS if k not in RESTART_SETTINGS)
 
 
 def market_settings(base: Settings, market_id: str, overrides: dict[str, Any]) -> Settings:
@@ -157,6 +179,14 @@ class TenantStore:
     async def get(self, market_id: str) -> HostedMarket | None:
         r = await self.pool.fetchrow("SELECT * FROM platform_markets WHERE market_id = $1", market_id)
         return None if r is None else self._row(r)
+
+    async def configure(self, market_id: str, name: str, overrides: dict[str, Any]) -> HostedMarket:
+        r = await self.pool.fetchrow(
+            "UPDATE platform_markets SET name = $2, overrides = $3, updated_at = now() WHERE market_id = $1 "
+            "RETURNING *", market_id, name, overrides)
+        if r is None:
+            raise ApiError(404, UNKNOWN_MARKET, f"no market {market_id}")
+        return self._row(r)
 
     async def update(self, market_id: str, *, status: str | None = None,
                      token_sha256: bytes | None = None) -> HostedMarket:
@@ -321,6 +351,61 @@ class Platform:
             await self._stop(t)
             return rec
 
+    async def configure(self, market_id: str, name: str | None,
+                        settings: dict[str, Any]) -> tuple[HostedMarket, list[str], bool]:
+        """Change a market's name and settings (``settings``: the overrides to set; ``None``
+        removes one, back to the deployment's value). Returns the stored record, the settings
+        whose value changed and whether the running market was restarted to apply them.
+
+        Refused as a whole (nothing stored): unknown or invalid settings (``INVALID_REQUEST``,
+        pydantic's ``ValidationError``), a change of a fixed setting of a market that has
+        started (``SETTING_FIXED``), the default market (its settings are the deployment's)."""
+        async with self._lock:
+            if market_id == self.base.market_id:
+                raise ApiError(409, BAD_MARKET_STATE, f"{market_id} is the deployment's default market: its "
+                               "settings are the deployment's (environment), not the platform's")
+            rec = await self.store.get(market_id)
+            if rec is None:
+                raise ApiError(404, UNKNOWN_MARKET, f"no market {market_id} on this platform")
+            overrides = dict(rec.overrides)
+            for k, v in settings.items():
+                if v is None:
+                    overrides.pop(k, None)
+                else:
+                    overrides[k] = v
+            new = market_settings(self.base, market_id, overrides)
+            old = market_settings(self.base, market_id, rec.overrides)
+            changed = [k for k in MARKET_SETTINGS if getattr(old, k) != getattr(new, k)]
+            if changed and await self._started(market_id):
+                fixed = [k for k in changed if k in FIXED_SETTINGS]
+                if fixed:
+                    raise ApiError(409, SETTING_FIXED, f"market {market_id} has started: {', '.join(fixed)} "
+                                   f"cannot change (its engine rules and metering interval are fixed with its "
+                                   f"journal; changeable: {', '.join(RESTART_SETTINGS)} and the name)",
+                                   fields=fixed)
+                if "disclose_counterparty" in changed and new.disclose_counterparty:
+                    raise ApiError(409, SETTING_FIXED, f"market {market_id} has started: disclose_counterparty "
+                                   "may only be turned off (its members traded with their counterparties kept "
+                                   "private)", fields=["disclose_counterparty"])
+            stored = new.model_dump(mode="json", include=set(overrides))
+            rec = await self.store.configure(market_id, rec.name if name is None else name, stored)
+            t = self.tenants.get(market_id)
+            restarted = False
+            if t is not None:
+                t.record = rec
+                if changed and t.market is not None:
+                    # its services read these settings when they start: restart the market's
+                    # application (recovery from its newest snapshot; peers reconnect)
+                    self.tenants.pop(market_id, None)
+                    await self._stop(t)
+                    await self._start(rec)
+                    restarted = True
+            return rec, changed, restarted
+
+    async def _started(self, market_id: str) -> bool:
+        """The market has stored its rules with its journal (it has started once)."""
+        return await self.pool.fetchval("SELECT 1 FROM markets WHERE market_id = $1", market_id) is not None
+
     async def rotate_token(self, market_id: str) -> tuple[HostedMarket, str]:
         async with self._lock:
             token = secrets.token_urlsafe(24)
@@ -389,6 +474,23 @@ class MarketIn(BaseModel):
     settings: dict[str, Any] = Field(default_factory=dict)
 
 
+class MarketPatchIn(BaseModel):
+    """A change to a hosted market: its display name and/or settings (any of
+    ``MARKET_SETTINGS``; ``null`` removes the market's own value, back to the deployment's).
+    Once the market has started only ``RESTART_SETTINGS`` may change (see
+    :meth:`Platform.configure`); a value equal to the current one is no change."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    name: Annotated[StrictStr, Field(max_length=200)] | None = None
+    settings: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _something(self) -> MarketPatchIn:
+        if self.name is None and not self.settings:
+            raise ValueError("nothing to change: give name and/or settings")
+        return self
+
+
 class SuspendIn(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
     reason: Annotated[StrictStr, Field(min_length=1, max_length=200)] = "suspended by the platform operator"
@@ -410,16 +512,32 @@ async def list_markets(request: web.Request) -> web.Response:
     return json_response([p.default_view(), *(p.view(r) for r in await p.store.all())])
 
 
+def _settings_error(exc: ValidationError) -> ApiError:
+    """A market's settings refused as a whole (pydantic's errors, each naming its field once)."""
+    return ApiError(422, "INVALID_REQUEST", "settings: " + "; ".join(
+        (f"{'.'.join(map(str, e['loc']))}: " if e["loc"] else "") + str(e["msg"]).removeprefix("Value error, ")
+        for e in exc.errors()))
+
+
 async def create_market(request: web.Request) -> web.Response:
     p = request.app[PLATFORM]
     body = await read_body(request, MarketIn)
     try:
         t, token = await p.create(body.market_id, body.name, body.settings)
     except ValidationError as exc:  # the settings, as a whole
-        raise ApiError(422, "INVALID_REQUEST", "settings: " + "; ".join(
-            (f"{'.'.join(map(str, e['loc']))}: " if e["loc"] else "") + str(e["msg"]).removeprefix("Value error, ")
-            for e in exc.errors())) from None
+        raise _settings_error(exc) from None
     return json_response({**p.view(t.record), "operator_token": token}, 201)
+
+
+async def configure_market(request: web.Request) -> web.Response:
+    p = request.app[PLATFORM]
+    mid = _market_id(request)
+    body = await read_body(request, MarketPatchIn)
+    try:
+        rec, changed, restarted = await p.configure(mid, body.name, body.settings)
+    except ValidationError as exc:  # the settings, as a whole
+        raise _settings_error(exc) from None
+    return json_response({**p.view(rec), "changed": changed, "restarted": restarted})
 
 
 async def get_market(request: web.Request) -> web.Response:
@@ -484,6 +602,7 @@ PLATFORM_MARKET = obj(market_id=STR, name=STR, status={"type": "string", "enum":
                       created_at={"type": ["string", "null"], "format": "date-time"},
                       updated_at={"type": ["string", "null"], "format": "date-time"})
 _WITH_TOKEN = {"allOf": [ref("PlatformMarket"), obj(operator_token=STR)]}
+_CONFIGURED = {"allOf": [ref("PlatformMarket"), obj(changed=array(STR), restarted=BOOL)]}
 PLATFORM_SCHEMAS = {"PlatformMarket": PLATFORM_MARKET}
 
 PLATFORM_ROUTES: tuple[Route, ...] = (
@@ -496,6 +615,10 @@ PLATFORM_ROUTES: tuple[Route, ...] = (
           errors=(400, 409, 422), tags=OPERATOR),
     Route("GET", "/api/platform/markets/{market_id}", get_market, "Platform: one market", ref("PlatformMarket"),
           errors=(404,), tags=OPERATOR, path_params=_MID),
+    Route("PATCH", "/api/platform/markets/{market_id}", configure_market, "Platform: change a market's name and "
+          "settings (once it has started: only the settings its services read, applied by restarting the "
+          "market; its engine rules are fixed, SETTING_FIXED)", _CONFIGURED, body=MarketPatchIn,
+          errors=(400, 404, 409, 422), tags=OPERATOR, path_params=_MID),
     Route("POST", "/api/platform/markets/{market_id}/suspend", suspend_market, "Platform: suspend a market "
           "(halt it; new peer sessions refused)", ref("PlatformMarket"), body=SuspendIn, body_optional=True,
           errors=(400, 404, 409, 422, 503), tags=OPERATOR, path_params=_MID),
@@ -523,12 +646,50 @@ PUBLIC_PLATFORM_ROUTES = tuple(r for r in PLATFORM_ROUTES if r.tags == PUBLIC)
 OPERATOR_PLATFORM_ROUTES = tuple(r for r in PLATFORM_ROUTES if r.tags != PUBLIC)
 
 
+_REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+
+
+@web.middleware
+async def platform_request_ids(request: web.Request, handler):
+    """Every answer of a platform route carries a request id (``X-Request-Id``: the caller's
+    own when it sent a sane one, else a new one), and so does every error body of those
+    routes (``request_id``), which the server's log line of the refusal names too."""
+    if not request.path.startswith("/api/platform/"):
+        return await handler(request)
+    given = request.headers.get("X-Request-Id", "")
+    rid = given if _REQUEST_ID_RE.fullmatch(given) else secrets.token_hex(8)
+    try:
+        resp = await handler(request)
+    except VoltbourseError as exc:
+        log.info("platform %s %s refused %s (request %s): %s", request.method, request.path, exc.code, rid,
+                 exc.message)
+        resp = error_response(exc.status, exc.code, exc.message, **{**exc.extra, "request_id": rid})
+    except ValidationError as exc:
+        log.info("platform %s %s refused INVALID_REQUEST (request %s)", request.method, request.path, rid)
+        resp = validation_response(exc)
+    except web.HTTPException:
+        raise
+    except Exception:  # a fault: logged under the request id the caller gets
+        log.exception("platform %s %s failed (request %s)", request.method, request.path, rid)
+        resp = error_response(500, "INTERNAL", f"a server fault, logged as request {rid}", request_id=rid)
+    if resp.status >= 400 and isinstance(resp, web.Response) and resp.content_type == "application/json" \
+            and isinstance(resp.body, bytes):  # validation errors, the operator guard's 401 and 403
+        with contextlib.suppress(ValueError, TypeError):
+            data = json.loads(resp.body)
+            if isinstance(data, dict) and "request_id" not in data:
+                data["request_id"] = rid
+                resp.body = json.dumps(data).encode()
+    resp.headers["X-Request-Id"] = rid
+    return resp
+
+
 def add_platform(app: web.Application, platform: Platform) -> None:
     """Make ``app`` (the default market's, at the root) the platform's root: its REST routes
     (guarded by the platform operator token, the root's ``operator_token``), the mount point
     ``/m/{market_id}/...``, and the hosted markets' start (root start-up) and stop (root
     shutdown, before the root's own connections are closed; again at cleanup)."""
     app[PLATFORM] = platform
+    app.middlewares.append(platform_request_ids)
     add_routes(app, OPERATOR_PLATFORM_ROUTES)
     app.router.add_route("*", "/m/{market_id}/{tail:.*}", platform.dispatch)
     app.on_startup.append(_start_platform)
