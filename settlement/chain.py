@@ -356,9 +356,12 @@ class Chain:
         return call, ANCHOR_GAS_BASE + ANCHOR_GAS_PER_MEMBER * len(nets)
 
     # ------------------------------------------------------------------ reads
-    def batch_on_chain(self, batch_id: int) -> tuple[bytes, int, int, int, int]:
-        """(root, first_seq, last_seq, trade_count, anchored_at); anchored_at 0: not anchored."""
-        return tuple(self.registry.functions.batches(batch_id).call())
+    def batch_root(self, batch_id: int) -> bytes | None:
+        """The root the registry holds for the batch; None when it is not anchored there.
+        (The registry stores only the root; the batch's trade count and sequence range are
+        in its ``BatchAnchored`` event.)"""
+        root = bytes(self.registry.functions.batchRoot(batch_id).call())
+        return None if root == bytes(32) else root
 
     def collateral(self, member: str) -> int:
         return self.registry.functions.collateral(Web3.to_checksum_address(member)).call()
@@ -369,6 +372,25 @@ class Chain:
     def logs(self, event: str, from_block: int, to_block: int) -> list:
         """Decoded events of the registry in [from_block, to_block]."""
         return list(getattr(self.registry.events, event)().get_logs(from_block=from_block, to_block=to_block))
+
+    # ------------------------------------------------------------------ operator key rotation
+    def operators(self) -> dict[str, tuple[str, str]]:
+        """(operator, pending operator) of each contract (the zero address: none pending)."""
+        return {name: (c.functions.owner().call(), c.functions.pendingOwner().call())
+                for name, c in (("token", self.token), ("registry", self.registry))}
+
+    def propose_operator(self, new_operator: str) -> None:
+        """Step 1 of a key rotation, signed by the current operator: ``new_operator`` becomes
+        the pending operator of both contracts (nothing changes until it accepts)."""
+        new = Web3.to_checksum_address(new_operator)
+        for contract in (self.token, self.registry):
+            self.transact(contract.functions.transferOwnership(new), CALL_GAS)
+
+    def accept_operator(self, account: LocalAccount) -> None:
+        """Step 2, signed by the new operator's key: it takes over both contracts. The
+        exchange must then run with that key (``VOLTBOURSE_CHAIN_OPERATOR_KEY``)."""
+        for contract in (self.token, self.registry):
+            self.member_transact(account, contract.functions.acceptOwnership())
 
     # ------------------------------------------------------------------ operator/member helpers
     def mint(self, to: str, amount: int) -> Any:

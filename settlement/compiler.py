@@ -4,9 +4,19 @@ Build time (``make contracts``, i.e. ``python -m settlement.compiler --write``):
 py-solc-x runs a ``solc`` executable, ours is ``settlement/solc_shim.js``, a node
 script over solc-js (installed by ``make`` into ``contracts/node_modules``) that
 answers ``--version`` and ``--standard-json``. No compiler is ever downloaded. The
-output (abi, creation bytecode, solc version, evmVersion, optimizer settings and the
-sha256 of the sources) is written as one JSON file per contract into
-``settlement/artifacts/``, which is committed and shipped as package data.
+output (abi, creation bytecode, solc version, evmVersion, optimizer settings, the
+sha256 of the sources and the version and sha256 of the library files they import) is
+written as one JSON file per contract into ``settlement/artifacts/``, which is committed
+and shipped as package data.
+
+Imports: the sources import OpenZeppelin (``@openzeppelin/contracts/...``, the npm
+package pinned in ``contracts/package-lock.json``, installed by ``make`` with ``npm ci``).
+They are resolved here, not by solc: :func:`source_units` follows every ``import`` from
+``contracts/src`` (relative paths against the importing unit, package paths under
+``contracts/node_modules``, only the packages in :data:`LIBRARIES`) and the standard-JSON
+input carries every unit inline under its import path, so solc never reads the disk (the
+shim refuses reads), the input is self-contained and the cache key covers the library
+sources too.
 
 Run time (:func:`load_artifacts`, used by :mod:`settlement.chain`): reads those JSON
 files and never runs node. In a checkout (``contracts/src`` next to the package) the
@@ -27,6 +37,8 @@ import argparse
 import hashlib
 import json
 import os
+import posixpath
+import re
 import shutil
 import subprocess
 import sys
@@ -38,11 +50,14 @@ import platformdirs
 ROOT = Path(__file__).resolve().parent.parent
 SOURCES = ROOT / "contracts" / "src"
 SHIM = Path(__file__).resolve().parent / "solc_shim.js"
-SOLC_JS = ROOT / "contracts" / "node_modules" / "solc"
+NODE_MODULES = ROOT / "contracts" / "node_modules"
+SOLC_JS = NODE_MODULES / "solc"
+#: npm packages the sources may import (each pinned in contracts/package-lock.json)
+LIBRARIES = ("@openzeppelin/contracts",)
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
 EVM_VERSION = "prague"  # py-evm has no newer fork
 OPTIMIZER_RUNS = 200
-ARTIFACT_FORMAT = 1
+ARTIFACT_FORMAT = 2  # 2: records the imported libraries (``libraries``)
 
 
 class CompilerUnavailable(RuntimeError):
@@ -61,11 +76,12 @@ class Artifact:
 
 
 # ---------------------------------------------------------------------- sources
-def _settings() -> dict:
+def _settings(own: list[str]) -> dict:
     return {
         "evmVersion": EVM_VERSION,
         "optimizer": {"enabled": True, "runs": OPTIMIZER_RUNS},
-        "outputSelection": {"*": {"*": ["abi", "evm.bytecode.object"]}},
+        # artifacts of our own contracts only (not of every library contract imported)
+        "outputSelection": {name: {"*": ["abi", "evm.bytecode.object"]} for name in own},
     }
 
 
@@ -73,9 +89,86 @@ def _source_files(sources: Path | None = None) -> list[Path]:
     return sorted((sources or SOURCES).glob("*.sol"))
 
 
+_COMMENT = re.compile(r"//[^\n]*|/\*.*?\*/", re.S)
+#: import "p"; import "p" as X; import * as X from "p"; import {A, B as C} from "p";
+_IMPORT = re.compile(r"\bimport\s+(?:[^;\"']*?\bfrom\s+)?[\"']([^\"']+)[\"']")
+
+
+def _imports(text: str) -> list[str]:
+    """The paths ``text`` imports (comments removed first)."""
+    return _IMPORT.findall(_COMMENT.sub(" ", text))
+
+
+def _library_of(unit: str) -> str | None:
+    return next((lib for lib in LIBRARIES if unit.startswith(lib + "/")), None)
+
+
+def _unit_name(importer: str, path: str) -> str:
+    """solc's source unit name of ``import path`` in unit ``importer`` (no remappings):
+    a relative path is joined to the importer's directory, any other is taken as it is."""
+    if path.startswith(("./", "../")):
+        path = posixpath.join(posixpath.dirname(importer), path)
+    unit = posixpath.normpath(path)
+    if unit.startswith(("../", "/")) or unit == "..":
+        raise CompilerUnavailable(f"{importer}: import {path!r} leaves the source tree")
+    return unit
+
+
+def _unit_file(unit: str, sources: Path) -> Path:
+    lib = _library_of(unit)
+    if lib is None:
+        if "/" in unit:
+            raise CompilerUnavailable(f"import of {unit!r}: only contracts/src/*.sol and the packages "
+                                      f"{', '.join(LIBRARIES)} (contracts/node_modules) can be imported")
+        return sources / unit
+    path = NODE_MODULES / unit
+    if not (NODE_MODULES / lib / "package.json").is_file():
+        raise CompilerUnavailable(f"{NODE_MODULES / lib} is missing; run `make venv` (npm ci in contracts/)")
+    if not path.is_file():
+        raise CompilerUnavailable(f"import of {unit!r}: no such file in {NODE_MODULES / lib}")
+    return path
+
+
+def source_units(sources: Path | None = None) -> dict[str, Path]:
+    """Every source unit of the compilation by its name: the ``*.sol`` of ``sources`` (their
+    file names) and, transitively, what they import (library units by their import path,
+    read from contracts/node_modules)."""
+    sources = sources or SOURCES
+    units = {p.name: p for p in _source_files(sources)}
+    todo = list(units)
+    while todo:
+        importer = todo.pop()
+        for path in _imports(units[importer].read_text()):
+            unit = _unit_name(importer, path)
+            if unit not in units:
+                units[unit] = _unit_file(unit, sources)
+                todo.append(unit)
+    return dict(sorted(units.items()))
+
+
+def library_record(sources: Path | None = None) -> dict[str, dict[str, str]]:
+    """Per imported npm package: its installed version and the sha256 of the files of it
+    the sources import (names and bytes, sorted by name)."""
+    record = {}
+    units = source_units(sources)
+    for lib in LIBRARIES:
+        files = [(u, p) for u, p in units.items() if _library_of(u) == lib]
+        if not files:
+            continue
+        h = hashlib.sha256()
+        for unit, path in files:
+            data = path.read_bytes()
+            h.update(f"{unit}\0{len(data)}\0".encode())
+            h.update(data)
+        version = json.loads((NODE_MODULES / lib / "package.json").read_text())["version"]
+        record[lib] = {"version": version, "sha256": h.hexdigest()}
+    return record
+
+
 def _standard_input(sources: Path | None = None) -> dict:
-    files = {p.name: {"content": p.read_text()} for p in _source_files(sources)}
-    return {"language": "Solidity", "sources": files, "settings": _settings()}
+    own = [p.name for p in _source_files(sources)]
+    files = {unit: {"content": p.read_text()} for unit, p in source_units(sources).items()}
+    return {"language": "Solidity", "sources": files, "settings": _settings(own)}
 
 
 def source_hash(sources: Path | None = None) -> str:
@@ -99,8 +192,9 @@ def checkout_sources() -> Path | None:
 def _check_toolchain() -> None:
     if shutil.which("node") is None:
         raise CompilerUnavailable("node is not on PATH; install Node.js (the Makefile expects it)")
-    if not (SOLC_JS / "soljson.js").exists():
-        raise CompilerUnavailable(f"{SOLC_JS} is missing; run `make venv` (npm ci in contracts/)")
+    for needed in (SOLC_JS / "soljson.js", *(NODE_MODULES / lib / "package.json" for lib in LIBRARIES)):
+        if not needed.exists():
+            raise CompilerUnavailable(f"{needed.parent} is missing; run `make venv` (npm ci in contracts/)")
 
 
 def compiler_version() -> str:
@@ -148,8 +242,11 @@ def compile_contracts(*, use_cache: bool = True) -> dict[str, Artifact]:
     """Compile every contract in contracts/src from source (needs node and the npm solc
     package: a checkout after ``make``); returns artifacts by contract name."""
     output, _version = _compile_output(use_cache=use_cache)
+    own = {p.name for p in _source_files()}
     artifacts = {}
-    for contracts in output["contracts"].values():
+    for source_name, contracts in output["contracts"].items():
+        if source_name not in own:
+            continue
         for name, c in contracts.items():
             artifacts[name] = Artifact(name, c["abi"], "0x" + c["evm"]["bytecode"]["object"])
     return artifacts
@@ -159,14 +256,19 @@ def _artifact_documents(*, use_cache: bool) -> dict[str, dict]:
     """The JSON document of each contract, by file name (``<Contract>.json``)."""
     output, version = _compile_output(use_cache=use_cache)
     digest = source_hash()
+    libraries = library_record()
+    own = {p.name for p in _source_files()}
     docs = {}
     for source_name, contracts in sorted(output["contracts"].items()):
+        if source_name not in own:
+            continue
         for name, c in sorted(contracts.items()):
             docs[f"{name}.json"] = {
                 "format": ARTIFACT_FORMAT,
                 "contractName": name,
                 "sourceName": source_name,
                 "sourceHash": digest,
+                "libraries": libraries,
                 "compiler": {"name": "solc-js", "version": version},
                 "evmVersion": EVM_VERSION,
                 "optimizer": {"enabled": True, "runs": OPTIMIZER_RUNS},
@@ -256,20 +358,21 @@ def load_artifacts(directory: Path | None = None, *, sources: Path | None = None
 
 
 def artifacts_up_to_date(directory: Path | None = None) -> bool:
-    """True when ``directory`` holds artifacts of the current sources, settings and
-    installed solc-js version (read from its package.json: no node run)."""
+    """True when ``directory`` holds artifacts of the current sources, settings, installed
+    solc-js version and imported library files (read from contracts/node_modules: no node run)."""
     try:
         load_artifacts(directory)
     except ArtifactsOutOfDate:
         return False
     try:
         solc_version = json.loads((SOLC_JS / "package.json").read_text())["version"]
-    except (OSError, ValueError, KeyError):
+        libraries = library_record()
+    except (OSError, ValueError, KeyError, CompilerUnavailable):
         return False
     for p in (directory or ARTIFACTS).glob("*.json"):
         d = json.loads(p.read_text())
         if not d["compiler"]["version"].startswith(solc_version + "+") or d.get("optimizer") != {
-                "enabled": True, "runs": OPTIMIZER_RUNS}:
+                "enabled": True, "runs": OPTIMIZER_RUNS} or d.get("libraries") != libraries:
             return False
     return True
 

@@ -89,7 +89,7 @@ class ProofService:
         if self.run_chain is None:
             return None
         try:
-            got = await self.run_chain(lambda: self.chain.registry.functions.batches(batch_id).call()[0])
+            got = await self.run_chain(lambda: self.chain.registry.functions.batchRoot(batch_id).call())
         except Exception:  # noqa: BLE001 - the proof stays useful without it
             return None
         return "0x" + bytes(got).hex()
@@ -111,7 +111,7 @@ def verify_proof(p: dict, registry=None) -> bool:
     root = bytes.fromhex(p["root"][2:])
     if registry is None:
         return verify(lf, proof, root)
-    onchain_root = bytes(registry.functions.batches(p["batch_id"]).call()[0])
+    onchain_root = bytes(registry.functions.batchRoot(p["batch_id"]).call())
     t = p["trade"]
     fields_ok = registry.functions.verifyTradeFields(
         p["batch_id"], p["trade_id"], bytes.fromhex(t["product_hash"][2:]), t["buyer"], t["seller"], t["energy_wh"],

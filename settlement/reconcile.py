@@ -8,8 +8,10 @@ Checks, per market:
   is structural: ``trades.batch_id`` is a single column);
 - the Merkle root and the net amounts recomputed from the trades equal the recorded ones;
 - the batch is anchored on the active deployment, and the registry holds the same
-  root, trade count and sequence range for its id;
-- the ``NetSettled`` events of its anchoring transaction equal the recorded nets;
+  root for its id;
+- the ``BatchAnchored`` event of its anchoring transaction has that root, trade count
+  and sequence range (the registry keeps only the root in storage), and its
+  ``NetSettled`` events equal the recorded nets;
 - the registry holds no batch the database does not know (batch count).
 
 Any difference is reported with what was expected and what was found. A batch merely
@@ -102,12 +104,12 @@ async def reconcile(pool, market_id: str, chain, *, deployment_id: int | None = 
                 rep.in_flight.append(f"batch {bid}: {b['state']}" + (f" (tx {b['tx_hash']})" if b["tx_hash"] else "")
                                      + (f", last error: {b['last_error']}" if b["last_error"] else ""))
                 if deployment_id is not None and b["deployment_id"] in (None, deployment_id):
-                    c_root, _f, _l, _c, c_at = await call(chain.batch_on_chain, bid)
-                    if c_at and "0x" + bytes(c_root).hex() == b["root"]:
+                    c_root = await call(chain.batch_root, bid)
+                    if c_root is not None and "0x" + c_root.hex() == b["root"]:
                         mined_in_flight += 1  # mined, not recorded as anchored yet
-                    elif c_at:
+                    elif c_root is not None:
                         diff(f"batch {bid}: in flight, but the registry holds it with another root "
-                             f"0x{bytes(c_root).hex()} than recorded {b['root']}")
+                             f"0x{c_root.hex()} than recorded {b['root']}")
                 continue
             if b["state"] != "anchored":
                 diff(f"batch {bid}: not anchored (state {b['state']}"
@@ -125,19 +127,22 @@ async def reconcile(pool, market_id: str, chain, *, deployment_id: int | None = 
                     diff(f"batch {bid}: anchored on deployment {b['deployment_id']}, not the active {deployment_id}")
                 continue
             rep.anchored += 1
-            c_root, c_first, c_last, c_count, c_at = await call(chain.batch_on_chain, bid)
-            if not c_at:
+            c_root = await call(chain.batch_root, bid)
+            if c_root is None:
                 diff(f"batch {bid}: recorded as anchored (tx {b['tx_hash']}) but the registry has no such batch")
                 continue
-            if "0x" + bytes(c_root).hex() != b["root"]:
-                diff(f"batch {bid}: root on chain 0x{bytes(c_root).hex()} != recorded {b['root']}")
-            if (c_first, c_last, c_count) != (b["first_seq"], b["last_seq"], b["trade_count"]):
-                diff(f"batch {bid}: chain has seq {c_first}..{c_last} x{c_count}, recorded "
-                     f"{b['first_seq']}..{b['last_seq']} x{b['trade_count']}")
+            if "0x" + c_root.hex() != b["root"]:
+                diff(f"batch {bid}: root on chain 0x{c_root.hex()} != recorded {b['root']}")
             receipt = await call(chain.receipt, b["tx_hash"], 0) if b["tx_hash"] else None
             if receipt is None:
                 diff(f"batch {bid}: no receipt for its transaction {b['tx_hash']}")
                 continue
+            anchored = [ev["args"] for ev in await call(chain.registry.events.BatchAnchored().process_receipt,
+                                                        receipt, DISCARD) if ev["args"]["batchId"] == bid]
+            got = [("0x" + bytes(a["root"]).hex(), a["firstSeq"], a["lastSeq"], a["tradeCount"]) for a in anchored]
+            if got != [(b["root"], b["first_seq"], b["last_seq"], b["trade_count"])]:
+                diff(f"batch {bid}: its transaction's BatchAnchored event(s) {got} differ from the recorded root, "
+                     f"seq {b['first_seq']}..{b['last_seq']} x{b['trade_count']}")
             settled = {}
             for ev in await call(chain.registry.events.NetSettled().process_receipt, receipt, DISCARD):
                 if ev["args"]["batchId"] == bid:

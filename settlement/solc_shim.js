@@ -24,7 +24,9 @@ let input = "";
 process.stdin.setEncoding("utf8");
 process.stdin.on("data", (chunk) => { input += chunk; });
 process.stdin.on("end", () => {
-  // Imports are resolved by the caller (sources are passed inline); refuse file reads.
+  // Imports are resolved by the caller: settlement/compiler.py passes every source unit
+  // inline, ours and the @openzeppelin/contracts files they import (read from
+  // contracts/node_modules), so the input is self-contained; refuse any file read.
   const findImports = (p) => ({ error: `import ${p} not supplied in the standard JSON input` });
   process.stdout.write(solc.compile(input, { import: findImports }));
 });

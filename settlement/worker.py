@@ -131,7 +131,8 @@ def _members(nets) -> set[str]:
 _HINTS = {
     "InsufficientCollateral": "the member's collateral on chain is below what it owes in this batch: it must "
                               "deposit at least needed - collateral, or the operator credit it",
-    "NotOperator": "the operator key is not the registry's operator: configure the right key",
+    "OwnableUnauthorizedAccount": "the operator key is not the registry's operator (its owner): configure the "
+                                  "right key",
     "NetNotZero": "the batch's nets do not sum to zero: a bug, report it",
     "EmptyRoot": "the batch has an empty root: a bug, report it",
     "BadSequenceRange": "the batch's sequence range is invalid: a bug, report it",
@@ -673,8 +674,8 @@ class SettlementWorker:
         receipt of): record it (same root) and return True; another root: alert, raise."""
         c = self.chain
         batch_id = b["batch_id"]
-        root, _first, _last, _count, anchored_at = await self._chain(c.batch_on_chain, batch_id)
-        if not anchored_at:
+        root = await self._chain(c.batch_root, batch_id)
+        if root is None:
             return False
         if "0x" + bytes(root).hex() != b["root"]:
             text = (f"batch {batch_id} is anchored on chain with another root (0x{bytes(root).hex()}) than "
@@ -1139,8 +1140,8 @@ class SettlementWorker:
                 if checked >= CHECK_RECENT and len(missing) >= recorded - on_chain:
                     break
                 checked += 1
-                root, *_rest, anchored_at = await self._chain(c.batch_on_chain, b["batch_id"])
-                if not anchored_at:
+                root = await self._chain(c.batch_root, b["batch_id"])
+                if root is None:
                     missing.append(b)
                 elif "0x" + bytes(root).hex() != b["root"]:
                     mismatched.append(f"batch {b['batch_id']}: root on chain 0x{bytes(root).hex()} != recorded "

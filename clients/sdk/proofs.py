@@ -35,8 +35,7 @@ from settlement.merkle import TradeRecord, leaf, verify
 __all__ = ["fetch_proof", "leaf_from_proof", "verify_offline", "verify_on_chain"]
 
 # The SettlementRegistry's view functions used here (contracts/src/SettlementRegistry.sol).
-_BATCHES = keccak(text="batches(uint64)")[:4]
-_BATCH_TYPES = ("bytes32", "uint64", "uint64", "uint32", "uint64")  # root, firstSeq, lastSeq, tradeCount, anchoredAt
+_BATCH_ROOT = keccak(text="batchRoot(uint64)")[:4]  # the batch's root; zero: not anchored
 _VERIFY_FIELDS_TYPES = ("uint64", "uint64", "bytes32", "address", "address", "uint64", "int64", "bytes32",
                         "bytes32[]")
 _VERIFY_FIELDS = keccak(text=f"verifyTradeFields({','.join(_VERIFY_FIELDS_TYPES)})")[:4]
@@ -77,7 +76,7 @@ def verify_on_chain(proof: dict, chain: Any) -> bool:
             raise ValueError(f"the proof is for chain {proof['chain_id']}, this node is chain {chain_id}")
     siblings = [_bytes(x) for x in proof["proof"]]
     registry = proof["registry"]
-    onchain_root = decode(_BATCH_TYPES, _eth_call(chain, registry, _BATCHES, ("uint64",), (proof["batch_id"],)))[0]
+    (onchain_root,) = decode(("bytes32",), _eth_call(chain, registry, _BATCH_ROOT, ("uint64",), (proof["batch_id"],)))
     t = proof["trade"]
     args = (proof["batch_id"], proof["trade_id"], _bytes(t["product_hash"]), t["buyer"], t["seller"], t["energy_wh"],
             t["price_ticks"], _bytes(t["signatures_hash"]), siblings)

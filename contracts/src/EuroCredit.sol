@@ -1,81 +1,34 @@
 // SPDX-License-Identifier: MIT
 pragma solidity ^0.8.24;
 
+import {ERC20} from "@openzeppelin/contracts/token/ERC20/ERC20.sol";
+import {ERC20Burnable} from "@openzeppelin/contracts/token/ERC20/extensions/ERC20Burnable.sol";
+import {Ownable} from "@openzeppelin/contracts/access/Ownable.sol";
+import {Ownable2Step} from "@openzeppelin/contracts/access/Ownable2Step.sol";
+
 /// @title EuroCredit (vEUR): the community's euro credit.
-/// @notice An ERC-20 token with 8 decimals: one unit is 1e-8 EUR, exactly the
-/// exchange's money unit (Wh x ticks of 0.01 EUR/MWh). The operator mints it to
-/// members, standing in for a fiat on-ramp, and burns it on the way out.
-contract EuroCredit {
-    string public constant name = "Voltbourse Euro Credit";
-    string public constant symbol = "vEUR";
-    uint8 public constant decimals = 8;
+/// @notice An ERC-20 token (OpenZeppelin's) with 8 decimals: one unit is 1e-8 EUR, exactly
+/// the exchange's money unit (Wh x ticks of 0.01 EUR/MWh). The operator (the owner) mints it,
+/// standing in for a fiat on-ramp; holders burn their own to redeem (`burn`, or `burnFrom`
+/// with an allowance).
+/// @dev The operator is rotated in two steps (Ownable2Step): the current operator calls
+/// `transferOwnership(next)`, then `next` calls `acceptOwnership()`. Renouncing is refused:
+/// a token nobody can mint would strand the on-ramp.
+contract EuroCredit is ERC20, ERC20Burnable, Ownable2Step {
+    error RenounceDisabled();
 
-    address public immutable operator;
-    uint256 public totalSupply;
-    mapping(address => uint256) public balanceOf;
-    mapping(address => mapping(address => uint256)) public allowance;
+    constructor(address operator_) ERC20("Voltbourse Euro Credit", "vEUR") Ownable(operator_) {}
 
-    event Transfer(address indexed from, address indexed to, uint256 value);
-    event Approval(address indexed owner, address indexed spender, uint256 value);
-
-    error NotOperator(address caller);
-    error InsufficientBalance(address account, uint256 balance, uint256 needed);
-    error InsufficientAllowance(address owner, address spender, uint256 allowance, uint256 needed);
-    error ZeroAddress();
-
-    constructor(address operator_) {
-        if (operator_ == address(0)) revert ZeroAddress();
-        operator = operator_;
+    function decimals() public pure override returns (uint8) {
+        return 8;
     }
 
-    function mint(address to, uint256 value) external {
-        if (msg.sender != operator) revert NotOperator(msg.sender);
-        if (to == address(0)) revert ZeroAddress();
-        totalSupply += value;
-        balanceOf[to] += value;
-        emit Transfer(address(0), to, value);
+    /// @notice The operator's on-ramp: new credits to `to`.
+    function mint(address to, uint256 value) external onlyOwner {
+        _mint(to, value);
     }
 
-    /// @notice Redeem credits (the fiat off-ramp): the holder burns its own tokens.
-    function burn(uint256 value) external {
-        _debit(msg.sender, value);
-        totalSupply -= value;
-        emit Transfer(msg.sender, address(0), value);
-    }
-
-    function transfer(address to, uint256 value) external returns (bool) {
-        _move(msg.sender, to, value);
-        return true;
-    }
-
-    function approve(address spender, uint256 value) external returns (bool) {
-        allowance[msg.sender][spender] = value;
-        emit Approval(msg.sender, spender, value);
-        return true;
-    }
-
-    function transferFrom(address from, address to, uint256 value) external returns (bool) {
-        uint256 allowed = allowance[from][msg.sender];
-        if (allowed != type(uint256).max) {
-            if (allowed < value) revert InsufficientAllowance(from, msg.sender, allowed, value);
-            allowance[from][msg.sender] = allowed - value;
-        }
-        _move(from, to, value);
-        return true;
-    }
-
-    function _move(address from, address to, uint256 value) private {
-        if (to == address(0)) revert ZeroAddress();
-        _debit(from, value);
-        balanceOf[to] += value;
-        emit Transfer(from, to, value);
-    }
-
-    function _debit(address account, uint256 value) private {
-        uint256 balance = balanceOf[account];
-        if (balance < value) revert InsufficientBalance(account, balance, value);
-        unchecked {
-            balanceOf[account] = balance - value;
-        }
+    function renounceOwnership() public view override onlyOwner {
+        revert RenounceDisabled();
     }
 }

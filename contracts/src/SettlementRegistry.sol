@@ -1,48 +1,55 @@
 // SPDX-License-Identifier: MIT
 pragma solidity ^0.8.24;
 
-interface IEuroCredit {
-    function transfer(address to, uint256 value) external returns (bool);
-    function transferFrom(address from, address to, uint256 value) external returns (bool);
-}
+import {Ownable} from "@openzeppelin/contracts/access/Ownable.sol";
+import {Ownable2Step} from "@openzeppelin/contracts/access/Ownable2Step.sol";
+import {IERC20} from "@openzeppelin/contracts/token/ERC20/IERC20.sol";
+import {SafeERC20} from "@openzeppelin/contracts/token/ERC20/utils/SafeERC20.sol";
+import {MerkleProof} from "@openzeppelin/contracts/utils/cryptography/MerkleProof.sol";
 
 /// @title SettlementRegistry: collateral escrow and trade-batch anchoring.
-/// @notice Members deposit EuroCredit as collateral. The operator (the exchange's
-/// settlement worker) anchors each batch of trades by its Merkle root and, in the
-/// same transaction, applies the batch's net amount per member to their collateral:
-/// buyers pay (negative), sellers receive (positive); a batch's amounts sum to zero.
-/// Withdrawals are requested by the member and executed by the operator only after
-/// the exchange has released the amount from the member's open orders and unsettled
-/// trades (the exchange holds the order book, so it is the one that can tell).
-/// Flexibility revenue from outside the community enters through `creditPayouts`.
+/// @notice Members deposit EuroCredit as collateral. The operator (the owner: the exchange's
+/// settlement worker) anchors each batch of trades by its Merkle root and, in the same
+/// transaction, applies the batch's net amount per member to their collateral: buyers pay
+/// (negative), sellers receive (positive); a batch's amounts sum to zero. Withdrawals are
+/// requested by the member and executed by the operator only after the exchange has released
+/// the amount from the member's open orders and unsettled trades (the exchange holds the order
+/// book, so it is the one that can tell). Flexibility payouts (revenue shares in, penalties
+/// out) go through `settlePayouts`.
 ///
-/// Merkle tree: leaves are keccak256(0x00 || abi.encode(trade fields)) computed off
-/// chain (docs/settlement.md); an inner node is keccak256(0x01 || min(a,b) || max(a,b)).
-contract SettlementRegistry {
-    struct Batch {
-        bytes32 root;
-        uint64 firstSeq;
-        uint64 lastSeq;
-        uint32 tradeCount;
-        uint64 anchoredAt; // block timestamp; non-zero means anchored
+/// Storage per batch is its root alone (what `verifyTrade` needs); its trade count and
+/// sequence range are in its `BatchAnchored` event.
+///
+/// Merkle tree: leaves are keccak256(0x00 || abi.encode(trade fields)) computed off chain
+/// (docs/settlement.md); an inner node is keccak256(0x01 || min(a,b) || max(a,b)), folded by
+/// OpenZeppelin's MerkleProof with that hasher.
+/// @dev The operator is rotated in two steps (Ownable2Step), see EuroCredit. Renouncing is
+/// refused: an operator-less registry could never anchor or release anything again.
+contract SettlementRegistry is Ownable2Step {
+    using SafeERC20 for IERC20;
+
+    enum WithdrawalStatus {
+        None,
+        Requested,
+        Executed,
+        Rejected
     }
 
     struct Withdrawal {
         address member;
         uint96 amount;
-        uint8 status; // 1 requested, 2 executed, 3 rejected
+        WithdrawalStatus status;
     }
 
-    IEuroCredit public immutable token;
-    address public immutable operator;
+    IERC20 public immutable token;
 
-    mapping(uint64 => Batch) public batches;
-    mapping(uint64 => bool) public payoutBatches;
-    mapping(address => uint256) public collateral;
-    mapping(uint256 => Withdrawal) public withdrawals;
+    /// @notice The Merkle root of each anchored batch; zero: not anchored.
+    mapping(uint64 batchId => bytes32 root) public batchRoot;
+    mapping(uint64 payoutId => bool settled) public payoutBatches;
+    mapping(address member => uint256 amount) public collateral;
+    mapping(uint256 requestId => Withdrawal) public withdrawals;
     uint256 public withdrawalCount;
     uint64 public batchCount;
-    uint64 public lastBatchId;
 
     event Deposited(address indexed member, uint256 amount, uint256 collateral);
     event WithdrawalRequested(uint256 indexed requestId, address indexed member, uint256 amount);
@@ -52,48 +59,44 @@ contract SettlementRegistry {
         uint64 indexed batchId, bytes32 root, uint32 tradeCount, uint64 firstSeq, uint64 lastSeq, uint256 members
     );
     event NetSettled(uint64 indexed batchId, address indexed member, int256 amount, uint256 collateral);
-    event PayoutCredited(uint64 indexed payoutId, address indexed member, uint256 amount, uint256 collateral);
     event PayoutSettled(uint64 indexed payoutId, address indexed member, int256 amount, uint256 collateral);
 
-    error NotOperator(address caller);
     error ZeroAmount();
     error BatchAlreadyAnchored(uint64 batchId);
-    error PayoutAlreadyCredited(uint64 payoutId);
+    error PayoutAlreadySettled(uint64 payoutId);
     error EmptyRoot();
     error BadSequenceRange(uint64 firstSeq, uint64 lastSeq, uint32 tradeCount);
     error LengthMismatch(uint256 members, uint256 amounts);
     error NetNotZero(int256 sum);
     error InsufficientCollateral(address member, uint256 collateral, uint256 needed);
     error UnknownWithdrawal(uint256 requestId);
-    error WithdrawalNotPending(uint256 requestId, uint8 status);
-    error TransferFailed();
+    error WithdrawalNotPending(uint256 requestId, WithdrawalStatus status);
+    error RenounceDisabled();
 
-    modifier onlyOperator() {
-        if (msg.sender != operator) revert NotOperator(msg.sender);
-        _;
+    constructor(IERC20 token_, address operator_) Ownable(operator_) {
+        token = token_;
     }
 
-    constructor(IEuroCredit token_, address operator_) {
-        token = token_;
-        operator = operator_;
+    function renounceOwnership() public view override onlyOwner {
+        revert RenounceDisabled();
     }
 
     // ------------------------------------------------------------------ collateral
 
     /// @notice Move `amount` EuroCredit (approved beforehand) into collateral.
     function deposit(uint256 amount) external {
-        if (amount == 0) revert ZeroAmount();
-        if (!token.transferFrom(msg.sender, address(this), amount)) revert TransferFailed();
-        uint256 c = collateral[msg.sender] + amount;
-        collateral[msg.sender] = c;
-        emit Deposited(msg.sender, amount, c);
+        _deposit(msg.sender, amount);
     }
 
     /// @notice Deposit `amount` of the caller's EuroCredit (approved beforehand) as
     /// `member`'s collateral: the operator's on-ramp credits members this way.
     function depositFor(address member, uint256 amount) external {
+        _deposit(member, amount);
+    }
+
+    function _deposit(address member, uint256 amount) private {
         if (amount == 0) revert ZeroAmount();
-        if (!token.transferFrom(msg.sender, address(this), amount)) revert TransferFailed();
+        token.safeTransferFrom(msg.sender, address(this), amount);
         uint256 c = collateral[member] + amount;
         collateral[member] = c;
         emit Deposited(member, amount, c);
@@ -106,33 +109,35 @@ contract SettlementRegistry {
         uint256 c = collateral[msg.sender];
         if (c < amount) revert InsufficientCollateral(msg.sender, c, amount);
         requestId = ++withdrawalCount;
-        withdrawals[requestId] = Withdrawal(msg.sender, amount, 1);
+        withdrawals[requestId] = Withdrawal(msg.sender, amount, WithdrawalStatus.Requested);
         emit WithdrawalRequested(requestId, msg.sender, amount);
     }
 
-    function executeWithdrawal(uint256 requestId) external onlyOperator {
+    function executeWithdrawal(uint256 requestId) external onlyOwner {
         Withdrawal storage w = _pending(requestId);
-        uint256 c = collateral[w.member];
-        if (c < w.amount) revert InsufficientCollateral(w.member, c, w.amount);
-        w.status = 2;
+        (address member, uint256 amount) = (w.member, w.amount);
+        uint256 c = collateral[member];
+        if (c < amount) revert InsufficientCollateral(member, c, amount);
+        w.status = WithdrawalStatus.Executed;
         unchecked {
-            c -= w.amount;
+            c -= amount;
         }
-        collateral[w.member] = c;
-        if (!token.transfer(w.member, w.amount)) revert TransferFailed();
-        emit WithdrawalExecuted(requestId, w.member, w.amount, c);
+        collateral[member] = c;
+        token.safeTransfer(member, amount);
+        emit WithdrawalExecuted(requestId, member, amount, c);
     }
 
-    function rejectWithdrawal(uint256 requestId, string calldata reason) external onlyOperator {
+    function rejectWithdrawal(uint256 requestId, string calldata reason) external onlyOwner {
         Withdrawal storage w = _pending(requestId);
-        w.status = 3;
+        w.status = WithdrawalStatus.Rejected;
         emit WithdrawalRejected(requestId, w.member, w.amount, reason);
     }
 
     function _pending(uint256 requestId) private view returns (Withdrawal storage w) {
         w = withdrawals[requestId];
-        if (w.status == 0) revert UnknownWithdrawal(requestId);
-        if (w.status != 1) revert WithdrawalNotPending(requestId, w.status);
+        WithdrawalStatus s = w.status;
+        if (s == WithdrawalStatus.None) revert UnknownWithdrawal(requestId);
+        if (s != WithdrawalStatus.Requested) revert WithdrawalNotPending(requestId, s);
     }
 
     // ------------------------------------------------------------------ batches
@@ -148,46 +153,26 @@ contract SettlementRegistry {
         uint64 lastSeq,
         address[] calldata members,
         int256[] calldata amounts
-    ) external onlyOperator {
-        if (batches[batchId].anchoredAt != 0) revert BatchAlreadyAnchored(batchId);
+    ) external onlyOwner {
+        if (batchRoot[batchId] != bytes32(0)) revert BatchAlreadyAnchored(batchId);
         if (root == bytes32(0)) revert EmptyRoot();
         if (tradeCount == 0 || lastSeq < firstSeq) revert BadSequenceRange(firstSeq, lastSeq, tradeCount);
-        if (members.length != amounts.length) revert LengthMismatch(members.length, amounts.length);
+        uint256 n = members.length;
+        if (n != amounts.length) revert LengthMismatch(n, amounts.length);
         int256 sum;
-        for (uint256 i; i < members.length; ++i) {
+        for (uint256 i; i < n; ++i) {
             sum += amounts[i];
         }
         if (sum != 0) revert NetNotZero(sum);
-        batches[batchId] = Batch(root, firstSeq, lastSeq, tradeCount, uint64(block.timestamp));
-        for (uint256 i; i < members.length; ++i) {
-            emit NetSettled(batchId, members[i], amounts[i], _applyDelta(members[i], amounts[i]));
+        batchRoot[batchId] = root;
+        for (uint256 i; i < n; ++i) {
+            (address m, int256 a) = (members[i], amounts[i]);
+            emit NetSettled(batchId, m, a, _applyDelta(m, a));
         }
         unchecked {
             ++batchCount;
         }
-        if (batchId > lastBatchId) lastBatchId = batchId;
-        emit BatchAnchored(batchId, root, tradeCount, firstSeq, lastSeq, members.length);
-    }
-
-    /// @notice Credit flexibility revenue shares: the operator pays `amounts` in
-    /// EuroCredit (approved to this contract) into the members' collateral.
-    function creditPayouts(uint64 payoutId, address[] calldata members, uint256[] calldata amounts)
-        external
-        onlyOperator
-    {
-        if (payoutBatches[payoutId]) revert PayoutAlreadyCredited(payoutId);
-        if (members.length != amounts.length) revert LengthMismatch(members.length, amounts.length);
-        payoutBatches[payoutId] = true;
-        uint256 total;
-        for (uint256 i; i < members.length; ++i) {
-            total += amounts[i];
-        }
-        if (total != 0 && !token.transferFrom(msg.sender, address(this), total)) revert TransferFailed();
-        for (uint256 i; i < members.length; ++i) {
-            uint256 c = collateral[members[i]] + amounts[i];
-            collateral[members[i]] = c;
-            emit PayoutCredited(payoutId, members[i], amounts[i], c);
-        }
+        emit BatchAnchored(batchId, root, tradeCount, firstSeq, lastSeq, n);
     }
 
     /// @notice Settle one flexibility event's payouts: positive amounts (revenue shares)
@@ -196,23 +181,24 @@ contract SettlementRegistry {
     /// members' collateral and paid to the operator. Refuses an id twice.
     function settlePayouts(uint64 payoutId, address[] calldata members, int256[] calldata amounts)
         external
-        onlyOperator
+        onlyOwner
     {
-        if (payoutBatches[payoutId]) revert PayoutAlreadyCredited(payoutId);
-        if (members.length != amounts.length) revert LengthMismatch(members.length, amounts.length);
+        if (payoutBatches[payoutId]) revert PayoutAlreadySettled(payoutId);
+        uint256 n = members.length;
+        if (n != amounts.length) revert LengthMismatch(n, amounts.length);
         payoutBatches[payoutId] = true;
         uint256 credit;
         uint256 debit;
-        for (uint256 i; i < members.length; ++i) {
-            int256 a = amounts[i];
+        for (uint256 i; i < n; ++i) {
+            (address m, int256 a) = (members[i], amounts[i]);
             if (a < 0) debit += uint256(-a);
             else credit += uint256(a);
-            emit PayoutSettled(payoutId, members[i], a, _applyDelta(members[i], a));
+            emit PayoutSettled(payoutId, m, a, _applyDelta(m, a));
         }
         if (credit > debit) {
-            if (!token.transferFrom(msg.sender, address(this), credit - debit)) revert TransferFailed();
+            token.safeTransferFrom(msg.sender, address(this), credit - debit);
         } else if (debit > credit) {
-            if (!token.transfer(msg.sender, debit - credit)) revert TransferFailed();
+            token.safeTransfer(msg.sender, debit - credit);
         }
     }
 
@@ -238,14 +224,8 @@ contract SettlementRegistry {
     /// never taken from whoever supplies the proof: an inner node of the tree would pass
     /// as well. `verifyTradeFields` does both in one call.
     function verifyTrade(uint64 batchId, bytes32 leaf, bytes32[] calldata proof) public view returns (bool) {
-        bytes32 root = batches[batchId].root;
-        if (root == bytes32(0)) return false;
-        bytes32 h = leaf;
-        for (uint256 i; i < proof.length; ++i) {
-            bytes32 p = proof[i];
-            h = h < p ? keccak256(abi.encodePacked(bytes1(0x01), h, p)) : keccak256(abi.encodePacked(bytes1(0x01), p, h));
-        }
-        return h == root;
+        bytes32 root = batchRoot[batchId];
+        return root != bytes32(0) && MerkleProof.verifyCalldata(proof, root, leaf, _hashNode);
     }
 
     /// @notice Inclusion of the trade with these fields in batch `batchId`.
@@ -280,5 +260,11 @@ contract SettlementRegistry {
                 bytes1(0x00), abi.encode(tradeId, productHash, buyer, seller, energyWh, priceTicks, signaturesHash)
             )
         );
+    }
+
+    /// @dev An inner node of the tree: the pair sorted (so a proof is only the siblings),
+    /// prefixed with 0x01 so no leaf (prefixed 0x00) can pass for a node.
+    function _hashNode(bytes32 a, bytes32 b) private pure returns (bytes32) {
+        return a < b ? keccak256(abi.encodePacked(bytes1(0x01), a, b)) : keccak256(abi.encodePacked(bytes1(0x01), b, a));
     }
 }

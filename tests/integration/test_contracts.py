@@ -1,8 +1,10 @@
 """The Solidity contracts (EuroCredit, SettlementRegistry) on the real in-process EVM.
 
-Everything here runs the contracts compiled from ``contracts/src`` (py-solc-x over the
-npm solc shim) on eth-tester/py-evm through web3 and ``settlement.chain.Chain``; nothing
-is mocked. Custom errors are checked by their 4-byte selector and ABI-decoded arguments.
+Everything here runs the contracts compiled from ``contracts/src`` with the OpenZeppelin
+files they import (py-solc-x over the npm solc shim, OpenZeppelin from
+contracts/node_modules) on eth-tester/py-evm through web3 and ``settlement.chain.Chain``;
+nothing is mocked. Custom errors (ours and OpenZeppelin's: ERC-6093 ``ERC20…``,
+``Ownable…``) are checked by their 4-byte selector and ABI-decoded arguments.
 
 How a revert surfaces here (checked, not assumed): ``fn.call(...)`` / ``estimate_gas``
 raise ``eth_tester.exceptions.TransactionFailed`` whose message carries the raw revert
@@ -21,6 +23,7 @@ import json
 import random
 
 import pytest
+import solcx
 from eth_abi import decode as abi_decode
 from eth_abi import encode as abi_encode
 from eth_tester.exceptions import TransactionFailed
@@ -32,7 +35,15 @@ from web3.exceptions import ContractCustomError, ContractLogicError
 from web3.logs import DISCARD
 
 from settlement.chain import CALL_GAS, ChainError
-from settlement.compiler import EVM_VERSION, _standard_input, compile_contracts, compiler_version
+from settlement.compiler import (
+    EVM_VERSION,
+    NODE_MODULES,
+    SHIM,
+    _standard_input,
+    compile_contracts,
+    compiler_version,
+    library_record,
+)
 from settlement.merkle import (
     LEAF_TYPES,
     ZERO32,
@@ -76,7 +87,7 @@ def revert_data(exc: BaseException) -> bytes:
 
 def assert_reverts(fn, signature: str, *args, sender: str | None = None) -> bytes:
     """``fn`` (a bound contract function) reverts with the custom error ``signature``,
-    e.g. ``"NotOperator(address)"``; when ``args`` are given they must equal the decoded
+    e.g. ``"OwnableUnauthorizedAccount(address)"``; when ``args`` are given they must equal the decoded
     error arguments. Returns the raw revert data."""
     with pytest.raises((TransactionFailed, ContractCustomError, ContractLogicError)) as info:
         fn.call({"from": sender} if sender else {})
@@ -101,8 +112,13 @@ def op_tx(chain, call, gas: int = CALL_GAS):
 
 def registry_state(chain, members=MEMBERS):
     r = chain.registry.functions
-    return ([chain.collateral(m.address) for m in members], r.batchCount().call(), r.lastBatchId().call(),
+    return ([chain.collateral(m.address) for m in members], r.batchCount().call(),
             chain.token.functions.balanceOf(chain.registry.address).call())
+
+
+NOT_OPERATOR = "OwnableUnauthorizedAccount(address)"
+#: WithdrawalStatus (an enum in the contract, a uint8 in the ABI)
+REQUESTED, EXECUTED, REJECTED = 1, 2, 3
 
 
 def make_trades(n: int, seed: int, *, first_id: int = 1, members=MEMBERS, signed_every: int = 3):
@@ -152,10 +168,6 @@ def test_compile_from_source_without_cache_matches_cache(artifacts):
 
 
 def test_compiler_is_solc_08_targeting_prague():
-    import solcx
-
-    from settlement.compiler import SHIM
-
     version = compiler_version()
     assert version.startswith("0.8."), version
     assert int(version.split(".")[2].split("+")[0]) >= 24  # pragma ^0.8.24
@@ -170,17 +182,37 @@ def test_compiler_is_solc_08_targeting_prague():
     assert meta["compiler"]["version"] == version.removesuffix(".Emscripten.clang")
 
 
+def test_openzeppelin_is_compiled_from_the_pinned_npm_package():
+    """The building blocks come from contracts/node_modules at the version pinned in
+    package.json and package-lock.json, passed to solc inline under their import paths."""
+    root = NODE_MODULES.parent
+    pinned = json.loads((root / "package.json").read_text())["dependencies"]["@openzeppelin/contracts"]
+    locked = json.loads((root / "package-lock.json").read_text())["packages"]["node_modules/@openzeppelin/contracts"]
+    installed = json.loads((NODE_MODULES / "@openzeppelin/contracts/package.json").read_text())["version"]
+    assert pinned == locked["version"] == installed and pinned[0].isdigit()  # exact, no range
+    sources = _standard_input()["sources"]
+    for unit in ("token/ERC20/ERC20.sol", "access/Ownable2Step.sol", "token/ERC20/utils/SafeERC20.sol",
+                 "utils/cryptography/MerkleProof.sol"):
+        text = (NODE_MODULES / "@openzeppelin/contracts" / unit).read_text()
+        assert sources["@openzeppelin/contracts/" + unit]["content"] == text
+    assert all(u.startswith("@openzeppelin/contracts/") or u in ("EuroCredit.sol", "SettlementRegistry.sol")
+               for u in sources)
+    assert library_record()["@openzeppelin/contracts"]["version"] == pinned
+
+
 # ---------------------------------------------------------------------- EuroCredit
 def test_token_metadata_and_deployment(deployed):
     t = deployed.token.functions
     assert t.decimals().call() == 8
     assert t.symbol().call() == "vEUR"
     assert t.name().call() == "Voltbourse Euro Credit"
-    assert t.operator().call() == deployed.operator.address
+    assert t.owner().call() == deployed.operator.address
     assert t.totalSupply().call() == 0
     r = deployed.registry.functions
     assert r.token().call() == deployed.token.address
-    assert r.operator().call() == deployed.operator.address
+    assert r.owner().call() == deployed.operator.address
+    assert deployed.operators() == {"token": (deployed.operator.address, ZERO_ADDRESS),
+                                    "registry": (deployed.operator.address, ZERO_ADDRESS)}
     assert deployed.has_code(deployed.token.address) and deployed.has_code(deployed.registry.address)
 
 
@@ -189,7 +221,7 @@ def test_token_constructor_refuses_zero_operator(deployed):
     ctor = deployed.w3.eth.contract(abi=art.abi, bytecode=art.bytecode).constructor(ZERO_ADDRESS)
     with pytest.raises(TransactionFailed) as info:
         deployed.w3.eth.call({"from": deployed.operator.address, "data": ctor.data_in_transaction})
-    assert revert_data(info.value) == selector("ZeroAddress()")
+    assert revert_data(info.value) == selector("OwnableInvalidOwner(address)") + bytes(32)
     with pytest.raises(ChainError):
         deployed.transact(ctor, 3_000_000)
 
@@ -197,11 +229,12 @@ def test_token_constructor_refuses_zero_operator(deployed):
 def test_only_operator_mints(deployed):
     a, b = MEMBERS[0], MEMBERS[1]
     t = deployed.token
-    assert_reverts(t.functions.mint(a.address, 5), "NotOperator(address)", a.address, sender=a.address)
+    assert_reverts(t.functions.mint(a.address, 5), NOT_OPERATOR, a.address, sender=a.address)
     with pytest.raises(ChainError):
         deployed.member_transact(a, t.functions.mint(a.address, 5))
     assert t.functions.totalSupply().call() == 0 and t.functions.balanceOf(a.address).call() == 0
-    assert_reverts(t.functions.mint(ZERO_ADDRESS, 5), "ZeroAddress()", sender=deployed.operator.address)
+    assert_reverts(t.functions.mint(ZERO_ADDRESS, 5), "ERC20InvalidReceiver(address)", ZERO_ADDRESS,
+                   sender=deployed.operator.address)
 
     receipt = deployed.mint(a.address, 1_000)
     deployed.mint(b.address, 7)
@@ -223,11 +256,12 @@ def test_transfer(deployed):
     assert t.functions.balanceOf(b.address).call() == 400
     assert t.functions.transfer(b.address, 1).call({"from": a.address}) is True
 
-    assert_reverts(t.functions.transfer(b.address, 601), "InsufficientBalance(address,uint256,uint256)",
+    assert_reverts(t.functions.transfer(b.address, 601), "ERC20InsufficientBalance(address,uint256,uint256)",
                    a.address, 600, 601, sender=a.address)
     with pytest.raises(ChainError):
         deployed.member_transact(a, t.functions.transfer(b.address, 601))
-    assert_reverts(t.functions.transfer(ZERO_ADDRESS, 1), "ZeroAddress()", sender=a.address)
+    assert_reverts(t.functions.transfer(ZERO_ADDRESS, 1), "ERC20InvalidReceiver(address)", ZERO_ADDRESS,
+                   sender=a.address)
     assert t.functions.balanceOf(a.address).call() == 600
     assert t.functions.totalSupply().call() == 1_000
     # self transfer keeps the balance
@@ -251,14 +285,14 @@ def test_approve_allowance_and_transfer_from(deployed):
     assert t.functions.balanceOf(dest.address).call() == 120
 
     assert_reverts(t.functions.transferFrom(owner.address, dest.address, 181),
-                   "InsufficientAllowance(address,address,uint256,uint256)",
-                   owner.address, spender.address, 180, 181, sender=spender.address)
+                   "ERC20InsufficientAllowance(address,uint256,uint256)",
+                   spender.address, 180, 181, sender=spender.address)
     # nobody else may spend the owner's tokens
     assert_reverts(t.functions.transferFrom(owner.address, dest.address, 1),
-                   "InsufficientAllowance(address,address,uint256,uint256)",
-                   owner.address, dest.address, 0, 1, sender=dest.address)
-    assert_reverts(t.functions.transferFrom(owner.address, ZERO_ADDRESS, 1), "ZeroAddress()",
-                   sender=spender.address)
+                   "ERC20InsufficientAllowance(address,uint256,uint256)",
+                   dest.address, 0, 1, sender=dest.address)
+    assert_reverts(t.functions.transferFrom(owner.address, ZERO_ADDRESS, 1), "ERC20InvalidReceiver(address)",
+                   ZERO_ADDRESS, sender=spender.address)
     with pytest.raises(ChainError):
         deployed.member_transact(spender, t.functions.transferFrom(owner.address, dest.address, 181))
     assert t.functions.allowance(owner.address, spender.address).call() == 180
@@ -266,7 +300,8 @@ def test_approve_allowance_and_transfer_from(deployed):
     # an allowance above the balance: the balance check refuses and the allowance is untouched
     deployed.member_transact(owner, t.functions.approve(spender.address, 10_000))
     assert_reverts(t.functions.transferFrom(owner.address, dest.address, 881),
-                   "InsufficientBalance(address,uint256,uint256)", owner.address, 880, 881, sender=spender.address)
+                   "ERC20InsufficientBalance(address,uint256,uint256)", owner.address, 880, 881,
+                   sender=spender.address)
     with pytest.raises(ChainError):
         deployed.member_transact(spender, t.functions.transferFrom(owner.address, dest.address, 881))
     assert t.functions.allowance(owner.address, spender.address).call() == 10_000
@@ -289,13 +324,21 @@ def test_burn(deployed):
     assert (ev.args["from"], ev.args["to"], ev.args["value"]) == (a.address, ZERO_ADDRESS, 200)
     assert t.functions.balanceOf(a.address).call() == 300
     assert t.functions.totalSupply().call() == 300
-    assert_reverts(t.functions.burn(301), "InsufficientBalance(address,uint256,uint256)",
+    assert_reverts(t.functions.burn(301), "ERC20InsufficientBalance(address,uint256,uint256)",
                    a.address, 300, 301, sender=a.address)
-    assert_reverts(t.functions.burn(1), "InsufficientBalance(address,uint256,uint256)",
+    assert_reverts(t.functions.burn(1), "ERC20InsufficientBalance(address,uint256,uint256)",
                    OUTSIDER.address, 0, 1, sender=OUTSIDER.address)
     with pytest.raises(ChainError):
         deployed.member_transact(a, t.functions.burn(301))
     assert t.functions.totalSupply().call() == 300
+    # burnFrom spends an allowance: the operator cannot burn a member's credits without one
+    op = deployed.operator.address
+    assert_reverts(t.functions.burnFrom(a.address, 1), "ERC20InsufficientAllowance(address,uint256,uint256)",
+                   op, 0, 1, sender=op)
+    deployed.member_transact(a, t.functions.approve(op, 100))
+    deployed.transact(t.functions.burnFrom(a.address, 60), CALL_GAS)
+    assert t.functions.balanceOf(a.address).call() == 240 and t.functions.totalSupply().call() == 240
+    assert t.functions.allowance(a.address, op).call() == 40
 
 
 # ---------------------------------------------------------------------- deposits and withdrawals
@@ -305,8 +348,11 @@ def test_deposit(deployed):
     assert_reverts(r.functions.deposit(0), "ZeroAmount()", sender=a.address)
     deployed.mint(a.address, 1_000)
     # without an approval the token refuses the pull (its error bubbles up)
-    assert_reverts(r.functions.deposit(10), "InsufficientAllowance(address,address,uint256,uint256)",
-                   a.address, r.address, 0, 10, sender=a.address)
+    assert_reverts(r.functions.deposit(10), "ERC20InsufficientAllowance(address,uint256,uint256)",
+                   r.address, 0, 10, sender=a.address)
+    revert = deployed.simulate(r.functions.depositFor(a.address, 10))  # the operator has no allowance either
+    assert revert is not None and (revert.name, revert.args) == (
+        "ERC20InsufficientAllowance", {"spender": r.address, "allowance": 0, "needed": 10})
     deployed.member_transact(a, t.functions.approve(r.address, 1_000))
     receipt = deployed.member_transact(a, r.functions.deposit(600))
     (ev,) = events(r, "Deposited", receipt)
@@ -338,17 +384,21 @@ def test_withdrawal_request_execute_reject(funded):
     receipt = funded.member_transact(a, r.functions.requestWithdrawal(3_000))
     (req,) = events(r, "WithdrawalRequested", receipt)
     assert (req.args["requestId"], req.args["member"], req.args["amount"]) == (1, a.address, 3_000)
-    assert r.functions.withdrawals(1).call() == [a.address, 3_000, 1]
+    assert r.functions.withdrawals(1).call() == [a.address, 3_000, REQUESTED]
+    # the status is an enum of the contract: a uint8 in the ABI, its values as before (worker)
+    (getter,) = [e for e in r.abi if e.get("name") == "withdrawals"]
+    status = getter["outputs"][2]
+    assert (status["type"], status["internalType"]) == ("uint8", "enum SettlementRegistry.WithdrawalStatus")
     funded.member_transact(b, r.functions.requestWithdrawal(50))
     assert r.functions.withdrawalCount().call() == 2
     # a request alone moves nothing
     assert funded.collateral(a.address) == DEPOSIT
 
     for call in (r.functions.executeWithdrawal(1), r.functions.rejectWithdrawal(1, "no")):
-        assert_reverts(call, "NotOperator(address)", a.address, sender=a.address)
+        assert_reverts(call, NOT_OPERATOR, a.address, sender=a.address)
         with pytest.raises(ChainError):
             funded.member_transact(a, call)
-    assert r.functions.withdrawals(1).call()[2] == 1
+    assert r.functions.withdrawals(1).call()[2] == REQUESTED
 
     receipt = op_tx(funded, r.functions.executeWithdrawal(1))
     (ex,) = events(r, "WithdrawalExecuted", receipt)
@@ -358,16 +408,16 @@ def test_withdrawal_request_execute_reject(funded):
     assert funded.collateral(a.address) == DEPOSIT - 3_000
     assert t.functions.balanceOf(a.address).call() == 3_000  # tokens back to the member
     assert t.functions.balanceOf(r.address).call() == len(MEMBERS) * DEPOSIT - 3_000
-    assert r.functions.withdrawals(1).call()[2] == 2
+    assert r.functions.withdrawals(1).call()[2] == EXECUTED
 
     receipt = op_tx(funded, r.functions.rejectWithdrawal(2, "backs open orders"))
     (rj,) = events(r, "WithdrawalRejected", receipt)
     assert dict(rj.args) == {"requestId": 2, "member": b.address, "amount": 50, "reason": "backs open orders"}
     assert funded.collateral(b.address) == DEPOSIT
-    assert r.functions.withdrawals(2).call()[2] == 3
+    assert r.functions.withdrawals(2).call()[2] == REJECTED
 
     # twice (either way) -> WithdrawalNotPending with the current status
-    for rid, status in ((1, 2), (2, 3)):
+    for rid, status in ((1, EXECUTED), (2, REJECTED)):
         for call in (r.functions.executeWithdrawal(rid), r.functions.rejectWithdrawal(rid, "again")):
             assert_reverts(call, "WithdrawalNotPending(uint256,uint8)", rid, status, sender=op)
     with pytest.raises(ChainError):
@@ -391,10 +441,10 @@ def test_execute_withdrawal_rechecks_collateral_after_settlement(funded):
                    a.address, DEPOSIT - 10, DEPOSIT, sender=funded.operator.address)
     with pytest.raises(ChainError):
         op_tx(funded, r.functions.executeWithdrawal(1))
-    assert r.functions.withdrawals(1).call()[2] == 1
+    assert r.functions.withdrawals(1).call()[2] == REQUESTED
     assert funded.collateral(a.address) == DEPOSIT - 10
     op_tx(funded, r.functions.rejectWithdrawal(1, "spent by batch 1"))
-    assert r.functions.withdrawals(1).call()[2] == 3
+    assert r.functions.withdrawals(1).call()[2] == REJECTED
 
 
 # ---------------------------------------------------------------------- anchorBatch refusals
@@ -430,17 +480,16 @@ def test_anchor_batch_refusals_change_nothing(funded, args, signature, err_args)
     # batch 1 anchored beforehand (A pays B 5): the baseline every refusal must leave intact
     funded.transact(*funded.anchor_call(1, ROOT, 2, 1, 2, [(A, -5), (B, 5)]))
     before = registry_state(funded)
-    batch1 = r.functions.batches(1).call()
-    assert before[1:3] == (1, 1)
+    assert before[1] == 1 and funded.batch_root(1) == ROOT
 
     call = r.functions.anchorBatch(*args)
     assert_reverts(call, signature, *err_args, sender=op)
     with pytest.raises(ChainError):
         funded.transact(call, 500_000)
     assert registry_state(funded) == before
-    assert r.functions.batches(1).call() == batch1
+    assert funded.batch_root(1) == ROOT
     if args[0] != 1:
-        assert r.functions.batches(args[0]).call()[4] == 0  # not anchored
+        assert funded.batch_root(args[0]) is None  # not anchored
         # the refusal left no trace: the same id still anchors once the batch is right
         funded.transact(*funded.anchor_call(args[0], ROOT, 1, 3, 3, [(A, -1), (B, 1)]))
         assert r.functions.batchCount().call() == 2
@@ -451,11 +500,11 @@ def test_anchor_batch_only_operator(funded):
     r = funded.registry
     before = registry_state(funded)
     call = r.functions.anchorBatch(1, ROOT, 1, 1, 1, [A, B], [-5, 5])
-    assert_reverts(call, "NotOperator(address)", m.address, sender=m.address)
+    assert_reverts(call, NOT_OPERATOR, m.address, sender=m.address)
     with pytest.raises(ChainError):
         funded.member_transact(m, call, 500_000)
     assert registry_state(funded) == before
-    assert r.functions.batches(1).call()[4] == 0
+    assert funded.batch_root(1) is None and r.functions.batchRoot(1).call() == ZERO32
     assert funded.verify_trade(1, ROOT, []) is False
 
 
@@ -475,7 +524,6 @@ def test_net_amounts_by_hand_with_negative_price():
 
 def test_anchor_batch_moves_collateral_by_exactly_the_nets(funded):
     r = funded.registry
-    w3 = funded.w3
     addresses = [m.address for m in MEMBERS]
     batches = [(5, make_trades(9, seed=5, first_id=1)), (3, make_trades(12, seed=3, first_id=10)),
                (9, [TradeRecord(22, "neg", MEMBERS[0].address, MEMBERS[1].address, 4_000, -250),
@@ -496,11 +544,9 @@ def test_anchor_batch_moves_collateral_by_exactly_the_nets(funded):
         settled = events(r, "NetSettled", receipt)
         assert [(e.args["batchId"], e.args["member"], e.args["amount"], e.args["collateral"]) for e in settled] == [
             (batch_id, to_checksum_address(m), a, expected[m]) for m, a in nets.items()]
-        ts = w3.eth.get_block(receipt["blockNumber"])["timestamp"]
-        assert r.functions.batches(batch_id).call() == [tree.root, trades[0].trade_id, trades[-1].trade_id,
-                                                        len(trades), ts]
+        # storage keeps the root alone (the count and range are the event's)
+        assert r.functions.batchRoot(batch_id).call() == tree.root == funded.batch_root(batch_id)
         assert r.functions.batchCount().call() == n
-    assert r.functions.lastBatchId().call() == 9
     # the last batch at negative prices: the sellers (member 1) pay, the buyers receive
     last = net_amounts(batches[2][1])
     assert last == {MEMBERS[0].address: 1_000_000, MEMBERS[1].address: -1_040_000, MEMBERS[2].address: 40_000}
@@ -509,13 +555,56 @@ def test_anchor_batch_moves_collateral_by_exactly_the_nets(funded):
     assert funded.token.functions.balanceOf(r.address).call() == sum(expected.values())
 
 
-def test_anchor_batch_lower_id_keeps_last_batch_id(funded):
+def test_anchor_batch_ids_in_any_order(funded):
     r = funded.registry
     funded.transact(*funded.anchor_call(10, ROOT, 1, 1, 1, [(A, -1), (B, 1)]))
-    funded.transact(*funded.anchor_call(4, ROOT, 1, 2, 2, []))  # an all-zero batch: nothing to settle
-    assert r.functions.lastBatchId().call() == 10
+    receipt = funded.transact(*funded.anchor_call(4, b"\x04" * 32, 1, 2, 2, []))  # all-zero: nothing to settle
+    assert events(r, "NetSettled", receipt) == []
+    assert funded.batch_root(10) == ROOT and funded.batch_root(4) == b"\x04" * 32
+    assert funded.batch_root(5) is None
     assert r.functions.batchCount().call() == 2
     assert funded.collateral(A) == DEPOSIT - 1 and funded.collateral(B) == DEPOSIT + 1
+
+
+def test_registry_storage_per_batch_is_the_root_alone():
+    """What anchorBatch stores per batch: one slot (the root). The layout as solc reports it."""
+    data = _standard_input()
+    data["settings"]["outputSelection"] = {"SettlementRegistry.sol": {"SettlementRegistry": ["storageLayout"]}}
+    out = solcx.compile_standard(data, solc_binary=SHIM, allow_empty=False)
+    layout = out["contracts"]["SettlementRegistry.sol"]["SettlementRegistry"]["storageLayout"]
+    types = layout["types"]
+    got = {v["label"]: types[v["type"]]["label"] for v in layout["storage"]}
+    assert got == {
+        "_owner": "address", "_pendingOwner": "address",  # OpenZeppelin's Ownable2Step
+        "batchRoot": "mapping(uint64 => bytes32)",
+        "payoutBatches": "mapping(uint64 => bool)",
+        "collateral": "mapping(address => uint256)",
+        "withdrawals": "mapping(uint256 => struct SettlementRegistry.Withdrawal)",
+        "withdrawalCount": "uint256",
+        "batchCount": "uint64",
+    }
+
+
+def test_anchor_batch_gas_per_batch_and_per_member(funded):
+    """Gas of anchorBatch = a fixed part per batch + a part per member with a net (its
+    collateral slot and its NetSettled event); the trades cost nothing on chain. Budgets:
+    before the registry kept only the root per batch (issue 12) it was ~82 700 + ~8 800 per
+    member; the fixed part is now ~61 000 (21 000 of it the transaction itself)."""
+    members = [m.address for m in MEMBERS]
+    funded.transact(*funded.anchor_call(1, ROOT, 1, 1, 1, [(A, -1), (B, 1)]))  # batchCount 0 -> 1 paid here
+
+    def gas(batch_id: int, n: int) -> int:
+        nets = [(members[i], (-1) ** (i + 1) * (1_000 + i)) for i in range(n - 1)]
+        nets.append((members[n - 1], -sum(a for _, a in nets)))
+        receipt = funded.transact(*funded.anchor_call(batch_id, bytes([batch_id]) * 32, 12, batch_id * 100,
+                                                      batch_id * 100 + 11, nets))
+        return receipt["gasUsed"]
+
+    g2, g4 = gas(2, 2), gas(3, 4)
+    per_member = (g4 - g2) / 2
+    fixed = g2 - 2 * per_member
+    assert 7_000 < per_member < 8_800, per_member
+    assert 50_000 < fixed < 63_000, fixed
 
 
 def test_anchor_batch_may_debit_the_whole_collateral(funded):
@@ -542,7 +631,7 @@ def test_every_leaf_verifies_on_chain_and_tampering_fails(funded, size):
     leaves = [leaf(t) for t in trades]
     if size == 1:
         assert tree.root == leaves[0] and tree.proof(0) == []
-    assert funded.registry.functions.batches(7).call()[0] == tree.root
+    assert funded.registry.functions.batchRoot(7).call() == tree.root
     vt = funded.verify_trade
 
     for i, lf in enumerate(leaves):
@@ -611,47 +700,97 @@ def test_trade_leaf_on_chain_equals_off_chain(deployed):
 
 
 # ---------------------------------------------------------------------- payouts
-def test_credit_payouts(funded):
+def test_settle_payouts_credits_and_debits(funded):
+    """settlePayouts: revenue shares in (pulled from the operator), penalties out (paid to the
+    operator), the difference moved once; an id only once; the superseded creditPayouts is gone."""
     r, t = funded.registry, funded.token
     op = funded.operator.address
-    a, b = MEMBERS[0], MEMBERS[1]
-    call = r.functions.creditPayouts(7, [a.address, b.address], [300, 700])
-    assert_reverts(call, "NotOperator(address)", a.address, sender=a.address)
+    a, b, c = MEMBERS[0].address, MEMBERS[1].address, MEMBERS[2].address
+    names = {e.get("name") for e in r.abi}
+    assert "settlePayouts" in names and "creditPayouts" not in names and "PayoutCredited" not in names
+
+    call = r.functions.settlePayouts(7, [a, b, c], [300, 700, -200])
+    assert_reverts(call, NOT_OPERATOR, a, sender=a)
     with pytest.raises(ChainError):
-        funded.member_transact(a, call)
-    # the operator must hold and approve the tokens first
-    assert_reverts(call, "InsufficientAllowance(address,address,uint256,uint256)", op, r.address, 0, 1_000,
-                   sender=op)
-    assert_reverts(r.functions.creditPayouts(7, [a.address], [1, 2]), "LengthMismatch(uint256,uint256)", 1, 2,
-                   sender=op)
+        funded.member_transact(MEMBERS[0], call)
+    # the operator must hold and approve the net credit (1 000 - 200) first
+    assert_reverts(call, "ERC20InsufficientAllowance(address,uint256,uint256)", r.address, 0, 800, sender=op)
+    assert_reverts(r.functions.settlePayouts(7, [a], [1, 2]), "LengthMismatch(uint256,uint256)", 1, 2, sender=op)
+    assert_reverts(r.functions.settlePayouts(7, [a], [-(DEPOSIT + 1)]),
+                   "InsufficientCollateral(address,uint256,uint256)", a, DEPOSIT, DEPOSIT + 1, sender=op)
     funded.mint(op, 5_000)
-    op_tx(funded, t.functions.approve(r.address, 1_000))
+    op_tx(funded, t.functions.approve(r.address, 800))
     reg_before = t.functions.balanceOf(r.address).call()
 
-    receipt = op_tx(funded, call)
-    paid = events(r, "PayoutCredited", receipt)
-    assert [dict(e.args) for e in paid] == [
-        {"payoutId": 7, "member": a.address, "amount": 300, "collateral": DEPOSIT + 300},
-        {"payoutId": 7, "member": b.address, "amount": 700, "collateral": DEPOSIT + 700}]
+    receipt = op_tx(funded, call, 300_000)
+    assert [dict(e.args) for e in events(r, "PayoutSettled", receipt)] == [
+        {"payoutId": 7, "member": a, "amount": 300, "collateral": DEPOSIT + 300},
+        {"payoutId": 7, "member": b, "amount": 700, "collateral": DEPOSIT + 700},
+        {"payoutId": 7, "member": c, "amount": -200, "collateral": DEPOSIT - 200}]
     (tr,) = events(t, "Transfer", receipt)
-    assert (tr.args["from"], tr.args["to"], tr.args["value"]) == (op, r.address, 1_000)
-    assert funded.collateral(a.address) == DEPOSIT + 300
-    assert funded.collateral(b.address) == DEPOSIT + 700
-    assert t.functions.balanceOf(op).call() == 4_000  # pulled from the operator
-    assert t.functions.balanceOf(r.address).call() == reg_before + 1_000
+    assert (tr.args["from"], tr.args["to"], tr.args["value"]) == (op, r.address, 800)
+    assert [funded.collateral(m) for m in (a, b, c)] == [DEPOSIT + 300, DEPOSIT + 700, DEPOSIT - 200]
+    assert t.functions.balanceOf(op).call() == 4_200
+    assert t.functions.balanceOf(r.address).call() == reg_before + 800
     assert t.functions.allowance(op, r.address).call() == 0
     assert r.functions.payoutBatches(7).call() is True
 
     op_tx(funded, t.functions.approve(r.address, 1_000))
-    assert_reverts(call, "PayoutAlreadyCredited(uint64)", 7, sender=op)
+    assert_reverts(call, "PayoutAlreadySettled(uint64)", 7, sender=op)
     with pytest.raises(ChainError):
-        op_tx(funded, call)
-    assert funded.collateral(a.address) == DEPOSIT + 300
-    assert t.functions.balanceOf(op).call() == 4_000
-    # a different payout id goes through
-    op_tx(funded, r.functions.creditPayouts(8, [b.address], [1_000]))
-    assert funded.collateral(b.address) == DEPOSIT + 1_700
-    assert t.functions.balanceOf(op).call() == 3_000
+        op_tx(funded, call, 300_000)
+    assert funded.collateral(a) == DEPOSIT + 300 and t.functions.balanceOf(op).call() == 4_200
+
+    # penalties above the shares: the registry pays the operator the difference
+    receipt = op_tx(funded, r.functions.settlePayouts(8, [a, b], [100, -600]), 300_000)
+    (tr,) = events(t, "Transfer", receipt)
+    assert (tr.args["from"], tr.args["to"], tr.args["value"]) == (r.address, op, 500)
+    assert funded.collateral(a) == DEPOSIT + 400 and funded.collateral(b) == DEPOSIT + 100
+    assert t.functions.balanceOf(op).call() == 4_700
+    # money is conserved: the registry's tokens equal the sum of collateral
+    assert t.functions.balanceOf(r.address).call() == sum(funded.collateral(m.address) for m in MEMBERS)
+
+
+# ---------------------------------------------------------------------- operator key rotation
+def test_operator_key_rotation_in_two_steps(funded):
+    """Ownable2Step on both contracts: the operator proposes a key, which takes over only once
+    it accepts; until then the old key acts; afterwards only the new one does."""
+    chain = funded
+    old, new = chain.operator, OUTSIDER
+    r, t = chain.registry, chain.token
+    assert_reverts(r.functions.transferOwnership(new.address), NOT_OPERATOR, new.address, sender=new.address)
+    chain.propose_operator(new.address)
+    assert chain.operators() == {"token": (old.address, new.address), "registry": (old.address, new.address)}
+    # still the old operator's until accepted
+    chain.transact(*chain.anchor_call(1, ROOT, 1, 1, 1, [(A, -1), (B, 1)]))
+    assert_reverts(r.functions.anchorBatch(2, ROOT, 1, 2, 2, [], []), NOT_OPERATOR, new.address,
+                   sender=new.address)
+    # only the proposed key can accept
+    assert_reverts(r.functions.acceptOwnership(), NOT_OPERATOR, A, sender=A)
+    chain.accept_operator(new)
+    assert chain.operators() == {"token": (new.address, ZERO_ADDRESS), "registry": (new.address, ZERO_ADDRESS)}
+
+    for call in (r.functions.anchorBatch(2, ROOT, 1, 2, 2, [], []), t.functions.mint(A, 1),
+                 r.functions.settlePayouts(9, [], [])):
+        assert_reverts(call, NOT_OPERATOR, old.address, sender=old.address)
+    # what the worker sees with the old key still configured: decoded, with its hint's name
+    revert = chain.simulate(chain.anchor_call(2, ROOT, 1, 2, 2, [])[0])
+    assert revert is not None and (revert.name, revert.args) == ("OwnableUnauthorizedAccount",
+                                                                 {"account": old.address})
+    with pytest.raises(ChainError):
+        chain.transact(*chain.anchor_call(2, ROOT, 1, 2, 2, []))
+    chain.member_transact(new, r.functions.anchorBatch(2, ROOT, 1, 2, 2, [], []), 200_000)
+    chain.member_transact(new, t.functions.mint(A, 5))
+    assert chain.batch_root(2) == ROOT and t.functions.balanceOf(A).call() == 5
+    assert r.functions.batchCount().call() == 2
+
+
+def test_operator_cannot_be_renounced(deployed):
+    op = deployed.operator.address
+    for contract in (deployed.token, deployed.registry):
+        assert_reverts(contract.functions.renounceOwnership(), "RenounceDisabled()", sender=op)
+        assert_reverts(contract.functions.renounceOwnership(), NOT_OPERATOR, A, sender=A)
+        assert contract.functions.owner().call() == op
 
 
 # ---------------------------------------------------------------------- pure Merkle property
