@@ -7,6 +7,7 @@ sessions reach the platform routes. Screenshot docs/screenshots/operator-communi
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -268,8 +269,8 @@ async def test_communities_panel_create_open_suspend_archive(platform, browser):
         "button[data-action=\"suspend\"]').click(); return r.status; })")
     assert status == 200
     await confirm(page)
-    await expect(page.locator("#platform-status")).to_have_text(
-        "Suspend a community failed: 404 UNKNOWN_MARKET: no market a on this platform")
+    await expect(page.locator("#platform-status")).to_have_text(re.compile(
+        r"^Suspend a community failed: 404 UNKNOWN_MARKET: no market a on this platform \(request [0-9a-f]{16}\)$"))
     await expect(page.locator('#platform-markets tr[data-market-id="a"] .status')).to_have_text("archived")
     # at phone width the panel fits (the table scrolls inside its card)
     await page.set_viewport_size(PHONE)

@@ -491,7 +491,7 @@ async function api(method, path, body) {
   if (!r.ok) {
     const msg = data && (data.message || data.error) ? `${data.error ? data.error + ": " : ""}${data.message || ""}`
       : `HTTP ${r.status}`;
-    throw new Error(`${r.status} ${msg}`);
+    throw new Error(`${r.status} ${msg}${data && data.request_id ? ` (request ${data.request_id})` : ""}`);
   }
   return data;
 }
@@ -663,6 +663,7 @@ function renderPlatform() {
           `Archive community ${label}? It stops and ${m.path} answers 404; its journal, members and every ` +
           "record stay, and it can be started again.", m, "archive", (r) => `Community ${r.market_id} archived.`)));
       }
+      actions.push(button("Change…", "secondary", () => openEdit(m)));
       actions.push(button("New token…", "secondary", () => platformAct("Rotate the community manager token",
         `Make a new community manager token for ${label}? The current one stops working at once (its page ` +
         "sessions stay until they log out).", m, "token", (r) => `New community manager token for ${r.market_id}.`)));
@@ -706,7 +707,99 @@ async function platformAct(title, question, m, op, done) {
   loadMarkets();
 }
 
+// Change a community (PATCH api/platform/markets/<id>): its name, and the settings its
+// services read (the server refuses the rest of a started community's settings with
+// SETTING_FIXED and names them; its message is shown as it is, with the request id).
+const EDIT_FIELDS = [
+  ["settlement_batch_size", "#edit-settlement-batch", "int"],
+  ["settlement_max_age_s", "#edit-settlement-age", "number"],
+  ["metering_default_tariff", "#edit-default-tariff", "text"],
+  ["disclose_counterparty", "#edit-disclose", "bool"],
+];
+const FIXED_NOTE = "Fixed once the community has started (its journal is replayed under them): gate, mechanism, " +
+  "calendar, price bounds and controls, quantities, self-trade prevention, risk checks, metering interval. " +
+  "Create a new community for other trading rules.";
+let editing = null; // the market being changed, as listed when the form opened
+
+function openEdit(m) {
+  editing = m;
+  $("#edit-market-id").textContent = m.market_id;
+  $("#edit-market-name").value = m.name || "";
+  for (const [key, sel] of EDIT_FIELDS) {
+    const v = (m.settings || {})[key];
+    $(sel).value = v === undefined || v === null ? "" : String(v);
+  }
+  const own = Object.entries(m.settings || {}).filter(([k]) => !EDIT_FIELDS.some(([f]) => f === k));
+  $("#edit-fixed").textContent = FIXED_NOTE + (own.length ? ` This community's own: ${rules(Object.fromEntries(own))}.`
+    : "");
+  $("#platform-edit-error").hidden = true;
+  const form = $("#platform-edit");
+  form.hidden = false;
+  form.scrollIntoView({ block: "nearest" });
+  $("#edit-market-name").focus();
+}
+
+// The fields as a PATCH body: only what differs from the market as listed; an emptied field
+// sends null (back to the deployment's value). Values are sent as typed, the server checks them.
+function editPatch() {
+  const body = {};
+  const name = $("#edit-market-name").value.trim();
+  if (name !== (editing.name || "")) body.name = name;
+  const settings = {};
+  for (const [key, sel, kind] of EDIT_FIELDS) {
+    const raw = $(sel).value.trim();
+    const had = (editing.settings || {})[key];
+    if (raw === "") {
+      if (had !== undefined) settings[key] = null;
+      continue;
+    }
+    let v = raw;
+    if (kind === "int" && /^[0-9]+$/.test(raw)) v = Number(raw);
+    else if (kind === "number" && /^[0-9]+(\.[0-9]+)?$/.test(raw)) v = Number(raw);
+    else if (kind === "bool") v = raw === "true";
+    if (v !== had) settings[key] = v;
+  }
+  if (Object.keys(settings).length) body.settings = settings;
+  return body;
+}
+
+async function submitEdit(ev) {
+  ev.preventDefault();
+  const err = $("#platform-edit-error");
+  err.hidden = true;
+  const m = editing;
+  const body = editPatch();
+  if (!Object.keys(body).length) { pstatus(`Community ${m.market_id}: nothing to change.`, true); return; }
+  if (body.settings && m.running && !(await confirmDialog("Change a community's settings",
+    `Apply ${Object.keys(body.settings).join(", ")} to community ${m.market_id}? Its market restarts to apply them: ` +
+    "its state is recovered from its journal and its peers reconnect."))) {
+    pstatus("Cancelled: nothing was changed.", true);
+    return;
+  }
+  const btn = $("#platform-edit-btn");
+  btn.disabled = true;
+  try {
+    const res = await api("PATCH", `/api/platform/markets/${encodeURIComponent(m.market_id)}`, body);
+    const what = res.changed.length ? `settings changed: ${res.changed.join(", ")}` : "no setting changed";
+    pstatus(`Community ${res.market_id} updated (${what}${res.restarted ? "; its market restarted" : ""}).`, true);
+    $("#platform-edit").hidden = true;
+    editing = null;
+  } catch (e) {
+    err.textContent = `Community ${m.market_id} was not changed: ${e.message}`;
+    err.hidden = false;
+  } finally {
+    btn.disabled = false;
+  }
+  await refreshPlatform();
+  loadMarkets();
+}
+
 function wirePlatform() {
+  $("#platform-edit").addEventListener("submit", submitEdit);
+  $("#platform-edit-cancel").addEventListener("click", () => {
+    $("#platform-edit").hidden = true;
+    editing = null;
+  });
   $("#platform-token-done").addEventListener("click", () => {
     $("#platform-token-value").value = "";
     $("#platform-token").hidden = true;
