@@ -7,7 +7,16 @@ Each :class:`~exchange.runtime.market.MarketRuntime` given a ``committer`` hands
 writes it with :func:`~exchange.runtime.journal.write_groups` (one transaction) and wakes
 the runtimes, which then acknowledge and publish their own entries in their own order, as
 with a writer of their own. A failed transaction fails every group in it: each runtime
-retries as it does alone (nothing is acknowledged before COMMIT)."""
+retries as it does alone (nothing is acknowledged before COMMIT).
+
+Pipelining. Up to ``in_flight`` transactions run at once, each on a connection of its own:
+when the groups waiting cannot join the transaction being committed, a second one starts
+at once instead of waiting for the first one's COMMIT (and its fsync). A market never has
+two groups in flight (its runtime hands over the next group after the previous one's
+commit; a group that arrives early all the same waits for its market's transaction to
+end), so the order of a market's rows, their visibility to readers and "nothing after a
+gap" are as with one transaction at a time; transactions of different markets are
+independent."""
 
 from __future__ import annotations
 
@@ -25,15 +34,24 @@ _Item = tuple[str, list[tuple], list[tuple], asyncio.Future]
 
 
 class GroupCommitter:
-    def __init__(self, pool: asyncpg.Pool, max_rows: int = 20_000) -> None:
+    def __init__(self, pool: asyncpg.Pool, max_rows: int = 20_000, in_flight: int = 2) -> None:
+        if in_flight < 1:
+            raise ValueError("in_flight must be at least 1")
         self.pool = pool
         self.max_rows = max_rows
-        self._queue: asyncio.Queue[_Item] = asyncio.Queue()
+        self.in_flight = in_flight
+        self._waiting: list[_Item] = []  # in arrival order
+        self._wake = asyncio.Event()  # a group arrived or a transaction ended
+        self._busy: set[str] = set()  # markets with a transaction in flight
+        self._slots = asyncio.Semaphore(in_flight)
+        self._commits: dict[asyncio.Task, list[_Item]] = {}  # transactions in flight and their groups
+        self._active = 0  # transactions being written
         self._task: asyncio.Task | None = None
         self._lock_conn: asyncpg.Connection | None = None
         self._locked: set[str] = set()
         self.commits = 0
         self.groups = 0
+        self.overlapped = 0  # transactions started while another one was in flight
 
     def start(self) -> None:
         if self._task is None:
@@ -59,13 +77,17 @@ class GroupCommitter:
                                           "voltbourse:" + market_id)
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-        while not self._queue.empty():
-            *_, fut = self._queue.get_nowait()
+        tasks = [t for t in (self._task, *self._commits) if t is not None]
+        in_flight = [item for items in self._commits.values() for item in items]
+        self._task = None
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._commits.clear()
+        self._busy.clear()
+        self._active = 0
+        pending, self._waiting = in_flight + self._waiting, []
+        for *_, fut in pending:
             if not fut.done():
                 fut.set_exception(RuntimeError("the group committer stopped"))
         if self._lock_conn is not None:
@@ -80,27 +102,63 @@ class GroupCommitter:
         if self._task is None:
             raise RuntimeError("the group committer is not running")
         fut: asyncio.Future = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait((market_id, jrows, trows, fut))
+        self._waiting.append((market_id, jrows, trows, fut))
+        self._wake.set()
         await fut
 
-    async def _run(self) -> None:
-        q = self._queue
-        while True:
-            items = [await q.get()]
-            rows = len(items[0][1])
-            while not q.empty() and rows < self.max_rows:
-                item = q.get_nowait()
-                items.append(item)
+    def _ready(self) -> list[_Item]:
+        """The groups that may go into a new transaction now (at most one per market, none of
+        a market whose transaction is in flight), up to ``max_rows``; the rest waits."""
+        take: list[_Item] = []
+        rest: list[_Item] = []
+        markets: set[str] = set()
+        rows = 0
+        for item in self._waiting:
+            mid = item[0]
+            if mid in self._busy or mid in markets or (take and rows >= self.max_rows):
+                rest.append(item)
+            else:
+                take.append(item)
+                markets.add(mid)
                 rows += len(item[1])
-            try:
-                await write_groups(self.pool, [(m, j, t) for m, j, t, _ in items])
-            except Exception as exc:  # every group fails; each runtime retries on its own
-                for *_, fut in items:
-                    if not fut.done():
-                        fut.set_exception(exc)
-                continue
+        self._waiting = rest
+        return take
+
+    async def _run(self) -> None:
+        while True:
+            await self._slots.acquire()
+            while True:
+                self._wake.clear()
+                if self._waiting:
+                    items = self._ready()
+                    if items:
+                        break
+                await self._wake.wait()  # nothing, or only groups of markets in flight
+            for mid, *_ in items:
+                self._busy.add(mid)
+            if self._active:
+                self.overlapped += 1
+            self._active += 1
+            task = asyncio.create_task(self._commit(items), name="group-commit-tx")
+            self._commits[task] = items
+            task.add_done_callback(lambda t: self._commits.pop(t, None))
+
+    async def _commit(self, items: list[_Item]) -> None:
+        try:
+            await write_groups(self.pool, [(m, j, t) for m, j, t, _ in items])
+        except Exception as exc:  # every group fails; each runtime retries on its own
+            for *_, fut in items:
+                if not fut.done():
+                    fut.set_exception(exc)
+        else:
             self.commits += 1
             self.groups += len(items)
             for *_, fut in items:
                 if not fut.done():
                     fut.set_result(None)
+        finally:
+            self._active -= 1
+            for mid, *_ in items:
+                self._busy.discard(mid)
+            self._slots.release()
+            self._wake.set()

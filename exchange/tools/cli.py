@@ -76,7 +76,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     commands = args.commands if args.commands is not None else DEFAULT_BENCH_COMMANDS[args.kind]
     extra = {"engine": lambda: {"repeat": args.repeat}, "journal": lambda: {"concurrency": args.concurrency,
-                                                                              "markets": _int_list(args.markets)},
+                                                                              "markets": _int_list(args.markets),
+                                                                              "in_flight": args.in_flight},
              "e2e": lambda: {"connections": args.connections, "window": args.window, "readers": args.readers,
                              "seed_trades": args.seed_trades, "rate": args.rate}}[args.kind]()
     return _finish(bench.run(args.kind, commands=commands, seed=args.seed, as_json=args.json, **extra))
@@ -162,6 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
             b.add_argument("--concurrency", type=int, default=128, help="concurrent submitters awaiting acks")
             b.add_argument("--markets", default=None,
                            help="e.g. 1,10,100: the load spread over that many markets sharing one group commit")
+            b.add_argument("--in-flight", type=int, default=2,
+                           help="with --markets: group-commit transactions in flight at once (1: one at a time)")
         else:
             b.add_argument("--connections", type=int, default=40, help="authenticated WebSocket sessions")
             b.add_argument("--window", type=int, default=4, help="requests in flight per session")
