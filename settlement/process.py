@@ -183,7 +183,8 @@ class SettleProcess:
 
     async def _run(self, pool: asyncpg.Pool, listen: asyncpg.Connection, stop: asyncio.Event) -> int:
         loop = asyncio.get_running_loop()
-        chain = self._given_chain or await loop.run_in_executor(None, Chain.from_settings, self.settings)
+        chain: Chain = (self._given_chain if self._given_chain is not None
+                        else await loop.run_in_executor(None, Chain.from_settings, self.settings))
         worker = self.worker = make_worker(pool, self.settings, chain, engine=InboxEngine(pool, self.market_id),
                                            publish=self._publish, payout_sources=self.payout_sources)
         tasks: list[asyncio.Task[Any]] = []

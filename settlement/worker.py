@@ -459,17 +459,17 @@ class SettlementWorker:
                 "ORDER BY cmd_seq LIMIT $3) j", self.market_id, cursor, limit)
             if last is None:
                 return False
+            # signatures of signed orders, and orders a member's trading agent placed under a
+            # delegation (shown with their proofs): one pass over the events
             await conn.execute(
-                "INSERT INTO order_signatures (market_id, order_id, signature) "
-                "SELECT $1, (e->>'order_id')::bigint, e->>'signature' FROM journal j, jsonb_array_elements(j.events) e "
-                "WHERE j.market_id = $1 AND j.last_seq > $2 AND j.last_seq <= $3 "
-                "AND e->>'type' = 'order_accepted' AND e->>'signature' IS NOT NULL "
-                "ON CONFLICT DO NOTHING", self.market_id, cursor, last)
-            # orders a member's trading agent placed under a delegation (shown with their proofs)
-            await conn.execute(
+                "WITH ev AS MATERIALIZED (SELECT e FROM journal j, jsonb_array_elements(j.events) e "
+                "  WHERE j.market_id = $1 AND j.last_seq > $2 AND j.last_seq <= $3 "
+                "  AND e->>'type' IN ('order_accepted', 'order_delegated')), "
+                "sig AS (INSERT INTO order_signatures (market_id, order_id, signature) "
+                "  SELECT $1, (e->>'order_id')::bigint, e->>'signature' FROM ev "
+                "  WHERE e->>'type' = 'order_accepted' AND e->>'signature' IS NOT NULL ON CONFLICT DO NOTHING) "
                 "INSERT INTO order_delegations (market_id, order_id, delegation) "
-                "SELECT $1, (e->>'order_id')::bigint, e->>'delegation' FROM journal j, jsonb_array_elements(j.events) e "
-                "WHERE j.market_id = $1 AND j.last_seq > $2 AND j.last_seq <= $3 AND e->>'type' = 'order_delegated' "
+                "SELECT $1, (e->>'order_id')::bigint, e->>'delegation' FROM ev WHERE e->>'type' = 'order_delegated' "
                 "ON CONFLICT DO NOTHING", self.market_id, cursor, last)
             await conn.execute(
                 "INSERT INTO consumer_cursors (consumer, market_id, seq) VALUES ($1, $2, $3) "

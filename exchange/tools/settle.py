@@ -13,6 +13,7 @@ pool, as ``serve`` registers them in its app.
 from __future__ import annotations
 
 import logging
+import os
 
 from exchange.runtime.config import Settings
 from exchange.runtime.db import create_pool
@@ -44,4 +45,6 @@ def settle(settings: Settings | None = None) -> int:
         log.error("voltbourse settle needs the exchange's database: set VOLTBOURSE_DATABASE_URL (with the embedded "
                   "database, `voltbourse db url` prints it while `voltbourse serve` runs)")
         return 2
+    if settings.settlement_nice:
+        os.nice(settings.settlement_nice)  # chain work yields the CPU to the order path
     return run_async(_settle(settings, settings.database_url))
