@@ -14,7 +14,7 @@ from alembic import op
 revision: str = "0011s"
 down_revision: str | Sequence[str] | None = "0010"
 branch_labels: str | Sequence[str] | None = None
-depends_on: str | Sequence[str] | None = "0011"
+depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
