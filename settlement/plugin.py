@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 from aiohttp import web
@@ -38,20 +38,25 @@ from exchange.gateway.keys import MARKET, MEMBERS, PAYOUT_SOURCES, SETTINGS
 from exchange.gateway.metrics import METRICS
 from exchange.gateway.plugin import Subsystem, WsRequest
 from exchange.protocol.auth import recover_login
+from exchange.protocol.errors import VoltbourseError
 from exchange.protocol.messages import MAX_INT, Address, Signature
 from settlement import cli as settlement_cli
-from settlement.chain import Chain
+from settlement.chain import Chain, ChainError
 from settlement.chainstore import ChainStoreLocked
 from settlement.collateral import my_collateral
+from settlement.process import Supervisor, make_worker, run_reconcile
 from settlement.proofs import ProofService
 from settlement.protocol import MyCollateral, TradeProof
-from settlement.reconcile import reconcile
+from settlement.remote import SettlementUnavailable, SettlementView
 from settlement.worker import SettlementStartError, SettlementWorker
 
 log = logging.getLogger(__name__)
 
 SETTLEMENT: web.AppKey[SettlementWorker] = web.AppKey("settlement")
 PROOFS: web.AppKey[ProofService] = web.AppKey("proofs")
+#: what the routes read: InlineView (the worker in this process) or SettlementView (its own process)
+VIEW: web.AppKey = web.AppKey("settlement_view")
+SUPERVISOR: web.AppKey[Supervisor] = web.AppKey("settlement_supervisor")
 PROOF_WINDOW_S = 300
 
 
@@ -77,8 +82,18 @@ def _trade_id(request: web.Request) -> int:
     return int(raw)
 
 
+async def _proofs(app: web.Application) -> ProofService:
+    """The proof service, its chain reader connected (a settlement process may have moved)."""
+    proofs = app[PROOFS]
+    try:
+        proofs.chain = await app[VIEW].connect()
+    except (ChainError, OSError) as exc:
+        raise VoltbourseError("CHAIN_UNAVAILABLE", f"the chain could not be reached: {exc}"[:300]) from exc
+    return proofs
+
+
 async def _peer_proof(request: web.Request) -> web.Response:
-    proofs = request.app[PROOFS]
+    proofs = await _proofs(request.app)
     trade_id = _trade_id(request)
     q = read_query(request, ProofQuery)
     if abs(int(time.time()) - q.ts) > PROOF_WINDOW_S:
@@ -93,15 +108,18 @@ async def _peer_proof(request: web.Request) -> web.Response:
 
 
 async def _operator_proof(request: web.Request) -> web.Response:
-    return json_response(await request.app[PROOFS].trade_proof(_trade_id(request), None))
+    return json_response(await (await _proofs(request.app)).trade_proof(_trade_id(request), None))
 
 
 async def _status(request: web.Request) -> web.Response:
-    return json_response(await request.app[SETTLEMENT].status())
+    return json_response(await request.app[VIEW].status())
 
 
 async def _reconcile(request: web.Request) -> web.Response:
-    return json_response(await run_reconcile(request.app[SETTLEMENT]))
+    try:
+        return json_response(await request.app[VIEW].reconcile())
+    except SettlementUnavailable as exc:
+        return _error(503, "UNAVAILABLE", str(exc))
 
 
 _TRADE_ID = {"trade_id": {"type": "integer", "minimum": 1}}
@@ -125,25 +143,122 @@ ROUTES = (
 )
 
 
-async def run_reconcile(worker: SettlementWorker) -> dict:
-    """Reconcile on the chain thread's side of things; the result also goes to the feed."""
-    # chain reads run on the worker's chain thread; the event loop stays free
-    rep = await reconcile(worker.pool, worker.market_id, worker.chain, deployment_id=worker.deployment_id,
-                          run=worker._chain)
-    worker.last_reconcile = {"ok": rep.ok, "checked_at": rep.checked_at, "differences": rep.differences[:50]}
-    worker._publish()
-    return rep.as_dict()
-
-
 async def _ws_trade_proof(app: web.Application, member: str, msg: TradeProof) -> dict:
-    return await app[PROOFS].trade_proof(msg.trade_id, member)
+    return await (await _proofs(app)).trade_proof(msg.trade_id, member)
 
 
 async def _ws_my_collateral(app: web.Application, member: str, msg: MyCollateral) -> dict:
-    worker = app[SETTLEMENT]
-    return await my_collateral(pool=worker.pool, market_id=worker.market_id, deployment_id=worker.deployment_id,
-                               chain=worker.chain, run_on_chain=worker.run_on_chain, engine=app[MARKET].engine,
+    view = app[VIEW]
+    try:
+        chain = await view.connect()
+    except (ChainError, OSError) as exc:
+        raise VoltbourseError("CHAIN_UNAVAILABLE", f"the chain could not be reached: {exc}"[:300]) from exc
+    return await my_collateral(pool=app[MARKET].pool, market_id=view.market_id, deployment_id=view.deployment_id,
+                               chain=chain, run_on_chain=view.run_on_chain, engine=app[MARKET].engine,
                                member=member, limit=msg.limit)
+
+
+class InlineView:
+    """The worker in this process, seen as the routes see a settlement process (settlement.remote)."""
+
+    def __init__(self, worker: SettlementWorker) -> None:
+        self.worker = worker
+        self.market_id = worker.market_id
+
+    @property
+    def deployment_id(self) -> int | None:
+        return self.worker.deployment_id
+
+    async def status(self) -> dict:
+        return await self.worker.status()
+
+    def metrics(self) -> dict:
+        return self.worker.metrics()
+
+    async def reconcile(self) -> dict:
+        return await run_reconcile(self.worker)
+
+    async def credit_member(self, member: str, amount: int) -> None:
+        await self.worker.credit_member(member, amount)
+
+    async def connect(self) -> Chain:
+        return self.worker.chain
+
+    async def run_on_chain(self, fn, *args):
+        return await self.worker.run_on_chain(fn, *args)
+
+
+async def _start_inline(app: web.Application, chain: Chain | None, publish) -> Callable[[], Awaitable[None]]:
+    """The worker as a task of this process (``settlement_process = "inline"``, or a chain given)."""
+    settings, market = app[SETTINGS], app[MARKET]
+    loop = asyncio.get_running_loop()
+    owned = chain is None  # a chain made here (from the settings) is closed here
+    try:
+        c = chain if chain is not None else await loop.run_in_executor(None, Chain.from_settings, settings)
+    except ChainStoreLocked as exc:
+        log.critical("settlement: %s", exc)
+        raise
+    worker = make_worker(market.pool, settings, c, runtime=market.runtime, publish=publish,
+                         payout_sources=app[PAYOUT_SOURCES])
+    try:
+        await worker.start()
+    except BaseException as exc:
+        if isinstance(exc, SettlementStartError):
+            log.critical("settlement: %s", exc)
+        worker.close()
+        if owned:
+            c.close()
+        raise
+    app[SETTLEMENT] = worker
+    app[VIEW] = InlineView(worker)
+
+    def on_commit(entries: list) -> None:
+        if any(ev.type == "trade" for e in entries for ev in e.events):
+            worker.wake()
+
+    market.runtime.subscribers.append(on_commit)
+    task = asyncio.create_task(worker.run(), name="settlement-worker")
+    log.info("settlement: registry %s on chain %s (%s)", c.registry.address, c.chain_id,
+             settings.chain_rpc_url if not c.is_in_process else
+             f"in-process EVM in {c.store.directory}" if c.store is not None else "in-process EVM in memory")
+
+    async def stop() -> None:
+        worker.stop()
+        try:
+            await asyncio.wait_for(task, 10)
+        except (TimeoutError, Exception):  # noqa: BLE001 - shutting down either way
+            log.exception("settlement worker did not stop cleanly")
+        await worker.shutdown()
+        if owned:
+            c.close()  # the in-process chain's last block is committed and its directory unlocked
+    return stop
+
+
+async def _start_remote(app: web.Application, publish) -> Callable[[], Awaitable[None]]:
+    """Settlement in a process of its own (``child``: started and supervised here; ``external``:
+    the operator runs ``voltbourse settle``): this process applies its engine inbox and serves
+    the subsystem's routes from the settlement process's tables (settlement.remote)."""
+    settings, market = app[SETTINGS], app[MARKET]
+    dsn = market.dsn or settings.database_url
+    market.start_inbox()
+    view = SettlementView(market.pool, settings, dsn, publish=publish)
+    await view.start()
+    app[VIEW] = view
+    supervisor = None
+    if settings.settlement_process == "child":
+        if dsn is None:
+            raise RuntimeError("settlement_process = child needs the database's URL for the settlement process")
+        supervisor = Supervisor(settings, dsn)
+        supervisor.start()
+        app[SUPERVISOR] = supervisor
+    log.info("settlement: in %s (voltbourse settle), market %s",
+             "a child process" if supervisor else "an external process", settings.market_id)
+
+    async def stop() -> None:
+        if supervisor is not None:
+            await supervisor.stop()
+        await view.stop()
+    return stop
 
 
 def settlement_subsystem(*, chain: Chain | None = None) -> Subsystem:
@@ -153,61 +268,20 @@ def settlement_subsystem(*, chain: Chain | None = None) -> Subsystem:
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         settings = app[SETTINGS]
         market = app[MARKET]
-        loop = asyncio.get_running_loop()
-        owned = chain is None  # a chain made here (from the settings) is closed here
-        try:
-            c = chain if chain is not None else await loop.run_in_executor(None, Chain.from_settings, settings)
-        except ChainStoreLocked as exc:
-            log.critical("settlement: %s", exc)
-            raise
         feed = app.get(OPERATOR_FEED)
-        payout_sources = app[PAYOUT_SOURCES]
-        worker = SettlementWorker(
-            market.pool, market.journal.market_id, c, runtime=market.runtime,
-            batch_size=settings.settlement_batch_size, max_age_s=settings.settlement_max_age_s,
-            min_batch=settings.settlement_min_batch, thin_max_age_s=settings.settlement_thin_max_age_s,
-            poll_s=settings.settlement_poll_s, retry_s=settings.settlement_retry_s,
-            retry_max_s=settings.settlement_retry_max_s,
-            publish=(lambda payload: feed.publish("settlement", payload)) if feed is not None else None,
-            payout_sources=payout_sources,
-            # the in-process EVM has eth-tester's fixed chain id; a node must be the signing domain's chain
-            signing_chain_id=None if c.is_in_process else settings.chain_id)
-        try:
-            await worker.start()
-        except BaseException as exc:
-            if isinstance(exc, SettlementStartError):
-                log.critical("settlement: %s", exc)
-            worker.close()
-            if owned:
-                c.close()
-            raise
-        app[SETTLEMENT] = worker
+        publish = (lambda payload: feed.publish("settlement", payload)) if feed is not None else None
+        inline = chain is not None or settings.settlement_process == "inline"
+        stop = await (_start_inline(app, chain, publish) if inline else _start_remote(app, publish))
+        view = app[VIEW]
         registry = app.get(MEMBERS)
         if registry is not None:
-            registry.funder = worker.credit_member  # POST /api/operator/members collateral -> on chain
-        app[PROOFS] = ProofService(market.pool, market.journal.market_id, c, run_chain=worker.run_on_chain)
+            registry.funder = view.credit_member  # POST /api/operator/members collateral -> on chain
+        app[PROOFS] = ProofService(market.pool, market.journal.market_id, None, run_chain=view.run_on_chain)
         metrics = app.get(METRICS)
         if metrics is not None:
-            metrics.registry.register(SettlementCollector(worker))
-
-        def on_commit(entries: list) -> None:
-            if any(ev.type == "trade" for e in entries for ev in e.events):
-                worker.wake()
-
-        market.runtime.subscribers.append(on_commit)
-        task = asyncio.create_task(worker.run(), name="settlement-worker")
-        log.info("settlement: registry %s on chain %s (%s)", c.registry.address, c.chain_id,
-                 settings.chain_rpc_url if not c.is_in_process else
-                 f"in-process EVM in {c.store.directory}" if c.store is not None else "in-process EVM in memory")
+            metrics.registry.register(SettlementCollector(view))
         yield
-        worker.stop()
-        try:
-            await asyncio.wait_for(task, 10)
-        except (TimeoutError, Exception):  # noqa: BLE001 - shutting down either way
-            log.exception("settlement worker did not stop cleanly")
-        await worker.shutdown()
-        if owned:
-            c.close()  # the in-process chain's last block is committed and its directory unlocked
+        await stop()
 
     return Subsystem(
         name="settlement",
@@ -222,19 +296,21 @@ def settlement_subsystem(*, chain: Chain | None = None) -> Subsystem:
 
 
 class SettlementCollector:
-    """Prometheus view of the worker, read at scrape time."""
+    """Prometheus view of the worker (in this process, or as its process last wrote it), read at
+    scrape time."""
 
-    def __init__(self, worker: SettlementWorker) -> None:
-        self.worker = worker
+    def __init__(self, source: SettlementWorker | InlineView | SettlementView) -> None:
+        self.source = source  # anything with metrics() -> dict (SettlementWorker.metrics)
 
     def collect(self) -> Iterator[Metric]:
-        w = self.worker
+        m = self.source.metrics()
+        stats, alerts, blocked_now = m.get("stats", {}), m.get("alerts", {}), m.get("blocked", {})
         for name, key, doc in (
                 ("voltbourse_settlement_batches_anchored", "batches_anchored", "Batches anchored on chain."),
                 ("voltbourse_settlement_trades_anchored", "trades_anchored", "Trades anchored on chain."),
                 ("voltbourse_settlement_gas_used", "gas_used", "Gas used by anchorBatch transactions."),
                 ("voltbourse_settlement_chain_errors", "chain_errors", "Chain errors (each followed by a retry).")):
-            yield CounterMetricFamily(name, doc, value=w.stats[key])
+            yield CounterMetricFamily(name, doc, value=stats.get(key, 0))
         for name, key, doc in (
                 ("voltbourse_settlement_reverts", "reverts", "anchorBatch transactions mined and reverted."),
                 ("voltbourse_settlement_batches_blocked", "batches_blocked",
@@ -246,27 +322,28 @@ class SettlementCollector:
                 ("voltbourse_settlement_rescans", "rescans", "Chain event rescans after a rollback or reorg."),
                 ("voltbourse_settlement_nonce_resets", "nonce_resets",
                  "Operator nonce reset from the node (it was ahead or behind).")):
-            yield CounterMetricFamily(name, doc, value=w.stats[key])
+            yield CounterMetricFamily(name, doc, value=stats.get(key, 0))
         yield GaugeMetricFamily("voltbourse_settlement_alert", "1 while any settlement alert is raised (see "
                                 "voltbourse_settlement_alert_kind and /api/operator/settlement).",
-                                value=1 if w.alert else 0)
+                                value=1 if alerts else 0)
         kinds = GaugeMetricFamily("voltbourse_settlement_alert_kind", "1 for each kind of alert raised now: chain "
-                                  "(errors, retrying), blocked, rollback, mismatch, deployment.", labels=["kind"])
-        for kind in w.alerts:
+                                  "(errors, retrying), blocked, rollback, mismatch, deployment, process (the settlement process is "
+                                  "not running).", labels=["kind"])
+        for kind in alerts:
             kinds.add_metric([kind], 1)
         yield kinds
         yield GaugeMetricFamily("voltbourse_settlement_blocked_batches", "Batches blocked now (their anchorBatch "
-                                "reverts with an error of the contracts).", value=len(w.blocked))
+                                "reverts with an error of the contracts).", value=len(blocked_now))
         blocked = GaugeMetricFamily("voltbourse_settlement_blocked_batch", "1 per blocked batch, labelled with the "
                                     "decoded error's name.", labels=["batch_id", "error"])
-        for bid, err in sorted(w.blocked.items()):
-            blocked.add_metric([str(bid), str(err.get("name") or "unknown")], 1)
+        for bid, name in sorted(blocked_now.items(), key=lambda kv: int(kv[0])):
+            blocked.add_metric([bid, name], 1)
         yield blocked
         yield GaugeMetricFamily("voltbourse_settlement_pending_trades",
-                                "Trades not yet in a batch (as of the last status).", value=w.last_pending)
-        if w.lag_s:
+                                "Trades not yet in a batch (as of the last status).", value=m.get("last_pending", 0))
+        if m.get("last_lag_s") is not None:
             yield GaugeMetricFamily("voltbourse_settlement_last_lag_seconds",
-                                    "Wait of the last anchored batch's oldest trade.", value=w.lag_s[-1])
+                                    "Wait of the last anchored batch's oldest trade.", value=m["last_lag_s"])
 
 
 

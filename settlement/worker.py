@@ -71,9 +71,8 @@ from typing import Any
 import asyncpg
 from web3.logs import DISCARD
 
-from exchange.core.ids import MemberId
-from exchange.core.model import Rejected, UpdateCollateral
-from exchange.runtime.ports import Payout, PayoutSource
+from exchange.runtime.inbox import DirectEngine
+from exchange.runtime.ports import EngineCommands, Payout, PayoutSource
 from settlement.chain import CALL_GAS, Chain, ChainError, EvmTooOld, SendRefused, tx_hash_of, tx_nonce
 from settlement.collateral import record_deposits
 from settlement.merkle import MerkleTree, TradeRecord, leaf
@@ -170,6 +169,7 @@ async def batch_trades(conn, market_id: str, batch_id: int) -> list[TradeRecord]
 
 class SettlementWorker:
     def __init__(self, pool: asyncpg.Pool, market_id: str, chain: Chain, *, runtime=None,
+                 engine: EngineCommands | None = None,
                  batch_size: int = 2000, max_age_s: float = 5.0, min_batch: int = 0,
                  thin_max_age_s: float | None = None, poll_s: float = 0.5,
                  retry_s: float = 1.0, retry_max_s: float = 60.0,
@@ -193,7 +193,10 @@ class SettlementWorker:
         self.payout_sources = payout_sources
         self.market_id = market_id
         self.chain = chain
-        self.runtime = runtime
+        #: where collateral changes go (exchange.runtime.ports.EngineCommands): the runtime itself
+        #: in the exchange's process (``runtime``), the engine inbox from the settlement process
+        self.engine: EngineCommands | None = engine if engine is not None else (
+            DirectEngine(runtime) if runtime is not None else None)
         self.batch_size = batch_size
         self.max_age_s = max_age_s
         #: thin flow: a batch of fewer than ``min_batch`` trades waits past ``max_age_s`` until
@@ -347,9 +350,9 @@ class SettlementWorker:
                 c.operator.address, dep.block)
         self.deploy_block = dep.block
         self._next_check = time.monotonic() + self.check_s
-        if row is not None and self.runtime is not None:
+        if row is not None and self.engine is not None:
             # collateral lived on the old chain: the engine must not keep trusting it
-            for member, acct in sorted(self.runtime.engine.accounts.items()):
+            for member, acct in sorted((await self.engine.accounts()).items()):
                 if acct.collateral:
                     await self._engine_collateral(member)
         log.info("settlement: deployed EuroCredit %s and SettlementRegistry %s on chain %s",
@@ -457,17 +460,17 @@ class SettlementWorker:
                 "ORDER BY cmd_seq LIMIT $3) j", self.market_id, cursor, limit)
             if last is None:
                 return False
+            # signatures of signed orders, and orders a member's trading agent placed under a
+            # delegation (shown with their proofs): one pass over the events
             await conn.execute(
-                "INSERT INTO order_signatures (market_id, order_id, signature) "
-                "SELECT $1, (e->>'order_id')::bigint, e->>'signature' FROM journal j, jsonb_array_elements(j.events) e "
-                "WHERE j.market_id = $1 AND j.last_seq > $2 AND j.last_seq <= $3 "
-                "AND e->>'type' = 'order_accepted' AND e->>'signature' IS NOT NULL "
-                "ON CONFLICT DO NOTHING", self.market_id, cursor, last)
-            # orders a member's trading agent placed under a delegation (shown with their proofs)
-            await conn.execute(
+                "WITH ev AS MATERIALIZED (SELECT e FROM journal j, jsonb_array_elements(j.events) e "
+                "  WHERE j.market_id = $1 AND j.last_seq > $2 AND j.last_seq <= $3 "
+                "  AND e->>'type' IN ('order_accepted', 'order_delegated')), "
+                "sig AS (INSERT INTO order_signatures (market_id, order_id, signature) "
+                "  SELECT $1, (e->>'order_id')::bigint, e->>'signature' FROM ev "
+                "  WHERE e->>'type' = 'order_accepted' AND e->>'signature' IS NOT NULL ON CONFLICT DO NOTHING) "
                 "INSERT INTO order_delegations (market_id, order_id, delegation) "
-                "SELECT $1, (e->>'order_id')::bigint, e->>'delegation' FROM journal j, jsonb_array_elements(j.events) e "
-                "WHERE j.market_id = $1 AND j.last_seq > $2 AND j.last_seq <= $3 AND e->>'type' = 'order_delegated' "
+                "SELECT $1, (e->>'order_id')::bigint, e->>'delegation' FROM ev WHERE e->>'type' = 'order_delegated' "
                 "ON CONFLICT DO NOTHING", self.market_id, cursor, last)
             await conn.execute(
                 "INSERT INTO consumer_cursors (consumer, market_id, seq) VALUES ($1, $2, $3) "
@@ -783,7 +786,7 @@ class SettlementWorker:
         self._rechecked_at[batch_id] = time.monotonic()
         log.error("settlement: batch %d blocked: %s", batch_id, text)
         member = revert.args.get("member") if revert.name == "InsufficientCollateral" else None
-        if member and self.runtime is not None and member in self.runtime.engine.accounts:
+        if member and self.engine is not None:
             # the engine still counts money the chain does not have: bring it down to the
             # chain's, so the member cannot trade further on it while the batch waits
             await self._engine_collateral(member)
@@ -875,31 +878,32 @@ class SettlementWorker:
             "AND deployment_id = $2 AND member = $3 AND state = 'reserved'",
             self.market_id, self.deployment_id, member)
 
-    async def _engine_collateral(self, member: str, *, settled: int = 0, ref: int = 0, withdrawal: int = 0):
+    async def _engine_collateral(self, member: str, *, settled: int = 0, ref: int = 0, withdrawal: int = 0,
+                                 key: str | None = None) -> str | None:
         """Submit the member's collateral as the chain has it, minus reserved withdrawals and
         minus the nets of batches anchored after ``ref`` whose payable the engine has not
         been told about yet (those come with their own update): collateral and payable
-        must describe the same set of settled batches."""
+        must describe the same set of settled batches. ``key``: the update's idempotency key
+        (the engine inbox applies a key once; None: a fresh one). The engine's refusal or None."""
+        assert self.engine is not None
         chain_collateral = await self._chain(self.chain.collateral, member)
         unapplied = await self.pool.fetchval(
             "SELECT coalesce(sum((n->>1)::numeric), 0)::bigint FROM settlement_batches b, jsonb_array_elements(b.nets) n "
             "WHERE b.market_id = $1 AND b.state = 'anchored' AND NOT b.collateral_applied AND b.batch_id > $2 "
             "AND n->>0 = $3", self.market_id, ref, member)
         collateral = chain_collateral - unapplied - await self._reserved(member) - withdrawal
-        res = await self.runtime.submit(UpdateCollateral(0, member=MemberId(member), collateral=max(collateral, 0),
-                                                         settled_payable=settled, settlement_ref=ref,
-                                                         withdrawal=withdrawal))
-        return next((ev for ev in res.events if type(ev) is Rejected), None)
+        return await self.engine.update_collateral(key, member, max(collateral, 0), settled_payable=settled,
+                                                   settlement_ref=ref, withdrawal=withdrawal)
 
     async def apply_collateral(self) -> bool:
         """Tell the engine about anchored batches, each member's in batch order: a batch
         waits while an earlier batch with one of its members is not anchored (blocked, in
         flight, or lost in a rollback), since the engine applies a member's settlement refs
         as a high-water mark and would skip the earlier one's payable."""
-        if self.runtime is None:
+        if self.engine is None:
             return False
         rows = await self.pool.fetch(
-            "SELECT batch_id, nets, state FROM settlement_batches WHERE market_id = $1 "
+            "SELECT batch_id, nets, state, block_number FROM settlement_batches WHERE market_id = $1 "
             "AND (state <> 'anchored' OR NOT collateral_applied) ORDER BY batch_id", self.market_id)
         held: set[str] = set()
         applied = False
@@ -909,12 +913,13 @@ class SettlementWorker:
                 held |= members
                 continue
             # one command per member, committed together (the engine applies each ref once)
-            results = await asyncio.gather(*(self._engine_collateral(member, settled=-amount, ref=b["batch_id"])
-                                             for member, amount in b["nets"]))
+            results = await asyncio.gather(*(self._engine_collateral(
+                member, settled=-amount, ref=b["batch_id"], key=f"batch:{b['batch_id']}:{b['block_number']}:{member}")
+                for member, amount in b["nets"]))
             for (member, _), rejected in zip(b["nets"], results):
                 if rejected is not None:
                     log.warning("settlement: engine refused collateral of %s after batch %d: %s", member,
-                                b["batch_id"], rejected.detail)
+                                b["batch_id"], rejected)
             self.fault("after_collateral")
             await self.pool.execute("UPDATE settlement_batches SET collateral_applied = true "
                                     "WHERE market_id = $1 AND batch_id = $2", self.market_id, b["batch_id"])
@@ -943,10 +948,9 @@ class SettlementWorker:
                         # its open buys and unsettled trades (or a later batch could not be
                         # anchored), and one member's empty account must not block the others.
                         have = await self._chain(self.chain.collateral, r["member"])
-                        acct = self.runtime.engine.accounts.get(r["member"]) if self.runtime else None
+                        acct = (await self.engine.accounts([r["member"]])).get(r["member"]) if self.engine else None
                         if acct is not None:
-                            have = min(have, max(0, acct.collateral - acct.open_exposure
-                                                 - max(acct.net_payable, 0)))
+                            have = min(have, acct.free)
                         if -a > have:
                             log.warning("settlement: event %d penalty of %s is %d, only %d free collateral; "
                                         "%d is not collected", event_id, r["member"], -a, have, -a - have)
@@ -960,7 +964,7 @@ class SettlementWorker:
                     await self._chain(self._operator_tx, reg.functions.settlePayouts(
                         event_id, members, amounts), 100_000 + 40_000 * len(members))
             await self.payout_sources[source_no].mark_settled([r["payout_id"] for r in payouts], event_id)
-            if self.runtime is not None:
+            if self.engine is not None:
                 for r in payouts:
                     await self._engine_collateral(r["member"])
             log.info("settlement: flexibility event %d payouts settled on chain (%d members)", event_id,
@@ -972,7 +976,7 @@ class SettlementWorker:
         the engine gets it from the chain (not from the caller)."""
         async with self._tx_lock:
             await self._chain(self.chain.credit_member, member, amount)
-        if self.runtime is not None:
+        if self.engine is not None:
             await self._engine_collateral(member)
 
     def _fund_operator(self, amount: int) -> None:
@@ -1024,11 +1028,11 @@ class SettlementWorker:
                 "VALUES ($1, $2, $3, $4, $5, 'requested') ON CONFLICT DO NOTHING", self.market_id,
                 self.deployment_id, ev["args"]["requestId"], ev["args"]["member"], ev["args"]["amount"])
         await record_deposits(self.pool, self.market_id, self.deployment_id, start, deposits)  # members' view
-        if self.runtime is not None:
+        if self.engine is not None:
             for member in sorted({ev["args"]["member"] for ev in deposits}):
                 rejected = await self._engine_collateral(member)
                 if rejected is not None:
-                    log.warning("settlement: deposit of %s not applied: %s", member, rejected.detail)
+                    log.warning("settlement: deposit of %s not applied: %s", member, rejected)
         await self._save_cursor(to, to_hash)
         return bool(deposits or requests)
 
@@ -1055,13 +1059,16 @@ class SettlementWorker:
                 await self._set_withdrawal(rid, "executed" if status == 2 else "rejected", w["reason"])
                 continue
             if w["state"] == "requested":
-                if self.runtime is None:
+                if self.engine is None:
                     continue
-                rejected = await self._engine_collateral(member, withdrawal=amount)
+                # keyed by the request: a crash before 'reserved' is recorded finds the engine's first answer
+                rejected = await self._engine_collateral(member, withdrawal=amount,
+                                                         key=f"withdrawal:{self.deployment_id}:{rid}:{member}:{amount}")
                 if rejected is not None:
+                    detail = rejected.split(": ", 1)[-1]
                     async with self._tx_lock:
-                        await self._chain(self._operator_tx, reg.functions.rejectWithdrawal(rid, rejected.detail[:200]))
-                    await self._set_withdrawal(rid, "rejected", rejected.detail)
+                        await self._chain(self._operator_tx, reg.functions.rejectWithdrawal(rid, detail[:200]))
+                    await self._set_withdrawal(rid, "rejected", detail)
                     continue
                 await self._set_withdrawal(rid, "reserved", None)
             async with self._tx_lock:
@@ -1083,7 +1090,7 @@ class SettlementWorker:
                 "INSERT INTO settlement_withdrawals (market_id, deployment_id, request_id, member, amount, state) "
                 "VALUES ($1, $2, $3, $4, $5, 'requested') ON CONFLICT DO NOTHING", self.market_id,
                 self.deployment_id, rid, c_member, c_amount)
-        if self.runtime is not None:
+        if self.engine is not None:
             await self._engine_collateral(w["member"])
 
     def _operator_tx(self, call, gas: int = CALL_GAS):
@@ -1241,7 +1248,15 @@ class SettlementWorker:
             "registry": self.chain.registry.address if self.chain.attached else None,
             "token": self.chain.token.address if self.chain.attached else None,
             "updated_at": datetime.now(UTC).isoformat(),
+            "metrics": self.metrics(),
         }
+
+    def metrics(self) -> dict[str, Any]:
+        """What the Prometheus collector shows (settlement.plugin.SettlementCollector), as JSON:
+        read live in the exchange's process, from ``settlement_status`` beside it."""
+        return {"stats": dict(self.stats), "alerts": self.alerts, "last_pending": self.last_pending,
+                "blocked": {str(bid): str(err.get("name") or "unknown") for bid, err in sorted(self.blocked.items())},
+                "last_lag_s": self.lag_s[-1] if self.lag_s else None}
 
     def _publish(self) -> None:
         if self.publish is None:

@@ -22,6 +22,7 @@ from exchange.flexibility import protocol as msgs
 from exchange.flexibility.core import DeliveryKind, Direction, FlexConfig
 from exchange.flexibility.market import BalancingMarket
 from exchange.flexibility.service import FlexError, FlexService, offer_json
+from exchange.flexibility.store import FlexStore
 from exchange.gateway.feed import OPERATOR_FEED
 from exchange.gateway.http import ANY_OBJECT, ApiError, Route, array, json_response, read_body, read_query
 from exchange.gateway.keys import BILL_ITEM_SOURCES, MARKET, PAYOUT_SOURCES
@@ -328,6 +329,7 @@ def flexibility_subsystem(*, config: FlexConfig | None = None, market: Balancing
         migrations=Path(__file__).resolve().parent / "migrations",
         lifecycle=lifecycle,
         commands=flex_cli.add_commands,
+        payout_source=FlexStore,  # settlement's own process pays the same rows
     )
 
 

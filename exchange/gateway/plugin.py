@@ -16,6 +16,9 @@ value, built in its own package and listed once in the composition root
 - ``lifecycle``: an aiohttp ``cleanup_ctx`` generator (start before serving, stop
   after): build the subsystem's services from ``app[MARKET]``/``app[SETTINGS]`` there;
 - ``commands``: ``add_commands(sub, bench_sub)`` for the ``voltbourse`` CLI;
+- ``payout_source``: ``(pool, market_id) -> PayoutSource`` when settlement pays its payouts
+  (exchange.runtime.ports): how the settlement process, which has no app, builds the same
+  source the subsystem's lifecycle registers in ``PAYOUT_SOURCES``;
 - ``enabled``: whether it runs with these settings (its messages and routes stay in
   the published schemas either way; a disabled subsystem's messages answer
   ``UNAVAILABLE`` and its routes are not served).
@@ -72,6 +75,7 @@ class Subsystem:
     migrations: Path | None = None
     lifecycle: Lifecycle | None = None
     commands: AddCommands | None = None
+    payout_source: Callable[[Any, str], Any] | None = None
     enabled: Callable[[Settings], bool] = _always
 
 

@@ -656,6 +656,7 @@ def metering_subsystem() -> Subsystem:
         migrations=Path(__file__).resolve().parent / "migrations",
         lifecycle=lifecycle,
         commands=metering_cli.add_commands,
+        payout_source=MeteringStore,  # settlement's own process collects the same charges
     )
 
 

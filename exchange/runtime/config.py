@@ -180,6 +180,15 @@ class Settings(BaseSettings):
     # --- settlement (settlement/, docs/settlement.md) --------------------------
     #: anchor and settle trades on chain; the chain then owns members' collateral
     settlement_enabled: bool = True
+    #: where the settlement worker runs: "child" (a `voltbourse settle` process that `serve` starts,
+    #: supervises and stops), "external" (the operator runs `voltbourse settle` on its own against
+    #: the same database), "inline" (a task in the exchange's process, as before: tests, the demo)
+    settlement_process: Literal["child", "external", "inline"] = "child"
+    #: the settlement process's CPU niceness (added to its own at start): on a machine whose cores the
+    #: exchange needs, chain work yields to the order path and catches up when they are free; 0: as is
+    settlement_nice: int = Field(10, ge=0, le=19)
+    #: the port `voltbourse settle` serves its in-process chain on (JSON-RPC, 127.0.0.1); 0: a free one
+    settlement_rpc_port: int = Field(0, ge=0, le=65535)
     #: JSON-RPC node to use; unset: an in-process py-evm chain (eth-tester), kept in chain_data_dir
     chain_rpc_url: str | None = None
     #: directory of the in-process chain (its blocks and state, reopened at every start); unset:

@@ -67,7 +67,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 #: The tables of the current schema (alembic/versions), in creation order.
-CORE_TABLES = ("markets", "journal", "trades", "consumer_cursors", "members", "snapshots", "platform_markets")
+CORE_TABLES = ("markets", "journal", "trades", "consumer_cursors", "members", "snapshots", "platform_markets",
+               "engine_inbox")
 TABLES = CORE_TABLES  # the runtime's own; subsystems list theirs in <package>/migrations/__init__.py
 
 HANDLE_PIDS_FILE = ".handle_pids.json"

@@ -4,7 +4,7 @@ implementations (``exchange.gateway.keys.PAYOUT_SOURCES``)."""
 
 from __future__ import annotations
 
-from typing import Protocol, TypedDict
+from typing import NamedTuple, Protocol, TypedDict
 
 
 class Payout(TypedDict):
@@ -73,4 +73,33 @@ class OutlookSource(Protocol):
     async def outlook(self, member: str, intervals: list[tuple[int, int]], now_us: int) -> list[Outlook] | None:
         """One outlook per interval, in order, using only what was known before ``now_us``;
         None when this source knows nothing of the member (no metering point)."""
+        ...
+
+
+class AccountView(NamedTuple):
+    """The engine's view of a member's account (money units of 1e-8 EUR)."""
+
+    collateral: int
+    open_exposure: int
+    net_payable: int
+
+    @property
+    def free(self) -> int:
+        """What is free to trade or to take: collateral not backing open buys or unsettled payable."""
+        return max(0, self.collateral - self.open_exposure - max(self.net_payable, 0))
+
+
+class EngineCommands(Protocol):
+    """The engine, for a subsystem that feeds it from outside the order path (settlement): in
+    the writer's process straight to the runtime (``exchange.runtime.inbox.DirectEngine``),
+    from another process through the durable engine inbox (``InboxEngine``, docs/settlement.md)."""
+
+    async def update_collateral(self, key: str | None, member: str, collateral: int, *, settled_payable: int = 0,
+                                settlement_ref: int = 0, withdrawal: int = 0) -> str | None:
+        """Apply ``UpdateCollateral`` once per ``key`` (None: a fresh key; posting a key again
+        is a no-op with the first outcome) and wait for it; the refusal (``"REASON: detail"``) or None."""
+        ...
+
+    async def accounts(self, members: list[str] | None = None) -> dict[str, AccountView]:
+        """The engine's accounts of ``members`` (None: every member it knows)."""
         ...

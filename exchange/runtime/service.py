@@ -23,6 +23,7 @@ from exchange.runtime.clock import Clock, RealClock, SimClock
 from exchange.runtime.committer import GroupCommitter
 from exchange.runtime.config import Settings
 from exchange.runtime.db import create_pool
+from exchange.runtime.inbox import InboxConsumer
 from exchange.runtime.journal import Journal
 from exchange.runtime.market import MarketRuntime
 from exchange.runtime.snapshots import SnapshotStore, Snapshotter
@@ -100,6 +101,16 @@ class Market:
     snapshotter: Snapshotter | None = None
     _snapshot_task: asyncio.Task | None = None
     owns_pools: bool = True
+    dsn: str | None = None  # for connections of its own (the engine inbox's LISTEN)
+    inbox: InboxConsumer | None = None
+
+    def start_inbox(self) -> InboxConsumer:
+        """Apply the engine inbox's rows (commands posted by other processes: the settlement
+        process) to this market; started by the subsystem that needs it, stopped with the market."""
+        if self.inbox is None:
+            self.inbox = InboxConsumer(self.runtime, self.pool, self.journal.market_id, self.dsn)
+            self.inbox.start()
+        return self.inbox
 
     def start_snapshots(self) -> None:
         if self.snapshotter is not None and self._snapshot_task is None:
@@ -110,6 +121,9 @@ class Market:
         return self.runtime.engine
 
     async def close(self) -> None:
+        if self.inbox is not None:
+            await self.inbox.stop()
+            self.inbox = None
         if self._snapshot_task is not None:
             self._snapshot_task.cancel()
             await asyncio.gather(self._snapshot_task, return_exceptions=True)
@@ -157,6 +171,6 @@ async def open_market(dsn: str, settings: Settings, clock: Clock | None = None, 
             await pool.close()
         raise
     market = Market(pool, journal, runtime, read_pool, TradeStore(read_pool, settings.market_id), snapshotter,
-                    owns_pools=owns)
+                    owns_pools=owns, dsn=dsn)
     market.start_snapshots()
     return market

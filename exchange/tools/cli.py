@@ -3,6 +3,7 @@
     voltbourse [--log-level LEVEL] [--config FILE] COMMAND ...
 
     serve [--host H] [--port P]        run the exchange (gateway, engine, journal)
+    settle                             the market's settlement in its own process (serve starts it)
     demo [--speed N] [--duration S] [--members N]
                                        a simulated community trading on a sim clock
     bench engine [--json] [--commands N] [--seed N]
@@ -39,6 +40,7 @@ from exchange.tools import bench, docs, snapshots_cli
 from exchange.tools.demo import run_demo
 from exchange.tools.platform import subsystems
 from exchange.tools.server import serve
+from exchange.tools.settle import settle
 
 log = logging.getLogger("voltbourse")
 
@@ -60,6 +62,10 @@ def _finish(result: Any) -> int:
 
 
 # --------------------------------------------------------------------------- handlers
+
+
+def cmd_settle(args: argparse.Namespace) -> int:
+    return settle()
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -142,6 +148,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", help="listen address (default: settings.host)")
     p.add_argument("--port", type=int, help="listen port (default: settings.port)")
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("settle", help="run the market's settlement in its own process (serve starts one)")
+    p.set_defaults(func=cmd_settle)
 
     p = sub.add_parser("demo", help="simulated community trading on a fast clock")
     p.add_argument("--speed", type=int, default=DEFAULT_DEMO_SPEED, help="simulated seconds per wall second")

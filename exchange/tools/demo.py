@@ -397,7 +397,9 @@ def run_demo(settings: Settings, speed: int = 600, duration: float = 60.0, membe
     demo_login = settings.portal_demo_login or SecretStr(secrets.token_urlsafe(18))
     settings = settings.model_copy(update={"market_id": market_id, "gate": "rolling", "gate_rolling_minutes": 60,
                                            "clock": "sim", "sim_speed": speed, "operator_token": token,
-                                           "portal_demo_login": demo_login})
+                                           "portal_demo_login": demo_login,
+                                           # the demo watches the worker itself (counts, credits, reconcile)
+                                           "settlement_process": "inline"})
     with database(settings) as dsn:
         upgrade(dsn)
         return run_async(_demo(dsn, settings, speed, duration, members))

@@ -2,4 +2,4 @@
 
 TABLES: tuple[str, ...] = (
     "settlement_deployments", "order_signatures", "settlement_batches", "settlement_withdrawals",
-    "order_delegations", "settlement_deposits")
+    "order_delegations", "settlement_deposits", "settlement_status", "settlement_requests")

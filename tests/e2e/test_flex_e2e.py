@@ -45,7 +45,7 @@ async def until(pred, timeout=5.0):
 
 async def test_demand_response_event_end_to_end(serve, pool):
     clock = ManualClock(T)
-    async with serve(market_id="flex-e2e", clock=clock, settlement_enabled=True, settlement_max_age_s=0.2,
+    async with serve(market_id="flex-e2e", clock=clock, settlement_enabled=True, settlement_process="inline", settlement_max_age_s=0.2,
                      settlement_poll_s=0.05,
                      # with settlement on, collateral comes from the chain only
                      members=[member(k, collateral=None) for k in KEYS]) as server:

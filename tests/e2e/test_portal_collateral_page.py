@@ -22,7 +22,7 @@ from settlement.plugin import SETTLEMENT
 pytestmark = pytest.mark.e2e
 
 A, B = KEYS[:2]
-SETTLED = {"market_id": "portal-coll", "settlement_enabled": True, "settlement_poll_s": 0.05,
+SETTLED = {"market_id": "portal-coll", "settlement_enabled": True, "settlement_process": "inline", "settlement_poll_s": 0.05,
            "settlement_batch_size": 10_000, "settlement_max_age_s": 3600,
            "members": [member(k, collateral=None) for k in KEYS[:3]], "via": "runtime"}
 

@@ -420,7 +420,7 @@ async def test_energy_and_a_bill_whose_total_matches_the_rest_bill(server, brows
 # --------------------------------------------------------------------------- proofs
 
 
-@pytest.mark.server(settlement_enabled=True, settlement_batch_size=4, settlement_max_age_s=0.2,
+@pytest.mark.server(settlement_enabled=True, settlement_process="inline", settlement_batch_size=4, settlement_max_age_s=0.2,
                     settlement_poll_s=0.05, members=[member(k, collateral=None) for k in KEYS[:3]], via="runtime")
 async def test_a_trade_proof_is_verified_in_the_browser(server, browser, pool):
     from settlement.plugin import SETTLEMENT

@@ -36,7 +36,7 @@ async def _until(pred, timeout=20.0):
 
 
 async def test_deposits_trades_settle_and_members_prove_them(serve, pool):
-    async with serve(market_id="sa", members=[member(k, collateral=None) for k in KEYS], settlement_enabled=True,
+    async with serve(market_id="sa", members=[member(k, collateral=None) for k in KEYS], settlement_enabled=True, settlement_process="inline",
                      settlement_batch_size=4, settlement_max_age_s=0.2, settlement_poll_s=0.05) as server, \
             aiohttp.ClientSession() as http:
         market = server.market

@@ -44,22 +44,23 @@ def _free_port() -> int:
 class Server:
     """One `voltbourse serve` process after another on the same database, data dir and port."""
 
-    def __init__(self, pg_dsn: str, data_dir: Path) -> None:
+    def __init__(self, pg_dsn: str, data_dir: Path, market: str = MARKET, **env: str) -> None:
         self.data_dir = data_dir
+        self.market = market
         self.port = _free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.env = dict(os.environ, VOLTBOURSE_DATABASE_URL=pg_dsn, VOLTBOURSE_DATA_DIR=str(data_dir),
                         VOLTBOURSE_PORT=str(self.port), VOLTBOURSE_OPERATOR_TOKEN=OPERATOR_TOKEN,
-                        VOLTBOURSE_MARKET_ID=MARKET, VOLTBOURSE_GATE="rolling",
+                        VOLTBOURSE_MARKET_ID=market, VOLTBOURSE_GATE="rolling",
                         VOLTBOURSE_SETTLEMENT_ENABLED="true", VOLTBOURSE_SETTLEMENT_BATCH_SIZE="8",
-                        VOLTBOURSE_SETTLEMENT_MAX_AGE_S="0.3", VOLTBOURSE_SETTLEMENT_POLL_S="0.05")
+                        VOLTBOURSE_SETTLEMENT_MAX_AGE_S="0.3", VOLTBOURSE_SETTLEMENT_POLL_S="0.05", **env)
         self.env.pop("VOLTBOURSE_CHAIN_DATA_DIR", None)  # the default: <data_dir>/chain/<market>
         self.proc: subprocess.Popen | None = None
         self.starts = 0
 
     @property
     def chain_dir(self) -> Path:
-        return self.data_dir / "chain" / MARKET
+        return self.data_dir / "chain" / self.market
 
     async def start(self, http: aiohttp.ClientSession) -> None:
         self.starts += 1
@@ -138,7 +139,7 @@ async def _settled(server: Server, http: aiohttp.ClientSession, pool, timeout: f
         left = await pool.fetchval(
             "SELECT (SELECT count(*) FROM trades WHERE market_id = $1 AND batch_id IS NULL) + "
             "(SELECT count(*) FROM settlement_batches WHERE market_id = $1 "
-            " AND (state <> 'anchored' OR NOT collateral_applied))", MARKET)
+            " AND (state <> 'anchored' OR NOT collateral_applied))", server.market)
         status = await server.get(http, "/api/operator/settlement")
         if left == 0 and status["pending_trades"] == 0 and not status["alert"]:
             return
@@ -151,18 +152,18 @@ async def _collateral(server: Server, http: aiohttp.ClientSession) -> dict[str, 
             for k in TRADERS}
 
 
-async def _moved_since(pool, trade_id: int) -> dict[str, int]:
+async def _moved_since(pool, trade_id: int, market: str = MARKET) -> dict[str, int]:
     """Each trader's collateral change from the trades after ``trade_id`` (buyer pays Wh x ticks)."""
     moved: dict[str, int] = defaultdict(int)
     for t in await pool.fetch("SELECT buyer, seller, energy_wh, price_ticks FROM trades WHERE market_id = $1 "
-                              "AND trade_id > $2", MARKET, trade_id):
+                              "AND trade_id > $2", market, trade_id):
         moved[t["buyer"]] -= t["energy_wh"] * t["price_ticks"]
         moved[t["seller"]] += t["energy_wh"] * t["price_ticks"]
     return moved
 
 
 async def _proofs(server: Server, http: aiohttp.ClientSession, pool) -> list[dict]:
-    ids = await pool.fetch("SELECT trade_id FROM trades WHERE market_id = $1 ORDER BY trade_id", MARKET)
+    ids = await pool.fetch("SELECT trade_id FROM trades WHERE market_id = $1 ORDER BY trade_id", server.market)
     return [await server.get(http, f"/api/operator/trades/{r['trade_id']}/proof") for r in ids]
 
 

@@ -22,7 +22,7 @@ from settlement.plugin import SETTLEMENT
 pytestmark = pytest.mark.integration
 
 A, B, C = KEYS[:3]
-SETTLED = {"settlement_enabled": True, "settlement_poll_s": 0.05,
+SETTLED = {"settlement_enabled": True, "settlement_process": "inline", "settlement_poll_s": 0.05,
            # nothing is anchored during the test: the trades stay unsettled (net payable)
            "settlement_batch_size": 10_000, "settlement_max_age_s": 3600,
            "members": [member(k, collateral=None) for k in KEYS[:3]], "via": "runtime"}

@@ -154,7 +154,7 @@ async def test_new_limits_replace_the_old_orders(server, http):
     assert buys and all(p == 9_000 for p in buys)
 
 
-@pytest.mark.server(settlement_enabled=True, settlement_batch_size=2, settlement_max_age_s=0.2,
+@pytest.mark.server(settlement_enabled=True, settlement_process="inline", settlement_batch_size=2, settlement_max_age_s=0.2,
                     settlement_poll_s=0.05, members=[member(k, collateral=None) for k in KEYS[:3]], via="runtime")
 async def test_the_proof_of_an_agents_trade_names_its_delegation(server, http):
     """Settlement copies order_delegated into its tables: the trade's proof names the
