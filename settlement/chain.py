@@ -25,18 +25,22 @@ from typing import Any
 import rlp
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
-from eth_tester import EthereumTester, PyEVMBackend
+from eth_tester import EthereumTester
 from eth_typing import HexStr
 from eth_utils import keccak
 from web3 import EthereumTesterProvider, HTTPProvider, Web3
 from web3.contract import Contract
 from web3.exceptions import TimeExhausted, TransactionNotFound
+from web3.providers.eth_tester.defaults import API_ENDPOINTS, static_return
 from web3.types import Wei
 
 from exchange.runtime.config import Settings
-from settlement.chainstore import PersistentPyEVMBackend, SqliteChainDB
+from settlement.chainstore import EphemeralPyEVMBackend, PersistentPyEVMBackend, SqliteChainDB
 from settlement.compiler import Artifact, load_artifacts
 from settlement.reverts import ALREADY_KNOWN, OTHER, Revert, RevertDecoder, classify_send_error, revert_data
+
+#: the in-process chain's id when none is given: the settings' default signing domain
+DEFAULT_CHAIN_ID = Settings.model_fields["chain_id"].default
 
 log = logging.getLogger(__name__)
 
@@ -154,15 +158,21 @@ class Chain:
     # ------------------------------------------------------------------ construction
     @classmethod
     def in_process(cls, operator_key: str | None = None, artifacts: dict[str, Artifact] | None = None,
-                   data_dir: Path | None = None) -> Chain:
+                   data_dir: Path | None = None, chain_id: int = DEFAULT_CHAIN_ID) -> Chain:
         """The in-process py-evm chain: in memory (empty, gone with the process) without
         ``data_dir``; else stored in ``data_dir`` (created if missing, locked while open) and
-        resumed from its last block when it holds one. :meth:`close` releases it."""
+        resumed from its last block when it holds one. :meth:`close` releases it. Its chain id
+        is ``chain_id`` (the signing domain's), except for a store created before the chain
+        took it (eth-tester's fixed id, recorded with its deployment)."""
         store = SqliteChainDB(data_dir) if data_dir is not None else None
         try:
-            backend = PyEVMBackend() if store is None else PersistentPyEVMBackend(store)
+            backend = (EphemeralPyEVMBackend(chain_id) if store is None
+                       else PersistentPyEVMBackend(store, chain_id))
             tester = EthereumTester(backend)
-            w3 = Web3(EthereumTesterProvider(tester))
+            # eth_chainId answers the chain's own id (web3's tester provider has a fixed one)
+            endpoints = {**API_ENDPOINTS, "eth": {**API_ENDPOINTS["eth"],
+                                                  "chainId": static_return(backend.chain.chain_id)}}
+            w3 = Web3(EthereumTesterProvider(tester, api_endpoints=endpoints))
             # eth-tester charges eth_call to its sender's balance: read from the faucet account,
             # so reads keep working whatever the operator's balance
             w3.eth.default_account = w3.eth.accounts[-1]
@@ -190,7 +200,7 @@ class Chain:
             if not key:
                 raise ValueError("chain_rpc_url needs chain_operator_key (VOLTBOURSE_CHAIN_OPERATOR_KEY)")
             return cls.rpc(settings.chain_rpc_url, key, artifacts)
-        return cls.in_process(key, artifacts, chain_data_path(settings))
+        return cls.in_process(key, artifacts, chain_data_path(settings), settings.chain_id)
 
     def close(self) -> None:
         """Release what the chain holds: the in-process chain's store is committed and

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from eth.abc import AtomicWriteBatchAPI
-from eth.db.atomic import AtomicDBWriteBatch
+from eth.db.atomic import AtomicDB, AtomicDBWriteBatch
 from eth.db.backends.base import BaseAtomicDB
 from eth.db.schema import SchemaV1
 from eth.exceptions import TransactionNotFound as EVMTransactionNotFound
@@ -53,6 +53,11 @@ from eth_tester.exceptions import TransactionNotFound
 DB_FILE = "chain.sqlite3"
 LOCK_FILE = "LOCK"
 HEAD_KEY = SchemaV1.make_canonical_head_hash_lookup_key()
+#: eth-tester's fixed chain id: the in-process chain's before it took the signing domain's,
+#: kept by a store created then (its deployment is recorded under it)
+TESTER_CHAIN_ID = 131277322940537
+#: where a store records its chain id (not a 32-byte hash: no py-evm key looks like it)
+CHAIN_ID_KEY = b"voltbourse:chain-id"
 
 
 class ChainStoreLocked(RuntimeError):
@@ -202,12 +207,38 @@ def _lock_dir(directory: Path) -> int:
     return fd
 
 
+def _chain_class(scratch: Any, chain_id: int) -> Any:
+    """eth-tester's chain class (its VMs, its header rules) with our chain id."""
+    base = type(scratch)
+    return type(base.__name__, (base,), {"chain_id": chain_id})
+
+
+class EphemeralPyEVMBackend(PyEVMBackend):
+    """eth-tester's py-evm backend in memory, with the chain id of the signing domain (the
+    tester's own is a fixed 131277322940537)."""
+
+    def __init__(self, chain_id: int) -> None:
+        self.wanted_chain_id = chain_id
+        super().__init__()
+
+    def reset_to_genesis(self, genesis_params: Any = None, genesis_state: Any = None, num_accounts: Any = None,
+                         vm_configuration: Any = None, mnemonic: Any = None, hd_path: Any = None) -> None:
+        keys, scratch = setup_tester_chain(genesis_params, genesis_state, num_accounts, vm_configuration,
+                                           mnemonic, hd_path)
+        self.account_keys = keys
+        self.chain = _chain_class(scratch, self.wanted_chain_id).from_genesis(
+            AtomicDB(), genesis_params or get_default_genesis_params(),
+            genesis_state or generate_genesis_state_for_keys(keys))
+
+
 class PersistentPyEVMBackend(PyEVMBackend):
     """eth-tester's py-evm backend (same chain class, accounts, genesis and forks) over a
-    :class:`SqliteChainDB`: a new store gets the genesis, an existing one is resumed."""
+    :class:`SqliteChainDB`: a new store gets the genesis and ``chain_id`` (recorded in the
+    store), an existing one is resumed with the chain id it was created with."""
 
-    def __init__(self, db: SqliteChainDB) -> None:
+    def __init__(self, db: SqliteChainDB, chain_id: int = TESTER_CHAIN_ID) -> None:
         self.db = db
+        self.wanted_chain_id = chain_id
         super().__init__()
 
     def reset_to_genesis(self, genesis_params: Any = None, genesis_state: Any = None, num_accounts: Any = None,
@@ -216,12 +247,15 @@ class PersistentPyEVMBackend(PyEVMBackend):
         keys, scratch = setup_tester_chain(genesis_params, genesis_state, num_accounts, vm_configuration,
                                            mnemonic, hd_path)
         self.account_keys = keys
-        chain_class = type(scratch)
-        if self.db.has_chain():
-            self.chain = chain_class(self.db)  # resumes at the committed canonical head
+        if self.db.has_chain():  # resumes at the committed canonical head, with its chain id
+            recorded = self.db.get(CHAIN_ID_KEY)
+            chain_id = int(recorded) if recorded is not None else TESTER_CHAIN_ID
+            self.chain = _chain_class(scratch, chain_id)(self.db)
         else:
-            self.chain = chain_class.from_genesis(self.db, genesis_params or get_default_genesis_params(),
-                                                  genesis_state or generate_genesis_state_for_keys(keys))
+            self.chain = _chain_class(scratch, self.wanted_chain_id).from_genesis(
+                self.db, genesis_params or get_default_genesis_params(),
+                genesis_state or generate_genesis_state_for_keys(keys))
+            self.db[CHAIN_ID_KEY] = str(self.wanted_chain_id).encode()
             self.db.commit()
 
     def _locate(self, transaction_hash: bytes) -> tuple[Any, Any, int]:

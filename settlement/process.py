@@ -72,8 +72,8 @@ def make_worker(pool: asyncpg.Pool, settings: Settings, chain: Chain, **kw: Any)
         min_batch=settings.settlement_min_batch, thin_max_age_s=settings.settlement_thin_max_age_s,
         poll_s=settings.settlement_poll_s, retry_s=settings.settlement_retry_s,
         retry_max_s=settings.settlement_retry_max_s,
-        # the in-process EVM has eth-tester's fixed chain id; a node must be the signing domain's chain
-        signing_chain_id=None if chain.is_in_process else settings.chain_id, **kw)
+        # the chain, a node or the in-process EVM, must be the signing domain's
+        signing_chain_id=settings.chain_id, **kw)
 
 
 async def run_reconcile(worker: SettlementWorker) -> dict:

@@ -291,6 +291,14 @@ class SettlementWorker:
     async def _startup_checks(self) -> None:
         """The node is the chain we sign for, and its EVM runs what the contracts need."""
         c = self.chain
+        if self.signing_chain_id is not None and c.chain_id != self.signing_chain_id and c.store is not None:
+            raise SettlementStartError(
+                f"the in-process chain in {c.store.directory} has chain id {c.chain_id}, but orders are signed for "
+                f"chain id {self.signing_chain_id} (the EIP-712 signing domain, setting chain_id / "
+                f"VOLTBOURSE_CHAIN_ID): a chain created before the in-process chain took the signing domain's id "
+                f"keeps eth-tester's. Set VOLTBOURSE_CHAIN_ID={c.chain_id} to go on with it, or start a new chain "
+                "(an empty VOLTBOURSE_CHAIN_DATA_DIR) and run `voltbourse settlement redeploy --yes` "
+                "(docs/settlement.md, At start)")
         if self.signing_chain_id is not None and c.chain_id != self.signing_chain_id:
             raise SettlementStartError(
                 f"the chain node reports chain id {c.chain_id}, but orders are signed for chain id "

@@ -27,7 +27,7 @@ from support.settlement import DEPOSIT, MEMBER_KEYS, make_worker, register_and_f
 
 from exchange.runtime.config import load_settings
 from settlement.chain import Chain, chain_data_path
-from settlement.chainstore import ChainStoreLocked, SqliteChainDB
+from settlement.chainstore import CHAIN_ID_KEY, TESTER_CHAIN_ID, ChainStoreLocked, SqliteChainDB
 from settlement.proofs import ProofService, verify_proof
 from settlement.reconcile import reconcile
 from settlement.worker import FAULT_POINTS, SettlementStartError, approve_redeploy
@@ -339,3 +339,39 @@ async def test_a_lost_chain_directory_is_refused_until_the_operator_approves(poo
         chain.close()
         await market.close()
 
+
+
+async def test_the_in_process_chain_has_the_signing_domains_chain_id(pool, pg_dsn, artifacts, tmp_path):
+    """In memory and on disk the chain takes the signing domain's id (eth_chainId, signed
+    transactions, the worker's start check); a store keeps the id it was created with, and a
+    store created under eth-tester's fixed id is refused with what to do when orders are
+    signed for another."""
+    mem = Chain.in_process(artifacts=artifacts, chain_id=4242)
+    assert mem.chain_id == mem.w3.eth.chain_id == 4242
+    mem.deploy()  # signed transactions with chain id 4242 are accepted
+    d = tmp_path / "chain"
+    disk = Chain.in_process(artifacts=artifacts, data_dir=d, chain_id=1337)
+    disk.deploy()
+    disk.close()
+    again = Chain.in_process(artifacts=artifacts, data_dir=d, chain_id=999)  # the store's id wins
+    assert again.chain_id == again.w3.eth.chain_id == 1337
+    again.close()
+    # a store from before the chain took the signing domain's id: none recorded -> eth-tester's
+    legacy = Chain.in_process(artifacts=artifacts, data_dir=tmp_path / "old", chain_id=1337)
+    del legacy.store[CHAIN_ID_KEY]
+    legacy.store.commit()
+    legacy.close()
+    legacy = Chain.in_process(artifacts=artifacts, data_dir=tmp_path / "old", chain_id=1337)
+    market = await open_test_market(pg_dsn, "cid")
+    try:
+        assert legacy.chain_id == TESTER_CHAIN_ID
+        w = make_worker(pool, market, legacy, signing_chain_id=1337)
+        with pytest.raises(SettlementStartError, match=f"VOLTBOURSE_CHAIN_ID={TESTER_CHAIN_ID}"):
+            await w.start()
+        await w.shutdown()
+        ok = make_worker(pool, market, legacy, signing_chain_id=TESTER_CHAIN_ID)
+        await ok.start()
+        await ok.shutdown()
+    finally:
+        legacy.close()
+        await market.close()

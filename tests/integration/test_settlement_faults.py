@@ -405,11 +405,11 @@ async def test_deposit_after_a_rollback_is_seen(pool, pg_dsn, chain, remine):
 async def test_refuses_a_node_of_another_chain_id(pool, pg_dsn, chain):
     market = await open_test_market(pg_dsn, "s")
     try:
-        worker = make_worker(pool, market, chain, signing_chain_id=1337)
+        worker = make_worker(pool, market, chain, signing_chain_id=4242)  # orders signed for another chain
         with pytest.raises(SettlementStartError) as exc:
             await worker.start()
         msg = str(exc.value)
-        assert f"chain id {chain.chain_id}" in msg and "1337" in msg and "VOLTBOURSE_CHAIN_ID" in msg
+        assert f"chain id {chain.chain_id}" in msg and "4242" in msg and "VOLTBOURSE_CHAIN_ID" in msg
         assert await pool.fetchval("SELECT count(*) FROM settlement_deployments") == 0  # nothing deployed
         ok = make_worker(pool, market, chain, signing_chain_id=chain.chain_id)
         await ok.start()
