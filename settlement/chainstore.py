@@ -207,37 +207,17 @@ def _lock_dir(directory: Path) -> int:
     return fd
 
 
-def _chain_class(scratch: Any, chain_id: int) -> Any:
+def _with_chain_id(base: Any, chain_id: int) -> Any:
     """eth-tester's chain class (its VMs, its header rules) with our chain id."""
-    base = type(scratch)
     return type(base.__name__, (base,), {"chain_id": chain_id})
 
 
-class EphemeralPyEVMBackend(PyEVMBackend):
-    """eth-tester's py-evm backend in memory, with the chain id of the signing domain (the
-    tester's own is a fixed 131277322940537)."""
+class _TesterBackend(PyEVMBackend):
+    """eth-tester's py-evm backend (its chain class, accounts, genesis and forks) with the chain
+    id of the signing domain (the tester's own is a fixed 131277322940537); subclasses say
+    where the chain's database is (:meth:`_open`)."""
 
     def __init__(self, chain_id: int) -> None:
-        self.wanted_chain_id = chain_id
-        super().__init__()
-
-    def reset_to_genesis(self, genesis_params: Any = None, genesis_state: Any = None, num_accounts: Any = None,
-                         vm_configuration: Any = None, mnemonic: Any = None, hd_path: Any = None) -> None:
-        keys, scratch = setup_tester_chain(genesis_params, genesis_state, num_accounts, vm_configuration,
-                                           mnemonic, hd_path)
-        self.account_keys = keys
-        self.chain = _chain_class(scratch, self.wanted_chain_id).from_genesis(
-            AtomicDB(), genesis_params or get_default_genesis_params(),
-            genesis_state or generate_genesis_state_for_keys(keys))
-
-
-class PersistentPyEVMBackend(PyEVMBackend):
-    """eth-tester's py-evm backend (same chain class, accounts, genesis and forks) over a
-    :class:`SqliteChainDB`: a new store gets the genesis and ``chain_id`` (recorded in the
-    store), an existing one is resumed with the chain id it was created with."""
-
-    def __init__(self, db: SqliteChainDB, chain_id: int = TESTER_CHAIN_ID) -> None:
-        self.db = db
         self.wanted_chain_id = chain_id
         super().__init__()
 
@@ -247,16 +227,41 @@ class PersistentPyEVMBackend(PyEVMBackend):
         keys, scratch = setup_tester_chain(genesis_params, genesis_state, num_accounts, vm_configuration,
                                            mnemonic, hd_path)
         self.account_keys = keys
+
+        def genesis(db: Any, chain_id: int) -> Any:
+            return _with_chain_id(type(scratch), chain_id).from_genesis(
+                db, genesis_params or get_default_genesis_params(),
+                genesis_state or generate_genesis_state_for_keys(keys))
+
+        self.chain = self._open(type(scratch), genesis)
+
+    def _open(self, base: Any, genesis: Any) -> Any:
+        raise NotImplementedError
+
+
+class EphemeralPyEVMBackend(_TesterBackend):
+    """In memory: a new chain at every start."""
+
+    def _open(self, base: Any, genesis: Any) -> Any:
+        return genesis(AtomicDB(), self.wanted_chain_id)
+
+
+class PersistentPyEVMBackend(_TesterBackend):
+    """Over a :class:`SqliteChainDB`: a new store gets the genesis and ``chain_id`` (recorded
+    in the store), an existing one is resumed with the chain id it was created with."""
+
+    def __init__(self, db: SqliteChainDB, chain_id: int = TESTER_CHAIN_ID) -> None:
+        self.db = db
+        super().__init__(chain_id)
+
+    def _open(self, base: Any, genesis: Any) -> Any:
         if self.db.has_chain():  # resumes at the committed canonical head, with its chain id
             recorded = self.db.get(CHAIN_ID_KEY)
-            chain_id = int(recorded) if recorded is not None else TESTER_CHAIN_ID
-            self.chain = _chain_class(scratch, chain_id)(self.db)
-        else:
-            self.chain = _chain_class(scratch, self.wanted_chain_id).from_genesis(
-                self.db, genesis_params or get_default_genesis_params(),
-                genesis_state or generate_genesis_state_for_keys(keys))
-            self.db[CHAIN_ID_KEY] = str(self.wanted_chain_id).encode()
-            self.db.commit()
+            return _with_chain_id(base, int(recorded) if recorded is not None else TESTER_CHAIN_ID)(self.db)
+        chain = genesis(self.db, self.wanted_chain_id)
+        self.db[CHAIN_ID_KEY] = str(self.wanted_chain_id).encode()
+        self.db.commit()
+        return chain
 
     def _locate(self, transaction_hash: bytes) -> tuple[Any, Any, int]:
         """(block, transaction, index) through the transaction index, pending block first."""
