@@ -707,7 +707,9 @@ class MarketEngine:
     def _execute(self, pb: ProductBook, buy: Order, sell: Order, qty: int, price: int, aggressor: Aggressor,
                  t: int) -> None:
         """Book a trade of ``qty`` at ``price``. Quantities of the orders are reduced here;
-        the caller accounts the fill of a resting order with its book."""
+        the caller accounts the fill of a resting order with its book. (Continuous matching
+        books its trades inline, the same way: :meth:`_match`; a change here goes there too.
+        tests/unit/test_engine_golden.py pins the journal's bytes.)"""
         accounts = self.accounts
         for o in (buy, sell):
             if o.live:  # a resting order: its exposure shrinks with its remaining quantity
@@ -793,7 +795,9 @@ class MarketEngine:
         return err
 
     def _check_collateral(self, member: MemberId, need: int, release: int = 0) -> tuple[Reason, str] | None:
-        """``need`` more money units backed by the member's collateral?"""
+        """``need`` more money units backed by the member's collateral? (:meth:`_place` tests the
+        same condition inline first, like the capacity check and the price controls: a change
+        to a rule here goes there too.)"""
         if not need:
             return None
         acct = self.accounts[member]
