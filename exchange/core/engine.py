@@ -878,8 +878,11 @@ class MarketEngine:
     # ------------------------------------------------------------------ handlers
     def _place(self, cmd: PlaceOrder, ts: int) -> None:
         member, coid = cmd.member, cmd.client_order_id
-        if coid is not None and self._answered_by_client_id(ts, PlaceOrder.type, member, coid, _terms(cmd)):
-            return
+        terms = None
+        if coid is not None:
+            terms = _terms(cmd)  # once: the answer to a known id, or what the new id remembers
+            if self._answered_by_client_id(ts, PlaceOrder.type, member, coid, terms):
+                return
         # The checks in their order of precedence (the first failing one answers). The common
         # case (a known member, an open product, a valid price and quantity) is tested inline;
         # the _check_* helpers give the reason and its message when one fails.
@@ -964,7 +967,7 @@ class MarketEngine:
         if cmd.delegation is not None:
             self._emit(OrderDelegated, ts, oid, member, cmd.delegation)
         if coid is not None:
-            self._remember_client_id(member, coid, oid, seq, None, pid, _terms(cmd) if cfg.coid_terms else None)
+            self._remember_client_id(member, coid, oid, seq, None, pid, terms if cfg.coid_terms else None)
         if resting_only:
             self._rest(pb, o)
         elif tif is _FOK or cmd.min_quantity is not None:
