@@ -197,9 +197,10 @@ async def _demo(dsn: str, settings: Settings, speed: int, duration: float, membe
     meters = DemoMeters(runner.app, [k.address for k in keys], settings.timezone)
     bill_from = -(-clock.now_us() // 3_600_000_000) * 3_600_000_000  # the first whole hour
     n_points = await meters.setup(bill_from - 86_400_000_000)
-    print(f"  metering:    {n_points} metering points, tariff 'default', fees; the delivered quarter-hours' readings "
-          f"and interim bills every 20 s (the portal and the operator page show them), the final bills at the end "
-          f"({base}/api/operator/metering/...; docs/metering.md)")
+    print(f"  metering:    {n_points} metering points, tariff 'default', fees; the meters' week before the demo, then "
+          f"the delivered quarter-hours' readings and interim bills every 20 s (the portal and the operator page show "
+          f"them), the final bills at the end ({base}/api/operator/metering/...; docs/metering.md); in the portal's "
+          f"'My agent', the prosumer strategy forecasts from that week")
     flex_task = None
     if flex_members := min(7, len(keys)):
         flex_task = asyncio.create_task(_flex_demo(runner.app, f"ws://{host}:{port}/ws", keys[:flex_members], clock))

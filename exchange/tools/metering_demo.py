@@ -39,12 +39,19 @@ class DemoMeters:
         self.members = make_community(len(addresses), seed=seed, ids=addresses)
         self.uploaded_until = 0
 
-    async def setup(self, since_us: int) -> int:
-        """Points, the default tariff (30 ct/kWh import, 8 ct/kWh feed-in) and the fees."""
+    async def setup(self, since_us: int, history_days: int = 7) -> int:
+        """Points, the default tariff (30 ct/kWh import, 8 ct/kWh feed-in), the fees, and the
+        meters' readings of the ``history_days`` days before ``since_us`` (the members' own
+        profiles, nothing traded), so that the portal's trading agent has a week to forecast
+        from as soon as the demo starts."""
         points = [p for m in self.members for p in _points(m.member_id)]
         await self.svc.add_points(points)
         await self.svc.put_tariff("default", "Demo retail", [(since_us, 30_000, 8_000)])
         await self.svc.store.put_fee_schedule(since_us, schedule_json(EXAMPLE_FEES))
+        if history_days:
+            start = since_us // STEP_US * STEP_US - history_days * 86_400_000_000
+            grid = Grid(start, STEP_US, history_days * 86_400_000_000 // STEP_US)
+            await self.svc.import_file(self.readings_csv(grid, {}), "demo-history.csv", now_us=since_us)
         return len(points)
 
     async def positions(self, grid: Grid) -> dict[str, list[int]]:
