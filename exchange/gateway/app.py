@@ -187,7 +187,7 @@ async def make_app(market: Market, settings: Settings, subsystems: Sequence[Subs
     peers = Peers()
     app[PEERS] = peers
     md = MarketData(market, peers, disclose_counterparty=settings.disclose_counterparty, metrics=metrics)
-    md.bootstrap()
+    await md.bootstrap()
     await md.load_positions()
     await md.load_order_status()
     app[MARKET_DATA] = md

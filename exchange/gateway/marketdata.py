@@ -14,6 +14,7 @@ for each committed group (one runtime subscriber):
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from aiohttp import web
@@ -67,11 +68,19 @@ class MarketData:
         self.order_status = OrderStatusView()
         self.bootstrap_seq = 0
 
-    def bootstrap(self) -> None:
-        """Build the mirror from the engine right after recovery (engine == committed state),
-        then follow the committed stream."""
+    async def bootstrap(self, timeout_s: float = 30.0) -> None:
+        """Build the mirror from the engine at a moment it equals the committed state, then
+        follow the committed stream. The market is already running (its clock's ticks, a
+        hosted market started beside others): a command the engine processed may still be
+        committing, so this waits for a moment with nothing in flight (the check and the
+        copy run with no await between them)."""
         rt = self.market.runtime
-        assert rt.committed_seq == rt.engine.seq, "bootstrap must run before new commands"
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while rt.committed_seq != rt.engine.seq:
+            if asyncio.get_running_loop().time() > deadline:
+                raise RuntimeError(f"market {self.market.journal.market_id}: commands kept committing for "
+                                   f"{timeout_s:g} s, the market data could not start from a committed state")
+            await asyncio.sleep(0.002)
         self.mirror.bootstrap(rt.engine)
         self.bootstrap_seq = self.mirror.seq
         self.order_status.follow(self.bootstrap_seq)
