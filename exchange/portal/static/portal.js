@@ -549,15 +549,20 @@ async function loadEnergy(ev) {
   const end = localMidnight(endDay, S.tz);
   if (end - start > 31 * 86400000) return say("#energy-status", "At most 31 days at a time.", "bad");
   say("#energy-status", "Loading…");
+  // only the latest request draws: the first load (the last 7 days, at sign-in) may answer
+  // after a period the member asked for since
+  const mine = (S.energySeq = (S.energySeq || 0) + 1);
   let r;
   try {
     r = await S.peer.request({ type: "my_energy", start: isoZ(start), end: isoZ(end), by });
   } catch (e) {
+    if (mine !== S.energySeq) return;
     const why = { NO_TARIFF: "The community has not set up your tariff yet, so there is nothing to show. ",
                   INVALID_PERIOD: "Choose another period. " }[e.code] || "";
     say("#energy-status", `No energy data. ${why}(${e.code}: ${e.message})`, "bad");
     return;
   }
+  if (mine !== S.energySeq) return;
   say("#energy-status", "");
   const label = (iso) => (by === "day" ? fmt.day(iso, S.tz) : `${fmt.day(iso, S.tz)} ${fmt.hm(iso, S.tz)}`);
   const rows = r.rows;
@@ -625,13 +630,15 @@ async function loadBills() {
 }
 
 async function openBill(b) {
+  const mine = (S.billSeq = (S.billSeq || 0) + 1);  // the bill opened last is the one shown
   let bill;
   try {
     bill = await S.peer.request({ type: "my_bill", start: b.start, end: b.end });
   } catch (e) {
-    toast(`Bill not available: ${e.code}: ${e.message}`);
+    if (mine === S.billSeq) toast(`Bill not available: ${e.code}: ${e.message}`);
     return;
   }
+  if (mine !== S.billSeq) return;
   S.bill = bill;
   const period = `${fmt.date(bill.start, S.tz)} – ${fmt.date(new Date(Date.parse(bill.end) - 1).toISOString(), S.tz)}`;
   $("#bill-period").textContent = period;
