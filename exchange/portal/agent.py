@@ -59,6 +59,7 @@ class AgentRun:
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     expect: dict[str, Expectation] = field(default_factory=dict)  # product id -> forecast
     expect_at: float = float("-inf")  # when (monotonic) the forecast was last asked for
+    expect_asked: frozenset[str] = frozenset()  # the products it was asked for then
     note: str | None = None  # why the agent rests nothing, in plain words (None: it trades)
 
 
@@ -164,9 +165,10 @@ class AgentHost:
         """Ask the outlook sources for the member's forecast of the listed products when new
         ones were listed or the last answer is older than OUTLOOK_TTL_S."""
         fresh = time.monotonic() - run.expect_at < OUTLOOK_TTL_S
-        if fresh and all(pid in run.expect for pid, _, _ in slots):
-            return
+        if fresh and all(pid in run.expect_asked for pid, _, _ in slots):
+            return  # (a member without a forecast is not asked again every round)
         run.expect_at = time.monotonic()
+        run.expect_asked = frozenset(pid for pid, _, _ in slots)
         intervals = [(start, end) for _, start, end in slots]
         for source in self.outlook_sources:
             got = await source.outlook(run.member, intervals, self.runtime.engine.now)
