@@ -205,33 +205,21 @@ async def _demo(dsn: str, settings: Settings, speed: int, duration: float, membe
     if flex_members := min(7, len(keys)):
         flex_task = asyncio.create_task(_flex_demo(runner.app, f"ws://{host}:{port}/ws", keys[:flex_members], clock))
 
-    async def bot_loop(bot: Bot) -> None:
+    async def bot_loop(bot: Bot, runtime, pause: tuple[float, float]) -> None:
         while True:
-            open_products = sorted((pb.product.start_us, pid) for pid, pb in rt.engine.products.items()
+            open_products = sorted((pb.product.start_us, pid) for pid, pb in runtime.engine.products.items()
                                    if pb.state.value == "open")
             if open_products:
                 cmd = bot.next_command([pid for _, pid in open_products])
-                res = await rt.submit(cmd)
+                res = await runtime.submit(cmd)
                 first = command_outcome(res.events)
                 if isinstance(first, OrderAccepted) and isinstance(cmd, PlaceOrder) and cmd.tif is TimeInForce.GTC:
                     bot.open.append(first.order_id)
-            await asyncio.sleep(bot.rng.uniform(0.02, 0.2))
+            await asyncio.sleep(bot.rng.uniform(*pause))
 
-    async def bot_loop_in(bot: Bot, rt2) -> None:
-        while True:
-            open_products = sorted((pb.product.start_us, pid) for pid, pb in rt2.engine.products.items()
-                                   if pb.state.value == "open")
-            if open_products:
-                cmd = bot.next_command([pid for _, pid in open_products])
-                res = await rt2.submit(cmd)
-                first = command_outcome(res.events)
-                if isinstance(first, OrderAccepted) and isinstance(cmd, PlaceOrder) and cmd.tif is TimeInForce.GTC:
-                    bot.open.append(first.order_id)
-            await asyncio.sleep(bot.rng.uniform(0.05, 0.3))
-
-    tasks = [asyncio.create_task(bot_loop(b)) for b in bots]
+    tasks = [asyncio.create_task(bot_loop(b, rt, (0.02, 0.2))) for b in bots]
     rt2 = second.market.runtime
-    tasks += [asyncio.create_task(bot_loop_in(b, rt2)) for b in second.bots]
+    tasks += [asyncio.create_task(bot_loop(b, rt2, (0.05, 0.3))) for b in second.bots]
     t0 = time.monotonic()
     last = (t0, 0)
     last_meter = t0
