@@ -7,14 +7,12 @@ so. Screenshot: docs/screenshots/portal-collateral.png (VOLTBOURSE_UPDATE_SCREEN
 
 from __future__ import annotations
 
-import asyncio
-import time
-
 import pytest
 from playwright.async_api import expect
 from support.keys import KEYS
 from support.page import PHONE, shot
 from support.server import member
+from support.waiting import until as _until
 from test_portal_page import close, new_page, sign_in
 
 from settlement.plugin import SETTLEMENT
@@ -25,15 +23,6 @@ A, B = KEYS[:2]
 SETTLED = {"market_id": "portal-coll", "settlement_enabled": True, "settlement_process": "inline", "settlement_poll_s": 0.05,
            "settlement_batch_size": 10_000, "settlement_max_age_s": 3600,
            "members": [member(k, collateral=None) for k in KEYS[:3]], "via": "runtime"}
-
-
-async def _until(pred, timeout=20.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if await pred():
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError("condition not reached in time")
 
 
 async def _units(page, sel: str) -> str:

@@ -11,10 +11,8 @@ VOLTBOURSE_UPDATE_SCREENSHOTS=1)."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import random
-import time
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal
 
@@ -25,6 +23,7 @@ from playwright.async_api import expect
 from support.keys import AUTH, KEYS
 from support.page import LAPTOP, PAGE_SERVER, PHONE, shot
 from support.server import member
+from support.waiting import until as _until
 from support.wallet import TestWallet
 from support.wsclient import peer
 
@@ -71,15 +70,6 @@ def eur(units: int | str) -> str:
     cents = (Decimal(int(units)) / Decimal(10**6)).quantize(Decimal(1), rounding=ROUND_HALF_EVEN)
     s = f"{abs(cents).scaleb(-2):,.2f}"
     return ("−" if cents < 0 else "") + s
-
-
-async def _until(pred, timeout=20.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if await pred():
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError("condition not reached in time")
 
 
 # --------------------------------------------------------------------------- the page's own code

@@ -6,14 +6,13 @@ recorded them and its withdrawal requests with their state; never another member
 
 from __future__ import annotations
 
-import asyncio
 import json
-import time
 
 import aiohttp
 import pytest
 from support.keys import KEYS
 from support.server import member
+from support.waiting import until as _until
 from support.wsclient import peer
 
 from settlement.collateral import record_deposits
@@ -26,15 +25,6 @@ SETTLED = {"settlement_enabled": True, "settlement_process": "inline", "settleme
            # nothing is anchored during the test: the trades stay unsettled (net payable)
            "settlement_batch_size": 10_000, "settlement_max_age_s": 3600,
            "members": [member(k, collateral=None) for k in KEYS[:3]], "via": "runtime"}
-
-
-async def _until(pred, timeout=20.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if await pred():
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError("condition not reached in time")
 
 
 def mentions(obj, address: str) -> bool:
