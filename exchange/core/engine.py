@@ -25,7 +25,7 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 from exchange.core import auction, controls
 from exchange.core.book import Order, OrderBook
 from exchange.core.calendar import Calendar, CalendarConfig, GateMode, Product, ProductState
-from exchange.core.controls import PriceControls
+from exchange.core.controls import PriceControls, triggers_interruption
 from exchange.core.ids import MemberId, OrderId, ProductId, TradeId
 from exchange.core.model import (
     Aggressor,
@@ -1011,13 +1011,8 @@ class MarketEngine:
         for price, lvl in pb.book.side_levels(_SELL if buy else _BUY):
             if (price > limit) if buy else (price < limit):
                 break
-            if volatility and ref is not None:  # controls.triggers_interruption, inline
-                w = (ref if ref >= 0 else -ref) * c.volatility_bp // 10_000
-                if w < c.volatility_min_ticks:
-                    w = c.volatility_min_ticks
-                d = price - ref
-                if (d if d >= 0 else -d) > w:
-                    break  # matching would stop there (volatility interruption)
+            if volatility and triggers_interruption(c, ref, price):
+                break  # matching would stop there (volatility interruption)
             ref = price
             for r in lvl.queue:  # its live orders, in time priority
                 if not r.live:
