@@ -184,15 +184,17 @@ class TenantStore:
         r = await self.pool.fetchrow(
             "UPDATE platform_markets SET name = $2, overrides = $3, updated_at = now() WHERE market_id = $1 "
             "RETURNING *", market_id, name, overrides)
-        if r is None:
-            raise ApiError(404, UNKNOWN_MARKET, f"no market {market_id}")
-        return self._row(r)
+        return self._updated(r, market_id)
 
     async def update(self, market_id: str, *, status: str | None = None,
                      token_sha256: bytes | None = None) -> HostedMarket:
         r = await self.pool.fetchrow(
             "UPDATE platform_markets SET status = coalesce($2, status), token_sha256 = coalesce($3, token_sha256), "
             "updated_at = now() WHERE market_id = $1 RETURNING *", market_id, status, token_sha256)
+        return self._updated(r, market_id)
+
+    def _updated(self, r: Any, market_id: str) -> HostedMarket:
+        """The market an UPDATE ... RETURNING changed (404 when there is none)."""
         if r is None:
             raise ApiError(404, UNKNOWN_MARKET, f"no market {market_id}")
         return self._row(r)
