@@ -83,6 +83,8 @@ class MarketRuntime:
         self._groups: asyncio.Queue[list[tuple[Entry, asyncio.Future | None, int]]] = asyncio.Queue(8)
         self._pending: set[asyncio.Future] = set()  # submitted, not yet resolved
         self.cmd_seq = 0
+        self.committed_cmd_seq = 0  # last journal command that is durable
+        self._journaled_ts = 0  # the time of journal command cmd_seq (what a snapshot of now is stamped with)
         self.committed_seq = 0  # last event seq that is durable
         self.subscribers: list[Subscriber] = []
         self.stats = Stats() if keep_stats else None
@@ -106,12 +108,14 @@ class MarketRuntime:
             self.engine, self.cmd_seq, self.recovered_from = await recover(
                 self.journal, self.snapshots, self.engine, verify=verify)
             self.committed_seq = self.engine.seq
+            self.committed_cmd_seq = self.cmd_seq
+            self._journaled_ts = self.engine.now
             self.clock.not_before(self.engine.now)
             log.info("market %s recovered %d commands (seq %d; from the snapshot at command %d, %d replayed) in "
                      "%.2fs, state %s", self.journal.market_id, self.cmd_seq, self.engine.seq, self.recovered_from,
                      self.cmd_seq - self.recovered_from, time.perf_counter() - t, self.engine.state_hash()[:16])
             if self.snapshotter is not None:
-                self.snapshotter.seed(self.engine.config, self.recovered_from)
+                self.snapshotter.seed(self.recovered_from)
             self.running = True
             self._tasks = [
                 asyncio.create_task(self._engine_loop(), name="engine"),
@@ -249,8 +253,12 @@ class MarketRuntime:
                         group.append((Entry(0, cmd, events, {}, origin), fut, t0))
                         continue
                     self.cmd_seq += 1
+                    self._journaled_ts = cmd.ts
                     group.append((Entry(self.cmd_seq, cmd, events, command_to_dict(cmd), origin), fut, t0))
                 if group:
+                    snap = self.snapshotter
+                    if snap is not None and snap.due(self.cmd_seq):  # between commands: a fork, ~ms
+                        snap.capture(engine, self.cmd_seq, self._journaled_ts, self._committed_cmd)
                     await self._groups.put(group)
                 for _ in items:
                     q.task_done()
@@ -288,6 +296,10 @@ class MarketRuntime:
                         delay = min(delay * 2, 5.0)
                 elapsed = time.perf_counter() - t
                 self.committed_seq = max(self.committed_seq, entries[-1].events[-1].seq)
+                for e in reversed(entries):
+                    if e.cmd_seq:
+                        self.committed_cmd_seq = e.cmd_seq
+                        break
                 for e, fut, t0 in batch:
                     self._resolve(fut, Result(e.cmd_seq, e.events, t0))
                 for sub in list(self.subscribers):
@@ -304,6 +316,9 @@ class MarketRuntime:
             raise
         except BaseException as exc:
             self._fail(exc)
+
+    def _committed_cmd(self) -> int:
+        return self.committed_cmd_seq
 
     def _record(self, elapsed: float, n: int) -> None:
         if self.stats is not None:

@@ -99,7 +99,6 @@ class Market:
     read_pool: asyncpg.Pool
     trades: TradeStore
     snapshotter: Snapshotter | None = None
-    _snapshot_task: asyncio.Task | None = None
     owns_pools: bool = True
     dsn: str | None = None  # for connections of its own (the engine inbox's LISTEN)
     inbox: InboxConsumer | None = None
@@ -112,10 +111,6 @@ class Market:
             self.inbox.start()
         return self.inbox
 
-    def start_snapshots(self) -> None:
-        if self.snapshotter is not None and self._snapshot_task is None:
-            self._snapshot_task = asyncio.create_task(self.snapshotter.run(), name="snapshots")
-
     @property
     def engine(self) -> MarketEngine:
         return self.runtime.engine
@@ -124,11 +119,9 @@ class Market:
         if self.inbox is not None:
             await self.inbox.stop()
             self.inbox = None
-        if self._snapshot_task is not None:
-            self._snapshot_task.cancel()
-            await asyncio.gather(self._snapshot_task, return_exceptions=True)
-            self._snapshot_task = None
         await self.runtime.stop()
+        if self.snapshotter is not None:
+            await self.snapshotter.close()
         if self.owns_pools:
             await self.read_pool.close()
             await self.pool.close()
@@ -155,8 +148,7 @@ async def open_market(dsn: str, settings: Settings, clock: Clock | None = None, 
         cfg = await journal.load_or_store_config(config or market_config(settings))
         # snapshots are read and written through the readers' pool, never the journal writer's
         store = SnapshotStore(read_pool, settings.market_id)
-        snapshotter = (Snapshotter(Journal(read_pool, settings.market_id), store,
-                                   every_commands=settings.snapshot_every_commands,
+        snapshotter = (Snapshotter(store, every_commands=settings.snapshot_every_commands,
                                    interval_s=settings.snapshot_interval_s)
                        if settings.snapshot_every_commands else None)
         runtime = MarketRuntime(MarketEngine(cfg), journal, clock or make_clock(settings),
@@ -172,5 +164,4 @@ async def open_market(dsn: str, settings: Settings, clock: Clock | None = None, 
         raise
     market = Market(pool, journal, runtime, read_pool, TradeStore(read_pool, settings.market_id), snapshotter,
                     owns_pools=owns, dsn=dsn)
-    market.start_snapshots()
     return market

@@ -9,25 +9,29 @@ journal commands after it; a snapshot that fails is skipped for the one before i
 and with none the whole journal is replayed. The journal before a snapshot stays
 (audit) but is not replayed.
 
-Snapshots are written off the order path by :class:`Snapshotter`: it keeps a
-*shadow* engine of its own, seeded from the live engine once at start (before any
-command), and follows the committed journal from the database through the readers'
-pool, checking that the shadow reproduces every stored event. The shadow's replay
-and the state's encoding run in a worker thread, so the event loop that serves the
-market is paused for at most the interpreter's switch interval (5 ms) at a time;
-the live engine is never touched. ``voltbourse snapshots verify`` replays the whole
-journal and checks every snapshot against it.
+Snapshots are written off the order path by :class:`Snapshotter`: between two groups of
+commands the market's engine task forks, and the child process encodes its copy-on-write
+image of the engine on a CPU of its own; the market pauses only for the fork (a few ms).
+``voltbourse snapshots verify`` replays the whole journal and checks every snapshot
+against it; ``snapshots take`` builds one from the journal alone.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import gc
 import hashlib
 import json
 import logging
+import os
+import signal
+import sys
 import time
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NoReturn
 
 import asyncpg
 
@@ -84,7 +88,7 @@ def decode(state: bytes, digest: str, state_hash: str, config: MarketConfig | No
 
 
 def apply(engine: MarketEngine, rows: list[tuple[int, dict, list]]) -> None:
-    """Feed journal rows to a (shadow) engine, checking it reproduces every stored event."""
+    """Feed journal rows to an engine, checking it reproduces every stored event."""
     for cmd_seq, cmd, stored in rows:
         produced = [event_to_dict(ev) for ev in engine.process(command_from_dict(cmd))]
         if produced != stored:
@@ -161,87 +165,219 @@ async def recover(journal: Journal, store: SnapshotStore | None, engine: MarketE
 
 class Snapshotter:
     """Writes a snapshot every ``every_commands`` journal commands, or after ``interval_s``
-    when there are new ones, from a shadow engine that follows the committed journal."""
+    when there are new ones, from a copy-on-write image of the live engine.
 
-    def __init__(self, journal: Journal, store: SnapshotStore, *, every_commands: int = 100_000,
-                 interval_s: float = 3600.0, poll_s: float = 1.0, chunk: int = 5000) -> None:
-        self.journal = journal  # on the readers' pool
+    The market's engine task asks :meth:`due` between two groups of commands; when a
+    snapshot is due it calls :meth:`capture`, which forks. The child process holds the
+    engine exactly as it is after journal command ``cmd_seq`` and encodes it (export, JSON,
+    zlib, digest, state hash) on a CPU of its own, then sends the bytes back through a pipe
+    and exits; the market is paused only for the fork itself (``fork_ms``). The parent
+    checks the bytes against their digest, waits until ``cmd_seq`` is committed, and stores
+    the snapshot through the readers' pool. Nothing runs beside the market between
+    snapshots. A child that fails, dies or exceeds ``timeout_s`` leaves nothing stored (the
+    previous snapshot stays the newest); the next try comes ``retry_s`` later."""
+
+    #: fork exists on the platforms the server runs on (Linux, macOS); elsewhere no
+    #: snapshots are taken and recovery replays the journal after the newest stored one.
+    supported = hasattr(os, "fork")
+
+    def __init__(self, store: SnapshotStore, *, every_commands: int = 100_000, interval_s: float = 3600.0,
+                 timeout_s: float = 600.0, retry_s: float = 60.0) -> None:
         self.store = store
         self.every = every_commands
         self.interval_s = interval_s
-        self.poll_s = poll_s
-        self.chunk = chunk
-        self.shadow: MarketEngine | None = None
-        self._config = MarketConfig()
-        self.cursor = 0  # last journal command applied to the shadow
-        self.last_snapshot = 0  # cmd_seq of the newest snapshot written or found
+        self.timeout_s = timeout_s
+        self.retry_s = retry_s
+        self.last_snapshot = 0  # cmd_seq of the newest snapshot written or recovered from
         self.written = 0
-        self.failed: BaseException | None = None
-        self._wake = asyncio.Event()
-
-    def seed(self, config: MarketConfig, snapshot_cmd_seq: int) -> None:
-        """Where the shadow starts: the snapshot recovery used (0: none, an engine with the
-        market's rules). It is loaded in the background (:meth:`start_shadow`), so a restart
-        costs nothing more; the shadow then catches up with the journal like any consumer."""
-        self._config = config
-        self.cursor = self.last_snapshot = snapshot_cmd_seq
-
-    async def start_shadow(self) -> None:
-        if self.shadow is not None:
-            return
-        if self.cursor:
-            self.shadow = await self.store.load(self.cursor, self._config)
-        else:
-            self.shadow = MarketEngine(self._config)
-
-    def wake(self) -> None:
-        self._wake.set()
-
-    async def step(self, force: bool = False) -> bool:
-        """Catch the shadow up with the journal (one chunk) and write a snapshot when due.
-        True if a snapshot was written."""
-        await self.start_shadow()
-        shadow = self.shadow
-        assert shadow is not None
-        before = self.cursor
-        self.cursor = await catch_up(self.journal, shadow, before, before + self.chunk, self.chunk)
-        behind = self.cursor - before >= self.chunk  # journal commands are numbered without gaps
-        new = self.cursor - self.last_snapshot
-        if new <= 0 or (behind and not force):
-            return False
-        if not (force or (self.every and new >= self.every) or self._age() >= self.interval_s):
-            return False
-        t = time.perf_counter()
-        enc = await asyncio.to_thread(encode, shadow, self.cursor)
-        await self.store.write(enc)
-        self.last_snapshot, self.written = self.cursor, self.written + 1
+        self.failures = 0
+        self.failed: BaseException | None = None  # the last attempt's failure, until one succeeds
+        self.pid: int | None = None  # the child encoding a snapshot now
+        self.fork_ms = 0.0  # how long the last fork paused the market
+        self._task: asyncio.Task | None = None
         self._last_time = time.monotonic()
-        log.info("market %s: snapshot at command %d (%d bytes, %.2fs)", self.store.market_id, self.cursor,
-                 len(enc.state), time.perf_counter() - t)
-        return True
+        self._next_try = 0.0
 
-    _last_time = 0.0
+    def seed(self, snapshot_cmd_seq: int) -> None:
+        """The snapshot recovery started from (0: none): the next one is due
+        ``every_commands`` after it (at once, if recovery replayed more than that)."""
+        self.last_snapshot = snapshot_cmd_seq
+        self._last_time = time.monotonic()
 
-    def _age(self) -> float:
-        if not self._last_time:
-            self._last_time = time.monotonic()
-        return time.monotonic() - self._last_time
+    @property
+    def busy(self) -> bool:
+        return self._task is not None
 
-    async def run(self) -> None:
+    def due(self, cmd_seq: int) -> bool:
+        """Whether to snapshot the state after journal command ``cmd_seq`` now."""
+        new = cmd_seq - self.last_snapshot
+        if new <= 0 or self._task is not None or not self.supported:
+            return False
+        now = time.monotonic()
+        if now < self._next_try:
+            return False
+        return (bool(self.every) and new >= self.every) or now - self._last_time >= self.interval_s
+
+    def capture(self, engine: MarketEngine, cmd_seq: int, now_us: int, committed: Callable[[], int]) -> None:
+        """Fork a child that encodes ``engine`` — the state after journal command ``cmd_seq``,
+        whose time is ``now_us`` — and store what it sends once ``committed()`` (the last
+        committed journal command) reaches ``cmd_seq``. Call between two commands, from the
+        task that owns the engine."""
+        r, w = os.pipe()
+        t = time.perf_counter()
         try:
-            while True:
-                await self.step()
-                if self.cursor - self.last_snapshot < self.chunk:
-                    self._wake.clear()
-                    try:
-                        await asyncio.wait_for(self._wake.wait(), self.poll_s)
-                    except TimeoutError:
-                        pass
+            pid = os.fork()
+        except OSError as exc:
+            os.close(r)
+            os.close(w)
+            self._failure(exc)
+            return
+        if pid == 0:  # the child: never returns
+            _encode_in_child(engine, cmd_seq, now_us, w)
+        self.fork_ms = (time.perf_counter() - t) * 1000
+        os.close(w)
+        self.pid = pid
+        self._task = asyncio.get_running_loop().create_task(
+            self._collect(pid, r, cmd_seq, committed), name=f"snapshot-{self.store.market_id}")
+
+    async def _collect(self, pid: int, r: int, cmd_seq: int, committed: Callable[[], int]) -> None:
+        t = time.perf_counter()
+        try:
+            data = await _read_pipe(r, pid, self.timeout_s)
+            status = await _reap(pid)
+            enc = _parse(data, cmd_seq)
+            if status != 0:
+                raise SnapshotInvalid(f"the snapshot process exited with status {status}")
+            deadline = time.monotonic() + self.timeout_s
+            while committed() < cmd_seq:  # never store a state the journal may not hold
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"command {cmd_seq} was not committed in {self.timeout_s:.0f}s")
+                await asyncio.sleep(0.005)
+            await self.store.write(enc)
         except asyncio.CancelledError:
             raise
-        except Exception as exc:  # noqa: BLE001 - snapshots stop; the market goes on (recovery replays more)
-            self.failed = exc
-            log.critical("market %s: snapshots stopped: %r", self.store.market_id, exc)
+        except Exception as exc:  # noqa: BLE001 - snapshots stop for a while; the market goes on
+            self._failure(exc)
+        else:
+            self.last_snapshot, self.written, self.failed = cmd_seq, self.written + 1, None
+            self._last_time = time.monotonic()
+            log.info("market %s: snapshot at command %d (%d bytes; fork %.1f ms, %.2fs in all)",
+                     self.store.market_id, cmd_seq, len(enc.state), self.fork_ms, time.perf_counter() - t)
+        finally:
+            self.pid = None
+            self._task = None
+
+    def _failure(self, exc: BaseException) -> None:
+        self.failures += 1
+        self.failed = exc
+        self._next_try = time.monotonic() + self.retry_s
+        log.error("market %s: snapshot failed (%s); next try in %.0fs, recovery replays from the previous one",
+                  self.store.market_id, exc, self.retry_s)
+
+    async def close(self) -> None:
+        """Stop a snapshot in progress (nothing of it is stored)."""
+        task, pid = self._task, self.pid
+        if pid is not None:
+            _kill(pid)
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        if pid is not None:
+            await _reap(pid)
+
+
+def _encode_in_child(engine: MarketEngine, cmd_seq: int, now_us: int, w: int) -> NoReturn:
+    """The forked child: encode the engine it inherited, write header and bytes to ``w``,
+    exit. It touches nothing of the parent's (no event loop, connections or logging)."""
+    code = 1
+    try:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, signal.SIG_DFL)
+        _die_with_parent()
+        os.closerange(3, w)  # the parent's sockets: a restarted server can bind at once
+        os.closerange(w + 1, _max_fd())
+        gc.disable()  # the state is read once: no collections to touch (and copy) every page
+        engine.now = now_us  # the time of command cmd_seq (a rejection since may have moved it)
+        enc = encode(engine, cmd_seq)
+        header = json.dumps({"cmd_seq": enc.cmd_seq, "seq": enc.seq, "state_hash": enc.state_hash,
+                             "digest": enc.digest, "bytes": len(enc.state)}).encode()
+        view = memoryview(header + b"\n" + enc.state)
+        while view:
+            view = view[os.write(w, view):]
+        code = 0
+    except BaseException as exc:  # noqa: BLE001 - said on stderr; the parent sees no state and retries later
+        os.write(2, f"snapshot process for command {cmd_seq} failed: {exc!r}\n".encode())
+    finally:
+        os._exit(code)
+
+
+def _die_with_parent() -> None:
+    """Linux: the child gets SIGKILL if the server dies (kill -9) while it encodes."""
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+
+
+def _max_fd() -> int:
+    try:
+        return int(os.sysconf("SC_OPEN_MAX"))
+    except (ValueError, OSError):
+        return 65536
+
+
+def _kill(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+async def _read_pipe(r: int, pid: int, timeout_s: float) -> bytes:
+    """Everything the child writes to ``r`` until it closes it; the child is killed if it
+    takes longer than ``timeout_s``."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=2**31)
+    transport, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader),
+                                                os.fdopen(r, "rb", buffering=0))
+    try:
+        return await asyncio.wait_for(reader.read(), timeout_s)
+    except TimeoutError:
+        _kill(pid)
+        raise TimeoutError(f"the snapshot process took longer than {timeout_s:.0f}s; killed") from None
+    finally:
+        transport.close()
+
+
+async def _reap(pid: int) -> int | None:
+    """The child's exit status (its return code, or minus the signal that killed it)."""
+    for _ in range(1000):
+        try:
+            done, status = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:  # reaped by someone else: its bytes are checked anyway
+            return None
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        await asyncio.sleep(0.01)
+    _kill(pid)
+    return None
+
+
+def _parse(data: bytes, cmd_seq: int) -> Encoded:
+    head, sep, state = data.partition(b"\n")
+    if not sep:
+        raise SnapshotInvalid(f"the snapshot process sent {len(data)} bytes and no state")
+    try:
+        h = json.loads(head)
+        enc = Encoded(int(h["cmd_seq"]), int(h["seq"]), str(h["state_hash"]), str(h["digest"]), state)
+        size = int(h["bytes"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise SnapshotInvalid(f"the snapshot process sent a bad header: {exc}") from exc
+    if enc.cmd_seq != cmd_seq or size != len(state) or hashlib.sha256(state).hexdigest() != enc.digest:
+        raise SnapshotInvalid(f"the snapshot process sent {len(state)} of {size} bytes for command "
+                              f"{enc.cmd_seq} (expected {cmd_seq}), or bytes that do not match their digest")
+    return enc
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,24 +8,29 @@ import asyncio
 import hashlib
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 import zlib
 
 import pytest
 from support.market import open_products, open_test_market
+from support.waiting import until
 
-from exchange.core.engine import MarketEngine
+from exchange.core.engine import MarketConfig, MarketEngine
+from exchange.runtime import snapshots
 from exchange.runtime.journal import Journal
-from exchange.runtime.snapshots import SnapshotStore, verify_chain
+from exchange.runtime.snapshots import SnapshotStore, catch_up, verify_chain
 from exchange.tools import workload
 
 pytestmark = pytest.mark.integration
 
 
 async def _trade(market, n: int, seed: int = 3, members: int = 10, rounds: int = 1) -> None:
-    """``n`` workload commands in ``rounds``; after each round the snapshotter catches up
-    (so a round that journals more than ``snapshot_every_commands`` leaves a snapshot)."""
+    """``n`` workload commands in ``rounds``; after each round the snapshot in progress (if
+    any) is finished, so a round that journals more than ``snapshot_every_commands`` leaves
+    a snapshot."""
     rt = market.runtime
     names = workload.members(members)
     await asyncio.gather(*(rt.submit(c) for c in workload.registrations(names, 0)))
@@ -34,19 +39,14 @@ async def _trade(market, n: int, seed: int = 3, members: int = 10, rounds: int =
     for _ in range(rounds):
         for _, cmd in zip(range(n // rounds), stream):
             await rt.submit(cmd)
-        await _caught_up(market)
+        await _settled(market)
 
 
-async def _caught_up(market, timeout: float = 30) -> None:
-    """Wait until the snapshotter has followed the journal to its end."""
+async def _settled(market, timeout: float = 30) -> None:
+    """Wait until no snapshot is in progress (and none failed)."""
     s = market.snapshotter
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    while s.cursor < market.runtime.cmd_seq:
-        assert s.failed is None, s.failed
-        assert loop.time() < end, f"snapshotter at {s.cursor}, journal at {market.runtime.cmd_seq}"
-        s.wake()
-        await asyncio.sleep(0.05)
+    await until(lambda: not s.busy, timeout)
+    assert s.failed is None, s.failed
 
 
 async def test_restart_loads_the_newest_snapshot_and_replays_only_the_tail(pg_dsn):
@@ -57,7 +57,15 @@ async def test_restart_loads_the_newest_snapshot_and_replays_only_the_tail(pg_ds
         assert len(infos) >= 3 and all(b.cmd_seq - a.cmd_seq >= 400 for a, b in zip(infos, infos[1:]))
         before, journaled = market.engine.state_hash(), market.runtime.cmd_seq
         newest = infos[-1].cmd_seq
-        assert market.snapshotter.shadow is not market.engine  # the live engine is never touched
+        # Each was taken from the live engine (in a forked child) and is exactly the state a
+        # replay of the journal reaches at its command, time included, though the live
+        # engine had also seen rejections (not journaled) by then.
+        replayed, cursor = MarketEngine(market.engine.config), 0
+        for info in infos:
+            cursor = await catch_up(Journal(market.read_pool, "snap1"), replayed, cursor, info.cmd_seq)
+            stored = await SnapshotStore(market.read_pool, "snap1").load(info.cmd_seq)
+            assert stored.export_state() == replayed.export_state()
+        assert market.snapshotter.written == len(infos) and market.snapshotter.fork_ms > 0
     finally:
         await market.close()
     market = await open_test_market(pg_dsn, "snap1", snapshot_every_commands=400)
@@ -127,3 +135,86 @@ async def test_verify_replays_the_journal_and_catches_a_forged_snapshot(pg_dsn, 
     assert bad.returncode == 1, bad.stdout + bad.stderr
     report = json.loads(bad.stdout)
     assert report["ok"] is False and [p["cmd_seq"] for p in report["problems"]] == [target]
+
+
+def _slow_encode(real):
+    def encode(engine, cmd_seq):
+        time.sleep(60)  # in the forked child: long enough to be killed mid-way
+        return real(engine, cmd_seq)
+    return encode
+
+
+async def test_a_snapshot_killed_midway_stores_nothing_and_the_market_goes_on(pg_dsn, monkeypatch):
+    market = await open_test_market(pg_dsn, "snap4", snapshot_every_commands=300)
+    try:
+        await _trade(market, 900, seed=6)
+        s, rt = market.snapshotter, market.runtime
+        kept = [i.cmd_seq for i in await SnapshotStore(market.read_pool, "snap4").list()]
+        assert kept and s.written == len(kept)
+        monkeypatch.setattr(snapshots, "encode", _slow_encode(snapshots.encode))
+        names = workload.members(10)
+        flow = workload.OrderFlow(open_products(rt.engine), names, seed=7, first_order_id=rt.engine.next_order_id)
+        stream = flow.stream(10**6, 0)
+        while not s.busy:  # trade until the next snapshot starts (in a child that hangs)
+            await rt.submit(next(stream))
+        child = s.pid
+        os.kill(child, signal.SIGKILL)  # the snapshot process dies mid-way
+        await until(lambda: not s.busy)
+        assert s.failures == 1 and s.failed is not None
+        assert [i.cmd_seq for i in await SnapshotStore(market.read_pool, "snap4").list()] == kept
+        # the market went on, and the next try (after retry_s) succeeds
+        monkeypatch.undo()
+        s._next_try = 0.0
+        for _ in range(50):
+            await rt.submit(next(stream))
+        await _settled(market)
+        after = [i.cmd_seq for i in await SnapshotStore(market.read_pool, "snap4").list()]
+        assert len(after) == len(kept) + 1 and s.failed is None
+
+        # A stop while a snapshot is being encoded: it is killed, nothing of it is stored.
+        monkeypatch.setattr(snapshots, "encode", _slow_encode(snapshots.encode))
+        while not s.busy:
+            await rt.submit(next(stream))
+        child = s.pid
+        before = market.engine.state_hash()
+    finally:
+        await market.close()
+    with pytest.raises(ChildProcessError):
+        os.waitpid(child, os.WNOHANG)  # killed and reaped by close()
+    market = await open_test_market(pg_dsn, "snap4", snapshot_every_commands=0)
+    try:
+        assert [i.cmd_seq for i in await SnapshotStore(market.read_pool, "snap4").list()] == after
+        assert market.runtime.recovered_from == after[-1]
+        assert market.engine.state_hash() == before
+    finally:
+        await market.close()
+
+
+class _Store:
+    market_id = "fake"
+
+    def __init__(self):
+        self.written = []
+
+    async def write(self, enc):
+        self.written.append(enc)
+
+
+async def test_a_snapshot_is_stored_only_once_its_command_is_committed():
+    engine = MarketEngine(MarketConfig())
+    for c in workload.registrations(workload.members(3), 0):
+        engine.process(c)
+    store, committed = _Store(), [0]
+    s = snapshots.Snapshotter(store, every_commands=3)  # type: ignore[arg-type]
+    assert s.due(3) and not s.due(2)
+    s.capture(engine, 3, engine.now, lambda: committed[0])
+    assert s.busy and not s.due(3)
+    await asyncio.sleep(0.5)  # the child is done long before: the snapshot waits for the commit
+    assert s.busy and store.written == []
+    committed[0] = 3
+    await until(lambda: not s.busy)
+    (enc,) = store.written
+    assert enc.cmd_seq == 3 and enc.state_hash == engine.state_hash() and s.last_snapshot == 3
+    restored = snapshots.decode(enc.state, enc.digest, enc.state_hash)
+    assert restored.export_state() == engine.export_state()
+    assert not s.due(4) and s.due(6)
