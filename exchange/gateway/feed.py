@@ -177,7 +177,10 @@ class OperatorFeed:
 
     # ------------------------------------------------------------------ pages
     def attach(self, client: FeedClient) -> None:
-        """Register a page and queue the last state of every topic for it."""
+        """Register a page and queue the last state of every topic for it (brought up to
+        date first if no page was watching: nothing is computed for nobody)."""
+        if not self.clients and self._started:
+            self._flush(force=True)
         client.send_raw(_encode({"topic": "hello", "market_id": self.market.journal.market_id,
                                  "timezone": self.timezone}))
         order = ("market", "members", "products")
@@ -342,6 +345,11 @@ class OperatorFeed:
                 log.exception("operator feed flush failed")
 
     def _flush(self, force: bool = False) -> None:
+        if not self.clients and not force:
+            # No page is watching: keep the books and views marked dirty (the first page
+            # to attach gets a forced flush); the trades it would need are in ``recent``.
+            self._new_trades.clear()
+            return
         loop = asyncio.get_running_loop()
         now = loop.time()
         if self._dirty_market or force:
