@@ -13,6 +13,7 @@ from __future__ import annotations
 from datetime import UTC as UTC  # re-exported: the one time zone of the engine
 from datetime import datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal
+from functools import lru_cache
 
 US_PER_S = 1_000_000
 US_PER_MIN = 60 * US_PER_S
@@ -76,13 +77,18 @@ def to_us(dt: datetime) -> int:
     return (delta.days * 86_400 + delta.seconds) * US_PER_S + delta.microseconds
 
 
+@lru_cache(maxsize=4096)
 def from_us(us: int) -> datetime:
-    """Integer microseconds since the epoch -> aware UTC datetime."""
+    """Integer microseconds since the epoch -> aware UTC datetime. Cached (datetimes are
+    immutable): a command's events share their time, and every consumer of the committed
+    stream (journal rows, acks, feeds, reports) converts it again."""
     return EPOCH + timedelta(microseconds=us)
 
 
+@lru_cache(maxsize=4096)
 def iso(us: int) -> str:
-    """The exchange's one time format: ISO 8601 in UTC with ``Z`` (from_us is already UTC)."""
+    """The exchange's one time format: ISO 8601 in UTC with ``Z`` (from_us is already UTC).
+    Cached like :func:`from_us`."""
     return from_us(us).isoformat().replace("+00:00", "Z")
 
 
