@@ -5,19 +5,50 @@ Opens the market on the given DSN, registers members, then submits seeded
 orders from many concurrent tasks forever, printing one line per
 *acknowledged* order as ``ACK <client_order_id> <order_id|-> <seq>``, flushed
 immediately. The parent kills it with SIGKILL mid-load.
+
+With a third argument ``snapshots``: a snapshot every 300 commands, whose encoding (in
+the forked snapshot process) is slowed to 30 s after the second one; the child prints
+``SNAPSHOTS <n>`` as each is stored and ``SNAPPING <cmd_seq> <pid>`` when one starts, so
+the parent can kill the market while that snapshot is being taken.
 """
 
 import asyncio
 import sys
+import time
 
 from support.market import open_test_market
 
 from exchange.core.model import Duplicate, OrderAccepted, Rejected
+from exchange.runtime import snapshots
 from exchange.tools import workload
 
 
-async def main(dsn: str, market_id: str) -> None:
-    market = await open_test_market(dsn, market_id, journal_max_batch=200)
+def _slowed(encode):
+    def slow(engine, cmd_seq):
+        time.sleep(30)
+        return encode(engine, cmd_seq)
+    return slow
+
+
+async def _watch(market) -> None:
+    s, fast, said = market.snapshotter, snapshots.encode, 0
+    while True:
+        if s.written != said:
+            said = s.written
+            print(f"SNAPSHOTS {said}", flush=True)
+            if said >= 2:
+                snapshots.encode = _slowed(fast)  # the next snapshot process hangs
+        if s.busy and snapshots.encode is not fast:
+            print(f"SNAPPING {market.runtime.cmd_seq} {s.pid}", flush=True)
+            return
+        await asyncio.sleep(0.001)
+
+
+async def main(dsn: str, market_id: str, mode: str = "") -> None:
+    every = 300 if mode == "snapshots" else 100_000
+    market = await open_test_market(dsn, market_id, journal_max_batch=200, snapshot_every_commands=every)
+    if mode == "snapshots":
+        asyncio.get_running_loop().create_task(_watch(market))
     rt = market.runtime
     names = workload.members(20)
     await asyncio.gather(*(rt.submit(c) for c in workload.registrations(names, 0)))
@@ -46,4 +77,4 @@ async def main(dsn: str, market_id: str) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main(sys.argv[1], sys.argv[2]))
+    asyncio.run(main(*sys.argv[1:4]))

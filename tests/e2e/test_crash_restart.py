@@ -77,6 +77,54 @@ async def test_sigkill_mid_load_loses_no_ack_and_duplicates_nothing(pool, pg_dsn
         await market.close()
 
 
+@pytest.mark.slow
+async def test_sigkill_while_a_snapshot_is_taken_recovers_from_the_previous_one(pool, pg_dsn):
+    """The market process is killed -9 while its snapshot process encodes: the snapshot
+    process dies with it, nothing of that snapshot is stored, and recovery from the previous
+    one reaches exactly the state of a full replay, every acknowledged order kept."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(TESTS)]))
+    proc = subprocess.Popen([sys.executable, str(CRASH_CHILD), pg_dsn, "snapcrash", "snapshots"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    acks: set[str] = set()
+    snapping = None
+    try:
+        assert proc.stdout.readline().strip() == "READY", proc.stderr.read()
+        deadline = time.monotonic() + 60
+        while snapping is None and time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if line.startswith("ACK "):
+                acks.add(line.split()[1])
+            elif line.startswith("SNAPPING "):
+                snapping = int(line.split()[1]), int(line.split()[2])
+        assert snapping is not None, "no snapshot was started"
+        os.kill(proc.pid, signal.SIGKILL)
+        at, snap_pid = snapping
+        # (before reading the rest: a snapshot process left alive would hold the pipe open)
+        assert wait_gone(snap_pid, 5), "the snapshot process outlived the market it was taken from"
+        acks.update(x.split()[1] for x in proc.stdout.read().splitlines() if x.startswith("ACK "))
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+    stored = [r["cmd_seq"] for r in await pool.fetch(
+        "SELECT cmd_seq FROM snapshots WHERE market_id = 'snapcrash' ORDER BY cmd_seq")]
+    assert len(stored) >= 2 and stored[-1] < at  # the interrupted one is not there
+
+    market = await open_test_market(pg_dsn, "snapcrash", snapshot_every_commands=0)
+    try:
+        assert market.runtime.recovered_from == stored[-1]
+        recovered = market.engine.state_hash()
+        by_coid = {c for (_, c) in market.engine.client_ids}
+        assert acks and acks <= by_coid, "acknowledged orders lost"
+    finally:
+        await market.close()
+    full = await open_test_market(pg_dsn, "snapcrash", snapshot_recovery=False, snapshot_every_commands=0)
+    try:
+        assert full.runtime.recovered_from == 0 and full.engine.state_hash() == recovered
+    finally:
+        await full.close()
+
+
 # ------------------------------------------------------------------ the embedded PostgreSQL
 
 
