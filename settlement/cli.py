@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import urllib.error
 import urllib.request
 from typing import Any
 
+from eth_account import Account
+from web3 import Web3
+
 from exchange.runtime.config import load_settings
 from exchange.runtime.db import create_pool, database
 from exchange.runtime.service import run_async
 from settlement.bench import FLOW_RATE, MIN_BATCH, THIN_MAX_AGE_S, bench_settlement
-from settlement.chain import Chain, chain_data_path
+from settlement.chain import Chain, ChainError, chain_data_path
+from settlement.chainstore import ChainStoreLocked
 from settlement.devnode import DevNodeUnavailable
 from settlement.reconcile import reconcile
 from settlement.worker import RedeployRefused, approve_redeploy
@@ -137,6 +142,93 @@ def cmd_redeploy(args: argparse.Namespace) -> int:
     return 0
 
 
+NEW_KEY_ENV = "VOLTBOURSE_NEW_OPERATOR_KEY"
+
+
+def _new_key(key_file: str | None) -> str:
+    """The new operator's private key: from a file (first line) or the environment, never
+    from the command line (it would be in the shell history and the process list)."""
+    if key_file:
+        with open(key_file, encoding="utf-8") as f:
+            key = f.readline().strip()
+    else:
+        key = os.environ.get(NEW_KEY_ENV, "").strip()
+    if not key:
+        raise SystemExit(f"voltbourse: give the new operator's key in a file (--key-file) or in {NEW_KEY_ENV}")
+    try:
+        Account.from_key(key)
+    except (ValueError, TypeError) as exc:
+        raise SystemExit(f"voltbourse: the new operator's key is not a private key: {exc}") from None
+    return key
+
+
+def cmd_operator(args: argparse.Namespace) -> int:
+    """Rotate the operator key of the market's settlement contracts (Ownable2Step, both
+    contracts): ``show`` who operates them, ``propose ADDRESS`` (signed by the configured
+    operator key), ``accept`` (signed by the new key). docs/settlement.md, "The operator key"."""
+    settings = load_settings()
+    action = args.operator_command
+    new = Account.from_key(_new_key(getattr(args, "key_file", None))) if action == "accept" else None
+    if action == "propose":
+        try:
+            proposed = Web3.to_checksum_address(args.address)
+        except ValueError:
+            print(f"voltbourse: {args.address!r} is not an address", file=sys.stderr)
+            return 2
+
+    async def run(dsn: str) -> dict:
+        pool = await create_pool(dsn, min_size=1, max_size=2)
+        try:
+            row = await pool.fetchrow("SELECT token_address, registry_address FROM settlement_deployments "
+                                      "WHERE market_id = $1 AND active", settings.market_id)
+        finally:
+            await pool.close()
+        if row is None:
+            raise SystemExit(f"voltbourse: no contracts deployed for market {settings.market_id!r} yet")
+        try:
+            chain = Chain.from_settings(settings)
+        except ChainStoreLocked:
+            raise SystemExit("voltbourse: the in-process chain is in use: stop the exchange (voltbourse serve) "
+                             "first, after settlement went idle (voltbourse settlement reconcile)") from None
+        try:
+            chain.attach(row["token_address"], row["registry_address"])
+            if action == "propose":
+                chain.propose_operator(proposed)
+            elif action == "accept" and new is not None:
+                if chain.is_in_process and not chain.w3.eth.get_balance(new.address):
+                    chain.faucet(new.address, 10**18)  # gas money for the two acceptances
+                chain.accept_operator(new)
+            operators = chain.operators()
+        finally:
+            chain.close()
+        return {"market_id": settings.market_id, "configured_key": chain.operator.address,
+                **{name: {"operator": op, "pending": None if int(pending, 16) == 0 else pending}
+                   for name, (op, pending) in operators.items()}}
+
+    try:
+        with database(settings) as dsn:
+            report = run_async(run(dsn))
+    except ChainError as exc:
+        print(f"voltbourse: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(report))
+    else:
+        for name in ("token", "registry"):
+            r = report[name]
+            print(f"{name:>8}: operator {r['operator']}" + (f", pending {r['pending']}" if r["pending"] else ""))
+        configured = report["configured_key"]
+        if all(report[n]["operator"] == configured for n in ("token", "registry")):
+            print(f"the configured key ({configured}) operates both contracts")
+        elif action == "accept":
+            print(f"the new key operates both contracts now: start the exchange with VOLTBOURSE_CHAIN_OPERATOR_KEY "
+                  f"set to it (the configured key, {configured}, no longer is the operator)")
+        else:
+            print(f"the configured key ({configured}) is not the operator: set VOLTBOURSE_CHAIN_OPERATOR_KEY "
+                  "to the operator's key")
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
 
     try:
@@ -170,6 +262,19 @@ def add_commands(sub, bench_sub) -> None:
                                       "refuses to start on such a node otherwise)")
     d.add_argument("--yes", action="store_true", help="approve (without it: print what it means, exit 1)")
     d.set_defaults(func=cmd_redeploy)
+    o = s.add_parser("operator", help="rotate the operator key of the settlement contracts (show, propose a new "
+                                      "operator, accept with its key)")
+    osub = o.add_subparsers(dest="operator_command", required=True, metavar="STEP")
+    show = osub.add_parser("show", help="who operates the contracts, and who is proposed")
+    prop = osub.add_parser("propose", help="propose ADDRESS as the new operator (signed by the configured key; "
+                                           "nothing changes until it accepts)")
+    prop.add_argument("address", help="the new operator's address (0x...)")
+    acc = osub.add_parser("accept", help="take over both contracts with the new key (read from --key-file or "
+                                         f"{NEW_KEY_ENV}, never from the command line)")
+    acc.add_argument("--key-file", help="a file whose first line is the new operator's private key")
+    for q in (show, prop, acc):
+        q.add_argument("--json", action="store_true", help="print the result as JSON")
+        q.set_defaults(func=cmd_operator)
 
     b = bench_sub.add_parser("settlement", help="trades anchored per second, gas per trade and lag on the "
                                                 "in-process EVM or a JSON-RPC node (--rpc)")
