@@ -1042,8 +1042,8 @@ class SettlementWorker:
                 await self._save_cursor(back, await self._chain(self._block_hash, back))
             return False
         to_hash = await self._chain(self._block_hash, to)  # before the logs: a later reorg shows as a new hash
-        deposits = await self._chain(c.logs, "Deposited", start, to)
-        requests = await self._chain(c.logs, "WithdrawalRequested", start, to)
+        found = await self._chain(c.registry_logs, ("Deposited", "WithdrawalRequested"), start, to)
+        deposits, requests = found["Deposited"], found["WithdrawalRequested"]
         for ev in requests:
             await self.pool.execute(
                 "INSERT INTO settlement_withdrawals (market_id, deployment_id, request_id, member, amount, state) "

@@ -4,6 +4,8 @@
   ChainCollateral): learnt from our own anchorBatch receipts (NetSettled carries the collateral
   after it), used only while the chain's head is the block it was learnt at, and always equal
   to what the registry answers there.
+- One eth_getLogs for several events of the registry (Chain.registry_logs) finds what one
+  query per event finds.
 
 Real in-process EVM, real PostgreSQL and runtime."""
 
@@ -110,3 +112,20 @@ async def test_worker_reads_no_collateral_per_batch_and_engine_equals_chain(pool
         worker.close()
         await market.close()
 
+
+def test_one_log_query_for_several_events_finds_what_one_per_event_finds(chain):
+    chain.deploy()
+    members = KEYS[:4]
+    for k in members:
+        chain.fund_member(k, DEPOSIT)
+    _anchor(chain, 1, [(members[0].address, -10), (members[1].address, 10)])
+    chain.member_transact(members[2], chain.registry.functions.requestWithdrawal(5))
+    chain.fund_member(members[3], 7)
+    chain.member_transact(members[3], chain.registry.functions.requestWithdrawal(6))
+    head = chain.w3.eth.block_number
+    names = ("Deposited", "WithdrawalRequested", "NetSettled")
+    found = chain.registry_logs(names, 0, head)
+    for name in names:
+        assert found[name] == list(getattr(chain.registry.events, name)().get_logs(from_block=0, to_block=head))
+    assert [len(found[n]) for n in names] == [5, 2, 2]
+    assert chain.registry_logs(("Deposited",), head, head) == {"Deposited": []}
