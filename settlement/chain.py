@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from hashlib import sha256
 from pathlib import Path
@@ -381,7 +382,24 @@ class Chain:
 
     def logs(self, event: str, from_block: int, to_block: int) -> list:
         """Decoded events of the registry in [from_block, to_block]."""
-        return list(getattr(self.registry.events, event)().get_logs(from_block=from_block, to_block=to_block))
+        return self.registry_logs((event,), from_block, to_block)[event]
+
+    def registry_logs(self, events: Sequence[str], from_block: int, to_block: int) -> dict[str, list]:
+        """Decoded events of the registry of each name in ``events``, in [from_block, to_block]:
+        one ``eth_getLogs`` for all of them (its topic an OR of theirs). On the in-process EVM a
+        query reads every receipt of every block in its range (an anchor's holds a log per
+        member), so one query instead of one per event halves a chain scan."""
+        by_topic = {}
+        for name in events:
+            ev = getattr(self.registry.events, name)()
+            by_topic[bytes.fromhex(ev.topic.removeprefix("0x"))] = ev
+        logs = self.w3.eth.get_logs({"address": self.registry.address, "fromBlock": from_block, "toBlock": to_block,
+                                     "topics": [["0x" + t.hex() for t in by_topic]]})
+        out: dict[str, list] = {name: [] for name in events}
+        for log_entry in logs:
+            ev = by_topic[bytes(log_entry["topics"][0])]
+            out[ev.event_name].append(ev.process_log(log_entry))
+        return out
 
     # ------------------------------------------------------------------ operator key rotation
     def operators(self) -> dict[str, tuple[str, str]]:

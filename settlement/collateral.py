@@ -8,6 +8,9 @@
 - :func:`my_collateral` answers for one member: its collateral read from the registry on the
   worker's chain thread, the engine's view of it (what is free to trade), its recent deposits
   and its withdrawal requests. Money is given as decimal strings of 1e-8 EUR units.
+- :class:`ChainCollateral` is what the worker knows of members' collateral on chain as of the
+  chain's head: learnt from its own ``anchorBatch`` receipts (``NetSettled`` carries each
+  member's collateral after it) and from reads, forgotten as soon as the head is another block.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from typing import Any
 
 import asyncpg
 from web3 import Web3
+from web3.logs import DISCARD
 
 from exchange.core.ids import MemberId
 from exchange.protocol.errors import VoltbourseError
@@ -94,3 +98,61 @@ async def my_collateral(*, pool: asyncpg.Pool, market_id: str, deployment_id: in
         "withdrawals": [{"request_id": r["request_id"], "amount": _units(r["amount"]), "state": r["state"],
                          "reason": r["reason"], "updated_at": r["updated_at"].isoformat()} for r in withdrawals],
     }
+
+
+class ChainCollateral:
+    """Members' collateral on chain as of one block (``block_hash``), for the worker's
+    collateral updates: the registry's ``collateral(member)`` at the head, without an
+    ``eth_call`` per member (on the in-process EVM one costs ≈ 7 ms of the settlement
+    process's CPU, a batch of 40 members ≈ 0.3 s, three times its ``anchorBatch``).
+
+    What it holds is exact for that block, and used only while the chain's head is that
+    block (compared by hash, so a rollback or a reorg to the same height is another block):
+
+    - an ``anchorBatch`` of ours that is the last transaction of its block: its ``NetSettled``
+      events carry each member's collateral after it, i.e. at that block. Members not in the
+      batch keep what was known when the block is the only transaction on top of the known
+      block (the batch changed nobody else's collateral); otherwise only the batch's members
+      are known;
+    - a read (``eth_call`` at the head's number) of a member not known at the head.
+
+    Any other transaction (a deposit, a withdrawal, a payout, a credit, someone else's) moves
+    the head, and everything is read again. Called on the worker's chain thread only."""
+
+    def __init__(self, chain: Any) -> None:
+        self.chain = chain
+        self.block_hash: bytes | None = None
+        self.values: dict[str, int] = {}  # checksummed member -> collateral at block_hash
+        self.reads = 0  # eth_calls made (a counter for tests and benches)
+
+    def forget(self) -> None:
+        self.block_hash, self.values = None, {}
+
+    def learn_receipt(self, receipt: Any) -> None:
+        """A receipt of our ``anchorBatch`` (status 1, its ``BatchAnchored`` checked)."""
+        events = self.chain.registry.events.NetSettled().process_receipt(receipt, errors=DISCARD)
+        block = self.chain.w3.eth.get_block(receipt["blockHash"])
+        txs = block["transactions"]
+        if receipt["transactionIndex"] != len(txs) - 1:  # something after it in its block
+            self.forget()
+            return
+        if not (len(txs) == 1 and self.block_hash is not None and bytes(block["parentHash"]) == self.block_hash):
+            self.values = {}
+        self.block_hash = bytes(block["hash"])
+        for ev in events:  # in log order: the last one of a member is its collateral after the batch
+            self.values[Web3.to_checksum_address(ev["args"]["member"])] = int(ev["args"]["collateral"])
+
+    def at_head(self, members: Sequence[str]) -> dict[str, int]:
+        """Each member's collateral at the chain's head (keys as given)."""
+        head = self.chain.w3.eth.get_block("latest")
+        if bytes(head["hash"]) != self.block_hash:
+            self.block_hash, self.values = bytes(head["hash"]), {}
+        out: dict[str, int] = {}
+        for member in members:
+            address = Web3.to_checksum_address(member)
+            if address not in self.values:
+                self.reads += 1
+                self.values[address] = int(self.chain.registry.functions.collateral(address).call(
+                    block_identifier=head["number"]))
+            out[member] = self.values[address]
+        return out

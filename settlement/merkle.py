@@ -22,8 +22,11 @@ at the end of a level is carried up unchanged.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
-from eth_utils import keccak
+# eth_hash's keccak (the backend eth_utils uses) without eth_utils' argument checks and
+# conversions: a third less per hash, and a batch of 2 000 trades is ≈ 6 000 hashes
+from eth_hash.auto import keccak
 
 ZERO32 = bytes(32)
 LEAF_TYPES = ("uint64", "bytes32", "address", "address", "uint64", "int64", "bytes32")
@@ -48,7 +51,9 @@ class TradeRecord:
         return self.energy_wh * self.price_ticks
 
 
+@lru_cache(maxsize=4096)
 def product_hash(product_id: str) -> bytes:
+    """One hash per product (a batch's trades are in a few dozen products)."""
     return keccak(product_id.encode())
 
 
@@ -68,6 +73,7 @@ def _word(n: int) -> bytes:
     return n.to_bytes(32, "big", signed=True)
 
 
+@lru_cache(maxsize=65_536)
 def _address_word(address: str) -> bytes:
     raw = bytes.fromhex(address.removeprefix("0x"))
     if len(raw) != 20:

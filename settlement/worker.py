@@ -74,7 +74,7 @@ from web3.logs import DISCARD
 from exchange.runtime.inbox import DirectEngine
 from exchange.runtime.ports import EngineCommands, Payout, PayoutSource
 from settlement.chain import CALL_GAS, Chain, ChainError, EvmTooOld, SendRefused, tx_hash_of, tx_nonce
-from settlement.collateral import record_deposits
+from settlement.collateral import ChainCollateral, record_deposits
 from settlement.merkle import MerkleTree, TradeRecord, leaf
 from settlement.netting import net_amounts
 from settlement.reverts import NONCE_TOO_HIGH, NONCE_TOO_LOW, Revert
@@ -230,6 +230,8 @@ class SettlementWorker:
         self.lag_s: deque[float] = deque(maxlen=10_000)
         self._pending_since: float | None = None
         self._ingested_at: dict[int, float] = {}  # first trade id of a formed batch -> when it became pending
+        #: members' collateral on chain at the head, as far as known without reading it
+        self.known = ChainCollateral(chain)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chain")
         self._stop = asyncio.Event()
         self._wake = asyncio.Event()
@@ -775,9 +777,14 @@ class SettlementWorker:
         self._cautious_until = max(self._cautious_until, time.monotonic() + seconds)
 
     def _receipt_anchors(self, receipt, batch_id: int) -> bool:
-        """The receipt holds the registry's BatchAnchored event for this batch."""
-        events = self.chain.registry.events.BatchAnchored().process_receipt(receipt, errors=DISCARD)
-        return any(ev["args"]["batchId"] == batch_id for ev in events)
+        """The receipt holds the registry's BatchAnchored event for this batch; then its
+        NetSettled events tell members' collateral after it (:class:`ChainCollateral`)."""
+        registry = self.chain.registry
+        events = registry.events.BatchAnchored().process_receipt(receipt, errors=DISCARD)
+        if not any(ev["args"]["batchId"] == batch_id and ev["address"] == registry.address for ev in events):
+            return False
+        self.known.learn_receipt(receipt)
+        return True
 
     async def _block(self, b, revert: Revert, why: str, *, reverts: int | None = None) -> None:
         """The batch would revert (or did) with ``revert``: keep it from the chain until an
@@ -880,12 +887,6 @@ class SettlementWorker:
         self.fault("after_record_anchored")
 
     # ------------------------------------------------------------------ 5. collateral
-    async def _reserved(self, member: str) -> int:
-        return await self.pool.fetchval(
-            "SELECT coalesce(sum(amount), 0)::bigint FROM settlement_withdrawals WHERE market_id = $1 "
-            "AND deployment_id = $2 AND member = $3 AND state = 'reserved'",
-            self.market_id, self.deployment_id, member)
-
     async def _engine_collateral(self, member: str, *, settled: int = 0, ref: int = 0, withdrawal: int = 0,
                                  key: str | None = None) -> str | None:
         """Submit the member's collateral as the chain has it, minus reserved withdrawals and
@@ -894,14 +895,25 @@ class SettlementWorker:
         must describe the same set of settled batches. ``key``: the update's idempotency key
         (the engine inbox applies a key once; None: a fresh one). The engine's refusal or None."""
         assert self.engine is not None
-        chain_collateral = await self._chain(self.chain.collateral, member)
-        unapplied = await self.pool.fetchval(
-            "SELECT coalesce(sum((n->>1)::numeric), 0)::bigint FROM settlement_batches b, jsonb_array_elements(b.nets) n "
-            "WHERE b.market_id = $1 AND b.state = 'anchored' AND NOT b.collateral_applied AND b.batch_id > $2 "
-            "AND n->>0 = $3", self.market_id, ref, member)
-        collateral = chain_collateral - unapplied - await self._reserved(member) - withdrawal
+        collateral = (await self._collaterals([member], ref))[member] - withdrawal
         return await self.engine.update_collateral(key, member, max(collateral, 0), settled_payable=settled,
                                                    settlement_ref=ref, withdrawal=withdrawal)
+
+    async def _collaterals(self, members: Sequence[str], ref: int) -> dict[str, int]:
+        """For each member (keys as given): its collateral on chain at the head, minus the nets
+        of batches anchored after ``ref`` not yet applied, minus its reserved withdrawals (see
+        :meth:`_engine_collateral`). One chain job and two queries for all of them."""
+        on_chain = await self._chain(self.known.at_head, list(members))
+        names = list(dict.fromkeys(members))
+        unapplied = dict(await self.pool.fetch(
+            "SELECT n->>0, sum((n->>1)::numeric)::bigint FROM settlement_batches b, jsonb_array_elements(b.nets) n "
+            "WHERE b.market_id = $1 AND b.state = 'anchored' AND NOT b.collateral_applied AND b.batch_id > $2 "
+            "AND n->>0 = ANY($3::text[]) GROUP BY n->>0", self.market_id, ref, names))
+        reserved = dict(await self.pool.fetch(
+            "SELECT member, sum(amount)::bigint FROM settlement_withdrawals WHERE market_id = $1 "
+            "AND deployment_id = $2 AND member = ANY($3::text[]) AND state = 'reserved' GROUP BY member",
+            self.market_id, self.deployment_id, names))
+        return {m: on_chain[m] - unapplied.get(m, 0) - reserved.get(m, 0) for m in members}
 
     async def apply_collateral(self) -> bool:
         """Tell the engine about anchored batches, each member's in batch order: a batch
@@ -921,8 +933,10 @@ class SettlementWorker:
                 held |= members
                 continue
             # one command per member, committed together (the engine applies each ref once)
-            results = await asyncio.gather(*(self._engine_collateral(
-                member, settled=-amount, ref=b["batch_id"], key=f"batch:{b['batch_id']}:{b['block_number']}:{member}")
+            collateral = await self._collaterals([m for m, _ in b["nets"]], b["batch_id"])
+            results = await asyncio.gather(*(self.engine.update_collateral(
+                f"batch:{b['batch_id']}:{b['block_number']}:{member}", member, max(collateral[member], 0),
+                settled_payable=-amount, settlement_ref=b["batch_id"], withdrawal=0)
                 for member, amount in b["nets"]))
             for (member, _), rejected in zip(b["nets"], results):
                 if rejected is not None:
@@ -1028,8 +1042,8 @@ class SettlementWorker:
                 await self._save_cursor(back, await self._chain(self._block_hash, back))
             return False
         to_hash = await self._chain(self._block_hash, to)  # before the logs: a later reorg shows as a new hash
-        deposits = await self._chain(c.logs, "Deposited", start, to)
-        requests = await self._chain(c.logs, "WithdrawalRequested", start, to)
+        found = await self._chain(c.registry_logs, ("Deposited", "WithdrawalRequested"), start, to)
+        deposits, requests = found["Deposited"], found["WithdrawalRequested"]
         for ev in requests:
             await self.pool.execute(
                 "INSERT INTO settlement_withdrawals (market_id, deployment_id, request_id, member, amount, state) "
