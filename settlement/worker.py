@@ -72,7 +72,7 @@ import asyncpg
 from web3.logs import DISCARD
 
 from exchange.runtime.inbox import DirectEngine
-from exchange.runtime.ports import EngineCommands, Payout, PayoutSource
+from exchange.runtime.ports import CollateralUpdate, EngineCommands, Payout, PayoutSource
 from settlement.chain import CALL_GAS, Chain, ChainError, EvmTooOld, SendRefused, tx_hash_of, tx_nonce
 from settlement.collateral import ChainCollateral, record_deposits
 from settlement.merkle import MerkleTree, TradeRecord, leaf
@@ -934,10 +934,9 @@ class SettlementWorker:
                 continue
             # one command per member, committed together (the engine applies each ref once)
             collateral = await self._collaterals([m for m, _ in b["nets"]], b["batch_id"])
-            results = await asyncio.gather(*(self.engine.update_collateral(
+            results = await self.engine.update_collaterals([CollateralUpdate(
                 f"batch:{b['batch_id']}:{b['block_number']}:{member}", member, max(collateral[member], 0),
-                settled_payable=-amount, settlement_ref=b["batch_id"], withdrawal=0)
-                for member, amount in b["nets"]))
+                settled_payable=-amount, settlement_ref=b["batch_id"]) for member, amount in b["nets"]])
             for (member, _), rejected in zip(b["nets"], results):
                 if rejected is not None:
                     log.warning("settlement: engine refused collateral of %s after batch %d: %s", member,

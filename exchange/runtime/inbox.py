@@ -33,14 +33,16 @@ import asyncio
 import logging
 import time
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 import asyncpg
+import orjson
 
 from exchange.core.ids import MemberId
 from exchange.core.model import Rejected, UpdateCollateral, command_from_dict, command_to_dict
 from exchange.runtime.market import MarketRuntime, MarketUnavailable
-from exchange.runtime.ports import AccountView
+from exchange.runtime.ports import AccountView, CollateralUpdate
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +87,27 @@ async def post(conn: asyncpg.Connection | asyncpg.Pool, market_id: str, key: str
     return int(rid)
 
 
+async def post_many(pool: asyncpg.Pool, market_id: str, rows: Sequence[tuple[str, dict[str, Any]]]) -> list[int]:
+    """:func:`post` for several ``(key, command)`` rows in one statement (one commit, one
+    notification), inserted in the order given; their ``inbox_id`` in that order."""
+    if not rows:
+        return []
+    keys = [k for k, _ in rows]
+    if len(set(keys)) != len(keys):
+        raise ValueError("engine inbox keys must be distinct within one post")
+    async with pool.acquire() as conn, conn.transaction():
+        found = await conn.fetch(
+            "WITH input AS (SELECT k, c::jsonb AS c, i FROM unnest($2::text[], $3::text[]) WITH ORDINALITY AS t(k, c, i)), "
+            "ins AS (INSERT INTO engine_inbox (market_id, key, command) SELECT $1, k, c FROM input ORDER BY i "
+            "ON CONFLICT (market_id, key) DO NOTHING RETURNING key, inbox_id) "
+            "SELECT input.i, coalesce(ins.inbox_id, e.inbox_id) AS inbox_id FROM input "
+            "LEFT JOIN ins ON ins.key = input.k "
+            "LEFT JOIN engine_inbox e ON e.market_id = $1 AND e.key = input.k ORDER BY input.i",
+            market_id, keys, [orjson.dumps(c).decode() for _, c in rows])
+        await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, market_id)
+    return [int(r["inbox_id"]) for r in found]
+
+
 async def wait_applied(pool: asyncpg.Pool, market_id: str, inbox_ids: list[int],
                        timeout: float = 30.0) -> dict[int, dict[str, Any]]:
     """The ``result`` of each row once applied (polled, 5 ms doubling to 200 ms); raises
@@ -124,6 +147,14 @@ class InboxEngine:
         res = (await wait_applied(self.pool, self.market_id, [rid], self.timeout))[rid]
         return None if res.get("ok") else f"{res.get('rejected')}: {res.get('detail')}"
 
+    async def update_collaterals(self, updates: Sequence[CollateralUpdate]) -> list[str | None]:
+        rids = await post_many(self.pool, self.market_id, [
+            (u.key, command_to_dict(collateral_command(u.member, u.collateral, u.settled_payable, u.settlement_ref,
+                                                       u.withdrawal))) for u in updates])
+        results = await wait_applied(self.pool, self.market_id, rids, self.timeout) if rids else {}
+        return [None if results[r].get("ok") else f"{results[r].get('rejected')}: {results[r].get('detail')}"
+                for r in rids]
+
     async def accounts(self, members: list[str] | None = None) -> dict[str, AccountView]:
         rid = await post(self.pool, self.market_id, f"query:{uuid.uuid4()}", {"type": QUERY, "members": members})
         res = (await wait_applied(self.pool, self.market_id, [rid], self.timeout))[rid]
@@ -143,6 +174,13 @@ class DirectEngine:
                                                            withdrawal))
         out = _outcome(res.events)
         return None if out.get("ok") else f"{out['rejected']}: {out['detail']}"
+
+    async def update_collaterals(self, updates: Sequence[CollateralUpdate]) -> list[str | None]:
+        # the tasks start in the order given and queue their command at once: applied in that order
+        futures = [self.runtime.submit(collateral_command(u.member, u.collateral, u.settled_payable,
+                                                          u.settlement_ref, u.withdrawal)) for u in updates]
+        outs = [_outcome(res.events) for res in await asyncio.gather(*futures)]
+        return [None if o.get("ok") else f"{o['rejected']}: {o['detail']}" for o in outs]
 
     async def accounts(self, members: list[str] | None = None) -> dict[str, AccountView]:
         return {m: AccountView(collateral=v[0], open_exposure=v[1], net_payable=v[2])

@@ -4,6 +4,8 @@ implementations (``exchange.gateway.keys.PAYOUT_SOURCES``)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import NamedTuple, Protocol, TypedDict
 
 
@@ -89,6 +91,18 @@ class AccountView(NamedTuple):
         return max(0, self.collateral - self.open_exposure - max(self.net_payable, 0))
 
 
+@dataclass(frozen=True, slots=True)
+class CollateralUpdate:
+    """One ``UpdateCollateral`` for :meth:`EngineCommands.update_collaterals`."""
+
+    key: str
+    member: str
+    collateral: int
+    settled_payable: int = 0
+    settlement_ref: int = 0
+    withdrawal: int = 0
+
+
 class EngineCommands(Protocol):
     """The engine, for a subsystem that feeds it from outside the order path (settlement): in
     the writer's process straight to the runtime (``exchange.runtime.inbox.DirectEngine``),
@@ -98,6 +112,11 @@ class EngineCommands(Protocol):
                                 settlement_ref: int = 0, withdrawal: int = 0) -> str | None:
         """Apply ``UpdateCollateral`` once per ``key`` (None: a fresh key; posting a key again
         is a no-op with the first outcome) and wait for it; the refusal (``"REASON: detail"``) or None."""
+        ...
+
+    async def update_collaterals(self, updates: Sequence[CollateralUpdate]) -> list[str | None]:
+        """Several ``update_collateral`` at once (their keys distinct): posted together,
+        applied in the order given, waited for together; each one's refusal or None."""
         ...
 
     async def accounts(self, members: list[str] | None = None) -> dict[str, AccountView]:
