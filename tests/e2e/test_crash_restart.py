@@ -17,7 +17,7 @@ from pathlib import Path
 import asyncpg
 import psutil
 import pytest
-from support.market import open_test_market
+from support.market import assert_full_replay_reaches, open_test_market
 from support.paths import ROOT, TESTS
 from support.pgproc import alembic_head, kill_leftover, postmaster_pid, wait_gone
 
@@ -118,11 +118,7 @@ async def test_sigkill_while_a_snapshot_is_taken_recovers_from_the_previous_one(
         assert acks and acks <= by_coid, "acknowledged orders lost"
     finally:
         await market.close()
-    full = await open_test_market(pg_dsn, "snapcrash", snapshot_recovery=False, snapshot_every_commands=0)
-    try:
-        assert full.runtime.recovered_from == 0 and full.engine.state_hash() == recovered
-    finally:
-        await full.close()
+    await assert_full_replay_reaches(pg_dsn, "snapcrash", recovered)
 
 
 # ------------------------------------------------------------------ the embedded PostgreSQL

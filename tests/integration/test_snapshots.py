@@ -15,7 +15,7 @@ import time
 import zlib
 
 import pytest
-from support.market import open_products, open_test_market
+from support.market import assert_full_replay_reaches, open_products, open_test_market
 from support.waiting import until
 
 from exchange.core.engine import MarketConfig, MarketEngine
@@ -75,11 +75,7 @@ async def test_restart_loads_the_newest_snapshot_and_replays_only_the_tail(pg_ds
         assert market.engine.state_hash() == before
     finally:
         await market.close()
-    full = await open_test_market(pg_dsn, "snap1", snapshot_recovery=False, snapshot_every_commands=0)
-    try:
-        assert full.runtime.recovered_from == 0 and full.engine.state_hash() == before
-    finally:
-        await full.close()
+    await assert_full_replay_reaches(pg_dsn, "snap1", before)
 
 
 async def test_a_corrupt_newest_snapshot_is_skipped_for_an_older_one(pg_dsn, pool):

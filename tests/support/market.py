@@ -24,3 +24,12 @@ async def open_test_market(pg_dsn: str, market_id: str = "t", clock: Clock | Non
 def open_products(engine) -> list[str]:
     """The engine's open products, sorted (by start)."""
     return sorted(p for p, pb in engine.products.items() if pb.state.value == "open")
+
+
+async def assert_full_replay_reaches(pg_dsn: str, market_id: str, state_hash: str) -> None:
+    """Open the market without snapshots (the whole journal replayed) and check its state."""
+    full = await open_test_market(pg_dsn, market_id, snapshot_recovery=False, snapshot_every_commands=0)
+    try:
+        assert full.runtime.recovered_from == 0 and full.engine.state_hash() == state_hash
+    finally:
+        await full.close()
