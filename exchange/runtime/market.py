@@ -318,7 +318,9 @@ class MarketRuntime:
             self._fail(exc)
 
     def _committed_cmd(self) -> int:
-        return self.committed_cmd_seq
+        """The last durable journal command; -1 once the market stopped (a snapshot waiting
+        for a command that will not be committed by this process gives up)."""
+        return -1 if self.closed else self.committed_cmd_seq
 
     def _record(self, elapsed: float, n: int) -> None:
         if self.stats is not None:

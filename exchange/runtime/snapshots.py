@@ -221,7 +221,7 @@ class Snapshotter:
     def capture(self, engine: MarketEngine, cmd_seq: int, now_us: int, committed: Callable[[], int]) -> None:
         """Fork a child that encodes ``engine`` — the state after journal command ``cmd_seq``,
         whose time is ``now_us`` — and store what it sends once ``committed()`` (the last
-        committed journal command) reaches ``cmd_seq``. Call between two commands, from the
+        committed journal command; negative once the market stopped) reaches ``cmd_seq``. Call between two commands, from the
         task that owns the engine."""
         r, w = os.pipe()
         t = time.perf_counter()
@@ -249,7 +249,9 @@ class Snapshotter:
             if status != 0:
                 raise SnapshotInvalid(f"the snapshot process exited with status {status}")
             deadline = time.monotonic() + self.timeout_s
-            while committed() < cmd_seq:  # never store a state the journal may not hold
+            while (done := committed()) < cmd_seq:  # never store a state the journal may not hold
+                if done < 0:
+                    raise SnapshotInvalid(f"the market stopped before command {cmd_seq} was committed")
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"command {cmd_seq} was not committed in {self.timeout_s:.0f}s")
                 await asyncio.sleep(0.005)

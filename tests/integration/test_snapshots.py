@@ -214,3 +214,11 @@ async def test_a_snapshot_is_stored_only_once_its_command_is_committed():
     restored = snapshots.decode(enc.state, enc.digest, enc.state_hash)
     assert restored.export_state() == engine.export_state()
     assert not s.due(4) and s.due(6)
+
+    # the market stops before the command is committed: the snapshot gives up, nothing stored
+    committed[0] = 5
+    s.capture(engine, 6, engine.now, lambda: committed[0])
+    await asyncio.sleep(0.2)
+    committed[0] = -1
+    await until(lambda: not s.busy)
+    assert len(store.written) == 1 and s.failures == 1 and "stopped" in str(s.failed)
