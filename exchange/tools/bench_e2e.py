@@ -31,7 +31,6 @@ order flow the exchange can carry; at saturation any extra work shows as queuein
 from __future__ import annotations
 
 import asyncio
-import json
 import multiprocessing
 import os
 import random
@@ -48,6 +47,7 @@ from typing import Any
 
 import aiohttp
 import asyncpg
+import orjson
 from eth_account import Account
 
 from exchange.protocol import siwe
@@ -97,7 +97,7 @@ async def _session(http, url, key, products, n_orders, window, seed, lat, counts
         async def reader() -> None:
             nonlocal done
             async for msg in ws:
-                m = json.loads(msg.data)
+                m = orjson.loads(msg.data)  # frames decoded and encoded as the SDK does (clients/sdk/wire.py)
                 t = m["type"]
                 if t == "response" or t == "error":
                     t0 = sent.pop(m["id"], None)
@@ -143,7 +143,7 @@ async def _session(http, url, key, products, n_orders, window, seed, lat, counts
             msg["id"] = next_id
             sent[next_id] = time.perf_counter_ns()
             next_id += 1
-            await ws.send_str(json.dumps(msg))
+            await ws.send_str(orjson.dumps(msg).decode())
         await asyncio.wait_for(finished.wait(), 120)
         rd.cancel()
 
@@ -217,9 +217,9 @@ async def _reader(http: aiohttp.ClientSession, url: str, acct, stop: asyncio.Eve
             i += 1
             msg = {"type": "positions", "id": i} if i % 2 else {"type": "trades", "id": i, "limit": 100}
             t0 = time.perf_counter_ns()
-            await ws.send_str(json.dumps(msg))
+            await ws.send_str(orjson.dumps(msg).decode())
             while True:
-                m = json.loads((await ws.receive()).data)
+                m = orjson.loads((await ws.receive()).data)
                 if m.get("id") == i:
                     break
             lat.append(time.perf_counter_ns() - t0)
