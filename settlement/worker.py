@@ -854,7 +854,10 @@ class SettlementWorker:
     def _anchored_event(self, batch_id: int):
         c = self.chain
         ev = c.registry.events.BatchAnchored()
-        logs = ev.get_logs(from_block=self.deploy_block, to_block="latest", argument_filters={"batchId": batch_id})
+        # from the deployment, or the first block a compacted in-process chain still has
+        # (an older event is gone with its block: the batch is recorded without it)
+        logs = ev.get_logs(from_block=max(self.deploy_block, c.history_start()), to_block="latest",
+                           argument_filters={"batchId": batch_id})
         return logs[0] if logs else None
 
     async def _reprepare(self, batch_id: int, why: str) -> None:
@@ -1021,23 +1024,31 @@ class SettlementWorker:
         scanned, scanned_hash = row["scanned_block"], row["scanned_hash"]
         c = self.chain
         head = self.chain_head = await self._chain(lambda: c.w3.eth.block_number)
+        # the oldest block to read: the deployment's, or the first one a compacted in-process
+        # chain still has (settlement.chainstore.compact keeps the blocks from the cursor's
+        # rescan window on, so this is below the cursor unless the store was compacted by hand)
+        floor = max(self.deploy_block, await self._chain(c.history_start))
         why = None
+        start = scanned + 1
         if scanned > head:
             why = f"the chain head #{head} is below the scanned block #{scanned} (rollback, or a cursor past the head)"
+        elif scanned < floor and scanned >= self.deploy_block:
+            log.error("settlement: the chain no longer has blocks #%d..#%d (compacted past the scan cursor): deposits "
+                      "and withdrawal requests there were not read; scanning from #%d", scanned + 1, floor - 1, floor)
+            start = floor
         elif scanned_hash is not None and scanned >= self.deploy_block:
             now_hash = await self._chain(self._block_hash, scanned)
             if now_hash != scanned_hash:
                 why = f"block #{scanned} is not the one scanned any more ({scanned_hash[:10]}.. -> {now_hash[:10]}..)"
-        start = scanned + 1
         if why is not None:
-            start = max(self.deploy_block, min(scanned, head) - max(self.confirmations, REORG_RESCAN))
+            start = max(floor, min(scanned, head) - max(self.confirmations, REORG_RESCAN))
             self.stats["rescans"] += 1
             log.warning("settlement: %s: rescanning deposits and withdrawal requests from block #%d", why, start)
         safe = head - self.confirmations
         to = min(safe, start + SCAN_BLOCKS - 1)
         if to < start:
             if why is not None:  # nothing to scan yet, but never keep a cursor past the head
-                back = max(self.deploy_block, start - 1)
+                back = max(floor, start - 1)
                 await self._save_cursor(back, await self._chain(self._block_hash, back))
             return False
         to_hash = await self._chain(self._block_hash, to)  # before the logs: a later reorg shows as a new hash
