@@ -298,10 +298,14 @@ def compact(directory: Path, keep_blocks: int = DEFAULT_KEEP_BLOCKS, *, keep_fro
                                        "checkpointed): not compacted")
         finally:
             src.close()
-        _write_store(tmp, records)
-        if before_replace is not None:
-            before_replace(tmp)
-        os.replace(tmp, path)
+        try:
+            _write_store(tmp, records)
+            if before_replace is not None:
+                before_replace(tmp)
+            os.replace(tmp, path)
+        except Exception:
+            _unlink_store_files(tmp)  # the old store is untouched (a crash leaves the file: removed next time)
+            raise
         _fsync_dir(directory)
         # the old store's log was checkpointed and emptied above: what is left of it is stale
         for suffix in ("-wal", "-shm"):

@@ -138,9 +138,11 @@ async def reconcile(pool, market_id: str, chain, *, deployment_id: int | None = 
             if "0x" + c_root.hex() != b["root"]:
                 diff(f"batch {bid}: root on chain 0x{c_root.hex()} != recorded {b['root']}")
             receipt = await call(chain.receipt, b["tx_hash"], 0) if b["tx_hash"] else None
-            if receipt is None and b["block_number"] is not None and b["block_number"] < history_start:
-                # its block was dropped by a compaction of the in-process chain: the root in the
-                # registry (checked above) is what is left to check it against
+            if receipt is None and history_start > 0 and (b["block_number"] is None
+                                                           or b["block_number"] < history_start):
+                # its block was dropped by a compaction of the in-process chain (or the worker found
+                # it anchored in the registry after its block was dropped, block unknown): the root
+                # in the registry (checked above) is what is left to check it against
                 rep.compacted += 1
                 continue
             if receipt is None:
