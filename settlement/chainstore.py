@@ -234,6 +234,28 @@ def stored_history_start(db: Any) -> int:
     return int(raw) if raw is not None else 0
 
 
+def droppable_blocks(directory: Path, keep_blocks: int = DEFAULT_KEEP_BLOCKS) -> int | None:
+    """How many blocks a compaction keeping ``keep_blocks`` would drop from the store in
+    ``directory`` now (None: no store there). Read without the directory's lock (a read-only
+    look at the committed head)."""
+    path = Path(directory) / DB_FILE
+    if not path.is_file():
+        return None
+    conn = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True)
+    try:
+        head_hash = _sqlite_get(conn, HEAD_KEY)
+        head = rlp.decode(_sqlite_get(conn, head_hash), sedes=HeaderSedes).block_number
+        try:
+            start = int(_sqlite_get(conn, HISTORY_START_KEY))
+        except KeyError:
+            start = 0
+    except (KeyError, sqlite3.DatabaseError):
+        return None
+    finally:
+        conn.close()
+    return max(0, head - keep_blocks + 1 - max(start, 1))
+
+
 @dataclass(frozen=True)
 class Compaction:
     """What :func:`compact` did."""

@@ -21,7 +21,7 @@ from settlement.chain import Chain, ChainError, chain_data_path
 from settlement.chainstore import DEFAULT_KEEP_BLOCKS, MIN_KEEP_BLOCKS, ChainStoreLocked, compact
 from settlement.devnode import DevNodeUnavailable
 from settlement.reconcile import reconcile
-from settlement.worker import REORG_RESCAN, RedeployRefused, approve_redeploy
+from settlement.worker import RedeployRefused, approve_redeploy, compaction_floor
 
 
 def cmd_reconcile(args: argparse.Namespace) -> int:
@@ -230,15 +230,6 @@ def cmd_operator(args: argparse.Namespace) -> int:
             print(f"the configured key ({configured}) is not the operator: set VOLTBOURSE_CHAIN_OPERATOR_KEY "
                   "to the operator's key")
     return 0
-
-
-async def compaction_floor(pool, market_id: str) -> int | None:
-    """The oldest block the settlement worker may still read on the market's chain: its chain
-    scan's cursor minus its rescan window (a rollback check rescans that far). None before
-    anything was deployed."""
-    row = await pool.fetchrow("SELECT scanned_block FROM settlement_deployments WHERE market_id = $1 AND active",
-                              market_id)
-    return None if row is None else max(0, row["scanned_block"] - REORG_RESCAN)
 
 
 def cmd_compact_chain(args: argparse.Namespace) -> int:

@@ -71,9 +71,11 @@ from typing import Any
 import asyncpg
 from web3.logs import DISCARD
 
+from exchange.runtime.config import Settings
 from exchange.runtime.inbox import DirectEngine
 from exchange.runtime.ports import CollateralUpdate, EngineCommands, Payout, PayoutSource
-from settlement.chain import CALL_GAS, Chain, ChainError, EvmTooOld, SendRefused, tx_hash_of, tx_nonce
+from settlement.chain import CALL_GAS, Chain, ChainError, EvmTooOld, SendRefused, chain_data_path, tx_hash_of, tx_nonce
+from settlement.chainstore import DEFAULT_KEEP_BLOCKS, ChainStoreLocked, Compaction, compact, droppable_blocks
 from settlement.collateral import ChainCollateral, record_deposits
 from settlement.merkle import MerkleTree, TradeRecord, leaf
 from settlement.netting import net_amounts
@@ -85,6 +87,9 @@ CONSUMER = "settlement"
 SCAN_BLOCKS = 2_000  # chain events read per query
 #: blocks rescanned below the new head after the head went back or a scanned block changed
 REORG_RESCAN = 64
+#: the settlement process compacts the in-process chain's store when it opens it and a
+#: compaction would drop at least this many blocks (≈ 25 KB of store each, ≈ 100 MB)
+AUTO_COMPACT_BLOCKS = 4_096
 #: anchored batches (the most recent) whose roots are compared with the registry at each check
 CHECK_RECENT = 16
 #: a batch whose transaction reverts without a decodable reason is signed anew at most this often
@@ -159,6 +164,42 @@ async def approve_redeploy(pool: asyncpg.Pool, market_id: str, chain: Chain | No
             f"are gone from the node, and deploys anew; its {anchored} anchored batches stay recorded against it "
             "(unverifiable), batches not anchored go to the new deployment, and members' collateral restarts from "
             "the new chain's")
+
+
+async def compaction_floor(pool: asyncpg.Pool, market_id: str) -> int | None:
+    """The oldest block the worker may still read on the market's chain: the chain scan's
+    cursor minus its rescan window (a rollback rescans that far back). None before anything
+    was deployed. A compaction keeps every block from there on."""
+    row = await pool.fetchrow("SELECT scanned_block FROM settlement_deployments WHERE market_id = $1 AND active",
+                              market_id)
+    return None if row is None else max(0, row["scanned_block"] - REORG_RESCAN)
+
+
+async def compact_chain_at_open(pool: asyncpg.Pool, settings: Settings, *, threshold: int = AUTO_COMPACT_BLOCKS,
+                                keep_blocks: int = DEFAULT_KEEP_BLOCKS) -> Compaction | None:
+    """Before the settlement worker opens the in-process chain on disk: compact its store
+    (settlement.chainstore.compact, keeping ``keep_blocks`` and every block from the
+    chain scan's rescan window on) when that would drop at least ``threshold`` blocks. A
+    store in use, or a compaction that fails, is left as it is (the old store is intact:
+    the open that follows reports a store in use)."""
+    directory = chain_data_path(settings)
+    if settings.chain_rpc_url or directory is None:
+        return None
+    loop = asyncio.get_running_loop()
+    grown = await loop.run_in_executor(None, droppable_blocks, directory, keep_blocks)
+    if grown is None or grown < threshold:
+        return None
+    keep_from = await compaction_floor(pool, settings.market_id)
+    try:
+        done = await loop.run_in_executor(None, lambda: compact(directory, keep_blocks, keep_from=keep_from))
+    except ChainStoreLocked:
+        return None
+    except Exception:  # noqa: BLE001 - the old store is intact: settle on it, uncompacted
+        log.exception("settlement: compacting the chain store in %s failed; going on without", directory)
+        return None
+    log.info("settlement: compacted the chain store in %s: %.1f MB -> %.1f MB in %.2f s (blocks #%d..#%d kept)",
+             directory, done.bytes_before / 1e6, done.bytes_after / 1e6, done.seconds, done.history_start, done.head)
+    return done
 
 
 async def batch_trades(conn, market_id: str, batch_id: int) -> list[TradeRecord]:

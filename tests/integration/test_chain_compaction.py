@@ -3,13 +3,15 @@ settlement compact-chain``): after it the chain reopens at the same head with th
 genesis, state, nonces and code, keeps its recent blocks whole, drops older ones (their
 receipts and logs), and goes on; proofs of batches anchored before it still verify and
 reconcile is OK; the file is much smaller; a crash at any moment of it leaves the old
-store or the new one, each usable; it refuses while the store is open.
+store or the new one, each usable; it refuses while the store is open; the settlement
+process compacts a grown store when it opens it.
 
 Real parts only: real PostgreSQL, the real runtime, py-evm over SQLite files in tmp_path,
 the contracts compiled from source."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sqlite3
@@ -23,11 +25,12 @@ from support.market import open_test_market
 from support.paths import ROOT
 from support.settlement import DEPOSIT, MEMBER_KEYS, make_worker, register_and_fund, trade
 
+from exchange.runtime.config import load_settings
 from settlement.chain import Chain
 from settlement.chainstore import DB_FILE, MIN_KEEP_BLOCKS, ChainStoreLocked, compact
-from settlement.cli import compaction_floor
 from settlement.proofs import ProofService, verify_proof
 from settlement.reconcile import reconcile
+from settlement.worker import compact_chain_at_open, compaction_floor
 
 pytestmark = pytest.mark.integration
 
@@ -334,6 +337,59 @@ async def test_a_sent_batch_whose_block_was_compacted_away_is_anchored_not_lost(
         assert rep.ok and rep.compacted >= 1
         assert chain.pending_nonce() >= nonce
         await w2.shutdown()
+    finally:
+        chain.close()
+        await market.close()
+
+
+async def test_compaction_when_the_settlement_process_opens_a_grown_store_and_by_command(pool, pg_dsn, artifacts,
+                                                                                       tmp_path):
+    d = tmp_path / "chain"
+    settings = load_settings(database_url=pg_dsn, market_id="s", chain_data_dir=str(d))
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "VOLTBOURSE_DATABASE_URL": pg_dsn, "VOLTBOURSE_MARKET_ID": "s",
+           "VOLTBOURSE_CHAIN_DATA_DIR": str(d)}
+    command = [sys.executable, "-m", "exchange.tools.cli", "settlement", "compact-chain", "--keep-blocks", str(KEEP),
+               "--json"]
+    market = await open_test_market(pg_dsn, "s")
+    chain = Chain.in_process(artifacts=artifacts, data_dir=d)
+    try:
+        w = make_worker(pool, market, chain)
+        await w.start()
+        await register_and_fund(market, w, chain)
+        await w._chain(_grow, chain, KEEP + 100)
+        await w.scan_chain()
+        head = chain.w3.eth.block_number
+        # in use: the open after it reports that; the command says to stop the exchange
+        assert await compact_chain_at_open(pool, settings, threshold=1, keep_blocks=KEEP) is None
+        refused = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+        assert refused.returncode == 1 and "in use: stop the exchange" in refused.stderr, refused.stderr
+        await w.shutdown()
+        chain.close()
+
+        assert await compact_chain_at_open(pool, settings, keep_blocks=KEEP) is None  # not grown enough
+        done = await compact_chain_at_open(pool, settings, threshold=50, keep_blocks=KEEP)
+        assert done is not None and done.head == head and done.history_start == head - KEEP + 1
+        assert await compact_chain_at_open(pool, settings, threshold=1, keep_blocks=KEEP) is None  # nothing to drop
+
+        chain = Chain.in_process(artifacts=artifacts, data_dir=d)
+        w = make_worker(pool, market, chain)
+        await w.start()
+        await w._chain(_grow, chain, 30)
+        await w.scan_chain()
+        await w.shutdown()
+        chain.close()
+        ran = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+        assert ran.returncode == 0, ran.stderr
+        report = json.loads(ran.stdout)
+        assert (report["head"], report["history_start"]) == (head + 30, head + 30 - KEEP + 1)
+        assert report["directory"] == str(d)
+        chain = Chain.in_process(artifacts=artifacts, data_dir=d)
+        w = make_worker(pool, market, chain)
+        await w.start()
+        await trade(market, 10, seed=61)
+        await w.drain()
+        await _assert_settled(pool, market, chain)
+        await w.shutdown()
     finally:
         chain.close()
         await market.close()
