@@ -23,6 +23,11 @@ as the store is open; the lock goes with the process, whatever the way it ends.
 
 The backend also finds a transaction by hash through py-evm's transaction index (eth-tester
 walks every block back from the head), so a receipt lookup costs the same at any height.
+
+**Compaction** (:func:`compact`, with the store closed): a new file with the genesis, the
+recent blocks and the head's whole state only, renamed over the old one; older blocks (their
+receipts and logs) and past states are dropped, and the first block kept is recorded
+(:func:`stored_history_start`). docs/settlement.md, "The in-process chain on disk".
 """
 
 from __future__ import annotations
