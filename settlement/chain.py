@@ -36,7 +36,7 @@ from web3.providers.eth_tester.defaults import API_ENDPOINTS, static_return
 from web3.types import Wei
 
 from exchange.runtime.config import Settings
-from settlement.chainstore import EphemeralPyEVMBackend, PersistentPyEVMBackend, SqliteChainDB
+from settlement.chainstore import EphemeralPyEVMBackend, PersistentPyEVMBackend, SqliteChainDB, stored_history_start
 from settlement.compiler import Artifact, load_artifacts
 from settlement.reverts import ALREADY_KNOWN, OTHER, Revert, RevertDecoder, classify_send_error, revert_data
 
@@ -202,6 +202,13 @@ class Chain:
                 raise ValueError("chain_rpc_url needs chain_operator_key (VOLTBOURSE_CHAIN_OPERATOR_KEY)")
             return cls.rpc(settings.chain_rpc_url, key, artifacts)
         return cls.in_process(key, artifacts, chain_data_path(settings), settings.chain_id)
+
+    def history_start(self) -> int:
+        """The first block after the genesis whose transactions, receipts and logs the chain
+        still has: 0 but on an in-process chain whose store was compacted
+        (settlement.chainstore.compact), which keeps only recent blocks. A node is taken to
+        keep its history."""
+        return stored_history_start(self.store) if self.store is not None else 0
 
     def close(self) -> None:
         """Release what the chain holds: the in-process chain's store is committed and
@@ -388,14 +395,18 @@ class Chain:
         """Decoded events of the registry of each name in ``events``, in [from_block, to_block]:
         one ``eth_getLogs`` for all of them (its topic an OR of theirs). On the in-process EVM a
         query reads every receipt of every block in its range (an anchor's holds a log per
-        member), so one query instead of one per event halves a chain scan."""
+        member), so one query instead of one per event halves a chain scan. Blocks a compaction
+        dropped (below :meth:`history_start`) are not read: they have no logs any more."""
+        from_block = max(from_block, self.history_start())
+        out: dict[str, list] = {name: [] for name in events}
+        if from_block > to_block:
+            return out
         by_topic = {}
         for name in events:
             ev = getattr(self.registry.events, name)()
             by_topic[bytes.fromhex(ev.topic.removeprefix("0x"))] = ev
         logs = self.w3.eth.get_logs({"address": self.registry.address, "fromBlock": from_block, "toBlock": to_block,
                                      "topics": [["0x" + t.hex() for t in by_topic]]})
-        out: dict[str, list] = {name: [] for name in events}
         for log_entry in logs:
             ev = by_topic[bytes(log_entry["topics"][0])]
             out[ev.event_name].append(ev.process_log(log_entry))

@@ -18,10 +18,10 @@ from exchange.runtime.db import create_pool, database
 from exchange.runtime.service import run_async
 from settlement.bench import FLOW_RATE, MIN_BATCH, THIN_MAX_AGE_S, bench_settlement
 from settlement.chain import Chain, ChainError, chain_data_path
-from settlement.chainstore import ChainStoreLocked
+from settlement.chainstore import DEFAULT_KEEP_BLOCKS, MIN_KEEP_BLOCKS, ChainStoreLocked, compact
 from settlement.devnode import DevNodeUnavailable
 from settlement.reconcile import reconcile
-from settlement.worker import RedeployRefused, approve_redeploy
+from settlement.worker import RedeployRefused, approve_redeploy, compaction_floor
 
 
 def cmd_reconcile(args: argparse.Namespace) -> int:
@@ -51,6 +51,9 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
             print("  (in flight)", d)
         for d in report.get("unverifiable", []):
             print("  (unverifiable)", d)
+        if report.get("compacted"):
+            print(f"  ({report['compacted']} anchored batches checked by their root only: their blocks were "
+                  "compacted away)")
     return 0 if report["ok"] else 1
 
 
@@ -229,6 +232,49 @@ def cmd_operator(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compact_chain(args: argparse.Namespace) -> int:
+    """Compact the in-process chain's store (settlement.chainstore.compact) while the exchange
+    is stopped: keep the last ``--keep-blocks`` blocks (and every block from the chain scan's
+    cursor on) and the head's state, drop the rest. docs/settlement.md, "The in-process chain
+    on disk"."""
+    settings = load_settings()
+    directory = chain_data_path(settings)
+    if settings.chain_rpc_url or directory is None:
+        print("voltbourse: the chain is " + ("a JSON-RPC node" if settings.chain_rpc_url else "in memory (ephemeral)")
+              + ": no in-process chain store to compact", file=sys.stderr)
+        return 2
+    if args.keep_blocks < MIN_KEEP_BLOCKS:
+        print(f"voltbourse: --keep-blocks must be at least {MIN_KEEP_BLOCKS}", file=sys.stderr)
+        return 2
+    if not (directory / "chain.sqlite3").is_file():
+        print(f"voltbourse: no in-process chain in {directory}", file=sys.stderr)
+        return 2
+
+    async def floor(dsn: str) -> int | None:
+        pool = await create_pool(dsn, min_size=1, max_size=2)
+        try:
+            return await compaction_floor(pool, settings.market_id)
+        finally:
+            await pool.close()
+
+    with database(settings) as dsn:
+        keep_from = run_async(floor(dsn))
+    try:
+        done = compact(directory, args.keep_blocks, keep_from=keep_from)
+    except ChainStoreLocked:
+        print("voltbourse: the in-process chain is in use: stop the exchange (voltbourse serve, or voltbourse "
+              "settle) first", file=sys.stderr)
+        return 1
+    report = {"directory": str(directory), **done.as_dict()}
+    if args.json:
+        print(json.dumps(report))
+    else:
+        print(f"compacted {directory}: {done.bytes_before / 1e6:.1f} MB -> {done.bytes_after / 1e6:.1f} MB in "
+              f"{done.seconds:.1f} s; head #{done.head}, blocks #{done.history_start}..#{done.head} kept whole "
+              "(and the genesis), the head's state")
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
 
     try:
@@ -275,6 +321,14 @@ def add_commands(sub, bench_sub) -> None:
     for q in (show, prop, acc):
         q.add_argument("--json", action="store_true", help="print the result as JSON")
         q.set_defaults(func=cmd_operator)
+
+    cc = s.add_parser("compact-chain", help="shrink the in-process chain's store: keep recent blocks and the current "
+                                            "state, drop older history (the exchange must be stopped)")
+    cc.add_argument("--keep-blocks", type=int, default=DEFAULT_KEEP_BLOCKS,
+                    help=f"recent blocks kept whole (default {DEFAULT_KEEP_BLOCKS}, at least {MIN_KEEP_BLOCKS}); "
+                         "blocks from the chain scan's cursor on are kept too")
+    cc.add_argument("--json", action="store_true", help="print the result as JSON")
+    cc.set_defaults(func=cmd_compact_chain)
 
     b = bench_sub.add_parser("settlement", help="trades anchored per second, gas per trade and lag on the "
                                                 "in-process EVM or a JSON-RPC node (--rpc)")

@@ -48,7 +48,7 @@ from settlement.process import Supervisor, make_worker, run_reconcile
 from settlement.proofs import ProofService
 from settlement.protocol import MyCollateral, TradeProof
 from settlement.remote import SettlementUnavailable, SettlementView
-from settlement.worker import SettlementStartError, SettlementWorker
+from settlement.worker import SettlementStartError, SettlementWorker, compact_chain_at_open
 
 log = logging.getLogger(__name__)
 
@@ -193,6 +193,8 @@ async def _start_inline(app: web.Application, chain: Chain | None, publish) -> C
     settings, market = app[SETTINGS], app[MARKET]
     loop = asyncio.get_running_loop()
     owned = chain is None  # a chain made here (from the settings) is closed here
+    if chain is None:
+        await compact_chain_at_open(market.pool, settings)
     try:
         c = chain if chain is not None else await loop.run_in_executor(None, Chain.from_settings, settings)
     except ChainStoreLocked as exc:

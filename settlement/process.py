@@ -48,7 +48,7 @@ from exchange.runtime.inbox import InboxEngine
 from exchange.runtime.ports import PayoutSource
 from settlement.chain import Chain
 from settlement.reconcile import reconcile
-from settlement.worker import SettlementWorker
+from settlement.worker import SettlementWorker, compact_chain_at_open
 
 log = logging.getLogger(__name__)
 
@@ -183,6 +183,8 @@ class SettleProcess:
 
     async def _run(self, pool: asyncpg.Pool, listen: asyncpg.Connection, stop: asyncio.Event) -> int:
         loop = asyncio.get_running_loop()
+        if self._given_chain is None:
+            await compact_chain_at_open(pool, self.settings)
         chain: Chain = (self._given_chain if self._given_chain is not None
                         else await loop.run_in_executor(None, Chain.from_settings, self.settings))
         worker = self.worker = make_worker(pool, self.settings, chain, engine=InboxEngine(pool, self.market_id),

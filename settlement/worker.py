@@ -71,9 +71,11 @@ from typing import Any
 import asyncpg
 from web3.logs import DISCARD
 
+from exchange.runtime.config import Settings
 from exchange.runtime.inbox import DirectEngine
 from exchange.runtime.ports import CollateralUpdate, EngineCommands, Payout, PayoutSource
-from settlement.chain import CALL_GAS, Chain, ChainError, EvmTooOld, SendRefused, tx_hash_of, tx_nonce
+from settlement.chain import CALL_GAS, Chain, ChainError, EvmTooOld, SendRefused, chain_data_path, tx_hash_of, tx_nonce
+from settlement.chainstore import DEFAULT_KEEP_BLOCKS, ChainStoreLocked, Compaction, compact, droppable_blocks
 from settlement.collateral import ChainCollateral, record_deposits
 from settlement.merkle import MerkleTree, TradeRecord, leaf
 from settlement.netting import net_amounts
@@ -85,6 +87,9 @@ CONSUMER = "settlement"
 SCAN_BLOCKS = 2_000  # chain events read per query
 #: blocks rescanned below the new head after the head went back or a scanned block changed
 REORG_RESCAN = 64
+#: the settlement process compacts the in-process chain's store when it opens it and a
+#: compaction would drop at least this many blocks (≈ 25 KB of store each, ≈ 100 MB)
+AUTO_COMPACT_BLOCKS = 4_096
 #: anchored batches (the most recent) whose roots are compared with the registry at each check
 CHECK_RECENT = 16
 #: a batch whose transaction reverts without a decodable reason is signed anew at most this often
@@ -159,6 +164,42 @@ async def approve_redeploy(pool: asyncpg.Pool, market_id: str, chain: Chain | No
             f"are gone from the node, and deploys anew; its {anchored} anchored batches stay recorded against it "
             "(unverifiable), batches not anchored go to the new deployment, and members' collateral restarts from "
             "the new chain's")
+
+
+async def compaction_floor(pool: asyncpg.Pool, market_id: str) -> int | None:
+    """The oldest block the worker may still read on the market's chain: the chain scan's
+    cursor minus its rescan window (a rollback rescans that far back). None before anything
+    was deployed. A compaction keeps every block from there on."""
+    row = await pool.fetchrow("SELECT scanned_block FROM settlement_deployments WHERE market_id = $1 AND active",
+                              market_id)
+    return None if row is None else max(0, row["scanned_block"] - REORG_RESCAN)
+
+
+async def compact_chain_at_open(pool: asyncpg.Pool, settings: Settings, *, threshold: int = AUTO_COMPACT_BLOCKS,
+                                keep_blocks: int = DEFAULT_KEEP_BLOCKS) -> Compaction | None:
+    """Before the settlement worker opens the in-process chain on disk: compact its store
+    (settlement.chainstore.compact, keeping ``keep_blocks`` and every block from the
+    chain scan's rescan window on) when that would drop at least ``threshold`` blocks. A
+    store in use, or a compaction that fails, is left as it is (the old store is intact:
+    the open that follows reports a store in use)."""
+    directory = chain_data_path(settings)
+    if settings.chain_rpc_url or directory is None:
+        return None
+    loop = asyncio.get_running_loop()
+    grown = await loop.run_in_executor(None, droppable_blocks, directory, keep_blocks)
+    if grown is None or grown < threshold:
+        return None
+    keep_from = await compaction_floor(pool, settings.market_id)
+    try:
+        done = await loop.run_in_executor(None, lambda: compact(directory, keep_blocks, keep_from=keep_from))
+    except ChainStoreLocked:
+        return None
+    except Exception:  # noqa: BLE001 - the old store is intact: settle on it, uncompacted
+        log.exception("settlement: compacting the chain store in %s failed; going on without", directory)
+        return None
+    log.info("settlement: compacted the chain store in %s: %.1f MB -> %.1f MB in %.2f s (blocks #%d..#%d kept)",
+             directory, done.bytes_before / 1e6, done.bytes_after / 1e6, done.seconds, done.history_start, done.head)
+    return done
 
 
 async def batch_trades(conn, market_id: str, batch_id: int) -> list[TradeRecord]:
@@ -854,7 +895,10 @@ class SettlementWorker:
     def _anchored_event(self, batch_id: int):
         c = self.chain
         ev = c.registry.events.BatchAnchored()
-        logs = ev.get_logs(from_block=self.deploy_block, to_block="latest", argument_filters={"batchId": batch_id})
+        # from the deployment, or the first block a compacted in-process chain still has
+        # (an older event is gone with its block: the batch is recorded without it)
+        logs = ev.get_logs(from_block=max(self.deploy_block, c.history_start()), to_block="latest",
+                           argument_filters={"batchId": batch_id})
         return logs[0] if logs else None
 
     async def _reprepare(self, batch_id: int, why: str) -> None:
@@ -1021,23 +1065,31 @@ class SettlementWorker:
         scanned, scanned_hash = row["scanned_block"], row["scanned_hash"]
         c = self.chain
         head = self.chain_head = await self._chain(lambda: c.w3.eth.block_number)
+        # the oldest block to read: the deployment's, or the first one a compacted in-process
+        # chain still has (settlement.chainstore.compact keeps the blocks from the cursor's
+        # rescan window on, so this is below the cursor unless the store was compacted by hand)
+        floor = max(self.deploy_block, await self._chain(c.history_start))
         why = None
+        start = scanned + 1
         if scanned > head:
             why = f"the chain head #{head} is below the scanned block #{scanned} (rollback, or a cursor past the head)"
+        elif scanned < floor and scanned >= self.deploy_block:
+            log.error("settlement: the chain no longer has blocks #%d..#%d (compacted past the scan cursor): deposits "
+                      "and withdrawal requests there were not read; scanning from #%d", scanned + 1, floor - 1, floor)
+            start = floor
         elif scanned_hash is not None and scanned >= self.deploy_block:
             now_hash = await self._chain(self._block_hash, scanned)
             if now_hash != scanned_hash:
                 why = f"block #{scanned} is not the one scanned any more ({scanned_hash[:10]}.. -> {now_hash[:10]}..)"
-        start = scanned + 1
         if why is not None:
-            start = max(self.deploy_block, min(scanned, head) - max(self.confirmations, REORG_RESCAN))
+            start = max(floor, min(scanned, head) - max(self.confirmations, REORG_RESCAN))
             self.stats["rescans"] += 1
             log.warning("settlement: %s: rescanning deposits and withdrawal requests from block #%d", why, start)
         safe = head - self.confirmations
         to = min(safe, start + SCAN_BLOCKS - 1)
         if to < start:
             if why is not None:  # nothing to scan yet, but never keep a cursor past the head
-                back = max(self.deploy_block, start - 1)
+                back = max(floor, start - 1)
                 await self._save_cursor(back, await self._chain(self._block_hash, back))
             return False
         to_hash = await self._chain(self._block_hash, to)  # before the logs: a later reorg shows as a new hash
