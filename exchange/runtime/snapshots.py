@@ -224,6 +224,7 @@ class Snapshotter:
         committed journal command; negative once the market stopped) reaches ``cmd_seq``. Call between two commands, from the
         task that owns the engine."""
         r, w = os.pipe()
+        parent = os.getpid()
         t = time.perf_counter()
         try:
             pid = os.fork()
@@ -233,7 +234,7 @@ class Snapshotter:
             self._failure(exc)
             return
         if pid == 0:  # the child: never returns
-            _encode_in_child(engine, cmd_seq, now_us, w)
+            _encode_in_child(engine, cmd_seq, now_us, w, parent)
         self.fork_ms = (time.perf_counter() - t) * 1000
         os.close(w)
         self.pid = pid
@@ -288,14 +289,14 @@ class Snapshotter:
             await _reap(pid)
 
 
-def _encode_in_child(engine: MarketEngine, cmd_seq: int, now_us: int, w: int) -> NoReturn:
+def _encode_in_child(engine: MarketEngine, cmd_seq: int, now_us: int, w: int, parent: int) -> NoReturn:
     """The forked child: encode the engine it inherited, write header and bytes to ``w``,
     exit. It touches nothing of the parent's (no event loop, connections or logging)."""
     code = 1
     try:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, signal.SIG_DFL)
-        _die_with_parent()
+        _die_with_parent(parent)
         os.closerange(3, w)  # the parent's sockets: a restarted server can bind at once
         os.closerange(w + 1, _max_fd())
         gc.disable()  # the state is read once: no collections to touch (and copy) every page
@@ -313,13 +314,17 @@ def _encode_in_child(engine: MarketEngine, cmd_seq: int, now_us: int, w: int) ->
         os._exit(code)
 
 
-def _die_with_parent() -> None:
-    """Linux: the child gets SIGKILL if the server dies (kill -9) while it encodes."""
+def _die_with_parent(parent: int) -> None:
+    """Linux: the child gets SIGKILL if the server dies (kill -9) while it encodes. A server
+    that died between the fork and this call sends nothing: then the child is already
+    someone else's (its parent id changed) and stops here."""
     if sys.platform.startswith("linux"):
         try:
             ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
         except (OSError, AttributeError):
             pass
+    if os.getppid() != parent:
+        os._exit(1)
 
 
 def _max_fd() -> int:

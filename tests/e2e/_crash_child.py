@@ -32,13 +32,15 @@ def _slowed(encode):
 
 async def _watch(market) -> None:
     s, fast, said = market.snapshotter, snapshots.encode, 0
+    stale = None  # a snapshot forked before encoding was slowed (it encodes fast): not the one
     while True:
         if s.written != said:
             said = s.written
             print(f"SNAPSHOTS {said}", flush=True)
-            if said >= 2:
-                snapshots.encode = _slowed(fast)  # the next snapshot process hangs
-        if s.busy and snapshots.encode is not fast:
+        if said >= 2 and snapshots.encode is fast:
+            snapshots.encode = _slowed(fast)  # the next snapshot process forked hangs
+            stale = s.pid
+        if snapshots.encode is not fast and s.busy and s.pid != stale:
             print(f"SNAPPING {market.runtime.cmd_seq} {s.pid}", flush=True)
             return
         await asyncio.sleep(0.001)

@@ -532,11 +532,13 @@ function localYmd(date, tz) {
 const isoZ = (d) => d.toISOString().replace(/\.\d{3}Z$/, "Z");
 
 async function initEnergy() {
-  const now = new Date(S.hello.market_time || Date.now());
-  const end = localYmd(now, S.tz);
-  const start = localYmd(new Date(now.getTime() - 6 * 86400000), S.tz);
-  $("#en-start").value = start;
-  $("#en-end").value = end;
+  // the last 7 days by default, unless the member already chose a period while the page was
+  // still signing in (their choice is not overwritten)
+  if (!$("#en-start").value || !$("#en-end").value) {
+    const now = new Date(S.hello.market_time || Date.now());
+    $("#en-start").value = localYmd(new Date(now.getTime() - 6 * 86400000), S.tz);
+    $("#en-end").value = localYmd(now, S.tz);
+  }
   await loadEnergy();
 }
 
