@@ -333,13 +333,13 @@ def compact(directory: Path, keep_blocks: int = DEFAULT_KEEP_BLOCKS, *, keep_fro
         except Exception:
             _unlink_store_files(tmp)  # the old store is untouched (a crash leaves the file: removed next time)
             raise
-        _fsync_dir(directory)
+        _fsync(directory)
         # the old store's log was checkpointed and emptied above: what is left of it is stale
         for suffix in ("-wal", "-shm"):
             stale = directory / (DB_FILE + suffix)
             if stale.exists():
                 stale.unlink()
-        _fsync_dir(directory)
+        _fsync(directory)
         return Compaction(head, first, len(records), before, _store_bytes(directory), time.monotonic() - started)
     finally:
         os.close(lock_fd)
@@ -445,15 +445,12 @@ def _write_store(path: Path, records: dict[bytes, bytes]) -> None:
         conn.execute("PRAGMA journal_mode=WAL")
     finally:
         conn.close()
+    _fsync(path)
+
+
+def _fsync(path: Path) -> None:
+    """fsync a file or a directory (a rename is durable once its directory is)."""
     fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:

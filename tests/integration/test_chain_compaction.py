@@ -23,12 +23,19 @@ from pathlib import Path
 import pytest
 from support.market import open_test_market
 from support.paths import ROOT
-from support.settlement import DEPOSIT, MEMBER_KEYS, make_worker, register_and_fund, trade
+from support.settlement import (
+    MEMBER_KEYS,
+    anchored_proofs,
+    assert_settled,
+    make_worker,
+    register_and_fund,
+    trade,
+)
 
 from exchange.runtime.config import load_settings
 from settlement.chain import Chain
 from settlement.chainstore import DB_FILE, MIN_KEEP_BLOCKS, ChainStoreLocked, compact
-from settlement.proofs import ProofService, verify_proof
+from settlement.proofs import verify_proof
 from settlement.reconcile import reconcile
 from settlement.worker import compact_chain_at_open, compaction_floor
 
@@ -228,25 +235,6 @@ def test_a_compaction_killed_at_any_moment_leaves_a_usable_store(tmp_path, artif
 # ------------------------------------------------------------------ the worker on a compacted chain
 
 
-async def _assert_settled(pool, market, chain) -> None:
-    rep = await reconcile(pool, "s", chain)
-    assert rep.ok, rep.differences
-    assert rep.pending_trades == 0 and not rep.unverifiable
-    assert chain.registry.functions.batchCount().call() == rep.batches == rep.anchored
-    for acct in MEMBER_KEYS:
-        a = market.engine.accounts[acct.address]
-        assert a.collateral == chain.collateral(acct.address), acct.address
-        assert a.net_payable == 0
-    assert sum(chain.collateral(a.address) for a in MEMBER_KEYS) == DEPOSIT * len(MEMBER_KEYS)
-
-
-async def _proofs(pool, chain) -> list[dict]:
-    proofs = ProofService(pool, "s", chain)
-    ids = await pool.fetch("SELECT t.trade_id FROM trades t JOIN settlement_batches b USING (market_id, batch_id) "
-                           "WHERE t.market_id = 's' AND b.state = 'anchored' ORDER BY t.trade_id")
-    return [await proofs.trade_proof(r["trade_id"]) for r in ids]
-
-
 async def test_settlement_goes_on_after_a_compaction(pool, pg_dsn, artifacts, tmp_path):
     d = tmp_path / "chain"
     market = await open_test_market(pg_dsn, "s")
@@ -257,8 +245,8 @@ async def test_settlement_goes_on_after_a_compaction(pool, pg_dsn, artifacts, tm
         await register_and_fund(market, w1, chain)
         n1 = await trade(market, 25, seed=41)
         await w1.drain()
-        await _assert_settled(pool, market, chain)
-        before = await _proofs(pool, chain)
+        await assert_settled(pool, market, chain)
+        before = await anchored_proofs(pool, chain)
         anchored_at = await pool.fetchval("SELECT max(block_number) FROM settlement_batches WHERE market_id = 's'")
         await w1._chain(_grow, chain, KEEP + 50)  # the batches' blocks fall out of the recent window
         await w1.scan_chain()  # the cursor moves on (compaction keeps its rescan window)
@@ -278,16 +266,16 @@ async def test_settlement_goes_on_after_a_compaction(pool, pg_dsn, artifacts, tm
         assert _state(chain) == state
         for p in before:  # proofs of batches anchored before the compaction verify
             assert verify_proof(p, chain.registry), p["trade"]["trade_id"]
-        assert await _proofs(pool, chain) == before
+        assert await anchored_proofs(pool, chain) == before
         rep = await reconcile(pool, "s", chain)
         assert rep.ok, rep.differences
         assert rep.compacted == rep.anchored > 0  # their receipts are gone: checked by their roots
         n2 = await trade(market, 15, seed=42)  # trading and anchoring go on
         await w2.drain()
-        await _assert_settled(pool, market, chain)
+        await assert_settled(pool, market, chain)
         rep = await reconcile(pool, "s", chain)
         assert rep.trades == n1 + n2 and 0 < rep.compacted < rep.anchored
-        assert all(verify_proof(p, chain.registry) for p in await _proofs(pool, chain))
+        assert all(verify_proof(p, chain.registry) for p in await anchored_proofs(pool, chain))
         await w2.shutdown()
     finally:
         chain.close()
@@ -335,7 +323,7 @@ async def test_a_sent_batch_whose_block_was_compacted_away_is_anchored_not_lost(
         row = await pool.fetchrow("SELECT state, tx_hash, attempts FROM settlement_batches WHERE market_id = 's' "
                                   "AND batch_id = $1", sent["batch_id"])
         assert (row["state"], row["tx_hash"], row["attempts"]) == ("anchored", sent["tx_hash"], 1)
-        await _assert_settled(pool, market, chain)
+        await assert_settled(pool, market, chain)
         rep = await reconcile(pool, "s", chain)
         assert rep.ok and rep.compacted >= 1
         assert chain.pending_nonce() >= nonce
@@ -391,7 +379,7 @@ async def test_compaction_when_the_settlement_process_opens_a_grown_store_and_by
         await w.start()
         await trade(market, 10, seed=61)
         await w.drain()
-        await _assert_settled(pool, market, chain)
+        await assert_settled(pool, market, chain)
         await w.shutdown()
     finally:
         chain.close()

@@ -23,12 +23,19 @@ import pytest
 from eth.db.schema import SchemaV1
 from support.market import open_test_market
 from support.paths import ROOT, TESTS
-from support.settlement import DEPOSIT, MEMBER_KEYS, make_worker, register_and_fund, trade
+from support.settlement import (
+    MEMBER_KEYS,
+    anchored_proofs,
+    assert_settled,
+    make_worker,
+    register_and_fund,
+    trade,
+)
 
 from exchange.runtime.config import load_settings
 from settlement.chain import Chain, chain_data_path
 from settlement.chainstore import CHAIN_ID_KEY, TESTER_CHAIN_ID, ChainStoreLocked, SqliteChainDB
-from settlement.proofs import ProofService, verify_proof
+from settlement.proofs import verify_proof
 from settlement.reconcile import reconcile
 from settlement.worker import FAULT_POINTS, SettlementStartError, approve_redeploy
 
@@ -188,25 +195,6 @@ def test_sigkill_at_any_moment_leaves_whole_blocks(tmp_path, artifacts):
 # ------------------------------------------------------------------ the worker on the chain on disk
 
 
-async def _assert_settled(pool, market, chain) -> None:
-    rep = await reconcile(pool, "s", chain)
-    assert rep.ok, rep.differences
-    assert rep.pending_trades == 0 and not rep.unverifiable
-    assert chain.registry.functions.batchCount().call() == rep.batches == rep.anchored
-    for acct in MEMBER_KEYS:
-        a = market.engine.accounts[acct.address]
-        assert a.collateral == chain.collateral(acct.address), acct.address
-        assert a.net_payable == 0
-    assert sum(chain.collateral(a.address) for a in MEMBER_KEYS) == DEPOSIT * len(MEMBER_KEYS)
-
-
-async def _proofs(pool, chain) -> list[dict]:
-    proofs = ProofService(pool, "s", chain)
-    ids = await pool.fetch("SELECT t.trade_id FROM trades t JOIN settlement_batches b USING (market_id, batch_id) "
-                           "WHERE t.market_id = 's' AND b.state = 'anchored' ORDER BY t.trade_id")
-    return [await proofs.trade_proof(r["trade_id"]) for r in ids]
-
-
 @pytest.mark.parametrize("point", FAULT_POINTS)
 async def test_killed_at_each_worker_step_resumes_on_the_reopened_chain(pool, pg_dsn, artifacts, tmp_path, point):
     d = tmp_path / "chain"
@@ -229,7 +217,7 @@ async def test_killed_at_each_worker_step_resumes_on_the_reopened_chain(pool, pg
         n1 = await trade(market, 25, seed=21)
         with pytest.raises(Crash):
             await w1.drain()
-        before = await _proofs(pool, chain)
+        before = await anchored_proofs(pool, chain)
         collateral = {a.address: market.engine.accounts[a.address].collateral for a in MEMBER_KEYS}
         # the exchange process dies: the worker, the engine, the chain with what it had not committed
         w1.close()
@@ -246,13 +234,13 @@ async def test_killed_at_each_worker_step_resumes_on_the_reopened_chain(pool, pg
         for p in before:  # proofs of batches anchored before the kill verify on the reopened chain
             assert verify_proof(p, chain.registry), p["trade"]["trade_id"]
         await w2.drain()
-        await _assert_settled(pool, market, chain)
+        await assert_settled(pool, market, chain)
         n2 = await trade(market, 10, seed=22)  # trading goes on, and settles
         await w2.drain()
-        await _assert_settled(pool, market, chain)
+        await assert_settled(pool, market, chain)
         rep = await reconcile(pool, "s", chain)
         assert rep.trades == n1 + n2
-        assert all(verify_proof(p, chain.registry) for p in await _proofs(pool, chain))
+        assert all(verify_proof(p, chain.registry) for p in await anchored_proofs(pool, chain))
     finally:
         for w in workers:
             w.close()
@@ -284,10 +272,10 @@ async def test_a_chain_that_lost_its_last_blocks_is_healed(pool, pg_dsn, artifac
         await w2.start()
         await trade(market, 20, seed=32)
         await w2.drain()
-        await _assert_settled(pool, market, chain)
+        await assert_settled(pool, market, chain)
         total = chain.registry.functions.batchCount().call()
         assert total > kept
-        proofs = await _proofs(pool, chain)
+        proofs = await anchored_proofs(pool, chain)
         addresses = (chain.token.address, chain.registry.address)
         await w2.shutdown()
         chain.close()
@@ -302,7 +290,7 @@ async def test_a_chain_that_lost_its_last_blocks_is_healed(pool, pg_dsn, artifac
         assert w3.stats["rollbacks"] >= 1 and w3.stats["batches_healed"] == total - kept
         assert "rollback" in w3.alerts
         await w3.drain()
-        await _assert_settled(pool, market, chain)
+        await assert_settled(pool, market, chain)
         assert chain.registry.functions.batchCount().call() == total and "rollback" not in w3.alerts
         assert all(verify_proof(p, chain.registry) for p in proofs)
         await w3.shutdown()

@@ -9,6 +9,8 @@ import random
 from exchange.core.model import PlaceOrder, RegisterMember, Side
 from exchange.protocol.auth import order_typed_data, sign_order
 from settlement.chain import Chain
+from settlement.proofs import ProofService
+from settlement.reconcile import reconcile
 from settlement.worker import SettlementWorker
 from support.keys import KEYS
 from support.market import open_products
@@ -61,3 +63,25 @@ async def trade(market, n_pairs: int, seed: int = 1, signed_every: int = 3, chai
             res = await rt.submit(PlaceOrder(0, acct.address, pid, side, price, qty, signature=sig, nonce=nonce))
             trades += sum(1 for ev in res.events if ev.type == "trade")
     return trades
+
+
+async def assert_settled(pool, market, chain, market_id: str = "s") -> None:
+    """Reconcile OK, every batch anchored, each member's collateral in the engine as on chain,
+    nothing payable left, and the deposits all there."""
+    rep = await reconcile(pool, market_id, chain)
+    assert rep.ok, rep.differences
+    assert rep.pending_trades == 0 and not rep.unverifiable
+    assert chain.registry.functions.batchCount().call() == rep.batches == rep.anchored
+    for acct in MEMBER_KEYS:
+        a = market.engine.accounts[acct.address]
+        assert a.collateral == chain.collateral(acct.address), acct.address
+        assert a.net_payable == 0
+    assert sum(chain.collateral(a.address) for a in MEMBER_KEYS) == DEPOSIT * len(MEMBER_KEYS)
+
+
+async def anchored_proofs(pool, chain, market_id: str = "s") -> list[dict]:
+    """The proof of every trade in an anchored batch, by trade id."""
+    proofs = ProofService(pool, market_id, chain)
+    ids = await pool.fetch("SELECT t.trade_id FROM trades t JOIN settlement_batches b USING (market_id, batch_id) "
+                           "WHERE t.market_id = $1 AND b.state = 'anchored' ORDER BY t.trade_id", market_id)
+    return [await proofs.trade_proof(r["trade_id"]) for r in ids]
