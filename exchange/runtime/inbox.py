@@ -127,6 +127,15 @@ async def wait_applied(pool: asyncpg.Pool, market_id: str, inbox_ids: list[int],
         delay = min(delay * 2, 0.2)
 
 
+def _command(u: CollateralUpdate) -> UpdateCollateral:
+    return collateral_command(u.member, u.collateral, u.settled_payable, u.settlement_ref, u.withdrawal)
+
+
+def _refusal(outcome: dict[str, Any]) -> str | None:
+    """The port's answer from a row's outcome: None if applied, else ``"REASON: detail"``."""
+    return None if outcome.get("ok") else f"{outcome.get('rejected')}: {outcome.get('detail')}"
+
+
 def collateral_command(member: str, collateral: int, settled_payable: int, settlement_ref: int,
                        withdrawal: int) -> UpdateCollateral:
     return UpdateCollateral(0, member=MemberId(member), collateral=collateral, settled_payable=settled_payable,
@@ -142,18 +151,13 @@ class InboxEngine:
 
     async def update_collateral(self, key: str | None, member: str, collateral: int, *, settled_payable: int = 0,
                                 settlement_ref: int = 0, withdrawal: int = 0) -> str | None:
-        cmd = collateral_command(member, collateral, settled_payable, settlement_ref, withdrawal)
-        rid = await post(self.pool, self.market_id, key or f"refresh:{uuid.uuid4()}", command_to_dict(cmd))
-        res = (await wait_applied(self.pool, self.market_id, [rid], self.timeout))[rid]
-        return None if res.get("ok") else f"{res.get('rejected')}: {res.get('detail')}"
+        return (await self.update_collaterals([CollateralUpdate(
+            key or f"refresh:{uuid.uuid4()}", member, collateral, settled_payable, settlement_ref, withdrawal)]))[0]
 
     async def update_collaterals(self, updates: Sequence[CollateralUpdate]) -> list[str | None]:
-        rids = await post_many(self.pool, self.market_id, [
-            (u.key, command_to_dict(collateral_command(u.member, u.collateral, u.settled_payable, u.settlement_ref,
-                                                       u.withdrawal))) for u in updates])
+        rids = await post_many(self.pool, self.market_id, [(u.key, command_to_dict(_command(u))) for u in updates])
         results = await wait_applied(self.pool, self.market_id, rids, self.timeout) if rids else {}
-        return [None if results[r].get("ok") else f"{results[r].get('rejected')}: {results[r].get('detail')}"
-                for r in rids]
+        return [_refusal(results[r]) for r in rids]
 
     async def accounts(self, members: list[str] | None = None) -> dict[str, AccountView]:
         rid = await post(self.pool, self.market_id, f"query:{uuid.uuid4()}", {"type": QUERY, "members": members})
@@ -170,17 +174,13 @@ class DirectEngine:
 
     async def update_collateral(self, key: str | None, member: str, collateral: int, *, settled_payable: int = 0,
                                 settlement_ref: int = 0, withdrawal: int = 0) -> str | None:
-        res = await self.runtime.submit(collateral_command(member, collateral, settled_payable, settlement_ref,
-                                                           withdrawal))
-        out = _outcome(res.events)
-        return None if out.get("ok") else f"{out['rejected']}: {out['detail']}"
+        return (await self.update_collaterals([CollateralUpdate(
+            key or "", member, collateral, settled_payable, settlement_ref, withdrawal)]))[0]
 
     async def update_collaterals(self, updates: Sequence[CollateralUpdate]) -> list[str | None]:
         # the tasks start in the order given and queue their command at once: applied in that order
-        futures = [self.runtime.submit(collateral_command(u.member, u.collateral, u.settled_payable,
-                                                          u.settlement_ref, u.withdrawal)) for u in updates]
-        outs = [_outcome(res.events) for res in await asyncio.gather(*futures)]
-        return [None if o.get("ok") else f"{o['rejected']}: {o['detail']}" for o in outs]
+        results = await asyncio.gather(*(self.runtime.submit(_command(u)) for u in updates))
+        return [_refusal(_outcome(res.events)) for res in results]
 
     async def accounts(self, members: list[str] | None = None) -> dict[str, AccountView]:
         return {m: AccountView(collateral=v[0], open_exposure=v[1], net_payable=v[2])
