@@ -41,8 +41,8 @@ class _RuntimeCollector:
         yield CounterMetricFamily("voltbourse_journal_commit_failures", "Failed journal commits (each is retried).",
                                   value=rt.commit_failures)
         q = GaugeMetricFamily("voltbourse_queue_depth", "Items waiting in the runtime's queues.", labels=["queue"])
-        q.add_metric(["commands"], rt.queue.qsize())
-        q.add_metric(["journal_groups"], rt._groups.qsize())
+        q.add_metric(["commands"], rt.queued())
+        q.add_metric(["uncommitted"], rt.uncommitted())
         yield q
         s = GaugeMetricFamily("voltbourse_market_seq", "Last committed event sequence number.", labels=["market"])
         s.add_metric([rt.journal.market_id], rt.committed_seq)

@@ -1,28 +1,40 @@
-"""Group commit across markets: one journal transaction for the groups that the markets of
-one process have ready at the same moment, so that the cost of a commit (its fsync) is
-shared by every market instead of paid by each.
+"""The markets' scheduler and group commit: one task runs the engine steps of every market of
+a process, and their journal groups share one transaction per commit, so that neither the
+cost of a commit (its fsync) nor that of a wake-up is paid per market.
 
-Each :class:`~exchange.runtime.market.MarketRuntime` given a ``committer`` hands it its group
-(rows built from its own engine) and waits; the committer's task takes everything waiting,
-writes it with :func:`~exchange.runtime.journal.write_groups` (one transaction) and wakes
-the runtimes, which then acknowledge and publish their own entries in their own order, as
-with a writer of their own. A failed transaction fails every group in it: each runtime
-retries as it does alone (nothing is acknowledged before COMMIT).
+A market (:class:`~exchange.runtime.market.MarketRuntime`, seen here through the
+:class:`Scheduled` protocol) queues its commands and asks to be woken. The scheduler's task
+then, for every market woken since its last pass, runs an engine step (the queued commands,
+up to a batch, through the market's engine: pure, in memory) which leaves a group of
+processed commands in the market's outbox; then it starts a transaction with the outboxes of
+the markets that have none in flight, writes them with
+:func:`~exchange.runtime.journal.write_groups` (one COPY each for journal and trade rows) and,
+after COMMIT, hands each market its group back: the market acknowledges and publishes its
+own entries, in its own order. Nothing a command produced is visible to anyone before its
+group has committed.
 
-Pipelining. Up to ``in_flight`` transactions run at once, each on a connection of its own:
-when the groups waiting cannot join the transaction being committed, a second one starts
-at once instead of waiting for the first one's COMMIT (and its fsync). A market never has
-two groups in flight (its runtime hands over the next group after the previous one's
-commit; a group that arrives early all the same waits for its market's transaction to
-end), so the order of a market's rows, their visibility to readers and "nothing after a
-gap" are as with one transaction at a time; transactions of different markets are
-independent."""
+This is how a matching engine serves many books from one thread: with a hundred markets and
+one or two commands per market per commit, a task per market (an engine task, a writer task
+and a future to wait for the commit, each woken per group) cost about a quarter of the
+process; here a pass costs one wake-up, whatever the number of markets.
+
+Pipelining. Up to ``in_flight`` transactions run at once, each on a connection of its own,
+and the engine steps go on while they commit. A market never has two groups in flight: what
+its engine processes meanwhile waits in its outbox and goes into the next transaction after
+the previous one's COMMIT, so the order of a market's rows, their visibility to readers and
+"nothing after a gap" are as with one transaction at a time; transactions of different
+markets are independent. A failed transaction is retried with back-off (its markets
+acknowledge nothing meanwhile); a market that stops meanwhile is left out of the retry.
+A market whose engine step fails stops alone; the others go on."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+import time
+from dataclasses import dataclass
+from typing import Protocol
 
 import asyncpg
 
@@ -30,7 +42,45 @@ from exchange.runtime.journal import write_groups
 
 log = logging.getLogger(__name__)
 
-_Item = tuple[str, list[tuple], list[tuple], asyncio.Future]
+
+@dataclass(slots=True)
+class Group:
+    """A market's processed commands awaiting COMMIT: the rows to write and what the market
+    needs back after the commit (opaque to the scheduler)."""
+
+    jrows: list[tuple]
+    trows: list[tuple]
+    payload: object = None
+
+
+class Scheduled(Protocol):
+    """What the scheduler needs of a market."""
+
+    @property
+    def market_id(self) -> str: ...
+
+    @property
+    def closed(self) -> bool: ...
+
+    def step(self) -> bool:
+        """Run the engine over queued commands (at most a batch); True if more are queued."""
+        ...
+
+    def take(self) -> Group | None:
+        """The outbox as one group to commit (None: nothing processed since the last take)."""
+        ...
+
+    def committed(self, group: Group, seconds: float) -> None:
+        """The group is durable (or had no rows to write): acknowledge and publish it."""
+        ...
+
+    def commit_failed(self, exc: Exception, retry_in: float) -> None:
+        """A transaction holding the market's group failed; it is retried after ``retry_in`` s."""
+        ...
+
+    def fail(self, exc: BaseException) -> None:
+        """Stop the market (its engine failed, or the scheduler stopped)."""
+        ...
 
 
 class GroupCommitter:
@@ -40,26 +90,33 @@ class GroupCommitter:
         self.pool = pool
         self.max_rows = max_rows
         self.in_flight = in_flight
-        self._waiting: list[_Item] = []  # in arrival order
-        self._wake = asyncio.Event()  # a group arrived or a transaction ended
-        self._busy: set[str] = set()  # markets with a transaction in flight
-        self._slots = asyncio.Semaphore(in_flight)
-        self._commits: dict[asyncio.Task, list[_Item]] = {}  # transactions in flight and their groups
-        self._active = 0  # transactions being written
+        self._markets: set[Scheduled] = set()
+        self._ready: dict[Scheduled, None] = {}  # commands queued, in wake order
+        self._waiting: dict[Scheduled, None] = {}  # an outbox to commit, in arrival order
+        self._busy: set[Scheduled] = set()  # markets with a transaction in flight
+        self._wake = asyncio.Event()
+        self._commits: set[asyncio.Task] = set()  # transactions in flight
+        self._active = 0
         self._task: asyncio.Task | None = None
         self._lock_conn: asyncpg.Connection | None = None
         self._locked: set[str] = set()
         self.commits = 0
         self.groups = 0
+        self.passes = 0  # the scheduler's passes (engine steps of every woken market, then commits)
         self.overlapped = 0  # transactions started while another one was in flight
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None
 
     def start(self) -> None:
         if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="group-commit")
+            self._task = asyncio.create_task(self._run(), name="market-scheduler")
 
     async def lock(self, market_id: str) -> None:
-        """The market's single-writer lock (as Journal.lock_writer), for every market of this
-        process on one dedicated connection instead of one connection each."""
+        """The market's single-writer lock (a PostgreSQL session advisory lock), for every
+        market of this process on one dedicated connection: a second instance of the same
+        market refuses to start instead of interleaving its journal."""
         if market_id in self._locked:
             raise RuntimeError(f"market {market_id} is already running in this process")
         if self._lock_conn is None:
@@ -76,9 +133,28 @@ class GroupCommitter:
             await self._lock_conn.execute("SELECT pg_advisory_unlock(hashtextextended($1, 0))",
                                           "voltbourse:" + market_id)
 
+    def attach(self, market: Scheduled) -> None:
+        if self._task is None:
+            raise RuntimeError("the market scheduler is not running")
+        self._markets.add(market)
+
+    def detach(self, market: Scheduled) -> None:
+        """Forget a stopped market (a transaction in flight with its group ends without it)."""
+        self._markets.discard(market)
+        self._ready.pop(market, None)
+        self._waiting.pop(market, None)
+
+    def wake(self, market: Scheduled) -> None:
+        """The market has commands queued: step it at the next pass (a market detached, or
+        never attached, is not stepped)."""
+        if market in self._markets:
+            self._ready[market] = None
+            self._wake.set()
+
     async def stop(self) -> None:
+        """Stop the scheduler; a market still attached stops with it (what it had not
+        committed is refused)."""
         tasks = [t for t in (self._task, *self._commits) if t is not None]
-        in_flight = [item for items in self._commits.values() for item in items]
         self._task = None
         for t in tasks:
             t.cancel()
@@ -86,10 +162,9 @@ class GroupCommitter:
         self._commits.clear()
         self._busy.clear()
         self._active = 0
-        pending, self._waiting = in_flight + self._waiting, []
-        for *_, fut in pending:
-            if not fut.done():
-                fut.set_exception(RuntimeError("the group committer stopped"))
+        for m in list(self._markets):
+            m.fail(RuntimeError("the market scheduler stopped"))
+            self.detach(m)
         if self._lock_conn is not None:
             conn, self._lock_conn = self._lock_conn, None
             self._locked.clear()
@@ -97,68 +172,102 @@ class GroupCommitter:
                 await conn.execute("SELECT pg_advisory_unlock_all()")
             await self.pool.release(conn)
 
-    async def commit(self, market_id: str, jrows: list[tuple], trows: list[tuple]) -> None:
-        """Make these rows of ``market_id`` durable (returns after COMMIT)."""
-        if self._task is None:
-            raise RuntimeError("the group committer is not running")
-        fut: asyncio.Future = asyncio.get_running_loop().create_future()
-        self._waiting.append((market_id, jrows, trows, fut))
-        self._wake.set()
-        await fut
-
-    def _ready(self) -> list[_Item]:
-        """The groups that may go into a new transaction now (at most one per market, none of
-        a market whose transaction is in flight), up to ``max_rows``; the rest waits."""
-        take: list[_Item] = []
-        rest: list[_Item] = []
-        markets: set[str] = set()
-        rows = 0
-        for item in self._waiting:
-            mid = item[0]
-            if mid in self._busy or mid in markets or (take and rows >= self.max_rows):
-                rest.append(item)
-            else:
-                take.append(item)
-                markets.add(mid)
-                rows += len(item[1])
-        self._waiting = rest
-        return take
-
+    # ----------------------------------------------------------------- the task
     async def _run(self) -> None:
+        wake = self._wake
         while True:
-            await self._slots.acquire()
-            while True:
-                self._wake.clear()
-                if self._waiting:
-                    items = self._ready()
-                    if items:
-                        break
-                await self._wake.wait()  # nothing, or only groups of markets in flight
-            for mid, *_ in items:
-                self._busy.add(mid)
+            await wake.wait()
+            wake.clear()
+            self.passes += 1
+            if self._ready:
+                ready, self._ready = self._ready, {}
+                for m in ready:
+                    try:
+                        more = m.step()
+                    except Exception as exc:  # noqa: BLE001 - a market's own failure stops it alone
+                        self._failed(m, exc)
+                        continue
+                    self._waiting[m] = None
+                    if more:
+                        self._ready[m] = None
+            self._start_commits()
+            if self._ready:  # a market had more than a batch queued: step it again, after I/O
+                wake.set()
+                await asyncio.sleep(0)
+
+    def _start_commits(self) -> None:
+        """Start transactions while a slot is free: the outboxes of markets without one in
+        flight, in arrival order, up to ``max_rows`` (a group without rows is answered at once,
+        since nothing of its market is in flight before it)."""
+        waiting = self._waiting
+        busy = self._busy
+        while self._active < self.in_flight and waiting:
+            items: list[tuple[Scheduled, Group]] = []
+            rows = 0
+            for m in list(waiting):
+                if m in busy:
+                    continue
+                if items and rows >= self.max_rows:
+                    break
+                del waiting[m]
+                try:
+                    group = m.take()
+                    if group is None:
+                        continue
+                    if not group.jrows:
+                        m.committed(group, 0.0)
+                        continue
+                except Exception as exc:  # noqa: BLE001 - a market's own failure stops it alone
+                    self._failed(m, exc)
+                    continue
+                items.append((m, group))
+                busy.add(m)
+                rows += len(group.jrows)
+            if not items:
+                return
             if self._active:
                 self.overlapped += 1
             self._active += 1
             task = asyncio.create_task(self._commit(items), name="group-commit-tx")
-            self._commits[task] = items
-            task.add_done_callback(lambda t: self._commits.pop(t, None))
+            self._commits.add(task)
+            task.add_done_callback(self._commits.discard)
 
-    async def _commit(self, items: list[_Item]) -> None:
+    def _failed(self, m: Scheduled, exc: BaseException) -> None:
+        log.error("market %s failed in the scheduler: %r", m.market_id, exc, exc_info=exc)
+        m.fail(exc)
+        self.detach(m)
+
+    async def _commit(self, taken: list[tuple[Scheduled, Group]]) -> None:
+        delay = 0.05
         try:
-            await write_groups(self.pool, [(m, j, t) for m, j, t, _ in items])
-        except Exception as exc:  # every group fails; each runtime retries on its own
-            for *_, fut in items:
-                if not fut.done():
-                    fut.set_exception(exc)
-        else:
+            t = time.perf_counter()
+            items = taken
+            while True:
+                items = [(m, g) for m, g in items if not m.closed]
+                if not items:
+                    return
+                try:
+                    await write_groups(self.pool, [(m.market_id, g.jrows, g.trows) for m, g in items])
+                    break
+                except Exception as exc:  # retried until it succeeds: nothing is lost or acked early
+                    log.error("journal commit of %s failed (%s); retrying in %.2fs, nothing acknowledged",
+                              ", ".join(m.market_id for m, _ in items), exc, delay)
+                    for m, _ in items:
+                        m.commit_failed(exc, delay)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 5.0)
+            elapsed = time.perf_counter() - t
             self.commits += 1
             self.groups += len(items)
-            for *_, fut in items:
-                if not fut.done():
-                    fut.set_result(None)
+            busy = self._busy
+            for m, g in items:
+                busy.discard(m)
+                try:
+                    m.committed(g, elapsed)
+                except Exception as exc:  # noqa: BLE001 - never stops the others
+                    self._failed(m, exc)
         finally:
             self._active -= 1
-            for mid, *_ in items:
-                self._busy.discard(mid)
-            self._slots.release()
-            self._wake.set()
+            for m, _ in taken:
+                self._busy.discard(m)
+            self._wake.set()  # a slot is free, and the markets' outboxes may go now

@@ -1,20 +1,21 @@
-"""The engine runtime: one asyncio task owns a market's engine (single writer).
+"""The engine runtime: a market's engine, its single writer, and the journal behind it.
 
 Flow of a command::
 
-    submit() --queue--> engine task: stamp time, engine.process() (pure), serialise
-                 |--> pending group --> writer task: one transaction (COPY)
-                                          |--> after COMMIT: resolve the caller's
-                                               future, then call subscribers in order
+    submit() --queue--> scheduler pass: stamp time, engine.process() (pure), serialise
+                 |--> outbox --> scheduler: one transaction (COPY) with other markets' outboxes
+                                    |--> after COMMIT: resolve the caller's future, then
+                                         call subscribers in order
 
-The engine task keeps processing the next commands while the previous group
-is being committed (pipelining), so the group grows with load; but nothing a
-command produced is visible to anyone before its group has committed. A
-failing commit is retried with back-off and nothing is acknowledged
-meanwhile. If the engine or the writer fails, the market stops as a whole:
-every command not yet committed is refused (``MarketUnavailable``), and a
-restart rebuilds the state from the journal. Only one process may run a
-market (an advisory lock in PostgreSQL).
+The engine steps and the commits of every market of a process are run by one task, the
+process's :class:`~exchange.runtime.committer.GroupCommitter` (a market run alone gets one of
+its own). The engine keeps processing the next commands while the previous group is being
+committed (pipelining), so the group grows with load; but nothing a command produced is
+visible to anyone before its group has committed. A failing commit is retried with back-off
+and nothing is acknowledged meanwhile. If the engine fails, the market stops as a whole:
+every command not yet committed is refused (``MarketUnavailable``), and a restart rebuilds
+the state from the journal. Only one process may run a market (an advisory lock in
+PostgreSQL).
 """
 
 from __future__ import annotations
@@ -22,15 +23,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-
-import asyncpg
 
 from exchange.core.engine import MarketEngine
 from exchange.core.model import Command, Event, Tick, command_to_dict
 from exchange.runtime.clock import Clock
-from exchange.runtime.committer import GroupCommitter
+from exchange.runtime.committer import Group, GroupCommitter
 from exchange.runtime.journal import Entry, Journal
 from exchange.runtime.snapshots import SnapshotStore, Snapshotter, recover
 
@@ -76,11 +76,19 @@ class MarketRuntime:
         self.snapshotter = snapshotter  # seeded with the recovered state before the first command
         self.recovered_from = 0  # cmd_seq of the snapshot recovery started from (0: none)
         self.journal = journal
-        self.committer = committer  # shared with the process's other markets (None: commit alone)
+        # the process's scheduler and group commit, shared with its other markets (None: one of its own)
+        self._own_committer = committer is None
+        self.committer = GroupCommitter(journal.pool, in_flight=1) if committer is None else committer
         self.clock = clock
         self.max_batch = max_batch
-        self.queue: asyncio.Queue[_Item] = asyncio.Queue(queue_size)
-        self._groups: asyncio.Queue[list[tuple[Entry, asyncio.Future | None, int]]] = asyncio.Queue(8)
+        self.queue_size = queue_size
+        self._queue: deque[_Item] = deque()
+        self._space = asyncio.Event()  # set while the queue has room (submit waits on it when full)
+        self._space.set()
+        # processed, not yet committing: the entries, and for each its caller's future and receipt time
+        self._outbox: list[Entry] = []
+        self._waiters: list[tuple[asyncio.Future | None, int]] = []
+        self._committing = 0  # commands in the group being committed
         self._pending: set[asyncio.Future] = set()  # submitted, not yet resolved
         self.cmd_seq = 0
         self.committed_cmd_seq = 0  # last journal command that is durable
@@ -89,20 +97,35 @@ class MarketRuntime:
         self.subscribers: list[Subscriber] = []
         self.stats = Stats() if keep_stats else None
         self._tasks: list[asyncio.Task] = []
-        self._lock_conn: asyncpg.Connection | None = None
         self.running = False
         self.closed = False
         self.failed: BaseException | None = None
         self.commit_failures = 0
         self.on_commit: Callable[[float, int], None] | None = None  # (seconds, commands) for metrics
 
+    @property
+    def market_id(self) -> str:
+        return self.journal.market_id
+
+    def queued(self) -> int:
+        """Commands submitted, not yet through the engine."""
+        return len(self._queue)
+
+    def uncommitted(self) -> int:
+        """Commands through the engine, not yet committed (nor answered)."""
+        return len(self._outbox) + self._committing
+
     # ----------------------------------------------------------------- lifecycle
     async def start(self, verify: bool = True) -> None:
-        """Take the single-writer lock, rebuild the engine from the journal, start the tasks."""
-        if self.committer is not None:
-            await self.committer.lock(self.journal.market_id)
-        else:
-            self._lock_conn = await self.journal.lock_writer()
+        """Take the single-writer lock, rebuild the engine from the journal, join the scheduler."""
+        if self._own_committer:
+            self.committer.start()
+        try:
+            await self.committer.lock(self.market_id)
+        except BaseException:
+            if self._own_committer:
+                await self.committer.stop()
+            raise
         try:
             t = time.perf_counter()
             self.engine, self.cmd_seq, self.recovered_from = await recover(
@@ -112,16 +135,13 @@ class MarketRuntime:
             self._journaled_ts = self.engine.now
             self.clock.not_before(self.engine.now)
             log.info("market %s recovered %d commands (seq %d; from the snapshot at command %d, %d replayed) in "
-                     "%.2fs, state %s", self.journal.market_id, self.cmd_seq, self.engine.seq, self.recovered_from,
+                     "%.2fs, state %s", self.market_id, self.cmd_seq, self.engine.seq, self.recovered_from,
                      self.cmd_seq - self.recovered_from, time.perf_counter() - t, self.engine.state_hash()[:16])
             if self.snapshotter is not None:
                 self.snapshotter.seed(self.recovered_from)
+            self.committer.attach(self)
             self.running = True
-            self._tasks = [
-                asyncio.create_task(self._engine_loop(), name="engine"),
-                asyncio.create_task(self._writer_loop(), name="journal-writer"),
-                asyncio.create_task(self._timer_loop(), name="timer"),
-            ]
+            self._tasks = [asyncio.create_task(self._timer_loop(), name="timer")]
             await self.submit(Tick(0))  # list/open products due now
         except BaseException:
             await self._shutdown("market failed to start")
@@ -138,12 +158,12 @@ class MarketRuntime:
             try:
                 await asyncio.wait_for(self._drain(), drain_timeout)
             except TimeoutError:
-                log.error("market %s: stopping with uncommitted commands (refused)", self.journal.market_id)
+                log.error("market %s: stopping with uncommitted commands (refused)", self.market_id)
         await self._shutdown("market stopped")
 
     async def _drain(self) -> None:
-        await self.queue.join()
-        await self._groups.join()
+        while (self._queue or self._outbox or self._committing) and not self.closed:
+            await asyncio.sleep(0.005)
 
     async def _shutdown(self, why: str) -> None:
         self.running = False
@@ -154,35 +174,30 @@ class MarketRuntime:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self._tasks = []
+        self.committer.detach(self)
         self._refuse_all(why)
-        if self.committer is not None:
-            try:
-                await self.committer.unlock(self.journal.market_id)
-            except Exception:  # noqa: BLE001 - the connection may be gone; the lock goes with it
-                log.warning("could not release the writer lock cleanly", exc_info=True)
-        if self._lock_conn is not None:
-            conn, self._lock_conn = self._lock_conn, None
-            try:
-                await self.journal.unlock_writer(conn)
-            except Exception:  # noqa: BLE001 - the connection may be gone; the lock goes with it
-                log.warning("could not release the writer lock cleanly", exc_info=True)
+        try:
+            await self.committer.unlock(self.market_id)
+        except Exception:  # noqa: BLE001 - the connection may be gone; the lock goes with it
+            log.warning("could not release the writer lock cleanly", exc_info=True)
+        if self._own_committer:
+            await self.committer.stop()
 
     def _refuse_all(self, why: str) -> None:
-        while not self.queue.empty():
-            self.queue.get_nowait()
-            self.queue.task_done()
-        while not self._groups.empty():
-            self._groups.get_nowait()
-            self._groups.task_done()
+        self._queue.clear()
+        self._outbox = []
+        self._waiters = []
+        self._committing = 0
+        self._space.set()  # a submitter waiting for room sees the market closed
         for fut in list(self._pending):
             if not fut.done():
                 fut.set_exception(MarketUnavailable(why))
         self._pending.clear()
 
-    def _fail(self, exc: BaseException) -> None:
-        """An engine or writer failure: stop the whole market (from a task of its own)."""
+    def fail(self, exc: BaseException) -> None:
+        """An engine failure (or the scheduler stopped): stop the whole market (from a task of its own)."""
         if self.failed is None:
-            log.critical("market %s stopped: %r", self.journal.market_id, exc)
+            log.critical("market %s stopped: %r", self.market_id, exc)
             self.failed = exc
         self.running = False
         asyncio.get_running_loop().create_task(self._shutdown(f"market stopped: {exc!r}"))
@@ -203,119 +218,115 @@ class MarketRuntime:
         if not self.running:
             raise MarketUnavailable(f"market stopped: {self.failed!r}" if self.failed else "market is not running")
 
+    def _push(self, item: _Item) -> None:
+        self._queue.append(item)
+        self.committer.wake(self)
+
     async def submit(self, cmd: Command, origin: object = None) -> Result:
         """Queue a command and wait until its events are durable. The command's ``ts`` is
         stamped by the runtime when the engine takes it. ``origin`` reaches subscribers."""
         self._check_open()
+        while len(self._queue) >= self.queue_size:  # back-pressure: wait for room
+            self._space.clear()
+            await self._space.wait()
+            self._check_open()
         fut = self._new_future()
-        await self.queue.put((cmd, fut, time.perf_counter_ns(), origin))
-        if self.closed and not fut.done():  # the put completed after a shutdown
-            fut.set_exception(MarketUnavailable("market stopped"))
+        self._push((cmd, fut, time.perf_counter_ns(), origin))
         return await fut
 
     def enqueue(self, cmd: Command, origin: object = None, *, future: bool = False) -> asyncio.Future | None:
         """Queue without waiting: raises :class:`MarketBusy` when the queue is full. The
         outcome reaches the subscribers (with ``origin``), and the future if asked for."""
         self._check_open()
+        if len(self._queue) >= self.queue_size:
+            raise MarketBusy(f"command queue full ({self.queue_size})")
         fut = self._new_future() if future else None
-        try:
-            self.queue.put_nowait((cmd, fut, time.perf_counter_ns(), origin))
-        except asyncio.QueueFull:
-            if fut is not None:
-                self._pending.discard(fut)
-            raise MarketBusy(f"command queue full ({self.queue.maxsize})") from None
+        self._push((cmd, fut, time.perf_counter_ns(), origin))
         return fut
 
-    # ----------------------------------------------------------------- tasks
-    async def _engine_loop(self) -> None:
-        q = self.queue
+    # ----------------------------------------------------------------- the scheduler's calls
+    def step(self) -> bool:
+        """Run the engine over the queued commands (at most ``max_batch``) into the outbox;
+        True if more are queued. Pure and in memory: no I/O, no await."""
+        q = self._queue
         engine = self.engine
         clock = self.clock
-        try:
-            while True:
-                items = [await q.get()]
-                while len(items) < self.max_batch and not q.empty():
-                    items.append(q.get_nowait())
-                group = []
-                for cmd, fut, t0, origin in items:
-                    ts = clock.now_us()
-                    # Never stamp before the engine's clock (a wall clock may step back): the
-                    # journaled ts is then exactly the time the engine used.
-                    cmd.ts = ts if ts > engine.now else engine.now
-                    before = engine.seq
-                    events = engine.process(cmd)
-                    if not events:  # nothing happened (a tick with nothing due): nothing to persist
-                        self._resolve(fut, Result(self.cmd_seq, [], t0))
-                        continue
-                    if engine.seq == before:
-                        # A rejection that changed nothing: not journaled (replay does not need
-                        # it), answered in order with the group so no answer overtakes another.
-                        group.append((Entry(0, cmd, events, {}, origin), fut, t0))
-                        continue
-                    self.cmd_seq += 1
-                    self._journaled_ts = cmd.ts
-                    group.append((Entry(self.cmd_seq, cmd, events, command_to_dict(cmd), origin), fut, t0))
-                if group:
-                    snap = self.snapshotter
-                    if snap is not None and snap.due(self.cmd_seq):  # between commands: a fork, ~ms
-                        snap.capture(engine, self.cmd_seq, self._journaled_ts, self._committed_cmd)
-                    await self._groups.put(group)
-                for _ in items:
-                    q.task_done()
-        except asyncio.CancelledError:
-            raise
-        except BaseException as exc:
-            # An engine bug: the state may be ahead of the journal. Stop; what was not
-            # committed is refused, and a restart replays the journal.
-            self._fail(exc)
+        outbox = self._outbox
+        waiters = self._waiters
+        journaled = False
+        for _ in range(min(len(q), self.max_batch)):
+            cmd, fut, t0, origin = q.popleft()
+            ts = clock.now_us()
+            # Never stamp before the engine's clock (a wall clock may step back): the
+            # journaled ts is then exactly the time the engine used.
+            cmd.ts = ts if ts > engine.now else engine.now
+            before = engine.seq
+            events = engine.process(cmd)
+            if not events:  # nothing happened (a tick with nothing due): nothing to persist
+                self._resolve(fut, Result(self.cmd_seq, [], t0))
+                continue
+            if engine.seq == before:
+                # A rejection that changed nothing: not journaled (replay does not need
+                # it), answered in order with the group so no answer overtakes another.
+                outbox.append(Entry(0, cmd, events, {}, origin))
+                waiters.append((fut, t0))
+                continue
+            self.cmd_seq += 1
+            self._journaled_ts = cmd.ts
+            journaled = True
+            outbox.append(Entry(self.cmd_seq, cmd, events, command_to_dict(cmd), origin))
+            waiters.append((fut, t0))
+        snap = self.snapshotter
+        if journaled and snap is not None and snap.due(self.cmd_seq):  # between commands: a fork, ~ms
+            snap.capture(engine, self.cmd_seq, self._journaled_ts, self._committed_cmd)
+        if not self._space.is_set() and len(q) < self.queue_size:
+            self._space.set()
+        return bool(q)
 
-    async def _writer_loop(self) -> None:
-        groups = self._groups
-        try:
-            while True:
-                batch = await groups.get()
-                n_groups = 1
-                while not groups.empty():
-                    batch.extend(groups.get_nowait())
-                    n_groups += 1
-                entries = [e for e, _, _ in batch]
-                jrows, trows = self.journal.rows(entries, self.engine)
-                t = time.perf_counter()
-                delay = 0.05
-                while jrows:
-                    try:
-                        if self.committer is not None:
-                            await self.committer.commit(self.journal.market_id, jrows, trows)
-                        else:
-                            await self.journal.write(jrows, trows)
-                        break
-                    except Exception as exc:  # retried until it succeeds: nothing is lost or acked early
-                        self.commit_failures += 1
-                        log.error("journal commit failed (%s); retrying in %.2fs, nothing acknowledged", exc, delay)
-                        await asyncio.sleep(delay)
-                        delay = min(delay * 2, 5.0)
-                elapsed = time.perf_counter() - t
-                self.committed_seq = max(self.committed_seq, entries[-1].events[-1].seq)
-                for e in reversed(entries):
-                    if e.cmd_seq:
-                        self.committed_cmd_seq = e.cmd_seq
-                        break
-                for e, fut, t0 in batch:
-                    self._resolve(fut, Result(e.cmd_seq, e.events, t0))
-                for sub in list(self.subscribers):
-                    try:
-                        sub(entries)
-                    except Exception:  # a subscriber must never stop the market
-                        log.exception("subscriber failed; removing it")
-                        self.subscribers.remove(sub)
-                if jrows:
-                    self._record(elapsed, len(jrows))
-                for _ in range(n_groups):
-                    groups.task_done()
-        except asyncio.CancelledError:
-            raise
-        except BaseException as exc:
-            self._fail(exc)
+    def take(self) -> Group | None:
+        """The outbox as one group: its journal and trade rows, and the entries to answer."""
+        entries = self._outbox
+        if not entries:
+            return None
+        waiters = self._waiters
+        self._outbox = []
+        self._waiters = []
+        jrows, trows = self.journal.rows(entries, self.engine)
+        self._committing = len(entries)
+        return Group(jrows, trows, (entries, waiters))
+
+    def committed(self, group: Group, seconds: float) -> None:
+        """The group is durable: answer its commands, then tell the subscribers, in order."""
+        self._committing = 0
+        if self.closed:  # stopped meanwhile: its callers were refused already
+            return
+        entries: list[Entry]
+        waiters: list[tuple[asyncio.Future | None, int]]
+        entries, waiters = group.payload  # type: ignore[misc]
+        seq = entries[-1].events[-1].seq
+        if seq > self.committed_seq:
+            self.committed_seq = seq
+        jrows = group.jrows
+        if jrows:
+            self.committed_cmd_seq = jrows[-1][1]  # the last journaled command of the group
+        pending = self._pending
+        for e, (fut, t0) in zip(entries, waiters, strict=True):
+            if fut is not None:
+                pending.discard(fut)
+                if not fut.done():  # a caller may have given up (cancelled)
+                    fut.set_result(Result(e.cmd_seq, e.events, t0))
+        if self.subscribers:
+            for sub in list(self.subscribers):
+                try:
+                    sub(entries)
+                except Exception:  # a subscriber must never stop the market
+                    log.exception("subscriber failed; removing it")
+                    self.subscribers.remove(sub)
+        if jrows and (self.stats is not None or self.on_commit is not None):
+            self._record(seconds, len(jrows))
+
+    def commit_failed(self, exc: Exception, retry_in: float) -> None:
+        self.commit_failures += 1
 
     def _committed_cmd(self) -> int:
         """The last durable journal command; -1 once the market stopped (a snapshot waiting

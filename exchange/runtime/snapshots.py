@@ -10,7 +10,7 @@ and with none the whole journal is replayed. The journal before a snapshot stays
 (audit) but is not replayed.
 
 Snapshots are written off the order path by :class:`Snapshotter`: between two groups of
-commands the market's engine task forks, and the child process encodes its copy-on-write
+commands the market's engine step forks, and the child process encodes its copy-on-write
 image of the engine on a CPU of its own; the market pauses only for the fork (a few ms).
 ``voltbourse snapshots verify`` replays the whole journal and checks every snapshot
 against it; ``snapshots take`` builds one from the journal alone.
@@ -167,7 +167,7 @@ class Snapshotter:
     """Writes a snapshot every ``every_commands`` journal commands, or after ``interval_s``
     when there are new ones, from a copy-on-write image of the live engine.
 
-    The market's engine task asks :meth:`due` between two groups of commands; when a
+    The market's engine step asks :meth:`due` between two groups of commands; when a
     snapshot is due it calls :meth:`capture`, which forks. The child process holds the
     engine exactly as it is after journal command ``cmd_seq`` and encodes it (export, JSON,
     zlib, digest, state hash) on a CPU of its own, then sends the bytes back through a pipe

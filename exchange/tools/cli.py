@@ -83,7 +83,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     commands = args.commands if args.commands is not None else DEFAULT_BENCH_COMMANDS[args.kind]
     extra = {"engine": lambda: {"repeat": args.repeat}, "journal": lambda: {"concurrency": args.concurrency,
                                                                               "markets": _int_list(args.markets),
-                                                                              "in_flight": args.in_flight},
+                                                                              "in_flight": args.in_flight,
+                                                                              "repeat": args.repeat},
              "e2e": lambda: {"connections": args.connections, "window": args.window, "readers": args.readers,
                              "seed_trades": args.seed_trades, "rate": args.rate}}[args.kind]()
     return _finish(bench.run(args.kind, commands=commands, seed=args.seed, as_json=args.json, **extra))
@@ -174,6 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
                            help="e.g. 1,10,100: the load spread over that many markets sharing one group commit")
             b.add_argument("--in-flight", type=int, default=2,
                            help="with --markets: group-commit transactions in flight at once (1: one at a time)")
+            b.add_argument("--repeat", type=int, default=3,
+                           help="with --markets: alternated rounds (single market, then each N); medians reported")
         else:
             b.add_argument("--connections", type=int, default=40, help="authenticated WebSocket sessions")
             b.add_argument("--window", type=int, default=4, help="requests in flight per session")

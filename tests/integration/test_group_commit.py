@@ -16,7 +16,7 @@ from exchange.runtime.clock import ManualClock
 from exchange.runtime.committer import GroupCommitter
 from exchange.runtime.config import load_settings
 from exchange.runtime.journal import Journal, write_groups
-from exchange.runtime.market import MarketRuntime
+from exchange.runtime.market import MarketRuntime, MarketUnavailable
 from exchange.runtime.service import market_config
 
 pytestmark = pytest.mark.integration
@@ -89,4 +89,38 @@ async def test_one_market_once_per_process(pool):
             await _runtime(pool, "once", committer)
     finally:
         await rt.stop()
+        await committer.stop()
+
+
+async def test_an_engine_failure_stops_its_market_alone(pool):
+    """One scheduler task runs both markets' engines: an engine that raises stops its own
+    market (what it had not committed refused, nothing acknowledged), the other goes on."""
+    committer = GroupCommitter(pool)
+    committer.start()
+    bad, good = await _runtime(pool, "boom", committer), await _runtime(pool, "calm", committer)
+    try:
+        await _trade(bad, 3, 0)
+        before = bad.cmd_seq
+        real = bad.engine.process
+
+        def explode(cmd):
+            if isinstance(cmd, PlaceOrder) and cmd.price == 4_242:
+                raise ZeroDivisionError("engine bug")
+            return real(cmd)
+
+        bad.engine.process = explode  # type: ignore[method-assign]
+        pid = open_products(bad.engine)[0]
+        lost = asyncio.ensure_future(bad.submit(PlaceOrder(0, "a", pid, Side.BUY, 4_242, 1_000)))
+        with pytest.raises(MarketUnavailable, match="engine bug"):
+            await lost
+        await asyncio.sleep(0.05)
+        assert bad.closed and isinstance(bad.failed, ZeroDivisionError)
+        with pytest.raises(MarketUnavailable):
+            await bad.submit(PlaceOrder(0, "a", pid, Side.BUY, 9_000, 1_000))
+        await _trade(good, 20, 1)  # the other market trades on, through the same scheduler
+        assert good.running and good.committed_cmd_seq == good.cmd_seq > 0
+        assert await pool.fetchval("SELECT max(cmd_seq) FROM journal WHERE market_id = 'boom'") == before
+    finally:
+        await good.stop()
+        await bad.stop()
         await committer.stop()

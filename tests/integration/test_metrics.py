@@ -84,7 +84,7 @@ async def test_counters_follow_committed_events(served):
     assert s[("voltbourse_journal_commit_failures_total", frozenset())] == 0
 
     assert s[("voltbourse_queue_depth", frozenset({("queue", "commands")}))] == 0
-    assert s[("voltbourse_queue_depth", frozenset({("queue", "journal_groups")}))] == 0
+    assert s[("voltbourse_queue_depth", frozenset({("queue", "uncommitted")}))] == 0
     assert s[("voltbourse_market_seq", frozenset({("market", "metrics")}))] == rt.committed_seq > 0
 
 
