@@ -46,9 +46,10 @@ from exchange.runtime.config import Settings, load_settings
 from exchange.runtime.db import create_pool
 from exchange.runtime.inbox import InboxEngine
 from exchange.runtime.ports import PayoutSource
-from settlement.chain import Chain
+from settlement.chain import Chain, chain_data_path
+from settlement.chainstore import DEFAULT_KEEP_BLOCKS, droppable_blocks
 from settlement.reconcile import reconcile
-from settlement.worker import SettlementWorker, compact_chain_at_open
+from settlement.worker import AUTO_COMPACT_BLOCKS, SettlementWorker, compact_chain_at_open
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +58,10 @@ REQUEST_CHANNEL = "settlement_requests"
 HEARTBEAT_S = 5.0  # the status row is rewritten at least this often
 SETTINGS_ENV = "VOLTBOURSE_SETTLE_SETTINGS"  # the child's settings (JSON), from its supervisor
 LOCK_NAMESPACE = 0x5E77  # pg_advisory_lock(namespace, hashtext(market_id)): one settlement process per market
+#: how often a running settlement process looks whether its in-process chain's store grew
+#: enough to compact (AUTO_COMPACT_BLOCKS droppable blocks)
+COMPACT_CHECK_S = 600.0
+_REOPEN = -1  # what _run returns when the chain is to be closed, compacted and opened again
 
 
 class AlreadyRunning(RuntimeError):
@@ -156,8 +161,14 @@ class SettleProcess:
     """One market's settlement, run by ``voltbourse settle``."""
 
     def __init__(self, settings: Settings, dsn: str, payout_sources: Sequence[PayoutSource] = (), *,
-                 chain: Chain | None = None) -> None:
+                 chain: Chain | None = None, compact_threshold: int = AUTO_COMPACT_BLOCKS,
+                 compact_check_s: float = COMPACT_CHECK_S, keep_blocks: int = DEFAULT_KEEP_BLOCKS) -> None:
         self.settings, self.dsn = settings, dsn
+        # the in-process chain's store is compacted when it is opened, and while the process
+        # runs: every compact_check_s it looks whether compact_threshold blocks could go, and
+        # if so closes the chain between two batches, compacts it and opens it again
+        self.compact_threshold, self.compact_check_s, self.keep_blocks = compact_threshold, compact_check_s, keep_blocks
+        self.compactions = 0  # compactions while running (a store grown since the process started)
         self.market_id = settings.market_id
         self.payout_sources = payout_sources
         self._given_chain = chain
@@ -175,16 +186,27 @@ class SettleProcess:
                                      "market's settlement lock)")
             pool = await create_pool(self.dsn, min_size=1, max_size=4)
             try:
-                return await self._run(pool, lock_conn, stop)
+                while True:
+                    rc = await self._run(pool, lock_conn, stop)
+                    if rc != _REOPEN:
+                        return rc
+                    if stop.is_set():
+                        return 0
             finally:
                 await pool.close()
         finally:
             await lock_conn.close()
 
     async def _run(self, pool: asyncpg.Pool, listen: asyncpg.Connection, stop: asyncio.Event) -> int:
+        """Open the chain, run the worker until ``stop``; returns 0, or _REOPEN when the chain's
+        store grew enough to be compacted (the worker and the chain are closed by then)."""
         loop = asyncio.get_running_loop()
+        directory = chain_data_path(self.settings) if self._given_chain is None else None
         if self._given_chain is None:
-            await compact_chain_at_open(pool, self.settings)
+            compacted = await compact_chain_at_open(pool, self.settings, threshold=self.compact_threshold,
+                                                    keep_blocks=self.keep_blocks)
+            if compacted is not None and self.worker is not None:  # not the first open: a compaction while running
+                self.compactions += 1
         chain: Chain = (self._given_chain if self._given_chain is not None
                         else await loop.run_in_executor(None, Chain.from_settings, self.settings))
         worker = self.worker = make_worker(pool, self.settings, chain, engine=InboxEngine(pool, self.market_id),
@@ -202,12 +224,20 @@ class SettleProcess:
             tasks = [asyncio.create_task(worker.run(), name="settlement-worker"),
                      asyncio.create_task(self._requests(pool), name="settlement-requests"),
                      asyncio.create_task(self._heartbeat(), name="settlement-heartbeat")]
+            grown = None
+            if directory is not None and chain.store is not None and not self.settings.chain_rpc_url:
+                grown = asyncio.create_task(self._grown(directory), name="settlement-compaction-check")
+                tasks.append(grown)
             waiter = asyncio.create_task(stop.wait())
             done, _ = await asyncio.wait([waiter, *tasks], return_when=asyncio.FIRST_COMPLETED)
             waiter.cancel()
             for t in done:
                 if t is not waiter and t.exception() is not None:
                     raise t.exception()  # type: ignore[misc]
+            if grown is not None and grown in done and not stop.is_set():
+                log.info("settlement: the chain store grew by %d blocks or more since it was compacted: closing the "
+                         "chain between two batches to compact it, then going on", self.compact_threshold)
+                return _REOPEN
             return 0
         finally:
             worker.stop()
@@ -225,6 +255,16 @@ class SettleProcess:
             await worker.shutdown()
             if self._given_chain is None:
                 chain.close()
+
+    async def _grown(self, directory: Any) -> None:
+        """Return once a compaction of the chain's store would drop ``compact_threshold``
+        blocks (looked at every ``compact_check_s``, read-only, beside the open store)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(self.compact_check_s)
+            n = await loop.run_in_executor(None, droppable_blocks, directory, self.keep_blocks)
+            if n is not None and n >= self.compact_threshold:
+                return
 
     # ------------------------------------------------------------------ status
     def _publish(self, _status: dict) -> None:

@@ -11,6 +11,7 @@ the contracts compiled from source."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -34,7 +35,8 @@ from support.settlement import (
 
 from exchange.runtime.config import load_settings
 from settlement.chain import Chain
-from settlement.chainstore import DB_FILE, MIN_KEEP_BLOCKS, ChainStoreLocked, compact
+from settlement.chainstore import DB_FILE, MIN_KEEP_BLOCKS, ChainStoreLocked, compact, droppable_blocks
+from settlement.process import SettleProcess
 from settlement.proofs import verify_proof
 from settlement.reconcile import reconcile
 from settlement.worker import compact_chain_at_open, compaction_floor
@@ -381,6 +383,83 @@ async def test_compaction_when_the_settlement_process_opens_a_grown_store_and_by
         await w.drain()
         await assert_settled(pool, market, chain)
         await w.shutdown()
+    finally:
+        chain.close()
+        await market.close()
+
+
+async def _settled_in_time(pool, market, chain, seconds: float = 30.0) -> None:
+    """assert_settled, once the engine inbox applied the settlement process's last updates."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            await assert_settled(pool, market, chain)
+            return
+        except AssertionError:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.2)
+
+
+async def test_the_settlement_process_compacts_its_chain_while_it_runs(pool, pg_dsn, artifacts, tmp_path):
+    """A settlement process that never restarts still compacts: when its store grew by the
+    threshold, it closes the chain between two batches, compacts it and opens it again, and
+    settlement goes on (every trade anchored, reconcile OK, collateral equal, proofs from
+    before and after verifying)."""
+    d = tmp_path / "chain"
+    threshold = 80  # past the blocks of the batches anchored before: their receipts go
+    market = await open_test_market(pg_dsn, "s")
+    market.start_inbox()
+    chain = Chain.in_process(artifacts=artifacts, data_dir=d)
+    try:
+        w = make_worker(pool, market, chain)
+        await w.start()
+        await register_and_fund(market, w, chain)
+        await trade(market, 20, seed=71)
+        await w.drain()
+        head = chain.w3.eth.block_number
+        await w._chain(_grow, chain, KEEP + threshold - 6 - head)  # six blocks short of the threshold
+        await w.scan_chain()
+        await w.shutdown()
+        chain.close()
+        assert droppable_blocks(d, KEEP) == threshold - 6
+
+        settings = load_settings(database_url=pg_dsn, market_id="s", chain_data_dir=str(d), settlement_batch_size=7,
+                                 settlement_max_age_s=0.2, settlement_poll_s=0.05)
+        proc = SettleProcess(settings, pg_dsn, compact_threshold=threshold, compact_check_s=0.2, keep_blocks=KEEP)
+        stop = asyncio.Event()
+        running = asyncio.create_task(proc.run(stop))
+        try:
+            deadline = time.monotonic() + 120
+            seed = 72
+            while proc.compactions == 0:  # each batch anchored is a block more
+                assert time.monotonic() < deadline, "no compaction while running"
+                assert not running.done(), running.result()
+                await trade(market, 4, seed=seed)
+                seed += 1
+                await asyncio.sleep(0.3)
+            await trade(market, 15, seed=99)  # after the compaction: settled by the reopened chain
+            while await pool.fetchval("SELECT count(*) FROM trades WHERE market_id = 's' AND batch_id IS NULL") or \
+                    await pool.fetchval("SELECT count(*) FROM settlement_batches WHERE market_id = 's' AND "
+                                        "state <> 'anchored'"):
+                assert time.monotonic() < deadline and not running.done()
+                await asyncio.sleep(0.1)
+        finally:
+            stop.set()
+            assert await asyncio.wait_for(running, 30) == 0
+        assert droppable_blocks(d, KEEP) < threshold
+
+        chain = Chain.in_process(artifacts=artifacts, data_dir=d)
+        assert chain.history_start() > 1
+        w = make_worker(pool, market, chain)
+        await w.start()  # finds its deployment on the compacted chain
+        assert not w.alerts
+        await w.shutdown()
+        await _settled_in_time(pool, market, chain)
+        rep = await reconcile(pool, "s", chain)
+        assert rep.ok and 0 < rep.compacted < rep.anchored, rep.as_dict()
+        proofs = await anchored_proofs(pool, chain)
+        assert proofs and all(verify_proof(p, chain.registry) for p in proofs)
     finally:
         chain.close()
         await market.close()
