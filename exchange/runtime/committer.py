@@ -23,9 +23,18 @@ and the engine steps go on while they commit. A market never has two groups in f
 its engine processes meanwhile waits in its outbox and goes into the next transaction after
 the previous one's COMMIT, so the order of a market's rows, their visibility to readers and
 "nothing after a gap" are as with one transaction at a time; transactions of different
-markets are independent. A failed transaction is retried with back-off (its markets
-acknowledge nothing meanwhile); a market that stops meanwhile is left out of the retry.
-A market whose engine step fails stops alone; the others go on."""
+markets are independent. A failed transaction is retried with back-off, each of its markets
+then in a transaction of its own, so that one market's failure cannot hold back the others;
+nothing is acknowledged before its own COMMIT. A market whose rows the database refuses for
+good (a journal conflict, a data error) stops; so does one whose engine step fails. The
+others go on. A market that stops while its group is being committed waits for that attempt
+to end before its callers are refused and its lock released, so that no transaction of it
+can land after another instance of it took over.
+
+Back-pressure and fairness. A market whose processed, uncommitted commands reach its cap is
+not stepped until its next COMMIT (its queue fills, and submitters wait or are refused
+``MarketBusy``); a pass that has run the engines for a few milliseconds yields to the event
+loop before stepping the markets left."""
 
 from __future__ import annotations
 
@@ -38,9 +47,14 @@ from typing import Protocol
 
 import asyncpg
 
-from exchange.runtime.journal import write_groups
+from exchange.runtime.journal import JournalConflict, write_groups
 
 log = logging.getLogger(__name__)
+
+#: a pass yields to the event loop once the engine steps it ran took this long
+PASS_BUDGET_S = 0.005
+#: what the database refuses for good: retrying the same rows cannot help
+PERMANENT_ERRORS = (JournalConflict, asyncpg.DataError, asyncpg.IntegrityConstraintViolationError)
 
 
 @dataclass(slots=True)
@@ -94,6 +108,7 @@ class GroupCommitter:
         self._ready: dict[Scheduled, None] = {}  # commands queued, in wake order
         self._waiting: dict[Scheduled, None] = {}  # an outbox to commit, in arrival order
         self._busy: set[Scheduled] = set()  # markets with a transaction in flight
+        self._settled: dict[Scheduled, asyncio.Future] = {}  # stopping markets waiting for theirs to end
         self._wake = asyncio.Event()
         self._commits: set[asyncio.Task] = set()  # transactions in flight
         self._active = 0
@@ -112,6 +127,19 @@ class GroupCommitter:
     def start(self) -> None:
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name="market-scheduler")
+            self._task.add_done_callback(self._ended)
+
+    def _ended(self, task: asyncio.Task) -> None:
+        """The scheduler's task must never end by itself: if it did (a bug), every market
+        stops (their callers refused) instead of waiting for ever."""
+        if task.cancelled() or task is not self._task:
+            return
+        exc = task.exception() or RuntimeError("the market scheduler ended")
+        log.critical("the market scheduler failed: %r; stopping its markets", exc, exc_info=exc)
+        self._task = None
+        for m in list(self._markets):
+            m.fail(exc)
+            self.detach(m)
 
     async def lock(self, market_id: str) -> None:
         """The market's single-writer lock (a PostgreSQL session advisory lock), for every
@@ -144,6 +172,23 @@ class GroupCommitter:
         self._ready.pop(market, None)
         self._waiting.pop(market, None)
 
+    async def settled(self, market: Scheduled) -> None:
+        """Return once no transaction holding ``market``'s rows is in flight (at once if none
+        is): the attempt under way ends, committed (the market answers) or failed (it is not
+        retried for a market that stopped). A stopping market waits for this before it refuses
+        its callers and releases its lock."""
+        if market in self._busy:
+            fut = self._settled.get(market)
+            if fut is None:
+                fut = self._settled[market] = asyncio.get_running_loop().create_future()
+            await asyncio.shield(fut)
+
+    def _release(self, market: Scheduled) -> None:
+        self._busy.discard(market)
+        fut = self._settled.pop(market, None)
+        if fut is not None and not fut.done():
+            fut.set_result(None)
+
     def wake(self, market: Scheduled) -> None:
         """The market has commands queued: step it at the next pass (a market detached, or
         never attached, is not stepped)."""
@@ -160,7 +205,8 @@ class GroupCommitter:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self._commits.clear()
-        self._busy.clear()
+        for m in list(self._busy):
+            self._release(m)
         self._active = 0
         for m in list(self._markets):
             m.fail(RuntimeError("the market scheduler stopped"))
@@ -181,7 +227,12 @@ class GroupCommitter:
             self.passes += 1
             if self._ready:
                 ready, self._ready = self._ready, {}
+                later: list[Scheduled] = []
+                started = time.perf_counter()
                 for m in ready:
+                    if later or time.perf_counter() - started > PASS_BUDGET_S:
+                        later.append(m)  # the pass's budget is spent: after the event loop's turn
+                        continue
                     try:
                         more = m.step()
                     except Exception as exc:  # noqa: BLE001 - a market's own failure stops it alone
@@ -189,7 +240,9 @@ class GroupCommitter:
                         continue
                     self._waiting[m] = None
                     if more:
-                        self._ready[m] = None
+                        later.append(m)
+                if later:
+                    self._ready = dict.fromkeys([*later, *self._ready])
             self._start_commits()
             if self._ready:  # a market had more than a batch queued: step it again, after I/O
                 wake.set()
@@ -238,36 +291,66 @@ class GroupCommitter:
         self.detach(m)
 
     async def _commit(self, taken: list[tuple[Scheduled, Group]]) -> None:
-        delay = 0.05
         try:
             t = time.perf_counter()
-            items = taken
-            while True:
-                items = [(m, g) for m, g in items if not m.closed]
-                if not items:
-                    return
-                try:
-                    await write_groups(self.pool, [(m.market_id, g.jrows, g.trows) for m, g in items])
-                    break
-                except Exception as exc:  # retried until it succeeds: nothing is lost or acked early
-                    log.error("journal commit of %s failed (%s); retrying in %.2fs, nothing acknowledged",
-                              ", ".join(m.market_id for m, _ in items), exc, delay)
-                    for m, _ in items:
-                        m.commit_failed(exc, delay)
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, 5.0)
+            items = [(m, g) for m, g in taken if not m.closed]
+            if not items:
+                return
+            try:
+                await write_groups(self.pool, [(m.market_id, g.jrows, g.trows) for m, g in items])
+            except Exception as exc:  # noqa: BLE001 - retried, each market alone
+                log.error("journal commit of %s failed (%r); retrying each market alone, nothing acknowledged",
+                          ", ".join(m.market_id for m, _ in items), exc)
+                for m, _ in items:
+                    self._note_failure(m, exc, 0.0)
+                for m, g in items:  # from now on one market's failure cannot hold back the others
+                    await self._commit_alone(m, g, t)
+                return
             elapsed = time.perf_counter() - t
             self.commits += 1
             self.groups += len(items)
-            busy = self._busy
             for m, g in items:
-                busy.discard(m)
-                try:
-                    m.committed(g, elapsed)
-                except Exception as exc:  # noqa: BLE001 - never stops the others
-                    self._failed(m, exc)
+                self._hand_back(m, g, elapsed)
         finally:
             self._active -= 1
             for m, _ in taken:
-                self._busy.discard(m)
+                self._release(m)
             self._wake.set()  # a slot is free, and the markets' outboxes may go now
+
+    async def _commit_alone(self, m: Scheduled, g: Group, t: float) -> None:
+        """Retry one market's group in transactions of its own, with back-off, until it is
+        durable, the market stops, or the database refuses it for good (the market stops)."""
+        delay = 0.05
+        while not m.closed:
+            await asyncio.sleep(delay)
+            if m.closed:
+                break
+            try:
+                await write_groups(self.pool, [(m.market_id, g.jrows, g.trows)])
+            except PERMANENT_ERRORS as exc:
+                self._failed(m, exc)
+                break
+            except Exception as exc:  # noqa: BLE001 - retried until it succeeds: nothing is lost or acked early
+                delay = min(delay * 2, 5.0)
+                log.error("journal commit of %s failed (%r); retrying in %.2fs, nothing acknowledged",
+                          m.market_id, exc, delay)
+                self._note_failure(m, exc, delay)
+                continue
+            self.commits += 1
+            self.groups += 1
+            self._hand_back(m, g, time.perf_counter() - t)
+            break
+        self._release(m)
+
+    def _hand_back(self, m: Scheduled, g: Group, seconds: float) -> None:
+        self._release(m)
+        try:
+            m.committed(g, seconds)
+        except Exception as exc:  # noqa: BLE001 - never stops the others
+            self._failed(m, exc)
+
+    def _note_failure(self, m: Scheduled, exc: Exception, retry_in: float) -> None:
+        try:
+            m.commit_failed(exc, retry_in)
+        except Exception:  # noqa: BLE001 - a counter: never stops the retries
+            log.exception("market %s: recording a commit failure failed", m.market_id)

@@ -30,6 +30,11 @@ class ReplayMismatch(RuntimeError):
     """The engine no longer reproduces the journal: refuse to start rather than diverge."""
 
 
+class JournalConflict(RuntimeError):
+    """Rows of a market's group clash with other rows under the same command numbers
+    (another writer of the market): retrying cannot help."""
+
+
 @dataclass(slots=True)
 class Entry:
     """One processed command awaiting (or past) its commit.
@@ -93,23 +98,6 @@ class Journal:
     async def write(self, jrows: list[tuple], trows: list[tuple]) -> None:
         """Commit one group of commands durably (one transaction)."""
         await write_groups(self.pool, [(self.market_id, jrows, trows)])
-
-    async def lock_writer(self) -> asyncpg.Connection:
-        """Take the market's single-writer lock (a PostgreSQL session advisory lock) on a
-        dedicated connection, held until that connection is released or dies. A second
-        instance of the same market refuses to start instead of interleaving its journal."""
-        conn = await self.pool.acquire()
-        ok = await conn.fetchval("SELECT pg_try_advisory_lock(hashtextextended($1, 0))", "voltbourse:" + self.market_id)
-        if not ok:
-            await self.pool.release(conn)
-            raise RuntimeError(f"market {self.market_id} is already running in another process")
-        return conn
-
-    async def unlock_writer(self, conn: asyncpg.Connection) -> None:
-        try:
-            await conn.execute("SELECT pg_advisory_unlock_all()")
-        finally:
-            await self.pool.release(conn)
 
     # ----------------------------------------------------------------- read
     async def last_positions(self) -> tuple[int, int]:
@@ -209,11 +197,12 @@ async def _copy(pool: asyncpg.Pool, jrows: list[tuple], trows: list[tuple]) -> N
 
 
 async def _check_committed(pool: asyncpg.Pool, market_id: str, jrows: list[tuple]) -> None:
-    """The rows of a group that failed as duplicates are durable if exactly these commands
-    with exactly these event ranges are there; anything else is a real conflict."""
+    """The rows of a group that failed as duplicates are durable if exactly these rows are
+    there (the same commands, at the same times, with the same events); anything else is a
+    real conflict."""
     have = await pool.fetch(
-        "SELECT cmd_seq, first_seq, last_seq FROM journal WHERE market_id = $1 AND cmd_seq BETWEEN $2 AND $3 "
-        "ORDER BY cmd_seq", market_id, jrows[0][1], jrows[-1][1])
-    if [tuple(r) for r in have] != [(r[1], r[2], r[3]) for r in jrows]:
-        raise RuntimeError(f"journal conflict in market {market_id}: commands {jrows[0][1]}..{jrows[-1][1]} exist "
-                           "with other events (another writer?)")
+        "SELECT cmd_seq, first_seq, last_seq, ts, command, events FROM journal WHERE market_id = $1 AND "
+        "cmd_seq BETWEEN $2 AND $3 ORDER BY cmd_seq", market_id, jrows[0][1], jrows[-1][1])
+    if [tuple(r) for r in have] != [r[1:] for r in jrows]:
+        raise JournalConflict(f"journal conflict in market {market_id}: commands {jrows[0][1]}..{jrows[-1][1]} "
+                              "exist with other contents (another writer?)")

@@ -37,6 +37,10 @@ from exchange.runtime.snapshots import SnapshotStore, Snapshotter, recover
 log = logging.getLogger(__name__)
 
 
+#: how long a stopping market waits for a journal transaction of it still in flight
+SETTLE_TIMEOUT_S = 30.0
+
+
 class MarketUnavailable(RuntimeError):
     """The runtime is not running (starting, stopping or failed); the command's outcome
     is not committed unless it was acknowledged."""
@@ -81,6 +85,8 @@ class MarketRuntime:
         self.committer = GroupCommitter(journal.pool, in_flight=1) if committer is None else committer
         self.clock = clock
         self.max_batch = max_batch
+        # processed, not yet committed: at this many the engine waits for the next COMMIT (back-pressure)
+        self.max_uncommitted = 4 * max_batch
         self.queue_size = queue_size
         self._queue: deque[_Item] = deque()
         self._space = asyncio.Event()  # set while the queue has room (submit waits on it when full)
@@ -175,11 +181,22 @@ class MarketRuntime:
         await asyncio.gather(*tasks, return_exceptions=True)
         self._tasks = []
         self.committer.detach(self)
-        self._refuse_all(why)
+        # A transaction holding our rows may be under way: wait for it to end (committed, its
+        # commands are answered), so that none of ours can land after the lock is released and
+        # another instance of the market recovered without it.
+        settled = True
         try:
-            await self.committer.unlock(self.market_id)
-        except Exception:  # noqa: BLE001 - the connection may be gone; the lock goes with it
-            log.warning("could not release the writer lock cleanly", exc_info=True)
+            await asyncio.wait_for(self.committer.settled(self), SETTLE_TIMEOUT_S)
+        except TimeoutError:
+            settled = False
+            log.critical("market %s: a journal transaction of it is still in flight after %.0f s; its lock stays "
+                         "held until it ends or the process exits", self.market_id, SETTLE_TIMEOUT_S)
+        self._refuse_all(why)
+        if settled:
+            try:
+                await self.committer.unlock(self.market_id)
+            except Exception:  # noqa: BLE001 - the connection may be gone; the lock goes with it
+                log.warning("could not release the writer lock cleanly", exc_info=True)
         if self._own_committer:
             await self.committer.stop()
 
@@ -254,7 +271,8 @@ class MarketRuntime:
         outbox = self._outbox
         waiters = self._waiters
         journaled = False
-        for _ in range(min(len(q), self.max_batch)):
+        room = self.max_uncommitted - len(outbox) - self._committing  # woken again after the next COMMIT
+        for _ in range(min(len(q), self.max_batch, room)):
             cmd, fut, t0, origin = q.popleft()
             ts = clock.now_us()
             # Never stamp before the engine's clock (a wall clock may step back): the
@@ -281,7 +299,7 @@ class MarketRuntime:
             snap.capture(engine, self.cmd_seq, self._journaled_ts, self._committed_cmd)
         if not self._space.is_set() and len(q) < self.queue_size:
             self._space.set()
-        return bool(q)
+        return bool(q) and len(outbox) + self._committing < self.max_uncommitted
 
     def take(self) -> Group | None:
         """The outbox as one group: its journal and trade rows, and the entries to answer."""
@@ -298,8 +316,8 @@ class MarketRuntime:
     def committed(self, group: Group, seconds: float) -> None:
         """The group is durable: answer its commands, then tell the subscribers, in order."""
         self._committing = 0
-        if self.closed:  # stopped meanwhile: its callers were refused already
-            return
+        if self._queue and not self.closed:  # the engine may have waited for this COMMIT (back-pressure)
+            self.committer.wake(self)
         entries: list[Entry]
         waiters: list[tuple[asyncio.Future | None, int]]
         entries, waiters = group.payload  # type: ignore[misc]

@@ -293,7 +293,7 @@ async def archive_stale_demo_communities(dsn: str) -> list[str]:
         for r in await conn.fetch("SELECT market_id FROM platform_markets WHERE status <> 'archived' AND "
                                   "market_id ~ $1 ORDER BY market_id", DEMO_COMMUNITY_RE):
             mid = r["market_id"]
-            key = "voltbourse:" + mid  # the runtime's single-writer lock (Journal.lock_writer)
+            key = "voltbourse:" + mid  # the runtime's single-writer lock (GroupCommitter.lock)
             if not await conn.fetchval("SELECT pg_try_advisory_lock(hashtextextended($1, 0))", key):
                 continue  # another demo runs it
             try:

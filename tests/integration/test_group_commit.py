@@ -12,11 +12,12 @@ from support.times import T0
 
 from exchange.core.engine import MarketEngine
 from exchange.core.model import PlaceOrder, RegisterMember, Side
+from exchange.runtime import committer as committer_module
 from exchange.runtime.clock import ManualClock
 from exchange.runtime.committer import GroupCommitter
 from exchange.runtime.config import load_settings
 from exchange.runtime.journal import Journal, write_groups
-from exchange.runtime.market import MarketRuntime, MarketUnavailable
+from exchange.runtime.market import MarketBusy, MarketRuntime, MarketUnavailable
 from exchange.runtime.service import market_config
 
 pytestmark = pytest.mark.integration
@@ -123,4 +124,80 @@ async def test_an_engine_failure_stops_its_market_alone(pool):
     finally:
         await good.stop()
         await bad.stop()
+        await committer.stop()
+
+
+async def _stalled_writes(monkeypatch, market_id: str) -> asyncio.Event:
+    """The journal writes of ``market_id`` wait for the returned event (a stalled database)."""
+    gate = asyncio.Event()
+    real = committer_module.write_groups
+
+    async def stalled(pool, groups):
+        if any(m == market_id for m, _, _ in groups):
+            await gate.wait()
+        await real(pool, groups)
+
+    monkeypatch.setattr(committer_module, "write_groups", stalled)
+    return gate
+
+
+async def test_back_pressure_while_commits_stall(pool, monkeypatch):
+    """The engine does not run ahead of the journal without bound: at max_uncommitted
+    processed commands it waits for a COMMIT, the queue fills, and enqueue says MarketBusy."""
+    settings = load_settings(database_url="postgresql://unused", market_id="bp")
+    journal = Journal(pool, "bp")
+    cfg = await journal.load_or_store_config(market_config(settings))
+    rt = MarketRuntime(MarketEngine(cfg), journal, ManualClock(T0), max_batch=5, queue_size=10)
+    await rt.start()
+    try:
+        await rt.submit(RegisterMember(0, "a", collateral=10**15, export_capacity_w=10**9))
+        gate = await _stalled_writes(monkeypatch, "bp")
+        pid = open_products(rt.engine)[0]
+        futs, busy = [], 0
+        for i in range(200):
+            try:
+                futs.append(rt.enqueue(PlaceOrder(0, "a", pid, Side.BUY, 9_000 + i % 50, 1_000), future=True))
+            except MarketBusy:
+                busy += 1
+            await asyncio.sleep(0)
+        assert rt.uncommitted() <= rt.max_uncommitted == 20 and rt.queued() == 10
+        assert len(futs) == 30 and busy == 170 and not any(f.done() for f in futs)
+        gate.set()
+        results = await asyncio.gather(*futs)
+        assert [r.cmd_seq for r in results] == list(range(results[0].cmd_seq, results[0].cmd_seq + 30))
+        assert rt.committed_cmd_seq == rt.cmd_seq
+    finally:
+        await rt.stop()
+
+
+async def test_a_market_stopped_with_a_transaction_in_flight_waits_for_it(pool, monkeypatch):
+    """Its lock is not released (so no other instance can recover without those rows) before
+    the attempt ends; committed, the command is answered, and a restart finds it."""
+    committer = GroupCommitter(pool)
+    committer.start()
+    rt = await _runtime(pool, "x", committer)
+    try:
+        await rt.submit(RegisterMember(0, "a", collateral=10**15, export_capacity_w=10**9))
+        n = rt.cmd_seq
+        gate = await _stalled_writes(monkeypatch, "x")
+        pending = asyncio.ensure_future(rt.submit(RegisterMember(0, "c", collateral=10**15,
+                                                                 export_capacity_w=10**9)))
+        await asyncio.sleep(0.05)
+        stopping = asyncio.ensure_future(rt.stop(drain_timeout=0.1))
+        await asyncio.sleep(0.3)
+        assert not stopping.done()  # waits for the transaction holding c
+        with pytest.raises(RuntimeError, match="already running in this process"):
+            await _runtime(pool, "x", committer)  # the lock is still held
+        gate.set()
+        await asyncio.wait_for(stopping, 10)
+        assert (await pending).cmd_seq == n + 1  # committed, so answered: not refused
+        again = await _runtime(pool, "x", committer)
+        try:
+            assert again.cmd_seq == n + 1
+            d = await again.submit(RegisterMember(0, "d", collateral=10**15, export_capacity_w=10**9))
+            assert d.cmd_seq == n + 2
+        finally:
+            await again.stop()
+    finally:
+        await rt.stop()
         await committer.stop()

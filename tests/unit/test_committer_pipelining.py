@@ -8,11 +8,13 @@ the markets by fakes of the :class:`Scheduled` protocol (no database, no engine)
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
 from exchange.runtime import committer as committer_module
 from exchange.runtime.committer import Group, GroupCommitter
+from exchange.runtime.journal import JournalConflict
 
 pytestmark = pytest.mark.unit
 
@@ -265,3 +267,88 @@ async def test_stop_stops_the_markets_still_attached(writes):
         await waiting
     with pytest.raises(RuntimeError, match="not running"):
         FakeMarket(c, "b")
+
+
+async def test_a_market_the_database_refuses_for_good_does_not_hold_back_the_others(writes, monkeypatch):
+    async def refusing(pool, groups) -> None:
+        writes.started.append([m for m, _, _ in groups])
+        if any(m == "p" for m, _, _ in groups):
+            raise JournalConflict("journal conflict in market p")
+        writes.order.extend((m, r) for m, j, _ in groups for r in j)
+
+    monkeypatch.setattr(committer_module, "write_groups", refusing)
+    c = GroupCommitter(None, in_flight=1)  # type: ignore[arg-type]
+    c.start()
+    p, q = FakeMarket(c, "p"), FakeMarket(c, "q")
+    fp, fq = p.submit(1), q.submit(1)
+    assert await asyncio.wait_for(fq, 5) == 1  # retried alone after the joint transaction failed
+    await asyncio.sleep(0.2)
+    assert isinstance(p.failed, JournalConflict)  # stopped: its callers refused, never acknowledged
+    assert fp.done() and isinstance(fp.exception(), RuntimeError)
+    assert writes.started[0] == ["p", "q"] and ["q"] in writes.started[1:]
+    assert ("q", 1) in writes.order and all(m != "p" for m, _ in writes.order)
+    assert q.failed is None and len(q.failures) == 1  # the joint attempt, counted once
+    await c.stop()
+
+
+async def test_settled_waits_for_the_attempt_under_way(writes):
+    c = GroupCommitter(None, in_flight=1)  # type: ignore[arg-type]
+    c.start()
+    a = FakeMarket(c, "a")
+    await c.settled(a)  # nothing in flight: at once
+    fa = a.submit(1)
+    await settle()
+    waiting = asyncio.ensure_future(c.settled(a))
+    await settle()
+    assert not waiting.done()  # the transaction holding a's rows is under way
+    writes.let(0)
+    await asyncio.wait_for(waiting, 5)
+    assert fa.done() and fa.result() == 1  # committed: answered
+    await c.stop()
+
+
+class Boom(BaseException):
+    """Not an Exception: escapes the scheduler's per-market guard."""
+
+
+async def test_markets_are_stopped_if_the_scheduler_task_ever_ends(writes):
+    c = GroupCommitter(None, in_flight=1)  # type: ignore[arg-type]
+    c.start()
+    a, b = FakeMarket(c, "a"), FakeMarket(c, "b")
+
+    def boom() -> bool:
+        raise Boom()
+
+    a.step = boom  # type: ignore[method-assign]
+    fb = b.submit(1)
+    a.submit(1)
+    await settle()
+    assert isinstance(a.failed, Boom) and isinstance(b.failed, Boom)
+    with pytest.raises(RuntimeError, match="market stopped"):
+        await fb
+    assert not c.running
+    await c.stop()
+
+
+async def test_a_long_pass_yields_to_the_event_loop(writes):
+    c = GroupCommitter(None, in_flight=1)  # type: ignore[arg-type]
+    c.start()
+    seen: list[str] = []
+    markets = [FakeMarket(c, f"m{i}") for i in range(5)]
+    for m in markets:
+        real = m.step
+
+        def slow(m=m, real=real) -> bool:
+            seen.append(m.market_id)
+            t = time.perf_counter()
+            while time.perf_counter() - t < 0.004:  # an engine step of 4 ms
+                pass
+            return real()
+
+        m.step = slow  # type: ignore[method-assign]
+        m.submit(1)
+    asyncio.get_running_loop().call_soon(seen.append, "io")
+    await settle()
+    assert seen.index("io") in (1, 2)  # after a step or two, not after all five
+    assert sorted(x for x in seen if x != "io") == [m.market_id for m in markets]
+    await c.stop()
