@@ -239,10 +239,12 @@ def stored_history_start(db: Any) -> int:
     return int(raw) if raw is not None else 0
 
 
-def droppable_blocks(directory: Path, keep_blocks: int = DEFAULT_KEEP_BLOCKS) -> int | None:
-    """How many blocks a compaction keeping ``keep_blocks`` would drop from the store in
-    ``directory`` now (None: no store there). Read without the directory's lock (a read-only
-    look at the committed head)."""
+def droppable_blocks(directory: Path, keep_blocks: int = DEFAULT_KEEP_BLOCKS, *,
+                     keep_from: int | None = None) -> int | None:
+    """How many blocks a compaction keeping ``keep_blocks`` (and every block from
+    ``keep_from`` on, as :func:`compact`) would drop from the store in ``directory`` now
+    (None: no store there). Read without the directory's lock (a read-only look at the
+    committed head)."""
     path = Path(directory) / DB_FILE
     if not path.is_file():
         return None
@@ -258,7 +260,8 @@ def droppable_blocks(directory: Path, keep_blocks: int = DEFAULT_KEEP_BLOCKS) ->
         return None
     finally:
         conn.close()
-    return max(0, head - keep_blocks + 1 - max(start, 1))
+    first_kept = head - keep_blocks + 1 if keep_from is None else min(head - keep_blocks + 1, keep_from)
+    return max(0, first_kept - max(start, 1))
 
 
 @dataclass(frozen=True)

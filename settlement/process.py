@@ -28,6 +28,7 @@ it dies, and stops it (SIGTERM, then SIGKILL) on shutdown.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import os
@@ -49,7 +50,7 @@ from exchange.runtime.ports import PayoutSource
 from settlement.chain import Chain, chain_data_path
 from settlement.chainstore import DEFAULT_KEEP_BLOCKS, droppable_blocks
 from settlement.reconcile import reconcile
-from settlement.worker import AUTO_COMPACT_BLOCKS, SettlementWorker, compact_chain_at_open
+from settlement.worker import AUTO_COMPACT_BLOCKS, SettlementWorker, compact_chain_at_open, compaction_floor
 
 log = logging.getLogger(__name__)
 
@@ -176,6 +177,7 @@ class SettleProcess:
         self.rpc: ChainRpc | None = None
         self._status_pending = False
         self._wake_requests = asyncio.Event()
+        self._quiesce = asyncio.Event()  # set: the requests' task ends after the request under way
 
     async def run(self, stop: asyncio.Event) -> int:
         lock_conn = await asyncpg.connect(self.dsn)
@@ -202,6 +204,8 @@ class SettleProcess:
         store grew enough to be compacted (the worker and the chain are closed by then)."""
         loop = asyncio.get_running_loop()
         directory = chain_data_path(self.settings) if self._given_chain is None else None
+        self._quiesce = asyncio.Event()
+        reopen = False
         if self._given_chain is None:
             compacted = await compact_chain_at_open(pool, self.settings, threshold=self.compact_threshold,
                                                     keep_blocks=self.keep_blocks)
@@ -226,7 +230,7 @@ class SettleProcess:
                      asyncio.create_task(self._heartbeat(), name="settlement-heartbeat")]
             grown = None
             if directory is not None and chain.store is not None and not self.settings.chain_rpc_url:
-                grown = asyncio.create_task(self._grown(directory), name="settlement-compaction-check")
+                grown = asyncio.create_task(self._grown(directory, pool), name="settlement-compaction-check")
                 tasks.append(grown)
             waiter = asyncio.create_task(stop.wait())
             done, _ = await asyncio.wait([waiter, *tasks], return_when=asyncio.FIRST_COMPLETED)
@@ -235,18 +239,22 @@ class SettleProcess:
                 if t is not waiter and t.exception() is not None:
                     raise t.exception()  # type: ignore[misc]
             if grown is not None and grown in done and not stop.is_set():
-                log.info("settlement: the chain store grew by %d blocks or more since it was compacted: closing the "
-                         "chain between two batches to compact it, then going on", self.compact_threshold)
+                log.info("settlement: a compaction of the chain store would drop %d blocks or more: closing the "
+                         "chain once the worker's step ends, to compact it, then going on", self.compact_threshold)
+                reopen = True
                 return _REOPEN
             return 0
         finally:
             worker.stop()
+            if reopen:  # no outside deadline: the worker's step ends its batches, a request under way ends
+                self._quiesce.set()
+                self._wake_requests.set()
             for t in tasks:
-                if t.get_name() != "settlement-worker":
+                if t.get_name() != "settlement-worker" and not (reopen and t.get_name() == "settlement-requests"):
                     t.cancel()
             if tasks:
                 try:
-                    await asyncio.wait_for(tasks[0], 10)
+                    await (tasks[0] if reopen else asyncio.wait_for(tasks[0], 10))
                 except (TimeoutError, Exception):  # noqa: BLE001 - stopping either way
                     log.exception("settlement worker did not stop cleanly")
                 await asyncio.gather(*tasks[1:], return_exceptions=True)
@@ -256,13 +264,20 @@ class SettleProcess:
             if self._given_chain is None:
                 chain.close()
 
-    async def _grown(self, directory: Any) -> None:
+    async def _grown(self, directory: Any, pool: asyncpg.Pool) -> None:
         """Return once a compaction of the chain's store would drop ``compact_threshold``
-        blocks (looked at every ``compact_check_s``, read-only, beside the open store)."""
+        blocks (looked at every ``compact_check_s``, read-only, beside the open store, with
+        the blocks the chain scan may still read kept, as the compaction keeps them)."""
         loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(self.compact_check_s)
-            n = await loop.run_in_executor(None, droppable_blocks, directory, self.keep_blocks)
+            try:
+                keep_from = await compaction_floor(pool, self.market_id)
+                n = await loop.run_in_executor(
+                    None, functools.partial(droppable_blocks, directory, self.keep_blocks, keep_from=keep_from))
+            except Exception:  # noqa: BLE001 - a look that failed: the next one may not
+                log.warning("settlement: could not look at the chain store's size", exc_info=True)
+                continue
             if n is not None and n >= self.compact_threshold:
                 return
 
@@ -303,11 +318,13 @@ class SettleProcess:
             "UPDATE settlement_requests SET state = 'failed', done_at = now(), result = $2 "
             "WHERE market_id = $1 AND state = 'running'", self.market_id,
             {"error": "interrupted: the settlement process stopped while running it; check before asking again"})
-        while True:
+        while not self._quiesce.is_set():
             self._wake_requests.clear()
             rows = await pool.fetch("SELECT request_id, kind, args FROM settlement_requests WHERE market_id = $1 "
                                     "AND state = 'pending' ORDER BY request_id", self.market_id)
             for r in rows:
+                if self._quiesce.is_set():
+                    return
                 await pool.execute("UPDATE settlement_requests SET state = 'running' WHERE market_id = $1 "
                                    "AND request_id = $2", self.market_id, r["request_id"])
                 state, result = "done", None

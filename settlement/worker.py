@@ -186,10 +186,10 @@ async def compact_chain_at_open(pool: asyncpg.Pool, settings: Settings, *, thres
     if settings.chain_rpc_url or directory is None:
         return None
     loop = asyncio.get_running_loop()
-    grown = await loop.run_in_executor(None, droppable_blocks, directory, keep_blocks)
+    keep_from = await compaction_floor(pool, settings.market_id)
+    grown = await loop.run_in_executor(None, lambda: droppable_blocks(directory, keep_blocks, keep_from=keep_from))
     if grown is None or grown < threshold:
         return None
-    keep_from = await compaction_floor(pool, settings.market_id)
     try:
         done = await loop.run_in_executor(None, lambda: compact(directory, keep_blocks, keep_from=keep_from))
     except ChainStoreLocked:

@@ -54,7 +54,10 @@ log = logging.getLogger(__name__)
 #: a pass yields to the event loop once the engine steps it ran took this long
 PASS_BUDGET_S = 0.005
 #: what the database refuses for good: retrying the same rows cannot help
-PERMANENT_ERRORS = (JournalConflict, asyncpg.DataError, asyncpg.IntegrityConstraintViolationError)
+#: (a client-side encoding failure of a row, e.g. an integer beyond 64 bits for jsonb, is a
+#: TypeError or ValueError)
+PERMANENT_ERRORS = (JournalConflict, asyncpg.DataError, asyncpg.IntegrityConstraintViolationError, TypeError,
+                    ValueError)
 
 
 @dataclass(slots=True)
@@ -227,11 +230,12 @@ class GroupCommitter:
             self.passes += 1
             if self._ready:
                 ready, self._ready = self._ready, {}
-                later: list[Scheduled] = []
+                deferred: list[Scheduled] = []  # not stepped: the pass's budget was spent
+                again: list[Scheduled] = []  # stepped, more queued: after every other market
                 started = time.perf_counter()
                 for m in ready:
-                    if later or time.perf_counter() - started > PASS_BUDGET_S:
-                        later.append(m)  # the pass's budget is spent: after the event loop's turn
+                    if deferred or time.perf_counter() - started > PASS_BUDGET_S:
+                        deferred.append(m)
                         continue
                     try:
                         more = m.step()
@@ -240,9 +244,9 @@ class GroupCommitter:
                         continue
                     self._waiting[m] = None
                     if more:
-                        later.append(m)
-                if later:
-                    self._ready = dict.fromkeys([*later, *self._ready])
+                        again.append(m)
+                if deferred or again:
+                    self._ready = dict.fromkeys([*deferred, *self._ready, *again])
             self._start_commits()
             if self._ready:  # a market had more than a batch queued: step it again, after I/O
                 wake.set()
@@ -303,8 +307,9 @@ class GroupCommitter:
                           ", ".join(m.market_id for m, _ in items), exc)
                 for m, _ in items:
                     self._note_failure(m, exc, 0.0)
-                for m, g in items:  # from now on one market's failure cannot hold back the others
-                    await self._commit_alone(m, g, t)
+                # from now on each market alone, all at once: one market's failure cannot hold
+                # back the others (their first attempt without waiting)
+                await asyncio.gather(*(self._commit_alone(m, g, t) for m, g in items))
                 return
             elapsed = time.perf_counter() - t
             self.commits += 1
@@ -320,11 +325,14 @@ class GroupCommitter:
     async def _commit_alone(self, m: Scheduled, g: Group, t: float) -> None:
         """Retry one market's group in transactions of its own, with back-off, until it is
         durable, the market stops, or the database refuses it for good (the market stops)."""
-        delay = 0.05
+        delay = 0.025
+        first = True
         while not m.closed:
-            await asyncio.sleep(delay)
-            if m.closed:
-                break
+            if not first:
+                await asyncio.sleep(delay)
+                if m.closed:
+                    break
+            first = False
             try:
                 await write_groups(self.pool, [(m.market_id, g.jrows, g.trows)])
             except PERMANENT_ERRORS as exc:

@@ -105,6 +105,8 @@ class MarketRuntime:
         self._tasks: list[asyncio.Task] = []
         self.running = False
         self.closed = False
+        self._shutting_down: asyncio.Task | None = None  # a shutdown a failure started
+        self._unlocking: asyncio.Task | None = None  # the lock's release, after a transaction that outlived the stop
         self.failed: BaseException | None = None
         self.commit_failures = 0
         self.on_commit: Callable[[float, int], None] | None = None  # (seconds, commands) for metrics
@@ -158,6 +160,8 @@ class MarketRuntime:
         failure, or if draining takes longer than ``drain_timeout`` (database down), stop
         anyway: what was not committed is refused, never acknowledged."""
         if self.closed:
+            if self._shutting_down is not None:  # a failure's shutdown under way: stopped once it ends
+                await asyncio.shield(self._shutting_down)
             return
         was_running, self.running = self.running, False
         if was_running and self.failed is None:
@@ -184,21 +188,33 @@ class MarketRuntime:
         # A transaction holding our rows may be under way: wait for it to end (committed, its
         # commands are answered), so that none of ours can land after the lock is released and
         # another instance of the market recovered without it.
-        settled = True
         try:
             await asyncio.wait_for(self.committer.settled(self), SETTLE_TIMEOUT_S)
         except TimeoutError:
-            settled = False
-            log.critical("market %s: a journal transaction of it is still in flight after %.0f s; its lock stays "
-                         "held until it ends or the process exits", self.market_id, SETTLE_TIMEOUT_S)
+            log.critical("market %s: a journal transaction of it is still in flight after %.0f s; its callers are "
+                         "refused, its lock stays held until that transaction ends", self.market_id,
+                         SETTLE_TIMEOUT_S)
+            self._refuse_all(why)
+            if self._own_committer:  # its scheduler goes: the transaction is cancelled, the lock released
+                await self.committer.stop()
+            else:  # released once it ends, whenever that is (a restart of the market waits for it)
+                self._unlocking = asyncio.get_running_loop().create_task(self._unlock_when_settled())
+            return
         self._refuse_all(why)
-        if settled:
-            try:
-                await self.committer.unlock(self.market_id)
-            except Exception:  # noqa: BLE001 - the connection may be gone; the lock goes with it
-                log.warning("could not release the writer lock cleanly", exc_info=True)
+        await self._unlock()
         if self._own_committer:
             await self.committer.stop()
+
+    async def _unlock(self) -> None:
+        try:
+            await self.committer.unlock(self.market_id)
+        except Exception:  # noqa: BLE001 - the connection may be gone; the lock goes with it
+            log.warning("could not release the writer lock cleanly", exc_info=True)
+
+    async def _unlock_when_settled(self) -> None:
+        await self.committer.settled(self)
+        await self._unlock()
+        log.warning("market %s: its last journal transaction ended; lock released", self.market_id)
 
     def _refuse_all(self, why: str) -> None:
         self._queue.clear()
@@ -217,7 +233,8 @@ class MarketRuntime:
             log.critical("market %s stopped: %r", self.market_id, exc)
             self.failed = exc
         self.running = False
-        asyncio.get_running_loop().create_task(self._shutdown(f"market stopped: {exc!r}"))
+        if self._shutting_down is None and not self.closed:
+            self._shutting_down = asyncio.get_running_loop().create_task(self._shutdown(f"market stopped: {exc!r}"))
 
     # ----------------------------------------------------------------- submit
     def _new_future(self) -> asyncio.Future:

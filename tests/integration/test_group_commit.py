@@ -13,6 +13,7 @@ from support.times import T0
 from exchange.core.engine import MarketEngine
 from exchange.core.model import PlaceOrder, RegisterMember, Side
 from exchange.runtime import committer as committer_module
+from exchange.runtime import market as market_module
 from exchange.runtime.clock import ManualClock
 from exchange.runtime.committer import GroupCommitter
 from exchange.runtime.config import load_settings
@@ -196,6 +197,40 @@ async def test_a_market_stopped_with_a_transaction_in_flight_waits_for_it(pool, 
             assert again.cmd_seq == n + 1
             d = await again.submit(RegisterMember(0, "d", collateral=10**15, export_capacity_w=10**9))
             assert d.cmd_seq == n + 2
+        finally:
+            await again.stop()
+    finally:
+        await rt.stop()
+        await committer.stop()
+
+
+async def test_a_transaction_outliving_the_stop_keeps_the_lock_until_it_ends(pool, monkeypatch):
+    """Past SETTLE_TIMEOUT_S the market stops anyway (its callers refused), but its lock is
+    released only when that transaction ended: no restart can recover without its rows."""
+    monkeypatch.setattr(market_module, "SETTLE_TIMEOUT_S", 0.2)
+    committer = GroupCommitter(pool)
+    committer.start()
+    rt = await _runtime(pool, "slow", committer)
+    try:
+        await rt.submit(RegisterMember(0, "a", collateral=10**15, export_capacity_w=10**9))
+        n = rt.cmd_seq
+        gate = await _stalled_writes(monkeypatch, "slow")
+        pending = asyncio.ensure_future(rt.submit(RegisterMember(0, "c", collateral=10**15,
+                                                                 export_capacity_w=10**9)))
+        await asyncio.sleep(0.05)
+        await asyncio.wait_for(rt.stop(drain_timeout=0.1), 5)
+        with pytest.raises(MarketUnavailable):
+            await pending
+        with pytest.raises(RuntimeError, match="already running in this process"):
+            await _runtime(pool, "slow", committer)
+        gate.set()
+        for _ in range(100):
+            if "slow" not in committer._locked:
+                break
+            await asyncio.sleep(0.05)
+        again = await _runtime(pool, "slow", committer)  # the transaction landed first: recovered with it
+        try:
+            assert again.cmd_seq == n + 1
         finally:
             await again.stop()
     finally:

@@ -56,7 +56,9 @@ class FakeMarket:
     """A market whose 'engine' turns each queued number into one journal row (0: a
     rejection, answered without a row), and whose callers wait for their row's commit."""
 
-    def __init__(self, committer: GroupCommitter, market_id: str, explode_on: int | None = None) -> None:
+    def __init__(self, committer: GroupCommitter, market_id: str, explode_on: int | None = None,
+                 per_step: int | None = None) -> None:
+        self.per_step = per_step  # commands an engine step takes (None: all queued)
         self.market_id = market_id
         self.closed = False
         self.committer = committer
@@ -81,9 +83,10 @@ class FakeMarket:
         for value, _ in self.queue:
             if value == self.explode_on:
                 raise ValueError("engine bug")
-        self.outbox += self.queue
-        self.queue = []
-        return False
+        n = len(self.queue) if self.per_step is None else self.per_step
+        self.outbox += self.queue[:n]
+        self.queue = self.queue[n:]
+        return bool(self.queue)
 
     def take(self) -> Group | None:
         if not self.outbox:
@@ -183,21 +186,40 @@ async def test_at_most_in_flight_transactions_and_a_failed_one_is_retried_alone(
     await settle()
     # a alone in the first transaction, b and c together in the second; d waits for a slot
     assert writes.started == [["a"], ["b", "c"]] and writes.max_running == 2
-    writes.let(0)  # fails: retried after a back-off, a acknowledged only after it succeeds
-    await asyncio.sleep(0.01)
-    assert not futs["a"].done() and len(m["a"].failures) == 1 and not m["b"].failures
+    writes.let(0)  # fails: a is retried at once in a transaction of its own, acknowledged only after it
+    await settle()
+    assert writes.started[2] == ["a"] and not futs["a"].done() and len(m["a"].failures) == 1
+    assert not m["b"].failures
     writes.let(1)
     await futs["b"]
     await futs["c"]
     await settle()
-    assert writes.started[2] == ["d"]  # the slot b and c freed; a's retry still holds the other
+    assert writes.started[3] == ["d"]  # the slot b and c freed; a's retry still holds the other
     writes.let(2)
-    await futs["d"]
-    await asyncio.sleep(0.1)
-    assert writes.started[3] == ["a"]
-    writes.let(3)
     assert await futs["a"] == 1
-    assert (c.commits, c.groups) == (3, 4)
+    writes.let(3)
+    await futs["d"]
+    assert (c.commits, c.groups) == (3, 4) and writes.max_running == 2
+    await c.stop()
+
+
+async def test_after_a_joint_failure_the_markets_retry_at_once_each_alone(writes):
+    """A transient failure of a transaction of several markets: each is retried at once in
+    a transaction of its own, side by side, not one after the other."""
+    c = GroupCommitter(None, in_flight=1)  # type: ignore[arg-type]
+    c.start()
+    markets = [FakeMarket(c, f"m{i}") for i in range(5)]
+    writes.fail.add(0)
+    futs = [mk.submit(1) for mk in markets]
+    await settle()
+    assert writes.started == [[mk.market_id for mk in markets]]
+    writes.let(0)
+    await settle()
+    assert sorted(map(tuple, writes.started[1:])) == [(mk.market_id,) for mk in markets]
+    assert writes.max_running == 5  # all five solo attempts at once
+    for n in range(1, 6):
+        writes.let(n)
+    assert await asyncio.gather(*futs) == [1] * 5
     await c.stop()
 
 
@@ -351,4 +373,19 @@ async def test_a_long_pass_yields_to_the_event_loop(writes):
     await settle()
     assert seen.index("io") in (1, 2)  # after a step or two, not after all five
     assert sorted(x for x in seen if x != "io") == [m.market_id for m in markets]
+    await c.stop()
+
+
+async def test_a_backlogged_market_does_not_starve_the_others(writes):
+    c = GroupCommitter(None, in_flight=1)  # type: ignore[arg-type]
+    c.start()
+    heavy, light = FakeMarket(c, "heavy", per_step=1), FakeMarket(c, "light")
+    for i in range(200):
+        heavy.submit(i + 1)
+    fl = light.submit(1)
+    await settle()
+    assert light.steps == 1 and heavy.steps < 10  # stepped in the first passes, not after heavy's 200
+    for n in range(500):
+        writes.let(n)
+    assert await fl == 1
     await c.stop()
