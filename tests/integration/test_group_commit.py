@@ -142,6 +142,17 @@ async def _stalled_writes(monkeypatch, market_id: str) -> asyncio.Event:
     return gate
 
 
+async def _stalled_with_one_pending(pool, monkeypatch, committer: GroupCommitter, market_id: str):
+    """A market of ``committer`` with one command committed, then its writes stalled and a
+    second command (member "c") submitted: (runtime, cmd_seq of the first, gate, pending submit)."""
+    rt = await _runtime(pool, market_id, committer)
+    first = (await rt.submit(RegisterMember(0, "a", collateral=10**15, export_capacity_w=10**9))).cmd_seq
+    gate = await _stalled_writes(monkeypatch, market_id)
+    pending = asyncio.ensure_future(rt.submit(RegisterMember(0, "c", collateral=10**15, export_capacity_w=10**9)))
+    await asyncio.sleep(0.05)
+    return rt, first, gate, pending
+
+
 async def test_back_pressure_while_commits_stall(pool, monkeypatch):
     """The engine does not run ahead of the journal without bound: at max_uncommitted
     processed commands it waits for a COMMIT, the queue fills, and enqueue says MarketBusy."""
@@ -176,14 +187,8 @@ async def test_a_market_stopped_with_a_transaction_in_flight_waits_for_it(pool, 
     the attempt ends; committed, the command is answered, and a restart finds it."""
     committer = GroupCommitter(pool)
     committer.start()
-    rt = await _runtime(pool, "x", committer)
+    rt, n, gate, pending = await _stalled_with_one_pending(pool, monkeypatch, committer, "x")
     try:
-        await rt.submit(RegisterMember(0, "a", collateral=10**15, export_capacity_w=10**9))
-        n = rt.cmd_seq
-        gate = await _stalled_writes(monkeypatch, "x")
-        pending = asyncio.ensure_future(rt.submit(RegisterMember(0, "c", collateral=10**15,
-                                                                 export_capacity_w=10**9)))
-        await asyncio.sleep(0.05)
         stopping = asyncio.ensure_future(rt.stop(drain_timeout=0.1))
         await asyncio.sleep(0.3)
         assert not stopping.done()  # waits for the transaction holding c
@@ -210,14 +215,8 @@ async def test_a_transaction_outliving_the_stop_keeps_the_lock_until_it_ends(poo
     monkeypatch.setattr(market_module, "SETTLE_TIMEOUT_S", 0.2)
     committer = GroupCommitter(pool)
     committer.start()
-    rt = await _runtime(pool, "slow", committer)
+    rt, n, gate, pending = await _stalled_with_one_pending(pool, monkeypatch, committer, "slow")
     try:
-        await rt.submit(RegisterMember(0, "a", collateral=10**15, export_capacity_w=10**9))
-        n = rt.cmd_seq
-        gate = await _stalled_writes(monkeypatch, "slow")
-        pending = asyncio.ensure_future(rt.submit(RegisterMember(0, "c", collateral=10**15,
-                                                                 export_capacity_w=10**9)))
-        await asyncio.sleep(0.05)
         await asyncio.wait_for(rt.stop(drain_timeout=0.1), 5)
         with pytest.raises(MarketUnavailable):
             await pending
