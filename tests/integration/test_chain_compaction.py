@@ -28,8 +28,8 @@ from support.settlement import (
     MEMBER_KEYS,
     anchored_proofs,
     assert_settled,
+    funded_worker,
     make_worker,
-    register_and_fund,
     trade,
 )
 
@@ -242,9 +242,7 @@ async def test_settlement_goes_on_after_a_compaction(pool, pg_dsn, artifacts, tm
     market = await open_test_market(pg_dsn, "s")
     chain = Chain.in_process(artifacts=artifacts, data_dir=d)
     try:
-        w1 = make_worker(pool, market, chain)
-        await w1.start()
-        await register_and_fund(market, w1, chain)
+        w1 = await funded_worker(pool, market, chain)
         n1 = await trade(market, 25, seed=41)
         await w1.drain()
         await assert_settled(pool, market, chain)
@@ -300,9 +298,7 @@ async def test_a_sent_batch_whose_block_was_compacted_away_is_anchored_not_lost(
                 if len(hits) == 2:
                     raise Crash(p)
 
-        w1 = make_worker(pool, market, chain, fault=fault)
-        await w1.start()
-        await register_and_fund(market, w1, chain)
+        w1 = await funded_worker(pool, market, chain, fault=fault)
         await trade(market, 25, seed=51)
         with pytest.raises(Crash):
             await w1.drain()
@@ -346,9 +342,7 @@ async def test_compaction_when_the_settlement_process_opens_a_grown_store_and_by
     market = await open_test_market(pg_dsn, "s")
     chain = Chain.in_process(artifacts=artifacts, data_dir=d)
     try:
-        w = make_worker(pool, market, chain)
-        await w.start()
-        await register_and_fund(market, w, chain)
+        w = await funded_worker(pool, market, chain)
         await w._chain(_grow, chain, KEEP + 100)
         await w.scan_chain()
         head = chain.w3.eth.block_number
@@ -412,9 +406,7 @@ async def test_the_settlement_process_compacts_its_chain_while_it_runs(pool, pg_
     market.start_inbox()
     chain = Chain.in_process(artifacts=artifacts, data_dir=d)
     try:
-        w = make_worker(pool, market, chain)
-        await w.start()
-        await register_and_fund(market, w, chain)
+        w = await funded_worker(pool, market, chain)
         await trade(market, 20, seed=71)
         await w.drain()
         head = chain.w3.eth.block_number

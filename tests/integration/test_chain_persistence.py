@@ -27,6 +27,7 @@ from support.settlement import (
     MEMBER_KEYS,
     anchored_proofs,
     assert_settled,
+    funded_worker,
     make_worker,
     register_and_fund,
     trade,
@@ -257,9 +258,7 @@ async def test_a_chain_that_lost_its_last_blocks_is_healed(pool, pg_dsn, artifac
     market = await open_test_market(pg_dsn, "s")
     chain = Chain.in_process(artifacts=artifacts, data_dir=d)
     try:
-        w1 = make_worker(pool, market, chain)
-        await w1.start()
-        await register_and_fund(market, w1, chain)
+        w1 = await funded_worker(pool, market, chain)
         await trade(market, 20, seed=31)
         await w1.drain()
         kept = chain.registry.functions.batchCount().call()
@@ -303,9 +302,7 @@ async def test_a_lost_chain_directory_is_refused_until_the_operator_approves(poo
     market = await open_test_market(pg_dsn, "s")
     chain = Chain.in_process(artifacts=artifacts, data_dir=tmp_path / "chain")
     try:
-        w1 = make_worker(pool, market, chain)
-        await w1.start()
-        await register_and_fund(market, w1, chain)
+        w1 = await funded_worker(pool, market, chain)
         await trade(market, 10, seed=41)
         await w1.drain()
         await w1.shutdown()

@@ -10,7 +10,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 from support.market import open_test_market
-from support.settlement import DEPOSIT, MEMBER_KEYS, make_worker, reconnect, register_and_fund
+from support.settlement import DEPOSIT, MEMBER_KEYS, funded_worker, make_worker, reconnect
 
 from exchange.core.units import from_us, iso, to_us
 from exchange.flexibility.store import FlexStore
@@ -42,9 +42,7 @@ async def test_community_charges_settle_once_and_corrections_pay_the_change(pool
                           product_minutes=60)
     a, b = MEMBER_KEYS[0].address, MEMBER_KEYS[1].address
     try:
-        worker = make_worker(pool, market, chain, payout_sources=[store])
-        await worker.start()
-        await register_and_fund(market, worker, chain)
+        worker = await funded_worker(pool, market, chain, payout_sources=[store])
         await svc.add_points([MeterPoint("a", a, PointKind.IMPORT), MeterPoint("b", b, PointKind.IMPORT)])
         await svc.put_tariff("default", "flat", [(START - 86_400_000_000, 30_000, 8_000)])
         await store.put_fee_schedule(START - 86_400_000_000, schedule_json(FEES))

@@ -14,7 +14,7 @@ from __future__ import annotations
 import pytest
 from support.keys import KEYS
 from support.market import open_test_market
-from support.settlement import DEPOSIT, MEMBER_KEYS, make_worker, register_and_fund, trade
+from support.settlement import DEPOSIT, MEMBER_KEYS, funded_worker, trade
 
 from settlement.collateral import ChainCollateral
 
@@ -81,9 +81,7 @@ def test_a_member_spelled_otherwise_is_the_same_member(chain):
 async def test_worker_reads_no_collateral_per_batch_and_engine_equals_chain(pool, pg_dsn, chain):
     market = await open_test_market(pg_dsn, "s")
     try:
-        worker = make_worker(pool, market, chain)
-        await worker.start()
-        await register_and_fund(market, worker, chain)
+        worker = await funded_worker(pool, market, chain)
         reads = worker.known.reads
         n = await trade(market, 60)
         await worker.drain()

@@ -15,7 +15,15 @@ from eth.vm.forks import ShanghaiVM
 from eth_account import Account
 from eth_tester import EthereumTester, PyEVMBackend
 from support.market import open_products, open_test_market
-from support.settlement import DEPOSIT, MEMBER_KEYS, make_worker, reconnect, register_and_fund, trade
+from support.settlement import (
+    DEPOSIT,
+    MEMBER_KEYS,
+    funded_worker,
+    make_worker,
+    reconnect,
+    register_and_fund,
+    trade,
+)
 from web3 import EthereumTesterProvider, Web3
 from web3.exceptions import Web3RPCError
 
@@ -77,9 +85,7 @@ async def test_custom_error_blocks_the_batch_and_only_batches_sharing_its_member
     market = await open_test_market(pg_dsn, "s")
     try:
         # simulate=True: every anchorBatch is an eth_call first, as on a JSON-RPC node
-        worker = make_worker(pool, market, chain, batch_size=1, recheck_s=0, simulate=True)
-        await worker.start()
-        await register_and_fund(market, worker, chain)
+        worker = await funded_worker(pool, market, chain, batch_size=1, recheck_s=0, simulate=True)
         await _penalise_on_chain(worker, chain, A, DEPOSIT)  # A has nothing left on chain
         await _cross(market, buyer=A, seller=B)  # batch 1 {A, B}: A cannot pay
         await _cross(market, buyer=C, seller=D)  # batch 2 {C, D}: independent
@@ -180,9 +186,7 @@ async def test_revert_without_a_reason_is_signed_anew_a_bounded_number_of_times(
 
     market = await open_test_market(pg_dsn, "s")
     try:
-        worker = make_worker(pool, market, chain, batch_size=1, recheck_s=3600)
-        await worker.start()
-        await register_and_fund(market, worker, chain)
+        worker = await funded_worker(pool, market, chain, batch_size=1, recheck_s=3600)
         await _cross(market, buyer=A, seller=B)
         real_anchor_call = chain.anchor_call
         chain.anchor_call = lambda *a: (real_anchor_call(*a)[0], 30_000)  # type: ignore[method-assign]
@@ -507,9 +511,7 @@ def test_redeploy_command_needs_yes(monkeypatch, capsys):
 async def test_rolled_back_node_is_healed_by_resending_in_nonce_order(pool, pg_dsn, chain):
     market = await open_test_market(pg_dsn, "s")
     try:
-        worker = make_worker(pool, market, chain, check_s=0)
-        await worker.start()
-        await register_and_fund(market, worker, chain)
+        worker = await funded_worker(pool, market, chain, check_s=0)
         n = await trade(market, 20, seed=51)
         await worker.drain()
         kept = set(await _states(pool))
@@ -554,9 +556,7 @@ async def test_periodic_check_runs_from_the_worker_loop(pool, pg_dsn, chain):
     """No manual call: the running worker's own check notices the rollback and heals it."""
     market = await open_test_market(pg_dsn, "s")
     try:
-        worker = make_worker(pool, market, chain, check_s=0.1, poll_s=0.05, max_age_s=0.05)
-        await worker.start()
-        await register_and_fund(market, worker, chain)
+        worker = await funded_worker(pool, market, chain, check_s=0.1, poll_s=0.05, max_age_s=0.05)
         snap = chain.tester.take_snapshot()
         n = await trade(market, 20, seed=61)
         await worker.drain()

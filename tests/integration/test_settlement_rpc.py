@@ -14,7 +14,7 @@ import asyncio
 
 import pytest
 from support.market import open_test_market
-from support.settlement import DEPOSIT, MEMBER_KEYS, make_worker, register_and_fund, trade
+from support.settlement import MEMBER_KEYS, assert_settled, make_worker, register_and_fund, trade
 
 from exchange.tools.cli import main
 from settlement.bench import bench_settlement
@@ -50,15 +50,8 @@ async def _states(pool) -> dict[int, str]:
 
 async def _assert_settled(pool, market, chain, n_trades: int) -> None:
     """Reconcile OK, every batch anchored, collateral as on chain, every proof verifying on the node."""
-    rep = await reconcile(pool, "s", chain)
-    assert rep.ok, rep.differences
-    assert rep.trades == n_trades and rep.pending_trades == 0 and not rep.in_flight
-    assert chain.registry.functions.batchCount().call() == rep.batches == rep.anchored
-    for acct in MEMBER_KEYS:
-        a = market.engine.accounts[acct.address]
-        assert a.collateral == chain.collateral(acct.address), acct.address
-        assert a.net_payable == 0
-    assert sum(chain.collateral(a.address) for a in MEMBER_KEYS) == DEPOSIT * len(MEMBER_KEYS)
+    rep = await assert_settled(pool, market, chain)
+    assert rep.trades == n_trades and not rep.in_flight
     proofs = ProofService(pool, "s", chain)
     ids = [r["trade_id"] for r in await pool.fetch("SELECT trade_id FROM trades WHERE market_id = 's'")]
     assert len(ids) == n_trades

@@ -7,7 +7,15 @@ from __future__ import annotations
 
 import pytest
 from support.market import open_products, open_test_market
-from support.settlement import DEPOSIT, MEMBER_KEYS, make_worker, reconnect, register_and_fund, trade
+from support.settlement import (
+    DEPOSIT,
+    MEMBER_KEYS,
+    funded_worker,
+    make_worker,
+    reconnect,
+    register_and_fund,
+    trade,
+)
 
 from exchange.core.model import OrderAccepted, PlaceOrder, Rejected, Side
 from exchange.flexibility.store import FlexStore
@@ -39,9 +47,7 @@ async def _assert_settled(pool, market, chain, n_trades):
 async def test_trades_anchor_once_reconcile_and_prove(pool, pg_dsn, chain):
     market = await open_test_market(pg_dsn, "s")
     try:
-        worker = make_worker(pool, market, chain)
-        await worker.start()
-        await register_and_fund(market, worker, chain)
+        worker = await funded_worker(pool, market, chain)
         assert market.engine.accounts[MEMBER_KEYS[0].address].collateral == DEPOSIT
         n = await trade(market, 40)
         assert n >= 20
@@ -111,9 +117,7 @@ async def test_crash_at_each_step_neither_loses_nor_double_anchors(pool, pg_dsn,
 async def test_chain_refusing_transactions_retries_with_alert_and_loses_nothing(pool, pg_dsn, chain):
     market = await open_test_market(pg_dsn, "s")
     try:
-        worker = make_worker(pool, market, chain, retry_s=0.05, retry_max_s=0.2, poll_s=0.05)
-        await worker.start()
-        await register_and_fund(market, worker, chain)
+        worker = await funded_worker(pool, market, chain, retry_s=0.05, retry_max_s=0.2, poll_s=0.05)
         # the operator's account runs out of gas money: the chain refuses every transaction
         w3 = chain.w3
         op = chain.operator.address
@@ -159,9 +163,7 @@ async def test_chain_refusing_transactions_retries_with_alert_and_loses_nothing(
 async def test_reconcile_detects_corrupted_records(pool, pg_dsn, chain):
     market = await open_test_market(pg_dsn, "s")
     try:
-        worker = make_worker(pool, market, chain)
-        await worker.start()
-        await register_and_fund(market, worker, chain)
+        worker = await funded_worker(pool, market, chain)
         n = await trade(market, 30, seed=5)
         await worker.drain()
         assert (await reconcile(pool, "s", chain)).ok
@@ -188,9 +190,7 @@ async def test_reconcile_detects_corrupted_records(pool, pg_dsn, chain):
 async def test_withdrawal_refused_while_backing_orders_then_executed(pool, pg_dsn, chain):
     market = await open_test_market(pg_dsn, "s")
     try:
-        worker = make_worker(pool, market, chain)
-        await worker.start()
-        await register_and_fund(market, worker, chain)
+        worker = await funded_worker(pool, market, chain)
         alice = MEMBER_KEYS[0]
         pid = open_products(market.engine)[0]
         # an open buy order of 80 % of the deposit backs that much collateral
@@ -227,9 +227,7 @@ async def test_flexibility_payouts_settle_on_chain_once(pool, pg_dsn, chain):
     market = await open_test_market(pg_dsn, "s")
     sources = [FlexStore(pool, market.journal.market_id)]
     try:
-        worker = make_worker(pool, market, chain, payout_sources=sources)
-        await worker.start()
-        await register_and_fund(market, worker, chain)
+        worker = await funded_worker(pool, market, chain, payout_sources=sources)
         a, b, c = (k.address for k in MEMBER_KEYS[:3])
         rows = [(1, 7, a, 1_500_000_000), (2, 7, b, 700_000_000), (3, 7, c, -200_000_000)]
         await pool.executemany("INSERT INTO flex_payouts (market_id, payout_id, event_id, member, amount_units) "
@@ -270,9 +268,7 @@ async def test_fresh_in_process_chain_redeploys_without_settling_history_twice(p
 
     market = await open_test_market(pg_dsn, "s")
     try:
-        w1 = make_worker(pool, market, chain)
-        await w1.start()
-        await register_and_fund(market, w1, chain)
+        w1 = await funded_worker(pool, market, chain)
         n1 = await trade(market, 20, seed=11)
         await w1.drain()
         w1.close()

@@ -10,7 +10,7 @@ from exchange.core.model import PlaceOrder, RegisterMember, Side
 from exchange.protocol.auth import order_typed_data, sign_order
 from settlement.chain import Chain
 from settlement.proofs import ProofService
-from settlement.reconcile import reconcile
+from settlement.reconcile import Report, reconcile
 from settlement.worker import SettlementWorker
 from support.keys import KEYS
 from support.market import open_products
@@ -28,6 +28,14 @@ def make_worker(pool, market, chain, **kw) -> SettlementWorker:
     kw.setdefault("batch_size", 7)
     kw.setdefault("max_age_s", 3600)
     return SettlementWorker(pool, market.journal.market_id, chain, runtime=market.runtime, **kw)
+
+
+async def funded_worker(pool, market, chain: Chain, **kw) -> SettlementWorker:
+    """The market's worker, started, with the key-pair members registered and funded."""
+    worker = make_worker(pool, market, chain, **kw)
+    await worker.start()
+    await register_and_fund(market, worker, chain)
+    return worker
 
 
 async def register_and_fund(market, worker: SettlementWorker, chain: Chain) -> None:
@@ -65,9 +73,9 @@ async def trade(market, n_pairs: int, seed: int = 1, signed_every: int = 3, chai
     return trades
 
 
-async def assert_settled(pool, market, chain, market_id: str = "s") -> None:
+async def assert_settled(pool, market, chain, market_id: str = "s") -> Report:
     """Reconcile OK, every batch anchored, each member's collateral in the engine as on chain,
-    nothing payable left, and the deposits all there."""
+    nothing payable left, and the deposits all there. Returns the reconcile report."""
     rep = await reconcile(pool, market_id, chain)
     assert rep.ok, rep.differences
     assert rep.pending_trades == 0 and not rep.unverifiable
@@ -77,6 +85,7 @@ async def assert_settled(pool, market, chain, market_id: str = "s") -> None:
         assert a.collateral == chain.collateral(acct.address), acct.address
         assert a.net_payable == 0
     assert sum(chain.collateral(a.address) for a in MEMBER_KEYS) == DEPOSIT * len(MEMBER_KEYS)
+    return rep
 
 
 async def anchored_proofs(pool, chain, market_id: str = "s") -> list[dict]:
