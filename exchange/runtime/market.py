@@ -344,12 +344,10 @@ class MarketRuntime:
         jrows = group.jrows
         if jrows:
             self.committed_cmd_seq = jrows[-1][1]  # the last journaled command of the group
-        pending = self._pending
+        resolve = self._resolve
         for e, (fut, t0) in zip(entries, waiters, strict=True):
             if fut is not None:
-                pending.discard(fut)
-                if not fut.done():  # a caller may have given up (cancelled)
-                    fut.set_result(Result(e.cmd_seq, e.events, t0))
+                resolve(fut, Result(e.cmd_seq, e.events, t0))
         if self.subscribers:
             for sub in list(self.subscribers):
                 try:
