@@ -53,6 +53,9 @@ log = logging.getLogger(__name__)
 
 #: a pass yields to the event loop once the engine steps it ran took this long
 PASS_BUDGET_S = 0.005
+#: with several transaction slots free, the outboxes are spread over them from this many journal
+#: rows per transaction (fewer: one transaction, whose fixed cost would otherwise dominate)
+SPLIT_ROWS = 64
 #: what the database refuses for good: retrying the same rows cannot help
 #: (a client-side encoding failure of a row, e.g. an integer beyond 64 bits for jsonb, is a
 #: TypeError or ValueError)
@@ -254,40 +257,62 @@ class GroupCommitter:
 
     def _start_commits(self) -> None:
         """Start transactions while a slot is free: the outboxes of markets without one in
-        flight, in arrival order, up to ``max_rows`` (a group without rows is answered at once,
-        since nothing of its market is in flight before it)."""
+        flight, in arrival order (a group without rows is answered at once, since nothing of
+        its market is in flight before it). With several slots free and at least
+        ``SPLIT_ROWS`` journal rows per slot, the outboxes are spread over that many
+        transactions of about equal rows (a market's group is never cut): PostgreSQL writes
+        them on as many backends at once, and their markets' answers and next steps no longer
+        all wait for one COMMIT. One transaction would leave the other slots idle for as long
+        as its markets are busy: with ten markets, every pass put all of them in one
+        transaction, and the second slot was never used."""
         waiting = self._waiting
         busy = self._busy
-        while self._active < self.in_flight and waiting:
-            items: list[tuple[Scheduled, Group]] = []
-            rows = 0
-            for m in list(waiting):
-                if m in busy:
+        free = self.in_flight - self._active
+        if free <= 0 or not waiting:
+            return
+        items: list[tuple[Scheduled, Group]] = []
+        rows = 0
+        for m in list(waiting):
+            if m in busy:
+                continue
+            if rows >= self.max_rows * free:
+                break
+            del waiting[m]
+            try:
+                group = m.take()
+                if group is None:
                     continue
-                if items and rows >= self.max_rows:
-                    break
-                del waiting[m]
-                try:
-                    group = m.take()
-                    if group is None:
-                        continue
-                    if not group.jrows:
-                        m.committed(group, 0.0)
-                        continue
-                except Exception as exc:  # noqa: BLE001 - a market's own failure stops it alone
-                    self._failed(m, exc)
+                if not group.jrows:
+                    m.committed(group, 0.0)
                     continue
-                items.append((m, group))
-                busy.add(m)
-                rows += len(group.jrows)
-            if not items:
-                return
-            if self._active:
-                self.overlapped += 1
-            self._active += 1
-            task = asyncio.create_task(self._commit(items), name="group-commit-tx")
-            self._commits.add(task)
-            task.add_done_callback(self._commits.discard)
+            except Exception as exc:  # noqa: BLE001 - a market's own failure stops it alone
+                self._failed(m, exc)
+                continue
+            items.append((m, group))
+            busy.add(m)
+            rows += len(group.jrows)
+        if not items:
+            return
+        parts = max(1, min(free, len(items), rows // SPLIT_ROWS))
+        share = -(-rows // parts)  # rows per transaction, rounded up
+        chunk: list[tuple[Scheduled, Group]] = []
+        size = 0
+        for item in items:
+            chunk.append(item)
+            size += len(item[1].jrows)
+            if (size >= share or size >= self.max_rows) and self._active < self.in_flight - 1:
+                self._start(chunk)
+                chunk, size = [], 0
+        if chunk:
+            self._start(chunk)
+
+    def _start(self, items: list[tuple[Scheduled, Group]]) -> None:
+        if self._active:
+            self.overlapped += 1
+        self._active += 1
+        task = asyncio.create_task(self._commit(items), name="group-commit-tx")
+        self._commits.add(task)
+        task.add_done_callback(self._commits.discard)
 
     def _failed(self, m: Scheduled, exc: BaseException) -> None:
         log.error("market %s failed in the scheduler: %r", m.market_id, exc, exc_info=exc)

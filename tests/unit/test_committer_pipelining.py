@@ -389,3 +389,61 @@ async def test_a_backlogged_market_does_not_starve_the_others(writes):
         writes.let(n)
     assert await fl == 1
     await c.stop()
+
+
+async def test_with_two_slots_free_the_outboxes_go_in_two_transactions_at_once(writes, monkeypatch):
+    """Ten markets stepped in one pass, enough rows for two transactions: two, of about
+    equal rows, side by side (one would leave the second slot idle while all ten wait for
+    it); each market's group whole, each answered after its own transaction only."""
+    monkeypatch.setattr(committer_module, "SPLIT_ROWS", 8)
+    c = GroupCommitter(None, in_flight=2)  # type: ignore[arg-type]
+    c.start()
+    markets = [FakeMarket(c, f"m{i}") for i in range(10)]
+    futs = {mk.market_id: [mk.submit(v) for v in range(1, 4)] for mk in markets}  # 30 rows in all
+    await settle()
+    assert writes.started == [[f"m{i}" for i in range(5)], [f"m{i}" for i in range(5, 10)]]
+    assert writes.max_running == 2 and c.overlapped == 1
+    writes.let(1)
+    for i in range(5, 10):
+        assert await asyncio.gather(*futs[f"m{i}"]) == [1, 2, 3]
+    assert not any(f.done() for i in range(5) for f in futs[f"m{i}"])  # theirs has not committed
+    writes.let(0)
+    for i in range(5):
+        assert await asyncio.gather(*futs[f"m{i}"]) == [1, 2, 3]
+    assert sorted(writes.order) == sorted((f"m{i}", v) for i in range(10) for v in range(1, 4))
+    await c.stop()
+
+
+async def test_below_the_split_threshold_the_outboxes_share_one_transaction(writes, monkeypatch):
+    monkeypatch.setattr(committer_module, "SPLIT_ROWS", 8)
+    c = GroupCommitter(None, in_flight=3)  # type: ignore[arg-type]
+    c.start()
+    markets = [FakeMarket(c, f"m{i}") for i in range(5)]
+    futs = [mk.submit(v) for mk in markets for v in (1, 2, 3)]  # 15 rows: fewer than 2 x 8
+    await settle()
+    assert writes.started == [[mk.market_id for mk in markets]]
+    writes.let(0)
+    await asyncio.gather(*futs)
+    await c.stop()
+
+
+@pytest.mark.parametrize("in_flight", [1, 2, 3])
+async def test_spreading_never_exceeds_the_slots_nor_cuts_a_group(writes, monkeypatch, in_flight):
+    """Small ``max_rows`` and many markets: at most ``in_flight`` transactions, a market's
+    group never split, every row committed once, in each market's order."""
+    monkeypatch.setattr(committer_module, "SPLIT_ROWS", 1)
+    c = GroupCommitter(None, max_rows=2, in_flight=in_flight)  # type: ignore[arg-type]
+    c.start()
+    markets = [FakeMarket(c, f"m{i}") for i in range(7)]
+    futs = [mk.submit(v) for mk in markets for v in (1, 2, 3)]
+    for _ in range(40):
+        await settle()
+        for n in range(len(writes.started)):
+            writes.let(n)
+        if all(f.done() for f in futs):
+            break
+    assert all(f.done() for f in futs)
+    assert writes.max_running <= in_flight
+    for mk in markets:
+        assert [r for m, r in writes.order if m == mk.market_id] == [1, 2, 3]
+    await c.stop()
