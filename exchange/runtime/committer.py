@@ -260,51 +260,41 @@ class GroupCommitter:
         flight, in arrival order (a group without rows is answered at once, since nothing of
         its market is in flight before it). With several slots free and at least
         ``SPLIT_ROWS`` journal rows per slot, the outboxes are spread over that many
-        transactions of about equal rows (a market's group is never cut): PostgreSQL writes
+        transactions of about equal rows (:func:`_spread`; a market's group is never cut), and
+        while a slot is free and a market's outbox waits, another transaction starts: PostgreSQL writes
         them on as many backends at once, and their markets' answers and next steps no longer
         all wait for one COMMIT. One transaction would leave the other slots idle for as long
         as its markets are busy: with ten markets, every pass put all of them in one
         transaction, and the second slot was never used."""
         waiting = self._waiting
         busy = self._busy
-        free = self.in_flight - self._active
-        if free <= 0 or not waiting:
-            return
-        items: list[tuple[Scheduled, Group]] = []
-        rows = 0
-        for m in list(waiting):
-            if m in busy:
-                continue
-            if rows >= self.max_rows * free:
-                break
-            del waiting[m]
-            try:
-                group = m.take()
-                if group is None:
+        while self._active < self.in_flight and waiting:
+            free = self.in_flight - self._active
+            items: list[tuple[Scheduled, Group]] = []
+            rows = 0
+            for m in list(waiting):
+                if m in busy:
                     continue
-                if not group.jrows:
-                    m.committed(group, 0.0)
+                if rows >= self.max_rows * free:
+                    break
+                del waiting[m]
+                try:
+                    group = m.take()
+                    if group is None:
+                        continue
+                    if not group.jrows:
+                        m.committed(group, 0.0)
+                        continue
+                except Exception as exc:  # noqa: BLE001 - a market's own failure stops it alone
+                    self._failed(m, exc)
                     continue
-            except Exception as exc:  # noqa: BLE001 - a market's own failure stops it alone
-                self._failed(m, exc)
-                continue
-            items.append((m, group))
-            busy.add(m)
-            rows += len(group.jrows)
-        if not items:
-            return
-        parts = max(1, min(free, len(items), rows // SPLIT_ROWS))
-        share = -(-rows // parts)  # rows per transaction, rounded up
-        chunk: list[tuple[Scheduled, Group]] = []
-        size = 0
-        for item in items:
-            chunk.append(item)
-            size += len(item[1].jrows)
-            if (size >= share or size >= self.max_rows) and self._active < self.in_flight - 1:
+                items.append((m, group))
+                busy.add(m)
+                rows += len(group.jrows)
+            if not items:
+                return
+            for chunk in _spread(items, rows, min(free, len(items), max(1, rows // SPLIT_ROWS))):
                 self._start(chunk)
-                chunk, size = [], 0
-        if chunk:
-            self._start(chunk)
 
     def _start(self, items: list[tuple[Scheduled, Group]]) -> None:
         if self._active:
@@ -387,3 +377,18 @@ class GroupCommitter:
             m.commit_failed(exc, retry_in)
         except Exception:  # noqa: BLE001 - a counter: never stops the retries
             log.exception("market %s: recording a commit failure failed", m.market_id)
+
+
+def _spread(items: list[tuple[Scheduled, Group]], rows: int, parts: int) -> list[list[tuple[Scheduled, Group]]]:
+    """``items`` (in order, ``rows`` journal rows in all) in at most ``parts`` consecutive
+    chunks of about ``rows / parts`` rows: each group goes to the chunk its middle row falls
+    in, so one large group does not drag its neighbours along."""
+    if parts <= 1:
+        return [items]
+    chunks: list[list[tuple[Scheduled, Group]]] = [[] for _ in range(parts)]
+    before = 0
+    for item in items:
+        n = len(item[1].jrows)
+        chunks[min(parts - 1, (2 * before + n) * parts // (2 * rows))].append(item)
+        before += n
+    return [c for c in chunks if c]

@@ -447,3 +447,78 @@ async def test_spreading_never_exceeds_the_slots_nor_cuts_a_group(writes, monkey
     for mk in markets:
         assert [r for m, r in writes.order if m == mk.market_id] == [1, 2, 3]
     await c.stop()
+
+
+def _load(markets: list[FakeMarket], sizes: list[int]) -> list[asyncio.Future]:
+    """Queue ``sizes[i]`` rows on ``markets[i]`` (values 1..n), before any pass runs."""
+    return [f for mk, n in zip(markets, sizes, strict=True) for f in [mk.submit(v) for v in range(1, n + 1)]]
+
+
+@pytest.mark.parametrize(("sizes", "expected"), [
+    ([31, 32, 32, 32], [["m0", "m1", "m2", "m3"]]),  # 127 rows: fewer than 2 x SPLIT_ROWS, one transaction
+    ([32, 32, 32, 32], [["m0", "m1"], ["m2", "m3"]]),  # 128 rows: two
+    ([30, 30, 200], [["m0", "m1"], ["m2"]]),  # a large group last does not drag the others into its transaction
+    ([200, 30, 30], [["m0"], ["m1", "m2"]]),
+])
+async def test_the_split_is_by_rows_at_the_real_threshold(writes, sizes, expected):
+    c = GroupCommitter(None, in_flight=2)  # type: ignore[arg-type]
+    c.start()
+    markets = [FakeMarket(c, f"m{i}") for i in range(len(sizes))]
+    futs = _load(markets, sizes)
+    await settle()
+    assert writes.started == expected
+    for n in range(len(expected)):
+        writes.let(n)
+    await asyncio.gather(*futs)
+    await c.stop()
+
+
+@pytest.mark.parametrize(("in_flight", "max_rows", "sizes"), [
+    (3, 100, [99, 100, 99, 100, 5]),
+    (2, 50, [1, 2000, 5, 99]),
+    (3, 20_000, [5, 5, 5, 300, 5]),
+])
+async def test_no_slot_stays_idle_while_an_outbox_waits(writes, in_flight, max_rows, sizes):
+    """Whatever the sizes, after a pass either every slot is taken or no market without a
+    transaction in flight has an outbox waiting; every row is committed once, in order."""
+    c = GroupCommitter(None, max_rows=max_rows, in_flight=in_flight)  # type: ignore[arg-type]
+    c.start()
+    markets = [FakeMarket(c, f"m{i}") for i in range(len(sizes))]
+    futs = _load(markets, sizes)
+    released = 0
+    while not all(f.done() for f in futs):
+        await settle()
+        idle = c.in_flight - len(writes.running)
+        waiting = [mk.market_id for mk in markets if mk.outbox and not any(mk.market_id in r for r in writes.running)]
+        assert idle == 0 or not waiting, f"{idle} slot(s) idle while {waiting} wait"
+        if released < len(writes.started):
+            writes.let(released)
+            released += 1
+    assert writes.max_running <= in_flight
+    for mk, n in zip(markets, sizes, strict=True):
+        assert [r for m, r in writes.order if m == mk.market_id] == list(range(1, n + 1))
+    await c.stop()
+
+
+async def test_one_split_transaction_fails_the_other_commits_and_answers_alone(writes):
+    c = GroupCommitter(None, in_flight=2)  # type: ignore[arg-type]
+    c.start()
+    markets = [FakeMarket(c, f"m{i}") for i in range(4)]
+    futs = {mk.market_id: [mk.submit(v) for v in range(1, 41)] for mk in markets}
+    writes.fail.add(0)
+    await settle()
+    assert writes.started == [["m0", "m1"], ["m2", "m3"]]
+    writes.let(1)  # the second commits: its markets answered, the first's not
+    for k in ("m2", "m3"):
+        assert await asyncio.gather(*futs[k]) == list(range(1, 41))
+    assert not any(f.done() for k in ("m0", "m1") for f in futs[k])
+    writes.let(0)  # the first fails: m0 and m1 retried, each alone, nothing answered before
+    await settle()
+    assert sorted(map(tuple, writes.started[2:])) == [("m0",), ("m1",)]
+    assert not any(f.done() for k in ("m0", "m1") for f in futs[k])
+    writes.let(2)
+    writes.let(3)
+    for k in ("m0", "m1"):
+        assert await asyncio.gather(*futs[k]) == list(range(1, 41))
+    assert [mk.failures != [] for mk in markets] == [True, True, False, False]
+    await c.stop()
