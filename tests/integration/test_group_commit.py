@@ -24,6 +24,15 @@ from exchange.runtime.service import market_config
 pytestmark = pytest.mark.integration
 
 
+@pytest.fixture
+async def committer(pool):
+    """A scheduler shared by the test's markets, stopped after them."""
+    c = GroupCommitter(pool)
+    c.start()
+    yield c
+    await c.stop()
+
+
 async def _runtime(pool, market_id: str, committer: GroupCommitter | None) -> MarketRuntime:
     settings = load_settings(database_url="postgresql://unused", market_id=market_id)
     journal = Journal(pool, market_id)
@@ -82,23 +91,18 @@ async def test_a_retry_already_committed_does_not_hold_back_other_markets(pool):
         await write_groups(pool, [("r1", forged, [])])
 
 
-async def test_one_market_once_per_process(pool):
-    committer = GroupCommitter(pool)
-    committer.start()
+async def test_one_market_once_per_process(pool, committer):
     rt = await _runtime(pool, "once", committer)
     try:
         with pytest.raises(RuntimeError, match="already running"):
             await _runtime(pool, "once", committer)
     finally:
         await rt.stop()
-        await committer.stop()
 
 
-async def test_an_engine_failure_stops_its_market_alone(pool):
+async def test_an_engine_failure_stops_its_market_alone(pool, committer):
     """One scheduler task runs both markets' engines: an engine that raises stops its own
     market (what it had not committed refused, nothing acknowledged), the other goes on."""
-    committer = GroupCommitter(pool)
-    committer.start()
     bad, good = await _runtime(pool, "boom", committer), await _runtime(pool, "calm", committer)
     try:
         await _trade(bad, 3, 0)
@@ -125,7 +129,6 @@ async def test_an_engine_failure_stops_its_market_alone(pool):
     finally:
         await good.stop()
         await bad.stop()
-        await committer.stop()
 
 
 async def _stalled_writes(monkeypatch, market_id: str) -> asyncio.Event:
@@ -182,11 +185,9 @@ async def test_back_pressure_while_commits_stall(pool, monkeypatch):
         await rt.stop()
 
 
-async def test_a_market_stopped_with_a_transaction_in_flight_waits_for_it(pool, monkeypatch):
+async def test_a_market_stopped_with_a_transaction_in_flight_waits_for_it(pool, monkeypatch, committer):
     """Its lock is not released (so no other instance can recover without those rows) before
     the attempt ends; committed, the command is answered, and a restart finds it."""
-    committer = GroupCommitter(pool)
-    committer.start()
     rt, n, gate, pending = await _stalled_with_one_pending(pool, monkeypatch, committer, "x")
     try:
         stopping = asyncio.ensure_future(rt.stop(drain_timeout=0.1))
@@ -206,15 +207,12 @@ async def test_a_market_stopped_with_a_transaction_in_flight_waits_for_it(pool, 
             await again.stop()
     finally:
         await rt.stop()
-        await committer.stop()
 
 
-async def test_a_transaction_outliving_the_stop_keeps_the_lock_until_it_ends(pool, monkeypatch):
+async def test_a_transaction_outliving_the_stop_keeps_the_lock_until_it_ends(pool, monkeypatch, committer):
     """Past SETTLE_TIMEOUT_S the market stops anyway (its callers refused), but its lock is
     released only when that transaction ended: no restart can recover without its rows."""
     monkeypatch.setattr(market_module, "SETTLE_TIMEOUT_S", 0.2)
-    committer = GroupCommitter(pool)
-    committer.start()
     rt, n, gate, pending = await _stalled_with_one_pending(pool, monkeypatch, committer, "slow")
     try:
         await asyncio.wait_for(rt.stop(drain_timeout=0.1), 5)
@@ -234,4 +232,3 @@ async def test_a_transaction_outliving_the_stop_keeps_the_lock_until_it_ends(poo
             await again.stop()
     finally:
         await rt.stop()
-        await committer.stop()
