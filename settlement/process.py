@@ -28,7 +28,6 @@ it dies, and stops it (SIGTERM, then SIGKILL) on shutdown.
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
 import logging
 import os
@@ -48,9 +47,9 @@ from exchange.runtime.db import create_pool
 from exchange.runtime.inbox import InboxEngine
 from exchange.runtime.ports import PayoutSource
 from settlement.chain import Chain, chain_data_path
-from settlement.chainstore import DEFAULT_KEEP_BLOCKS, droppable_blocks
+from settlement.chainstore import DEFAULT_KEEP_BLOCKS
 from settlement.reconcile import reconcile
-from settlement.worker import AUTO_COMPACT_BLOCKS, SettlementWorker, compact_chain_at_open, compaction_floor
+from settlement.worker import AUTO_COMPACT_BLOCKS, SettlementWorker, compact_chain_at_open, droppable_now
 
 log = logging.getLogger(__name__)
 
@@ -268,13 +267,10 @@ class SettleProcess:
         """Return once a compaction of the chain's store would drop ``compact_threshold``
         blocks (looked at every ``compact_check_s``, read-only, beside the open store, with
         the blocks the chain scan may still read kept, as the compaction keeps them)."""
-        loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(self.compact_check_s)
             try:
-                keep_from = await compaction_floor(pool, self.market_id)
-                n = await loop.run_in_executor(
-                    None, functools.partial(droppable_blocks, directory, self.keep_blocks, keep_from=keep_from))
+                n, _ = await droppable_now(pool, self.market_id, directory, self.keep_blocks)
             except Exception:  # noqa: BLE001 - a look that failed: the next one may not
                 log.warning("settlement: could not look at the chain store's size", exc_info=True)
                 continue

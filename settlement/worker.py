@@ -66,6 +66,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -175,6 +176,17 @@ async def compaction_floor(pool: asyncpg.Pool, market_id: str) -> int | None:
     return None if row is None else max(0, row["scanned_block"] - REORG_RESCAN)
 
 
+async def droppable_now(pool: asyncpg.Pool, market_id: str, directory: Path,
+                        keep_blocks: int = DEFAULT_KEEP_BLOCKS) -> tuple[int | None, int | None]:
+    """How many blocks a compaction of the chain's store in ``directory`` would drop now
+    (None: no store there), keeping ``keep_blocks`` and every block from the chain scan's
+    :func:`compaction_floor` on; and that floor. A read-only look beside the open store."""
+    keep_from = await compaction_floor(pool, market_id)
+    grown = await asyncio.get_running_loop().run_in_executor(
+        None, lambda: droppable_blocks(directory, keep_blocks, keep_from=keep_from))
+    return grown, keep_from
+
+
 async def compact_chain_at_open(pool: asyncpg.Pool, settings: Settings, *, threshold: int = AUTO_COMPACT_BLOCKS,
                                 keep_blocks: int = DEFAULT_KEEP_BLOCKS) -> Compaction | None:
     """Before the settlement worker opens the in-process chain on disk: compact its store
@@ -185,9 +197,8 @@ async def compact_chain_at_open(pool: asyncpg.Pool, settings: Settings, *, thres
     directory = chain_data_path(settings)
     if settings.chain_rpc_url or directory is None:
         return None
+    grown, keep_from = await droppable_now(pool, settings.market_id, directory, keep_blocks)
     loop = asyncio.get_running_loop()
-    keep_from = await compaction_floor(pool, settings.market_id)
-    grown = await loop.run_in_executor(None, lambda: droppable_blocks(directory, keep_blocks, keep_from=keep_from))
     if grown is None or grown < threshold:
         return None
     try:
