@@ -36,6 +36,7 @@ from exchange.gateway.keys import (
 )
 from exchange.gateway.marketdata import MARKET_DATA, MarketData, Pending
 from exchange.gateway.metrics import METRICS
+from exchange.gateway.wsframes import FrameWriter
 from exchange.protocol import auth, siwe
 from exchange.protocol.errors import VoltbourseError, register
 from exchange.protocol.frames import read_request_id
@@ -124,8 +125,9 @@ class Session:
     def __init__(self, ws: web.WebSocketResponse, market: Market, md: MarketData, settings: Settings,
                  metrics: Any = None, handlers: dict[str, Any] | None = None, protocol: WireProtocol | None = None,
                  app: web.Application | None = None, host: str = "localhost", secure: bool = False,
-                 path: str = "/ws") -> None:
+                 path: str = "/ws", transport: asyncio.Transport | None = None) -> None:
         self.ws = ws
+        self.frames = FrameWriter(ws, transport)
         self.app = app
         self.handlers = handlers if handlers is not None else {}
         self.protocol = protocol if protocol is not None else _CORE
@@ -205,17 +207,25 @@ class Session:
         self.send({"type": "error", "id": request_id, "code": code, "message": message})
 
     async def _sender(self) -> None:
-        ws = self.ws
+        """Write what is queued, in order: everything queued by the time it runs goes out in
+        one write (a group's answers, order updates and fills; ``FrameWriter``)."""
+        out = self.out
+        burst: list[str] = []
         try:
             while True:
-                data = await self.out.get()
+                data: str | tuple | bool | None = await out.get()
+                while isinstance(data, str):
+                    self.queued_bytes -= len(data)
+                    burst.append(data)
+                    data = out.get_nowait() if out.qsize() else False  # False: nothing more queued yet
+                if burst:
+                    await self.frames.send(burst)
+                    burst.clear()
                 if data is None:
                     return
                 if isinstance(data, tuple):  # (code, reason): close after what was queued before it
-                    await ws.close(code=data[0], message=data[1])
+                    await self.ws.close(code=data[0], message=data[1])
                     return
-                self.queued_bytes -= len(data)
-                await ws.send_str(data)
         except (ConnectionError, RuntimeError, asyncio.CancelledError):
             return
 
@@ -724,7 +734,7 @@ async def ws_handler(request: web.Request) -> web.StreamResponse:
     limits.opened(ip)
     session = Session(ws, app[MARKET], app[MARKET_DATA], settings, metrics, app.get(WS_REQUESTS),
                       app.get(PROTOCOL), app, host=request.host, secure=request.secure,
-                      path=app.get(BASE_PATH, "") + "/ws")
+                      path=app.get(BASE_PATH, "") + "/ws", transport=request.transport)
     anonymous = [True]
 
     def logged_in() -> None:
