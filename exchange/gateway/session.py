@@ -56,6 +56,8 @@ HEARTBEAT_TIMEOUT = 4008
 """Close code for a peer that answered the server's ping with nothing (no pong, no frame) in
 time. aiohttp's own ``heartbeat=`` drops the TCP connection without a close frame (code 1006
 at the peer), so the session runs the heartbeat itself."""
+FLUSH_TIMEOUT_S = 10.0  # closing with a flush: a peer that has not read what was queued by then is dropped
+BURST_BYTES = 256 * 1024  # one burst of the sender at most (characters): the rest stays queued and counted
 CLOSE_TIMEOUT_S = 5.0  # sending the close frame to a peer that does not read: then the socket is dropped
 _SIDES = {"buy": Side.BUY, "sell": Side.SELL}
 _TIFS = {"gtc": TimeInForce.GTC, "ioc": TimeInForce.IOC, "fok": TimeInForce.FOK}
@@ -125,9 +127,9 @@ class Session:
     def __init__(self, ws: web.WebSocketResponse, market: Market, md: MarketData, settings: Settings,
                  metrics: Any = None, handlers: dict[str, Any] | None = None, protocol: WireProtocol | None = None,
                  app: web.Application | None = None, host: str = "localhost", secure: bool = False,
-                 path: str = "/ws", transport: asyncio.Transport | None = None) -> None:
+                 path: str = "/ws", frames: FrameWriter | None = None) -> None:
         self.ws = ws
-        self.frames = FrameWriter(ws, transport)
+        self.frames = frames if frames is not None else FrameWriter(ws, None)  # None: ws.send_str each
         self.app = app
         self.handlers = handlers if handlers is not None else {}
         self.protocol = protocol if protocol is not None else _CORE
@@ -214,12 +216,19 @@ class Session:
         try:
             while True:
                 data: str | tuple | bool | None = await out.get()
+                size = 0
                 while isinstance(data, str):
-                    self.queued_bytes -= len(data)
                     burst.append(data)
-                    data = out.get_nowait() if out.qsize() else False  # False: nothing more queued yet
+                    size += len(data)
+                    if size >= BURST_BYTES:
+                        data = False  # the rest waits in the queue, still counted against its caps
+                    else:
+                        data = out.get_nowait() if out.qsize() else False  # False: nothing more queued yet
                 if burst:
-                    await self.frames.send(burst)
+                    try:
+                        await self.frames.send(burst)
+                    finally:  # counted until written: a peer that does not read fills the caps
+                        self.queued_bytes -= size
                     burst.clear()
                 if data is None:
                     return
@@ -265,10 +274,21 @@ class Session:
         if flush:
             try:
                 self.out.put_nowait((code, reason.encode()[:120]))
+                # a peer that does not read would hold the flush (and the connection) for ever
+                asyncio.get_running_loop().call_later(FLUSH_TIMEOUT_S, self._flush_overdue, code, reason)
                 return
             except asyncio.QueueFull:
                 pass
         self.sender.cancel()
+        asyncio.get_running_loop().create_task(self._close_ws(code, reason))
+
+    def _flush_overdue(self, code: int, reason: str) -> None:
+        if self.sender.done():
+            return
+        log.info("peer %s did not read what was sent before its close (%s) within %g s: dropping it",
+                 self.member, reason, FLUSH_TIMEOUT_S)
+        self.sender.cancel()
+        self.frames.abort()
         asyncio.get_running_loop().create_task(self._close_ws(code, reason))
 
     async def _close_ws(self, code: int, reason: str) -> None:
@@ -298,7 +318,10 @@ class Session:
                 self.out.put_nowait(None)
             except asyncio.QueueFull:
                 self.sender.cancel()
-        await asyncio.gather(self.sender, self.heartbeat, return_exceptions=True)
+        try:  # a sender waiting on a peer that stopped reading is not waited for long
+            await asyncio.wait_for(asyncio.gather(self.sender, self.heartbeat, return_exceptions=True), FLUSH_TIMEOUT_S)
+        except TimeoutError:
+            self.frames.abort()
 
     # ------------------------------------------------------------------ input
     def _cancel_login_timer(self) -> None:
@@ -728,13 +751,14 @@ async def ws_handler(request: web.Request) -> web.StreamResponse:
     peer = await _signed_in_by(request)
     ws = web.WebSocketResponse(autoping=False, max_msg_size=settings.ws_max_message_bytes,
                                timeout=2.0)  # close handshake: do not hold a socket for long
-    await ws.prepare(request)
+    writer = await ws.prepare(request)
     app[SOCKETS].add(ws)
     metrics = app.get(METRICS)
     limits.opened(ip)
     session = Session(ws, app[MARKET], app[MARKET_DATA], settings, metrics, app.get(WS_REQUESTS),
                       app.get(PROTOCOL), app, host=request.host, secure=request.secure,
-                      path=app.get(BASE_PATH, "") + "/ws", transport=request.transport)
+                      path=app.get(BASE_PATH, "") + "/ws",
+                      frames=FrameWriter(ws, request.transport, writer.drain))
     anonymous = [True]
 
     def logged_in() -> None:

@@ -18,7 +18,9 @@ from support.keys import AUTH, KEYS, OPERATOR_TOKEN
 from support.wsclient import WSClient, peer
 
 from exchange.core.engine import MarketEngine
+from exchange.gateway import session as session_module
 from exchange.gateway.marketdata import MARKET_DATA
+from exchange.gateway.session import LIMITS
 from exchange.runtime.db import clear_stale_socket_locks
 from exchange.tools.platform import openapi
 
@@ -168,6 +170,53 @@ async def test_a_peer_that_does_not_read_is_dropped_by_bytes(serve, http):
         assert session.closed
         close = await _closed(c)
         assert close.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
+
+
+async def _stalled(session, size: int) -> None:
+    """Queue one ``size``-character message to a peer that does not read, and wait until the
+    sender has handed part of it to the transport and waits for the peer (no kernel buffer
+    takes 16 MB)."""
+    session.send_raw("x" * size)
+    transport = session.frames.transport
+    for _ in range(500):
+        await asyncio.sleep(0.01)
+        if transport.get_write_buffer_size() > transport.get_write_buffer_limits()[1]:
+            return
+    raise AssertionError("the sender never waited for the peer")
+
+
+async def test_what_the_sender_holds_for_a_stalled_peer_counts_against_its_cap(serve, http):
+    """A burst handed to the writer but not yet written to the peer still counts in
+    queued_bytes: a peer that stops reading cannot make the session accept more than its cap."""
+    size = 16 * 1024 * 1024
+    async with serve(ws_send_queue_bytes=size + 1024) as server:
+        c = await peer(http, server, 0)
+        session = next(iter(server.runner.app[MARKET_DATA].peers.sessions(KEYS[0].address)))
+        await _stalled(session, size)
+        assert not session.sender.done()
+        assert session.queued_bytes == size, "the unwritten burst is still counted"
+        session.send_raw("y" * 2048)  # over the cap with what the stalled sender holds
+        assert session.closed
+        await _closed(c, timeout=30)  # reading again: the burst, then the close frame
+
+
+async def test_a_close_with_flush_to_a_peer_that_does_not_read_ends_the_connection(serve, http, monkeypatch):
+    """close(flush=True) waits for what is queued to be written; a peer that never reads it is
+    dropped after FLUSH_TIMEOUT_S, and its connection slot is released."""
+    monkeypatch.setattr(session_module, "FLUSH_TIMEOUT_S", 0.5)
+    async with serve(ws_send_queue_bytes=64 * 1024 * 1024) as server:
+        c = await peer(http, server, 0)  # kept open, never read
+        session = next(iter(server.runner.app[MARKET_DATA].peers.sessions(KEYS[0].address)))
+        await _stalled(session, 16 * 1024 * 1024)
+        session.close(4003, "policy", flush=True)
+        limits = server.runner.app[LIMITS]
+        for _ in range(500):
+            await asyncio.sleep(0.01)
+            if session.sender.done() and not limits.per_ip:
+                break
+        assert session.sender.done() and session.frames.transport.is_closing()
+        assert not limits.per_ip, "the handler ended and released the address's slot"
+        await c.ws.close()
 
 
 # ------------------------------------------------------------------ no 500 on any route

@@ -83,11 +83,29 @@ async def test_a_burst_larger_than_one_write_goes_out_in_parts(server, monkeypat
         assert await _burst(ws, 7) == _messages(7)
 
 
-async def test_a_compressing_peer_gets_the_same_messages(server):
+async def test_a_compressing_peer_gets_the_same_messages(server, monkeypatch):
     url, compress_seen = server
+    sent: list[str] = []
+    send_str = web.WebSocketResponse.send_str
+
+    async def spy(self, data, compress=None):
+        sent.append(data)
+        await send_str(self, data, compress)
+
+    monkeypatch.setattr(web.WebSocketResponse, "send_str", spy)
     async with aiohttp.ClientSession() as http, http.ws_connect(url, max_msg_size=0, compress=15) as ws:
         assert await _burst(ws, 1) == _messages(1)
-    assert compress_seen == [15], "permessage-deflate negotiated: aiohttp's per-message path"
+    assert compress_seen == [15], "permessage-deflate negotiated"
+    assert sent == _messages(1) + ["end"], "aiohttp's per-message path, which compresses"
+
+
+async def test_an_uncompressed_peer_gets_one_write_per_burst(server, monkeypatch):
+    url, _ = server
+    sent: list[str] = []
+    monkeypatch.setattr(web.WebSocketResponse, "send_str", lambda self, data, compress=None: sent.append(data))
+    async with aiohttp.ClientSession() as http, http.ws_connect(url, max_msg_size=0) as ws:
+        assert await _burst(ws, 2) == _messages(2)
+    assert sent == []
 
 
 async def test_the_close_frame_follows_the_burst(server):

@@ -114,10 +114,45 @@ async def test_a_peer_that_does_not_read_holds_the_writer(monkeypatch):
     assert not send.done(), "above the high-water mark the writer waits"
     t.buffered = 0  # the peer read
     await asyncio.wait_for(send, 1)
-    t.buffered = 1000
-    t.closing = True  # the connection went while waiting: the sender is told
+
+
+async def test_a_connection_closing_while_the_writer_waits_ends_the_wait(monkeypatch):
+    monkeypatch.setattr(wsframes, "DRAIN_POLL_S", 0.001)
+    t = _Transport(high=100)
+    send = asyncio.create_task(FrameWriter(_WS(), t).send(["x" * 200]))
+    await asyncio.sleep(0.01)
+    assert not send.done()
+    t.closing = True  # closed with data still buffered: nothing would wake a drain
     with pytest.raises(ConnectionResetError):
-        await FrameWriter(_WS(), t).send(["y"])
+        await asyncio.wait_for(send, 1)
+
+
+async def test_the_writer_waits_on_the_drain_not_on_a_clock(monkeypatch):
+    """With the transport's drain, a waiting writer wakes when the peer reads (resume_writing),
+    and rechecks a closing transport only every DRAIN_RECHECK_S."""
+    monkeypatch.setattr(wsframes, "DRAIN_RECHECK_S", 0.05)
+    t = _Transport(high=100)
+    resumed = asyncio.Event()
+    drains = 0
+
+    async def drain() -> None:
+        nonlocal drains
+        drains += 1
+        await resumed.wait()
+
+    send = asyncio.create_task(FrameWriter(_WS(), t, drain).send(["x" * 200]))
+    await asyncio.sleep(0.12)
+    assert not send.done()
+    assert 2 <= drains <= 4, f"one wait per DRAIN_RECHECK_S, not a busy loop ({drains})"
+    t.closing = True
+    with pytest.raises(ConnectionResetError):
+        await asyncio.wait_for(send, 1)
+    t.closing, t.buffered = False, 1000
+    send = asyncio.create_task(FrameWriter(_WS(), t, drain).send(["y" * 200]))
+    await asyncio.sleep(0.01)
+    t.buffered = 0
+    resumed.set()  # the transport resumed writing
+    await asyncio.wait_for(send, 1)
 
 
 async def test_a_closing_connection_refuses_the_write():
