@@ -8,7 +8,7 @@ then, for every market woken since its last pass, runs an engine step (the queue
 up to a batch, through the market's engine: pure, in memory) which leaves a group of
 processed commands in the market's outbox; then it starts a transaction with the outboxes of
 the markets that have none in flight, writes them with
-:func:`~exchange.runtime.journal.write_groups` (one COPY each for journal and trade rows) and,
+:func:`~exchange.runtime.journal.write_groups` (one statement for journal and trade rows) and,
 after COMMIT, hands each market its group back: the market acknowledges and publishes its
 own entries, in its own order. Nothing a command produced is visible to anyone before its
 group has committed.
