@@ -36,7 +36,7 @@ from exchange.gateway.keys import (
 )
 from exchange.gateway.marketdata import MARKET_DATA, MarketData, Pending
 from exchange.gateway.metrics import METRICS
-from exchange.gateway.wsframes import FrameWriter
+from exchange.gateway.wsframes import MAX_WRITE_BYTES, FrameWriter
 from exchange.protocol import auth, siwe
 from exchange.protocol.errors import VoltbourseError, register
 from exchange.protocol.frames import read_request_id
@@ -57,7 +57,6 @@ HEARTBEAT_TIMEOUT = 4008
 time. aiohttp's own ``heartbeat=`` drops the TCP connection without a close frame (code 1006
 at the peer), so the session runs the heartbeat itself."""
 FLUSH_TIMEOUT_S = 10.0  # closing with a flush: a peer that has not read what was queued by then is dropped
-BURST_BYTES = 256 * 1024  # one burst of the sender at most (characters): the rest stays queued and counted
 CLOSE_TIMEOUT_S = 5.0  # sending the close frame to a peer that does not read: then the socket is dropped
 _SIDES = {"buy": Side.BUY, "sell": Side.SELL}
 _TIFS = {"gtc": TimeInForce.GTC, "ioc": TimeInForce.IOC, "fok": TimeInForce.FOK}
@@ -220,8 +219,8 @@ class Session:
                 while isinstance(data, str):
                     burst.append(data)
                     size += len(data)
-                    if size >= BURST_BYTES:
-                        data = False  # the rest waits in the queue, still counted against its caps
+                    if size >= MAX_WRITE_BYTES:  # one write's worth: the rest waits in the queue,
+                        data = False  # still counted against its caps
                     else:
                         data = out.get_nowait() if out.qsize() else False  # False: nothing more queued yet
                 if burst:
