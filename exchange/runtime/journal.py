@@ -22,22 +22,30 @@ from exchange.core.units import from_us
 
 log = logging.getLogger(__name__)
 
-JOURNAL_COLUMNS = ("market_id", "cmd_seq", "first_seq", "last_seq", "ts", "command", "events")
-TRADE_COLUMNS = ("market_id", "trade_id", "seq", "product_id", "delivery_start", "buyer", "seller",
-                 "buy_order_id", "sell_order_id", "energy_wh", "price_ticks", "ts")
+# Each table's columns with their types, in the order of the rows Journal.rows builds.
+_JOURNAL = (("market_id", "text"), ("cmd_seq", "bigint"), ("first_seq", "bigint"), ("last_seq", "bigint"),
+            ("ts", "timestamptz"), ("command", "jsonb"), ("events", "jsonb"))
+_TRADES = (("market_id", "text"), ("trade_id", "bigint"), ("seq", "bigint"), ("product_id", "text"),
+           ("delivery_start", "timestamptz"), ("buyer", "text"), ("seller", "text"), ("buy_order_id", "bigint"),
+           ("sell_order_id", "bigint"), ("energy_wh", "bigint"), ("price_ticks", "bigint"), ("ts", "timestamptz"))
+JOURNAL_COLUMNS = tuple(name for name, _ in _JOURNAL)
+TRADE_COLUMNS = tuple(name for name, _ in _TRADES)
+
+
+def _insert_from_json(table: str, columns: tuple[tuple[str, str], ...], param: int) -> str:
+    """``INSERT INTO table`` of the rows in the JSON array parameter ``$param`` (one array per
+    row, its values in ``columns`` order)."""
+    values = ", ".join(f"e->{i}" if t == "jsonb" else f"e->>{i}" if t == "text" else f"(e->>{i})::{t}"
+                       for i, (_, t) in enumerate(columns))
+    return (f"INSERT INTO {table} ({', '.join(name for name, _ in columns)}) SELECT {values} "
+            f"FROM jsonb_array_elements(${param}::jsonb) e")
+
 
 # A group's journal and trade rows in one statement: one round trip and its own (implicit)
 # transaction, instead of BEGIN, COPY, COPY, COMMIT (six round trips, each waiting for a turn
 # of a busy event loop). The rows go as two JSON arrays of arrays (the pool's jsonb codec:
 # one orjson call each, datetimes as RFC 3339 with their offset); PostgreSQL takes them apart.
-_INSERT = (
-    "WITH j AS (INSERT INTO journal (market_id, cmd_seq, first_seq, last_seq, ts, command, events) "
-    "SELECT e->>0, (e->>1)::bigint, (e->>2)::bigint, (e->>3)::bigint, (e->>4)::timestamptz, e->5, e->6 "
-    "FROM jsonb_array_elements($1::jsonb) e) "
-    "INSERT INTO trades (market_id, trade_id, seq, product_id, delivery_start, buyer, seller, buy_order_id, "
-    "sell_order_id, energy_wh, price_ticks, ts) SELECT e->>0, (e->>1)::bigint, (e->>2)::bigint, e->>3, "
-    "(e->>4)::timestamptz, e->>5, e->>6, (e->>7)::bigint, (e->>8)::bigint, (e->>9)::bigint, (e->>10)::bigint, "
-    "(e->>11)::timestamptz FROM jsonb_array_elements($2::jsonb) e")
+_INSERT = f"WITH j AS ({_insert_from_json('journal', _JOURNAL, 1)}) {_insert_from_json('trades', _TRADES, 2)}"
 
 
 class ReplayMismatch(RuntimeError):
