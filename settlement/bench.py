@@ -233,7 +233,7 @@ async def _bench(dsn: str, chain: Chain, kind: str, trades: int, seed: int, batc
         await market.close()
 
 
-def bench_settlement(trades: int = 20_000, seed: int = 1, batch_size: int = 2000, rate: int = 1000,
+def bench_settlement(trades: int = 20_000, seed: int = 1, batch_size: int = 10_000, rate: int = 1000,
                      stream_s: float = 10.0, max_age_s: float = 5.0, dsn: str | None = None, *,
                      rpc: str | None = None, operator_key: str | None = None, flow_rate: float = FLOW_RATE,
                      flow_s: float = 100.0, flow_speed: float = 2.0, min_batch: int = MIN_BATCH,

@@ -13,7 +13,7 @@ from typing import Any
 from eth_account import Account
 from web3 import Web3
 
-from exchange.runtime.config import load_settings
+from exchange.runtime.config import Settings, load_settings
 from exchange.runtime.db import create_pool, database
 from exchange.runtime.service import run_async
 from settlement.bench import FLOW_RATE, MIN_BATCH, THIN_MAX_AGE_S, bench_settlement
@@ -335,7 +335,9 @@ def add_commands(sub, bench_sub) -> None:
     b.add_argument("--json", action="store_true", help="print one JSON object")
     b.add_argument("--trades", type=int, default=20_000, help="backlog of trades to settle (default 20000)")
     b.add_argument("--seed", type=int, default=1)
-    b.add_argument("--batch-size", type=int, default=2000, help="trades per batch (default 2000, the setting's default)")
+    batch_size = Settings.model_fields["settlement_batch_size"].default
+    b.add_argument("--batch-size", type=int, default=batch_size,
+                   help=f"trades per batch at most (default {batch_size}, the setting's default)")
     b.add_argument("--rate", type=int, default=1000, help="trades/s of the live stream phase")
     b.add_argument("--stream-seconds", type=float, default=10.0, help="length of the live stream phase")
     b.add_argument("--max-age", type=float, default=5.0, help="settlement_max_age_s during the stream phase")

@@ -222,7 +222,7 @@ async def batch_trades(conn, market_id: str, batch_id: int) -> list[TradeRecord]
 class SettlementWorker:
     def __init__(self, pool: asyncpg.Pool, market_id: str, chain: Chain, *, runtime=None,
                  engine: EngineCommands | None = None,
-                 batch_size: int = 2000, max_age_s: float = 5.0, min_batch: int = 0,
+                 batch_size: int = 10_000, max_age_s: float = 5.0, min_batch: int = 0,
                  thin_max_age_s: float | None = None, poll_s: float = 0.5,
                  retry_s: float = 1.0, retry_max_s: float = 60.0,
                  publish: Callable[[dict], None] | None = None,
