@@ -19,13 +19,7 @@ and a future to wait for the commit, each woken per group) cost about a quarter 
 process; here a pass costs one wake-up, whatever the number of markets.
 
 Pipelining. Up to ``in_flight`` transactions run at once, each on a connection of its own,
-and the engine steps go on while they commit. The scheduler keeps those writer connections
-between commits instead of returning each to the pool: a pool's release resets the session
-(``SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL``), a round trip that
-every acknowledgement would wait for, and a writer connection never holds session state (its
-one statement is its own transaction). Writer connections go back to the pool, which resets
-them in the background, once nothing has been in flight for ``IDLE_WRITER_S``; one whose
-statement failed or was cancelled goes back at once (the pool replaces it if it is broken). A market never has two groups in flight: what
+and the engine steps go on while they commit. A market never has two groups in flight: what
 its engine processes meanwhile waits in its outbox and goes into the next transaction after
 the previous one's COMMIT, so the order of a market's rows, their visibility to readers and
 "nothing after a gap" are as with one transaction at a time; transactions of different
@@ -62,8 +56,6 @@ PASS_BUDGET_S = 0.005
 #: with several transaction slots free, the outboxes are spread over them from this many journal
 #: rows per transaction (fewer: one transaction, whose fixed cost would otherwise dominate)
 SPLIT_ROWS = 64
-#: writer connections idle this long (nothing in flight) go back to the pool
-IDLE_WRITER_S = 1.0
 #: what the database refuses for good: retrying the same rows cannot help
 #: (a client-side encoding failure of a row, e.g. an integer beyond 64 bits for jsonb, is a
 #: TypeError or ValueError)
@@ -129,9 +121,6 @@ class GroupCommitter:
         self._task: asyncio.Task | None = None
         self._lock_conn: asyncpg.Connection | None = None
         self._locked: set[str] = set()
-        self._writers: list[asyncpg.Connection] = []  # idle writer connections, kept between commits
-        self._returning: set[asyncio.Task] = set()  # writer connections on their way back to the pool
-        self._trim: asyncio.TimerHandle | None = None  # idle writers back to the pool, unless busy again
         self.commits = 0
         self.groups = 0
         self.passes = 0  # the scheduler's passes (engine steps of every woken market, then commits)
@@ -222,11 +211,6 @@ class GroupCommitter:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self._commits.clear()
-        if self._trim is not None:
-            self._trim.cancel()
-            self._trim = None
-        self._return_idle()
-        await asyncio.gather(*self._returning, return_exceptions=True)
         for m in list(self._busy):
             self._release(m)
         self._active = 0
@@ -332,7 +316,7 @@ class GroupCommitter:
             if not items:
                 return
             try:
-                await self._write([(m.market_id, g.jrows, g.trows) for m, g in items])
+                await write_groups(self.pool, [(m.market_id, g.jrows, g.trows) for m, g in items])
             except Exception as exc:  # noqa: BLE001 - retried, each market alone
                 log.error("journal commit of %s failed (%r); retrying each market alone, nothing acknowledged",
                           ", ".join(m.market_id for m, _ in items), exc)
@@ -351,48 +335,7 @@ class GroupCommitter:
             self._active -= 1
             for m, _ in taken:
                 self._release(m)
-            if not self._active:
-                if self._trim is not None:
-                    self._trim.cancel()
-                self._trim = asyncio.get_running_loop().call_later(IDLE_WRITER_S, self._trim_idle)
             self._wake.set()  # a slot is free, and the markets' outboxes may go now
-
-    async def _write(self, groups: list[tuple[str, list[tuple], list[tuple]]]) -> None:
-        """:func:`write_groups` on an idle writer connection (one from the pool when none is
-        idle), kept for the next commit if the statement succeeded, else returned to the pool."""
-        conn = self._writers.pop() if self._writers else await self.pool.acquire()
-        try:
-            await write_groups(conn, groups)
-        except BaseException:
-            self._return(conn)
-            raise
-        if self._task is not None and len(self._writers) < self.in_flight:
-            self._writers.append(conn)
-        else:  # stopped meanwhile, or one too many
-            self._return(conn)
-
-    def _trim_idle(self) -> None:
-        self._trim = None
-        if not self._active:
-            self._return_idle()
-
-    def _return_idle(self) -> None:
-        writers, self._writers = self._writers, []
-        for conn in writers:
-            self._return(conn)
-
-    def _return(self, conn: asyncpg.Connection) -> None:
-        """Give a writer connection back to the pool (reset, or replaced if broken) in a task of
-        its own: a cancelled commit cannot await it; :meth:`stop` waits for it."""
-        task = asyncio.create_task(self._release_quietly(conn), name="writer-connection-release")
-        self._returning.add(task)
-        task.add_done_callback(self._returning.discard)
-
-    async def _release_quietly(self, conn: asyncpg.Connection) -> None:
-        try:
-            await self.pool.release(conn)
-        except Exception as exc:  # noqa: BLE001 - the pool has terminated it: nothing else to do
-            log.warning("a journal writer connection could not be reset (%r); the pool replaces it", exc)
 
     async def _commit_alone(self, m: Scheduled, g: Group, t: float) -> None:
         """Retry one market's group in transactions of its own, with back-off, until it is

@@ -85,7 +85,7 @@ async def start_deployment(dsn: str, settings: Settings, host: str | None = None
     one readers' pool and one :class:`GroupCommitter`, and the default market's clock) and
     serve them all; the bound address is ``deployment.runner.addresses[0]``."""
     subs = platform.subsystems() if subsystems is None else subsystems
-    # the committer holds one connection for the markets' writer locks and keeps one per transaction slot
+    # the committer holds one connection for the markets' writer locks; commits take another
     pool = await create_pool(dsn, min_size=1, max_size=settings.journal_pool_size + 2)
     read_pool = committer = market = runner = None
     try:

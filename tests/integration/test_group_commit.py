@@ -232,38 +232,3 @@ async def test_a_transaction_outliving_the_stop_keeps_the_lock_until_it_ends(poo
             await again.stop()
     finally:
         await rt.stop()
-
-
-async def test_writer_connections_are_kept_between_commits_and_a_dropped_one_replaced(pool, monkeypatch):
-    """The scheduler keeps its writer connection between commits: on that backend, the
-    statement after a group's insert is the next group's insert, not the pool's reset (a
-    round trip every acknowledgement would wait for). A writer connection the server drops
-    fails its commit, which is retried on another connection: nothing is lost or written
-    twice, and the dropped one goes back to the pool, which replaces it. Idle writers go
-    back to the pool too."""
-    monkeypatch.setattr(committer_module, "IDLE_WRITER_S", 60.0)
-    committer = GroupCommitter(pool, in_flight=1)
-    committer.start()
-    rt = await _runtime(pool, "keep", committer)
-    try:
-        await _trade(rt, 10, 1)
-        [writer] = committer._writers
-        pid = writer.get_server_pid()
-        last = await pool.fetchval("SELECT query FROM pg_stat_activity WHERE pid = $1", pid)
-        assert last.startswith("WITH j AS (INSERT INTO journal"), last
-        assert await pool.fetchval("SELECT pg_terminate_backend($1)", pid)
-        await _trade(rt, 10, 2)  # the first commit fails on the dropped connection and is retried
-        assert rt.committed_cmd_seq == rt.cmd_seq
-        assert [w.get_server_pid() for w in committer._writers] not in ([], [pid])
-        committer._trim_idle()  # what IDLE_WRITER_S of nothing in flight does
-        assert committer._writers == []
-        n, h = rt.cmd_seq, rt.engine.state_hash()
-    finally:
-        await rt.stop()
-        await committer.stop()
-    assert await pool.fetchval("SELECT count(*) FROM journal WHERE market_id = 'keep'") == n
-    alone = await _runtime(pool, "keep", None)  # recovery from the journal: the same state
-    try:
-        assert alone.engine.state_hash() == h
-    finally:
-        await alone.stop()
