@@ -44,7 +44,7 @@ from exchange.runtime.service import open_market
 from settlement.chain import Chain
 from settlement.devnode import DEV_OPERATOR_KEY, DevNode
 from settlement.reconcile import reconcile
-from settlement.worker import SettlementWorker
+from settlement.worker import BATCH_OF_TRADE, SettlementWorker, pending_trades
 
 MEMBERS = 24
 DEPOSIT = 10**16
@@ -117,8 +117,7 @@ async def _bench(dsn: str, chain: Chain, kind: str, trades: int, seed: int, batc
                         acked[ev.trade_id] = now
 
         async def settled() -> None:
-            while await market.pool.fetchval(
-                    "SELECT count(*) FROM trades WHERE market_id='bench' AND batch_id IS NULL") \
+            while await pending_trades(market.pool, "bench") \
                     or await market.pool.fetchval(
                         "SELECT count(*) FROM settlement_batches WHERE market_id='bench' AND state <> 'anchored'"):
                 await asyncio.sleep(0.1)
@@ -126,8 +125,8 @@ async def _bench(dsn: str, chain: Chain, kind: str, trades: int, seed: int, batc
         async def lags(scale: float = 1.0) -> list[float]:
             rows = await market.pool.fetch(
                 "SELECT t.trade_id, extract(epoch FROM b.anchored_at)::float8 AS at FROM trades t "
-                "JOIN settlement_batches b USING (market_id, batch_id) "
-                "WHERE t.market_id = 'bench' AND t.trade_id = ANY($1)", list(acked))
+                + BATCH_OF_TRADE + " WHERE t.market_id = $1 AND t.trade_id = ANY($2) AND b.batch_id IS NOT NULL",
+                "bench", list(acked))
             return sorted((r["at"] - acked[r["trade_id"]]) * scale for r in rows)
 
         async def members_per_batch(first_batch: int) -> float:

@@ -13,7 +13,7 @@ from collections import OrderedDict
 
 from exchange.protocol.errors import VoltbourseError
 from settlement.merkle import MerkleTree, TradeRecord, leaf, product_hash, signatures_hash, verify
-from settlement.worker import batch_trades
+from settlement.worker import BATCH_OF_TRADE, batch_trades
 
 
 class ProofError(VoltbourseError):
@@ -50,9 +50,9 @@ class ProofService:
     async def trade_proof(self, trade_id: int, member: str | None = None) -> dict:
         """The proof of ``trade_id``; with ``member``, only if it is the buyer or seller."""
         row = await self.pool.fetchrow(
-            "SELECT t.buyer, t.seller, t.batch_id, b.state, b.root, b.tx_hash, b.block_number, "
+            "SELECT t.buyer, t.seller, b.batch_id, b.state, b.root, b.tx_hash, b.block_number, "
             "bd.delegation AS buy_delegation, sd.delegation AS sell_delegation FROM trades t "
-            "LEFT JOIN settlement_batches b ON b.market_id = t.market_id AND b.batch_id = t.batch_id "
+            + BATCH_OF_TRADE + " "
             "LEFT JOIN order_delegations bd ON bd.market_id = t.market_id AND bd.order_id = t.buy_order_id "
             "LEFT JOIN order_delegations sd ON sd.market_id = t.market_id AND sd.order_id = t.sell_order_id "
             "WHERE t.market_id = $1 AND t.trade_id = $2", self.market_id, trade_id)

@@ -3,9 +3,10 @@ root is on chain and whose net amounts match what the chain applied.
 
 Checks, per market:
 
-- every trade has a batch (or is reported as pending, not yet batched);
-- each batch's trades are exactly its recorded id range and count (one batch per trade
-  is structural: ``trades.batch_id`` is a single column);
+- every trade has a batch (or is reported as pending, not yet batched): the batches'
+  trade-id ranges follow each other without overlapping, and every trade up to the last
+  range is in one of them;
+- each batch's trades are exactly its recorded id range and count;
 - the Merkle root and the net amounts recomputed from the trades equal the recorded ones;
 - the batch is anchored on the active deployment, and the registry holds the same
   root for its id;
@@ -32,7 +33,7 @@ from web3.logs import DISCARD
 
 from settlement.merkle import MerkleTree, leaf
 from settlement.netting import net_amounts
-from settlement.worker import batch_trades
+from settlement.worker import batch_trades, pending_trades
 
 #: states of a batch on its way to the chain: formed, or signed and sent
 IN_FLIGHT = ("prepared", "sent")
@@ -72,14 +73,7 @@ async def reconcile(pool, market_id: str, chain, *, deployment_id: int | None = 
     diff = rep.differences.append
     async with pool.acquire() as conn:
         rep.trades = await conn.fetchval("SELECT count(*) FROM trades WHERE market_id = $1", market_id)
-        rep.pending_trades = await conn.fetchval(
-            "SELECT count(*) FROM trades WHERE market_id = $1 AND batch_id IS NULL", market_id)
-        orphans = await conn.fetch(
-            "SELECT DISTINCT t.batch_id FROM trades t LEFT JOIN settlement_batches b "
-            "ON b.market_id = t.market_id AND b.batch_id = t.batch_id "
-            "WHERE t.market_id = $1 AND t.batch_id IS NOT NULL AND b.batch_id IS NULL", market_id)
-        for r in orphans:
-            diff(f"trades point at batch {r['batch_id']}, which is not recorded")
+        rep.pending_trades = await pending_trades(conn, market_id)
         if deployment_id is None:
             deployment_id = await conn.fetchval(
                 "SELECT deployment_id FROM settlement_deployments WHERE market_id = $1 AND active", market_id)
@@ -87,6 +81,18 @@ async def reconcile(pool, market_id: str, chain, *, deployment_id: int | None = 
                                    market_id)
         history_start = await call(chain.history_start) if deployment_id is not None else 0
         rep.batches = len(batches)
+        for prev, b in zip(batches, batches[1:]):
+            if b["first_trade_id"] <= prev["last_trade_id"]:
+                diff(f"batch {b['batch_id']}: its trades {b['first_trade_id']}..{b['last_trade_id']} overlap batch "
+                     f"{prev['batch_id']}'s ({prev['first_trade_id']}..{prev['last_trade_id']})")
+        if batches:
+            last = max(b["last_trade_id"] for b in batches)
+            covered = await conn.fetchval(
+                "SELECT count(*) FROM trades WHERE market_id = $1 AND trade_id BETWEEN 1 AND $2", market_id, last)
+            in_batches = sum(b["trade_count"] for b in batches)
+            if covered != in_batches:
+                diff(f"{covered} trades up to trade {last}, but the batches record {in_batches}: "
+                     f"{'some are in no batch' if covered > in_batches else 'some are counted twice or missing'}")
         mined_in_flight = 0
         for b in batches:
             bid = b["batch_id"]

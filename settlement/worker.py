@@ -8,7 +8,9 @@ It is a downstream consumer of the journal with its own cursor (``settlement``):
    in the journal's transaction.
 2. **form**: when ``batch_size`` ingested trades wait, or the oldest has waited
    ``max_age_s``, the next batch is formed in one transaction: its row (``prepared``,
-   root, nets, trade range) and ``trades.batch_id``. A trade is in exactly one batch.
+   root, nets, trade range). Its trades are those of its range (the trades after the
+   previous batch's): a trade is in exactly one batch, and ``trades`` (the runtime's table)
+   is only read.
    Thin flow (``min_batch``, off by default): a smaller batch waits past ``max_age_s``
    for ``min_batch`` trades, at most until its oldest waited ``thin_max_age_s``.
 3. **send**: the ``anchorBatch`` transaction is signed locally; its hash and raw bytes
@@ -109,6 +111,23 @@ _TRADE_SELECT = """
     LEFT JOIN order_signatures bs ON bs.market_id = t.market_id AND bs.order_id = t.buy_order_id
     LEFT JOIN order_signatures ss ON ss.market_id = t.market_id AND ss.order_id = t.sell_order_id
 """
+
+
+#: the market's trades in no batch yet: those after the last batch's range. A batch holds the
+#: trades ``first_trade_id..last_trade_id`` of its market (settlement's own table; the
+#: runtime's ``trades`` is only read); batches are formed in trade-id order, and trade ids
+#: below 1 (none the engine gives) are never settled.
+_FLOOR = "(SELECT coalesce(max(last_trade_id), 0) FROM settlement_batches WHERE market_id = $1)"
+PENDING_TRADES_SQL = f"SELECT count(*) FROM trades WHERE market_id = $1 AND trade_id > {_FLOOR}"
+#: joins a trade ``t`` to the batch ``b`` that holds it (none: not in a batch yet)
+BATCH_OF_TRADE = ("LEFT JOIN LATERAL (SELECT * FROM settlement_batches sb WHERE sb.market_id = t.market_id "
+                  "AND sb.last_trade_id >= t.trade_id ORDER BY sb.last_trade_id LIMIT 1) b "
+                  "ON b.first_trade_id <= t.trade_id")
+
+
+async def pending_trades(conn, market_id: str) -> int:
+    """How many of the market's trades are in no batch yet (``conn``: a connection or pool)."""
+    return await conn.fetchval(PENDING_TRADES_SQL, market_id)
 
 
 def trade_record(r) -> TradeRecord:
@@ -214,8 +233,10 @@ async def compact_chain_at_open(pool: asyncpg.Pool, settings: Settings, *, thres
 
 
 async def batch_trades(conn, market_id: str, batch_id: int) -> list[TradeRecord]:
-    rows = await conn.fetch(_TRADE_SELECT + " WHERE t.market_id = $1 AND t.batch_id = $2 ORDER BY t.trade_id",
-                            market_id, batch_id)
+    rows = await conn.fetch(
+        _TRADE_SELECT + " JOIN settlement_batches b ON b.market_id = t.market_id AND b.batch_id = $2 "
+        "WHERE t.market_id = $1 AND t.trade_id BETWEEN b.first_trade_id AND b.last_trade_id ORDER BY t.trade_id",
+        market_id, batch_id)
     return [trade_record(r) for r in rows]
 
 
@@ -546,9 +567,10 @@ class SettlementWorker:
             cursor = await conn.fetchval(
                 "SELECT seq FROM consumer_cursors WHERE consumer = $1 AND market_id = $2", CONSUMER,
                 self.market_id) or 0
+            floor = await conn.fetchval(f"SELECT {_FLOOR}", self.market_id)
             pending = await conn.fetchval(
-                "SELECT count(*) FROM (SELECT 1 FROM trades WHERE market_id = $1 AND batch_id IS NULL "
-                "AND seq <= $2 LIMIT $3) p", self.market_id, cursor, self.batch_size)
+                "SELECT count(*) FROM (SELECT 1 FROM trades WHERE market_id = $1 AND trade_id > $2 "
+                "AND seq <= $3 LIMIT $4) p", self.market_id, floor, cursor, self.batch_size)
             now = time.monotonic()
             if pending == 0:
                 self._pending_since = None
@@ -560,11 +582,15 @@ class SettlementWorker:
                     age < self.max_age_s or (pending < self.min_batch and age < self.thin_max_age_s)):
                 return False
             await conn.execute("LOCK TABLE settlement_batches IN SHARE ROW EXCLUSIVE MODE")
-            batch_id = (await conn.fetchval(
-                "SELECT max(batch_id) FROM settlement_batches WHERE market_id = $1", self.market_id) or 0) + 1
+            last = await conn.fetchrow(
+                "SELECT coalesce(max(batch_id), 0) AS batch_id, coalesce(max(last_trade_id), 0) AS floor "
+                "FROM settlement_batches WHERE market_id = $1", self.market_id)
+            if last["floor"] != floor:
+                return True  # another batch was formed meanwhile: count again
+            batch_id = last["batch_id"] + 1
             rows = await conn.fetch(
-                _TRADE_SELECT + " WHERE t.market_id = $1 AND t.batch_id IS NULL AND t.seq <= $2 "
-                "ORDER BY t.trade_id LIMIT $3", self.market_id, cursor, self.batch_size)
+                _TRADE_SELECT + " WHERE t.market_id = $1 AND t.trade_id > $2 AND t.seq <= $3 "
+                "ORDER BY t.trade_id LIMIT $4", self.market_id, floor, cursor, self.batch_size)
             trades = [trade_record(r) for r in rows]
             tree = MerkleTree([leaf(t) for t in trades])
             nets = net_amounts(trades)
@@ -574,10 +600,12 @@ class SettlementWorker:
                 "first_seq, last_seq, root, nets, state) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,'prepared')",
                 self.market_id, batch_id, first, last, len(trades), rows[0]["seq"], rows[-1]["seq"],
                 "0x" + tree.root.hex(), [[m, a] for m, a in nets.items()])
-            tagged = await conn.execute(
-                "UPDATE trades SET batch_id = $2 WHERE market_id = $1 AND trade_id BETWEEN $3 AND $4 "
-                "AND batch_id IS NULL", self.market_id, batch_id, first, last)
-            if int(tagged.split()[-1]) != len(trades):
+            # the range must hold exactly these trades (a trade in it not committed yet when the
+            # cursor passed it would be in no batch; the journal's single writer rules it out)
+            in_range = await conn.fetchval(
+                "SELECT count(*) FROM trades WHERE market_id = $1 AND trade_id BETWEEN $2 AND $3",
+                self.market_id, first, last)
+            if in_range != len(trades):
                 raise RuntimeError(f"batch {batch_id}: trades {first}..{last} are not contiguous")
         self._ingested_at[batch_id] = self._pending_since or now
         self._pending_since = now if pending > len(trades) else None
@@ -1307,8 +1335,7 @@ class SettlementWorker:
             "anchored_at, revert_error, last_error FROM settlement_batches WHERE market_id = $1 "
             "ORDER BY batch_id DESC LIMIT $2",
             self.market_id, limit)
-        pending = self.last_pending = await self.pool.fetchval(
-            "SELECT count(*) FROM trades WHERE market_id = $1 AND batch_id IS NULL", self.market_id)
+        pending = self.last_pending = await pending_trades(self.pool, self.market_id)
         last_block = await self.pool.fetchval(
             "SELECT max(block_number) FROM settlement_batches WHERE market_id = $1 AND state = 'anchored'",
             self.market_id)

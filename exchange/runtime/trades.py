@@ -2,9 +2,8 @@
 transaction as the journal rows). Reads run on a pool of their own so that no reader
 queues behind the journal writer's commits, and only ever see committed trades.
 
-Settlement's batch bookkeeping (``trades.batch_id``) is still written and read by
-settlement itself; moving it to a table of its own belongs to settlement's own process
-(see docs/architecture.md, "Known coupling")."""
+Settlement reads this table with SQL of its own (its batches are trade-id ranges in its own
+``settlement_batches``; it writes nothing here): see docs/architecture.md, "Known coupling"."""
 
 from __future__ import annotations
 

@@ -187,8 +187,8 @@ async def _login(ws: aiohttp.ClientWebSocketResponse, acct) -> None:
 
 async def _seed_trades(dsn: str, market_id: str, members: list[str], products: list[str], n: int, seed: int) -> None:
     """COPY ``n`` historic trades between ``members`` in past ``products`` into the trades
-    projection (trade ids and seqs below 0 cannot collide with the engine's; batch_id -1:
-    never picked up by settlement)."""
+    projection (trade ids and seqs below 0 cannot collide with the engine's, and settlement
+    never batches a trade id below 1)."""
     rng = random.Random(seed)
     now = datetime.now(UTC)
     rows = []
@@ -196,12 +196,12 @@ async def _seed_trades(dsn: str, market_id: str, members: list[str], products: l
         buyer, seller = rng.sample(members, 2)
         rows.append((market_id, -1 - i, -1 - i, rng.choice(products), now, buyer, seller,
                      -1 - 2 * i, -2 - 2 * i, rng.randrange(1, 50) * 100, 8000 + rng.randrange(-1500, 1500),
-                     now, -1))
+                     now))
     conn = await asyncpg.connect(dsn)
     try:
         await conn.copy_records_to_table("trades", records=rows, columns=[
             "market_id", "trade_id", "seq", "product_id", "delivery_start", "buyer", "seller", "buy_order_id",
-            "sell_order_id", "energy_wh", "price_ticks", "ts", "batch_id"])
+            "sell_order_id", "energy_wh", "price_ticks", "ts"])
         await conn.execute("ANALYZE trades")
     finally:
         await conn.close()

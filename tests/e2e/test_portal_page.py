@@ -28,6 +28,7 @@ from support.wallet import TestWallet
 from support.wsclient import peer
 
 from settlement.merkle import TradeRecord, leaf
+from settlement.worker import BATCH_OF_TRADE
 
 pytestmark = [pytest.mark.e2e, pytest.mark.server(**{**PAGE_SERVER, "market_id": "portal"})]
 
@@ -427,8 +428,7 @@ async def test_a_trade_proof_is_verified_in_the_browser(server, browser, pool):
         await server.place(0 if i % 2 == 0 else 2, "buy", 9_000 + i, 1_000 + i, pid)
 
     async def anchored() -> bool:
-        n = await pool.fetchval("SELECT count(*) FROM trades t JOIN settlement_batches b USING (market_id, batch_id) "
-                                "WHERE b.state = 'anchored'")
+        n = await pool.fetchval("SELECT count(*) FROM trades t " + BATCH_OF_TRADE + " WHERE b.state = 'anchored'")
         return n == 5
     await _until(anchored)
     page = await sign_in(browser, server)

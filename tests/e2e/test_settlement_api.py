@@ -19,6 +19,7 @@ from support.wsclient import WSClient
 from exchange.protocol.auth import sign_login
 from settlement.plugin import SETTLEMENT, proof_message
 from settlement.proofs import verify_proof
+from settlement.worker import BATCH_OF_TRADE
 
 pytestmark = pytest.mark.e2e
 
@@ -139,5 +140,5 @@ async def _true(v):
 
 
 async def _settled(pool, n):
-    return await pool.fetchval("SELECT count(*) FROM trades t JOIN settlement_batches b USING (market_id, batch_id) "
-                               "WHERE b.state = 'anchored' AND b.collateral_applied") == n
+    return await pool.fetchval("SELECT count(*) FROM trades t " + BATCH_OF_TRADE +
+                               " WHERE b.state = 'anchored' AND b.collateral_applied") == n

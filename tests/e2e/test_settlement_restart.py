@@ -27,6 +27,7 @@ from support.wsclient import WSClient
 
 from settlement.chain import Chain
 from settlement.proofs import verify_proof
+from settlement.worker import pending_trades
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -136,10 +137,9 @@ async def _settled(server: Server, http: aiohttp.ClientSession, pool, timeout: f
     """Every trade in an anchored batch whose collateral the engine has applied."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        left = await pool.fetchval(
-            "SELECT (SELECT count(*) FROM trades WHERE market_id = $1 AND batch_id IS NULL) + "
-            "(SELECT count(*) FROM settlement_batches WHERE market_id = $1 "
-            " AND (state <> 'anchored' OR NOT collateral_applied))", server.market)
+        left = await pending_trades(pool, server.market) + await pool.fetchval(
+            "SELECT count(*) FROM settlement_batches WHERE market_id = $1 "
+            "AND (state <> 'anchored' OR NOT collateral_applied)", server.market)
         status = await server.get(http, "/api/operator/settlement")
         if left == 0 and status["pending_trades"] == 0 and not status["alert"]:
             return

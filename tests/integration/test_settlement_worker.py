@@ -172,11 +172,28 @@ async def test_reconcile_detects_corrupted_records(pool, pg_dsn, chain):
         rep = await reconcile(pool, "s", chain)
         assert not rep.ok and any("batch 1" in d and "root" in d for d in rep.differences)
         await pool.execute("UPDATE trades SET price_ticks = price_ticks - 1 WHERE trade_id = 2")
-        # a trade moved out of its batch
-        await pool.execute("UPDATE trades SET batch_id = NULL WHERE trade_id = 3")
+        # a trade gone from its batch
+        gone = await pool.fetchrow("SELECT * FROM trades WHERE market_id = 's' AND trade_id = 3")
+        await pool.execute("DELETE FROM trades WHERE market_id = 's' AND trade_id = 3")
         rep = await reconcile(pool, "s", chain)
-        assert not rep.ok and rep.pending_trades == 1 and any("batch 1" in d for d in rep.differences)
-        await pool.execute("UPDATE trades SET batch_id = 1 WHERE trade_id = 3")
+        assert not rep.ok and any("batch 1" in d and "the database has" in d for d in rep.differences)
+        assert any("counted twice or missing" in d for d in rep.differences)
+        await pool.execute(f"INSERT INTO trades ({', '.join(gone.keys())}) VALUES "
+                           f"({', '.join(f'${i}' for i in range(1, len(gone) + 1))})", *gone.values())
+        # a batch's recorded range that leaves its last trade in no batch
+        b1 = await pool.fetchrow("SELECT * FROM settlement_batches WHERE market_id = 's' AND batch_id = 1")
+        await pool.execute("UPDATE settlement_batches SET last_trade_id = last_trade_id - 1, "
+                           "trade_count = trade_count - 1 WHERE market_id = 's' AND batch_id = 1")
+        rep = await reconcile(pool, "s", chain)
+        assert not rep.ok and any("in no batch" in d for d in rep.differences)
+        # ranges that overlap
+        await pool.execute("UPDATE settlement_batches SET last_trade_id = $1 + 1, trade_count = $2 + 1 "
+                           "WHERE market_id = 's' AND batch_id = 1", b1["last_trade_id"], b1["trade_count"])
+        rep = await reconcile(pool, "s", chain)
+        assert not rep.ok and any("batch 2" in d and "overlap batch 1" in d for d in rep.differences)
+        await pool.execute("UPDATE settlement_batches SET last_trade_id = $1, trade_count = $2 "
+                           "WHERE market_id = 's' AND batch_id = 1", b1["last_trade_id"], b1["trade_count"])
+        assert (await reconcile(pool, "s", chain)).ok
         # a recorded root that is not the one on chain
         await pool.execute("UPDATE settlement_batches SET root = '0x' || repeat('ab', 32) WHERE batch_id = 2")
         rep = await reconcile(pool, "s", chain)

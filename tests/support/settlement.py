@@ -11,7 +11,7 @@ from exchange.protocol.auth import order_typed_data, sign_order
 from settlement.chain import Chain
 from settlement.proofs import ProofService
 from settlement.reconcile import Report, reconcile
-from settlement.worker import SettlementWorker
+from settlement.worker import BATCH_OF_TRADE, SettlementWorker
 from support.keys import KEYS
 from support.market import open_products
 
@@ -91,6 +91,6 @@ async def assert_settled(pool, market, chain, market_id: str = "s") -> Report:
 async def anchored_proofs(pool, chain, market_id: str = "s") -> list[dict]:
     """The proof of every trade in an anchored batch, by trade id."""
     proofs = ProofService(pool, market_id, chain)
-    ids = await pool.fetch("SELECT t.trade_id FROM trades t JOIN settlement_batches b USING (market_id, batch_id) "
-                           "WHERE t.market_id = $1 AND b.state = 'anchored' ORDER BY t.trade_id", market_id)
+    ids = await pool.fetch("SELECT t.trade_id FROM trades t " + BATCH_OF_TRADE +
+                           " WHERE t.market_id = $1 AND b.state = 'anchored' ORDER BY t.trade_id", market_id)
     return [await proofs.trade_proof(r["trade_id"]) for r in ids]
