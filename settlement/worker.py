@@ -570,7 +570,9 @@ class SettlementWorker:
             floor = await conn.fetchval(f"SELECT {_FLOOR}", self.market_id)
             pending = await conn.fetchval(
                 "SELECT count(*) FROM (SELECT 1 FROM trades WHERE market_id = $1 AND trade_id > $2 "
-                "AND seq <= $3 LIMIT $4) p", self.market_id, floor, cursor, self.batch_size)
+                "AND seq <= $3 ORDER BY trade_id LIMIT $4) p", self.market_id, floor, cursor, self.batch_size)
+            # (ORDER BY: a generic plan of the prepared statement would otherwise scan the table
+            # from its start for rows that are all at its end)
             now = time.monotonic()
             if pending == 0:
                 self._pending_since = None
@@ -600,8 +602,9 @@ class SettlementWorker:
                 "first_seq, last_seq, root, nets, state) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,'prepared')",
                 self.market_id, batch_id, first, last, len(trades), rows[0]["seq"], rows[-1]["seq"],
                 "0x" + tree.root.hex(), [[m, a] for m, a in nets.items()])
-            # the range must hold exactly these trades (a trade in it not committed yet when the
-            # cursor passed it would be in no batch; the journal's single writer rules it out)
+            # the range must hold exactly these trades. (A trade committed later with an id at or
+            # below the floor would be in no batch, which only reconcile's coverage check would
+            # see; the journal's single writer per market commits a market's trades in id order.)
             in_range = await conn.fetchval(
                 "SELECT count(*) FROM trades WHERE market_id = $1 AND trade_id BETWEEN $2 AND $3",
                 self.market_id, first, last)
