@@ -44,7 +44,7 @@ from exchange.runtime.service import open_market
 from settlement.chain import Chain
 from settlement.devnode import DEV_OPERATOR_KEY, DevNode
 from settlement.reconcile import reconcile
-from settlement.worker import BATCH_OF_TRADE, SettlementWorker, pending_trades
+from settlement.worker import BATCH_OF_TRADE, SettlementWorker, unsettled
 
 MEMBERS = 24
 DEPOSIT = 10**16
@@ -117,9 +117,7 @@ async def _bench(dsn: str, chain: Chain, kind: str, trades: int, seed: int, batc
                         acked[ev.trade_id] = now
 
         async def settled() -> None:
-            while await pending_trades(market.pool, "bench") \
-                    or await market.pool.fetchval(
-                        "SELECT count(*) FROM settlement_batches WHERE market_id='bench' AND state <> 'anchored'"):
+            while await unsettled(market.pool, "bench"):
                 await asyncio.sleep(0.1)
 
         async def lags(scale: float = 1.0) -> list[float]:

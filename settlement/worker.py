@@ -130,6 +130,14 @@ async def pending_trades(conn, market_id: str) -> int:
     return await conn.fetchval(PENDING_TRADES_SQL, market_id)
 
 
+async def unsettled(conn, market_id: str) -> int:
+    """The market's trades in no batch yet plus its batches not anchored yet: 0 once
+    everything committed so far is on chain (what the demo and benchmarks wait for)."""
+    return await conn.fetchval(
+        f"SELECT ({PENDING_TRADES_SQL}) + (SELECT count(*) FROM settlement_batches WHERE market_id = $1 "
+        "AND state <> 'anchored')", market_id)
+
+
 def trade_record(r) -> TradeRecord:
     return TradeRecord(r["trade_id"], r["product_id"], r["buyer"], r["seller"], r["energy_wh"], r["price_ticks"],
                        r["buy_signature"], r["sell_signature"])
@@ -585,8 +593,8 @@ class SettlementWorker:
                 return False
             await conn.execute("LOCK TABLE settlement_batches IN SHARE ROW EXCLUSIVE MODE")
             last = await conn.fetchrow(
-                "SELECT coalesce(max(batch_id), 0) AS batch_id, coalesce(max(last_trade_id), 0) AS floor "
-                "FROM settlement_batches WHERE market_id = $1", self.market_id)
+                "SELECT (SELECT coalesce(max(batch_id), 0) FROM settlement_batches WHERE market_id = $1) AS batch_id, "
+                f"{_FLOOR} AS floor", self.market_id)
             if last["floor"] != floor:
                 return True  # another batch was formed meanwhile: count again
             batch_id = last["batch_id"] + 1

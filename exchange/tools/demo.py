@@ -49,7 +49,7 @@ from exchange.tools.flex_demo import run_flex_demo
 from exchange.tools.metering_demo import DemoMeters
 from exchange.tools.server import start_deployment
 from settlement.plugin import SETTLEMENT, run_reconcile
-from settlement.worker import pending_trades
+from settlement.worker import unsettled
 
 log = logging.getLogger(__name__)
 
@@ -366,10 +366,7 @@ async def _settle_and_reconcile(market, worker) -> None:
     deadline = time.monotonic() + worker.max_age_s + 20
     worker.wake()
     while time.monotonic() < deadline:
-        left = await pending_trades(market.pool, market.journal.market_id) + await market.pool.fetchval(
-            "SELECT count(*) FROM settlement_batches WHERE market_id = $1 AND state <> 'anchored'",
-            market.journal.market_id)
-        if not left:
+        if not await unsettled(market.pool, market.journal.market_id):
             break
         await asyncio.sleep(0.25)
     rep = await run_reconcile(worker)

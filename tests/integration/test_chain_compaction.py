@@ -39,7 +39,7 @@ from settlement.chainstore import DB_FILE, MIN_KEEP_BLOCKS, ChainStoreLocked, co
 from settlement.process import SettleProcess
 from settlement.proofs import verify_proof
 from settlement.reconcile import reconcile
-from settlement.worker import compact_chain_at_open, compaction_floor, pending_trades
+from settlement.worker import compact_chain_at_open, compaction_floor, unsettled
 
 pytestmark = pytest.mark.integration
 
@@ -431,9 +431,7 @@ async def test_the_settlement_process_compacts_its_chain_while_it_runs(pool, pg_
                 seed += 1
                 await asyncio.sleep(0.3)
             await trade(market, 15, seed=99)  # after the compaction: settled by the reopened chain
-            while await pending_trades(pool, "s") or \
-                    await pool.fetchval("SELECT count(*) FROM settlement_batches WHERE market_id = 's' AND "
-                                        "state <> 'anchored'"):
+            while await unsettled(pool, "s"):
                 assert time.monotonic() < deadline and not running.done()
                 await asyncio.sleep(0.1)
         finally:
