@@ -105,8 +105,11 @@ class Publisher:
         """Rejections of a member's order commands go to its private stream too."""
         if ev.member is None or ev.command not in ("place", "place_block", "modify", "cancel"):
             return
+        # a refused place made no order: order_id is null even when the engine names another
+        # one (CLIENT_ORDER_ID_REUSED names the order that holds the id, which stays as it is)
+        placed = ev.command in ("place", "place_block")
         self.private(ev.member, {"type": "execution", "exec": "rejected", "seq": ev.seq, "ts": iso(ev.ts),
-                                 "order_id": ev.order_id, "client_order_id": ev.client_order_id,
+                                 "order_id": None if placed else ev.order_id, "client_order_id": ev.client_order_id,
                                  "command": ev.command, "reason": ev.reason, "detail": ev.detail})
 
     def block(self, ev: BlockAccepted | BlockResult) -> None:

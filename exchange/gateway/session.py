@@ -149,6 +149,7 @@ class Session:
             "nonce": siwe.new_nonce(), "issued_at": siwe.format_time(now),
             "expiration_time": siwe.format_time(now + SIWE_NONCE_TTL)}
         self.siwe_expires = now + SIWE_NONCE_TTL
+        self.siwe_path = path  # the URI's path a login must name: this market's endpoint
         self.scheme = "wss" if secure else "ws"
         self.login_failures = 0
         self.bucket = TokenBucket(settings.ws_rate_per_s, settings.ws_burst)
@@ -524,7 +525,8 @@ class Session:
         try:
             if offer is None:
                 raise VoltbourseError(siwe.SIWE_NONCE_USED, "this connection's nonce was used")
-            siwe.check(m, domain=offer["domain"], chain_id=self.settings.chain_id, now=now, scheme=self.scheme)
+            siwe.check(m, domain=offer["domain"], chain_id=self.settings.chain_id, now=now, scheme=self.scheme,
+                       path=self.siwe_path)
             if m.nonce != offer["nonce"]:
                 raise VoltbourseError(siwe.SIWE_NONCE_UNKNOWN, "the message's nonce is not the one this connection "
                                       "offered (hello.siwe.nonce)")

@@ -306,7 +306,7 @@ async def _verified_member(request: web.Request, body: LoginIn) -> siwe.SiweMess
     except siwe.SiweError as exc:
         raise ApiError(401, siwe.SIWE_INVALID, f"not an EIP-4361 message: {exc}") from None
     siwe.check(m, domain=request.host, chain_id=request.config_dict[SETTINGS].chain_id, now=_now(),
-               scheme=request.scheme)
+               scheme=request.scheme, path=f"{base_path(request)}/portal")
     try:
         signer = recover_login(body.message, body.signature)
     except ValueError as exc:

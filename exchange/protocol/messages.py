@@ -344,7 +344,7 @@ class Execution(Push):
                              "always sent by this server")
     seq: int
     ts: str
-    order_id: int | None = Field(description="null only for a rejected place")
+    order_id: int | None = Field(description="null only for a rejected place or place_block (it made no order)")
     product_id: str | None = Field(None, description="null only for a rejection")
     client_order_id: str | None = None
     side: Literal["buy", "sell"] | None = None

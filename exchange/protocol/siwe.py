@@ -51,7 +51,7 @@ __all__ = [
 
 SIWE_INVALID = register("SIWE_INVALID", 401, "the sign-in message is not a valid EIP-4361 message (field: reason)")
 SIWE_WRONG_DOMAIN = register("SIWE_WRONG_DOMAIN", 401, "the sign-in message names another domain (or URI host, "
-                             "or scheme) than the one the request was sent to")
+                             "URI path, or scheme) than the endpoint the request was sent to")
 SIWE_WRONG_CHAIN = register("SIWE_WRONG_CHAIN", 401, "the sign-in message names another chain id than the "
                             "exchange's")
 SIWE_EXPIRED = register("SIWE_EXPIRED", 401, "the sign-in message's expiration time (or its nonce's) has passed")
@@ -302,17 +302,22 @@ def parse(text: str) -> SiweMessage:
 
 
 def check(msg: SiweMessage, *, domain: str, chain_id: int, now: datetime, scheme: str | None = None,
-          skew: timedelta = DEFAULT_SKEW) -> None:
+          path: str | None = None, skew: timedelta = DEFAULT_SKEW) -> None:
     """Refuse (``VoltbourseError`` with a ``SIWE_*`` code) a message that is not for
     ``domain`` (the Host the request was sent to; also the URI's authority, and the
-    scheme when the message names one), not for ``chain_id``, issued in the future
-    (beyond ``skew``), expired, or not valid yet."""
+    scheme when the message names one), not for the resource ``path`` when one is given
+    (the URI's path: a market's endpoint, so that a sign-in to one community of a platform
+    is no sign-in to another), not for ``chain_id``, issued in the future (beyond
+    ``skew``), expired, or not valid yet."""
     want = domain.lower()
     if msg.domain.lower() != want:
         raise VoltbourseError(SIWE_WRONG_DOMAIN, f"the message is for {msg.domain!r}, this server is {domain!r}")
-    uri_host = urlsplit(msg.uri).netloc.lower()
-    if uri_host != want:
+    uri = urlsplit(msg.uri)
+    if uri.netloc.lower() != want:
         raise VoltbourseError(SIWE_WRONG_DOMAIN, f"the message's URI {msg.uri!r} is not on {domain!r}")
+    if path is not None and uri.path != path:
+        raise VoltbourseError(SIWE_WRONG_DOMAIN, f"the message's URI {msg.uri!r} is not this endpoint ({path!r}): "
+                              "sign the URI the offer gave")
     if msg.scheme is not None and scheme is not None and msg.scheme.lower() != scheme.lower():
         raise VoltbourseError(SIWE_WRONG_DOMAIN, f"the message is for {msg.scheme}://, this request came over "
                               f"{scheme}://")

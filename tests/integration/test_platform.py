@@ -232,6 +232,13 @@ async def test_peer_websocket_per_market(platform_env):
     r = await cb.request({"type": "login", "message": text, "signature": personal_sign(text, KEYS[1])})
     assert r["type"] == "error" and r["code"].startswith("SIWE_"), r
     await cb.ws.close()
+    # nor does one with b's own nonce whose URI names another market's endpoint (or the root's)
+    for uri in (from_a["uri"], f"{ws}/ws", f"{ws}/m/b/ws/../../a/ws"):
+        cb = await connect(http, f"{ws}/m/b/ws", 1)
+        text = siwe_text(cb.hello["siwe"], KEYS[1].address, uri=uri)
+        r = await cb.request({"type": "login", "message": text, "signature": personal_sign(text, KEYS[1])})
+        assert r["type"] == "error" and r["code"] == "SIWE_WRONG_DOMAIN" and "endpoint" in r["message"], r
+        await cb.ws.close()
     cb = await connect(http, f"{ws}/m/b/ws", 1)
     assert (await cb.login())["type"] == "response"
     assert (await ca1.login())["type"] == "response"

@@ -25,6 +25,14 @@ async def test_a_hosted_communitys_portal_is_its_own(platform_env):  # noqa: F81
     assert st == 200 and 'content=""' in root_page
     st, offer = await call(http, "GET", f"{base}/m/a/portal/siwe/nonce", headers={})
     assert st == 200 and offer["uri"].endswith("/m/a/portal")
+    # a sign-in whose URI names another community's portal (or the root's) is refused, with a
+    # nonce of this one
+    for uri in (f"{base}/m/b/portal", f"{base}/portal"):
+        st, other = await call(http, "GET", f"{base}/m/a/portal/siwe/nonce", headers={})
+        async with http.post(f"{base}/m/a/portal/siwe/login", json=signed(other, KEYS[0], uri=uri),
+                             headers={"Origin": base}) as r:
+            body = await r.json()
+            assert r.status == 401 and body["error"] == "SIWE_WRONG_DOMAIN" and "endpoint" in body["message"], body
     async with http.post(f"{base}/m/a/portal/siwe/login", json=signed(offer, KEYS[0]),
                          headers={"Origin": base}) as r:
         assert r.status == 200, await r.text()

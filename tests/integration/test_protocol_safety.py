@@ -114,6 +114,30 @@ async def test_private_stream_is_numbered_has_rejections_and_replays(serve, http
         assert (await other.request({"type": "replay", "from_pseq": execs[-1]["pseq"] + 1}))["result"]["replayed"] == 0
 
 
+async def test_a_refused_place_reports_no_order_even_when_its_client_id_names_one(serve, http):
+    """CLIENT_ORDER_ID_REUSED: the engine names the order that holds the id; the member's
+    rejected report must not, or a client applying reports by order_id would close it."""
+    async with serve() as server:
+        c = await peer(http, server, 0)
+        pid = server.open_products[0]
+        first = await c.request({"type": "place", "product_id": pid, "side": "buy", "price": 100, "quantity": 10,
+                                 "client_order_id": "reuse-1"})
+        oid = first["result"]["order_id"]
+        again = await c.request({"type": "place", "product_id": pid, "side": "buy", "price": 101, "quantity": 10,
+                                 "client_order_id": "reuse-1"})
+        assert again["type"] == "error" and again["code"] == "CLIENT_ORDER_ID_REUSED"
+        report = await c.next_of(lambda m: m.get("exec") == "rejected", timeout=5)
+        assert report["command"] == "place" and report["reason"] == "CLIENT_ORDER_ID_REUSED"
+        assert report["order_id"] is None and report["client_order_id"] == "reuse-1"
+        assert str(oid) in report["detail"]
+        # a refused cancel still names the order it was about
+        await c.request({"type": "cancel", "order_id": 999_999})
+        bad = await c.next_of(lambda m: m.get("exec") == "rejected" and m.get("command") == "cancel", timeout=5)
+        assert bad["order_id"] == 999_999
+        status = await c.request({"type": "order_status", "order_id": oid})
+        assert status["result"]["status"] == "open" and status["result"]["remaining"] == 10
+
+
 async def test_replay_beyond_the_window_asks_for_a_snapshot(serve, http):
     async with serve() as server:
         c = await peer(http, server, 0)

@@ -187,6 +187,12 @@ def test_check_domain_uri_scheme_chain_and_times():
     assert _code(lambda: siwe.check(msg(expiration_time=now), **ok)) == "SIWE_EXPIRED"
     assert _code(lambda: siwe.check(msg(not_before=now + timedelta(seconds=1)), **ok)) == "SIWE_NOT_YET_VALID"
     siwe.check(msg(not_before=now, expiration_time=None), **ok)
+    # with a path, the URI must name that endpoint: a market's, not another market's
+    siwe.check(msg(), **ok, path="/portal")
+    siwe.check(msg(uri="http://127.0.0.1:8080/m/a/portal"), **ok, path="/m/a/portal")
+    for uri in ("http://127.0.0.1:8080/m/b/portal", "http://127.0.0.1:8080/portal", "http://127.0.0.1:8080/m/a/",
+                "http://127.0.0.1:8080/m/a/portal/", "http://127.0.0.1:8080/m/b/../a/portal"):
+        assert _code(lambda u=uri: siwe.check(msg(uri=u), **ok, path="/m/a/portal")) == "SIWE_WRONG_DOMAIN"
 
 
 def test_sdk_login_answers_a_siwe_offer_and_falls_back_to_the_challenge():
