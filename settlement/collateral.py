@@ -24,6 +24,7 @@ from web3 import Web3
 from web3.logs import DISCARD
 
 from exchange.core.ids import MemberId
+from exchange.core.units import iso_dt
 from exchange.protocol.errors import VoltbourseError
 
 #: how long a member's request waits for the chain thread (busy with an anchor, or a slow node)
@@ -94,9 +95,9 @@ async def my_collateral(*, pool: asyncpg.Pool, market_id: str, deployment_id: in
         "withdrawals_pending": _units(reserved),
         "deposits": [{"block": r["block_number"], "tx_hash": r["tx_hash"], "log_index": r["log_index"],
                       "amount": _units(r["amount"]), "collateral_after": _units(r["collateral_after"]),
-                      "seen_at": r["seen_at"].isoformat()} for r in deposits],
+                      "seen_at": iso_dt(r["seen_at"])} for r in deposits],
         "withdrawals": [{"request_id": r["request_id"], "amount": _units(r["amount"]), "state": r["state"],
-                         "reason": r["reason"], "updated_at": r["updated_at"].isoformat()} for r in withdrawals],
+                         "reason": r["reason"], "updated_at": iso_dt(r["updated_at"])} for r in withdrawals],
     }
 
 

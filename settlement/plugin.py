@@ -78,7 +78,9 @@ class ProofQuery(BaseModel):
 def _trade_id(request: web.Request) -> int:
     raw = request.match_info["trade_id"]
     if not (raw.isascii() and raw.isdigit() and 0 < len(raw) <= 16 and 1 <= int(raw) <= MAX_INT):
-        raise ApiError(422, "INVALID_REQUEST", "trade_id: a positive integer below 2^53")
+        raise ApiError(422, "INVALID_REQUEST", "trade_id: a positive integer below 2^53",
+                       details=[{"loc": ["path", "trade_id"], "msg": "a positive integer below 2^53",
+                                 "type": "int_range"}])
     return int(raw)
 
 
@@ -128,9 +130,11 @@ _PROOF = {"type": "object", "description": "the trade, its leaf, the Merkle proo
 ROUTES = (
     Route("GET", "/api/trades/{trade_id}/proof", _peer_proof, "A member's proof of its own trade", _PROOF,
           query=(("address", {"type": "string", "pattern": "^0x[0-9a-fA-F]{40}$"}, "the member's address"),
-                 ("ts", {"type": "integer", "minimum": 0}, "unix seconds, within 5 minutes of the server"),
-                 ("sig", {"type": "string"}, "EIP-191 signature of the proof message (docs/settlement.md)")),
-          errors=(401, 404, 409, 422), tags=("member", "settlement"), path_params=_TRADE_ID,
+                 ("ts", {"type": "integer", "minimum": 0, "maximum": 2**40},
+                  "unix seconds, within 5 minutes of the server"),
+                 ("sig", {"type": "string", "pattern": "^0x[0-9a-fA-F]{130}$"},
+                  "EIP-191 signature of the proof message (docs/settlement.md)")),
+          required_query=("address", "ts", "sig"), errors=(401, 404, 409, 422), tags=("member", "settlement"), path_params=_TRADE_ID,
           description="Signed by the member: `sig` is its EIP-191 signature of "
                       "\"Voltbourse proof\\nMarket: <market>\\nTrade: <trade_id>\\nTime: <ts>\"."),
     Route("GET", "/api/operator/trades/{trade_id}/proof", _operator_proof, "Any trade's proof (auditors)", _PROOF,

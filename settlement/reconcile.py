@@ -31,6 +31,7 @@ from datetime import UTC, datetime
 
 from web3.logs import DISCARD
 
+from exchange.core.units import iso_dt
 from settlement.merkle import MerkleTree, leaf
 from settlement.netting import net_amounts
 from settlement.worker import batch_trades, pending_trades
@@ -65,7 +66,7 @@ class Report:
 async def reconcile(pool, market_id: str, chain, *, deployment_id: int | None = None, run=None) -> Report:
     """``run(fn, *args)``: how to call the (blocking) chain, e.g. the worker's chain thread,
     so a reconciliation inside the exchange never blocks its event loop."""
-    rep = Report(checked_at=datetime.now(UTC).isoformat())
+    rep = Report(checked_at=iso_dt(datetime.now(UTC)))
 
     async def call(fn, *args):
         return await run(fn, *args) if run is not None else fn(*args)

@@ -27,6 +27,7 @@ import asyncpg
 from eth_account import Account
 from web3 import HTTPProvider
 
+from exchange.core.units import iso_dt
 from exchange.runtime.config import Settings
 from settlement.chain import Chain, ChainError
 from settlement.process import REQUEST_CHANNEL, STATUS_CHANNEL
@@ -110,7 +111,7 @@ class SettlementView:
     def _process_alert(self) -> str | None:
         if self.alive:
             return None
-        when = self.row["updated_at"].isoformat() if self.row else "never"
+        when = iso_dt(self.row["updated_at"]) if self.row else "never"
         return (f"the settlement process is not running (last status {when}): trades are not being anchored; "
                 f"`voltbourse serve` restarts its child, or run `voltbourse settle` (docs/settlement.md)")
 
@@ -121,7 +122,7 @@ class SettlementView:
             st["alerts"] = {"process": alert, **st.get("alerts", {})}
             st["alert"] = "; ".join(v for v in st["alerts"].values())
         st["process"] = {"pid": self.row["pid"] if self.row else None, "alive": self.alive,
-                         "updated_at": self.row["updated_at"].isoformat() if self.row else None,
+                         "updated_at": iso_dt(self.row["updated_at"]) if self.row else None,
                          "rpc_url": self.row["rpc_url"] if self.row else None}
         return st
 

@@ -74,6 +74,7 @@ from typing import Any
 import asyncpg
 from web3.logs import DISCARD
 
+from exchange.core.units import iso_dt
 from exchange.runtime.config import Settings
 from exchange.runtime.inbox import DirectEngine
 from exchange.runtime.ports import CollateralUpdate, EngineCommands, Payout, PayoutSource
@@ -1354,7 +1355,7 @@ class SettlementWorker:
             "batches": [{"batch_id": r["batch_id"], "trade_count": r["trade_count"],
                          "first_trade_id": r["first_trade_id"], "last_trade_id": r["last_trade_id"],
                          "root": r["root"], "tx_hash": r["tx_hash"], "block": r["block_number"], "state": r["state"],
-                         "anchored_at": r["anchored_at"].isoformat() if r["anchored_at"] else None,
+                         "anchored_at": iso_dt(r["anchored_at"]) if r["anchored_at"] else None,
                          **({"error": r["revert_error"]} if r["state"] == "blocked" else {}),
                          **({"last_error": r["last_error"]} if r["state"] != "anchored" and r["last_error"] else {})}
                         for r in rows],
@@ -1369,7 +1370,7 @@ class SettlementWorker:
             "chain_id": self.chain.chain_id,
             "registry": self.chain.registry.address if self.chain.attached else None,
             "token": self.chain.token.address if self.chain.attached else None,
-            "updated_at": datetime.now(UTC).isoformat(),
+            "updated_at": iso_dt(datetime.now(UTC)),
             "metrics": self.metrics(),
         }
 

@@ -21,7 +21,7 @@ from enum import Enum
 from zoneinfo import ZoneInfo
 
 from exchange.core.ids import ProductId
-from exchange.core.units import US_PER_MIN, UTC, from_us, to_us
+from exchange.core.units import US_PER_MIN, UTC, from_us, iso, to_us
 
 
 class ProductState(str, Enum):
@@ -82,10 +82,10 @@ class Product:
         return {
             "product_id": self.product_id,
             "delivery_day": self.delivery_day.isoformat(),
-            "start": from_us(self.start_us).isoformat(),
-            "end": from_us(self.end_us).isoformat(),
-            "open": from_us(self.open_us).isoformat(),
-            "gate": from_us(self.gate_us).isoformat(),
+            "start": iso(self.start_us),
+            "end": iso(self.end_us),
+            "open": iso(self.open_us),
+            "gate": iso(self.gate_us),
         }
 
 

@@ -8,6 +8,7 @@ import asyncio
 import json
 from collections.abc import Sequence
 
+import orjson
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -124,7 +125,22 @@ async def ws_schema(request: web.Request) -> web.Response:
 
 
 async def openapi_handler(request: web.Request) -> web.Response:
-    return web.Response(body=request.app[_OPENAPI_BYTES], content_type="application/json")
+    """The document with this market's own server: the origin the request came to and the
+    market's base path, so that a client generated from ``/m/{id}/api/openapi.json`` calls
+    that market (the committed docs/openapi.json names the default market on the default
+    port). A few variants are kept (the Host header is the client's to choose)."""
+    app = request.app
+    server = f"{request.scheme}://{request.host}{app[BASE_PATH]}"
+    served = app[_OPENAPI_SERVED]
+    body = served.get(server)
+    if body is None:
+        if len(served) >= 8:
+            served.clear()
+        doc = orjson.loads(app[_OPENAPI_BYTES])
+        market = app[SETTINGS].market_id
+        doc["servers"] = [{"url": server, "description": f"market {market} of this deployment"}]
+        body = served[server] = orjson.dumps(doc)
+    return web.Response(body=body, content_type="application/json")
 
 
 PAGE = (("after", {"type": "integer", "minimum": 0, "default": 0}, "only trades with seq > after"),
@@ -154,6 +170,7 @@ PUBLIC_ROUTES: tuple[Route, ...] = (
 
 _SCHEMA_BYTES: web.AppKey[bytes] = web.AppKey("ws_schema_bytes", bytes)
 _OPENAPI_BYTES: web.AppKey[bytes] = web.AppKey("openapi_bytes", bytes)
+_OPENAPI_SERVED: web.AppKey[dict[str, bytes]] = web.AppKey("openapi_served", dict)
 
 
 def openapi_document(subsystems: Sequence[Subsystem]) -> dict:
@@ -198,6 +215,7 @@ async def make_app(market: Market, settings: Settings, subsystems: Sequence[Subs
     app[PROTOCOL] = protocol
     app[_SCHEMA_BYTES] = json.dumps(protocol.json_schema()).encode()
     app[_OPENAPI_BYTES] = json.dumps(openapi_document(subsystems)).encode()
+    app[_OPENAPI_SERVED] = {}
     add_routes(app, PUBLIC_ROUTES)
     app.router.add_get("/ws", ws_handler)
     app[SOCKETS] = set()

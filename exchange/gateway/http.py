@@ -196,6 +196,7 @@ class Route:
     body: type[BaseModel] | None = None
     body_optional: bool = False
     query: tuple[tuple[str, dict, str], ...] = ()  # (name, schema, description)
+    required_query: tuple[str, ...] = ()  # the query parameters a request must give (else 422)
     errors: tuple[int, ...] = ()
     content_type: str = "application/json"
     description: str = ""

@@ -38,7 +38,8 @@ def _operation(r: Route) -> dict:
         op["description"] = r.description
     params = [{"name": n, "in": "path", "required": True, "schema": r.path_params.get(n, {"type": "string"})}
               for n in _PARAM.findall(r.path)]
-    params += [{"name": n, "in": "query", "required": False, "schema": s, "description": d} for n, s, d in r.query]
+    params += [{"name": n, "in": "query", "required": n in r.required_query, "schema": s, "description": d}
+               for n, s, d in r.query]
     if params:
         op["parameters"] = params
     if r.body is not None:

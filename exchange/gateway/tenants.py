@@ -51,6 +51,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError, model_validator
 
 from exchange.core.model import Halt, Rejected, Resume
+from exchange.core.units import iso_dt
 from exchange.gateway.http import (
     BOOL,
     OPERATOR,
@@ -125,7 +126,9 @@ def market_settings(base: Settings, market_id: str, overrides: dict[str, Any]) -
     unknown = sorted(set(overrides) - set(MARKET_SETTINGS))
     if unknown:
         raise ApiError(422, "INVALID_REQUEST", f"settings a market may not set: {', '.join(unknown)} (allowed: "
-                       f"{', '.join(MARKET_SETTINGS)})")
+                       f"{', '.join(MARKET_SETTINGS)})",
+                       details=[{"loc": ["settings", k], "msg": "not a per-market setting", "type": "extra_forbidden"}
+                                for k in unknown])
     return Settings.model_validate({**base.model_dump(), **overrides, "market_id": market_id})
 
 
@@ -365,7 +368,7 @@ class Platform:
         async with self._lock:
             if market_id == self.base.market_id:
                 raise ApiError(409, BAD_MARKET_STATE, f"{market_id} is the deployment's default market: its "
-                               "settings are the deployment's (environment), not the platform's")
+                               "name and settings are the deployment's (environment), not the platform's")
             rec = await self.store.get(market_id)
             if rec is None:
                 raise ApiError(404, UNKNOWN_MARKET, f"no market {market_id} on this platform")
@@ -434,7 +437,7 @@ class Platform:
                 "path": f"/m/{rec.market_id}/", "settings": rec.overrides,
                 "running": bool(m and m.runtime.running), "halted": bool(m and m.engine.halted),
                 "error": t.error if t is not None else None,
-                "created_at": rec.created_at.isoformat(), "updated_at": rec.updated_at.isoformat()}
+                "created_at": iso_dt(rec.created_at), "updated_at": iso_dt(rec.updated_at)}
 
     # -- the mount point
 
@@ -516,9 +519,11 @@ async def list_markets(request: web.Request) -> web.Response:
 
 def _settings_error(exc: ValidationError) -> ApiError:
     """A market's settings refused as a whole (pydantic's errors, each naming its field once)."""
+    errs = exc.errors()
     return ApiError(422, "INVALID_REQUEST", "settings: " + "; ".join(
         (f"{'.'.join(map(str, e['loc']))}: " if e["loc"] else "") + str(e["msg"]).removeprefix("Value error, ")
-        for e in exc.errors()))
+        for e in errs), details=[{"loc": ["settings", *e["loc"]], "msg": str(e["msg"]).removeprefix("Value error, "),
+                                  "type": e["type"]} for e in errs])
 
 
 async def create_market(request: web.Request) -> web.Response:

@@ -98,11 +98,23 @@ async def test_deposits_trades_settle_and_members_prove_them(serve, pool):
         async with http.get(f"{base}/api/trades/5/proof", params={"address": KEYS[1].address,
                                                                   "ts": str(ts - 3600), "sig": sig}) as resp:
             assert resp.status == 401
+        # what is missing or malformed is a 422 naming it (rest.md; the OpenAPI marks the three required)
+        for path, params, where in (
+                ("/api/trades/5/proof", {"address": KEYS[1].address, "ts": str(ts)}, ["sig"]),
+                ("/api/trades/5/proof", {"address": KEYS[1].address, "ts": str(ts), "sig": "0x1234"}, ["sig"]),
+                ("/api/trades/0/proof", {"address": KEYS[1].address, "ts": str(ts), "sig": sig},
+                 ["path", "trade_id"])):
+            async with http.get(f"{base}{path}", params=params) as resp:
+                body = await resp.json()
+                assert resp.status == 422 and body["error"] == "INVALID_REQUEST", body
+                assert [d["loc"] for d in body["details"]] == [where], body
         # the operator: status, any trade's proof, reconciliation
         async with http.get(f"{base}/api/operator/settlement", headers=AUTH) as resp:
             st = await resp.json()
             assert resp.status == 200 and st["pending_trades"] == 0 and st["alert"] is None
             assert {b["state"] for b in st["batches"]} == {"anchored"} and st["last_anchored_block"]
+            # times in UTC with Z, as everywhere (websocket.md, "Times")
+            assert st["updated_at"].endswith("Z") and all(b["anchored_at"].endswith("Z") for b in st["batches"])
         async with http.get(f"{base}/api/operator/settlement") as resp:
             assert resp.status == 401
         async with http.get(f"{base}/metrics") as resp:
@@ -114,6 +126,7 @@ async def test_deposits_trades_settle_and_members_prove_them(serve, pool):
         async with http.post(f"{base}/api/operator/settlement/reconcile", headers=AUTH) as resp:
             rep = await resp.json()
             assert resp.status == 200 and rep["ok"] and rep["trades"] == 6, rep
+            assert rep["checked_at"].endswith("Z")
         # settled money moved on chain and the engine follows it
         value = sum((1000 + i) * (9_000 + i) for i in range(6))
         assert chain.collateral(KEYS[0].address) == DEPOSIT - value

@@ -84,6 +84,7 @@ async def test_my_collateral_is_the_chains_and_the_engines(server, pool):
         assert [(d["amount"], d["collateral_after"]) for d in got["deposits"]] == [
             (str(5 * 10**12), str(15 * 10**12)), (str(10**13), str(10**13))]
         assert [(w["request_id"], w["amount"], w["state"]) for w in got["withdrawals"]] == [(1, str(10**12), "executed")]
+        assert all(d["seen_at"].endswith("Z") for d in got["deposits"]) and got["withdrawals"][0]["updated_at"].endswith("Z")
         assert got["engine"]["collateral"] == str(engine.accounts[A.address].collateral) == str(14 * 10**12)
         r = await a.request({"type": "my_collateral", "limit": 1})
         assert [d["amount"] for d in r["result"]["deposits"]] == [str(5 * 10**12)]

@@ -84,6 +84,9 @@ async def test_create_list_get_and_the_root_unchanged(platform_env):
     assert listed[2]["settings"] == {"gate": "rolling", "mechanism": "call_then_continuous"}
     status, got = await call(http, "GET", f"{base}/api/platform/markets/b")
     assert status == 200 and got["name"] == "B" and got["running"] and not got["halted"]
+    assert got["created_at"].endswith("Z") and got["updated_at"].endswith("Z")
+    status, products = await call(http, "GET", f"{base}/m/b/api/products", headers={})
+    assert products and all(p[k].endswith("Z") for p in products for k in ("start", "end", "open", "gate"))
     # each market answers under its own path, the default one at the root as before
     for path, mid in (("", ROOT), ("/m/a", "a"), ("/m/b", "b")):
         status, m = await call(http, "GET", f"{base}{path}/api/market", headers={})
@@ -94,6 +97,12 @@ async def test_create_list_get_and_the_root_unchanged(platform_env):
         for prefix in ("", "/m/a", "/m/b"):
             status, _ = await call(http, "GET", f"{base}{prefix}{path}", headers={})
             assert status == 200, (prefix, path)
+    # each market's OpenAPI document names that market as its server: a client generated from it
+    # calls that market's routes
+    for prefix, mid in (("", ROOT), ("/m/a", "a")):
+        status, doc = await call(http, "GET", f"{base}{prefix}/api/openapi.json", headers={})
+        assert doc["servers"] == [{"url": base + prefix, "description": f"market {mid} of this deployment"}]
+        assert "/api/market" in doc["paths"]
     # the switcher's directory, public, from the root and from a hosted market
     for prefix in ("", "/m/a"):
         status, directory = await call(http, "GET", f"{base}{prefix}/api/markets", headers={})
@@ -121,6 +130,8 @@ async def test_create_refusals(platform_env, body, status, code):
     d, http, base, _ = platform_env
     got, answer = await call(http, "POST", f"{base}/api/platform/markets", body)
     assert (got, answer["error"]) == (status, code), answer
+    if code == "INVALID_REQUEST":  # every validation error says where, in details (rest.md)
+        assert answer["details"] and all(d_["loc"] and d_["msg"] for d_ in answer["details"]), answer
     assert set(d.platform.tenants) == {"a", "b"}
 
 
