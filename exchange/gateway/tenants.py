@@ -132,6 +132,33 @@ def market_settings(base: Settings, market_id: str, overrides: dict[str, Any]) -
     return Settings.model_validate({**base.model_dump(), **overrides, "market_id": market_id})
 
 
+def _readable(base: Settings, market_id: str, overrides: dict[str, Any]) -> Settings:
+    """A market's stored settings; those of them the settings refuse (a row written by hand, or
+    by an older version: the market did not start) are left out, at the deployment's value, so
+    that a PATCH of them mends the market."""
+    bad: set[Any]
+    try:
+        return market_settings(base, market_id, overrides)
+    except ValidationError as exc:
+        bad = {e["loc"][0] for e in exc.errors() if e["loc"]}
+    except ApiError:  # names a setting a market may not set
+        bad = set(overrides) - set(MARKET_SETTINGS)
+    try:
+        return market_settings(base, market_id, {k: v for k, v in overrides.items() if k not in bad})
+    except (ValidationError, ApiError):  # refused together: all at the deployment's
+        return market_settings(base, market_id, {})
+
+
+def _storable(base: Settings, market_id: str, settings: Settings, overrides: dict[str, Any]) -> dict[str, Any]:
+    """The overrides as stored (JSON), checked to give the same settings when read back: what
+    is stored is what starts the market, at once and at every later start of the server."""
+    stored = settings.model_dump(mode="json", include=set(overrides))
+    again = market_settings(base, market_id, json.loads(json.dumps(stored, allow_nan=False)))
+    if again != settings:  # pragma: no cover - a setting whose JSON form does not read back
+        raise ApiError(422, "INVALID_REQUEST", "settings: these values cannot be stored as given")
+    return stored
+
+
 def token_digest(token: str) -> bytes:
     return hashlib.sha256(token.encode()).digest()
 
@@ -259,7 +286,14 @@ class Platform:
             await self._stop(self.tenants.pop(mid))
 
     async def _start(self, rec: HostedMarket) -> Tenant:
-        settings = market_settings(self.base, rec.market_id, rec.overrides)
+        try:
+            settings = market_settings(self.base, rec.market_id, rec.overrides)
+        except (ValidationError, ApiError) as exc:  # a stored row the settings refuse: listed, not run
+            log.error("hosted market %s not started: its stored settings are refused: %s", rec.market_id, exc)
+            t = Tenant(rec, self.base, token_hashes={rec.token_sha256})
+            t.error = f"its stored settings are refused (PATCH them): {exc}"[:2000]
+            self.tenants[rec.market_id] = t
+            return t
         t = Tenant(rec, settings, token_hashes={rec.token_sha256})
         self.tenants[rec.market_id] = t
         try:
@@ -307,7 +341,7 @@ class Platform:
             settings = market_settings(self.base, market_id, overrides)
             if market_id == self.base.market_id:
                 raise ApiError(409, MARKET_EXISTS, f"{market_id} is the deployment's default market")
-            stored = settings.model_dump(mode="json", include=set(overrides))
+            stored = _storable(self.base, market_id, settings, overrides)
             token = secrets.token_urlsafe(24)
             try:
                 rec = await self.store.create(market_id, name, stored, token_digest(token))
@@ -379,7 +413,7 @@ class Platform:
                 else:
                     overrides[k] = v
             new = market_settings(self.base, market_id, overrides)
-            old = market_settings(self.base, market_id, rec.overrides)
+            old = _readable(self.base, market_id, rec.overrides)
             changed = [k for k in MARKET_SETTINGS if getattr(old, k) != getattr(new, k)]
             if changed and await self._started(market_id):
                 fixed = [k for k in changed if k in FIXED_SETTINGS]
@@ -392,15 +426,16 @@ class Platform:
                     raise ApiError(409, SETTING_FIXED, f"market {market_id} has started: disclose_counterparty "
                                    "may only be turned off (its members traded with their counterparties kept "
                                    "private)", fields=["disclose_counterparty"])
-            stored = new.model_dump(mode="json", include=set(overrides))
+            stored = _storable(self.base, market_id, new, overrides)
             rec = await self.store.configure(market_id, rec.name if name is None else name, stored)
             t = self.tenants.get(market_id)
             restarted = False
             if t is not None:
                 t.record = rec
-                if changed and t.market is not None:
+                if (changed and t.market is not None) or (t.market is None and rec.status != "archived"):
                     # its services read these settings when they start: restart the market's
-                    # application (recovery from its newest snapshot; peers reconnect)
+                    # application (recovery from its newest snapshot; peers reconnect); one that
+                    # did not start (its stored settings refused) starts with the mended ones
                     self.tenants.pop(market_id, None)
                     await self._stop(t)
                     await self._start(rec)

@@ -73,6 +73,7 @@ class Settings(BaseSettings):
         env_nested_delimiter="__",
         extra="forbid",  # typos in a config file or in keyword overrides are errors
         validate_default=True,
+        allow_inf_nan=False,  # every duration is finite (JSON, where settings are stored, has no infinity)
     )
 
     # --- storage -------------------------------------------------------------
@@ -102,9 +103,9 @@ class Settings(BaseSettings):
     #: day-ahead gate: all products of day D close at D-1 at this local time
     gate_day_ahead_local_time: time = time(12, 0)
     #: rolling gate: a product closes this many minutes before its delivery start
-    gate_rolling_minutes: int = Field(60, ge=0)
+    gate_rolling_minutes: int = Field(60, ge=0, le=7 * 24 * 60)
     #: products of day D open at local midnight of D - open_days_before
-    open_days_before: int = Field(1, ge=0)
+    open_days_before: int = Field(1, ge=0, le=30)
     #: price bounds in ticks of 0.01 EUR/MWh (defaults: -500.00 .. 4000.00 EUR/MWh)
     price_min_ticks: int = -50_000
     price_max_ticks: int = 400_000
@@ -202,12 +203,12 @@ class Settings(BaseSettings):
     #: its receipt and events are read), so under heavy flow large batches leave the cores to
     #: the order path (2 000: ≈ 0.24 of a core during bench e2e, 10 000: ≈ 0.13)
     settlement_batch_size: int = Field(10_000, ge=1, le=20_000)
-    settlement_max_age_s: float = Field(5.0, gt=0)
+    settlement_max_age_s: float = Field(5.0, gt=0, le=3600)
     #: thin flow: a batch of fewer trades than this waits past settlement_max_age_s, at most until
     #: its oldest trade waited settlement_thin_max_age_s (fewer, larger batches: gas per trade
     #: falls about 5x at bots-like flow, for up to that much more lag); 0: off
     settlement_min_batch: int = Field(0, ge=0, le=20_000)
-    settlement_thin_max_age_s: float = Field(60.0, gt=0)
+    settlement_thin_max_age_s: float = Field(60.0, gt=0, le=86_400)
     #: seconds between worker polls when there is nothing to do
     settlement_poll_s: float = Field(0.5, gt=0)
     #: first and longest wait between retries after a chain error

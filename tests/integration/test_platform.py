@@ -336,3 +336,41 @@ async def test_suspend_resume_archive_and_restart(pool, pg_dsn):
         assert d.platform.tenants["a"].market.engine.state_hash() == hashes["a"]
         got, _ = await call(http, "GET", f"{base}/m/a/api/operator/market", headers=bearer(tokens["a"]))
         assert got == 200
+
+
+async def test_settings_that_cannot_be_stored_are_refused_and_a_bad_stored_row_stops_nothing(pool, pg_dsn):
+    """An infinite duration (1e400 in JSON) was answered 422 after it had been stored as null:
+    the market stopped, nothing through the API mended it, and the next start of the server
+    failed. Now it is refused before anything is stored, and a row the settings refuse (written
+    by hand, or by an older version) leaves its market listed with the error, mendable by a
+    PATCH, while the server and the other markets start."""
+    raw = {"Content-Type": "application/json", **AUTH}
+    async with deployment(pg_dsn) as d, aiohttp.ClientSession() as http:
+        base = f"http://127.0.0.1:{d.port}"
+        await create(http, base, "a")
+        status, body = await call(http, "POST", f"{base}/api/platform/markets", headers=raw,
+                                  data='{"market_id": "zz", "settings": {"settlement_max_age_s": 1e400}}')
+        assert (status, body["error"]) == (422, "INVALID_REQUEST") and body["details"], body
+        status, body = await call(http, "GET", f"{base}/api/platform/markets/zz")
+        assert status == 404, body
+        before = await pool.fetchval("SELECT overrides FROM platform_markets WHERE market_id = 'a'")
+        for patch in ('{"settings": {"settlement_max_age_s": 1e400}}', '{"settings": {"open_days_before": 1000000000}}',
+                      '{"settings": {"settlement_thin_max_age_s": 1e400}}', '{"settings": {"gate_rolling_minutes": 99999999}}'):
+            status, body = await call(http, "PATCH", f"{base}/api/platform/markets/a", headers=raw, data=patch)
+            assert (status, body["error"]) == (422, "INVALID_REQUEST"), (patch, body)
+        assert await pool.fetchval("SELECT overrides FROM platform_markets WHERE market_id = 'a'") == before
+        status, m = await call(http, "GET", f"{base}/m/a/api/market", headers={})
+        assert status == 200 and d.platform.tenants["a"].market is not None
+    await pool.execute("UPDATE platform_markets SET overrides = '{\"settlement_max_age_s\": null}' "
+                       "WHERE market_id = 'a'")
+    async with deployment(pg_dsn) as d, aiohttp.ClientSession() as http:
+        base = f"http://127.0.0.1:{d.port}"
+        status, view = await call(http, "GET", f"{base}/api/platform/markets/a")
+        assert status == 200 and not view["running"] and "settlement_max_age_s" in view["error"], view
+        status, m = await call(http, "GET", f"{base}/api/market", headers={})
+        assert status == 200  # the default market runs
+        status, view = await call(http, "PATCH", f"{base}/api/platform/markets/a",
+                                  {"settings": {"settlement_max_age_s": None}})
+        assert status == 200 and view["running"] and view["restarted"], view
+        status, m = await call(http, "GET", f"{base}/m/a/api/market", headers={})
+        assert status == 200 and m["market_id"] == "a"
