@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from exchange.gateway.keys import OPERATOR_TOKEN_HASHES, SETTINGS
 from exchange.protocol.errors import VoltbourseError
+from exchange.protocol.frames import NUL_MESSAGE, json_nul_location
 from exchange.runtime.market import MarketBusy, MarketUnavailable
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -67,6 +68,11 @@ def validation_response(exc: ValidationError) -> web.Response:
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Map every error of every layer to its HTTP answer (one place)."""
+    nul = _nul_in_url(request)
+    if nul is not None:
+        return error_response(422, "INVALID_REQUEST", f"{nul}: {NUL_MESSAGE}",
+                              details=[{"loc": ["query", nul] if nul != "path" else ["path"], "msg": NUL_MESSAGE,
+                                        "type": "string_nul"}])
     try:
         return await handler(request)
     except VoltbourseError as exc:
@@ -94,12 +100,33 @@ class PageQuery(BaseModel):
 
 
 
+def _nul_in_url(request: web.Request) -> str | None:
+    """``path``, or the name of the query parameter, that holds a NUL character (``%00``)."""
+    if "\x00" in request.path:
+        return "path"
+    if "%00" in request.query_string or "\x00" in request.query_string:
+        for k, v in request.query.items():
+            if "\x00" in k or "\x00" in v:
+                return k.replace("\x00", "\\0")[:64]
+    return None
+
+
+def validate_json_body(raw: bytes, model: type[BaseModel]) -> Any:
+    """``raw`` validated by ``model``; a NUL character anywhere in it is refused (422), naming
+    where: PostgreSQL's text and jsonb cannot hold it."""
+    nul = json_nul_location(raw)
+    if nul is not None:
+        raise ApiError(422, "INVALID_REQUEST", f"{'.'.join(map(str, nul)) or 'body'}: {NUL_MESSAGE}",
+                       details=[{"loc": list(nul), "msg": NUL_MESSAGE, "type": "string_nul"}])
+    return model.model_validate_json(raw)
+
+
 async def read_body(request: web.Request, model: type[BaseModel], optional: bool = False) -> Any:
     """The JSON body validated by ``model`` (an empty body is ``model()`` when ``optional``)."""
     raw = await request.read()
     if optional and not raw.strip():
         return model()
-    return model.model_validate_json(raw)
+    return validate_json_body(raw, model)
 
 
 def read_query(request: web.Request, model: type[BaseModel]) -> Any:

@@ -21,7 +21,16 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from exchange.core.units import US_PER_MIN, UTC, from_us, iso, to_us
 from exchange.gateway.feed import OPERATOR_FEED
-from exchange.gateway.http import ANY_OBJECT, ApiError, Route, array, json_response, read_body, read_query
+from exchange.gateway.http import (
+    ANY_OBJECT,
+    ApiError,
+    Route,
+    array,
+    json_response,
+    read_body,
+    read_query,
+    validate_json_body,
+)
 from exchange.gateway.keys import BILL_ITEM_SOURCES, MARKET, OUTLOOK_SOURCES, PAYOUT_SOURCES, SETTINGS
 from exchange.gateway.plugin import Subsystem, WsRequest
 from exchange.metering import cli as metering_cli
@@ -401,7 +410,7 @@ async def push_signed(request: web.Request) -> web.Response:
         raw += chunk
         if len(raw) > REST_PUSH_MAX_BYTES:
             raise ApiError(413, UPLOAD_TOO_LARGE, f"a push is at most {REST_PUSH_MAX_BYTES} bytes")
-    body = msgs.SignedReadings.model_validate_json(bytes(raw))
+    body = validate_json_body(bytes(raw), msgs.SignedReadings)
     svc = _svc(request)
     market = request.config_dict[SETTINGS].market_id
     message = msgs.push_message(market, body.member, body.nonce, msgs.readings_digest(body.readings))

@@ -93,3 +93,46 @@ def _value(s: str, j: int) -> str | int | None:
     if k > j and (k >= n or s[k] in " \t\r\n,}"):
         return _valid(int(s[j:k]))
     return None
+
+
+# --------------------------------------------------------------------------- the NUL character
+
+#: what a NUL character looks like in JSON text (a raw one is not valid JSON in a string)
+_NUL_ESCAPE = "\\u0000"
+NUL_MESSAGE = "a text may not contain the NUL character (U+0000): nothing stores it"
+
+
+def has_nul_escape(raw: str | bytes) -> bool:
+    """Whether the JSON text may hold a NUL character (a cheap test; :func:`nul_location` tells)."""
+    return (_NUL_ESCAPE.encode() in raw) if isinstance(raw, bytes) else (_NUL_ESCAPE in raw)
+
+
+def nul_location(value: object, _at: tuple[str | int, ...] = ()) -> tuple[str | int, ...] | None:
+    """The location (keys and indexes) of the first string, key or value, in a decoded JSON
+    value that holds a NUL character; None if there is none. PostgreSQL's text and jsonb
+    refuse it, so every edge refuses it first."""
+    if isinstance(value, str):
+        return _at if "\x00" in value else None
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if isinstance(k, str) and "\x00" in k:
+                return (*_at, k)
+            found = nul_location(v, (*_at, k))
+            if found is not None:
+                return found
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            found = nul_location(v, (*_at, i))
+            if found is not None:
+                return found
+    return None
+
+
+def json_nul_location(raw: str | bytes) -> tuple[str | int, ...] | None:
+    """:func:`nul_location` of a JSON text (None also when it is not valid JSON: its parser says)."""
+    if not has_nul_escape(raw):
+        return None
+    try:
+        return nul_location(orjson.loads(raw))
+    except orjson.JSONDecodeError:
+        return None

@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
-from exchange.protocol.frames import read_request_id
+from exchange.protocol.frames import NUL_MESSAGE, json_nul_location, read_request_id
 from exchange.protocol.types import UtcTime
 
 PROTOCOL_VERSION = 1
@@ -461,6 +461,10 @@ class WireProtocol:
 
     def parse(self, raw: str | bytes) -> Any:
         """Validate one frame; raises :class:`ProtocolError` with a precise code and message."""
+        nul = json_nul_location(raw)
+        if nul is not None:
+            raise ProtocolError("INVALID_MESSAGE", f"{'.'.join(map(str, nul)) or 'message'}: {NUL_MESSAGE}",
+                                read_request_id(raw))
         try:
             return self.adapter.validate_json(raw)
         except ValidationError as exc:

@@ -222,7 +222,7 @@ async def test_a_close_with_flush_to_a_peer_that_does_not_read_ends_the_connecti
 # ------------------------------------------------------------------ no 500 on any route
 
 HOSTILE = ["99999999999999999999", "9" * 400, "-1", "%C2%B2", "\u00b2", "0x", "nul", "1e309", "NaN", "",
-           "../../etc/passwd", "9999-12-31T23:45:00-14:00"]
+           "../../etc/passwd", "9999-12-31T23:45:00-14:00", "a\x00b", '{"x": "a\\u0000"}']
 
 
 def _routes():
@@ -254,6 +254,45 @@ async def test_no_route_answers_500_to_hostile_values(serve, http):
                     assert r.status < 500 or (r.status == 503 and "503" in op["responses"]), \
                         (method, path, value, r.status, await r.text())
         assert seen > 300
+
+
+async def test_a_nul_character_is_refused_at_every_edge_and_changes_nothing(serve, http):
+    """PostgreSQL's text and jsonb cannot hold U+0000: a halt reason with one stopped the
+    market's engine (its journal commit failed for good), a member's name answered 500. Every
+    edge refuses it, naming where, before anything happens."""
+    async with serve() as server:
+        engine = server.market.engine
+        before = engine.state_hash()
+        nul = "a\\u0000b"  # the JSON text of a NUL character
+        for method, path, body in (
+                ("POST", "/api/operator/market/halt", f'{{"reason": "{nul}"}}'),
+                ("POST", "/api/operator/members", '{"address": "0x' + "1" * 40 + '", "role": "consumer", '
+                 f'"name": "{nul}", "retail_tariff_ticks": 25000, "feed_in_tariff_ticks": 7000}}'),
+                ("POST", "/api/operator/members", f'{{"{nul}": 1}}')):
+            async with http.request(method, server.http + path, data=body,
+                                    headers={**AUTH, "Content-Type": "application/json"}) as r:
+                ans = await r.json()
+                assert r.status == 422 and ans["error"] == "INVALID_REQUEST", ans
+                assert "NUL" in ans["message"] and ans["details"][0]["type"] == "string_nul", ans
+        async with http.get(server.http + "/api/trades", params={"product_id": "x\x00"}) as r:
+            ans = await r.json()
+            assert r.status == 422 and ans["details"][0]["loc"] == ["query", "product_id"], ans
+        async with http.get(server.http + "/api/operator/members/a%00b", headers=AUTH) as r:
+            assert r.status == 422 and (await r.json())["details"][0]["loc"] == ["path"]
+        c = await peer(http, server, 0)
+        pid = server.open_products[0]
+        await c.ws.send_str('{"type": "place", "id": "n1", "product_id": "' + pid + '", "side": "buy", '
+                            '"price": 100, "quantity": 10, "client_order_id": "' + nul + '"}')
+        ans = await c.answer("n1")
+        assert ans["code"] == "INVALID_MESSAGE" and "client_order_id" in ans["message"], ans
+        assert "NUL" in ans["message"]
+        assert (await c.request({"type": "ping"}))["result"]["pong"] is True  # still open
+        assert engine.state_hash() == before and not engine.halted and server.market.runtime.running
+        # an escaped backslash before u0000 is no NUL: an ordinary text
+        async with http.post(server.http + "/api/operator/members", headers=AUTH, json={
+                "address": "0x" + "2" * 40, "role": "consumer", "name": "back\\u0000slash",
+                "retail_tariff_ticks": 25000, "feed_in_tariff_ticks": 7000}) as r:
+            assert r.status == 201 and (await r.json())["name"] == "back\\u0000slash"
 
 
 # ------------------------------------------------------------------ operator page login

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from support.paths import DOCS
 
 from exchange.gateway.plugin import wire_protocol
-from exchange.protocol.frames import read_request_id
+from exchange.protocol.frames import json_nul_location, nul_location, read_request_id
 from exchange.protocol.messages import CORE_REQUESTS, ProtocolError, WireProtocol, message_type
 from exchange.tools.platform import subsystems
 
@@ -104,3 +104,47 @@ def test_a_message_type_registered_twice_is_refused():
 ])
 def test_request_id_is_read_from_frames_orjson_refuses(frame, rid):
     assert read_request_id(frame) == rid
+
+
+_JSON = st.recursive(st.none() | st.booleans() | st.integers(-2**53, 2**53) | st.text(max_size=8),
+                     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4),
+                     max_leaves=20)
+
+
+def _contains_nul(v: object) -> bool:
+    if isinstance(v, str):
+        return "\x00" in v
+    if isinstance(v, dict):
+        return any(_contains_nul(k) or _contains_nul(x) for k, x in v.items())
+    if isinstance(v, list):
+        return any(_contains_nul(x) for x in v)
+    return False
+
+
+def _at(v: object, loc: tuple) -> object:
+    for k in loc:
+        v = v[k]  # type: ignore[index]
+    return v
+
+
+@given(_JSON)
+def test_nul_location_finds_a_nul_exactly_when_there_is_one(value):
+    loc = nul_location(value)
+    assert (loc is not None) == _contains_nul(value)
+    text = json.dumps(value)
+    assert json_nul_location(text) == loc == json_nul_location(text.encode())
+    if loc is not None:  # it names the string that holds it, or a key that does (its last part)
+        key = bool(loc) and isinstance(loc[-1], str) and "\x00" in loc[-1]
+        assert key or "\x00" in _at(value, loc)  # type: ignore[operator]
+
+
+def test_a_nul_frame_is_refused_naming_the_field_with_its_id():
+    p = WireProtocol(CORE_REQUESTS)
+    with pytest.raises(ProtocolError) as e:
+        p.parse('{"type": "ping", "id": "r1", "x": ["ok", "a\\u0000"]}')
+    assert e.value.code == "INVALID_MESSAGE" and e.value.request_id == "r1" and e.value.message.startswith("x.1:")
+    with pytest.raises(ProtocolError) as e:
+        p.parse('{"type": "ping", "id": 7, "\\u0000": 1}')
+    assert e.value.request_id == 7 and "NUL" in e.value.message
+    assert json_nul_location('"back\\\\u0000slash"') is None  # an escaped backslash, then u0000: no NUL
+    assert json_nul_location(b'{"a": "\\u0000') is None  # not JSON: its parser answers
