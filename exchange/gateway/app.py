@@ -49,7 +49,7 @@ from exchange.gateway.operator import MODELS, OPERATOR_ROUTES, SCHEMAS, make_reg
 from exchange.gateway.page import add_page_routes
 from exchange.gateway.peers import PEERS, Peers
 from exchange.gateway.plugin import Subsystem, wire_protocol
-from exchange.gateway.session import LIMITS, Limits, close_sockets, ws_handler
+from exchange.gateway.session import LIMITS, ConnectionCounts, Limits, close_sockets, ws_handler
 from exchange.gateway.tenants import (
     PLATFORM_ROUTES,
     PLATFORM_SCHEMAS,
@@ -185,14 +185,15 @@ def ws_schema_document(subsystems: Sequence[Subsystem]) -> dict:
 
 async def make_app(market: Market, settings: Settings, subsystems: Sequence[Subsystem] = (), *,
                    base_path: str = "", operator_token_hashes: set[bytes] | None = None,
-                   platform: Platform | None = None) -> web.Application:
+                   platform: Platform | None = None, connections: ConnectionCounts | None = None) -> web.Application:
     """Build the app over a started market: members reconciled, market data following
     the committed stream, metrics attached, then every enabled subsystem registered.
 
     ``base_path`` (``/m/<market_id>``): a market the platform hosts, every route under it
     (exchange.gateway.tenants), whose operator API also takes the tokens whose sha256 is in
     ``operator_token_hashes`` (its community manager's). ``platform``: this app is the
-    deployment's root (its default market) and hosts the platform's markets."""
+    deployment's root (its default market) and hosts the platform's markets. ``connections``:
+    the server's peer connection counts, shared by every market app of the process (else its own)."""
     app = web.Application(client_max_size=64 * 1024, middlewares=[error_middleware])
     app[MARKET] = market
     app[SETTINGS] = settings
@@ -219,7 +220,7 @@ async def make_app(market: Market, settings: Settings, subsystems: Sequence[Subs
     add_routes(app, PUBLIC_ROUTES)
     app.router.add_get("/ws", ws_handler)
     app[SOCKETS] = set()
-    app[LIMITS] = Limits()
+    app[LIMITS] = Limits(connections)
     app[WS_REQUESTS] = {}
     app[PAYOUT_SOURCES] = []
     app[BILL_ITEM_SOURCES] = []

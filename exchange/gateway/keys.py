@@ -64,3 +64,6 @@ BASE_PATH: web.AppKey[str] = web.AppKey("base_path", str)
 # sha256 digests of further operator tokens this market accepts besides the platform
 # operator token (settings.operator_token): its community manager's (exchange.gateway.tenants).
 OPERATOR_TOKEN_HASHES: web.AppKey[set[bytes]] = web.AppKey("operator_token_hashes")  # mutable: a new token replaces the old
+# Called (awaited, in order) when the market's operator tokens are replaced: whatever the old
+# ones opened ends (the operator page's sessions register here).
+CREDENTIALS_REVOKED: web.AppKey[list[Callable[[], Awaitable[None]]]] = web.AppKey("credentials_revoked")

@@ -42,7 +42,7 @@ from aiohttp import WSMsgType, web
 
 from exchange.gateway.feed import OPERATOR_FEED, FeedClient, OperatorFeed
 from exchange.gateway.http import PAGE_AUTHENTICATED, operator_enabled, operator_token_valid
-from exchange.gateway.keys import BASE_PATH, MARKET, MEMBERS, SETTINGS
+from exchange.gateway.keys import BASE_PATH, CREDENTIALS_REVOKED, MARKET, MEMBERS, SETTINGS
 from exchange.gateway.marketdata import MARKET_DATA
 from exchange.gateway.tenants import PLATFORM
 
@@ -104,6 +104,11 @@ class PageSessions:
         self._drop(sid)
         for ws in list(self.sockets.pop(sid, ())):
             await ws.close(code=4401, message=b"logged out")
+
+    async def end_all(self) -> None:
+        """Every session ends (the tokens that opened them were replaced), its feeds closed."""
+        for sid in list(self.expiry):
+            await self.end(sid)
 
     def throttled(self, who: str) -> bool:
         q = self.failures[who]
@@ -370,7 +375,8 @@ def add_page_routes(app: web.Application) -> OperatorFeed:
     settings = app[SETTINGS]
     feed = OperatorFeed(app[MARKET], app.get(MARKET_DATA), app.get(MEMBERS), timezone=settings.timezone)
     app[OPERATOR_FEED] = feed
-    app[PAGE_SESSIONS] = PageSessions()
+    sessions = app[PAGE_SESSIONS] = PageSessions()
+    app.setdefault(CREDENTIALS_REVOKED, []).append(sessions.end_all)  # a new operator token logs the pages out
     app.middlewares.append(page_session_auth)
     app.router.add_get("/operator", page)
     app.router.add_get("/operator/", page)

@@ -96,14 +96,14 @@ class TokenBucket:
         return False
 
 
-class Limits:
-    """Connection counts the handshake checks: per client address, and not logged in yet;
-    ``stopping`` once the server is shutting down (sessions then end without cancelling)."""
+class ConnectionCounts:
+    """Peer connections the handshake checks: per client address, and not logged in yet. One
+    for the whole server: the limits (``WS_CONNECTIONS_PER_IP``, ``WS_ANONYMOUS_MAX``) are the
+    server's, whatever the number of markets it hosts."""
 
     def __init__(self) -> None:
         self.per_ip: dict[str, int] = {}
         self.anonymous = 0
-        self.stopping = False
 
     def opened(self, ip: str) -> None:
         self.per_ip[ip] = self.per_ip.get(ip, 0) + 1
@@ -117,6 +117,15 @@ class Limits:
             self.per_ip.pop(ip, None)
         if anonymous:
             self.anonymous -= 1
+
+
+class Limits:
+    """A market app's view of the server's :class:`ConnectionCounts`, and ``stopping`` once
+    this app is shutting down (its sessions then end without cancelling)."""
+
+    def __init__(self, counts: ConnectionCounts | None = None) -> None:
+        self.counts = counts if counts is not None else ConnectionCounts()
+        self.stopping = False
 
 
 LIMITS: web.AppKey[Limits] = web.AppKey("ws_limits", Limits)
@@ -739,7 +748,7 @@ def end_peer_sessions(app: web.Application, member: str, via: str, refs: set[str
 async def ws_handler(request: web.Request) -> web.StreamResponse:
     app = request.app
     settings = app[SETTINGS]
-    limits = app[LIMITS]
+    limits = app[LIMITS].counts
     ip = request.remote or "?"
     if limits.per_ip.get(ip, 0) >= settings.ws_connections_per_ip:
         return web.json_response({"error": "RATE_LIMITED", "message": f"more than {settings.ws_connections_per_ip} "

@@ -69,7 +69,7 @@ from exchange.gateway.http import (
     ref,
     validation_response,
 )
-from exchange.gateway.keys import MARKET, SETTINGS
+from exchange.gateway.keys import CREDENTIALS_REVOKED, MARKET, SETTINGS
 from exchange.protocol.errors import VoltbourseError, register
 from exchange.runtime.clock import Clock
 from exchange.runtime.committer import GroupCommitter
@@ -455,6 +455,9 @@ class Platform:
                 t.record = rec
                 t.token_hashes.clear()  # the running app's set: the old token stops working now
                 t.token_hashes.add(rec.token_sha256)
+                if t.app is not None:  # and so does what it opened (the operator page's sessions)
+                    for revoked in t.app.get(CREDENTIALS_REVOKED, ()):
+                        await revoked()
             return rec, token
 
     # -- views

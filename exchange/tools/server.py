@@ -22,6 +22,7 @@ from aiohttp import web
 
 from exchange.gateway.app import make_app
 from exchange.gateway.plugin import Subsystem
+from exchange.gateway.session import ConnectionCounts
 from exchange.gateway.tenants import Platform, TenantStore
 from exchange.runtime.clock import Clock
 from exchange.runtime.committer import GroupCommitter
@@ -94,13 +95,15 @@ async def start_deployment(dsn: str, settings: Settings, host: str | None = None
         committer.start()
         market = await open_market(dsn, settings, clock, pool=pool, read_pool=read_pool, committer=committer)
 
+        connections = ConnectionCounts()  # the server's: every market's peers count against one limit
+
         async def build(m: Market, s: Settings, base_path: str, hashes: set[bytes]) -> web.Application:
             return platform.configure(await make_app(m, s, subs, base_path=base_path,
-                                                     operator_token_hashes=hashes))
+                                                     operator_token_hashes=hashes, connections=connections))
 
         hosted = Platform(settings, TenantStore(pool), build, dsn=dsn, pool=pool, read_pool=read_pool,
                           committer=committer, clock=market.runtime.clock, default_market=market)
-        app = platform.configure(await make_app(market, settings, subs, platform=hosted))
+        app = platform.configure(await make_app(market, settings, subs, platform=hosted, connections=connections))
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, host or settings.host, settings.port if port is None else port)

@@ -209,7 +209,7 @@ async def test_a_close_with_flush_to_a_peer_that_does_not_read_ends_the_connecti
         session = next(iter(server.runner.app[MARKET_DATA].peers.sessions(KEYS[0].address)))
         await _stalled(session, 16 * 1024 * 1024)
         session.close(4003, "policy", flush=True)
-        limits = server.runner.app[LIMITS]
+        limits = server.runner.app[LIMITS].counts
         for _ in range(500):
             await asyncio.sleep(0.01)
             if session.sender.done() and not limits.per_ip:

@@ -6,6 +6,7 @@ peer WebSocket; suspend, resume, archive and a restart that brings every market 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -209,6 +210,17 @@ async def test_operator_page_sessions_are_per_market(platform_env):
             assert r.status == 303 and r.headers["Location"] == "/m/b/operator/login"
         got, _ = await call(browser, "GET", f"{base}/m/a/operator/static/app.js", headers={})
         assert got == 200
+        # a new manager token (the old manager removed): the pages the old one opened end at once
+        got, body = await call(http, "POST", f"{base}/api/platform/markets/a/token")
+        assert got == 200
+        for method, url in (("GET", f"{base}/m/a/api/operator/market"), ("POST", f"{base}/m/a/api/operator/market/halt")):
+            got, answer = await call(browser, method, url, {"reason": "after rotation"} if method == "POST" else None,
+                                     headers=page)
+            assert (got, answer["error"]) == (401, "UNAUTHENTICATED"), (url, answer)
+        assert not d.platform.tenants["a"].market.engine.halted
+        got, answer = await call(browser, "POST", f"{base}/m/a/operator/login", {"token": body["operator_token"]},
+                                 headers={})
+        assert got == 200 and answer["operator"], answer
 
 
 # --------------------------------------------------------------------------- isolation: peers
@@ -374,3 +386,29 @@ async def test_settings_that_cannot_be_stored_are_refused_and_a_bad_stored_row_s
         assert status == 200 and view["running"] and view["restarted"], view
         status, m = await call(http, "GET", f"{base}/m/a/api/market", headers={})
         assert status == 200 and m["market_id"] == "a"
+
+
+async def test_connection_limits_are_the_servers_whatever_the_number_of_markets(pool, pg_dsn):
+    """WS_CONNECTIONS_PER_IP held per market: 64 at the root and 64 more on every hosted market."""
+    async with deployment(pg_dsn, ws_connections_per_ip=3) as d, aiohttp.ClientSession() as http:
+        base, ws = f"http://127.0.0.1:{d.port}", f"ws://127.0.0.1:{d.port}"
+        await create(http, base, "a")
+        await create(http, base, "b")
+        held = [await http.ws_connect(url) for url in (f"{ws}/ws", f"{ws}/m/a/ws", f"{ws}/m/b/ws")]
+        for url in (f"{ws}/ws", f"{ws}/m/a/ws", f"{ws}/m/b/ws"):
+            async with http.get(url, headers={"Upgrade": "websocket", "Connection": "Upgrade",
+                                              "Sec-WebSocket-Version": "13",
+                                              "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="}) as r:
+                assert r.status == 429 and (await r.json())["error"] == "RATE_LIMITED", url
+        await held[1].close()
+        for _ in range(100):  # the slot is the server's again, for any market
+            await asyncio.sleep(0.02)
+            try:
+                again = await http.ws_connect(f"{ws}/m/b/ws")
+                break
+            except aiohttp.WSServerHandshakeError:
+                continue
+        else:
+            raise AssertionError("the closed connection's slot was not released")
+        for c in (held[0], held[2], again):
+            await c.close()
