@@ -82,8 +82,28 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except (MarketUnavailable, MarketBusy) as exc:
         code = "BUSY" if isinstance(exc, MarketBusy) else "UNAVAILABLE"
         return error_response(503, code, str(exc) or "the market is not running")
-    except web.HTTPRequestEntityTooLarge:
-        return error_response(413, "PAYLOAD_TOO_LARGE", "the request body is too large")
+    except web.HTTPClientError as exc:
+        resp = http_error_response(request, exc)
+        if resp is None:
+            raise
+        return resp
+
+
+def http_error_response(request: web.Request, exc: web.HTTPClientError, **extra: Any) -> web.Response | None:
+    """aiohttp's own refusals (no route, a method the route has not, a body too large) as the
+    JSON errors of every other answer (None: another 4xx, left as aiohttp answers it)."""
+    if isinstance(exc, web.HTTPRequestEntityTooLarge):
+        return error_response(413, "PAYLOAD_TOO_LARGE", "the request body is too large", **extra)
+    if isinstance(exc, web.HTTPMethodNotAllowed):
+        allowed = sorted(exc.allowed_methods)
+        resp = error_response(405, "METHOD_NOT_ALLOWED", f"{request.method} is not allowed here (allowed: "
+                              f"{', '.join(allowed)})", **extra)
+        resp.headers["Allow"] = ",".join(allowed)
+        return resp
+    if isinstance(exc, web.HTTPNotFound):
+        return error_response(404, "NOT_FOUND", f"no route {request.method} {request.path[:200]!r} "
+                              "(docs/rest.md, GET /api/openapi.json)", **extra)
+    return None
 
 
 # --------------------------------------------------------------------------- input

@@ -63,6 +63,7 @@ from exchange.gateway.http import (
     add_routes,
     array,
     error_response,
+    http_error_response,
     json_response,
     obj,
     read_body,
@@ -149,6 +150,13 @@ def _readable(base: Settings, market_id: str, overrides: dict[str, Any]) -> Sett
         return market_settings(base, market_id, {})
 
 
+def _shown(market_id: str) -> str:
+    """A market id as an answer shows it: as sent if it could be one, else quoted and cut."""
+    if re.fullmatch(MARKET_ID_RE, market_id):
+        return market_id
+    return repr(market_id[:64]) + ("…" if len(market_id) > 64 else "")
+
+
 def _storable(base: Settings, market_id: str, settings: Settings, overrides: dict[str, Any]) -> dict[str, Any]:
     """The overrides as stored (JSON), checked to give the same settings when read back: what
     is stored is what starts the market, at once and at every later start of the server."""
@@ -226,7 +234,7 @@ class TenantStore:
     def _updated(self, r: Any, market_id: str) -> HostedMarket:
         """The market an UPDATE ... RETURNING changed (404 when there is none)."""
         if r is None:
-            raise ApiError(404, UNKNOWN_MARKET, f"no market {market_id}")
+            raise ApiError(404, UNKNOWN_MARKET, f"no market {_shown(market_id)}")
         return self._row(r)
 
 
@@ -331,7 +339,7 @@ class Platform:
     def _running(self, market_id: str) -> Tenant:
         t = self.tenants.get(market_id)
         if t is None:
-            raise ApiError(404, UNKNOWN_MARKET, f"no market {market_id} on this platform")
+            raise ApiError(404, UNKNOWN_MARKET, f"no market {_shown(market_id)} on this platform")
         return t
 
     async def create(self, market_id: str, name: str, overrides: dict[str, Any]) -> tuple[Tenant, str]:
@@ -368,7 +376,7 @@ class Platform:
             if t is None or t.market is None:
                 rec = await self.store.get(market_id)
                 if rec is None:
-                    raise ApiError(404, UNKNOWN_MARKET, f"no market {market_id} on this platform")
+                    raise ApiError(404, UNKNOWN_MARKET, f"no market {_shown(market_id)} on this platform")
                 if t is not None:
                     self.tenants.pop(market_id, None)
                 rec = await self.store.update(market_id, status="active")
@@ -405,7 +413,7 @@ class Platform:
                                "name and settings are the deployment's (environment), not the platform's")
             rec = await self.store.get(market_id)
             if rec is None:
-                raise ApiError(404, UNKNOWN_MARKET, f"no market {market_id} on this platform")
+                raise ApiError(404, UNKNOWN_MARKET, f"no market {_shown(market_id)} on this platform")
             overrides = dict(rec.overrides)
             for k, v in settings.items():
                 if v is None:
@@ -483,7 +491,7 @@ class Platform:
         """``/m/{market_id}/{tail}``: the market's own application answers."""
         t = self.tenants.get(request.match_info["market_id"])
         if t is None:
-            raise ApiError(404, UNKNOWN_MARKET, f"no market {request.match_info['market_id']} on this platform")
+            raise ApiError(404, UNKNOWN_MARKET, f"no market {_shown(request.match_info['market_id'])} on this platform")
         runner = t.runner
         if runner is None or runner.server is None:
             raise ApiError(503, MARKET_NOT_RUNNING, f"market {t.record.market_id} is not running: {t.error}")
@@ -712,6 +720,11 @@ async def platform_request_ids(request: web.Request, handler):
     except ValidationError as exc:
         log.info("platform %s %s refused INVALID_REQUEST (request %s)", request.method, request.path, rid)
         resp = validation_response(exc)
+    except web.HTTPClientError as exc:  # no route, a wrong method, a body too large: JSON with its id
+        converted = http_error_response(request, exc, request_id=rid)
+        if converted is None:
+            raise
+        resp = converted
     except web.HTTPException:
         raise
     except Exception:  # a fault: logged under the request id the caller gets

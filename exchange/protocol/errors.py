@@ -67,6 +67,8 @@ BINARY_NOT_SUPPORTED = register("BINARY_NOT_SUPPORTED", 400, "binary WebSocket f
 PAYLOAD_TOO_LARGE = register("PAYLOAD_TOO_LARGE", 413, "the request body is too large")
 RATE_LIMITED = register("RATE_LIMITED", 429, "too many messages: this one was dropped")
 NOT_FOUND = register("NOT_FOUND", 404, "no such resource")
+METHOD_NOT_ALLOWED = register("METHOD_NOT_ALLOWED", 405, "the route exists, not with this method (allowed: the "
+                              "Allow header)")
 # --- who asks
 NOT_AUTHENTICATED = register("NOT_AUTHENTICATED", 401, "log in first (WebSocket)")
 ALREADY_AUTHENTICATED = register("ALREADY_AUTHENTICATED", 409, "this session is already logged in")

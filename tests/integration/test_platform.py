@@ -412,3 +412,30 @@ async def test_connection_limits_are_the_servers_whatever_the_number_of_markets(
             raise AssertionError("the closed connection's slot was not released")
         for c in (held[0], held[2], again):
             await c.close()
+
+
+async def test_no_route_and_wrong_methods_answer_json_with_a_request_id_on_platform_routes(platform_env):
+    d, http, base, tokens = platform_env
+    for method, url, status, code in (
+            ("GET", f"{base}/api/nope", 404, "NOT_FOUND"),
+            ("GET", f"{base}/m/a/api/nope", 404, "NOT_FOUND"),
+            ("DELETE", f"{base}/api/products", 405, "METHOD_NOT_ALLOWED"),
+            ("DELETE", f"{base}/m/a/api/products", 405, "METHOD_NOT_ALLOWED"),
+            ("GET", f"{base}/api/platform/nope", 404, "NOT_FOUND"),
+            ("DELETE", f"{base}/api/platform/markets", 405, "METHOD_NOT_ALLOWED")):
+        async with http.request(method, url, headers={**AUTH, "X-Request-Id": "probe-1"}) as r:
+            assert r.status == status and r.content_type == "application/json", (url, await r.text())
+            body = await r.json()
+            assert body["error"] == code, (url, body)
+            if status == 405:
+                assert "GET" in r.headers["Allow"]
+            if "/api/platform/" in url:
+                assert body["request_id"] == "probe-1" and r.headers["X-Request-Id"] == "probe-1", body
+    long_id = "x" * 5000
+    async with http.get(f"{base}/m/{long_id}/api/market") as r:
+        body = await r.json()
+        assert r.status == 404 and body["error"] == "UNKNOWN_MARKET" and len(body["message"]) < 200, body
+    async with http.post(f"{base}/api/platform/markets", data=b"{" + b" " * (70 * 1024) + b"}",
+                         headers={**AUTH, "Content-Type": "application/json", "X-Request-Id": "big-1"}) as r:
+        body = await r.json()
+        assert r.status == 413 and body["error"] == "PAYLOAD_TOO_LARGE" and body["request_id"] == "big-1", body
