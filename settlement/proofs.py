@@ -65,6 +65,7 @@ class ProofService:
         index = next(i for i, t in enumerate(trades) if t.trade_id == trade_id)
         t = trades[index]
         return {
+            "market_id": self.market_id,  # whose batch: every market of a platform has its own contracts
             "trade_id": trade_id,
             "batch_id": row["batch_id"],
             "trade": {"product_id": t.product_id, "product_hash": "0x" + product_hash(t.product_id).hex(),
