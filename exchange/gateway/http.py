@@ -150,7 +150,15 @@ async def read_body(request: web.Request, model: type[BaseModel], optional: bool
 
 
 def read_query(request: web.Request, model: type[BaseModel]) -> Any:
-    return model.model_validate(dict(request.query))
+    """The query validated by ``model``; a parameter given twice is refused (which one counts
+    would be a guess)."""
+    q = request.query
+    twice = sorted({k for k in q if len(q.getall(k)) > 1})
+    if twice:
+        raise ApiError(422, "INVALID_REQUEST", f"{', '.join(twice)}: given more than once",
+                       details=[{"loc": ["query", k], "msg": "given more than once", "type": "duplicate"}
+                                for k in twice])
+    return model.model_validate(dict(q))
 
 
 #: request key: the operator page's session already vouched for this request (exchange.gateway.page)

@@ -277,6 +277,10 @@ async def test_a_nul_character_is_refused_at_every_edge_and_changes_nothing(serv
         async with http.get(server.http + "/api/trades", params={"product_id": "x\x00"}) as r:
             ans = await r.json()
             assert r.status == 422 and ans["details"][0]["loc"] == ["query", "product_id"], ans
+        async with http.get(server.http + "/api/trades?after=1&after=2") as r:  # which one? refused
+            ans = await r.json()
+            assert r.status == 422 and ans["details"] == [{"loc": ["query", "after"], "msg": "given more than once",
+                                                           "type": "duplicate"}], ans
         async with http.get(server.http + "/api/operator/members/a%00b", headers=AUTH) as r:
             assert r.status == 422 and (await r.json())["details"][0]["loc"] == ["path"]
         c = await peer(http, server, 0)
