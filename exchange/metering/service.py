@@ -327,7 +327,8 @@ class MeteringService:
             if keep_series:
                 kept.update(series)
         try:
-            check_balance(flows, {"community": position_sum} if member is None else {}, nets)
+            check_balance(flows, {"community": position_sum} if member is None else {}, nets,
+                          community=member is None)
         except Imbalanced:
             log.exception("metering: the settlement of [%s, %s) does not balance", iso(start_us), iso(end_us))
             raise

@@ -162,7 +162,7 @@ class Imbalanced(AssertionError):
 
 
 def check_balance(per_member: Mapping[str, Flows], positions: Mapping[str, Sequence[int]],
-                  nets: Mapping[str, Sequence[int]]) -> None:
+                  nets: Mapping[str, Sequence[int]], *, community: bool = True) -> None:
     """The checks of one product (or any set of intervals) settled for every member:
 
     - energy, per member and interval: ``N = P + R`` (summed: import - export = bought - sold
@@ -170,6 +170,9 @@ def check_balance(per_member: Mapping[str, Flows], positions: Mapping[str, Seque
     - energy, community: the positions sum to 0 in every interval (every trade has two
       sides), so the community's net grid exchange is the sum of the residuals;
     - money: P2P payments sum to 0 over the members (the ``peers`` account nets out).
+
+    ``community=False``: ``per_member`` is part of the community (one member's view): only
+    the checks of each member hold; the others need both sides of every trade.
     Raises :class:`Imbalanced`.
     """
     for m, f in per_member.items():
@@ -177,6 +180,8 @@ def check_balance(per_member: Mapping[str, Flows], positions: Mapping[str, Seque
             raise Imbalanced(f"{m}: N != P + R")
         if f.shortfall_wh > f.supplier_import_wh or f.from_peers_wh > f.bought_wh or f.to_peers_wh > f.sold_wh:
             raise Imbalanced(f"{m}: a part exceeds its whole")
+    if not community:
+        return
     if positions:
         n = len(next(iter(positions.values())))
         for i in range(n):
