@@ -95,6 +95,7 @@ async def reconcile(pool, market_id: str, chain, *, deployment_id: int | None = 
                 diff(f"{covered} trades up to trade {last}, but the batches record {in_batches}: "
                      f"{'some are in no batch' if covered > in_batches else 'some are counted twice or missing'}")
         mined_in_flight = 0
+        unmined: list[tuple[int, str]] = []  # (batch, recorded root) in flight, not on chain when looked at
         for b in batches:
             bid = b["batch_id"]
             trades = await batch_trades(conn, market_id, bid)
@@ -118,7 +119,9 @@ async def reconcile(pool, market_id: str, chain, *, deployment_id: int | None = 
                     c_root = await call(chain.batch_root, bid)
                     if c_root is not None and "0x" + c_root.hex() == b["root"]:
                         mined_in_flight += 1  # mined, not recorded as anchored yet
-                    elif c_root is not None:
+                    elif c_root is None:
+                        unmined.append((bid, b["root"]))  # may be mined while the check runs
+                    else:
                         diff(f"batch {bid}: in flight, but the registry holds it with another root "
                              f"0x{c_root.hex()} than recorded {b['root']}")
                 continue
@@ -169,6 +172,21 @@ async def reconcile(pool, market_id: str, chain, *, deployment_id: int | None = 
                 diff(f"batch {bid}: net amounts settled on chain differ from the recorded ones")
         if deployment_id is not None:
             on_chain = await call(chain.registry.functions.batchCount().call)
+            if on_chain > rep.anchored + mined_in_flight:
+                # the exchange kept settling while this ran: batches in flight mined since they
+                # were looked at, and batches formed (and mined) after the list was read, are
+                # no difference when the registry holds them with their recorded roots
+                later = await conn.fetch(
+                    "SELECT batch_id, root, state FROM settlement_batches WHERE market_id = $1 AND batch_id > $2 "
+                    "AND (deployment_id IS NULL OR deployment_id = $3) ORDER BY batch_id",
+                    market_id, batches[-1]["batch_id"] if batches else 0, deployment_id)
+                for bid, root, note in [*((bid, root, "mined during the check") for bid, root in unmined),
+                                        *((r["batch_id"], r["root"], f"formed during the check, {r['state']}")
+                                          for r in later)]:
+                    c_root = await call(chain.batch_root, bid)
+                    if c_root is not None and "0x" + c_root.hex() == root:
+                        mined_in_flight += 1
+                        rep.in_flight.append(f"batch {bid}: {note}")
             if on_chain != rep.anchored + mined_in_flight:
                 diff(f"the registry holds {on_chain} batches, the database {rep.anchored} anchored ones"
                      + (f" and {mined_in_flight} in flight already on chain" if mined_in_flight else ""))
