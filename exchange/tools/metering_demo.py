@@ -46,10 +46,14 @@ class DemoMeters:
         from as soon as the demo starts."""
         points = [p for m in self.members for p in _points(m.member_id)]
         await self.svc.add_points(points)
-        await self.svc.put_tariff("default", "Demo retail", [(since_us, 30_000, 8_000)])
-        await self.svc.store.put_fee_schedule(since_us, schedule_json(EXAMPLE_FEES))
+        start = since_us // STEP_US * STEP_US - history_days * 86_400_000_000
+        # prices from the first day of the month of the oldest reading (local time): the
+        # portal's last 7 days and the operator page's month of KPIs have a tariff throughout
+        first = from_us(start).astimezone(self.svc.tz).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+        valid_from = min(since_us, to_us(first))
+        await self.svc.put_tariff("default", "Demo retail", [(valid_from, 30_000, 8_000)])
+        await self.svc.store.put_fee_schedule(valid_from, schedule_json(EXAMPLE_FEES))
         if history_days:
-            start = since_us // STEP_US * STEP_US - history_days * 86_400_000_000
             grid = Grid(start, STEP_US, history_days * 86_400_000_000 // STEP_US)
             await self.svc.import_file(self.readings_csv(grid, {}), "demo-history.csv", now_us=since_us)
         return len(points)

@@ -24,6 +24,7 @@ from support.wsclient import peer
 from exchange.core.units import from_us, iso
 from exchange.metering.plugin import ROUTES
 from exchange.metering.protocol import Reading, push_message, readings_digest
+from exchange.tools.metering_demo import DemoMeters
 
 pytestmark = [pytest.mark.integration, pytest.mark.server(market_id="meter", members=KEYS[:3])]
 
@@ -366,3 +367,18 @@ async def test_pushes_up_to_their_limits(api, server, http):
     assert len(json.dumps(body)) > 64 * 1024
     st, res = await api.call("POST", "/api/metering/readings", body, headers={})
     assert st == 201 and res["rows"] == 2000 and res["new_values"] == 1850, res
+
+
+async def test_the_demos_meters_have_prices_for_their_whole_history(server, http):
+    """The demo uploads a week of readings before it starts: the portal's last 7 days and the
+    operator page's month of KPIs answered NO_TARIFF when the tariff began at the demo's start."""
+    since = datetime(2026, 11, 27, 22, tzinfo=UTC)
+    demo = DemoMeters(server.runner.app, [k.address for k in KEYS[:3]], "Europe/Berlin")
+    await demo.setup(int(since.timestamp()) * 1_000_000)
+    st, k = await Api(http).call("GET", f"{server.http}{P}/kpis?month=2026-11&by=day")
+    assert st == 200 and k["members"], k
+    week = since - timedelta(days=7)
+    for stamp in (week, datetime(2026, 10, 31, 23, tzinfo=UTC)):  # Nov 1 in Berlin, the month's first hour
+        st, s = await Api(http).call("GET", f"{server.http}{P}/settlement?start={iso(int(stamp.timestamp()) * 10**6)}"
+                                            f"&end={iso(int((stamp + timedelta(days=1)).timestamp()) * 10**6)}")
+        assert st == 200 and s["balanced"], s
