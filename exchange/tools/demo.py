@@ -15,6 +15,7 @@ import asyncio
 import logging
 import random
 import secrets
+import signal
 import time
 from collections import defaultdict
 from dataclasses import dataclass
@@ -130,7 +131,9 @@ class Console:
 
 
 async def _demo(dsn: str, settings: Settings, speed: int, duration: float, members: int) -> int:
-
+    # SIGTERM ends the demo as Ctrl-C does (its summary, the second community archived, the
+    # embedded PostgreSQL released), instead of killing it on the spot
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, signal.raise_signal, signal.SIGINT)
     zone = settings.tz
     # Start the simulated clock at 22:50 local: the next day's products are open and the
     # first rolling gate (23:00 for 00:00 delivery) closes within seconds.
@@ -265,6 +268,10 @@ async def _demo(dsn: str, settings: Settings, speed: int, duration: float, membe
             log.warning("metering demo failed: %s", exc, exc_info=True)
         if worker is not None:
             await _settle_and_reconcile(market, worker)
+            tenant = deployment.platform.tenants.get(second.market_id)
+            worker2 = tenant.app.get(_settlement_key()) if tenant is not None and tenant.app is not None else None
+            if worker2 is not None:  # the second community's own contracts: every trade of both reconciled
+                await _settle_and_reconcile(second.market, worker2, f"  settlement of {second.market_id}: ")
         hash2 = second.market.engine.state_hash()
         # archived: its data stay, and the next demo or serve on this database does not start it
         await deployment.platform.archive(second.market_id)
@@ -360,7 +367,7 @@ async def _flex_demo(app, ws_url: str, keys: list, clock) -> None:
         log.warning("flexibility demo event failed: %s", exc, exc_info=True)
 
 
-async def _settle_and_reconcile(market, worker) -> None:
+async def _settle_and_reconcile(market, worker, label: str = "Settlement: ") -> None:
     """Let the worker anchor what is left, then prove every trade is on chain."""
 
     deadline = time.monotonic() + worker.max_age_s + 20
@@ -370,7 +377,7 @@ async def _settle_and_reconcile(market, worker) -> None:
             break
         await asyncio.sleep(0.25)
     rep = await run_reconcile(worker)
-    print(f"Settlement: {rep['anchored']} batches anchored on chain for {rep['trades']} trades "
+    print(f"{label}{rep['anchored']} batches anchored on chain for {rep['trades']} trades "
           f"({rep['pending_trades']} pending); reconciliation {'OK' if rep['ok'] else 'FOUND DIFFERENCES'}")
     for d in rep["differences"][:10]:
         print("  -", d)

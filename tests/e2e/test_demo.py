@@ -40,3 +40,6 @@ def test_demo_runs_trades_and_closes_gates(tmp_path_factory):
     settled = next(line for line in text.splitlines() if line.startswith("Settlement:"))
     assert f"for {trades} trades (0 pending); reconciliation OK" in settled, settled
     assert "[settlement]" in text and "batches anchored" in text
+    # and the second community's own, on its own contracts
+    second = next(line for line in text.splitlines() if line.startswith("  settlement of demo-"))
+    assert "reconciliation OK" in second and "(0 pending)" in second, second

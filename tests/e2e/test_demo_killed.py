@@ -13,6 +13,7 @@ import sys
 import time
 
 import asyncpg
+import psutil
 import pytest
 from support.paths import ROOT
 
@@ -75,5 +76,23 @@ def test_demo_after_a_kill_archives_the_stale_second_community(tmp_path):
         with EmbeddedPostgres(data / "pg") as pg:
             registry = asyncio.run(_registry(pg.dsn))
         assert registry == {stale: "archived", own: "archived"}  # both kept, none left active
+        # SIGTERM ends a demo as Ctrl-C does: its summary, its second community archived, and
+        # its embedded PostgreSQL stopped (it was killed on the spot, PostgreSQL left running)
+        third_out = tmp_path / "third.out"
+        with third_out.open("w") as out:
+            third = _demo(env, 300, out)
+            deadline = time.monotonic() + 150
+            while "commands/s" not in third_out.read_text():  # trading
+                assert third.poll() is None and time.monotonic() < deadline, third_out.read_text()
+                time.sleep(0.5)
+            third.send_signal(signal.SIGTERM)
+            assert third.wait(120) == 130, third_out.read_text()
+        text = third_out.read_text()
+        assert any(line.startswith("Done:") for line in text.splitlines()), text
+        assert not [p for p in psutil.process_iter(["cmdline"])
+                    if str(data / "pg") in " ".join(p.info["cmdline"] or [])], "PostgreSQL left running"
+        with EmbeddedPostgres(data / "pg") as pg:
+            registry = asyncio.run(_registry(pg.dsn))
+        assert set(registry.values()) == {"archived"}, registry
     finally:
         shutil.rmtree(data, ignore_errors=True)
