@@ -249,6 +249,18 @@ async def batch_trades(conn, market_id: str, batch_id: int) -> list[TradeRecord]
     return [trade_record(r) for r in rows]
 
 
+class _MarketLog(logging.LoggerAdapter):
+    """``settlement: ...`` lines as ``settlement [market]: ...``."""
+
+    def process(self, msg, kwargs):
+        text = str(msg)
+        if text.startswith("settlement: "):
+            text = f"settlement [{self.extra['market']}]: " + text[len("settlement: "):]
+        else:
+            text = f"[{self.extra['market']}] {text}"
+        return text, kwargs
+
+
 class SettlementWorker:
     def __init__(self, pool: asyncpg.Pool, market_id: str, chain: Chain, *, runtime=None,
                  engine: EngineCommands | None = None,
@@ -274,6 +286,8 @@ class SettlementWorker:
         self.resend_wait_s = 10.0  # wait for the receipt of a re-sent transaction this long, then look later
         self.payout_sources = payout_sources
         self.market_id = market_id
+        # every line names its market: a platform runs one worker per market in one process
+        self.log = _MarketLog(log, {"market": market_id})
         self.chain = chain
         #: where collateral changes go (exchange.runtime.ports.EngineCommands): the runtime itself
         #: in the exchange's process (``runtime``), the engine inbox from the settlement process
@@ -340,10 +354,10 @@ class SettlementWorker:
     def _set_alert(self, kind: str, text: str | None) -> None:
         if text is None:
             if self._alerts.pop(kind, None) is not None:
-                log.info("settlement: %s alert cleared", kind)
+                self.log.info("settlement: %s alert cleared", kind)
         elif self._alerts.get(kind) != text:
             self._alerts[kind] = text
-            log.error("settlement: %s", text)
+            self.log.error("settlement: %s", text)
 
     # ------------------------------------------------------------------ plumbing
     async def run_on_chain(self, fn, *args):
@@ -426,7 +440,7 @@ class SettlementWorker:
                 # Batches anchored there stay recorded against it (their money moved on that
                 # chain; moving it again here would settle those trades twice); batches not yet
                 # anchored go to the new chain.
-                log.warning("settlement: contracts of deployment %s are not on this chain (%s); deploying "
+                self.log.warning("settlement: contracts of deployment %s are not on this chain (%s); deploying "
                             "anew%s; its anchored batches stay with it, unanchored ones go to the new chain",
                             row["deployment_id"], c.genesis_hash,
                             "" if c.ephemeral else " as approved by the operator")
@@ -447,7 +461,7 @@ class SettlementWorker:
             for member, acct in sorted((await self.engine.accounts()).items()):
                 if acct.collateral:
                     await self._engine_collateral(member)
-        log.info("settlement: deployed EuroCredit %s and SettlementRegistry %s on chain %s",
+        self.log.info("settlement: deployed EuroCredit %s and SettlementRegistry %s on chain %s",
                  dep.token, dep.registry, c.chain_id)
         return self.deployment_id
 
@@ -484,7 +498,7 @@ class SettlementWorker:
                 busy = await self.step()
                 backoff = self.retry_s
                 if "chain" in self._alerts:
-                    log.info("settlement: chain reachable again; alert cleared")
+                    self.log.info("settlement: chain reachable again; alert cleared")
                     del self._alerts["chain"]
                     self._publish()
             except Exception as exc:  # noqa: BLE001 - the worker must outlive any chain or DB hiccup
@@ -493,7 +507,7 @@ class SettlementWorker:
                 self.stats["chain_errors"] += 1
                 kind = "chain error" if isinstance(exc, (ChainError, OSError)) else type(exc).__name__
                 self._alerts["chain"] = f"{kind}, retrying in {backoff:.1f}s: {exc}"
-                log.error("settlement: %s", self._alerts["chain"],
+                self.log.error("settlement: %s", self._alerts["chain"],
                           exc_info=not isinstance(exc, (ChainError, OSError)))
                 self._publish()
                 await self._sleep(backoff, wakeable=False)  # new trades do not cut the back-off short
@@ -714,7 +728,7 @@ class SettlementWorker:
             moved = True
         local = c.local_nonce
         if local is not None and local != expected:
-            log.warning("settlement: operator nonce was %d, the node's is %d (%s): reset from the node", local,
+            self.log.warning("settlement: operator nonce was %d, the node's is %d (%s): reset from the node", local,
                         expected, "ahead" if local > expected else "behind")
             self.stats["nonce_resets"] += 1
         c.set_nonce(expected)
@@ -755,7 +769,7 @@ class SettlementWorker:
                 except SendRefused as exc:
                     if exc.kind in (NONCE_TOO_LOW, NONCE_TOO_HIGH) and attempt == 1:
                         # our nonce was not the node's: read it again and sign anew, once
-                        log.warning("settlement: batch %d: %s; signing anew with the node's nonce",
+                        self.log.warning("settlement: batch %d: %s; signing anew with the node's nonce",
                                     b["batch_id"], exc)
                         self.stats["nonce_resets"] += 1
                         await self._reprepare(b["batch_id"], str(exc))
@@ -824,7 +838,7 @@ class SettlementWorker:
         receipt = await self._chain(c.receipt, b["tx_hash"], self.resend_wait_s)
         if receipt is None:
             # pending (e.g. the node answered "already known"): not a failure; looked at again next round
-            log.info("settlement: batch %d: transaction %s pending", batch_id, b["tx_hash"])
+            self.log.info("settlement: batch %d: transaction %s pending", batch_id, b["tx_hash"])
             return False
         return await self._on_receipt(b, receipt)
 
@@ -861,7 +875,7 @@ class SettlementWorker:
                 "UPDATE settlement_batches SET state = 'prepared', tx_hash = NULL, raw_tx = NULL, reverts = $3, "
                 "last_error = $4 WHERE market_id = $1 AND batch_id = $2", self.market_id, batch_id, reverts,
                 f"{msg} ({revert or 'the eth_call now passes'}); signing anew")
-            log.warning("settlement: %s (%s); signing anew", msg, revert or "the eth_call now passes")
+            self.log.warning("settlement: %s (%s); signing anew", msg, revert or "the eth_call now passes")
         return True
 
     def _be_cautious(self, seconds: float = CAUTIOUS_S) -> None:
@@ -891,7 +905,7 @@ class SettlementWorker:
         self.stats["batches_blocked"] += 1
         self._be_cautious()
         self._rechecked_at[batch_id] = time.monotonic()
-        log.error("settlement: batch %d blocked: %s", batch_id, text)
+        self.log.error("settlement: batch %d blocked: %s", batch_id, text)
         member = revert.args.get("member") if revert.name == "InsufficientCollateral" else None
         if member and self.engine is not None:
             # the engine still counts money the chain does not have: bring it down to the
@@ -924,7 +938,7 @@ class SettlementWorker:
             self.market_id, batch_id, f"unblocked: {(b['revert_error'] or {}).get('text', 'the revert')} no longer "
                                       "reverts")
         self._rechecked_at.pop(batch_id, None)
-        log.info("settlement: batch %d unblocked (its anchorBatch no longer reverts)", batch_id)
+        self.log.info("settlement: batch %d unblocked (its anchorBatch no longer reverts)", batch_id)
         return True
 
     def _update_blocked(self, blocked: dict[int, dict[str, Any]], waiting: dict[int, list[int]]) -> None:
@@ -976,8 +990,8 @@ class SettlementWorker:
             self._healing.discard(b["batch_id"])
             if not self._healing:
                 self._set_alert("rollback", None)
-                log.info("settlement: every batch lost in the chain rollback is anchored again")
-        log.info("settlement: batch %d anchored (%d trades, block %s, gas %s)", b["batch_id"], b["trade_count"],
+                self.log.info("settlement: every batch lost in the chain rollback is anchored again")
+        self.log.info("settlement: batch %d anchored (%d trades, block %s, gas %s)", b["batch_id"], b["trade_count"],
                  block, gas)
         self.fault("after_record_anchored")
 
@@ -1034,7 +1048,7 @@ class SettlementWorker:
                 settled_payable=-amount, settlement_ref=b["batch_id"]) for member, amount in b["nets"]])
             for (member, _), rejected in zip(b["nets"], results):
                 if rejected is not None:
-                    log.warning("settlement: engine refused collateral of %s after batch %d: %s", member,
+                    self.log.warning("settlement: engine refused collateral of %s after batch %d: %s", member,
                                 b["batch_id"], rejected)
             self.fault("after_collateral")
             await self.pool.execute("UPDATE settlement_batches SET collateral_applied = true "
@@ -1068,7 +1082,7 @@ class SettlementWorker:
                         if acct is not None:
                             have = min(have, acct.free)
                         if -a > have:
-                            log.warning("settlement: event %d penalty of %s is %d, only %d free collateral; "
+                            self.log.warning("settlement: event %d penalty of %s is %d, only %d free collateral; "
                                         "%d is not collected", event_id, r["member"], -a, have, -a - have)
                             a = -have
                     if a:
@@ -1083,8 +1097,8 @@ class SettlementWorker:
             if self.engine is not None:
                 for r in payouts:
                     await self._engine_collateral(r["member"])
-            log.info("settlement: flexibility event %d payouts settled on chain (%d members)", event_id,
-                     len(payouts))
+            self.log.info("settlement: payout event %d of %s settled on chain (%d members)", event_id,
+                          type(self.payout_sources[source_no]).__name__, len(payouts))
         return bool(events)
 
     async def credit_member(self, member: str, amount: int) -> None:
@@ -1125,7 +1139,7 @@ class SettlementWorker:
         if scanned > head:
             why = f"the chain head #{head} is below the scanned block #{scanned} (rollback, or a cursor past the head)"
         elif scanned < floor and scanned >= self.deploy_block:
-            log.error("settlement: the chain no longer has blocks #%d..#%d (compacted past the scan cursor): deposits "
+            self.log.error("settlement: the chain no longer has blocks #%d..#%d (compacted past the scan cursor): deposits "
                       "and withdrawal requests there were not read; scanning from #%d", scanned + 1, floor - 1, floor)
             start = floor
         elif scanned_hash is not None and scanned >= self.deploy_block:
@@ -1135,7 +1149,7 @@ class SettlementWorker:
         if why is not None:
             start = max(floor, min(scanned, head) - max(self.confirmations, REORG_RESCAN))
             self.stats["rescans"] += 1
-            log.warning("settlement: %s: rescanning deposits and withdrawal requests from block #%d", why, start)
+            self.log.warning("settlement: %s: rescanning deposits and withdrawal requests from block #%d", why, start)
         safe = head - self.confirmations
         to = min(safe, start + SCAN_BLOCKS - 1)
         if to < start:
@@ -1156,7 +1170,7 @@ class SettlementWorker:
             for member in sorted({ev["args"]["member"] for ev in deposits}):
                 rejected = await self._engine_collateral(member)
                 if rejected is not None:
-                    log.warning("settlement: deposit of %s not applied: %s", member, rejected)
+                    self.log.warning("settlement: deposit of %s not applied: %s", member, rejected)
         await self._save_cursor(to, to_hash)
         return bool(deposits or requests)
 
@@ -1204,7 +1218,7 @@ class SettlementWorker:
         """The request is not on chain as recorded (a rollback removed it, or another request
         took its id): forget it, release what the engine reserved, and record the chain's."""
         rid = w["request_id"]
-        log.warning("settlement: withdrawal request %d of %s (%d) is no longer on chain as recorded (chain: %s); "
+        self.log.warning("settlement: withdrawal request %d of %s (%d) is no longer on chain as recorded (chain: %s); "
                     "forgotten, the engine's reservation released", rid, w["member"], w["amount"],
                     "unknown" if status == 0 else f"{c_member} {c_amount} status {status}")
         await self.pool.execute("DELETE FROM settlement_withdrawals WHERE market_id = $1 AND deployment_id = $2 "
@@ -1248,7 +1262,7 @@ class SettlementWorker:
             self._set_alert("deployment", text)
             raise DeploymentLost(text)
         if self._lost:
-            log.info("settlement: the registry's code is back")
+            self.log.info("settlement: the registry's code is back")
         self._lost = False
         self._set_alert("deployment", None)
         self.chain_head = await self._chain(lambda: c.w3.eth.block_number)
@@ -1333,7 +1347,7 @@ class SettlementWorker:
                 moved = True
             elif status == 1:
                 back = "reserved" if w["state"] == "executed" else "requested"
-                log.warning("settlement: withdrawal %d was %s but is pending on chain again (rollback): back to %s",
+                self.log.warning("settlement: withdrawal %d was %s but is pending on chain again (rollback): back to %s",
                             w["request_id"], w["state"], back)
                 await self._set_withdrawal(w["request_id"], back, None)
                 moved = True

@@ -90,8 +90,11 @@ class Journal:
                 return config
         stored = MarketConfig.from_dict(row["config"])
         if stored != config:
-            log.warning("market %s: using its stored configuration, which differs from the settings",
-                        self.market_id)
+            have, want = stored.to_dict(), config.to_dict()
+            differ = sorted(k for k in have.keys() | want.keys() if have.get(k) != want.get(k))
+            log.warning("market %s: using its stored configuration (fixed with its journal), which differs from the "
+                        "settings in %s: %s", self.market_id, ", ".join(differ),
+                        "; ".join(f"{k} stored {have.get(k)!r}, set {want.get(k)!r}" for k in differ)[:1000])
         return stored
 
     async def stored_config(self) -> MarketConfig | None:
