@@ -207,6 +207,8 @@ async def a_trades(c, args) -> int:
     trades = await c.my_trades(args.product, after=args.after, limit=args.limit)
     lines = [f"{t.ts[:19]} #{t.trade_id:<6} {t.product_id:22s} {t.side:4s} {fmt_wh(t.quantity):>12} @ "
              f"{fmt_price(t.price):>9} EUR/MWh  (seq {t.seq})" for t in trades]
+    if trades and len(trades) >= args.limit:  # oldest first: say where the next page starts
+        lines.append(f"... the first {len(trades)} after seq {args.after}; more: --after {trades[-1].seq}")
     _out(args, [t.model_dump() for t in trades], "\n".join(lines) or "no trades")
     return 0
 
@@ -293,7 +295,7 @@ def add_commands(sub, bench_sub=None) -> None:
     a.add_argument("--product")
     a = acts.add_parser("orders", help="my open orders")
     a.add_argument("--product")
-    a = acts.add_parser("trades", help="my trades")
+    a = acts.add_parser("trades", help="my trades, oldest first (--limit at a time; page with --after)")
     a.add_argument("--product")
     a.add_argument("--after", type=int, default=0, help="only trades with seq above this")
     a.add_argument("--limit", type=int, default=100)
