@@ -183,7 +183,8 @@ async def _demo(dsn: str, settings: Settings, speed: int, duration: float, membe
               f"{base}/portal/demo-login?member={keys[0].address}&key={demo_key}")
     print(f"  journal:     PostgreSQL {dsn}  (tables journal, trades; market_id = '{settings.market_id}')")
     if stale:
-        print(f"  archived the second community of an earlier demo that did not end: {', '.join(stale)} "
+        print(f"  archived the second community of an earlier demo, still active (killed, or resumed since): "
+              f"{', '.join(stale)} "
               f"(data kept; POST {base}/api/platform/markets/<id>/resume starts one again)")
     if worker is not None:
         c = worker.chain
@@ -281,7 +282,9 @@ async def _demo(dsn: str, settings: Settings, speed: int, duration: float, membe
         print(f"  second community {second.market_id}: {rt2.cmd_seq} commands journaled, {second.console.trades} "
               f"trades, {second.console.energy / 1000:.1f} kWh; state hash {hash2[:16]} (archived on the platform: "
               f"POST /api/platform/markets/{second.market_id}/resume starts it again)")
-        print(f"  replay it: VOLTBOURSE_MARKET_ID={settings.market_id} voltbourse serve  (recovers from the journal)")
+        print(f"  replay it: VOLTBOURSE_MARKET_ID={settings.market_id} voltbourse serve  (recovers from the journal; "
+              f"on the wall clock its market time stays at the demo's last simulated time, "
+              f"{console.local(clock.now_us())}, until real time passes it: a market's time never goes back)")
         await deployment.close()
     return 0
 

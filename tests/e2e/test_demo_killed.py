@@ -67,7 +67,8 @@ def test_demo_after_a_kill_archives_the_stale_second_community(tmp_path):
                                 cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
         assert second.returncode == 0, second.stdout + second.stderr
         lines = second.stdout.splitlines()
-        assert any(line.startswith(f"  archived the second community of an earlier demo that did not end: {stale} ")
+        assert any(line.startswith(f"  archived the second community of an earlier demo, still active (killed, or resumed "
+                                       f"since): {stale} ")
                    for line in lines), second.stdout
         assert not any(f"[{stale}]" in line for line in lines)
         own = next(w for line in lines if line.startswith("  second community ") for w in line.split()
