@@ -8,7 +8,6 @@ import asyncio
 import json
 from collections.abc import Sequence
 
-import orjson
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -125,21 +124,16 @@ async def ws_schema(request: web.Request) -> web.Response:
 
 
 async def openapi_handler(request: web.Request) -> web.Response:
-    """The document with this market's own server: the origin the request came to and the
-    market's base path, so that a client generated from ``/m/{id}/api/openapi.json`` calls
-    that market (the committed docs/openapi.json names the default market on the default
-    port). A few variants are kept (the Host header is the client's to choose)."""
+    """The document with this market's own server: the public origin (``PUBLIC_ORIGIN``, the
+    origin behind a proxy; else the one the request came to) and the market's base path, so
+    that a client generated from ``/m/{id}/api/openapi.json`` calls that market (the committed
+    docs/openapi.json names the default market on the default port)."""
     app = request.app
-    server = f"{request.scheme}://{request.host}{app[BASE_PATH]}"
-    served = app[_OPENAPI_SERVED]
-    body = served.get(server)
-    if body is None:
-        if len(served) >= 8:
-            served.clear()
-        doc = orjson.loads(app[_OPENAPI_BYTES])
-        market = app[SETTINGS].market_id
-        doc["servers"] = [{"url": server, "description": f"market {market} of this deployment"}]
-        body = served[server] = orjson.dumps(doc)
+    settings = app[SETTINGS]
+    origin = settings.public_origin.rstrip("/") if settings.public_origin else f"{request.scheme}://{request.host}"
+    servers = json.dumps({"servers": [{"url": origin + app[BASE_PATH],
+                                       "description": f"market {settings.market_id} of this deployment"}]})
+    body = app[_OPENAPI_BYTES].replace(_SERVERS_AS_GENERATED, servers[1:-1].encode(), 1)
     return web.Response(body=body, content_type="application/json")
 
 
@@ -170,7 +164,8 @@ PUBLIC_ROUTES: tuple[Route, ...] = (
 
 _SCHEMA_BYTES: web.AppKey[bytes] = web.AppKey("ws_schema_bytes", bytes)
 _OPENAPI_BYTES: web.AppKey[bytes] = web.AppKey("openapi_bytes", bytes)
-_OPENAPI_SERVED: web.AppKey[dict[str, bytes]] = web.AppKey("openapi_served", dict)
+#: the ``servers`` member of the generated document, as json.dumps writes it (replaced when served)
+_SERVERS_AS_GENERATED = json.dumps({"servers": [{"url": "http://127.0.0.1:8080"}]})[1:-1].encode()
 
 
 def openapi_document(subsystems: Sequence[Subsystem]) -> dict:
@@ -216,7 +211,8 @@ async def make_app(market: Market, settings: Settings, subsystems: Sequence[Subs
     app[PROTOCOL] = protocol
     app[_SCHEMA_BYTES] = json.dumps(protocol.json_schema()).encode()
     app[_OPENAPI_BYTES] = json.dumps(openapi_document(subsystems)).encode()
-    app[_OPENAPI_SERVED] = {}
+    if _SERVERS_AS_GENERATED not in app[_OPENAPI_BYTES]:  # pragma: no cover - build_openapi changed its servers
+        raise RuntimeError("the generated OpenAPI document's servers are not the expected ones")
     add_routes(app, PUBLIC_ROUTES)
     app.router.add_get("/ws", ws_handler)
     app[SOCKETS] = set()

@@ -71,7 +71,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     nul = _nul_in_url(request)
     if nul is not None:
         return error_response(422, "INVALID_REQUEST", f"{nul}: {NUL_MESSAGE}",
-                              details=[{"loc": ["query", nul] if nul != "path" else ["path"], "msg": NUL_MESSAGE,
+                              details=[{"loc": [nul] if nul != "path" else ["path"], "msg": NUL_MESSAGE,
                                         "type": "string_nul"}])
     try:
         return await handler(request)
@@ -156,7 +156,7 @@ def read_query(request: web.Request, model: type[BaseModel]) -> Any:
     twice = sorted({k for k in q if len(q.getall(k)) > 1})
     if twice:
         raise ApiError(422, "INVALID_REQUEST", f"{', '.join(twice)}: given more than once",
-                       details=[{"loc": ["query", k], "msg": "given more than once", "type": "duplicate"}
+                       details=[{"loc": [k], "msg": "given more than once", "type": "duplicate"}
                                 for k in twice])
     return model.model_validate(dict(q))
 

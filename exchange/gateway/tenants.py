@@ -133,21 +133,10 @@ def market_settings(base: Settings, market_id: str, overrides: dict[str, Any]) -
     return Settings.model_validate({**base.model_dump(), **overrides, "market_id": market_id})
 
 
-def _readable(base: Settings, market_id: str, overrides: dict[str, Any]) -> Settings:
-    """A market's stored settings; those of them the settings refuse (a row written by hand, or
-    by an older version: the market did not start) are left out, at the deployment's value, so
-    that a PATCH of them mends the market."""
-    bad: set[Any]
-    try:
-        return market_settings(base, market_id, overrides)
-    except ValidationError as exc:
-        bad = {e["loc"][0] for e in exc.errors() if e["loc"]}
-    except ApiError:  # names a setting a market may not set
-        bad = set(overrides) - set(MARKET_SETTINGS)
-    try:
-        return market_settings(base, market_id, {k: v for k, v in overrides.items() if k not in bad})
-    except (ValidationError, ApiError):  # refused together: all at the deployment's
-        return market_settings(base, market_id, {})
+def _as_stored(base: Settings, overrides: dict[str, Any]) -> dict[str, Any]:
+    """A market's settings as stored (JSON), the deployment's where it has no override of its
+    own: no validation, so that a row the settings refuse still says what the market ran with."""
+    return {**base.model_dump(mode="json", include=set(MARKET_SETTINGS)), **overrides}
 
 
 def _shown(market_id: str) -> str:
@@ -421,8 +410,10 @@ class Platform:
                 else:
                     overrides[k] = v
             new = market_settings(self.base, market_id, overrides)
-            old = _readable(self.base, market_id, rec.overrides)
-            changed = [k for k in MARKET_SETTINGS if getattr(old, k) != getattr(new, k)]
+            # compared as stored: a row the settings refuse (it did not start) cannot pass a
+            # fixed setting, or counterparty disclosure, off as unchanged
+            before, after = _as_stored(self.base, rec.overrides), new.model_dump(mode="json", include=set(MARKET_SETTINGS))
+            changed = [k for k in MARKET_SETTINGS if before.get(k) != after.get(k)]
             if changed and await self._started(market_id):
                 fixed = [k for k in changed if k in FIXED_SETTINGS]
                 if fixed:

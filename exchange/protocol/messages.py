@@ -293,7 +293,8 @@ class SiweOffer(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     domain: str = Field(description="the Host the WebSocket was opened to")
-    uri: str = Field(description="ws://HOST/ws or wss://HOST/ws")
+    uri: str = Field(description="the endpoint the WebSocket was opened at: ws://HOST/ws, or ws://HOST/m/{market}/ws "
+                     "for a hosted market (wss:// over TLS); a login must sign exactly this URI's host and path")
     chain_id: int
     version: Literal["1"]
     statement: str

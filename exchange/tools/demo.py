@@ -132,8 +132,11 @@ class Console:
 
 async def _demo(dsn: str, settings: Settings, speed: int, duration: float, members: int) -> int:
     # SIGTERM ends the demo as Ctrl-C does (its summary, the second community archived, the
-    # embedded PostgreSQL released), instead of killing it on the spot
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, signal.raise_signal, signal.SIGINT)
+    # embedded PostgreSQL released), instead of killing it on the spot; the task is cancelled
+    # directly (a demo started in the background of a script has SIGINT ignored)
+    main = asyncio.current_task()
+    if main is not None:
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main.cancel)
     zone = settings.tz
     # Start the simulated clock at 22:50 local: the next day's products are open and the
     # first rolling gate (23:00 for 00:00 delivery) closes within seconds.
@@ -398,5 +401,8 @@ def run_demo(settings: Settings, speed: int = 600, duration: float = 60.0, membe
                                            "settlement_process": "inline"})
     with database(settings) as dsn:
         upgrade(dsn)
-        return run_async(_demo(dsn, settings, speed, duration, members))
+        try:
+            return run_async(_demo(dsn, settings, speed, duration, members))
+        except asyncio.CancelledError:  # SIGTERM: ended as Ctrl-C ends it
+            return 130
 

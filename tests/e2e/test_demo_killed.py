@@ -22,10 +22,15 @@ from exchange.runtime.db import EmbeddedPostgres
 pytestmark = pytest.mark.e2e
 
 
-def _demo(env: dict, duration: int, out) -> subprocess.Popen:
+def _ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # as for a job started in the background of a script
+
+
+def _demo(env: dict, duration: int, out, *, background: bool = False) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "exchange.tools.cli", "--log-level", "WARNING", "demo",
                              "--duration", str(duration), "--speed", "900", "--members", "8"],
-                            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, text=True)
+                            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=_ignore_sigint if background else None)
 
 
 async def _registry(dsn: str) -> dict[str, str]:
@@ -78,10 +83,11 @@ def test_demo_after_a_kill_archives_the_stale_second_community(tmp_path):
             registry = asyncio.run(_registry(pg.dsn))
         assert registry == {stale: "archived", own: "archived"}  # both kept, none left active
         # SIGTERM ends a demo as Ctrl-C does: its summary, its second community archived, and
-        # its embedded PostgreSQL stopped (it was killed on the spot, PostgreSQL left running)
+        # its embedded PostgreSQL stopped (it was killed on the spot, PostgreSQL left running),
+        # also when it runs in the background of a script, SIGINT ignored
         third_out = tmp_path / "third.out"
         with third_out.open("w") as out:
-            third = _demo(env, 300, out)
+            third = _demo(env, 300, out, background=True)
             deadline = time.monotonic() + 150
             while "commands/s" not in third_out.read_text():  # trading
                 assert third.poll() is None and time.monotonic() < deadline, third_out.read_text()

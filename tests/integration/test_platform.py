@@ -357,9 +357,9 @@ async def test_settings_that_cannot_be_stored_are_refused_and_a_bad_stored_row_s
     by hand, or by an older version) leaves its market listed with the error, mendable by a
     PATCH, while the server and the other markets start."""
     raw = {"Content-Type": "application/json", **AUTH}
-    async with deployment(pg_dsn) as d, aiohttp.ClientSession() as http:
+    async with deployment(pg_dsn, disclose_counterparty=True) as d, aiohttp.ClientSession() as http:
         base = f"http://127.0.0.1:{d.port}"
-        await create(http, base, "a")
+        await create(http, base, "a", disclose_counterparty=False)
         status, body = await call(http, "POST", f"{base}/api/platform/markets", headers=raw,
                                   data='{"market_id": "zz", "settings": {"settlement_max_age_s": 1e400}}')
         assert (status, body["error"]) == (422, "INVALID_REQUEST") and body["details"], body
@@ -367,25 +367,31 @@ async def test_settings_that_cannot_be_stored_are_refused_and_a_bad_stored_row_s
         assert status == 404, body
         before = await pool.fetchval("SELECT overrides FROM platform_markets WHERE market_id = 'a'")
         for patch in ('{"settings": {"settlement_max_age_s": 1e400}}', '{"settings": {"open_days_before": 1000000000}}',
-                      '{"settings": {"settlement_thin_max_age_s": 1e400}}', '{"settings": {"gate_rolling_minutes": 99999999}}'):
+                      '{"settings": {"gate_rolling_minutes": 99999999}}'):
             status, body = await call(http, "PATCH", f"{base}/api/platform/markets/a", headers=raw, data=patch)
             assert (status, body["error"]) == (422, "INVALID_REQUEST"), (patch, body)
         assert await pool.fetchval("SELECT overrides FROM platform_markets WHERE market_id = 'a'") == before
         status, m = await call(http, "GET", f"{base}/m/a/api/market", headers={})
         assert status == 200 and d.platform.tenants["a"].market is not None
-    await pool.execute("UPDATE platform_markets SET overrides = '{\"settlement_max_age_s\": null}' "
+    await pool.execute("UPDATE platform_markets SET overrides = overrides || '{\"settlement_max_age_s\": null}' "
                        "WHERE market_id = 'a'")
-    async with deployment(pg_dsn) as d, aiohttp.ClientSession() as http:
+    async with deployment(pg_dsn, disclose_counterparty=True) as d, aiohttp.ClientSession() as http:
         base = f"http://127.0.0.1:{d.port}"
         status, view = await call(http, "GET", f"{base}/api/platform/markets/a")
         assert status == 200 and not view["running"] and "settlement_max_age_s" in view["error"], view
         status, m = await call(http, "GET", f"{base}/api/market", headers={})
         assert status == 200  # the default market runs
+        # the mend cannot pass a fixed setting off as unchanged: a's members traded with their
+        # counterparties private, the deployment discloses them
+        status, body = await call(http, "PATCH", f"{base}/api/platform/markets/a",
+                                  {"settings": {"settlement_max_age_s": None, "disclose_counterparty": None}})
+        assert (status, body["error"], body["fields"]) == (409, "SETTING_FIXED", ["disclose_counterparty"]), body
         status, view = await call(http, "PATCH", f"{base}/api/platform/markets/a",
                                   {"settings": {"settlement_max_age_s": None}})
         assert status == 200 and view["running"] and view["restarted"], view
         status, m = await call(http, "GET", f"{base}/m/a/api/market", headers={})
         assert status == 200 and m["market_id"] == "a"
+        assert d.platform.tenants["a"].settings.disclose_counterparty is False
 
 
 async def test_connection_limits_are_the_servers_whatever_the_number_of_markets(pool, pg_dsn):
@@ -439,3 +445,22 @@ async def test_no_route_and_wrong_methods_answer_json_with_a_request_id_on_platf
                          headers={**AUTH, "Content-Type": "application/json", "X-Request-Id": "big-1"}) as r:
         body = await r.json()
         assert r.status == 413 and body["error"] == "PAYLOAD_TOO_LARGE" and body["request_id"] == "big-1", body
+
+
+async def test_a_row_refused_as_a_whole_cannot_pass_fixed_settings_off_as_unchanged(pool, pg_dsn):
+    """A market whose settings are consistent only with the deployment's of its day (call then
+    continuous needs a rolling gate) is refused as a whole once the deployment changes: its
+    settings were then compared with the deployment's, so a PATCH nulling them looked like no
+    change and turned counterparty disclosure on for members who traded with it off."""
+    async with deployment(pg_dsn, gate="rolling", disclose_counterparty=True) as d, aiohttp.ClientSession() as http:
+        base = f"http://127.0.0.1:{d.port}"
+        await create(http, base, "c", mechanism="call_then_continuous", disclose_counterparty=False)
+    async with deployment(pg_dsn, gate="day_ahead", disclose_counterparty=True) as d, aiohttp.ClientSession() as http:
+        base = f"http://127.0.0.1:{d.port}"
+        status, view = await call(http, "GET", f"{base}/api/platform/markets/c")
+        assert status == 200 and not view["running"] and view["error"], view
+        status, body = await call(http, "PATCH", f"{base}/api/platform/markets/c",
+                                  {"settings": {"mechanism": None, "disclose_counterparty": None}})
+        assert (status, body["error"]) == (409, "SETTING_FIXED"), body
+        assert set(body["fields"]) >= {"mechanism"}, body
+        assert d.platform.tenants["c"].market is None  # nothing started with disclosure on
