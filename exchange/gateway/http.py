@@ -18,9 +18,11 @@ from __future__ import annotations
 import functools
 import hashlib
 import hmac
+import ipaddress
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -28,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from exchange.gateway.keys import OPERATOR_TOKEN_HASHES, SETTINGS
 from exchange.protocol.errors import VoltbourseError
 from exchange.protocol.frames import NUL_MESSAGE, json_nul_location
+from exchange.protocol.siwe import SIWE_WRONG_DOMAIN
 from exchange.runtime.market import MarketBusy, MarketUnavailable
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -159,6 +162,28 @@ def read_query(request: web.Request, model: type[BaseModel]) -> Any:
                        details=[{"loc": [k], "msg": "given more than once", "type": "duplicate"}
                                 for k in twice])
     return model.model_validate(dict(q))
+
+
+def sign_in_host(request: web.Request) -> tuple[str, bool]:
+    """``(host, secure)`` a Sign-In with Ethereum message must name for this exchange: those
+    of ``PUBLIC_ORIGIN`` when it is set, never the ``Host`` header a caller chooses (a
+    phishing site's domain would otherwise sign members in here). Without it (a local
+    deployment), the request's own host, if it is a loopback address or the configured
+    ``HOST``; any other is refused (``SIWE_WRONG_DOMAIN``: set ``PUBLIC_ORIGIN``)."""
+    settings = request.config_dict[SETTINGS]
+    if settings.public_origin:
+        u = urlsplit(settings.public_origin)
+        return u.netloc, u.scheme == "https"
+    host = request.host
+    name = urlsplit("//" + host).hostname or ""
+    try:
+        loopback = name == "localhost" or ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        loopback = False
+    if loopback or (name and name == settings.host and settings.host not in ("0.0.0.0", "::")):
+        return host, request.secure
+    raise VoltbourseError(SIWE_WRONG_DOMAIN, f"this exchange does not know itself as {host[:100]!r}: its operator "
+                          "sets PUBLIC_ORIGIN to the address members use, and sign-ins name that", status=401)
 
 
 #: request key: the operator page's session already vouched for this request (exchange.gateway.page)

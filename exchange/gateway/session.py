@@ -24,6 +24,7 @@ from exchange.core.model import CancelAll as CancelAllCmd
 from exchange.core.model import CancelOrder, ModifyOrder, PlaceOrder, Side, TimeInForce
 from exchange.core.model import PlaceBlock as PlaceBlockCmd
 from exchange.core.units import iso, iso_dt, to_us
+from exchange.gateway.http import sign_in_host
 from exchange.gateway.keys import (
     BASE_PATH,
     MARKET,
@@ -159,6 +160,7 @@ class Session:
             "expiration_time": siwe.format_time(now + SIWE_NONCE_TTL)}
         self.siwe_expires = now + SIWE_NONCE_TTL
         self.siwe_path = path  # the URI's path a login must name: this market's endpoint
+        self.siwe_refused: str | None = None  # why this connection has no offer (an unknown host)
         self.scheme = "wss" if secure else "ws"
         self.login_failures = 0
         self.bucket = TokenBucket(settings.ws_rate_per_s, settings.ws_burst)
@@ -532,6 +534,8 @@ class Session:
             return
         now = datetime.now(UTC)
         try:
+            if offer is None and self.siwe_refused is not None:
+                raise VoltbourseError(siwe.SIWE_WRONG_DOMAIN, self.siwe_refused)
             if offer is None:
                 raise VoltbourseError(siwe.SIWE_NONCE_USED, "this connection's nonce was used")
             siwe.check(m, domain=offer["domain"], chain_id=self.settings.chain_id, now=now, scheme=self.scheme,
@@ -765,10 +769,18 @@ async def ws_handler(request: web.Request) -> web.StreamResponse:
     app[SOCKETS].add(ws)
     metrics = app.get(METRICS)
     limits.opened(ip)
+    try:  # the host a sign-in names: PUBLIC_ORIGIN's, never a Host header of the caller's choosing
+        siwe_host, secure = sign_in_host(request)
+        siwe_refused = None
+    except VoltbourseError as exc:
+        siwe_host, secure, siwe_refused = request.host, request.secure, exc.message
     session = Session(ws, app[MARKET], app[MARKET_DATA], settings, metrics, app.get(WS_REQUESTS),
-                      app.get(PROTOCOL), app, host=request.host, secure=request.secure,
+                      app.get(PROTOCOL), app, host=siwe_host, secure=secure,
                       path=app.get(BASE_PATH, "") + "/ws",
                       frames=FrameWriter(ws, request.transport, writer.drain))
+    if siwe_refused is not None:
+        session.siwe = None  # no offer: a sign-in is refused, saying why
+        session.siwe_refused = siwe_refused
     anonymous = [True]
 
     def logged_in() -> None:

@@ -28,7 +28,19 @@ from aiohttp import web
 from eth_account import Account
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from exchange.gateway.http import ANY_OBJECT, INT, STR, TIME, ApiError, Route, json_response, obj, read_body, read_query
+from exchange.gateway.http import (
+    ANY_OBJECT,
+    INT,
+    STR,
+    TIME,
+    ApiError,
+    Route,
+    json_response,
+    obj,
+    read_body,
+    read_query,
+    sign_in_host,
+)
 from exchange.gateway.keys import BASE_PATH, MARKET, OUTLOOK_SOURCES, PEER_AUTHENTICATORS, SETTINGS, PeerAuth
 from exchange.gateway.marketdata import MARKET_DATA
 from exchange.gateway.plugin import Subsystem
@@ -291,9 +303,10 @@ async def nonce(request: web.Request) -> web.Response:
     if not await portal.store.issue_nonce(value, now, expires, MAX_OPEN_NONCES):
         raise ApiError(503, "BUSY", "too many sign-ins under way: retry in a few minutes")
     s = request.config_dict[SETTINGS]
-    host = request.host
+    host, secure = sign_in_host(request)  # PUBLIC_ORIGIN's, never a Host header of the caller's choosing
     return _private(json_response({
-        "nonce": value, "domain": host, "uri": f"{request.scheme}://{host}{base_path(request)}/portal", "chain_id": s.chain_id,
+        "nonce": value, "domain": host, "uri": f"{'https' if secure else 'http'}://{host}{base_path(request)}/portal",
+        "chain_id": s.chain_id,
         "version": "1",
         "statement": siwe.safe_statement(f"Sign in to the Voltbourse member portal of community {s.market_id}."),
         "issued_at": siwe.format_time(now), "expiration_time": siwe.format_time(expires)}))
@@ -305,8 +318,9 @@ async def _verified_member(request: web.Request, body: LoginIn) -> siwe.SiweMess
         m = siwe.parse(body.message)
     except siwe.SiweError as exc:
         raise ApiError(401, siwe.SIWE_INVALID, f"not an EIP-4361 message: {exc}") from None
-    siwe.check(m, domain=request.host, chain_id=request.config_dict[SETTINGS].chain_id, now=_now(),
-               scheme=request.scheme, path=f"{base_path(request)}/portal")
+    host, secure = sign_in_host(request)
+    siwe.check(m, domain=host, chain_id=request.config_dict[SETTINGS].chain_id, now=_now(),
+               scheme="https" if secure else "http", path=f"{base_path(request)}/portal")
     try:
         signer = recover_login(body.message, body.signature)
     except ValueError as exc:

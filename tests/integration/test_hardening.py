@@ -15,7 +15,7 @@ import asyncpg
 import psutil
 import pytest
 from support.keys import AUTH, KEYS, OPERATOR_TOKEN
-from support.wsclient import WSClient, peer
+from support.wsclient import WSClient, peer, personal_sign, siwe_text
 
 from exchange.core.engine import MarketEngine
 from exchange.gateway import session as session_module
@@ -326,6 +326,34 @@ async def test_same_origin_is_the_configured_public_origin(serve, http):
         # the OpenAPI document names the public origin as its server, whatever the Host header
         async with http.get(server.http + "/api/openapi.json", headers={"Host": "evil.example"}) as r:
             assert (await r.json())["servers"][0]["url"] == "https://exchange.example.org"
+
+
+async def test_a_sign_in_never_names_a_host_the_caller_chose(serve, http):
+    """A phishing site's domain: the member signs "evil.example wants you to sign in", the site
+    sends it here with Host: evil.example. The offer and the check took the Host header; now
+    they take PUBLIC_ORIGIN, or a loopback or configured host of a local deployment."""
+    evil = {"Host": "evil.example"}
+    async with serve() as server:
+        async with http.get(server.http + "/portal/siwe/nonce", headers=evil) as r:
+            body = await r.json()
+            assert r.status == 401 and body["error"] == "SIWE_WRONG_DOMAIN" and "PUBLIC_ORIGIN" in body["message"]
+        async with http.ws_connect(server.url, headers=evil) as ws:
+            hello = await ws.receive_json(timeout=5)
+            assert hello.get("siwe") is None
+            offer = {"domain": "evil.example", "uri": "ws://evil.example/ws", "chain_id": hello["eip712_domain"]["chainId"],
+                     "version": "1", "statement": "Sign in.", "nonce": "a1b2c3d4e5f6a7b8",
+                     "issued_at": "2026-11-27T00:00:00Z"}
+            text = siwe_text(offer, KEYS[0].address)
+            await ws.send_json({"type": "login", "id": 1, "message": text, "signature": personal_sign(text, KEYS[0])})
+            ans = await ws.receive_json(timeout=5)
+            assert ans["type"] == "error" and ans["code"] == "SIWE_WRONG_DOMAIN", ans
+        async with http.get(server.http + "/portal/siwe/nonce") as r:  # the exchange's own address
+            assert r.status == 200 and (await r.json())["domain"] == server.http.split("//")[1]
+    async with serve(public_origin="https://exchange.example.org") as server:
+        async with http.get(server.http + "/portal/siwe/nonce", headers=evil) as r:
+            body = await r.json()
+            assert r.status == 200 and body["domain"] == "exchange.example.org", body
+            assert body["uri"] == "https://exchange.example.org/portal"
 
 
 async def test_stale_socket_locks_are_removed_live_ones_kept(tmp_path, pg_dsn):
