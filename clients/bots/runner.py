@@ -381,16 +381,36 @@ class BotRunner:
         out["forecast"] = community_kpis_of(self.bots, trades, days, source=source, tz=tz, still_open=still_open)
         return out
 
+    def _product_edge(self, us: int, *, up: bool) -> int:
+        """The nearest edge of a delivery product at or after (``up``) or before ``us``:
+        products of the market's length from local midnight. Bills are for whole products."""
+        cal = self.watch.config.get("calendar", {})
+        minutes = int(cal.get("product_minutes") or 60)
+        tz = ZoneInfo(cal.get("timezone") or COMMUNITY_TZ)
+        t = us - us % METER_STEP_US + (METER_STEP_US if up and us % METER_STEP_US else 0)
+        for _ in range(24 * 60 // METER_INTERVAL_MINUTES + 1):
+            local = datetime.fromtimestamp(t // 1_000_000, UTC).astimezone(tz)
+            if (local.hour * 60 + local.minute) % minutes == 0:
+                return t
+            t += METER_STEP_US if up else -METER_STEP_US
+        return t
+
     async def meter_kpis(self, http: aiohttp.ClientSession, start_us: int, end_us: int) -> dict:
-        """Bill ``[start_us, end_us)`` (whole metering intervals) and read its KPIs from meters."""
+        """Read the KPIs of ``[start_us, end_us)`` (whole metering intervals) from meters, and
+        bill the whole products in it (a bill period ends on product edges)."""
         period = {"start": iso(start_us), "end": iso(end_us)}
-        run = await self._operator(http, "POST", "/bills/run", "running the bills", json=period)
+        b0, b1 = self._product_edge(start_us, up=True), self._product_edge(end_us, up=False)
+        run: dict[str, Any] = {"bills": [], "total": None, "community": None}
+        if b1 > b0:
+            run = await self._operator(http, "POST", "/bills/run", "running the bills",
+                                       json={"start": iso(b0), "end": iso(b1)})
         k = await self._operator(http, "GET", "/kpis", "reading the KPIs", params=period)
         bills = run["bills"]
         return {"source": "meters", "start": period["start"], "end": period["end"],
                 "interval_minutes": METER_INTERVAL_MINUTES, "intervals": (end_us - start_us) // METER_STEP_US,
                 "members": len(k["members"]), "community": k["community"],
                 "bills": {"count": len(bills), "new": sum(1 for b in bills if b["new"]), "total": run["total"],
+                          "start": iso(b0) if b1 > b0 else None, "end": iso(b1) if b1 > b0 else None,
                           "community": run["community"],
                           "estimated_intervals": sum(b.get("estimated_intervals") or 0 for b in bills)}}
 

@@ -46,6 +46,9 @@ UNKNOWN_TARIFF = register("UNKNOWN_TARIFF", 404, "no such tariff", OWNER)
 INVALID_PERIOD = register("INVALID_BILLING_PERIOD", 422, "a period must be whole metering intervals, end after start, "
                                                  "and at most 366 days long", OWNER)
 NO_BILL = register("NO_BILL", 404, "no bill issued for this member and period", OWNER)
+BILL_PERIOD_OVERLAP = register("BILL_PERIOD_OVERLAP", 409, "bills were issued for a period that overlaps this one "
+                               "without being it: each interval is billed (and charged) in one period only; a bill "
+                               "run for the same period again is a correction", OWNER)
 NO_FEES = register("NO_FEES", 409, "no fee schedule in force at the start of the period", OWNER)
 
 def upload_error(exc: UploadRefused) -> VoltbourseError:
@@ -88,6 +91,7 @@ class MeteringService:
         self.trades = trades
         self.interval_minutes = interval_minutes
         self.step_us = interval_minutes * US_PER_MIN
+        self.product_minutes = product_minutes
         self.tz = tz
         self.default_tariff = default_tariff
         #: other subsystems' lines on members' bills (flexibility's payouts and penalties)
@@ -368,11 +372,39 @@ class MeteringService:
                                                 detail=item["detail"]))
         return {m: tuple(v) for m, v in out.items()}
 
+    def product_edge(self, us: int) -> bool:
+        """Whether ``us`` is where delivery products begin and end (local time, products of
+        ``product_minutes`` from local midnight)."""
+        t = from_us(us).astimezone(self.tz)
+        return t.second == 0 and t.microsecond == 0 and (t.hour * 60 + t.minute) % self.product_minutes == 0
+
+    def last_product_edge(self, us: int) -> int:
+        """The latest product edge at or before ``us``."""
+        t = us // self.step_us * self.step_us
+        while not self.product_edge(t):
+            t -= self.step_us
+        return t
+
     async def run_bills(self, start_us: int, end_us: int, members: Sequence[str] | None = None) -> list[dict]:
         """Bill every member (or ``members``) for the period and issue the bills: a bill
         that did not change keeps its version; a changed one (a correction) gets a new
-        version, with the change against the previous one."""
+        version, with the change against the previous one.
+
+        A period begins and ends on product edges (a trade's money goes with its product's
+        delivery start, its energy with each interval: a cut inside a product billed them
+        apart), and overlaps no other period billed before (each interval's community charges
+        are collected once; the same period again is a correction)."""
+        self.grid(start_us, end_us)
+        for t in (start_us, end_us):
+            if not self.product_edge(t):
+                raise VoltbourseError(INVALID_PERIOD, f"{iso(t)} cuts a delivery product ({self.product_minutes} "
+                                                      f"min from local midnight): bill whole products")
         async with self._lock:
+            other = await self.store.overlapping_bill_periods(start_us, end_us)
+            if other:
+                raise VoltbourseError(BILL_PERIOD_OVERLAP, f"[{iso(start_us)}, {iso(end_us)}) overlaps the bills of "
+                                      + ", ".join(f"[{iso(a)}, {iso(b)})" for a, b in other)
+                                      + ": bill the intervals after them, or that period again (a correction)")
             settled = await self.settle(start_us, end_us, keep_series=False)
             extra = await self.extra_lines(start_us, end_us)
             event_id = METERING_EVENT_BASE + await self.store.next_run()

@@ -286,6 +286,14 @@ class MeteringStore:
                     _ts(start_us), _ts(end_us), version, before - community_units)
             return version, True, (prev["bill"] if prev is not None else None)
 
+    async def overlapping_bill_periods(self, start_us: int, end_us: int) -> list[tuple[int, int]]:
+        """Periods of issued bills that overlap ``[start_us, end_us)`` without being it."""
+        rows = await self.pool.fetch(
+            "SELECT DISTINCT period_start, period_end FROM bills WHERE market_id = $1 AND period_start < $3 "
+            "AND period_end > $2 AND NOT (period_start = $2 AND period_end = $3) ORDER BY period_start LIMIT 5",
+            self.market_id, _ts(start_us), _ts(end_us))
+        return [(to_us(r["period_start"]), to_us(r["period_end"])) for r in rows]
+
     async def next_run(self) -> int:
         return int(await self.pool.fetchval("SELECT nextval('bill_runs')"))
 

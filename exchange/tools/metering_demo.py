@@ -19,6 +19,7 @@ from exchange.metering.core.series import positions_on_grid
 from exchange.metering.fees import schedule_json
 from exchange.metering.plugin import METERING
 from exchange.metering.service import MeteringService
+from exchange.protocol.errors import VoltbourseError
 
 STEP_US = 15 * US_PER_MIN
 #: the forecast error of a meter reading against the member's profile, per mille (+/-)
@@ -38,6 +39,7 @@ class DemoMeters:
         self.seed = seed
         self.members = make_community(len(addresses), seed=seed, ids=addresses)
         self.uploaded_until = 0
+        self.billed: list[tuple[int, int]] = []  # the periods billed, consecutive, on product edges
 
     async def setup(self, since_us: int, history_days: int = 7) -> int:
         """Points, the default tariff (30 ct/kWh import, 8 ct/kWh feed-in), the fees, and the
@@ -111,7 +113,16 @@ class DemoMeters:
         await self.svc.import_file(self.readings_csv(grid, await self.positions(grid)), "demo-live.csv",
                                    now_us=now_us)
         self.uploaded_until = end_us
-        await self.svc.run_bills(start_us, end_us)
+        await self._bill_up_to(start_us, end_us)
+
+    async def _bill_up_to(self, start_us: int, until_us: int) -> None:
+        """Bill the whole products delivered since the last bill run, as one period: the
+        periods follow each other (each interval is charged once, in one period)."""
+        first = self.billed[-1][1] if self.billed else start_us
+        end = self.svc.last_product_edge(until_us)
+        if end > first:
+            await self.svc.run_bills(first, end)
+            self.billed.append((first, end))
 
     async def finish(self, start_us: int, now_us: int, base: str, token: str, out=print) -> dict:
         """Upload the delivered intervals' readings, bill the period, print bills and KPIs."""
@@ -124,24 +135,42 @@ class DemoMeters:
         up = await self.svc.import_file(data, "demo-readings.csv", now_us=now_us)
         out(f"Metering: {up['rows']} meter readings uploaded ({up['points']} points, {iso(start_us)} .. "
             f"{iso(end_us)}); bills and KPIs below come from them")
-        bills = await self.svc.run_bills(start_us, end_us)
+        await self._bill_up_to(start_us, end_us)
+        # the bills of every period billed (the latest version of each, corrections included)
+        for a, b in self.billed:
+            await self.svc.run_bills(a, b)  # readings uploaded since: a correction where they changed a bill
         k = await self.svc.kpis(start_us, end_us)
-        out(f"Bills for {iso(start_us)} .. {iso(end_us)} (EUR; + the member pays, - it is paid):")
+        periods = ", ".join(f"{iso(a)} .. {iso(b)}" for a, b in self.billed) or "none (no whole product delivered)"
+        out(f"Bills, one per period ({periods}), summed per member (EUR; + the member pays, - it is paid):")
         out(f"  {'member':<44} {'P2P bought kWh':>14} {'sold kWh':>9} {'total':>10} {'grid only':>10} {'saved':>8}")
-        for b in bills:
-            full = await self.svc.bill_for(b["member"], start_us, end_us)
-            f = full["flows"]
-            out(f"  {b['member']:<44} {_kwh(f['bought_wh']):>14} {_kwh(f['sold_wh']):>9} "
-                f"{_eur(full['total_units']['units']):>10} {_eur(full['grid_only_units']['units']):>10} "
-                f"{_eur(full['savings_units']['units']):>8}")
+        members = sorted({m.member_id for m in self.members})
+        bills: list[dict] = []
+        for member in members:
+            sums = [0, 0, 0, 0, 0]
+            found = False
+            for a, b in self.billed:
+                try:
+                    full = await self.svc.bill_for(member, a, b)
+                except VoltbourseError:
+                    continue
+                found = True
+                f = full["flows"]
+                for i, v in enumerate((f["bought_wh"], f["sold_wh"], int(full["total_units"]["units"]),
+                                       int(full["grid_only_units"]["units"]), int(full["savings_units"]["units"]))):
+                    sums[i] += v
+            if found:
+                bills.append({"member": member, "total_units": str(sums[2])})
+                out(f"  {member:<44} {_kwh(sums[0]):>14} {_kwh(sums[1]):>9} {_eur(str(sums[2])):>10} "
+                    f"{_eur(str(sums[3])):>10} {_eur(str(sums[4])):>8}")
         first = bills[0]["member"] if bills else None
-        if first:
-            full = await self.svc.bill_for(first, start_us, end_us)
-            out(f"  every line of {first}'s bill:")
+        if first and self.billed:
+            a, b = self.billed[-1]
+            full = await self.svc.bill_for(first, a, b)
+            out(f"  every line of {first}'s bill for {iso(a)} .. {iso(b)}:")
             for line in full["lines"]:
                 out(f"    {line['name']:<22} {line['payee']:<10} {_eur(line['amount']['units']):>10} EUR"
                     + (f"  ({_kwh(line['energy_wh'])} kWh)" if line["energy_wh"] else ""))
-            q = f"start={iso(start_us)}&end={iso(end_us)}"
+            q = f"start={iso(a)}&end={iso(b)}"
             out(f"  statement: {base}/api/operator/metering/bills/{first}?{q}&format=html "
                 f"(and format=pdf, csv; header 'Authorization: Bearer {token}')")
         c = k["community"]

@@ -187,7 +187,11 @@ async def _check_meter_kpis(ex, bots, runner, kpis) -> None:
     assert c["p2p_bought_wh"] > 0  # hours traded P2P were delivered and settled against the meters
     # every member billed for the period
     assert kpis["bills"]["count"] == len(bots) == kpis["members"]
-    mine = [x for x in bills if x["start"] == kpis["start"] and x["end"] == kpis["end"]]
+    # billed: the whole products of the period (a bill period ends on product edges)
+    b0, b1 = (to_us(datetime.fromisoformat(kpis["bills"][k])) for k in ("start", "end"))
+    assert start_us <= b0 < b1 <= end_us and b0 % (60 * US_PER_MIN) == 0 == b1 % (60 * US_PER_MIN)
+    assert b0 - start_us < 60 * US_PER_MIN and end_us - b1 < 60 * US_PER_MIN
+    mine = [x for x in bills if x["start"] == kpis["bills"]["start"] and x["end"] == kpis["bills"]["end"]]
     assert sorted(x["member"] for x in mine) == sorted(b.address for b in bots)
     assert sum(int(x["total"]["units"]) for x in mine) == int(kpis["bills"]["total"]["units"])
     block = format_kpis(kpis)

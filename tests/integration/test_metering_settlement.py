@@ -18,6 +18,7 @@ from exchange.metering.core.model import Basis, FeeSchedule, MeterPoint, Payee, 
 from exchange.metering.fees import schedule_json
 from exchange.metering.service import METERING_EVENT_BASE, MeteringService
 from exchange.metering.store import MeteringStore
+from exchange.protocol.errors import VoltbourseError
 
 pytestmark = pytest.mark.integration
 
@@ -126,5 +127,36 @@ async def test_flexibility_payouts_and_penalties_are_lines_of_the_bills(pool, pg
         assert int(bill_a["total_units"]["units"]) == sum(lines_a.values())
         owed_a = 400 * 2_000 + 720_000_000 // 720
         assert int(bill_a["community_units"]["units"]) == owed_a  # flexibility is not the community's
+    finally:
+        await market.close()
+
+
+async def test_a_bill_period_is_whole_products_and_overlaps_no_other(pool, pg_dsn):
+    """The demo billed 23:00-01:30 then 23:00-05:00: the first period's community charges were
+    collected twice on chain, and a cut at 01:30 billed the 01:00 product's money in one period
+    and half its energy in the other. Refused now; the same period again is a correction."""
+    market = await open_test_market(pg_dsn, "billp")
+    store = MeteringStore(pool, "billp")
+    svc = MeteringService(store, market.trades, interval_minutes=15, tz=ZoneInfo("Europe/Amsterdam"),
+                          product_minutes=60)
+    try:
+        a = MEMBER_KEYS[0].address
+        await svc.add_points([MeterPoint("a", a, PointKind.IMPORT)])
+        await svc.put_tariff("default", "flat", [(START - 86_400_000_000, 30_000, 8_000)])
+        await store.put_fee_schedule(START - 86_400_000_000, schedule_json(FEES))
+        hour = 3_600_000_000
+        await svc.run_bills(START, START + 2 * hour)
+        with pytest.raises(VoltbourseError) as e:
+            await svc.run_bills(START, START + 2 * hour + hour // 2)  # cuts a product
+        assert e.value.code == "INVALID_BILLING_PERIOD" and "cuts a delivery product" in e.value.message
+        for a, b in ((START, START + 3 * hour), (START + hour, START + 3 * hour), (START - hour, START + hour)):
+            with pytest.raises(VoltbourseError) as e:
+                await svc.run_bills(a, b)
+            assert e.value.code == "BILL_PERIOD_OVERLAP", (a, b)
+        await svc.run_bills(START, START + 2 * hour)  # the same period: a correction (no change here)
+        await svc.run_bills(START + 2 * hour, START + 3 * hour)  # the next one
+        periods = await pool.fetch("SELECT DISTINCT period_start, period_end FROM bills WHERE market_id = 'billp' "
+                                   "ORDER BY 1")
+        assert len(periods) == 2 and periods[0]["period_end"] == periods[1]["period_start"]
     finally:
         await market.close()
