@@ -35,6 +35,7 @@ from typing import Any, cast
 from openpyxl import load_workbook
 
 from exchange.core.units import US_PER_MIN, iso, to_us
+from exchange.protocol.types import EARLIEST, LATEST
 
 MAX_ENERGY_WH = 10**9
 MAX_ERRORS = 100
@@ -107,13 +108,19 @@ class _Errors:
             self.items.append(RowError(line, column, reason))
 
 
+EARLIEST_US, LATEST_US = to_us(EARLIEST), to_us(LATEST)
+
+
 def parse_time(text: str) -> int:
     if len(text) > 40:
         raise ValueError("too long")
     t = datetime.fromisoformat(text)
     if t.tzinfo is None or t.utcoffset() is None:
         raise ValueError("has no UTC offset (write Z or +01:00)")
-    return to_us(t)
+    us = to_us(t)
+    if not EARLIEST_US <= us < LATEST_US:  # as every time the exchange takes (exchange.protocol.types)
+        raise ValueError("out of range: give a time between 2000 and 2200")
+    return us
 
 
 def parse_rows(rows: Iterable[Sequence[Any]], points: set[str], interval_minutes: int, *,
@@ -178,9 +185,9 @@ def parse_rows(rows: Iterable[Sequence[Any]], points: set[str], interval_minutes
         present = [i for i, v in enumerate(values) if v != MISSING]
         if present:
             lo, hi = day_us + present[0] * step, day_us + present[-1] * step
-            if lo < out.first_us.get(pid, lo + 1):
+            if pid not in out.first_us or lo < out.first_us[pid]:
                 out.first_us[pid] = lo
-            if hi > out.last_us.get(pid, -1):
+            if pid not in out.last_us or hi > out.last_us[pid]:
                 out.last_us[pid] = hi
     if errors.count:
         raise UploadRefused(errors.items, errors.count)
@@ -301,9 +308,16 @@ def parse_xlsx(data: bytes, points: set[str], interval_minutes: int, *,
     except Exception as exc:  # openpyxl raises many types for a broken workbook
         raise UploadRefused([RowError(0, "file", f"not a readable xlsx workbook: {type(exc).__name__}")], 1) from None
     try:
+        if not wb.worksheets:
+            raise UploadRefused([RowError(0, "file", "the workbook has no worksheet")], 1)
         ws = wb.worksheets[0]
         return parse_rows(_xlsx_cells(ws.iter_rows(values_only=True)), points, interval_minutes,
                           not_after_us=not_after_us)
+    except UploadRefused:
+        raise
+    except Exception as exc:  # noqa: BLE001 - openpyxl reads the sheet lazily: a broken cell fails here
+        raise UploadRefused([RowError(0, "file", f"not a readable xlsx sheet: {type(exc).__name__}: "
+                                                 f"{str(exc)[:120]}")], 1) from None
     finally:
         wb.close()
 

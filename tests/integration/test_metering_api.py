@@ -149,7 +149,45 @@ def _zip_bomb() -> bytes:
     return buf.getvalue()
 
 
+def _xlsx(sheet_xml: bytes | None, shared: bytes | None = None) -> bytes:
+    """A hand-made workbook (what openpyxl only reads lazily, cell by cell)."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("[Content_Types].xml", '<?xml version="1.0"?><Types xmlns="http://schemas.openxmlformats.org/'
+                   'package/2006/content-types"><Default Extension="xml" ContentType="application/xml"/>'
+                   '<Override PartName="/xl/workbook.xml" ContentType="application/vnd.openxmlformats-'
+                   'officedocument.spreadsheetml.sheet.main+xml"/>'
+                   + ('<Override PartName="/xl/worksheets/sheet1.xml" ContentType="application/vnd.openxmlformats-'
+                      'officedocument.spreadsheetml.worksheet+xml"/>' if sheet_xml is not None else "")
+                   + "</Types>")
+        z.writestr("_rels/.rels", '<?xml version="1.0"?><Relationships xmlns="http://schemas.openxmlformats.org/'
+                   'package/2006/relationships"><Relationship Id="r1" Type="http://schemas.openxmlformats.org/'
+                   'officeDocument/2006/relationships/officeDocument" Target="xl/workbook.xml"/></Relationships>')
+        sheets = '<sheet name="S" sheetId="1" r:id="rId1"/>' if sheet_xml is not None else ""
+        z.writestr("xl/workbook.xml", '<?xml version="1.0"?><workbook xmlns="http://schemas.openxmlformats.org/'
+                   'spreadsheetml/2006/main" xmlns:r="http://schemas.openxmlformats.org/officeDocument/2006/'
+                   f'relationships"><sheets>{sheets}</sheets></workbook>')
+        z.writestr("xl/_rels/workbook.xml.rels", '<?xml version="1.0"?><Relationships xmlns="http://schemas.'
+                   'openxmlformats.org/package/2006/relationships">'
+                   + ('<Relationship Id="rId1" Type="http://schemas.openxmlformats.org/officeDocument/2006/'
+                      'relationships/worksheet" Target="worksheets/sheet1.xml"/>' if sheet_xml is not None else "")
+                   + "</Relationships>")
+        if sheet_xml is not None:
+            z.writestr("xl/worksheets/sheet1.xml", b'<?xml version="1.0"?><worksheet xmlns="http://schemas.'
+                       b'openxmlformats.org/spreadsheetml/2006/main"><sheetData>' + sheet_xml
+                       + b"</sheetData></worksheet>")
+    return buf.getvalue()
+
+
 HOSTILE = [
+    ("before 1970", csv_body([("A-imp", "1900-01-01T00:00:00Z", 10)]), 2, "interval_start"),
+    ("before 2000", csv_body([("A-imp", "1999-12-31T23:45:00Z", 10)]), 2, "interval_start"),
+    ("xlsx without a sheet", _xlsx(None), 0, "file"),
+    ("xlsx number cell of text", _xlsx(b'<row r="1"><c r="A1" t="inlineStr"><is><t>point_id</t></is></c>'
+                                       b'<c r="B1" t="inlineStr"><is><t>interval_start</t></is></c>'
+                                       b'<c r="C1" t="inlineStr"><is><t>energy_wh</t></is></c></row>'
+                                       b'<row r="2"><c r="A2"><v>abc</v></c></row>'), 0, "file"),
+    ("xlsx shared string out of range", _xlsx(b'<row r="1"><c r="A1" t="s"><v>999</v></c></row>'), 0, "file"),
     ("wrong columns", csv_body([("A-imp", at(0), 1)], header="meter,time,kwh"), 1, "header"),
     ("text in numbers", csv_body([("A-imp", at(0), "12a"), ("A-imp", at(15), "1e3")]), 2, "energy_wh"),
     ("float energy", csv_body([("A-imp", at(0), "1.5")]), 2, "energy_wh"),
