@@ -428,6 +428,8 @@ async def static_file(request: web.Request) -> web.StreamResponse:
 AGENT_REFUSED = register("AGENT_DELEGATION_INVALID", 422, "a delegation to the trading agent is malformed, not "
                                                          "signed by the member, or outside what the agent accepts",
                          "portal")
+AGENT_REVOKED = register("AGENT_DELEGATION_REVOKED", 409, "this delegation to the trading agent was revoked: sign "
+                                                         "a new one", "portal")
 _DEC = r"^[0-9]{1,9}(\.[0-9]{1,8})?$"
 _SIGNED_DEC = r"^-?[0-9]{1,9}(\.[0-9]{1,8})?$"
 
@@ -566,8 +568,10 @@ async def agent_enable(request: web.Request) -> web.Response:
     if signer != member:
         raise ApiError(401, "BAD_SIGNATURE", f"the delegation is signed by {signer}, not by {member}")
     delegation_id = auth.typed_data_hash(expected)
-    await portal.store.put_delegation(delegation_id, member, address, message, body.signature,
-                                      datetime.fromtimestamp(limits.expiry, UTC), _now())
+    if not await portal.store.put_delegation(delegation_id, member, address, message, body.signature,
+                                             datetime.fromtimestamp(limits.expiry, UTC), _now()):
+        raise ApiError(409, AGENT_REVOKED, f"delegation {delegation_id} was revoked: a revocation is for good; "
+                                           "sign a new delegation (a new nonce) to start the agent again")
     await _agent(request).enable(member, delegation_id, limits)
     log.info("portal: %s delegated to its trading agent (%s)", member, delegation_id)
     return _private(json_response(await _agent_view(request, member), 201))

@@ -107,16 +107,25 @@ class PortalStore:
         return row["address"], row["private_key"]
 
     async def put_delegation(self, delegation_id: str, member: str, delegate: str, message: dict[str, Any],
-                             signature: str, expires_at: datetime, now: datetime) -> None:
-        """Store a delegation as the member's active one (the previous one, if any, ends)."""
+                             signature: str, expires_at: datetime, now: datetime) -> bool:
+        """Store a delegation as the member's active one (the previous one, if any, ends).
+        False, and nothing changed, when this delegation was revoked before: a revocation is
+        for good (a signature kept by whoever saw it cannot switch the agent back on); the
+        member signs a new one (its nonce makes it another)."""
         async with self.pool.acquire() as conn, conn.transaction():
+            revoked = await conn.fetchval(
+                "SELECT revoked_at IS NOT NULL FROM portal_delegations WHERE market_id = $1 AND delegation_id = $2 "
+                "FOR UPDATE", self.market_id, delegation_id)
+            if revoked:
+                return False
             await conn.execute("UPDATE portal_delegations SET revoked_at = $3 WHERE market_id = $1 AND member = $2 "
-                               "AND revoked_at IS NULL", self.market_id, member, now)
+                               "AND revoked_at IS NULL AND delegation_id <> $4", self.market_id, member, now,
+                               delegation_id)
             await conn.execute(
                 "INSERT INTO portal_delegations (market_id, delegation_id, member, delegate, message, signature, "
-                "expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (market_id, delegation_id) DO UPDATE "
-                "SET revoked_at = NULL", self.market_id, delegation_id, member, delegate, message, signature,
-                expires_at)
+                "expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (market_id, delegation_id) DO NOTHING",
+                self.market_id, delegation_id, member, delegate, message, signature, expires_at)
+            return True
 
     async def revoke_delegation(self, member: str, now: datetime) -> str | None:
         """End the member's active delegation at once; its id (None: there was none)."""

@@ -83,6 +83,14 @@ async def test_agent_trades_within_limits_and_stops_when_revoked(server, http):
     assert not any(o.member == member for o in engine.orders.values())
     st, status = await _call(http, server, "GET", "/portal/agent", sid, None)
     assert status["active"] is False and status["delegation"] is None
+    # the revoked delegation, posted again (its signature kept): refused, the agent stays off
+    sig = auth.sign_order(typed, A.key)
+    st, again = await _call(http, server, "POST", "/portal/agent", sid, csrf, {"typed_data": typed, "signature": sig})
+    assert st == 409 and again["error"] == "AGENT_DELEGATION_REVOKED", again
+    st, status = await _call(http, server, "GET", "/portal/agent", sid, None)
+    assert status["active"] is False
+    await asyncio.sleep(1.5)
+    assert not any(o.member == member for o in engine.orders.values())
 
 
 async def test_refusals(server, http):
