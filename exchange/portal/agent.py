@@ -61,6 +61,12 @@ class AgentRun:
     expect_at: float = float("-inf")  # when (monotonic) the forecast was last asked for
     expect_asked: frozenset[str] = frozenset()  # the products it was asked for then
     note: str | None = None  # why the agent rests nothing, in plain words (None: it trades)
+    refusals_in_a_row: int = 0  # orders the market refused since the last one it accepted
+    paused_until: float = 0.0  # (monotonic) after a refusal: what fails now fails the next second too
+
+
+#: the longest the agent waits after the market refused its orders, before it tries again
+MAX_REFUSAL_PAUSE_S = 300
 
 
 class AgentHost:
@@ -206,6 +212,8 @@ class AgentHost:
         if now_s >= run.limits.expiry:
             await self._cancel_all(run)
             return
+        if time.monotonic() < run.paused_until:  # backing off after the market refused its orders
+            return
         run.orders = self.live_orders(run)
         view = await self.view(run)
         target = run.strategy.plan(view)
@@ -234,8 +242,17 @@ class AgentHost:
                                                            Side(side), price, qty, delegation=run.delegation_id))
                 accepted = next((e for e in res.events if isinstance(e, OrderAccepted)), None)
                 if accepted is None:
+                    # the market refused it (its collateral, an order-value cap...): so it would the
+                    # next round; wait, longer each time (2 s, 4 s ... 5 min), instead of re-sending
                     run.refused += 1
-                    continue
+                    run.refusals_in_a_row += 1
+                    wait = min(2 ** run.refusals_in_a_row, MAX_REFUSAL_PAUSE_S)
+                    run.paused_until = time.monotonic() + wait
+                    reason = next((getattr(e, "reason", None) for e in res.events if e.type == "rejected"), None)
+                    run.note = (f"the market refused the agent's last order ({reason or 'refused'}); it tries again "
+                                f"in {wait} s")
+                    return
+                run.refusals_in_a_row = 0
                 run.placed += 1
                 if side == "buy":
                     run.spent[today] = run.spent.get(today, 0) + price * qty

@@ -193,3 +193,17 @@ async def test_the_proof_of_an_agents_trade_names_its_delegation(server, http):
     p = await proof()
     assert p["delegations"] == {"buy": delegation, "sell": None}
     assert p["chain_root"] == p["root"]
+
+
+async def test_orders_the_market_refuses_are_not_sent_again_every_round(server, http):
+    """Limits whose orders the engine refuses (each worth more than the order-value cap): the
+    agent re-sent them every second, about 8 refused orders a second per member for as long
+    as the delegation ran. It backs off now (2 s, 4 s, ... up to 5 min) and says why."""
+    limits = {**LIMITS, "max_order_kwh": "1000000", "max_buy_price_eur_mwh": "300", "min_sell_price_eur_mwh": "400",
+              "daily_budget_eur": "999999999"}
+    sid, csrf, typed, st, body = await _enable(http, server, limits=limits)
+    assert st == 201, body
+    await asyncio.sleep(4.5)
+    st, status = await _call(http, server, "GET", "/portal/agent", sid, None)
+    assert status["placed"] == 0 and 1 <= status["refused"] <= 3, status  # about 1 per back-off, not 8 a second
+    assert "refused" in (status.get("note") or ""), status
