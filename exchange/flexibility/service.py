@@ -42,6 +42,11 @@ DAY_US = 24 * 60 * US_PER_MIN
 FINAL_PHASES = ("settled", "no_bid", "not_activated", "not_viable", "interrupted", "failed")
 
 
+#: how far ahead a member may declare its baseline
+BASELINE_HORIZON_US = 31 * 24 * 3_600_000_000
+#: how far back (the hour before an offer's period, as reference)
+BASELINE_PAST_US = 24 * 3_600_000_000
+
 class FlexError(VoltbourseError):
     """A refused member or operator request: ``code`` is the WS/REST error code."""
 
@@ -151,21 +156,46 @@ class FlexService:
         self._changed()
 
     async def submit_baseline(self, member: str, slots: list[tuple[int, int, int]]) -> int:
+        """A member's forecast: delivery is measured against it, so a slot is refused inside
+        an event the member is invited to (raising it then would raise what the member is paid
+        for after the fact), more than a day ago or :data:`BASELINE_HORIZON_US` ahead, or twice
+        in one message."""
+        now = self.clock.now_us()
+        seen: set[int] = set()
+        invited = [(ev.period_start, ev.period_end) for ev in self.events.values()
+                   if any(i.member == member for i in ev.invitations.values())]
         for t, _, _ in slots:
             if t % SLOT_US:
                 raise FlexError("INVALID_SLOT", f"baseline slot {iso(t)} is not on a quarter hour")
+            if t < now - BASELINE_PAST_US:
+                raise FlexError("INVALID_SLOT", f"baseline slot {iso(t)} is more than a day ago")
+            if t > now + BASELINE_HORIZON_US:
+                raise FlexError("INVALID_SLOT", f"baseline slot {iso(t)} is more than 31 days ahead")
+            if t in seen:
+                raise FlexError("INVALID_SLOT", f"baseline slot {iso(t)} is given twice")
+            seen.add(t)
+            if any(a <= t < b for a, b in invited):
+                raise FlexError("INVALID_SLOT", f"baseline slot {iso(t)} is in an event you are invited to: its "
+                                                "baseline is fixed")
         await self.store.save_series("flex_baselines", "slot_start", member, slots)
         for t, c, g in slots:
             self.baselines[member][t] = (c, g, "member")
         return len(slots)
 
     async def report_meter(self, member: str, readings: list[tuple[int, int, int]]) -> int:
+        """What the member's meter measured: once per interval (a second value for it, in the
+        same message or later, is refused: delivery is computed from it)."""
         now = self.clock.now_us()
+        seen: set[int] = set()
+        have = self.meters.get(member, {})
         for t, _, _ in readings:
             if t % CHECK_US:
                 raise FlexError("INVALID_INTERVAL", f"meter interval {iso(t)} is not on a 10-minute boundary")
             if t + CHECK_US > now + self.grace_us:
                 raise FlexError("INTERVAL_NOT_OVER", f"the interval starting {iso(t)} is not over yet")
+            if t in seen or t in have:
+                raise FlexError("INVALID_INTERVAL", f"meter interval {iso(t)} is reported already")
+            seen.add(t)
         await self.store.save_series("flex_meter", "interval_start", member, readings)
         for t, c, g in readings:
             self.meters[member][t] = (c, g, "member")

@@ -19,6 +19,7 @@ from support.server import member
 
 from clients.bots.flex_bot import FlexBot
 from clients.sdk.client import VoltbourseClient
+from clients.sdk.errors import RequestError
 from exchange.core.units import to_us
 from exchange.flexibility.core import FlexConfig, ProductRules
 from exchange.flexibility.market import SimulatedBalancingMarket
@@ -101,6 +102,13 @@ async def test_demand_response_event_end_to_end(serve, pool):
                 e = flex.events[eid]
                 assert sum(i.status == "accepted" for i in e.invitations.values()) == 5
                 assert any(i.status == "declined" and i.member == KEYS[2].address for i in e.invitations.values())
+                # an invited member cannot raise its baseline of the event's period any more (it is
+                # what its delivery is measured against)
+                members = {i.member for i in e.invitations.values()}
+                invited = next(b for b, c in zip(bots, clients, strict=True) if c.member in members)
+                with pytest.raises(RequestError) as raised:
+                    await invited.flex.baseline([(P, 10**9, 0)])
+                assert raised.value.code == "INVALID_SLOT" and "invited" in raised.value.message
 
                 clock.set(to_us(P) - 25 * 60 * 1_000_000)  # the market's gate: bids, then activation
                 await flex.step()

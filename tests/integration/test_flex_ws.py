@@ -49,5 +49,22 @@ async def test_ws_validation_and_errors(serve):
             assert [o["offer_id"] for o in st["offers"]] == [r["offer"]["offer_id"]]
             assert (await c.request({"type": "flex_offer_cancel", "offer_id": r["offer"]["offer_id"]}))["status"] == \
                 "cancelled"
+            # delivery is baseline minus meter: a baseline is declared ahead, once per slot; a meter
+            # value once per interval (a member raised its baseline, or lowered its meter, after the fact)
+            def slot(t: str, wh: int = 100) -> dict:
+                return {"start": t, "consumption_wh": wh}
+            for slots in ([slot("2026-11-21T11:45:00Z")],  # more than a day ago
+                          [slot("2026-12-30T12:00:00Z")],  # more than 31 days ahead
+                          [slot("2026-11-22T15:00:00Z"), slot("2026-11-22T15:00:00Z", 900)]):  # twice
+                assert await code({"type": "flex_baseline", "slots": slots}) == "INVALID_SLOT", slots
+            ok = await c.request({"type": "flex_baseline", "slots": [slot("2026-11-22T15:00:00Z")]})
+            assert ok["slots"] == 1
+            server.market.runtime.clock.set(datetime(2026, 11, 22, 12, 30, tzinfo=UTC))
+            reading = {"interval_start": "2026-11-22T12:00:00Z", "consumption_wh": 5}
+            assert (await c.request({"type": "flex_meter", "readings": [reading]}))["readings"] == 1
+            for readings in ([dict(reading, consumption_wh=1)],  # again, later
+                             [{"interval_start": "2026-11-22T12:10:00Z", "consumption_wh": 5},
+                              {"interval_start": "2026-11-22T12:10:00Z", "consumption_wh": 1}]):  # twice
+                assert await code({"type": "flex_meter", "readings": readings}) == "INVALID_INTERVAL", readings
         finally:
             await c.close()
