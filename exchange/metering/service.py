@@ -78,7 +78,7 @@ class Settled:
 
 def money_json(units: int) -> dict[str, Any]:
     """Money in a response: exact units (1e-8 EUR, a string: may exceed 2^53) and euros."""
-    return {"units": str(units), "eur": str(eur(units))}
+    return {"units": str(units), "eur": f"{eur(units):.8f}"}  # plain digits: str() gave 0E-8 for zero
 
 
 class MeteringService:

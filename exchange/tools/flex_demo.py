@@ -78,10 +78,10 @@ async def run_flex_demo(app, ws_url: str, keys: list, clock, *, seed: int = 7, p
             await asyncio.sleep(0.05)
         reserves = sum(1 for i in ev.instructions if i.reserve)
         out(f"  [flex] event {ev.event_id}: {ev.phase} {ev.reason}; shortfall {ev.shortfall_wh} Wh, "
-            f"{reserves} reserve call(s); revenue {eur(ev.gross)} EUR, penalty {eur(ev.penalty)} EUR")
+            f"{reserves} reserve call(s); revenue {eur(ev.gross):.8f} EUR, penalty {eur(ev.penalty):.8f} EUR")
         for s in ev.shares:
-            out(f"  [flex]   {s.member[:10]}… delivered {s.delivered_wh:>7} Wh  share {eur(s.share):>10} EUR  "
-                f"penalty {eur(s.penalty):>8} EUR  payout {eur(s.payout):>10} EUR")
+            out(f"  [flex]   {s.member[:10]}… delivered {s.delivered_wh:>7} Wh  share {eur(s.share):>12.8f} EUR  "
+                f"penalty {eur(s.penalty):>10.8f} EUR  payout {eur(s.payout):>12.8f} EUR")
         out("  [flex] operator: /api/operator/flexibility/events/"
             f"{ev.event_id}  (payouts go on chain through the settlement worker: settlePayouts)")
         return next(e for e in flex.events_view() if e["event_id"] == ev.event_id)

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from exchange.metering.core.bill import bill as make_core_bill
 from exchange.metering.core.model import EXAMPLE_FEES
 from exchange.metering.core.settle import Flows
-from exchange.metering.service import bill_json
+from exchange.metering.service import bill_json, money_json
 from exchange.metering.statement import (
     CSV_HEADER,
     line_label,
@@ -336,3 +336,10 @@ def test_winansi_keeps_what_the_fonts_have(text: str) -> None:
 def test_winansi_replacements() -> None:
     assert winansi("a\tb\nc\x00d\u4e2d\U0001f600\u20ac") == b"a b c?d??\x80"
     assert winansi("e\u0301") == b"\xe9"                  # NFC first
+
+
+def test_money_in_answers_is_plain_digits():
+    """str(Decimal) wrote a zero line as "0E-8" (and one unit as "1E-8"): parsers of bills choke."""
+    assert money_json(0) == {"units": "0", "eur": "0.00000000"}
+    assert money_json(1)["eur"] == "0.00000001" and money_json(-1)["eur"] == "-0.00000001"
+    assert money_json(123_456_789_012)["eur"] == "1234.56789012"
