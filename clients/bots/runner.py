@@ -60,6 +60,7 @@ from clients.community.profiles import COMMUNITY_TZ
 from clients.sdk.client import VoltbourseClient
 from clients.sdk.keys import member_keys
 from clients.sdk.local import LocalExchange
+from exchange.core.calendar import product_edge_at_or_before
 from exchange.core.units import US_PER_MIN, iso, to_us
 
 _loop_factory: Callable[[], asyncio.AbstractEventLoop] | None
@@ -383,17 +384,12 @@ class BotRunner:
 
     def _product_edge(self, us: int, *, up: bool) -> int:
         """The nearest edge of a delivery product at or after (``up``) or before ``us``:
-        products of the market's length from local midnight. Bills are for whole products."""
+        bills are for whole products."""
         cal = self.watch.config.get("calendar", {})
         minutes = int(cal.get("product_minutes") or 60)
-        tz = ZoneInfo(cal.get("timezone") or COMMUNITY_TZ)
-        t = us - us % METER_STEP_US + (METER_STEP_US if up and us % METER_STEP_US else 0)
-        for _ in range(24 * 60 // METER_INTERVAL_MINUTES + 1):
-            local = datetime.fromtimestamp(t // 1_000_000, UTC).astimezone(tz)
-            if (local.hour * 60 + local.minute) % minutes == 0:
-                return t
-            t += METER_STEP_US if up else -METER_STEP_US
-        return t
+        zone = ZoneInfo(cal.get("timezone") or COMMUNITY_TZ)
+        edge = product_edge_at_or_before(us, zone, minutes)
+        return edge + minutes * US_PER_MIN if up and edge < us else edge
 
     async def meter_kpis(self, http: aiohttp.ClientSession, start_us: int, end_us: int) -> dict:
         """Read the KPIs of ``[start_us, end_us)`` (whole metering intervals) from meters, and

@@ -94,6 +94,20 @@ def product_id_for(start_us: int, minutes: int) -> ProductId:
     return ProductId(f"{from_us(start_us):%Y%m%dT%H%M}Z-{minutes}")
 
 
+def product_edge_at_or_before(us: int, zone: ZoneInfo, minutes: int) -> int:
+    """The latest instant at or before ``us`` where delivery products of ``minutes`` begin
+    and end: local midnight of ``us``'s local day plus whole products (as :meth:`Calendar.products`
+    lays them out)."""
+    day = from_us(us).astimezone(zone).date()
+    midnight = to_us(datetime.combine(day, time(0), tzinfo=zone))
+    step = minutes * US_PER_MIN
+    return midnight + (us - midnight) // step * step
+
+
+def is_product_edge(us: int, zone: ZoneInfo, minutes: int) -> bool:
+    return product_edge_at_or_before(us, zone, minutes) == us
+
+
 class Calendar:
     def __init__(self, config: CalendarConfig) -> None:
         self.config = config
@@ -128,4 +142,5 @@ class Calendar:
         return out
 
 
-__all__ = ["CalendarConfig", "Calendar", "GateMode", "Product", "ProductState", "product_id_for", "UTC"]
+__all__ = ["CalendarConfig", "Calendar", "GateMode", "Product", "ProductState", "is_product_edge",
+           "product_edge_at_or_before", "product_id_for", "UTC"]

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, cast
 from zoneinfo import ZoneInfo
 
+from exchange.core.calendar import is_product_edge, product_edge_at_or_before
 from exchange.core.units import US_PER_MIN, eur, eur_cents_half_even, from_us, iso, to_us
 from exchange.metering.core.bill import Bill, Line, bill
 from exchange.metering.core.forecast import expected, history_span
@@ -373,17 +374,12 @@ class MeteringService:
         return {m: tuple(v) for m, v in out.items()}
 
     def product_edge(self, us: int) -> bool:
-        """Whether ``us`` is where delivery products begin and end (local time, products of
-        ``product_minutes`` from local midnight)."""
-        t = from_us(us).astimezone(self.tz)
-        return t.second == 0 and t.microsecond == 0 and (t.hour * 60 + t.minute) % self.product_minutes == 0
+        """Whether ``us`` is where delivery products begin and end."""
+        return is_product_edge(us, self.tz, self.product_minutes)
 
     def last_product_edge(self, us: int) -> int:
         """The latest product edge at or before ``us``."""
-        t = us // self.step_us * self.step_us
-        while not self.product_edge(t):
-            t -= self.step_us
-        return t
+        return product_edge_at_or_before(us, self.tz, self.product_minutes)
 
     async def run_bills(self, start_us: int, end_us: int, members: Sequence[str] | None = None) -> list[dict]:
         """Bill every member (or ``members``) for the period and issue the bills: a bill

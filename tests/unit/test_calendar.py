@@ -8,7 +8,16 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from exchange.core.calendar import Calendar, CalendarConfig, GateMode, Product, ProductState, product_id_for
+from exchange.core.calendar import (
+    Calendar,
+    CalendarConfig,
+    GateMode,
+    Product,
+    ProductState,
+    is_product_edge,
+    product_edge_at_or_before,
+    product_id_for,
+)
 from exchange.core.units import (
     US_PER_MIN,
     eur,
@@ -298,3 +307,21 @@ def test_money_and_eur_exact():
     assert eur(m) == Decimal("80.55")
     assert eur_cents_half_even(m) == 8055
     assert eur(1) == Decimal("0.00000001")
+
+
+@pytest.mark.parametrize("tz", ["Europe/Amsterdam", "Asia/Kolkata", "America/St_Johns"])
+@pytest.mark.parametrize("minutes", [15, 30, 60])
+@pytest.mark.parametrize("day", [date(2026, 11, 22), date(2026, 3, 29), date(2026, 10, 25)])  # DST days too
+def test_product_edges_are_where_the_calendars_products_begin(tz, minutes, day):
+    """Bills begin and end on these edges (metering): exactly the starts of Calendar.products."""
+    c = cal(timezone=tz, product_minutes=minutes)
+    products = c.products(day)
+    starts = [p.start_us for p in products]
+    zone = ZoneInfo(tz)
+    for p in products:
+        assert is_product_edge(p.start_us, zone, minutes)
+        assert product_edge_at_or_before(p.start_us + 1, zone, minutes) == p.start_us
+        assert product_edge_at_or_before(p.end_us - 1, zone, minutes) == p.start_us
+        assert not is_product_edge(p.start_us + 5 * 60_000_000, zone, minutes)
+    assert products[-1].end_us == c.products(day + timedelta(days=1))[0].start_us
+    assert len(starts) == len(set(starts))
