@@ -136,7 +136,9 @@ class Session:
     def __init__(self, ws: web.WebSocketResponse, market: Market, md: MarketData, settings: Settings,
                  metrics: Any = None, handlers: dict[str, Any] | None = None, protocol: WireProtocol | None = None,
                  app: web.Application | None = None, host: str = "localhost", secure: bool = False,
-                 path: str = "/ws", frames: FrameWriter | None = None) -> None:
+                 path: str = "/ws", frames: FrameWriter | None = None, siwe_refused: str | None = None) -> None:
+        """``host``, ``secure``: what a sign-in must name (``sign_in_host``); ``siwe_refused``:
+        why this connection gets no sign-in offer (an address the exchange does not know)."""
         self.ws = ws
         self.frames = frames if frames is not None else FrameWriter(ws, None)  # None: ws.send_str each
         self.app = app
@@ -152,7 +154,7 @@ class Session:
         self.challenge = auth.new_challenge(settings.market_id)  # deprecated login
         now = datetime.now(UTC).replace(microsecond=0)
         # the Sign-In with Ethereum offer of this connection (hello.siwe); its nonce is single use
-        self.siwe: dict[str, Any] | None = {
+        self.siwe: dict[str, Any] | None = None if siwe_refused is not None else {
             "domain": host, "uri": f"{'wss' if secure else 'ws'}://{host}{path}", "chain_id": settings.chain_id,
             "version": "1", "statement": siwe.safe_statement(f"Sign in to the Voltbourse exchange of community "
                                                               f"{settings.market_id}."),
@@ -160,7 +162,7 @@ class Session:
             "expiration_time": siwe.format_time(now + SIWE_NONCE_TTL)}
         self.siwe_expires = now + SIWE_NONCE_TTL
         self.siwe_path = path  # the URI's path a login must name: this market's endpoint
-        self.siwe_refused: str | None = None  # why this connection has no offer (an unknown host)
+        self.siwe_refused = siwe_refused
         self.scheme = "wss" if secure else "ws"
         self.login_failures = 0
         self.bucket = TokenBucket(settings.ws_rate_per_s, settings.ws_burst)
@@ -777,10 +779,7 @@ async def ws_handler(request: web.Request) -> web.StreamResponse:
     session = Session(ws, app[MARKET], app[MARKET_DATA], settings, metrics, app.get(WS_REQUESTS),
                       app.get(PROTOCOL), app, host=siwe_host, secure=secure,
                       path=app.get(BASE_PATH, "") + "/ws",
-                      frames=FrameWriter(ws, request.transport, writer.drain))
-    if siwe_refused is not None:
-        session.siwe = None  # no offer: a sign-in is refused, saying why
-        session.siwe_refused = siwe_refused
+                      frames=FrameWriter(ws, request.transport, writer.drain), siwe_refused=siwe_refused)
     anonymous = [True]
 
     def logged_in() -> None:

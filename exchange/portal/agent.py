@@ -21,7 +21,7 @@ from datetime import date
 from zoneinfo import ZoneInfo
 
 from exchange.core.ids import MemberId, OrderId, ProductId
-from exchange.core.model import CancelOrder, OrderAccepted, PlaceOrder, Side
+from exchange.core.model import CancelOrder, OrderAccepted, PlaceOrder, Rejected, Side
 from exchange.core.units import from_us
 from exchange.portal.agent_rules import (
     AgentStrategy,
@@ -248,7 +248,7 @@ class AgentHost:
                     run.refusals_in_a_row += 1
                     wait = min(2 ** run.refusals_in_a_row, MAX_REFUSAL_PAUSE_S)
                     run.paused_until = time.monotonic() + wait
-                    reason = next((getattr(e, "reason", None) for e in res.events if e.type == "rejected"), None)
+                    reason = next((e.reason for e in res.events if isinstance(e, Rejected)), None)
                     run.note = (f"the market refused the agent's last order ({reason or 'refused'}); it tries again "
                                 f"in {wait} s")
                     return

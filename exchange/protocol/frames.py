@@ -99,12 +99,13 @@ def _value(s: str, j: int) -> str | int | None:
 
 #: what a NUL character looks like in JSON text (a raw one is not valid JSON in a string)
 _NUL_ESCAPE = "\\u0000"
+_NUL_ESCAPE_BYTES = _NUL_ESCAPE.encode()
 NUL_MESSAGE = "a text may not contain the NUL character (U+0000): nothing stores it"
 
 
 def has_nul_escape(raw: str | bytes) -> bool:
     """Whether the JSON text may hold a NUL character (a cheap test; :func:`nul_location` tells)."""
-    return (_NUL_ESCAPE.encode() in raw) if isinstance(raw, bytes) else (_NUL_ESCAPE in raw)
+    return (_NUL_ESCAPE_BYTES in raw) if isinstance(raw, bytes) else (_NUL_ESCAPE in raw)
 
 
 def nul_location(value: object, _at: tuple[str | int, ...] = ()) -> tuple[str | int, ...] | None:
