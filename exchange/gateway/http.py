@@ -164,6 +164,19 @@ def read_query(request: web.Request, model: type[BaseModel]) -> Any:
     return model.model_validate(dict(q))
 
 
+def same_origin(request: web.Request, *, required: bool) -> bool:
+    """Whether the request's ``Origin`` is this exchange: the configured ``public_origin``, or
+    else the host the request was sent to (``Host``) over http or https. Without an
+    ``Origin`` header: ``not required``."""
+    origin = request.headers.get("Origin")
+    if origin is None:
+        return not required
+    public = request.config_dict[SETTINGS].public_origin
+    if public:
+        return origin.rstrip("/") == public.rstrip("/")
+    return origin in (f"http://{request.host}", f"https://{request.host}")
+
+
 def sign_in_host(request: web.Request) -> tuple[str, bool]:
     """``(host, secure)`` a Sign-In with Ethereum message must name for this exchange: those
     of ``PUBLIC_ORIGIN`` when it is set, never the ``Host`` header a caller chooses (a

@@ -41,7 +41,7 @@ from pathlib import Path
 from aiohttp import WSMsgType, web
 
 from exchange.gateway.feed import OPERATOR_FEED, FeedClient, OperatorFeed
-from exchange.gateway.http import PAGE_AUTHENTICATED, operator_enabled, operator_token_valid
+from exchange.gateway.http import PAGE_AUTHENTICATED, operator_enabled, operator_token_valid, same_origin
 from exchange.gateway.keys import BASE_PATH, CREDENTIALS_REVOKED, MARKET, MEMBERS, SETTINGS
 from exchange.gateway.marketdata import MARKET_DATA
 from exchange.gateway.tenants import PLATFORM
@@ -161,20 +161,6 @@ def _platform_token(request: web.Request, given: str) -> bool:
     return bool(token) and hmac.compare_digest(given.encode(), token.encode())
 
 
-def _same_origin(request: web.Request) -> bool:
-    """No ``Origin`` (not a browser's cross-origin request) or the configured public
-    origin (``public_origin``). Without that setting (a local deployment), the origin must
-    name the host the request was sent to (the ``Host`` header, which a browser sets)."""
-    origin = request.headers.get("Origin")
-    if origin is None:
-        return True
-    public = request.config_dict[SETTINGS].public_origin
-    if public:
-        return origin.rstrip("/") == public.rstrip("/")
-    host = request.headers.get("Host", "")
-    return origin in (f"http://{host}", f"https://{host}")
-
-
 def _security_headers(request: web.Request, resp: web.StreamResponse) -> web.StreamResponse:
     host = request.headers.get("Host", "")
     resp.headers["Content-Security-Policy"] = (
@@ -235,7 +221,7 @@ async def login(request: web.Request) -> web.StreamResponse:
         return _security_headers(request, web.Response(text=_login_html(request, message), content_type="text/html",
                                                        status=status))
 
-    if not _same_origin(request):
+    if not same_origin(request, required=False):
         return refuse(403, "FORBIDDEN", "cross-origin login refused")
     if not operator_enabled(request):
         return refuse(503, "OPERATOR_DISABLED", "The operator login is disabled: no operator token is configured.")
@@ -274,7 +260,7 @@ async def login(request: web.Request) -> web.StreamResponse:
 
 
 async def logout(request: web.Request) -> web.StreamResponse:
-    if not _same_origin(request):
+    if not same_origin(request, required=False):
         return _err(403, "FORBIDDEN", "cross-origin logout refused")
     sid = request.cookies.get(_cookie(request))
     if sid:
@@ -298,7 +284,7 @@ async def session_info(request: web.Request) -> web.Response:
 
 
 async def feed_ws(request: web.Request) -> web.StreamResponse:
-    if not _same_origin(request):
+    if not same_origin(request, required=False):
         return _err(403, "FORBIDDEN", "cross-origin feed connection refused")
     sid = _sid(request)
     if sid is None:
@@ -344,7 +330,7 @@ async def page_session_auth(request: web.Request, handler):
     platform_route = request.path.startswith("/api/platform/") and _platform_root(request)
     if ((operator_route or platform_route) and "Authorization" not in request.headers
             and request.headers.get(PAGE_HEADER) == "1" and _cookie(request) in request.cookies):
-        if not _same_origin(request):
+        if not same_origin(request, required=False):
             return _err(403, "FORBIDDEN", "cross-origin request refused")
         sid = _sid(request)
         if operator_enabled(request) and sid is not None and (

@@ -39,6 +39,7 @@ from exchange.gateway.http import (
     obj,
     read_body,
     read_query,
+    same_origin,
     sign_in_host,
 )
 from exchange.gateway.keys import BASE_PATH, MARKET, OUTLOOK_SOURCES, PEER_AUTHENTICATORS, SETTINGS, PeerAuth
@@ -110,19 +111,6 @@ def csrf_token(sid: str) -> str:
     a restart; a cross-site page can neither read nor compute it."""
     mac = hmac.new(sid.encode(), b"voltbourse portal csrf", hashlib.sha256).digest()
     return base64.urlsafe_b64encode(mac).rstrip(b"=").decode()
-
-
-def same_origin(request: web.Request, *, required: bool) -> bool:
-    """Whether the request's ``Origin`` is this exchange: the configured ``public_origin``, or
-    else the host the request was sent to (``Host``) over http or https. Without an
-    ``Origin`` header: ``not required``."""
-    origin = request.headers.get("Origin")
-    if origin is None:
-        return not required
-    public = request.config_dict[SETTINGS].public_origin
-    if public:
-        return origin.rstrip("/") == public.rstrip("/")
-    return origin in (f"http://{request.host}", f"https://{request.host}")
 
 
 def security_headers(request: web.Request, resp: web.StreamResponse) -> web.StreamResponse:
