@@ -9,16 +9,22 @@
   :class:`~exchange.protocol.errors.VoltbourseError` (any layer) with its catalogued
   status, pydantic ``ValidationError`` as 422 ``INVALID_REQUEST`` (400
   ``MALFORMED_JSON`` for a body that is not JSON), the runtime's
-  ``MarketUnavailable``/``MarketBusy`` as 503, a too-large body as 413.
+  ``MarketUnavailable``/``MarketBusy`` as 503, a too-large body as 413, a fault as 500
+  ``INTERNAL``; every answer carries the request's id (:func:`request_id`).
 - :func:`operator_only`: the operator token check (``Authorization: Bearer``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import hmac
 import ipaddress
+import json
+import logging
+import re
+import secrets
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,6 +40,12 @@ from exchange.protocol.siwe import SIWE_WRONG_DOMAIN
 from exchange.runtime.market import MarketBusy, MarketUnavailable
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+log = logging.getLogger(__name__)
+
+REQUEST_ID_HEADER = "X-Request-Id"
+_REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+_REQUEST_ID = web.RequestKey("request_id", str)  # where a request keeps its id
 
 PUBLIC = ("public",)
 OPERATOR = ("operator",)
@@ -59,37 +71,80 @@ def error_response(status: int, code: str, message: str, **extra: Any) -> web.Re
     return web.json_response({"error": code, "message": message, **extra}, status=status, headers=headers)
 
 
-def validation_response(exc: ValidationError) -> web.Response:
+def validation_response(exc: ValidationError, **extra: Any) -> web.Response:
     errs = exc.errors(include_url=False, include_context=False, include_input=False)
     if any(e["type"] == "json_invalid" for e in errs):
-        return error_response(400, "MALFORMED_JSON", "the request body is not valid JSON")
+        return error_response(400, "MALFORMED_JSON", "the request body is not valid JSON", **extra)
     details = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in errs]
     message = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in errs)
-    return error_response(422, "INVALID_REQUEST", message, details=details)
+    return error_response(422, "INVALID_REQUEST", message, details=details, **extra)
+
+
+def request_id(request: web.Request) -> str:
+    """The request's id: the caller's ``X-Request-Id`` when it is 1-64 letters, digits and
+    ``._:-``, else a new one; the same for the whole request (a hosted market's application
+    answers a clone of it, which carries its state: ``web.Request.clone``)."""
+    rid = request.get(_REQUEST_ID)
+    if rid is None:
+        given = request.headers.get(REQUEST_ID_HEADER, "")
+        rid = request[_REQUEST_ID] = given if _REQUEST_ID_RE.fullmatch(given) else secrets.token_hex(8)
+    return rid
 
 
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Map every error of every layer to its HTTP answer (one place)."""
+    """Map every error of every layer to its HTTP answer (one place), each with the request's
+    id: in the ``X-Request-Id`` header of every answer, and as ``request_id`` in every error's
+    body (those a handler or a guard answered itself too). The server's log line of a refusal
+    or a fault names the same id."""
+    rid = request_id(request)
+    try:
+        resp = await _answer(request, handler, rid)
+    except web.HTTPException as exc:  # aiohttp's other answers (a redirect): as they are, with the id
+        exc.headers[REQUEST_ID_HEADER] = rid
+        raise
+    if resp.status >= 400 and isinstance(resp, web.Response) and resp.content_type == "application/json" \
+            and isinstance(resp.body, bytes):
+        with contextlib.suppress(ValueError, TypeError):
+            data = json.loads(resp.body)
+            if isinstance(data, dict) and "request_id" not in data:
+                data["request_id"] = rid
+                resp.body = json.dumps(data).encode()
+    if not resp.prepared:  # a WebSocket's headers went out when it opened
+        resp.headers[REQUEST_ID_HEADER] = rid
+    return resp
+
+
+async def _answer(request: web.Request, handler: Handler, rid: str) -> web.StreamResponse:
     nul = _nul_in_url(request)
     if nul is not None:
-        return error_response(422, "INVALID_REQUEST", f"{nul}: {NUL_MESSAGE}",
+        return error_response(422, "INVALID_REQUEST", f"{nul}: {NUL_MESSAGE}", request_id=rid,
                               details=[{"loc": [nul] if nul != "path" else ["path"], "msg": NUL_MESSAGE,
                                         "type": "string_nul"}])
     try:
         return await handler(request)
     except VoltbourseError as exc:
-        return error_response(exc.status, exc.code, exc.message, **exc.extra)
+        log.info("%s %s refused %s (request %s): %s", request.method, request.path[:200], exc.code, rid,
+                 exc.message[:500])
+        return error_response(exc.status, exc.code, exc.message, **{**exc.extra, "request_id": rid})
     except ValidationError as exc:
-        return validation_response(exc)
+        log.info("%s %s refused INVALID_REQUEST (request %s)", request.method, request.path[:200], rid)
+        return validation_response(exc, request_id=rid)
     except (MarketUnavailable, MarketBusy) as exc:
         code = "BUSY" if isinstance(exc, MarketBusy) else "UNAVAILABLE"
-        return error_response(503, code, str(exc) or "the market is not running")
+        return error_response(503, code, str(exc) or "the market is not running", request_id=rid)
     except web.HTTPClientError as exc:
-        resp = http_error_response(request, exc)
+        resp = http_error_response(request, exc, request_id=rid)
         if resp is None:
             raise
         return resp
+    except web.HTTPException:
+        raise
+    except Exception:
+        if request.headers.get("Upgrade", "").lower() == "websocket":
+            raise  # its answer may have gone out already: aiohttp logs it and closes the connection
+        log.exception("%s %s failed (request %s)", request.method, request.path[:200], rid)
+        return error_response(500, "INTERNAL", f"a server fault, logged as request {rid}", request_id=rid)
 
 
 def http_error_response(request: web.Request, exc: web.HTTPClientError, **extra: Any) -> web.Response | None:

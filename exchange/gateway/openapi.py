@@ -17,9 +17,13 @@ from exchange import __version__
 from exchange.gateway.http import Route, ref
 
 ERROR_SCHEMA = {
-    "type": "object", "required": ["error", "message"],
+    "type": "object", "required": ["error", "message", "request_id"],
     "properties": {"error": {"type": "string", "description": "machine-readable code (docs/errors.md)"},
                    "message": {"type": "string", "description": "human-readable text"},
+                   "request_id": {"type": "string",
+                                  "description": "the request's id, also in the X-Request-Id header: the caller's "
+                                                 "own X-Request-Id when it sent a sane one, else a new one; the "
+                                                 "server's log line of the refusal names it"},
                    "details": {"type": "array", "items": {"type": "object"},
                                "description": "validation errors (INVALID_REQUEST)"}}}
 ERROR_TEXT = {400: "Invalid JSON or parameter", 401: "Not authenticated (UNAUTHENTICATED, BAD_SIGNATURE)",

@@ -35,7 +35,6 @@ commit for every market).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import json
 import logging
@@ -62,16 +61,13 @@ from exchange.gateway.http import (
     Route,
     add_routes,
     array,
-    error_response,
-    http_error_response,
     json_response,
     obj,
     read_body,
     ref,
-    validation_response,
 )
 from exchange.gateway.keys import CREDENTIALS_REVOKED, MARKET, SETTINGS
-from exchange.protocol.errors import VoltbourseError, register
+from exchange.protocol.errors import register
 from exchange.runtime.clock import Clock
 from exchange.runtime.committer import GroupCommitter
 from exchange.runtime.config import Settings
@@ -690,55 +686,12 @@ PUBLIC_PLATFORM_ROUTES = tuple(r for r in PLATFORM_ROUTES if r.tags == PUBLIC)
 OPERATOR_PLATFORM_ROUTES = tuple(r for r in PLATFORM_ROUTES if r.tags != PUBLIC)
 
 
-_REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,64}")
-
-
-@web.middleware
-async def platform_request_ids(request: web.Request, handler):
-    """Every answer of a platform route carries a request id (``X-Request-Id``: the caller's
-    own when it sent a sane one, else a new one), and so does every error body of those
-    routes (``request_id``), which the server's log line of the refusal names too."""
-    if not request.path.startswith("/api/platform/"):
-        return await handler(request)
-    given = request.headers.get("X-Request-Id", "")
-    rid = given if _REQUEST_ID_RE.fullmatch(given) else secrets.token_hex(8)
-    try:
-        resp = await handler(request)
-    except VoltbourseError as exc:
-        log.info("platform %s %s refused %s (request %s): %s", request.method, request.path, exc.code, rid,
-                 exc.message)
-        resp = error_response(exc.status, exc.code, exc.message, **{**exc.extra, "request_id": rid})
-    except ValidationError as exc:
-        log.info("platform %s %s refused INVALID_REQUEST (request %s)", request.method, request.path, rid)
-        resp = validation_response(exc)
-    except web.HTTPClientError as exc:  # no route, a wrong method, a body too large: JSON with its id
-        converted = http_error_response(request, exc, request_id=rid)
-        if converted is None:
-            raise
-        resp = converted
-    except web.HTTPException:
-        raise
-    except Exception:  # a fault: logged under the request id the caller gets
-        log.exception("platform %s %s failed (request %s)", request.method, request.path, rid)
-        resp = error_response(500, "INTERNAL", f"a server fault, logged as request {rid}", request_id=rid)
-    if resp.status >= 400 and isinstance(resp, web.Response) and resp.content_type == "application/json" \
-            and isinstance(resp.body, bytes):  # validation errors, the operator guard's 401 and 403
-        with contextlib.suppress(ValueError, TypeError):
-            data = json.loads(resp.body)
-            if isinstance(data, dict) and "request_id" not in data:
-                data["request_id"] = rid
-                resp.body = json.dumps(data).encode()
-    resp.headers["X-Request-Id"] = rid
-    return resp
-
-
 def add_platform(app: web.Application, platform: Platform) -> None:
     """Make ``app`` (the default market's, at the root) the platform's root: its REST routes
     (guarded by the platform operator token, the root's ``operator_token``), the mount point
     ``/m/{market_id}/...``, and the hosted markets' start (root start-up) and stop (root
     shutdown, before the root's own connections are closed; again at cleanup)."""
     app[PLATFORM] = platform
-    app.middlewares.append(platform_request_ids)
     add_routes(app, OPERATOR_PLATFORM_ROUTES)
     app.router.add_route("*", "/m/{market_id}/{tail:.*}", platform.dispatch)
     app.on_startup.append(_start_platform)

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import re
 import subprocess
 import time
 
@@ -18,6 +20,7 @@ from support.keys import AUTH, KEYS, OPERATOR_TOKEN
 from support.wsclient import WSClient, peer, personal_sign, siwe_text
 
 from exchange.core.engine import MarketEngine
+from exchange.gateway import app as app_module
 from exchange.gateway import session as session_module
 from exchange.gateway.marketdata import MARKET_DATA
 from exchange.gateway.session import LIMITS
@@ -253,7 +256,52 @@ async def test_no_route_answers_500_to_hostile_values(serve, http):
                     seen += 1
                     assert r.status < 500 or (r.status == 503 and "503" in op["responses"]), \
                         (method, path, value, r.status, await r.text())
+                    rid = r.headers.get("X-Request-Id")
+                    assert rid and re.fullmatch("[0-9a-f]{16}", rid), (method, path, dict(r.headers))
+                    if r.status >= 400:  # every refusal is JSON and names the id of its answer
+                        body = await r.json()
+                        assert body["request_id"] == rid, (method, path, value, body)
         assert seen > 300
+
+
+async def test_every_route_names_the_request_id_and_a_fault_is_json_with_it(serve, http, monkeypatch, caplog):
+    """The request id of docs/rest.md#errors on every route of every subsystem, the
+    caller's own when sane, and a server fault answered as JSON under an id its log line names."""
+    async with serve() as server:
+        async with http.get(server.http + "/api/products", headers={"X-Request-Id": "mine-1"}) as r:
+            assert r.status == 200 and r.headers["X-Request-Id"] == "mine-1"
+        async with http.get(server.http + "/api/trades", params={"limit": "x"},
+                            headers={"X-Request-Id": "not sane!"}) as r:
+            body = await r.json()
+            assert r.status == 422 and re.fullmatch("[0-9a-f]{16}", body["request_id"]), body
+            assert r.headers["X-Request-Id"] == body["request_id"]
+        for i, (method, path, data) in enumerate((
+                ("GET", "/portal/session", None),  # the portal: no session
+                ("POST", "/portal/siwe/login", b"{"),  # the portal: not JSON
+                ("GET", "/api/operator/metering/bills", None),  # metering: no token
+                ("POST", "/api/operator/metering/readings", b"[]"),  # metering, operator: no token
+                ("GET", "/api/trades/999999/proof", None),  # proofs: unknown trade
+                ("GET", "/api/operator/flexibility", None),  # flexibility: no token
+                ("GET", "/api/nope", None))):  # no route
+            async with http.request(method, server.http + path, data=data,
+                                    headers={"X-Request-Id": f"sub-{i}"}) as r:
+                assert r.status >= 400 and r.content_type == "application/json", (path, r.status, await r.text())
+                body = await r.json()
+                assert body["request_id"] == f"sub-{i}" == r.headers["X-Request-Id"], (path, body)
+
+        def broken(engine):
+            raise RuntimeError("a bug")
+
+        monkeypatch.setattr(app_module, "products_sorted", broken)
+        with caplog.at_level(logging.ERROR, logger="exchange.gateway.http"):
+            async with http.get(server.http + "/api/products", headers={"X-Request-Id": "fault-1"}) as r:
+                body = await r.json()
+        assert r.status == 500 and body["error"] == "INTERNAL" and body["request_id"] == "fault-1", body
+        assert any("fault-1" in rec.getMessage() and rec.exc_info for rec in caplog.records)
+        monkeypatch.undo()
+        c = await peer(http, server, 0)  # the server goes on
+        assert (await c.request({"type": "ping"}))["result"]["pong"] is True
+        await c.ws.close()
 
 
 async def test_a_nul_character_is_refused_at_every_edge_and_changes_nothing(serve, http):
