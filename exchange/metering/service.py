@@ -37,10 +37,10 @@ OWNER = "metering"
 INVALID_UPLOAD = register("INVALID_UPLOAD", 422, "a readings file has errors (each with line, column and reason); "
                                                  "nothing was imported", OWNER)
 UPLOAD_TOO_LARGE = register("UPLOAD_TOO_LARGE", 413, "the upload exceeds metering_upload_max_mb", OWNER)
-UNKNOWN_POINT = register("UNKNOWN_POINT", 404, "no such metering point in this community", OWNER)
 POINT_CONFLICT = register("POINT_CONFLICT", 409, "a metering point id is registered with another member or kind",
                           OWNER)
-NOT_YOUR_POINT = register("NOT_YOUR_POINT", 403, "the metering point belongs to another member", OWNER)
+NOT_YOUR_POINT = register("NOT_YOUR_POINT", 403, "not one of the member's metering points (another member's, "
+                          "or none: the answer does not tell which)", OWNER)
 NO_TARIFF = register("NO_TARIFF", 409, "a member has no tariff (and the default tariff does not exist) or a tariff "
                                        "has no price for part of the period", OWNER)
 UNKNOWN_TARIFF = register("UNKNOWN_TARIFF", 404, "no such tariff", OWNER)
@@ -166,11 +166,8 @@ class MeteringService:
         its own points, by the rules of an upload. Changes nothing."""
         mine = {p.point_id for p in await self.store.points(member)}
         foreign = sorted({pid for pid, _, _ in readings if pid not in mine})
-        if foreign:
-            everyone = {p.point_id for p in await self.store.points()}
-            if any(pid in everyone for pid in foreign):
-                raise VoltbourseError(NOT_YOUR_POINT, "these metering points are not yours")
-            raise VoltbourseError(UNKNOWN_POINT, f"unknown metering point(s): {[f[:64] for f in foreign[:10]]}")
+        if foreign:  # another member's point or none at all: one answer, which tells nobody which points exist
+            raise VoltbourseError(NOT_YOUR_POINT, f"not your metering point(s): {[f[:64] for f in foreign[:10]]}")
         rows: list[tuple[object, ...]] = [("point_id", "interval_start", "energy_wh")]
         rows.extend((pid, iso(t), e) for pid, t, e in readings)
         try:

@@ -324,6 +324,10 @@ async def test_member_pushes_and_reads_over_ws(api, server, http):
     r = await a.request({"type": "meter_readings", "id": 2, "readings": [
         {"point_id": "B-imp", "interval_start": at(0), "energy_wh": 5}]})
     assert r["type"] == "error" and r["code"] == "NOT_YOUR_POINT" and r["id"] == 2
+    r2 = await a.request({"type": "meter_readings", "id": 2, "readings": [
+        {"point_id": "NOPE-imp", "interval_start": at(0), "energy_wh": 5}]})
+    # a point that does not exist is answered as another member's: no member learns which exist
+    assert r2["code"] == r["code"] and r2["message"].replace("NOPE", "B") == r["message"], (r, r2)
     r = await a.request({"type": "meter_readings", "id": 3, "readings": [
         {"point_id": "A-imp", "interval_start": at(7), "energy_wh": 5}]})
     assert r["type"] == "error" and r["code"] == "INVALID_UPLOAD" and r["id"] == 3
