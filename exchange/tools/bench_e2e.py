@@ -21,6 +21,12 @@ server: alone, while N more sessions (in a process of their own) ask for their
 over the runs, so ``ack_p99_ms_no_readers`` is the mean of the runs before and after
 (each also given: ``ack_p99_ms_no_readers_before`` / ``_after``).
 
+With settlement on (the default), the load starts once the settlement process ``serve``
+started has reported itself running (``GET /api/operator/settlement``: ``process.alive``),
+as in production, where it starts once: its start-up (the chain opened, web3 and py-evm
+imported, several CPU-seconds) would otherwise share the two cores with the measured load;
+``settlement_ready_s`` says how long that took after the server was ready.
+
 With ``--rate R`` the order load is paced at R requests/s in total (spread over the
 sessions) instead of running as fast as the answers come: latency at a given load, the
 way a member experiences it, rather than queueing at saturation. The read-load mode
@@ -78,6 +84,27 @@ async def _wait_ready(http: aiohttp.ClientSession, base: str, proc: subprocess.P
             pass
         await asyncio.sleep(0.2)
     raise RuntimeError("server not ready in time")
+
+
+async def _wait_settlement(http: aiohttp.ClientSession, base: str, proc: subprocess.Popen,
+                           timeout: float = 120) -> float | None:
+    """Seconds until the settlement process reports itself running; None when settlement
+    runs in no process of its own (off, or inline)."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        async with http.get(f"{base}/api/operator/settlement", headers={"Authorization": f"Bearer {TOKEN}"}) as r:
+            if r.status == 404:
+                return None  # settlement off: no such route
+            body = await r.json() if r.status == 200 else {}
+        process = body.get("process") if isinstance(body, dict) else None
+        if r.status == 200 and process is None:
+            return None  # inline: the worker started with the server
+        if process and process.get("alive") and process.get("pid"):
+            return round(time.monotonic() - t0, 2)
+        await asyncio.sleep(0.2)
+    raise RuntimeError("the settlement process did not report itself running in time")
 
 
 async def _session(http, url, key, products, n_orders, window, seed, lat, counts, rate: float = 0.0) -> None:
@@ -340,10 +367,13 @@ def bench_e2e(orders: int = 40_000, seed: int = 1, connections: int = 40, window
                 async def go() -> dict:
                     async with aiohttp.ClientSession() as http:
                         await _wait_ready(http, base, proc)
+                        settled = await _wait_settlement(http, base, proc)
                     if readers:
-                        return await _read_load(base, connections, orders, window, seed, readers,
-                                                seed_trades, reader_pause_s, rate)
-                    return await _load(base, connections, orders, window, seed, rate)
+                        out = await _read_load(base, connections, orders, window, seed, readers,
+                                               seed_trades, reader_pause_s, rate)
+                    else:
+                        out = await _load(base, connections, orders, window, seed, rate)
+                    return {**out, "settlement_ready_s": settled}
 
                 result = run_async(go())
             except BaseException:
