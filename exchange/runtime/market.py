@@ -80,6 +80,7 @@ class MarketRuntime:
         self.snapshotter = snapshotter  # seeded with the recovered state before the first command
         self.recovered_from = 0  # cmd_seq of the snapshot recovery started from (0: none)
         self.journal = journal
+        self.market_id: str = journal.market_id
         # the process's scheduler and group commit, shared with its other markets (None: one of its own)
         self._own_committer = committer is None
         self.committer = GroupCommitter(journal.pool, in_flight=1) if committer is None else committer
@@ -91,6 +92,7 @@ class MarketRuntime:
         self._queue: deque[_Item] = deque()
         self._space = asyncio.Event()  # set while the queue has room (submit waits on it when full)
         self._space.set()
+        self._space_awaited = False  # a submitter waits for room (the step need not look at the event otherwise)
         # processed, not yet committing: the entries, and for each its caller's future and receipt time
         self._outbox: list[Entry] = []
         self._waiters: list[tuple[asyncio.Future | None, int]] = []
@@ -111,9 +113,6 @@ class MarketRuntime:
         self.commit_failures = 0
         self.on_commit: Callable[[float, int], None] | None = None  # (seconds, commands) for metrics
 
-    @property
-    def market_id(self) -> str:
-        return self.journal.market_id
 
     def queued(self) -> int:
         """Commands submitted, not yet through the engine."""
@@ -221,6 +220,7 @@ class MarketRuntime:
         self._outbox = []
         self._waiters = []
         self._committing = 0
+        self._space_awaited = False
         self._space.set()  # a submitter waiting for room sees the market closed
         for fut in list(self._pending):
             if not fut.done():
@@ -262,6 +262,7 @@ class MarketRuntime:
         self._check_open()
         while len(self._queue) >= self.queue_size:  # back-pressure: wait for room
             self._space.clear()
+            self._space_awaited = True
             await self._space.wait()
             self._check_open()
         fut = self._new_future()
@@ -314,7 +315,8 @@ class MarketRuntime:
         snap = self.snapshotter
         if journaled and snap is not None and snap.due(self.cmd_seq):  # between commands: a fork, ~ms
             snap.capture(engine, self.cmd_seq, self._journaled_ts, self._committed_cmd)
-        if not self._space.is_set() and len(q) < self.queue_size:
+        if self._space_awaited and len(q) < self.queue_size:
+            self._space_awaited = False
             self._space.set()
         return bool(q) and len(outbox) + self._committing < self.max_uncommitted
 

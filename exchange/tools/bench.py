@@ -354,7 +354,7 @@ async def _shared_markets_run(dsn: str, n: int, commands: int, seed: int, concur
             journal = Journal(pool, f"{prefix}-{n}x-{i}")
             cfg = await journal.load_or_store_config(config)
             rt = MarketRuntime(MarketEngine(cfg), journal, ManualClock(BENCH_T0),
-                               max_batch=settings.journal_max_batch, keep_stats=True, committer=committer)
+                               max_batch=settings.journal_max_batch, committer=committer)
             await rt.start()
             runtimes.append(rt)
         names = workload.members(200)

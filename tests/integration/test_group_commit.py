@@ -185,6 +185,29 @@ async def test_back_pressure_while_commits_stall(pool, monkeypatch):
         await rt.stop()
 
 
+async def test_submitters_wait_for_room_and_all_get_their_answers(pool, monkeypatch):
+    """``submit`` on a full queue waits (no MarketBusy) until the engine has taken commands
+    out of it, which happens once a COMMIT makes room; every waiter is answered, in order."""
+    settings = load_settings(database_url="postgresql://unused", market_id="bw")
+    journal = Journal(pool, "bw")
+    cfg = await journal.load_or_store_config(market_config(settings))
+    rt = MarketRuntime(MarketEngine(cfg), journal, ManualClock(T0), max_batch=5, queue_size=10)
+    await rt.start()
+    try:
+        await rt.submit(RegisterMember(0, "a", collateral=10**15, export_capacity_w=10**9))
+        gate = await _stalled_writes(monkeypatch, "bw")
+        pid = open_products(rt.engine)[0]
+        subs = [asyncio.ensure_future(rt.submit(PlaceOrder(0, "a", pid, Side.BUY, 9_000 + i, 1_000)))
+                for i in range(60)]
+        await asyncio.sleep(0.2)
+        assert rt.queued() == 10 and rt.uncommitted() == 20 and not any(f.done() for f in subs)
+        gate.set()
+        results = await asyncio.wait_for(asyncio.gather(*subs), 10)
+        assert [r.cmd_seq for r in results] == list(range(results[0].cmd_seq, results[0].cmd_seq + 60))
+    finally:
+        await rt.stop()
+
+
 async def test_a_market_stopped_with_a_transaction_in_flight_waits_for_it(pool, monkeypatch, committer):
     """Its lock is not released (so no other instance can recover without those rows) before
     the attempt ends; committed, the command is answered, and a restart finds it."""
