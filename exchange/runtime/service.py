@@ -32,11 +32,21 @@ from exchange.runtime.trades import TradeStore
 
 def tune_gc() -> None:
     """The engine keeps hundreds of thousands of long-lived objects (orders, levels) and
-    makes few reference cycles; the default cyclic-GC thresholds make full collections
-    that stall the event loop for tens of milliseconds (measured: p99 ack 59 ms -> 20 ms
-    with these thresholds). Collect far less often instead."""
+    makes few reference cycles. Every collection stops the event loop for as long as it
+    takes, which grows with the objects it looks at:
 
-    gc.set_threshold(50_000, 20, 1000)
+    - Python's default thresholds (700, 10, 10) make full collections of the whole heap,
+      tens of milliseconds each (p99 ack 59 ms against 20 ms without them);
+    - (50 000, 20, 1000), used before, never collected the old generation but stopped the
+      loop 25-60 ms per young collection, and every twentieth one (the objects of a million
+      allocations) for 0.8 s: measured in one process with ``bench journal``'s single-market
+      load (docs/benchmarks.md, "Garbage collection pauses");
+    - (5 000, 2, 100 000): young collections of a few thousand objects, the middle one every
+      second time (about ten thousand objects), 5-10 ms each, about the same GC time in all;
+      the old generation is still never collected (a full collection after 10^9 allocations).
+    """
+
+    gc.set_threshold(5_000, 2, 100_000)
 
 
 def run_async(coro):
