@@ -20,7 +20,8 @@ ERRORS_HEAD = """# Error codes
 Generated from `exchange.protocol.errors.CATALOGUE` by `voltbourse docs` (a test keeps it
 equal). Every refusal carries one of these codes: on the WebSocket as
 `{"type": "error", "id": <request id>, "code": CODE, "message": text}`, over HTTP as
-`{"error": CODE, "message": text}` with the HTTP status below. Engine reasons are
+`{"error": CODE, "message": text, "request_id": id}` with the HTTP status below (the same
+id in the `X-Request-Id` header: [rest.md](rest.md#errors)). Engine reasons are
 explained in [engine.md](engine.md).
 
 """

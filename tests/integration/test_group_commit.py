@@ -156,18 +156,28 @@ async def _stalled_with_one_pending(pool, monkeypatch, committer: GroupCommitter
     return rt, first, gate, pending
 
 
-async def test_back_pressure_while_commits_stall(pool, monkeypatch):
-    """The engine does not run ahead of the journal without bound: at max_uncommitted
-    processed commands it waits for a COMMIT, the queue fills, and enqueue says MarketBusy."""
-    settings = load_settings(database_url="postgresql://unused", market_id="bp")
-    journal = Journal(pool, "bp")
+async def _small_queue_stalled(pool, monkeypatch, market_id: str) -> tuple[MarketRuntime, asyncio.Event, str]:
+    """A market of its own with a batch of 5, a queue of 10 and member "a", whose journal
+    writes then wait for the returned gate: (runtime, gate, an open product)."""
+    settings = load_settings(database_url="postgresql://unused", market_id=market_id)
+    journal = Journal(pool, market_id)
     cfg = await journal.load_or_store_config(market_config(settings))
     rt = MarketRuntime(MarketEngine(cfg), journal, ManualClock(T0), max_batch=5, queue_size=10)
     await rt.start()
     try:
         await rt.submit(RegisterMember(0, "a", collateral=10**15, export_capacity_w=10**9))
-        gate = await _stalled_writes(monkeypatch, "bp")
-        pid = open_products(rt.engine)[0]
+        gate = await _stalled_writes(monkeypatch, market_id)
+    except BaseException:
+        await rt.stop()
+        raise
+    return rt, gate, open_products(rt.engine)[0]
+
+
+async def test_back_pressure_while_commits_stall(pool, monkeypatch):
+    """The engine does not run ahead of the journal without bound: at max_uncommitted
+    processed commands it waits for a COMMIT, the queue fills, and enqueue says MarketBusy."""
+    rt, gate, pid = await _small_queue_stalled(pool, monkeypatch, "bp")
+    try:
         futs, busy = [], 0
         for i in range(200):
             try:
@@ -188,15 +198,8 @@ async def test_back_pressure_while_commits_stall(pool, monkeypatch):
 async def test_submitters_wait_for_room_and_all_get_their_answers(pool, monkeypatch):
     """``submit`` on a full queue waits (no MarketBusy) until the engine has taken commands
     out of it, which happens once a COMMIT makes room; every waiter is answered, in order."""
-    settings = load_settings(database_url="postgresql://unused", market_id="bw")
-    journal = Journal(pool, "bw")
-    cfg = await journal.load_or_store_config(market_config(settings))
-    rt = MarketRuntime(MarketEngine(cfg), journal, ManualClock(T0), max_batch=5, queue_size=10)
-    await rt.start()
+    rt, gate, pid = await _small_queue_stalled(pool, monkeypatch, "bw")
     try:
-        await rt.submit(RegisterMember(0, "a", collateral=10**15, export_capacity_w=10**9))
-        gate = await _stalled_writes(monkeypatch, "bw")
-        pid = open_products(rt.engine)[0]
         subs = [asyncio.ensure_future(rt.submit(PlaceOrder(0, "a", pid, Side.BUY, 9_000 + i, 1_000)))
                 for i in range(60)]
         await asyncio.sleep(0.2)
