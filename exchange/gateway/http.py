@@ -103,6 +103,13 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except web.HTTPException as exc:  # aiohttp's other answers (a redirect): as they are, with the id
         exc.headers[REQUEST_ID_HEADER] = rid
         raise
+    if not resp.prepared:  # a WebSocket's headers went out when it opened
+        resp.headers[REQUEST_ID_HEADER] = rid
+    return resp
+
+
+def _with_request_id(resp: web.StreamResponse, rid: str) -> web.StreamResponse:
+    """A JSON error a handler or a guard answered itself (not raised), with ``request_id``."""
     if resp.status >= 400 and isinstance(resp, web.Response) and resp.content_type == "application/json" \
             and isinstance(resp.body, bytes):
         with contextlib.suppress(ValueError, TypeError):
@@ -110,8 +117,6 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             if isinstance(data, dict) and "request_id" not in data:
                 data["request_id"] = rid
                 resp.body = json.dumps(data).encode()
-    if not resp.prepared:  # a WebSocket's headers went out when it opened
-        resp.headers[REQUEST_ID_HEADER] = rid
     return resp
 
 
@@ -122,7 +127,7 @@ async def _answer(request: web.Request, handler: Handler, rid: str) -> web.Strea
                               details=[{"loc": [nul] if nul != "path" else ["path"], "msg": NUL_MESSAGE,
                                         "type": "string_nul"}])
     try:
-        return await handler(request)
+        return _with_request_id(await handler(request), rid)
     except VoltbourseError as exc:
         log.info("%s %s refused %s (request %s): %s", request.method, request.path[:200], exc.code, rid,
                  exc.message[:500])
