@@ -92,7 +92,6 @@ class MarketRuntime:
         self._queue: deque[_Item] = deque()
         self._space = asyncio.Event()  # set while the queue has room (submit waits on it when full)
         self._space.set()
-        self._space_awaited = False  # a submitter waits for room (the step need not look at the event otherwise)
         # processed, not yet committing: the entries, and for each its caller's future and receipt time
         self._outbox: list[Entry] = []
         self._waiters: list[tuple[asyncio.Future | None, int]] = []
@@ -112,7 +111,6 @@ class MarketRuntime:
         self.failed: BaseException | None = None
         self.commit_failures = 0
         self.on_commit: Callable[[float, int], None] | None = None  # (seconds, commands) for metrics
-
 
     def queued(self) -> int:
         """Commands submitted, not yet through the engine."""
@@ -220,7 +218,6 @@ class MarketRuntime:
         self._outbox = []
         self._waiters = []
         self._committing = 0
-        self._space_awaited = False
         self._space.set()  # a submitter waiting for room sees the market closed
         for fut in list(self._pending):
             if not fut.done():
@@ -262,7 +259,6 @@ class MarketRuntime:
         self._check_open()
         while len(self._queue) >= self.queue_size:  # back-pressure: wait for room
             self._space.clear()
-            self._space_awaited = True
             await self._space.wait()
             self._check_open()
         fut = self._new_future()
@@ -315,8 +311,7 @@ class MarketRuntime:
         snap = self.snapshotter
         if journaled and snap is not None and snap.due(self.cmd_seq):  # between commands: a fork, ~ms
             snap.capture(engine, self.cmd_seq, self._journaled_ts, self._committed_cmd)
-        if self._space_awaited and len(q) < self.queue_size:
-            self._space_awaited = False
+        if not self._space.is_set() and len(q) < self.queue_size:
             self._space.set()
         return bool(q) and len(outbox) + self._committing < self.max_uncommitted
 
