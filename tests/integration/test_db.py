@@ -17,6 +17,7 @@ from exchange.metering.migrations import TABLES as METERING_TABLES
 from exchange.portal.migrations import TABLES as PORTAL_TABLES
 from exchange.runtime.db import (
     CORE_TABLES,
+    EMBEDDED_SERVER_SETTINGS,
     EmbeddedPostgres,
     create_pool,
     current_revision,
@@ -45,6 +46,25 @@ async def test_embedded_postgres_starts(pg_dsn: str) -> None:
     try:
         assert conn.get_server_version().major == 18 or "VOLTBOURSE_TEST_DATABASE_URL" in os.environ
         assert await conn.fetchval("SELECT 1") == 1
+    finally:
+        await conn.close()
+
+
+@pytest.mark.skipif("VOLTBOURSE_TEST_DATABASE_URL" in os.environ, reason="an external server is its DBA's to tune")
+async def test_embedded_postgres_server_settings(pg_dsn: str) -> None:
+    """The embedded server runs with EMBEDDED_SERVER_SETTINGS (new WAL segments not zero-filled
+    on the commit path), kept in its data directory for its next start."""
+    conn = await asyncpg.connect(pg_dsn)
+    try:
+        for name, value in EMBEDDED_SERVER_SETTINGS.items():
+            # a fresh connection sees the reloaded configuration once the postmaster has signalled it
+            for _ in range(50):
+                if await conn.fetchval("SELECT setting FROM pg_settings WHERE name = $1", name) == value:
+                    break
+                await asyncio.sleep(0.05)
+            assert await conn.fetchval("SELECT setting FROM pg_settings WHERE name = $1", name) == value
+            assert await conn.fetchval("SELECT setting FROM pg_file_settings WHERE name = $1 AND applied",
+                                       name) == value
     finally:
         await conn.close()
 
