@@ -219,13 +219,14 @@ class AgentHost:
         target = run.strategy.plan(view)
         run.note = run.strategy.status()
         today = from_us(now_us).astimezone(self.tz).date()
+        max_value = engine.config.controls.max_order_value  # the market refuses an order worth more
         for slot in view.slots:
             if not slot.tradable:
                 continue
             pid = slot.product_id
             resting = {oid: (side, price, engine.orders[OrderId(oid)].remaining)
                        for oid, (p, side, price, _) in run.orders.items() if p == pid and oid in engine.orders}
-            cancel, place = changes(fit(run.limits, target.get(pid, [])), resting)
+            cancel, place = changes(fit(run.limits, target.get(pid, []), max_value), resting)
             for oid in cancel:
                 if run.stopping.is_set():
                     return

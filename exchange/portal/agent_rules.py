@@ -56,9 +56,11 @@ class Limits:
                    int(m["batteryCapacityWh"]), int(m["batteryPowerW"]))
 
     def problems(self, now_s: int, price_min: int, price_max: int,
-                 available: Sequence[str] = BUILT_IN) -> list[str]:
+                 available: Sequence[str] = BUILT_IN, max_order_value: int = 0) -> list[str]:
         """Why these limits cannot be accepted (empty: they can); ``available``: the
-        strategies this deployment runs."""
+        strategies this deployment runs; ``max_order_value``: the market's cap on an order's
+        value (money units; 0: none), which an order of ``max_order_wh`` at the buy cap or
+        the sell floor must respect (the market would refuse every such order)."""
         out = []
         if self.strategy not in available:
             out.append(f"strategy must be one of {', '.join(available)}")
@@ -68,6 +70,12 @@ class Limits:
             out.append("the sell floor must be above the buy cap (the agent would trade with itself)")
         if not 1 <= self.max_order_wh <= 10**9:
             out.append("max order must be 1 Wh to 1 GWh")
+        elif max_order_value:
+            worth = max(abs(self.max_buy_price), abs(self.min_sell_price)) * self.max_order_wh
+            if worth > max_order_value:
+                most = max_order_value // max(abs(self.max_buy_price), abs(self.min_sell_price))
+                out.append(f"an order of {self.max_order_wh} Wh at these prices is worth {worth} money units, above "
+                           f"the market's maximum order value {max_order_value}: at most {most} Wh per order")
         if not 0 <= self.daily_budget <= 10**17:
             out.append("daily budget out of range")
         if not 0 <= self.battery_reserve_wh <= 10**9:
@@ -170,13 +178,16 @@ def strategies(extra: Mapping[str, StrategyFactory] | None = None) -> dict[str, 
 # --------------------------------------------------------------------------- within the limits
 
 
-def fit(limits: Limits, orders: Sequence[Order]) -> list[Order]:
+def fit(limits: Limits, orders: Sequence[Order], max_order_value: int = 0) -> list[Order]:
     """``orders`` brought within the limits: buys at most the cap, sells at least the floor,
-    each at most ``max_order_wh`` (a bigger one is cut, not split), nothing empty."""
+    each at most ``max_order_wh`` and, with the market's ``max_order_value`` (money units; 0:
+    none), worth at most that (a bigger one is cut, not split), nothing empty."""
     out = []
     for side, price, qty in orders:
         price = min(price, limits.max_buy_price) if side == "buy" else max(price, limits.min_sell_price)
         qty = min(qty, limits.max_order_wh)
+        if max_order_value and abs(price) * qty > max_order_value:
+            qty = max_order_value // abs(price)
         if qty > 0:
             out.append((side, price, qty))
     return out

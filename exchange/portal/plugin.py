@@ -522,7 +522,8 @@ def _check_limits(request: web.Request, message: dict[str, Any], now_s: int) -> 
         limits = Limits.from_message(message)
     except (KeyError, TypeError, ValueError) as exc:
         raise ApiError(422, AGENT_REFUSED, f"malformed delegation: {exc}") from None
-    problems = limits.problems(now_s, cfg.price_min, cfg.price_max, tuple(_agent(request).strategies))
+    problems = limits.problems(now_s, cfg.price_min, cfg.price_max, tuple(_agent(request).strategies),
+                               cfg.controls.max_order_value)
     if problems:
         raise ApiError(422, AGENT_REFUSED, "; ".join(problems))
     return limits

@@ -195,13 +195,28 @@ async def test_the_proof_of_an_agents_trade_names_its_delegation(server, http):
     assert p["chain_root"] == p["root"]
 
 
+async def test_limits_worth_more_than_the_markets_order_value_cap_are_refused(server, http):
+    """An order of the delegation's size at its cap or floor that the market's order-value cap
+    (`MAX_ORDER_VALUE_EUR`, 50 000 EUR here) refuses: the delegation is refused when prepared,
+    with the size that fits, instead of an agent whose every order the market refuses."""
+    sid, login = await sign_in(http, server, A)
+    big = {**LIMITS, "max_order_kwh": "1000000", "max_buy_price_eur_mwh": "300", "min_sell_price_eur_mwh": "400",
+           "daily_budget_eur": "999999999"}  # 1 GWh at 400 EUR/MWh: 400 000 EUR
+    st, body = await _call(http, server, "POST", "/portal/agent/prepare", sid, login["csrf_token"], big)
+    assert st == 422 and body["error"] == "AGENT_DELEGATION_INVALID", body
+    assert "maximum order value" in body["message"] and "at most 125000000 Wh per order" in body["message"], body
+    st, body = await _call(http, server, "POST", "/portal/agent/prepare", sid, login["csrf_token"],
+                           {**big, "max_order_kwh": "125000"})
+    assert st == 200, body
+
+
+@pytest.mark.server(market_id="agentm", members=[member(A, collateral=0, export_capacity_w=0), B, KEYS[2]])
 async def test_orders_the_market_refuses_are_not_sent_again_every_round(server, http):
-    """Limits whose orders the engine refuses (each worth more than the order-value cap): the
-    agent re-sent them every second, about 8 refused orders a second per member for as long
-    as the delegation ran. It backs off now (2 s, 4 s, ... up to 5 min) and says why."""
-    limits = {**LIMITS, "max_order_kwh": "1000000", "max_buy_price_eur_mwh": "300", "min_sell_price_eur_mwh": "400",
-              "daily_budget_eur": "999999999"}
-    sid, csrf, typed, st, body = await _enable(http, server, limits=limits)
+    """Orders the engine refuses (here: the member has no collateral for its buys and no
+    export capacity for its sells): the agent re-sent them every second, about 8 refused
+    orders a second per member for as long as the delegation ran. It backs off now (2 s, 4 s,
+    ... up to 5 min) and says why."""
+    sid, csrf, typed, st, body = await _enable(http, server)
     assert st == 201, body
     await asyncio.sleep(4.5)
     st, status = await _call(http, server, "GET", "/portal/agent", sid, None)

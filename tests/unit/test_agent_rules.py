@@ -71,6 +71,28 @@ def test_fit_brings_any_order_within_the_cap_floor_and_size(orders):
         assert price <= L.max_buy_price if side == "buy" else price >= L.min_sell_price
 
 
+@given(orders=st.lists(st.tuples(st.sampled_from(["buy", "sell"]), st.integers(-50_000, 50_000),
+                                 st.integers(-5, 10_000)), max_size=6), cap=st.integers(1, 10**8))
+def test_fit_keeps_every_order_within_the_markets_order_value_cap(orders, cap):
+    fitted = fit(L, orders, cap)
+    for _side, price, qty in fitted:
+        assert 0 < qty <= L.max_order_wh and abs(price) * qty <= cap
+    # an order within the cap is as without it; a bigger one is cut to the most the cap allows (gone if none)
+    cut = [o if abs(o[1]) * o[2] <= cap else (o[0], o[1], cap // abs(o[1])) for o in fit(L, orders)]
+    assert fitted == [o for o in cut if o[2] > 0]
+
+
+def test_limits_whose_largest_order_the_market_would_refuse_are_refused_with_the_size_that_fits():
+    # 2 000 Wh at the sell floor of 14 000 ticks is worth 28 000 000 money units
+    assert L.problems(1_999_000_000, -50_000, 300_000, max_order_value=28_000_000) == []
+    assert L.problems(1_999_000_000, -50_000, 300_000, max_order_value=27_999_999) == [
+        "an order of 2000 Wh at these prices is worth 28000000 money units, above the market's maximum order "
+        "value 27999999: at most 1999 Wh per order"]
+    # a negative buy cap counts by its size too
+    neg = Limits("limits", -30_000, 14_000, 2_000, 0, 0, frozenset(), 2_000_000_000)
+    assert "at most 1000 Wh" in neg.problems(1_999_000_000, -50_000, 300_000, max_order_value=30_000_000)[0]
+
+
 @given(target=st.lists(st.tuples(st.sampled_from(["buy", "sell"]), st.integers(1, 5), st.integers(1, 3)),
                        max_size=5),
        resting=st.dictionaries(st.integers(1, 50), st.tuples(st.sampled_from(["buy", "sell"]), st.integers(1, 5),
