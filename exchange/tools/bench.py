@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
+import logging
 import platform
 import statistics
 import time
@@ -325,14 +326,22 @@ async def _journal_markets_async(dsn: str, commands: int, seed: int, concurrency
     singles: list[dict] = []
     shared: dict[int, list[dict]] = {n: [] for n in markets}
     ratios: dict[int, list[float]] = {n: [] for n in markets}
-    for k in range(repeat):
-        prefix = "bench" if k == 0 else f"bench-r{k}"
-        single = await _journal_async(dsn, commands, seed, concurrency, market_id=prefix)
-        singles.append(single)
-        for n in markets:
-            r = await _shared_markets_run(dsn, n, commands, seed, concurrency, prefix=prefix, in_flight=in_flight)
-            shared[n].append(r)
-            ratios[n].append(round(r["commands_per_s"] / single["commands_per_s"], 3))
+    # each of the rounds' hundreds of fresh markets would log its (empty) recovery at INFO
+    quiet = logging.getLogger("exchange.runtime.market")
+    level = quiet.level
+    if quiet.getEffectiveLevel() == logging.INFO:
+        quiet.setLevel(logging.WARNING)
+    try:
+        for k in range(repeat):
+            prefix = "bench" if k == 0 else f"bench-r{k}"
+            single = await _journal_async(dsn, commands, seed, concurrency, market_id=prefix)
+            singles.append(single)
+            for n in markets:
+                r = await _shared_markets_run(dsn, n, commands, seed, concurrency, prefix=prefix, in_flight=in_flight)
+                shared[n].append(r)
+                ratios[n].append(round(r["commands_per_s"] / single["commands_per_s"], 3))
+    finally:
+        quiet.setLevel(level)
     return {"single_market": _median_run(singles), "markets": [_median_run(shared[n]) for n in markets],
             "in_flight": in_flight, "repeat": repeat,
             "aggregate_vs_single": {str(n): statistics.median(ratios[n]) for n in markets},
