@@ -362,24 +362,24 @@ class Session:
             self.error(exc.request_id, exc.code, exc.message)
             return
         kind = msg.type
-        if kind == "ping":
-            self.send({"type": "response", "id": msg.id, "result": {"pong": True, "rate": self.bucket.usage(),
-                       "server_time": iso_dt(datetime.now(UTC)),
-                       "market_time": iso(self.market.runtime.clock.now_us())}})
-            return
-        if kind == "login":
-            self._login(msg)
-            return
         member = self.member
-        if member is None:
-            self.error(msg.id, "NOT_AUTHENTICATED", "log in first: sign a Sign-In with Ethereum message "
-                       "built from hello.siwe and send `login`")
-            return
-        if member in self.md.mirror.suspended:
-            self.error(msg.id, "MEMBER_SUSPENDED", f"{member} is suspended; this session ends")
-            self.close(4003, "member suspended", flush=True)
-            return
         try:
+            if kind == "ping":
+                self.send({"type": "response", "id": msg.id, "result": {"pong": True, "rate": self.bucket.usage(),
+                           "server_time": iso_dt(datetime.now(UTC)),
+                           "market_time": iso(self.market.runtime.clock.now_us())}})
+                return
+            if kind == "login":
+                self._login(msg)
+                return
+            if member is None:
+                self.error(msg.id, "NOT_AUTHENTICATED", "log in first: sign a Sign-In with Ethereum message "
+                           "built from hello.siwe and send `login`")
+                return
+            if member in self.md.mirror.suspended:
+                self.error(msg.id, "MEMBER_SUSPENDED", f"{member} is suspended; this session ends")
+                self.close(4003, "member suspended", flush=True)
+                return
             if kind == "place":
                 self._place(msg, member, t0)
             elif kind == "place_block":

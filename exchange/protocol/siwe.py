@@ -111,10 +111,11 @@ def _parse_time(field: str, text: str) -> datetime:
                 raise ValueError("offset out of range")
             tz = timezone(timedelta(minutes=sign * (oh * 60 + om)))
         micro = int((frac or "0").ljust(6, "0")[:6])
-        value = datetime(year, month, day, hour, minute, second, micro, tzinfo=tz)
-    except ValueError as exc:
+        # in UTC, a time at the edge of the calendar with an offset (9999-12-31T23:59:59-23:59)
+        # is out of datetime's range: OverflowError, refused like any invalid time
+        return datetime(year, month, day, hour, minute, second, micro, tzinfo=tz).astimezone(UTC)
+    except (ValueError, OverflowError) as exc:
         raise SiweError(field, f"not a valid date-time: {text!r} ({exc})") from None
-    return value.astimezone(UTC)
 
 
 def format_time(t: datetime) -> str:

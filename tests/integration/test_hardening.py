@@ -404,6 +404,31 @@ async def test_a_sign_in_never_names_a_host_the_caller_chose(serve, http):
             assert body["uri"] == "https://exchange.example.org/portal"
 
 
+async def test_a_sign_in_time_out_of_range_in_utc_is_refused_and_the_connection_lives(serve, http):
+    """9999-12-31T23:59:59-23:59 is a valid RFC 3339 time that is beyond datetime's range in
+    UTC: its OverflowError escaped the parser, dropped the WebSocket without an answer
+    (before any login) and answered 500 on the portal."""
+    async with serve() as server:
+        async with http.ws_connect(server.url) as ws:
+            hello = await ws.receive_json(timeout=5)
+            for field in ("issued_at", "expiration_time"):
+                text = siwe_text(hello["siwe"], KEYS[0].address, **{field: "9999-12-31T23:59:59-23:59"})
+                await ws.send_json({"type": "login", "id": field, "message": text,
+                                    "signature": personal_sign(text, KEYS[0])})
+                ans = await ws.receive_json(timeout=5)
+                assert ans["type"] == "error" and ans["id"] == field and ans["code"] == "SIWE_INVALID", ans
+                assert "not a valid date-time" in ans["message"], ans
+            await ws.send_json({"type": "ping", "id": "alive"})
+            assert (await ws.receive_json(timeout=5))["result"]["pong"] is True
+        async with http.get(server.http + "/portal/siwe/nonce") as r:
+            offer = await r.json()
+        text = siwe_text(offer, KEYS[0].address, issued_at="0001-01-01T00:00:00+23:59")
+        async with http.post(server.http + "/portal/siwe/login",
+                             json={"message": text, "signature": personal_sign(text, KEYS[0])}) as r:
+            body = await r.json()
+            assert r.status == 401 and body["error"] == "SIWE_INVALID" and body["request_id"], body
+
+
 async def test_stale_socket_locks_are_removed_live_ones_kept(tmp_path, pg_dsn):
     """A socket lock naming a zombie (a killed server nobody reaped) or a dead pid goes, with
     its socket; one naming a running postgres stays."""
