@@ -422,6 +422,11 @@ async def push_signed(request: web.Request) -> web.Response:
         raise ApiError(401, "UNAUTHENTICATED", "the signature is not the signer's (sign push_message exactly)")
     readings = [(r.point_id, to_us(r.interval_start), r.energy_wh) for r in body.readings]
     member = checksum(body.member)
+    # who may push first: the readings' checks below answer only a signer of the member's (else
+    # NOT_YOUR_POINT and the upload errors would tell anybody which points are whose)
+    reason = await svc.store.may_push(member, checksum(signer))
+    if reason is not None:
+        raise ApiError(403, "FORBIDDEN", reason)
     await svc.check_push(member, readings, now_us=_now(request))
     reason = await svc.store.use_nonce(member, checksum(signer), body.nonce)
     if reason is not None:

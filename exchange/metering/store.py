@@ -21,6 +21,9 @@ DAY_US = 86_400_000_000
 _LOCK_SQL = "SELECT pg_advisory_xact_lock(hashtext('voltbourse.metering:' || $1))"
 
 
+_NOT_A_SIGNER = "the signer is not the member nor a device key it registered"
+
+
 @dataclass(frozen=True, slots=True)
 class ImportResult:
     upload_id: int
@@ -151,6 +154,9 @@ class MeteringStore:
             self.market_id, device, member, label)
 
     async def revoke_device(self, member: str, device: str) -> bool:
+        """Revoke a device key the member registered (its own address is no device: False)."""
+        if device == member:
+            return False
         return (await self.pool.execute(
             "UPDATE meter_devices SET revoked = true WHERE market_id = $1 AND device = $2 AND member = $3 "
             "AND NOT revoked", self.market_id, device, member)) != "UPDATE 0"
@@ -160,6 +166,17 @@ class MeteringStore:
             "SELECT device, label, last_nonce, revoked, created_at FROM meter_devices WHERE market_id = $1 "
             "AND member = $2 AND device <> member ORDER BY created_at", self.market_id, member)
         return [dict(r) for r in rows]
+
+    async def may_push(self, member: str, signer: str) -> str | None:
+        """Why ``signer`` may not push ``member``'s readings (None: it may): the member's own
+        key always may; another key only as a device the member registered and did not revoke.
+        Reads only (the nonce is used by :meth:`use_nonce`, once the push is valid)."""
+        if signer == member:
+            return None
+        revoked = await self.pool.fetchval(
+            "SELECT revoked FROM meter_devices WHERE market_id = $1 AND device = $2 AND member = $3",
+            self.market_id, signer, member)
+        return _NOT_A_SIGNER if revoked is None or revoked else None
 
     async def use_nonce(self, member: str, signer: str, nonce: int) -> str | None:
         """Accept ``nonce`` for a push signed by ``signer`` for ``member``: the member itself or
@@ -173,8 +190,8 @@ class MeteringStore:
             row = await conn.fetchrow(
                 "SELECT last_nonce, revoked FROM meter_devices WHERE market_id = $1 AND device = $2 AND member = $3 "
                 "FOR UPDATE", self.market_id, signer, member)
-            if row is None or row["revoked"]:
-                return "the signer is not the member nor a device key it registered"
+            if row is None or (row["revoked"] and signer != member):  # the member's own key is never revoked
+                return _NOT_A_SIGNER
             if nonce <= row["last_nonce"]:
                 return f"nonce {nonce} is not above the last one used ({row['last_nonce']})"
             await conn.execute("UPDATE meter_devices SET last_nonce = $4 WHERE market_id = $1 AND device = $2 "

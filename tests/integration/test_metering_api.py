@@ -388,6 +388,28 @@ async def test_signed_rest_push_by_member_and_device(api, server, http):
     assert from_us(T0) > DAY
 
 
+async def test_a_signer_not_the_members_learns_nothing_of_its_points(api, server, http):
+    """An outsider's signed push for A: A's real point, B's, one that does not exist and a real
+    one off its intervals all answer the same 403 FORBIDDEN. The points were checked before the
+    signer, so NOT_YOUR_POINT or INVALID_UPLOAD told anybody which point ids were A's."""
+    answers = set()
+    for nonce, readings in enumerate([
+            [{"point_id": "A-imp", "interval_start": at(0), "energy_wh": 1}],
+            [{"point_id": "B-imp", "interval_start": at(0), "energy_wh": 1}],
+            [{"point_id": "nowhere", "interval_start": at(0), "energy_wh": 1}],
+            [{"point_id": "A-imp", "interval_start": at(7), "energy_wh": 1}]], start=1):  # not on an interval
+        st, body = await api.call("POST", "/api/metering/readings", _signed(A, OUTSIDER, nonce, readings), headers={})
+        answers.add((st, body["error"], body["message"]))
+    assert answers == {(403, "FORBIDDEN", "the signer is not the member nor a device key it registered")}, answers
+    # the member's own key is no device it can revoke (which locked its own pushes out)
+    a = await peer(http, server, 0)
+    r = await a.request({"type": "meter_device_revoke", "id": 1, "device": A})
+    assert r["result"]["revoked"] is False
+    st, body = await api.call("POST", "/api/metering/readings", _signed(A, KEYS[0], int(time.time() * 1000), [
+        {"point_id": "A-imp", "interval_start": at(0), "energy_wh": 7}]), headers={})
+    assert st == 201, body
+
+
 async def test_public_metering_rules(api):
     st, body = await api.call("GET", "/api/metering", headers={})
     assert st == 200 and body["interval_minutes"] == 15 and body["readings_per_push"] == 150
