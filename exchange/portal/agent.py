@@ -30,6 +30,7 @@ from exchange.portal.agent_rules import (
     Limits,
     Slot,
     StrategyFactory,
+    budget_cost,
     changes,
     check_order,
     fit,
@@ -102,8 +103,8 @@ class AgentHost:
                 earlier[r["order_id"]] = (r["product_id"], r["side"], r["price"], r["quantity"])
             else:  # placed under an earlier delegation: cancelled below (its limits no longer hold)
                 run.orders[r["order_id"]] = (r["product_id"], r["side"], r["price"], r["quantity"])
-            if r["side"] == "buy" and r["local_day"] == today:
-                run.spent[today] = run.spent.get(today, 0) + r["price"] * r["quantity"]
+            if r["local_day"] == today:
+                run.spent[today] = run.spent.get(today, 0) + budget_cost(r["side"], r["price"], r["quantity"])
         await self._cancel_all(run)
         run.orders = earlier
         run.orders = self.live_orders(run)
@@ -255,8 +256,7 @@ class AgentHost:
                     return
                 run.refusals_in_a_row = 0
                 run.placed += 1
-                if side == "buy":
-                    run.spent[today] = run.spent.get(today, 0) + price * qty
+                run.spent[today] = run.spent.get(today, 0) + budget_cost(side, price, qty)
                 await self.store.agent_order(accepted.order_id, run.member, run.delegation_id, pid, side, price, qty,
                                              today)
                 if accepted.order_id in engine.orders:

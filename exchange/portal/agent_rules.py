@@ -193,6 +193,13 @@ def fit(limits: Limits, orders: Sequence[Order], max_order_value: int = 0) -> li
     return out
 
 
+def budget_cost(side: str, price: int, quantity: int) -> int:
+    """What an order counts against the daily budget: a buy its full limit value, never less
+    than nothing (a buy at a negative price pays the member, and cancelled unfilled it must not
+    lower the day's count below what was placed at positive prices); a sell nothing."""
+    return price * quantity if side == "buy" and price > 0 else 0
+
+
 def check_order(limits: Limits, side: str, price: int, quantity: int, local_hour: int, now_s: int,
                 spent_today: int) -> str | None:
     """Why the agent may not place this order (None: it may)."""
@@ -205,7 +212,7 @@ def check_order(limits: Limits, side: str, price: int, quantity: int, local_hour
     if side == "buy":
         if price > limits.max_buy_price:
             return f"buy price {price} is above the cap {limits.max_buy_price}"
-        if spent_today + price * quantity > limits.daily_budget:
+        if spent_today + budget_cost(side, price, quantity) > limits.daily_budget:
             return "the daily budget would be exceeded"
     elif price < limits.min_sell_price:
         return f"sell price {price} is below the floor {limits.min_sell_price}"

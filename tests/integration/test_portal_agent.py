@@ -93,6 +93,30 @@ async def test_agent_trades_within_limits_and_stops_when_revoked(server, http):
     assert not any(o.member == member for o in engine.orders.values())
 
 
+async def test_buys_at_negative_prices_do_not_raise_the_days_budget(server, http):
+    """A delegation resting buys at a negative price (-499 EUR/MWh) put "spent today" at minus
+    hundreds of euros; cancelled unfilled, the next delegation of the day placed buys far
+    beyond its signed budget."""
+    engine = server.market.engine
+    cheap = {**LIMITS, "max_buy_price_eur_mwh": "-499", "excluded_hours": []}
+    sid, csrf, _, st, body = await _enable(http, server, limits=cheap)
+    assert st == 201, body
+    assert await _wait(lambda: sum(1 for o in engine.orders.values() if o.member == A.address and o.price < 0) >= 4)
+    st, status = await _call(http, server, "GET", "/portal/agent", sid, None)
+    assert status["spent_today_units"] == "0", status
+    # a new delegation (the old one's orders cancelled, unfilled): 1 EUR a day, 5 kWh buys at
+    # 95 EUR/MWh (0.475 EUR each): two buys at most
+    bigger = {**LIMITS, "max_order_kwh": "5", "excluded_hours": []}
+    sid, csrf, _, st, body = await _enable(http, server, limits=bigger)
+    assert st == 201, body
+    assert await _wait(lambda: sum(1 for o in engine.orders.values() if o.member == A.address) >= 4)
+    await asyncio.sleep(1.5)  # another round or two
+    buys = [o for o in engine.orders.values() if o.member == A.address and o.side is Side.BUY]
+    assert len(buys) == 2 and sum(o.price * o.remaining for o in buys) <= 100_000_000, buys
+    st, status = await _call(http, server, "GET", "/portal/agent", sid, None)
+    assert status["spent_today_units"] == str(2 * 9_500 * 5_000) and status["refused"] >= 2, status
+
+
 async def test_refusals(server, http):
     # signed by another key
     *_, st, body = await _enable(http, server, signer=B)

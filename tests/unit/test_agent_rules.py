@@ -18,6 +18,7 @@ from exchange.portal.agent_rules import (
     Limits,
     LimitsStrategy,
     Slot,
+    budget_cost,
     changes,
     check_order,
     fit,
@@ -39,6 +40,20 @@ def test_an_accepted_order_is_within_every_limit(side, price, qty, hour, spent):
             assert price <= L.max_buy_price and spent + price * qty <= L.daily_budget
         else:
             assert price >= L.min_sell_price
+
+
+@given(buys=st.lists(st.tuples(st.integers(-50_000, 9_500), st.integers(1, 2_000)), max_size=40))
+def test_a_days_accepted_buys_at_positive_prices_never_exceed_the_budget(buys):
+    """Buys at negative prices (placed, maybe cancelled unfilled) lowered the day's count, so
+    that later buys at positive prices could exceed the signed budget."""
+    spent = 0
+    positive = 0
+    for price, qty in buys:
+        if check_order(L, "buy", price, qty, 10, 1_900_000_000, spent) is None:
+            spent += budget_cost("buy", price, qty)
+            positive += max(price, 0) * qty
+    assert spent == positive <= L.daily_budget
+    assert budget_cost("buy", -5_000, 100) == 0 and budget_cost("sell", 9_000, 100) == 0
 
 
 def test_refusals_name_the_limit():
