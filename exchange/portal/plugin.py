@@ -529,6 +529,33 @@ def _check_limits(request: web.Request, message: dict[str, Any], now_s: int) -> 
     return limits
 
 
+_INT64 = 2**63 - 1
+
+
+def _delegation_fields_problem(message: dict[str, Any]) -> str | None:
+    """What is wrong with a delegation message's fields (None: nothing): exactly the
+    ``Delegation`` type's fields, each of its JSON type (text for strings and addresses, a
+    number for integers), integers within what is stored (64 bits; unsigned ones not negative).
+    What prepare made always passes; anything else (a field added, a number as text, a nonce
+    of 2^256-1) is refused here rather than failing where it is stored."""
+    fields = {f["name"]: f["type"] for f in auth.DELEGATION_TYPES["Delegation"]}
+    missing, extra = sorted(fields.keys() - message.keys()), sorted(message.keys() - fields.keys())
+    if missing or extra:
+        return (f"typed_data.message must have exactly the Delegation fields: "
+                f"{'missing ' + ', '.join(missing) if missing else ''}"
+                f"{'; ' if missing and extra else ''}{'not expected ' + ', '.join(x[:40] for x in extra[:10]) if extra else ''}")
+    for name, kind in fields.items():
+        v = message[name]
+        if kind in ("string", "address"):
+            if not isinstance(v, str):
+                return f"typed_data.message.{name} must be a string"
+        elif type(v) is not int:
+            return f"typed_data.message.{name} must be an integer (a JSON number)"
+        elif not (0 if kind.startswith("uint") else -_INT64) <= v <= _INT64:
+            return f"typed_data.message.{name} is out of range ({'0' if kind.startswith('uint') else '-2^63+1'} to 2^63-1)"
+    return None
+
+
 async def agent_enable(request: web.Request) -> web.Response:
     """Turn the agent on with a delegation the member signed."""
     _, member = await _signed_in(request, csrf=True)
@@ -538,6 +565,9 @@ async def agent_enable(request: web.Request) -> web.Response:
     message = body.typed_data.get("message")
     if not isinstance(message, dict):
         raise ApiError(422, AGENT_REFUSED, "typed_data.message is missing")
+    problem = _delegation_fields_problem(message)
+    if problem is not None:
+        raise ApiError(422, AGENT_REFUSED, problem)
     address, _ = await portal.store.agent_key(member, _agent_key)
     expected = auth.delegation_typed_data(s.chain_id, message)
     if body.typed_data != expected:

@@ -142,6 +142,15 @@ async def test_refusals(server, http):
     st, body = await _call(http, server, "POST", "/portal/agent", sid, login["csrf_token"],
                            {"typed_data": short, "signature": sig})
     assert st == 422 and body["error"] == "AGENT_DELEGATION_INVALID" and "batteryPowerW" in body["message"]
+    # fields that are not the Delegation's, or not of its types, or beyond what is stored: refused,
+    # signed or not (a nonce of 2^256-1, a valid uint256, answered 500 where it was stored)
+    for changed, word in [({"nonce": 2**256 - 1}, "out of range"), ({"maxOrderWh": -1}, "out of range"),
+                          ({"foo": "bar"}, "not expected foo"), ({"dailyBudget": "100"}, "integer"),
+                          ({"expiry": True}, "integer"), ({"strategy": 1}, "string")]:
+        odd = {**typed, "message": {**typed["message"], **changed}}
+        st, body = await _call(http, server, "POST", "/portal/agent", sid, login["csrf_token"],
+                               {"typed_data": odd, "signature": sig})  # (some of these cannot be signed)
+        assert st == 422 and body["error"] == "AGENT_DELEGATION_INVALID" and word in body["message"], (changed, body)
     other = {**typed, "message": {**typed["message"], "delegate": B.address}}
     st, body = await _call(http, server, "POST", "/portal/agent", sid, login["csrf_token"],
                            {"typed_data": other, "signature": auth.sign_order(other, A.key)})
