@@ -227,13 +227,20 @@ def _session_view(sid: str, member: str, expires_at: datetime) -> dict:
             "csrf_token": csrf_token(sid)}
 
 
+def _user_agent(request: web.Request) -> str:
+    """The User-Agent as stored with a session (the member's "where am I signed in"): bytes
+    that are not UTF-8 (kept by the HTTP parser as surrogates, which the database refuses)
+    and NUL replaced, at most 300 characters."""
+    ua = request.headers.get("User-Agent", "")[:300]
+    return ua.encode("utf-8", "replace").decode("utf-8").replace("\x00", "?")
+
+
 async def _start_session(request: web.Request, member: str, via: str, nonce: str | None) -> tuple[str, datetime]:
     portal = _portal(request)
     now = _now()
     sid = secrets.token_urlsafe(32)
     expires = now + portal.ttl
-    code = await portal.store.sign_in(nonce, now, sid_hash(sid), member, via, expires,
-                                      request.headers.get("User-Agent", ""))
+    code = await portal.store.sign_in(nonce, now, sid_hash(sid), member, via, expires, _user_agent(request))
     if code is not None:
         why = {siwe.SIWE_NONCE_UNKNOWN: "the nonce was not issued by this server (GET /portal/siwe/nonce)",
                siwe.SIWE_NONCE_USED: "the nonce was used already: ask for a new one",

@@ -236,6 +236,15 @@ async def test_demo_link_only_with_the_demo_key(serve, http):
             sid = cookie_of(r)
         st, view = await session_of(http, server, sid)
         assert st == 200 and view["member"] == A.address
+        # a User-Agent that is not UTF-8 (answered 500 where the session was stored)
+        port = int(server.http.rsplit(":", 1)[1])
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(f"GET /portal/demo-login?member={A.address}&key={key} HTTP/1.1\r\nHost: 127.0.0.1\r\n".encode()
+                     + b"User-Agent: abc\xff\xfedef\r\nConnection: close\r\n\r\n")
+        await writer.drain()
+        head = (await reader.read(65536)).split(b"\r\n", 1)[0]
+        writer.close()
+        assert head == b"HTTP/1.1 303 See Other", head
 
 
 async def test_the_page_and_its_files_with_security_headers(server, http):
