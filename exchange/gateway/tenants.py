@@ -46,6 +46,7 @@ from datetime import datetime
 from typing import Annotated, Any
 
 import asyncpg
+import orjson
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError, model_validator
 
@@ -71,7 +72,7 @@ from exchange.protocol.errors import register
 from exchange.runtime.clock import Clock
 from exchange.runtime.committer import GroupCommitter
 from exchange.runtime.config import Settings
-from exchange.runtime.service import Market, open_market
+from exchange.runtime.service import Market, market_config, open_market
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +127,15 @@ def market_settings(base: Settings, market_id: str, overrides: dict[str, Any]) -
                        f"{', '.join(MARKET_SETTINGS)})",
                        details=[{"loc": ["settings", k], "msg": "not a per-market setting", "type": "extra_forbidden"}
                                 for k in unknown])
-    return Settings.model_validate({**base.model_dump(), **overrides, "market_id": market_id})
+    settings = Settings.model_validate({**base.model_dump(), **overrides, "market_id": market_id})
+    try:
+        # the rules the market's engine gets, checked together (e.g. the smallest quantity within
+        # the largest), and every value within what is stored as JSON (integers of 64 bits)
+        orjson.dumps(market_config(settings).to_dict())
+        orjson.dumps(settings.model_dump(mode="json", include=set(overrides)))
+    except (ValueError, TypeError) as exc:  # orjson.JSONEncodeError is a TypeError
+        raise ApiError(422, "INVALID_REQUEST", f"settings a market cannot run with: {exc}") from None
+    return settings
 
 
 def _as_stored(base: Settings, overrides: dict[str, Any]) -> dict[str, Any]:

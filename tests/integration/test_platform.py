@@ -365,9 +365,19 @@ async def test_settings_that_cannot_be_stored_are_refused_and_a_bad_stored_row_s
         assert (status, body["error"]) == (422, "INVALID_REQUEST") and body["details"], body
         status, body = await call(http, "GET", f"{base}/api/platform/markets/zz")
         assert status == 404, body
+        # integers beyond 64 bits (answered 500 where they were stored) and rules the engine
+        # refuses together (a smallest quantity above the largest: created, then never ran)
+        for settings in ('{"min_quantity_wh": 99999999999999999999}', '{"max_order_value_eur": 99999999999999999999999}',
+                         '{"min_quantity_wh": 2000000000}'):
+            status, body = await call(http, "POST", f"{base}/api/platform/markets", headers=raw,
+                                      data=f'{{"market_id": "zy", "settings": {settings}}}')
+            assert (status, body["error"]) == (422, "INVALID_REQUEST"), (settings, body)
+            assert "cannot run with" in body["message"] and body["request_id"], body
+            status, body = await call(http, "GET", f"{base}/api/platform/markets/zy")
+            assert status == 404, body
         before = await pool.fetchval("SELECT overrides FROM platform_markets WHERE market_id = 'a'")
         for patch in ('{"settings": {"settlement_max_age_s": 1e400}}', '{"settings": {"open_days_before": 1000000000}}',
-                      '{"settings": {"gate_rolling_minutes": 99999999}}'):
+                      '{"settings": {"gate_rolling_minutes": 99999999}}', '{"settings": {"min_quantity_wh": 2000000000}}'):
             status, body = await call(http, "PATCH", f"{base}/api/platform/markets/a", headers=raw, data=patch)
             assert (status, body["error"]) == (422, "INVALID_REQUEST"), (patch, body)
         assert await pool.fetchval("SELECT overrides FROM platform_markets WHERE market_id = 'a'") == before
