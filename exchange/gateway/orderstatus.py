@@ -11,8 +11,9 @@ forgotten first). A product's orders are forgotten when it is delivered (``produ
 
 After a restart the view is rebuilt from the journal through the read pool
 (:meth:`OrderStatusView.load`): only order and trade events of the products not yet
-delivered, read in bounded chunks from the journal rows since those products could first be
-listed, so the same orders are known before and after a restart.
+delivered (and block orders none of whose hours is delivered, with their verdicts), read in
+bounded chunks from the journal rows since those products could first be listed, so the same
+orders are known before and after a restart.
 """
 
 from __future__ import annotations
@@ -107,6 +108,12 @@ class OrderStatusView:
             order_id = found
         o = self.orders.get(order_id)
         return o if o is not None and o.member == member else None
+
+    def pending_block(self, member: str, client_order_id: str) -> OrderRecord | None:
+        """``member``'s block order with that client order id while it waits for its auction
+        (open); None otherwise."""
+        o = self.get(member, client_order_id=client_order_id)
+        return o if o is not None and o.tif == BLOCK and o.status == OPEN else None
 
     def closed(self, member: str, product_id: str | None = None) -> list[OrderRecord]:
         ids = self.closed_by_member.get(member, {})
@@ -262,7 +269,9 @@ class OrderStatusView:
         opening time, µs) from the journal's committed events with ``seq <= upto``, then apply
         what was held meanwhile (see :meth:`follow`). Reads only the journal rows stamped since
         those products could first be listed, ``chunk`` commands per query, and of them only the
-        order and trade events of those products. Returns the number of events read."""
+        order and trade events of those products (a block order's when all its hours are among
+        them, and block verdicts), applied as the live stream applies them. Returns the number
+        of events read."""
         read = 0
         self.seq = 0
         try:
@@ -275,8 +284,13 @@ class OrderStatusView:
                         "SELECT e.ev FROM journal j CROSS JOIN LATERAL jsonb_array_elements(j.events) "
                         "WITH ORDINALITY AS e(ev, n) WHERE j.market_id = $1 AND j.cmd_seq >= $2 AND j.cmd_seq < $3 "
                         "AND (e.ev->>'seq')::bigint <= $4 AND e.ev->>'type' = ANY($5::text[]) "
-                        "AND e.ev->>'product_id' = ANY($6::text[]) ORDER BY j.cmd_seq, e.n",
-                        market_id, start, start + chunk, upto, _LOADED_TYPES, list(pids))
+                        "AND (e.ev->>'product_id' = ANY($6::text[]) "
+                        # a block names its hours (product_ids): read when none of them is delivered
+                        # (live, a block is forgotten when the first of them is)
+                        "OR e.ev->'product_ids' <@ to_jsonb($6::text[]) "
+                        # a block's verdict names no product (one of a block not read changes nothing)
+                        "OR e.ev->>'type' = $7) ORDER BY j.cmd_seq, e.n",
+                        market_id, start, start + chunk, upto, _LOADED_TYPES, list(pids), BlockResult.type)
                     for r in rows:
                         self._apply(event_from_dict(r["ev"]))
                     read += len(rows)

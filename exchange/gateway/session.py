@@ -434,12 +434,17 @@ class Session:
 
     def _order_ref(self, msg: Any, member: MemberId) -> OrderId | None:
         """The order a cancel/modify names: its ``order_id``, or my open order with that
-        ``client_order_id`` (committed state); None (answered) when there is none."""
+        ``client_order_id`` (committed state: a resting order of the book mirror, or a block
+        order waiting for its auction in the order-status view); None (answered) when there
+        is none."""
         if msg.order_id is not None:
             return OrderId(msg.order_id)
         for o in self.md.mirror.member_orders(member):
             if o["client_order_id"] == msg.client_order_id:
                 return OrderId(o["order_id"])
+        blk = self.md.order_status.pending_block(member, msg.client_order_id)
+        if blk is not None:
+            return OrderId(blk.order_id)
         self.error(msg.id, "UNKNOWN_ORDER", f"no open order of yours with client_order_id {msg.client_order_id!r}")
         return None
 
