@@ -92,8 +92,12 @@ def response(p: Pending, events: list[Event], order_state: Callable[[str, int], 
                 "result": {"order_id": first.order_id, "status": "pending", "product_ids": first.product_ids,
                            "seq": first.seq}}
     if isinstance(first, OrderCancelled):
+        remaining = first.remaining
+        state = order_state(first.member, first.order_id) if order_state is not None else None
+        if state is not None and state["tif"] == "block":  # the engine's event counts one hour; a block is all of them
+            remaining = state["quantity"] - state["filled"]
         return {"type": "response", "id": p.request_id,
-                "result": {"order_id": first.order_id, "status": "cancelled", "remaining": first.remaining}}
+                "result": {"order_id": first.order_id, "status": "cancelled", "remaining": remaining}}
     return {"type": "response", "id": p.request_id, "result": {"seq": events[-1].seq}}
 
 

@@ -37,7 +37,7 @@ from exchange.core.model import (
 )
 from exchange.gateway.ack import Acknowledger, Peer, Pending
 from exchange.gateway.mirror import BookMirror, MirrorOrder
-from exchange.gateway.orderstatus import OrderStatusView
+from exchange.gateway.orderstatus import BLOCK, OrderStatusView
 from exchange.gateway.peers import Peers
 from exchange.gateway.positions import PositionsView
 from exchange.gateway.publish import Public, Publisher
@@ -153,7 +153,9 @@ class MarketData:
                     pub.trade(ev, mirror.apply_trade(ev, touched, book_last), public)
                 elif isinstance(ev, _ORDER_EVENTS):
                     orders.apply(ev)
-                    pub.order_event(ev, mirror.apply(ev, touched, book_last))
+                    blk = orders.orders.get(ev.order_id) if type(ev) is OrderCancelled else None
+                    pub.order_event(ev, mirror.apply(ev, touched, book_last),
+                                    (blk.remaining, blk.client_order_id) if blk is not None and blk.tif == BLOCK else None)
                 elif isinstance(ev, _STATE_EVENTS):
                     if type(ev) is ProductStateChanged:
                         orders.apply(ev)

@@ -126,8 +126,10 @@ class Publisher:
                                      "detail": ev.detail})
 
     def order_event(self, ev: OrderAccepted | OrderCancelled | OrderExpired | OrderModified,
-                    o: MirrorOrder | None) -> None:
-        """The execution report of an order event (``o``: the order as the mirror knew it)."""
+                    o: MirrorOrder | None, block: tuple[int, str | None] | None = None) -> None:
+        """The execution report of an order event (``o``: the order as the mirror knew it;
+        ``block``: a block order's remaining quantity over all its hours and client order id,
+        for its cancel, which the engine's event counts per hour and the mirror never held)."""
         if isinstance(ev, OrderAccepted):
             assert o is not None
             self.private(ev.member, {"type": "execution", "exec": "accepted", "seq": ev.seq, "ts": iso(ev.ts),
@@ -141,6 +143,8 @@ class Publisher:
             msg = {"type": "execution", "exec": "cancelled" if cancelled else "expired", "seq": ev.seq,
                    "ts": iso(ev.ts), "order_id": ev.order_id, "product_id": ev.product_id,
                    "remaining": ev.remaining, "client_order_id": o.client_order_id if o is not None else None}
+            if block is not None:
+                msg["remaining"], msg["client_order_id"] = block
             if isinstance(ev, OrderCancelled):
                 msg["reason"] = ev.reason.value
             self.private(ev.member, msg)

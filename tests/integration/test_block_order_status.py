@@ -82,9 +82,12 @@ async def test_a_pending_block_is_known_alike_after_a_restart(serve, http):
         assert (dup["result"]["order_id"], dup["result"]["remaining"], dup["result"]["filled"]) == (oid, 2 * QTY, 0)
 
         r = await b.request({"type": "cancel", "order_id": oid})
+        # the answer and the report count the block's whole quantity, and name its client order id
+        # (the engine's event counts one hour; the book mirror never held the block)
         assert r["type"] == "response" and r["result"]["status"] == "cancelled", r
+        assert r["result"]["remaining"] == 2 * QTY, r
         rep = await b.next_of(lambda m: m.get("exec") == "cancelled" and m.get("order_id") == oid)
-        assert rep["reason"] == "user"
+        assert (rep["reason"], rep["remaining"], rep["client_order_id"]) == ("user", 2 * QTY, "blk-r"), rep
         assert oid not in server.market.engine.blocks
         assert server.market.engine.accounts[member].open_exposure == 0
         done = await _status(b, client_order_id="blk-r")
