@@ -78,7 +78,9 @@ def response(p: Pending, events: list[Event], order_state: Callable[[str, int], 
         state = order_state(first.member, first.order_id) if order_state is not None else None
         if state is not None:  # the order as it is now (it may have traded or closed since)
             result.update({k: state[k] for k in ("remaining", "filled", "fills", "seq") if k in state})
-            result["status"] = "resting" if state["status"] == "open" else state["status"]
+            # open: as the original answer said it (a block waits for its auction: pending)
+            result["status"] = (("pending" if state["tif"] == "block" else "resting") if state["status"] == "open"
+                                else state["status"])
             if state.get("reason"):
                 result["reason"] = state["reason"]
         return {"type": "response", "id": p.request_id, "result": result}

@@ -145,6 +145,7 @@ class MarketData:
         touched: set[tuple[str, str, int]] = set()
         book_last: dict[str, int] = {}
         public: Public = []
+        suspended: list[str] = []
         for e in entries:
             for ev in e.events:
                 if isinstance(ev, TradeEvent):
@@ -171,10 +172,14 @@ class MarketData:
                 elif isinstance(ev, MemberUpdated):
                     mirror.apply(ev, touched, book_last)
                     if ev.suspended:
-                        pub.suspended(ev.member)
+                        suspended.append(ev.member)
             mirror.seq = e.events[-1].seq
         pub.books(mirror, touched, book_last)
         pub.flush(public)
+        # a suspended member's sessions end once they have been sent the group's reports (the
+        # cancellations of its orders come after its suspension in the same group)
+        for m in suspended:
+            pub.suspended(m)
 
 
 MARKET_DATA: web.AppKey[MarketData] = web.AppKey("market_data", MarketData)

@@ -80,6 +80,7 @@ async def test_a_pending_block_is_known_alike_after_a_restart(serve, http):
                                "quantity": QTY, "client_order_id": "blk-r"})
         assert dup["type"] == "response" and dup["result"]["duplicate"] is True, dup
         assert (dup["result"]["order_id"], dup["result"]["remaining"], dup["result"]["filled"]) == (oid, 2 * QTY, 0)
+        assert dup["result"]["status"] == "pending", dup  # as the original answer said (it said "resting")
 
         r = await b.request({"type": "cancel", "order_id": oid})
         # the answer and the report count the block's whole quantity, and name its client order id

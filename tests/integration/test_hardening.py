@@ -95,6 +95,11 @@ async def test_suspension_ends_live_sessions_and_blocks_every_action(serve, http
         assert close.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
         assert any(m.get("code") == "MEMBER_SUSPENDED" for m in c.inbox)
         assert c.ws.close_code == 4003
+        # the cancellation of its order reached the session before it was closed (it came after
+        # the close, numbered in the private stream but never sent)
+        kinds = [(m.get("exec"), m.get("reason")) if m.get("type") == "execution" else m.get("code") for m in c.inbox]
+        assert ("cancelled", "suspended") in kinds, c.inbox
+        assert kinds.index(("cancelled", "suspended")) < kinds.index("MEMBER_SUSPENDED"), kinds
         # its resting order is gone, the other member's session is untouched
         assert not server.market.engine.products[pid].book.best_bid()
         assert (await other.request({"type": "orders"}))["type"] == "response"
