@@ -59,7 +59,7 @@ class VoltbourseError(Exception):
 
 
 # --- the request itself
-MALFORMED_JSON = register("MALFORMED_JSON", 400, "the frame or body is not a JSON object")
+MALFORMED_JSON = register("MALFORMED_JSON", 400, "the frame or body is not JSON (valid JSON of the wrong shape, e.g. an array: INVALID_MESSAGE on the WebSocket, INVALID_REQUEST over HTTP)")
 INVALID_MESSAGE = register("INVALID_MESSAGE", 422, "a WebSocket message failed validation (field: reason)")
 INVALID_REQUEST = register("INVALID_REQUEST", 422, "an HTTP body, path or query parameter failed validation")
 UNKNOWN_TYPE = register("UNKNOWN_TYPE", 400, "unknown WebSocket message type")
@@ -88,9 +88,11 @@ UNAVAILABLE = register("UNAVAILABLE", 503, "the market (or the subsystem) is not
 BUSY = register("BUSY", 503, "the command queue is full: retry shortly")
 UNKNOWN_EVENT = register("UNKNOWN_EVENT", 404, "no such flexibility event", "flexibility")
 
+#: the engine's reasons that name a thing that is not there: 404 over HTTP (as the routes that
+#: look the thing up answer), every other rejection 409
+_NOT_FOUND = (Reason.UNKNOWN_PRODUCT, Reason.UNKNOWN_MEMBER)
 for _r in Reason:
-    register(_r.value, 404 if _r is Reason.UNKNOWN_PRODUCT else 409, "engine rejection (see docs/engine.md)",
-             "engine")
+    register(_r.value, 404 if _r in _NOT_FOUND else 409, "engine rejection (see docs/engine.md)", "engine")
 
 
 def markdown_table() -> str:
