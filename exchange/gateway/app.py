@@ -103,7 +103,7 @@ async def book(request: web.Request) -> web.Response:
     md = request.app[MARKET_DATA]
     pid = request.match_info["product_id"]
     if pid not in md.product_states:
-        return json_response({"error": "UNKNOWN_PRODUCT", "message": f"no product {pid}"}, 404)
+        return json_response({"error": "UNKNOWN_PRODUCT", "message": f"no product {pid[:64]}{'…' if len(pid) > 64 else ''}"}, 404)
     depth = read_query(request, DepthQuery).depth
     snap = md.snapshot(pid)
 

@@ -153,7 +153,8 @@ async def _answer(request: web.Request, handler: Handler, rid: str) -> web.Strea
 
 
 def http_error_response(request: web.Request, exc: web.HTTPClientError, **extra: Any) -> web.Response | None:
-    """aiohttp's own refusals (no route, a method the route has not, a body too large) as the
+    """aiohttp's own refusals (no route, a method the route has not, a body too large, a
+    WebSocket endpoint asked without its upgrade) as the
     JSON errors of every other answer (None: another 4xx, left as aiohttp answers it)."""
     if isinstance(exc, web.HTTPRequestEntityTooLarge):
         return error_response(413, "PAYLOAD_TOO_LARGE", "the request body is too large", **extra)
@@ -166,6 +167,8 @@ def http_error_response(request: web.Request, exc: web.HTTPClientError, **extra:
     if isinstance(exc, web.HTTPNotFound):
         return error_response(404, "NOT_FOUND", f"no route {request.method} {request.path[:200]!r} "
                               "(docs/rest.md, GET /api/openapi.json)", **extra)
+    if isinstance(exc, web.HTTPBadRequest):  # e.g. a WebSocket endpoint asked without its Upgrade
+        return error_response(400, "INVALID_REQUEST", (exc.text or "bad request")[:500], **extra)
     return None
 
 

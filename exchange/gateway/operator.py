@@ -116,7 +116,7 @@ def _product_book(request: web.Request):
     pid = request.match_info["product_id"]
     pb = request.config_dict[MARKET].engine.products.get(ProductId(pid))
     if pb is None:
-        raise ApiError(404, "UNKNOWN_PRODUCT", f"no product {pid}")
+        raise ApiError(404, "UNKNOWN_PRODUCT", f"no product {pid[:64]}{'…' if len(pid) > 64 else ''}")
     return pb
 
 

@@ -671,7 +671,7 @@ class Session:
     def _subscribe(self, msg) -> None:
         md = self.md
         if msg.product_id is not None and msg.product_id not in md.product_states:
-            self.error(msg.id, "UNKNOWN_PRODUCT", f"no product {msg.product_id}")
+            self.error(msg.id, "UNKNOWN_PRODUCT", f"no product {msg.product_id[:64]}")
             return
         if msg.channel == "book":
             replay = None

@@ -409,6 +409,8 @@ async def page(request: web.Request) -> web.StreamResponse:
 
 async def static_file(request: web.Request) -> web.StreamResponse:
     name = request.match_info["file"]
+    if name == "index.html":  # the page's template: served as the page is (its base path filled in)
+        return await page(request)
     path = STATIC / name
     if not _FILE.fullmatch(name) or not path.is_file():
         raise ApiError(404, "NOT_FOUND", f"no portal file {name!r}")

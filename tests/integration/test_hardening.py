@@ -287,12 +287,15 @@ async def test_every_route_names_the_request_id_and_a_fault_is_json_with_it(serv
                 ("POST", "/api/operator/metering/readings", b"[]"),  # metering, operator: no token
                 ("GET", "/api/trades/999999/proof", None),  # proofs: unknown trade
                 ("GET", "/api/operator/flexibility", None),  # flexibility: no token
-                ("GET", "/api/nope", None))):  # no route
+                ("GET", "/api/nope", None),  # no route
+                ("GET", "/ws", None),  # the WebSocket endpoint without its upgrade (was text/plain)
+                ("GET", "/api/products/" + "p" * 5000 + "/book", None))):  # a long unknown product id
             async with http.request(method, server.http + path, data=data,
                                     headers={"X-Request-Id": f"sub-{i}"}) as r:
                 assert r.status >= 400 and r.content_type == "application/json", (path, r.status, await r.text())
                 body = await r.json()
                 assert body["request_id"] == f"sub-{i}" == r.headers["X-Request-Id"], (path, body)
+                assert len(body["message"]) < 600, (path, body)  # what the caller sent, not echoed whole
 
         def broken(engine):
             raise RuntimeError("a bug")

@@ -254,6 +254,7 @@ async def test_the_page_and_its_files_with_security_headers(server, http):
             csp = r.headers["Content-Security-Policy"]
             assert "script-src 'self'" in csp and "frame-ancestors 'none'" in csp and "unsafe-inline" not in csp
             assert r.headers["X-Content-Type-Options"] == "nosniff" and r.headers["Referrer-Policy"] == "same-origin"
+            assert "{{BASE}}" not in await r.text(), path  # the template's placeholder, filled in
     for path in ("/portal/static/nope.js", "/portal/static/..%2Fplugin.py", "/portal/static/.hidden"):
         async with http.get(server.http + path) as r:
             assert r.status == 404, path
