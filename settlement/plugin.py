@@ -71,7 +71,7 @@ class ProofQuery(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     address: Address
-    ts: int = Field(ge=0, le=2**40, description="unix seconds, within 5 minutes of the server's clock")
+    ts: int = Field(ge=0, le=2**40, description="unix seconds, within 5 minutes of the server's wall clock")
     sig: Signature
 
 
@@ -131,7 +131,7 @@ ROUTES = (
     Route("GET", "/api/trades/{trade_id}/proof", _peer_proof, "A member's proof of its own trade", _PROOF,
           query=(("address", {"type": "string", "pattern": "^0x[0-9a-fA-F]{40}$"}, "the member's address"),
                  ("ts", {"type": "integer", "minimum": 0, "maximum": 2**40},
-                  "unix seconds, within 5 minutes of the server"),
+                  "unix seconds, within 5 minutes of the server's wall clock (also in a simulated market)"),
                  ("sig", {"type": "string", "pattern": "^0x[0-9a-fA-F]{130}$"},
                   "EIP-191 signature of the proof message (docs/settlement.md)")),
           required_query=("address", "ts", "sig"), errors=(401, 404, 409, 422), tags=("member", "settlement"), path_params=_TRADE_ID,

@@ -198,7 +198,8 @@ class Bot:
     async def _on_connect(self, c: VoltbourseClient) -> None:
         if c.connects == 0:  # first login (the hook runs before the counter moves)
             return
-        # reconnected: execution reports sent meanwhile are lost; rebuild open orders, report missed fills
+        # reconnected: rebuild open orders and report missed fills from the committed state (not by
+        # replaying the private stream: that does not cover a restart of the exchange)
         try:
             self.open = {o.order_id: OpenOrder(o.order_id, o.product_id, o.side, o.price, o.remaining)
                          for o in await c.orders()}

@@ -46,9 +46,12 @@ original outcome (``OrderResult.duplicate is True``, same ``order_id``), even
 after a restart of the exchange. ``place(..., client_order_id=..., retries=N)``
 does exactly that on :class:`ConnectionLost` / :class:`RequestTimeout`. Without a
 client order id, look the order up (:meth:`orders`, :meth:`my_trades`) before
-placing it again. Execution reports sent while the connection was down are not
-replayed: after a reconnection reconcile with :meth:`orders` and
-:meth:`my_trades` (``after`` = the last ``seq`` you processed).
+placing it again. Execution reports sent while the connection was down are kept by
+the server (a member's last 256, while it runs) and sent again on a ``replay`` request,
+which this client does not send by itself (``request({"type": "replay", "from_pseq": ...})``
+in an ``on_connect`` hook, docs/sdk.md); or, as the bots do, reconcile after a
+reconnection with :meth:`orders` and :meth:`my_trades` (``after`` = the last ``seq`` you
+processed), which also covers a restart of the exchange.
 
 Extension points (for ``clients/sdk/proofs.py``, ``clients/sdk/flex.py``, ...)
 -----------------------------------------------------------------------------
