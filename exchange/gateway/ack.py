@@ -21,6 +21,7 @@ from exchange.core.model import (
     TradeEvent,
     command_outcome,
 )
+from exchange.gateway.orderstatus import BLOCK
 from exchange.runtime.journal import Entry
 
 
@@ -51,21 +52,24 @@ class Acknowledger:
     """Answers each command's request after its commit. ``order_state(member, order_id)``
     (the committed order-status view) fills a duplicate's answer with the order's state."""
 
-    def __init__(self, metrics: Any = None, order_state: Callable[[str, int], dict | None] | None = None) -> None:
+    def __init__(self, metrics: Any = None, order_state: Callable[[str, int], dict | None] | None = None,
+                 block_remaining: Callable[[int], int | None] | None = None) -> None:
         self.metrics = metrics
         self.order_state = order_state
+        self.block_remaining = block_remaining
 
     def on_commit(self, entries: list[Entry]) -> None:
         now_ns = time.perf_counter_ns()
         for e in entries:
             origin = e.origin
             if origin is not None and type(origin) is Pending:
-                origin.session.send(response(origin, e.events, self.order_state))
+                origin.session.send(response(origin, e.events, self.order_state, self.block_remaining))
                 if self.metrics is not None:
                     self.metrics.observe_command_latency((now_ns - origin.received_ns) / 1e9)
 
 
-def response(p: Pending, events: list[Event], order_state: Callable[[str, int], dict | None] | None = None) -> dict:
+def response(p: Pending, events: list[Event], order_state: Callable[[str, int], dict | None] | None = None,
+             block_remaining: Callable[[int], int | None] | None = None) -> dict:
     first = command_outcome(events)
     if isinstance(first, Rejected):
         return {"type": "error", "id": p.request_id, "code": first.reason, "message": first.detail}
@@ -79,7 +83,7 @@ def response(p: Pending, events: list[Event], order_state: Callable[[str, int], 
         if state is not None:  # the order as it is now (it may have traded or closed since)
             result.update({k: state[k] for k in ("remaining", "filled", "fills", "seq") if k in state})
             # open: as the original answer said it (a block waits for its auction: pending)
-            result["status"] = (("pending" if state["tif"] == "block" else "resting") if state["status"] == "open"
+            result["status"] = (("pending" if state["tif"] == BLOCK else "resting") if state["status"] == "open"
                                 else state["status"])
             if state.get("reason"):
                 result["reason"] = state["reason"]
@@ -94,12 +98,11 @@ def response(p: Pending, events: list[Event], order_state: Callable[[str, int], 
                 "result": {"order_id": first.order_id, "status": "pending", "product_ids": first.product_ids,
                            "seq": first.seq}}
     if isinstance(first, OrderCancelled):
-        remaining = first.remaining
-        state = order_state(first.member, first.order_id) if order_state is not None else None
-        if state is not None and state["tif"] == "block":  # the engine's event counts one hour; a block is all of them
-            remaining = state["quantity"] - state["filled"]
+        # a block's remaining over all its hours (the engine's event counts one)
+        total = block_remaining(first.order_id) if block_remaining is not None else None
         return {"type": "response", "id": p.request_id,
-                "result": {"order_id": first.order_id, "status": "cancelled", "remaining": remaining}}
+                "result": {"order_id": first.order_id, "status": "cancelled",
+                           "remaining": first.remaining if total is None else total}}
     return {"type": "response", "id": p.request_id, "result": {"seq": events[-1].seq}}
 
 

@@ -26,6 +26,7 @@ from exchange.gateway.http import (
     obj,
     read_query,
     ref,
+    shown,
 )
 from exchange.gateway.keys import (
     BASE_PATH,
@@ -103,7 +104,7 @@ async def book(request: web.Request) -> web.Response:
     md = request.app[MARKET_DATA]
     pid = request.match_info["product_id"]
     if pid not in md.product_states:
-        return json_response({"error": "UNKNOWN_PRODUCT", "message": f"no product {pid[:64]}{'…' if len(pid) > 64 else ''}"}, 404)
+        return json_response({"error": "UNKNOWN_PRODUCT", "message": f"no product {shown(pid)}"}, 404)
     depth = read_query(request, DepthQuery).depth
     snap = md.snapshot(pid)
 

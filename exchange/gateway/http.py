@@ -66,6 +66,11 @@ def json_response(data: Any, status: int = 200) -> web.Response:
     return web.json_response(data, status=status)
 
 
+def shown(text: str, limit: int = 64) -> str:
+    """What a caller sent, as an error message shows it: cut to ``limit`` characters."""
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
 def error_response(status: int, code: str, message: str, **extra: Any) -> web.Response:
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
     return web.json_response({"error": code, "message": message, **extra}, status=status, headers=headers)

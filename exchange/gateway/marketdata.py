@@ -37,7 +37,7 @@ from exchange.core.model import (
 )
 from exchange.gateway.ack import Acknowledger, Peer, Pending
 from exchange.gateway.mirror import BookMirror, MirrorOrder
-from exchange.gateway.orderstatus import BLOCK, OrderStatusView
+from exchange.gateway.orderstatus import OrderStatusView
 from exchange.gateway.peers import Peers
 from exchange.gateway.positions import PositionsView
 from exchange.gateway.publish import Public, Publisher
@@ -56,7 +56,7 @@ class MarketData:
         self.market = market
         self.peers = peers if peers is not None else Peers()
         self.mirror = BookMirror()
-        self.acks = Acknowledger(metrics, self._order_state)
+        self.acks = Acknowledger(metrics, self._order_state, self._block_remaining)
         self.publisher = Publisher(self.peers, disclose_counterparty=disclose_counterparty)
         # subscriptions (the session adds itself to these)
         self.book_subs = self.publisher.book_subs
@@ -138,6 +138,10 @@ class MarketData:
         rec = self.order_status.get(member, order_id=order_id)
         return None if rec is None else rec.view()
 
+    def _block_remaining(self, order_id: int) -> int | None:
+        blk = self.order_status.block(order_id)
+        return None if blk is None else blk.quantity - blk.filled
+
     # ------------------------------------------------------------------ the subscriber
     def on_commit(self, entries: list[Entry]) -> None:
         self.acks.on_commit(entries)
@@ -154,9 +158,9 @@ class MarketData:
                     pub.trade(ev, mirror.apply_trade(ev, touched, book_last), public)
                 elif isinstance(ev, _ORDER_EVENTS):
                     orders.apply(ev)
-                    blk = orders.orders.get(ev.order_id) if type(ev) is OrderCancelled else None
+                    blk = orders.block(ev.order_id) if type(ev) is OrderCancelled else None
                     pub.order_event(ev, mirror.apply(ev, touched, book_last),
-                                    (blk.remaining, blk.client_order_id) if blk is not None and blk.tif == BLOCK else None)
+                                    None if blk is None else (blk.remaining, blk.client_order_id))
                 elif isinstance(ev, _STATE_EVENTS):
                     if type(ev) is ProductStateChanged:
                         orders.apply(ev)

@@ -43,6 +43,7 @@ from exchange.gateway.http import (
     read_body,
     read_query,
     ref,
+    shown,
 )
 from exchange.gateway.keys import MARKET, MEMBERS
 from exchange.gateway.views import market_summary, product_summary, products_sorted
@@ -116,7 +117,7 @@ def _product_book(request: web.Request):
     pid = request.match_info["product_id"]
     pb = request.config_dict[MARKET].engine.products.get(ProductId(pid))
     if pb is None:
-        raise ApiError(404, "UNKNOWN_PRODUCT", f"no product {pid[:64]}{'…' if len(pid) > 64 else ''}")
+        raise ApiError(404, "UNKNOWN_PRODUCT", f"no product {shown(pid)}")
     return pb
 
 

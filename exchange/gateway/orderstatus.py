@@ -109,6 +109,12 @@ class OrderStatusView:
         o = self.orders.get(order_id)
         return o if o is not None and o.member == member else None
 
+    def block(self, order_id: int) -> OrderRecord | None:
+        """The block order ``order_id`` while it is kept (None: not a block, or forgotten). Its
+        ``remaining`` and ``filled`` are totals over its hours (an engine event counts one)."""
+        o = self.orders.get(order_id)
+        return o if o is not None and o.tif == BLOCK else None
+
     def pending_block(self, member: str, client_order_id: str) -> OrderRecord | None:
         """``member``'s block order with that client order id while it waits for its auction
         (open); None otherwise."""

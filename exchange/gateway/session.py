@@ -385,7 +385,7 @@ class Session:
             elif kind == "place_block":
                 self._place_block(msg, member, t0)
             elif kind == "cancel":
-                oid = self._order_ref(msg, member)
+                oid = self._order_ref(msg, member, blocks=True)
                 if oid is not None:
                     self._submit(CancelOrder(0, member, oid), msg.id, kind, t0)
             elif kind == "modify":
@@ -432,17 +432,17 @@ class Session:
             log.exception("request %r of %s failed", kind, member)
             self.error(msg.id, "INTERNAL", "the request failed on the server; it was logged")
 
-    def _order_ref(self, msg: Any, member: MemberId) -> OrderId | None:
+    def _order_ref(self, msg: Any, member: MemberId, blocks: bool = False) -> OrderId | None:
         """The order a cancel/modify names: its ``order_id``, or my open order with that
-        ``client_order_id`` (committed state: a resting order of the book mirror, or a block
-        order waiting for its auction in the order-status view); None (answered) when there
-        is none."""
+        ``client_order_id`` (committed state: a resting order of the book mirror, or, with
+        ``blocks`` (a cancel: a block cannot be modified), a block order waiting for its
+        auction in the order-status view); None (answered) when there is none."""
         if msg.order_id is not None:
             return OrderId(msg.order_id)
         for o in self.md.mirror.member_orders(member):
             if o["client_order_id"] == msg.client_order_id:
                 return OrderId(o["order_id"])
-        blk = self.md.order_status.pending_block(member, msg.client_order_id)
+        blk = self.md.order_status.pending_block(member, msg.client_order_id) if blocks else None
         if blk is not None:
             return OrderId(blk.order_id)
         self.error(msg.id, "UNKNOWN_ORDER", f"no open order of yours with client_order_id {msg.client_order_id!r}")
@@ -671,7 +671,7 @@ class Session:
     def _subscribe(self, msg) -> None:
         md = self.md
         if msg.product_id is not None and msg.product_id not in md.product_states:
-            self.error(msg.id, "UNKNOWN_PRODUCT", f"no product {msg.product_id[:64]}")
+            self.error(msg.id, "UNKNOWN_PRODUCT", f"no product {msg.product_id}")
             return
         if msg.channel == "book":
             replay = None

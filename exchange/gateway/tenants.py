@@ -118,9 +118,11 @@ RESTART_SETTINGS = ("settlement_batch_size", "settlement_max_age_s", "metering_d
 FIXED_SETTINGS = tuple(k for k in MARKET_SETTINGS if k not in RESTART_SETTINGS)
 
 
-def market_settings(base: Settings, market_id: str, overrides: dict[str, Any]) -> Settings:
+def market_settings(base: Settings, market_id: str, overrides: dict[str, Any], *, new_rules: bool = True) -> Settings:
     """The settings of hosted market ``market_id``: the deployment's, with its overrides,
-    validated as a whole (a pydantic ``ValidationError`` names what is wrong)."""
+    validated as a whole (a pydantic ``ValidationError`` names what is wrong); with
+    ``new_rules`` (a market created or changed, not one started from its stored row, whose
+    journal keeps its rules) also as its engine's rules and as stored JSON."""
     unknown = sorted(set(overrides) - set(MARKET_SETTINGS))
     if unknown:
         raise ApiError(422, "INVALID_REQUEST", f"settings a market may not set: {', '.join(unknown)} (allowed: "
@@ -128,6 +130,8 @@ def market_settings(base: Settings, market_id: str, overrides: dict[str, Any]) -
                        details=[{"loc": ["settings", k], "msg": "not a per-market setting", "type": "extra_forbidden"}
                                 for k in unknown])
     settings = Settings.model_validate({**base.model_dump(), **overrides, "market_id": market_id})
+    if not new_rules:
+        return settings
     try:
         # the rules the market's engine gets, checked together (e.g. the smallest quantity within
         # the largest), and every value within what is stored as JSON (integers of 64 bits)
@@ -289,7 +293,7 @@ class Platform:
 
     async def _start(self, rec: HostedMarket) -> Tenant:
         try:
-            settings = market_settings(self.base, rec.market_id, rec.overrides)
+            settings = market_settings(self.base, rec.market_id, rec.overrides, new_rules=False)
         except (ValidationError, ApiError) as exc:  # a stored row the settings refuse: listed, not run
             log.error("hosted market %s not started: its stored settings are refused: %s", rec.market_id, exc)
             t = Tenant(rec, self.base, token_hashes={rec.token_sha256})

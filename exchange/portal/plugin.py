@@ -31,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from exchange.gateway.http import (
     ANY_OBJECT,
     INT,
+    MAX_SEQ,
     STR,
     TIME,
     ApiError,
@@ -538,9 +539,6 @@ def _check_limits(request: web.Request, message: dict[str, Any], now_s: int) -> 
     return limits
 
 
-_INT64 = 2**63 - 1
-
-
 def _delegation_fields_problem(message: dict[str, Any]) -> str | None:
     """What is wrong with a delegation message's fields (None: nothing): exactly the
     ``Delegation`` type's fields, each of its JSON type (text for strings and addresses, a
@@ -560,7 +558,7 @@ def _delegation_fields_problem(message: dict[str, Any]) -> str | None:
                 return f"typed_data.message.{name} must be a string"
         elif type(v) is not int:
             return f"typed_data.message.{name} must be an integer (a JSON number)"
-        elif not (0 if kind.startswith("uint") else -_INT64) <= v <= _INT64:
+        elif not (0 if kind.startswith("uint") else -MAX_SEQ) <= v <= MAX_SEQ:  # a bigint's range
             return f"typed_data.message.{name} is out of range ({'0' if kind.startswith('uint') else '-2^63+1'} to 2^63-1)"
     return None
 

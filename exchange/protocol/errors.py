@@ -4,7 +4,7 @@ A peer gets an error as ``{"type": "error", "id": ..., "code": CODE, "message": 
 on the WebSocket and as ``{"error": CODE, "message": text}`` over HTTP, with the
 HTTP status given here. The engine's own reasons (``exchange.core.model.Reason``)
 are part of the catalogue: an engine rejection is answered with its reason code
-(HTTP 409). The mapping to HTTP and to WebSocket frames lives in one place each
+(HTTP 409; 404 for a product or member that is not there). The mapping to HTTP and to WebSocket frames lives in one place each
 (``exchange.gateway.http.error_middleware`` and ``Session.handle``); both take
 their status from :data:`CATALOGUE`. ``docs/errors.md`` is generated from it
 (``voltbourse docs``) and a drift test keeps it equal.

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
 import importlib.util
 import json
 import logging
@@ -212,7 +213,10 @@ START_ATTEMPTS = 10  # a server killed moments ago may still be shutting down: w
 #:   (about a second of full load), until checkpoints recycle old segments. Durability is
 #:   the same (the WAL is fsynced either way); the setting exists for file systems where
 #:   the zeros buy nothing, and on ext4 here they bought nothing measurable either
-#:   (docs/benchmarks.md, "WAL segments").
+#:   (docs/benchmarks.md, "WAL segments"). What it changes: a new segment's blocks are
+#:   allocated as WAL is written into it rather than all at once, so a full disk stops the
+#:   server (PANIC, then its crash recovery) at any write into a new segment instead of at the
+#:   segment's creation. It stops the server either way: watch the data directory's disk.
 EMBEDDED_SERVER_SETTINGS = {"wal_init_zero": "off"}
 
 
@@ -284,12 +288,28 @@ class EmbeddedPostgres:
             self._refs[self.pgdata] = self._refs.get(self.pgdata, 0) + 1
         if not shared:
             try:
-                _run_blocking(asyncio.run, _apply_server_settings(self.dsn, EMBEDDED_SERVER_SETTINGS))
+                self._apply_settings()
             except BaseException:
-                self.stop()
+                with contextlib.suppress(Exception):  # the error worth reporting is the first one
+                    self.stop()
                 raise
         log.info("embedded PostgreSQL ready: %s", self.dsn)
         return self
+
+    def _apply_settings(self) -> None:
+        """EMBEDDED_SERVER_SETTINGS, retried a few times while the server (started by another
+        process, perhaps) does not take connections yet."""
+        delay = 0.2
+        for attempt in range(1, 6):
+            try:
+                _run_blocking(asyncio.run, _apply_server_settings(self.dsn, EMBEDDED_SERVER_SETTINGS))
+                return
+            except (asyncpg.CannotConnectNowError, OSError) as exc:
+                if attempt == 5:
+                    raise
+                log.warning("embedded PostgreSQL not ready for its settings (%s); retrying in %.1f s", exc, delay)
+                time.sleep(delay)
+                delay *= 2
 
     def _clear_stale(self) -> None:
         if self.pgdata.exists():

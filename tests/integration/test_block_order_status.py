@@ -5,6 +5,8 @@ after a restart the same orders are known)."""
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from support.keys import KEYS
 from support.times import GATE
@@ -124,6 +126,12 @@ async def test_a_pending_block_is_cancelled_by_client_order_id(serve, http):
         r = await c.request({"type": "cancel", "client_order_id": "blk-u"})
         assert r["type"] == "error" and r["code"] == "UNKNOWN_ORDER", r
         assert second in server.market.engine.blocks
+        # a block cannot be modified: named by its client order id, it is no order to modify (the
+        # gateway answers; nothing reaches the engine, no rejected report)
+        seq = server.market.engine.seq
+        r = await b.request({"type": "modify", "client_order_id": "blk-u", "price": 1})
+        assert r["type"] == "error" and r["code"] == "UNKNOWN_ORDER" and "client_order_id" in r["message"], r
+        assert server.market.engine.seq == seq
 
         await server.restart()
         b = await peer(http, server, 1)
@@ -160,3 +168,23 @@ async def test_blocks_decided_by_their_auction_are_known_alike_after_a_restart(s
         await server.restart()
         b = await peer(http, server, 1)
         assert await _known(b, [executed, unfilled], ["blk-x", "blk-n"]) == before
+
+        # the first of the executed block's hours is delivered: the block is forgotten (its id is
+        # kept by the engine until its last hour is), and a restart does not bring it back (only
+        # blocks none of whose hours is delivered are rebuilt); the other block stays known
+        first = server.market.engine.products[hours[8]].product
+        server.clock.set(first.end_us + 1)
+        for _ in range(100):
+            if server.market.engine.products[hours[8]].state.value == "delivered":
+                break
+            await asyncio.sleep(0.05)
+        assert server.market.engine.products[hours[8]].state.value == "delivered"
+        await asyncio.sleep(0.3)  # its commit reaches the views
+        gone = await b.request({"type": "order_status", "order_id": executed})
+        assert gone["type"] == "error" and gone["code"] == "UNKNOWN_ORDER", gone
+        kept = await _status(b, order_id=unfilled)
+        await server.restart()
+        b = await peer(http, server, 1)
+        again = await b.request({"type": "order_status", "order_id": executed})
+        assert again["type"] == "error" and again["code"] == "UNKNOWN_ORDER", again
+        assert await _status(b, order_id=unfilled) == kept

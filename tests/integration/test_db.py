@@ -57,7 +57,7 @@ async def test_embedded_postgres_server_settings(pg_dsn: str) -> None:
     conn = await asyncpg.connect(pg_dsn)
     try:
         for name, value in EMBEDDED_SERVER_SETTINGS.items():
-            # a fresh connection sees the reloaded configuration once the postmaster has signalled it
+            # a backend sees the reloaded configuration once the postmaster has signalled it (SIGHUP)
             for _ in range(50):
                 if await conn.fetchval("SELECT setting FROM pg_settings WHERE name = $1", name) == value:
                     break

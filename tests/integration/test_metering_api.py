@@ -401,12 +401,20 @@ async def test_a_signer_not_the_members_learns_nothing_of_its_points(api, server
         st, body = await api.call("POST", "/api/metering/readings", _signed(A, OUTSIDER, nonce, readings), headers={})
         answers.add((st, body["error"], body["message"]))
     assert answers == {(403, "FORBIDDEN", "the signer is not the member nor a device key it registered")}, answers
-    # the member's own key is no device it can revoke (which locked its own pushes out)
+    # the member's own key is no device it can revoke (which locked its own pushes out): its row
+    # (made by its first push) stays, and one an older version revoked no longer counts
+    nonce = int(time.time() * 1000)
+    st, body = await api.call("POST", "/api/metering/readings", _signed(A, KEYS[0], nonce, [
+        {"point_id": "A-imp", "interval_start": at(0), "energy_wh": 7}]), headers={})
+    assert st == 201, body
     a = await peer(http, server, 0)
     r = await a.request({"type": "meter_device_revoke", "id": 1, "device": A})
     assert r["result"]["revoked"] is False
-    st, body = await api.call("POST", "/api/metering/readings", _signed(A, KEYS[0], int(time.time() * 1000), [
-        {"point_id": "A-imp", "interval_start": at(0), "energy_wh": 7}]), headers={})
+    pool = server.market.pool
+    assert await pool.fetchval("SELECT revoked FROM meter_devices WHERE device = $1 AND member = $1", A) is False
+    await pool.execute("UPDATE meter_devices SET revoked = true WHERE device = $1 AND member = $1", A)
+    st, body = await api.call("POST", "/api/metering/readings", _signed(A, KEYS[0], nonce + 1, [
+        {"point_id": "A-imp", "interval_start": at(0), "energy_wh": 8}]), headers={})
     assert st == 201, body
 
 
