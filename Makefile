@@ -5,9 +5,19 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 SOLCJS := contracts/node_modules/solc/soljson.js
 
-.PHONY: venv contracts chromium test demo bench serve clean loadtest
+.PHONY: help venv contracts chromium test demo bench serve clean loadtest
 
-venv: $(STAMP) $(SOLCJS) contracts chromium
+help:
+	@echo "make demo    two communities trading on a fast clock for DEMO_SECONDS (default 60; 0: until Ctrl-C)"
+	@echo "make test    the whole test suite (installs Debian's chromium for the browser tests if missing)"
+	@echo "make serve   the exchange service (voltbourse serve; configuration: README.md)"
+	@echo "make bench   the engine and journal benchmarks (more: voltbourse bench --help)"
+	@echo "make loadtest  Locust over the WebSocket API (USERS, DURATION)"
+	@echo "make venv    .venv with the pinned dependencies and the Solidity compiler (every target needs it)"
+	@echo "make contracts  compile contracts/src into settlement/artifacts (checked only with CI set)"
+	@echo "make clean   remove .venv and build files (not the data directory: README, 'Starting afresh')"
+
+venv: $(STAMP) $(SOLCJS) contracts
 
 # The Solidity compiler: npm's solc (solc-js), pinned in contracts/package-lock.json,
 # driven by settlement/solc_shim.js. Used at build time only: the service loads the
@@ -36,11 +46,12 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[server,dev,chain,load,community,browser]'
 	touch $(STAMP)
 
-test: venv
+test: venv chromium
 	$(BIN)/pytest -q -rfE
 
+# DEMO_SECONDS: how long the demo runs (0: until Ctrl-C); unset: the demo's default (60 s)
 demo: venv
-	$(BIN)/voltbourse demo
+	$(BIN)/voltbourse demo $(if $(DEMO_SECONDS),--duration $(DEMO_SECONDS))
 
 bench: venv
 	$(BIN)/voltbourse bench engine --json

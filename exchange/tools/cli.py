@@ -155,7 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="simulated community trading on a fast clock")
     p.add_argument("--speed", type=int, default=DEFAULT_DEMO_SPEED, help="simulated seconds per wall second")
-    p.add_argument("--duration", type=float, default=DEFAULT_DEMO_DURATION, metavar="SECONDS", help="wall-clock run time")
+    p.add_argument("--duration", type=float, default=DEFAULT_DEMO_DURATION, metavar="SECONDS", help="wall-clock run time, then a summary and the server stops (default %(default)g; "
+                   "0: until Ctrl-C)")
     p.add_argument("--members", type=int, default=DEFAULT_DEMO_MEMBERS, help="number of simulated members")
     p.set_defaults(func=cmd_demo)
 

@@ -12,10 +12,12 @@ gates closing; the HTTP views are served while it runs.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import random
 import secrets
 import signal
+import sys
 import time
 from collections import defaultdict
 from dataclasses import dataclass
@@ -174,6 +176,11 @@ async def _demo(dsn: str, settings: Settings, speed: int, duration: float, membe
     token = settings.operator_token.get_secret_value()
     print(f"Voltbourse demo - market {settings.market_id}, {members} members, clock x{speed} "
           f"(starts {start.astimezone(zone):%Y-%m-%d %H:%M %Z}), rolling gate 60 min before delivery")
+    if duration > 0:
+        print(f"  runs {duration:g} s, then ends with a summary and its server stops (the links below with it); "
+              f"until Ctrl-C: make demo DEMO_SECONDS=0 (voltbourse demo --duration 0)")
+    else:
+        print("  runs until Ctrl-C, then ends with a summary")
     print(f"  market data: {base}/api/products  {base}/api/market  {base}/api/trades  metrics {base}/metrics")
     print(f"  peers:       ws://{host}:{port}/ws (docs/websocket.md); a member key to try: 0x{keys[0].key.hex()}")
     print(f"  operator:    {base}/api/operator/... with 'Authorization: Bearer {token}' (docs/rest.md)")
@@ -285,9 +292,12 @@ async def _demo(dsn: str, settings: Settings, speed: int, duration: float, membe
         print(f"  second community {second.market_id}: {rt2.cmd_seq} commands journaled, {second.console.trades} "
               f"trades, {second.console.energy / 1000:.1f} kWh; state hash {hash2[:16]} (archived on the platform: "
               f"POST /api/platform/markets/{second.market_id}/resume starts it again)")
-        print(f"  replay it: VOLTBOURSE_MARKET_ID={settings.market_id} voltbourse serve  (recovers from the journal; "
+        print(f"  replay it: VOLTBOURSE_MARKET_ID={settings.market_id} VOLTBOURSE_OPERATOR_TOKEN={token} "
+              f"{_command()} serve  (recovers from the journal, under the rules stored with it; "
               f"on the wall clock its market time stays at the demo's last simulated time, "
               f"{console.local(clock.now_us())}, until real time passes it: a market's time never goes back)")
+        print("  the demo's server has stopped; its journal and chain stay in the data directory "
+              "(VOLTBOURSE_DATA_DIR; README, 'Starting afresh')")
         await deployment.close()
     return 0
 
@@ -389,6 +399,11 @@ async def _settle_and_reconcile(market, worker, label: str = "Settlement: ") -> 
         print("  -", d)
 
 
+def _command() -> str:
+    """How this command was run (``.venv/bin/voltbourse`` from ``make demo``), for a line to copy."""
+    return sys.argv[0] if sys.argv and sys.argv[0].endswith("voltbourse") else "voltbourse"
+
+
 def run_demo(settings: Settings, speed: int = 600, duration: float = 60.0, members: int = 24) -> int:
     market_id = f"demo-{datetime.now(UTC):%Y%m%d%H%M%S}"
     token = settings.operator_token or SecretStr(secrets.token_urlsafe(16))
@@ -405,4 +420,10 @@ def run_demo(settings: Settings, speed: int = 600, duration: float = 60.0, membe
             return run_async(_demo(dsn, settings, speed, duration, members))
         except asyncio.CancelledError:  # SIGTERM: ended as Ctrl-C ends it
             return 130
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                raise
+            print(f"voltbourse demo: {settings.host}:{settings.port} is in use (another demo or server?): stop it, "
+                  f"or choose another port with VOLTBOURSE_PORT", file=sys.stderr)
+            return 2
 
