@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from decimal import Decimal, InvalidOperation
 from typing import Annotated, Any, Literal
 
@@ -21,11 +22,16 @@ TICKS_PER_CT_PER_KWH = 1_000
 UNITS_PER_EUR = 100_000_000
 
 Name = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,47}$")]
-DecimalText = Annotated[str, StringConstraints(pattern=r"^-?[0-9]{1,9}(\.[0-9]{1,8})?$")]
+_DECIMAL = r"-?[0-9]{1,9}(\.[0-9]{1,8})?"
+DecimalText = Annotated[str, StringConstraints(pattern=f"^{_DECIMAL}$")]
 
 
 def exact(text: str, scale: int, what: str, *, minimum: int = 0) -> int:
-    """``text`` (a decimal) times ``scale``, which must be a whole number >= ``minimum``."""
+    """``text`` (a decimal written as the JSON routes take it: digits, at most 8 decimals, no
+    exponent) times ``scale``, which must be a whole number >= ``minimum``."""
+    if re.fullmatch(_DECIMAL, text) is None:  # also keeps out Infinity, NaN and 1e400 (a CSV's cells)
+        raise ValueError(f"{what}: {text[:40]!r} is not a decimal number (e.g. 12.5: at most 9 digits and "
+                         "8 decimals, no exponent)")
     try:
         d = Decimal(text) * scale
     except InvalidOperation:

@@ -330,6 +330,10 @@ async def run_bills(request: web.Request) -> web.Response:
     body = await read_body(request, PeriodIn)
     svc = _svc(request)
     start, end = period_of(svc, body.month, body.start, body.end)
+    now = _now(request)
+    if end > now:  # billed from estimates, charged at once, then fixed: not before its end
+        raise VoltbourseError(INVALID_PERIOD, f"the period ends {iso(end)}, after the market's now ({iso(now)}): "
+                                              "bill a period once it has ended")
     bills = await svc.run_bills(start, end)
     return json_response({"start": iso(start), "end": iso(end), "bills": bills,
                           "total": money_json(sum(int(b["total"]["units"]) for b in bills)),

@@ -251,7 +251,7 @@ def _row(cells: tuple[object, ...], line: int, width: int, with_end: bool, point
         e = int(e_raw)
     else:
         s = str(e_raw).strip() if e_raw is not None else ""
-        if not (s.isascii() and s.lstrip("-").isdigit()) or len(s) > 12:
+        if not (s.isascii() and s.removeprefix("-").isdigit()) or len(s) > 12:  # one sign at most (--5 failed int())
             errors.add(line, "energy_wh", f"not a whole number of Wh: {s[:20]!r}")
             return None
         e = int(s)

@@ -205,6 +205,7 @@ HOSTILE = [
     ("zip bomb xlsx", _zip_bomb(), 0, "file"),
     ("broken xlsx", b"PK\x03\x04garbage", 0, "file"),
     ("empty", b"point_id,interval_start,energy_wh\n", 2, "row"),
+    ("two signs", csv_body([("A-imp", at(0), "--5")]), 2, "energy_wh"),  # answered 500 (int('--5'))
 ]
 
 
@@ -254,6 +255,12 @@ async def test_bad_tariff_and_fee_input(api):
                               b"2026-01-01T00:00:00Z,abc,8\n", ctype="text/csv")
     assert st == 422 and body["errors"][0] == {"line": 2, "column": "import_ct_per_kwh",
                                                "reason": body["errors"][0]["reason"]}
+    # what the JSON form refuses by its pattern, the CSV form too (Infinity and 1e400 answered 500)
+    for cell in ("Infinity", "NaN", "1e400", "1e13", "1e-3", "1234567890"):
+        st, body = await api.call("PUT", f"{P}/tariffs/t1?name=Spot",
+                                  data=b"valid_from,import_ct_per_kwh,feed_in_ct_per_kwh\n"
+                                  + f"2026-01-01T00:00:00Z,{cell},8\n".encode(), ctype="text/csv")
+        assert st == 422 and body["errors"][0]["column"] == "import_ct_per_kwh", (cell, body)
     st, body = await api.call("PUT", f"{P}/fees", {"effective_from": "2026-01-01T00:00:00Z", "per_kwh": [
         {"name": "x", "ct_per_kwh": "1", "basis": "import", "community_reduction_pct": "150"}]})
     assert st == 422, body
@@ -266,6 +273,20 @@ async def test_bad_tariff_and_fee_input(api):
     st, body = await api.call("PUT", f"{P}/members/{C}/tariff", {"tariff_id": "t2", "effective_from": at(0),
                                                                "contracted_power_kw": "6.5"})
     assert st == 200 and body["contracted_power_w"] == 6500
+
+
+async def test_a_period_is_billed_once_it_has_ended(api, server):
+    """A bill run for a period that has not ended billed it from estimates and charged it at
+    once (then fixed: a real bill later could only be a correction)."""
+    now = server.market.runtime.clock.now_us()
+    ended = now - now % 3_600_000_000
+    for start, end in ((ended, ended + 3_600_000_000), (4_070_908_800_000_000, 4_070_912_400_000_000)):  # 2099
+        st, body = await api.call("POST", f"{P}/bills/run", {"start": iso(start), "end": iso(end)})
+        assert st == 422 and body["error"] == "INVALID_BILLING_PERIOD" and "has ended" in body["message"], body
+    st, body = await api.call("GET", f"{P}/bills")
+    assert st == 200 and body == []
+    st, body = await api.call("POST", f"{P}/bills/run", {"start": iso(ended - 3_600_000_000), "end": iso(ended)})
+    assert st == 200, body
 
 
 async def test_bill_run_versions_statements_and_kpis(api):
