@@ -17,6 +17,7 @@ from exchange.gateway.http import (
     OPT_STR,
     PUBLIC,
     STR,
+    TOKEN_FAILURES,
     PageQuery,
     Route,
     add_routes,
@@ -218,6 +219,7 @@ async def make_app(market: Market, settings: Settings, subsystems: Sequence[Subs
     app.router.add_get("/ws", ws_handler)
     app[SOCKETS] = set()
     app[LIMITS] = Limits(connections)
+    app[TOKEN_FAILURES] = app[LIMITS].counts.token_failures
     app[WS_REQUESTS] = {}
     app[PAYOUT_SOURCES] = []
     app[BILL_ITEM_SOURCES] = []

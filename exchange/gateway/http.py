@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import functools
 import hashlib
@@ -25,6 +26,7 @@ import json
 import logging
 import re
 import secrets
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -293,6 +295,48 @@ def operator_token_valid(request: web.Request, given: str) -> bool:
     return ok
 
 
+#: wrong operator tokens (page logins and API requests alike) a client address may send a minute
+TOKEN_FAILURES_PER_MIN = 10
+
+
+class TokenFailures:
+    """Wrong operator tokens per client address over the last minute, for the whole server
+    (every market app of the process shares one: a hosted community's routes are no second
+    budget for guessing the platform's token). An address over the limit is refused outright
+    (429) until its failures age out; the right token from another address is never refused."""
+
+    def __init__(self) -> None:
+        self._seen: dict[str, collections.deque[float]] = {}
+
+    def throttled(self, who: str) -> bool:
+        q = self._seen.get(who)
+        if q is None:
+            return False
+        cutoff = time.monotonic() - 60
+        while q and q[0] < cutoff:
+            q.popleft()
+        if not q:
+            del self._seen[who]
+        return len(q) >= TOKEN_FAILURES_PER_MIN
+
+    def failed(self, who: str) -> None:
+        if len(self._seen) >= 100_000 and who not in self._seen:  # a flood of addresses: forget the oldest
+            self._seen.pop(next(iter(self._seen)))
+        self._seen.setdefault(who, collections.deque()).append(time.monotonic())
+
+
+TOKEN_FAILURES: web.AppKey[TokenFailures] = web.AppKey("operator_token_failures", TokenFailures)
+
+
+def token_failures(request: web.Request) -> TokenFailures:
+    """The server's :class:`TokenFailures` (one of the app's own if none was shared with it)."""
+    app = request.app
+    failures = request.config_dict.get(TOKEN_FAILURES)
+    if failures is None:
+        failures = app[TOKEN_FAILURES] = TokenFailures()
+    return failures
+
+
 def operator_only(handler: Handler) -> Handler:
     """Check the operator token before ``handler`` (401 no token, 403 wrong token,
     503 when the operator API is disabled). A request the operator page's session
@@ -310,6 +354,13 @@ def operator_only(handler: Handler) -> Handler:
         if scheme.lower() != "bearer" or not given:
             return error_response(401, "UNAUTHENTICATED", "send Authorization: Bearer <operator token>")
         if not operator_token_valid(request, given):
+            failures = token_failures(request)
+            who = request.remote or "?"
+            throttled = failures.throttled(who)
+            failures.failed(who)
+            if throttled:
+                return error_response(429, "TOO_MANY_ATTEMPTS", "too many wrong operator tokens from this address; "
+                                      "wait a minute")
             return error_response(403, "FORBIDDEN", "this token may not use the operator API")
         return await handler(request)
 

@@ -35,13 +35,19 @@ import json
 import logging
 import secrets
 import time
-from collections import defaultdict, deque
+from collections import defaultdict
 from pathlib import Path
 
 from aiohttp import WSMsgType, web
 
 from exchange.gateway.feed import OPERATOR_FEED, FeedClient, OperatorFeed
-from exchange.gateway.http import PAGE_AUTHENTICATED, operator_enabled, operator_token_valid, same_origin
+from exchange.gateway.http import (
+    PAGE_AUTHENTICATED,
+    operator_enabled,
+    operator_token_valid,
+    same_origin,
+    token_failures,
+)
 from exchange.gateway.keys import BASE_PATH, CREDENTIALS_REVOKED, MARKET, MEMBERS, SETTINGS
 from exchange.gateway.marketdata import MARKET_DATA
 from exchange.gateway.tenants import PLATFORM
@@ -53,7 +59,6 @@ COOKIE = "vb_operator"
 PAGE_HEADER = "X-Voltbourse-Page"
 SESSION_TTL_S = 12 * 3600
 MAX_SESSIONS = 256
-LOGIN_FAILURES_PER_MIN = 10
 
 
 class PageSessions:
@@ -64,7 +69,6 @@ class PageSessions:
         self.expiry: dict[str, float] = {}
         self.platform: set[str] = set()  # sessions opened with the platform operator token (on the root)
         self.sockets: dict[str, set[web.WebSocketResponse]] = defaultdict(set)
-        self.failures: dict[str, deque] = defaultdict(deque)
 
     def create(self, platform: bool = False) -> str:
         now = time.monotonic()
@@ -110,15 +114,6 @@ class PageSessions:
         for sid in list(self.expiry):
             await self.end(sid)
 
-    def throttled(self, who: str) -> bool:
-        q = self.failures[who]
-        now = time.monotonic()
-        while q and q[0] < now - 60:
-            q.popleft()
-        return len(q) >= LOGIN_FAILURES_PER_MIN
-
-    def failed(self, who: str) -> None:
-        self.failures[who].append(time.monotonic())
 
 
 # --------------------------------------------------------------------------- helpers
@@ -238,8 +233,9 @@ async def login(request: web.Request) -> web.StreamResponse:
         # Failures are counted per source address; a source over the limit is refused
         # outright for a minute. The right token is always accepted: another source's
         # guessing never locks the operator out.
-        throttled = sessions.throttled(who)
-        sessions.failed(who)
+        failures = token_failures(request)  # the server's: the API's wrong tokens count too
+        throttled = failures.throttled(who)
+        failures.failed(who)
         await asyncio.sleep(0.2)  # slow down guessing
         if throttled:
             return refuse(429, "TOO_MANY_ATTEMPTS", "Too many failed logins from this address; wait a minute.")

@@ -24,7 +24,7 @@ from exchange.core.model import CancelAll as CancelAllCmd
 from exchange.core.model import CancelOrder, ModifyOrder, PlaceOrder, Side, TimeInForce
 from exchange.core.model import PlaceBlock as PlaceBlockCmd
 from exchange.core.units import iso, iso_dt, to_us
-from exchange.gateway.http import sign_in_host
+from exchange.gateway.http import TokenFailures, sign_in_host
 from exchange.gateway.keys import (
     BASE_PATH,
     MARKET,
@@ -105,6 +105,7 @@ class ConnectionCounts:
     def __init__(self) -> None:
         self.per_ip: dict[str, int] = {}
         self.anonymous = 0
+        self.token_failures = TokenFailures()  # wrong operator tokens per address, the server's too
 
     def opened(self, ip: str) -> None:
         self.per_ip[ip] = self.per_ip.get(ip, 0) + 1

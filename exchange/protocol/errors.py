@@ -77,7 +77,8 @@ FORBIDDEN = register("FORBIDDEN", 403, "these credentials may not use this route
 OPERATOR_DISABLED = register("OPERATOR_DISABLED", 503, "no operator token is configured")
 BAD_SIGNATURE = register("BAD_SIGNATURE", 401, "the signature does not verify or is not by that address")
 STALE_SIGNATURE = register("STALE_SIGNATURE", 401, "the signed time is outside the accepted window")
-TOO_MANY_ATTEMPTS = register("TOO_MANY_ATTEMPTS", 429, "too many failed sign-ins: wait and retry")
+TOO_MANY_ATTEMPTS = register("TOO_MANY_ATTEMPTS", 429, "too many failed sign-ins or wrong operator tokens: wait a "
+                                                        "minute and retry")
 REPLAY_UNAVAILABLE = register("REPLAY_UNAVAILABLE", 409, "those private reports are no longer kept: take a "
                               "snapshot (orders, positions) and follow the stream")
 TOO_MANY_SESSIONS = register("TOO_MANY_SESSIONS", 429, "the member has the most sessions allowed open")

@@ -473,3 +473,28 @@ async def test_a_row_refused_as_a_whole_cannot_pass_fixed_settings_off_as_unchan
         assert (status, body["error"]) == (409, "SETTING_FIXED"), body
         assert set(body["fields"]) >= {"mechanism"}, body
         assert d.platform.tenants["c"].market is None  # nothing started with disclosure on
+
+
+async def test_wrong_operator_tokens_are_throttled_server_wide(platform_env):
+    """Guessing the operator token on the API was not throttled at all (about 3 700 tries a
+    second, every /api/operator route), and the page login's limit was per market (each hosted
+    community another 10 a minute). Wrong tokens now count per address for the whole server,
+    API and page logins alike; the right token is never refused."""
+    d, http, base, tokens = platform_env
+    seen = []
+    for i in range(12):  # spread over the root's and the communities' routes and logins
+        url = (f"{base}/api/operator/members", f"{base}/m/a/api/operator/members", f"{base}/m/b/operator/login",
+               f"{base}/api/platform/markets")[i % 4]
+        if url.endswith("/login"):
+            status, _ = await call(http, "POST", url, {"token": f"guess-{i}"}, headers={})
+        else:
+            status, _ = await call(http, "GET", url, headers=bearer(f"guess-{i}"))
+        seen.append(status)
+    assert seen[:10] == [403, 403, 401, 403] * 2 + [403, 403] and seen[10:] == [429, 429], seen
+    status, body = await call(http, "GET", f"{base}/m/b/api/operator/members", headers=bearer("guess-x"))
+    assert (status, body["error"]) == (429, "TOO_MANY_ATTEMPTS") and body["request_id"], body
+    # the right tokens still work from the same address
+    for url, token in ((f"{base}/api/operator/members", OPERATOR_TOKEN), (f"{base}/m/a/api/operator/members",
+                                                                          tokens["a"])):
+        status, _ = await call(http, "GET", url, headers=bearer(token))
+        assert status == 200, url
