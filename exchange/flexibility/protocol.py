@@ -25,10 +25,13 @@ class FlexOffer(Request):
     period_start: FlexTime
     period_minutes: Annotated[int, Field(ge=15, le=1440, multiple_of=15)] = 60
     direction: Literal["up", "down"]
-    power_w: Annotated[int, Field(ge=1, le=10**9, description="W")]
+    # bounded so that an event's money fits in 64 bits: 1 GW at 10^9 ticks from 24 members
+    # overflowed its settlement, which was then never stored
+    power_w: Annotated[int, Field(ge=1, le=10**8, description="W (at most 100 MW)")]
     energy_wh: Annotated[int, Field(ge=1, le=10**12)] | None = None
     duration_minutes: Annotated[int, Field(ge=1, le=1440)] | None = None
-    price: Annotated[int, Field(ge=0, le=10**9, description="ticks of 0.01 EUR/MWh asked for activated energy")]
+    price: Annotated[int, Field(ge=0, le=10**7, description="ticks of 0.01 EUR/MWh asked for activated energy "
+                                                            "(at most 100 000 EUR/MWh)")]
     kind: Literal["reduction", "shift"] = "reduction"
 
     @model_validator(mode="after")

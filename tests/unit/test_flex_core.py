@@ -4,6 +4,9 @@ sharing exact to the unit, the simulated balancing market, one whole event."""
 
 from __future__ import annotations
 
+import json
+
+import pydantic
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -41,6 +44,7 @@ from exchange.flexibility.core import (
 )
 from exchange.flexibility.core.delivery import call_reserves, needs_reserve, pool_shortfall_wh, reserve_need_w
 from exchange.flexibility.market import SimulatedBalancingMarket
+from exchange.flexibility.protocol import FlexOffer
 
 pytestmark = pytest.mark.unit
 
@@ -322,3 +326,16 @@ def test_event_lifecycle():
 
 def energy(power_w):
     return power_w * CHECK_US // H
+
+
+def test_an_offer_is_bounded_so_that_an_events_money_fits_in_64_bits():
+    """24 offers of 1 GW at 10^9 ticks settled an event beyond a bigint: never stored, shown
+    settled. The offer's power and price are bounded now; at those bounds a day-long offer is
+    worth at most 2.4e16 money units, so hundreds of them still fit."""
+    base = {"type": "flex_offer", "id": 1, "period_start": "2026-11-27T11:00:00Z", "period_minutes": 1440,
+            "direction": "up", "power_w": 10**8, "price": 10**7}
+    offer = FlexOffer.model_validate_json(json.dumps(base))  # as a frame arrives
+    assert offer.power_w * 24 * offer.price == 24 * 10**15 and 384 * 24 * 10**15 < 2**63
+    for field, value in (("power_w", 10**8 + 1), ("price", 10**7 + 1)):
+        with pytest.raises(pydantic.ValidationError):
+            FlexOffer.model_validate_json(json.dumps({**base, field: value}))
