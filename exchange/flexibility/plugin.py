@@ -146,10 +146,10 @@ async def open_event(request: web.Request) -> web.Response:
 
 async def get_event(request: web.Request) -> web.Response:
     f = _svc(request)
-    try:
-        eid = int(request.match_info["event_id"])
-    except ValueError:
-        raise ApiError(422, "INVALID_REQUEST", "event_id must be an integer") from None
+    raw = request.match_info["event_id"]
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 16):  # int() also takes "１" and " 1_0 "
+        raise ApiError(422, "INVALID_REQUEST", "event_id must be a positive integer (ASCII digits)")
+    eid = int(raw)
     view = next((e for e in f.events_view() if e["event_id"] == eid), None)
     if view is None:
         raise ApiError(404, "UNKNOWN_EVENT", f"no event {eid}")

@@ -412,6 +412,15 @@ async def test_a_sign_in_never_names_a_host_the_caller_chose(serve, http):
             assert body["uri"] == "https://exchange.example.org/portal"
 
 
+async def test_a_path_id_is_ascii_digits(serve, http):
+    """int() takes the full-width "１" (and " 1_0 "): GET .../events/%EF%BC%91 answered event 1."""
+    async with serve() as server:
+        for raw in ("%EF%BC%91", "1_0", "%201"):
+            async with http.get(f"{server.http}/api/operator/flexibility/events/{raw}", headers=AUTH) as r:
+                body = await r.json()
+                assert r.status == 422 and body["error"] == "INVALID_REQUEST", (raw, body)
+
+
 async def test_a_sign_in_time_out_of_range_in_utc_is_refused_and_the_connection_lives(serve, http):
     """9999-12-31T23:59:59-23:59 is a valid RFC 3339 time that is beyond datetime's range in
     UTC: its OverflowError escaped the parser, dropped the WebSocket without an answer
