@@ -166,6 +166,11 @@ def period_of(svc: MeteringService, month: str | None, start: datetime | None, e
 
 async def add_points(request: web.Request) -> web.Response:
     body = await read_body(request, PointsIn)
+    accounts = request.config_dict[MARKET].engine.accounts
+    strangers = sorted({checksum(p.member) for p in body.points} - set(accounts))
+    if strangers:  # a mistyped address: its readings billed, its charges then written off on chain
+        raise ApiError(404, "UNKNOWN_MEMBER", f"not members of this market: {', '.join(strangers[:10])}"
+                                              f"{' …' if len(strangers) > 10 else ''} (register them first)")
     new = await _svc(request).add_points([MeterPoint(p.point_id, checksum(p.member), PointKind(p.kind))
                                           for p in body.points])
     return json_response({"new": new, "points": len(body.points)}, 201)

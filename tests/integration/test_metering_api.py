@@ -232,7 +232,7 @@ async def test_every_error_of_a_file_is_listed_and_counted(api):
     assert [e["line"] for e in body["errors"][:3]] == [2, 3, 4]
 
 
-@pytest.mark.server(metering_upload_max_mb=1)
+@pytest.mark.server(market_id="meter", members=KEYS[:3], metering_upload_max_mb=1)
 async def test_upload_too_large(api):
     big = csv_body(VALID) + b"#" * (2 * 1024 * 1024)
     st, body = await api.call("POST", f"{P}/readings", data=big, ctype="text/csv")
@@ -437,6 +437,17 @@ async def test_a_signer_not_the_members_learns_nothing_of_its_points(api, server
     st, body = await api.call("POST", "/api/metering/readings", _signed(A, KEYS[0], nonce + 1, [
         {"point_id": "A-imp", "interval_start": at(0), "energy_wh": 8}]), headers={})
     assert st == 201, body
+
+
+async def test_a_point_is_for_a_member(api):
+    """A point for an address that is no member (a mistyped one) was registered: its readings
+    were billed and the charges written off on chain for want of collateral."""
+    st, body = await api.call("POST", f"{P}/points", {"points": [
+        {"point_id": "GHOST", "member": OUTSIDER.address, "kind": "import"},
+        {"point_id": "A-exp", "member": A, "kind": "export"}]})
+    assert st == 404 and body["error"] == "UNKNOWN_MEMBER" and OUTSIDER.address in body["message"], body
+    st, pts = await api.call("GET", f"{P}/points")
+    assert {p["point_id"] for p in pts} == {"A-imp", "B-imp", "B-exp", "C-imp"}  # nothing of the refused request
 
 
 async def test_public_metering_rules(api):
