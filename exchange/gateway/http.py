@@ -328,13 +328,12 @@ class TokenFailures:
 TOKEN_FAILURES: web.AppKey[TokenFailures] = web.AppKey("operator_token_failures", TokenFailures)
 
 
+_PROCESS_TOKEN_FAILURES = TokenFailures()  # for an app built without the server's (a running app cannot take one)
+
+
 def token_failures(request: web.Request) -> TokenFailures:
-    """The server's :class:`TokenFailures` (one of the app's own if none was shared with it)."""
-    app = request.app
-    failures = request.config_dict.get(TOKEN_FAILURES)
-    if failures is None:
-        failures = app[TOKEN_FAILURES] = TokenFailures()
-    return failures
+    """The server's :class:`TokenFailures` (``TOKEN_FAILURES``; the process's if the app has none)."""
+    return request.config_dict.get(TOKEN_FAILURES) or _PROCESS_TOKEN_FAILURES
 
 
 def operator_only(handler: Handler) -> Handler:
