@@ -24,7 +24,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, S
 
 from exchange.core.ids import MemberId
 from exchange.core.model import RegisterMember, Rejected
-from exchange.protocol.errors import CATALOGUE, VoltbourseError
+from exchange.protocol.errors import VoltbourseError
 from exchange.runtime.market import MarketRuntime, Result
 
 __all__ = [
@@ -139,7 +139,7 @@ class Member(BaseModel):
 class RegistryError(VoltbourseError):
     """A refused registry request: a catalogued code and an HTTP status."""
 
-    default_status = 400
+    default_status: int | None = 400
     default_code = "INVALID_VALUE"
 
     def __init__(self, message: str, code: str | None = None) -> None:
@@ -158,13 +158,7 @@ class CommandRejected(RegistryError):
     """The engine rejected the command (``code`` is its reason): answered with the catalogue's
     status for that reason (404 for a product or member that is not there, else 409)."""
 
-    default_status = 409
-
-    def __init__(self, message: str, code: str | None = None) -> None:
-        super().__init__(message, code)
-        known = CATALOGUE.get(self.code)
-        if known is not None:
-            self.status = known.status
+    default_status = None  # the catalogue's, as for any catalogued code
 
 
 _COLUMNS = "address, name, role, export_capacity_w, retail_tariff_ticks, feed_in_tariff_ticks, collateral, " \
