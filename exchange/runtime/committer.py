@@ -31,6 +31,16 @@ others go on. A market that stops while its group is being committed waits for t
 to end before its callers are refused and its lock released, so that no transaction of it
 can land after another instance of it took over.
 
+Connections. Each transaction slot keeps its own connection of the pool for as long as the
+scheduler runs (taken at its first commit): a commit is one round trip, and its markets are
+answered as soon as it returns. Taken and given back per commit, a connection's return to the
+pool (asyncpg resets it with a query of its own) cost every commit a second round trip before
+anyone was answered, and the event loop's turn that comes with it: with a hundred markets'
+steps between two turns, ~2 ms of each command's latency. A connection whose commit failed
+is closed, as is one the server closes (asyncpg gives it back to the pool, which replaces it);
+the retries go through the pool. The pool
+must hold the slots' connections, the markets' lock connection and one to spare.
+
 Back-pressure and fairness. A market whose processed, uncommitted commands reach its cap is
 not stepped until its next COMMIT (its queue fills, and submitters wait or are refused
 ``MarketBusy``); a pass that has run the engines for a few milliseconds yields to the event
@@ -51,11 +61,19 @@ from exchange.runtime.journal import JournalConflict, write_groups
 
 log = logging.getLogger(__name__)
 
+#: transactions in flight at once (a slot each, each slot with its connection)
+IN_FLIGHT = 2
 #: a pass yields to the event loop once the engine steps it ran took this long
 PASS_BUDGET_S = 0.005
 #: with several transaction slots free, the outboxes are spread over them from this many journal
 #: rows per transaction (fewer: one transaction, whose fixed cost would otherwise dominate)
 SPLIT_ROWS = 64
+#: while a transaction is in flight, another starts only with at least this many journal rows:
+#: fewer wait for its COMMIT (or the next pass's rows). A transaction has a fixed cost in this
+#: process and in PostgreSQL (its round trip, its COMMIT's flush, the markets' answers in a turn of
+#: their own); started for every few rows that came back meanwhile, a hundred markets' commits
+#: went to ~40 rows each and their throughput fell (docs/benchmarks.md, "Session 12")
+OVERLAP_ROWS = SPLIT_ROWS // 2
 #: what the database refuses for good: retrying the same rows cannot help
 #: (a client-side encoding failure of a row, e.g. an integer beyond 64 bits for jsonb, is a
 #: TypeError or ValueError)
@@ -90,6 +108,10 @@ class Scheduled(Protocol):
         """The outbox as one group to commit (None: nothing processed since the last take)."""
         ...
 
+    def outbox_size(self) -> int:
+        """Commands processed since the last take (the next group's rows, at most)."""
+        ...
+
     def committed(self, group: Group, seconds: float) -> None:
         """The group is durable (or had no rows to write): acknowledge and publish it."""
         ...
@@ -104,7 +126,7 @@ class Scheduled(Protocol):
 
 
 class GroupCommitter:
-    def __init__(self, pool: asyncpg.Pool, max_rows: int = 20_000, in_flight: int = 2) -> None:
+    def __init__(self, pool: asyncpg.Pool, max_rows: int = 20_000, in_flight: int = IN_FLIGHT) -> None:
         if in_flight < 1:
             raise ValueError("in_flight must be at least 1")
         self.pool = pool
@@ -118,9 +140,12 @@ class GroupCommitter:
         self._wake = asyncio.Event()
         self._commits: set[asyncio.Task] = set()  # transactions in flight
         self._active = 0
+        self._retrying = 0  # of the transactions in flight, those being retried
         self._task: asyncio.Task | None = None
         self._lock_conn: asyncpg.Connection | None = None
         self._locked: set[str] = set()
+        self._conns: set[asyncpg.Connection] = set()  # held for commits, one a transaction slot
+        self._idle: list[asyncpg.Connection] = []  # of those, the ones no transaction uses now
         self.commits = 0
         self.groups = 0
         self.passes = 0  # the scheduler's passes (engine steps of every woken market, then commits)
@@ -214,9 +239,14 @@ class GroupCommitter:
         for m in list(self._busy):
             self._release(m)
         self._active = 0
+        self._retrying = 0
         for m in list(self._markets):
             m.fail(RuntimeError("the market scheduler stopped"))
             self.detach(m)
+        conns, self._conns, self._idle = self._conns, set(), []
+        for conn in conns:
+            with contextlib.suppress(Exception):
+                await self.pool.release(conn)
         if self._lock_conn is not None:
             conn, self._lock_conn = self._lock_conn, None
             self._locked.clear()
@@ -258,7 +288,8 @@ class GroupCommitter:
     def _start_commits(self) -> None:
         """Start transactions while a slot is free: the outboxes of markets without one in
         flight, in arrival order (a group without rows is answered at once, since nothing of
-        its market is in flight before it). With several slots free and at least
+        its market is in flight before it); while a transaction is in flight (not one being
+        retried), only once ``OVERLAP_ROWS`` rows wait. With several slots free and at least
         ``SPLIT_ROWS`` journal rows per slot, the outboxes are spread over that many
         transactions of about equal rows (:func:`_spread`; a market's group is never cut), and
         while a slot is free and a market's outbox waits, another transaction starts: PostgreSQL writes
@@ -268,6 +299,8 @@ class GroupCommitter:
         transaction, and the second slot was never used."""
         waiting = self._waiting
         busy = self._busy
+        if self._active > self._retrying and not self._worth_overlapping():
+            return
         while self._active < self.in_flight and waiting:
             free = self.in_flight - self._active
             items: list[tuple[Scheduled, Group]] = []
@@ -296,6 +329,18 @@ class GroupCommitter:
             for chunk in _spread(items, rows, min(free, len(items), max(1, rows // SPLIT_ROWS))):
                 self._start(chunk)
 
+    def _worth_overlapping(self) -> bool:
+        """At least ``OVERLAP_ROWS`` rows wait in the outboxes of markets without a transaction
+        in flight (a transaction is in flight: these would start another)."""
+        rows = 0
+        busy = self._busy
+        for m in self._waiting:
+            if m not in busy:
+                rows += m.outbox_size()
+                if rows >= OVERLAP_ROWS:
+                    return True
+        return False
+
     def _start(self, items: list[tuple[Scheduled, Group]]) -> None:
         if self._active:
             self.overlapped += 1
@@ -316,15 +361,20 @@ class GroupCommitter:
             if not items:
                 return
             try:
-                await write_groups(self.pool, [(m.market_id, g.jrows, g.trows) for m, g in items])
+                await self._write(items)
             except Exception as exc:  # noqa: BLE001 - retried, each market alone
                 log.error("journal commit of %s failed (%r); retrying each market alone, nothing acknowledged",
                           ", ".join(m.market_id for m, _ in items), exc)
                 for m, _ in items:
                     self._note_failure(m, exc, 0.0)
                 # from now on each market alone, all at once: one market's failure cannot hold
-                # back the others (their first attempt without waiting)
-                await asyncio.gather(*(self._commit_alone(m, g, t) for m, g in items))
+                # back the others (their first attempt without waiting), nor a retry the outboxes
+                # that wait for a slot (OVERLAP_ROWS does not apply while it lasts)
+                self._retrying += 1
+                try:
+                    await asyncio.gather(*(self._commit_alone(m, g, t) for m, g in items))
+                finally:
+                    self._retrying -= 1
                 return
             elapsed = time.perf_counter() - t
             self.commits += 1
@@ -336,6 +386,32 @@ class GroupCommitter:
             for m, _ in taken:
                 self._release(m)
             self._wake.set()  # a slot is free, and the markets' outboxes may go now
+
+    async def _write(self, items: list[tuple[Scheduled, Group]]) -> None:
+        """One transaction of ``items`` on the slot's own connection, kept for the next one if
+        it succeeded; closed and given back to the pool if not (cancelled included: its state
+        is then unknown)."""
+        conn = self._idle.pop() if self._idle else None
+        if conn is None:
+            conn = await self.pool.acquire()
+            self._conns.add(conn)
+            conn.add_termination_listener(self._closed)
+        ok = False
+        try:
+            await write_groups(conn, [(m.market_id, g.jrows, g.trows) for m, g in items])
+            ok = True
+        finally:
+            if ok and conn in self._conns:
+                self._idle.append(conn)
+            elif conn in self._conns:  # (not if stop() gave it back meanwhile)
+                conn.terminate()  # asyncpg gives a closed connection back to its pool itself
+
+    def _closed(self, conn: asyncpg.Connection) -> None:
+        """A held connection closed (by the server, or after its transaction failed): forgotten;
+        the next commit of its slot takes a fresh one."""
+        self._conns.discard(conn)
+        if conn in self._idle:
+            self._idle.remove(conn)
 
     async def _commit_alone(self, m: Scheduled, g: Group, t: float) -> None:
         """Retry one market's group in transactions of its own, with back-off, until it is

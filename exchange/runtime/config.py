@@ -143,7 +143,9 @@ class Settings(BaseSettings):
     #: recover from snapshots (false: replay the whole journal, as `snapshots verify` does)
     snapshot_recovery: bool = True
     journal_max_batch: int = Field(2000, ge=1)
-    journal_pool_size: int = Field(4, ge=1)
+    #: the journal writer's pool: at least the markets' lock connection, a commit's own and one
+    #: to spare (a served deployment adds one per group-commit transaction slot)
+    journal_pool_size: int = Field(4, ge=3)
     #: connections of the readers' pool (member and operator reads, the operator feed): reads never
     #: queue behind the journal writer's commits
     read_pool_size: int = Field(4, ge=1)

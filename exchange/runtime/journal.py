@@ -190,9 +190,11 @@ class Journal:
         await (conn or self.pool).execute(q, consumer, self.market_id, seq)
 
 
-async def write_groups(pool: asyncpg.Pool, groups: Sequence[tuple[str, list[tuple], list[tuple]]]) -> None:
+async def write_groups(pool: asyncpg.Pool | asyncpg.Connection,
+                       groups: Sequence[tuple[str, list[tuple], list[tuple]]]) -> None:
     """Commit the groups of one or more markets ``(market_id, journal rows, trade rows)`` in
-    one transaction (one statement inserting every journal row and every trade row).
+    one transaction (one statement inserting every journal row and every trade row), through
+    ``pool`` or on a connection (outside a transaction of its own).
 
     A group may be the retry of one whose COMMIT reached the server although the answer did
     not: then the rows are there already. With several groups, the transaction is redone
@@ -214,11 +216,11 @@ async def write_groups(pool: asyncpg.Pool, groups: Sequence[tuple[str, list[tupl
             await _check_committed(pool, market_id, j)
 
 
-async def _insert(pool: asyncpg.Pool, jrows: list[tuple], trows: list[tuple]) -> None:
+async def _insert(pool: asyncpg.Pool | asyncpg.Connection, jrows: list[tuple], trows: list[tuple]) -> None:
     await pool.execute(_INSERT, jrows, trows)
 
 
-async def _check_committed(pool: asyncpg.Pool, market_id: str, jrows: list[tuple]) -> None:
+async def _check_committed(pool: asyncpg.Pool | asyncpg.Connection, market_id: str, jrows: list[tuple]) -> None:
     """The rows of a group that failed as duplicates are durable if exactly these rows are
     there (the same commands, at the same times, with the same events); anything else is a
     real conflict."""

@@ -315,6 +315,9 @@ class MarketRuntime:
             self._space.set()
         return bool(q) and len(outbox) + self._committing < self.max_uncommitted
 
+    def outbox_size(self) -> int:
+        return len(self._outbox)
+
     def take(self) -> Group | None:
         """The outbox as one group: its journal and trade rows, and the entries to answer."""
         entries = self._outbox

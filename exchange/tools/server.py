@@ -25,7 +25,7 @@ from exchange.gateway.plugin import Subsystem
 from exchange.gateway.session import ConnectionCounts
 from exchange.gateway.tenants import Platform, TenantStore
 from exchange.runtime.clock import Clock
-from exchange.runtime.committer import GroupCommitter
+from exchange.runtime.committer import IN_FLIGHT, GroupCommitter
 from exchange.runtime.config import Settings
 from exchange.runtime.db import create_pool, database, upgrade
 from exchange.runtime.service import Market, open_market, run_async
@@ -86,8 +86,8 @@ async def start_deployment(dsn: str, settings: Settings, host: str | None = None
     one readers' pool and one :class:`GroupCommitter`, and the default market's clock) and
     serve them all; the bound address is ``deployment.runner.addresses[0]``."""
     subs = platform.subsystems() if subsystems is None else subsystems
-    # the committer holds one connection for the markets' writer locks; commits take another
-    pool = await create_pool(dsn, min_size=1, max_size=settings.journal_pool_size + 2)
+    # the committer holds one connection for the markets' writer locks and one per transaction slot
+    pool = await create_pool(dsn, min_size=1, max_size=settings.journal_pool_size + 1 + IN_FLIGHT)
     read_pool = committer = market = runner = None
     try:
         read_pool = await create_pool(dsn, min_size=1, max_size=2 * settings.read_pool_size)

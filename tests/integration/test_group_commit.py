@@ -258,3 +258,36 @@ async def test_a_transaction_outliving_the_stop_keeps_the_lock_until_it_ends(poo
             await again.stop()
     finally:
         await rt.stop()
+
+
+async def test_a_commit_connection_lost_is_replaced_and_nothing_is_lost(pool, committer):
+    """The slots keep their connections between commits; one the server closed (a restart, an
+    idle timeout, an operator's pg_terminate_backend) is replaced by a fresh one (seen closed
+    before use, or failing its transaction, which is then retried through the pool): every
+    command is acknowledged once durable, exactly once in the journal."""
+    rt = await _runtime(pool, "lost", committer)
+    try:
+        await _trade(rt, 5, 1)
+        held = set(committer._conns)
+        assert held and held == set(committer._idle)  # kept between commits, not given back
+        pids = [c.get_server_pid() for c in held]
+        killed = await pool.fetchval("SELECT count(*) FROM (SELECT pg_terminate_backend(p) FROM unnest($1::int[]) p) t",
+                                     pids)
+        assert killed == len(pids)
+        before = rt.cmd_seq
+        await _trade(rt, 5, 2)  # every submit answered (a transaction on a lost one: retried)
+        assert await pool.fetchval("SELECT count(*) FROM journal WHERE market_id = 'lost'") == rt.cmd_seq > before
+        assert not held & set(committer._conns) and committer._conns  # fresh connections now
+        assert all(not c.is_closed() for c in committer._conns)
+        # none of the pool's connections is lost for good: every one can be taken at once
+        conns = [await asyncio.wait_for(pool.acquire(), 5) for _ in range(pool.get_max_size() - 1 - len(committer._conns))]
+        for c in conns:
+            await pool.release(c)
+        h = rt.engine.state_hash()
+    finally:
+        await rt.stop()
+    alone = await _runtime(pool, "lost", None)
+    try:
+        assert alone.engine.state_hash() == h
+    finally:
+        await alone.stop()

@@ -29,9 +29,11 @@ class FakeWrites:
         self.release: dict[int, asyncio.Event] = {}
         self.fail: set[int] = set()
         self.max_running = 0
+        self.conns: list = []  # the connection (or pool) of each transaction, retries included
 
-    async def __call__(self, pool, groups) -> None:
+    async def __call__(self, conn, groups) -> None:
         n = len(self.started)
+        self.conns.append(conn)
         markets = [m for m, _, _ in groups]
         assert all(markets.count(m) == 1 for m in markets), "two groups of one market in a transaction"
         for other in self.running:
@@ -50,6 +52,37 @@ class FakeWrites:
 
     def let(self, n: int) -> None:
         self.release.setdefault(n, asyncio.Event()).set()
+
+
+class FakeConn:
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.terminated = False
+        self.listeners: list = []
+
+    def add_termination_listener(self, cb) -> None:
+        self.listeners.append(cb)
+
+    def terminate(self) -> None:  # as asyncpg: the listeners are told (the pool takes it back)
+        self.terminated = True
+        for cb in self.listeners:
+            cb(self)
+
+
+class FakePool:
+    """Hands out numbered connections; records what was given back."""
+
+    def __init__(self) -> None:
+        self.acquired: list[FakeConn] = []
+        self.released: list[FakeConn] = []
+
+    async def acquire(self) -> FakeConn:
+        conn = FakeConn(len(self.acquired))
+        self.acquired.append(conn)
+        return conn
+
+    async def release(self, conn: FakeConn) -> None:
+        self.released.append(conn)
 
 
 class FakeMarket:
@@ -88,6 +121,9 @@ class FakeMarket:
         self.queue = self.queue[n:]
         return bool(self.queue)
 
+    def outbox_size(self) -> int:
+        return len(self.outbox)
+
     def take(self) -> Group | None:
         if not self.outbox:
             return None
@@ -112,8 +148,11 @@ class FakeMarket:
 
 @pytest.fixture
 def writes(monkeypatch) -> FakeWrites:
+    """The fake journal write; transactions overlap for any rows (OVERLAP_ROWS = 1) unless a
+    test sets its own threshold."""
     fake = FakeWrites()
     monkeypatch.setattr(committer_module, "write_groups", fake)
+    monkeypatch.setattr(committer_module, "OVERLAP_ROWS", 1)
     return fake
 
 
@@ -123,7 +162,7 @@ async def settle() -> None:
 
 
 async def test_a_second_transaction_starts_while_the_first_commits(writes):
-    c = GroupCommitter(None, in_flight=2)  # type: ignore[arg-type]
+    c = GroupCommitter(FakePool(), in_flight=2)  # type: ignore[arg-type]
     c.start()
     a, b = FakeMarket(c, "a"), FakeMarket(c, "b")
     fa = a.submit(1)
@@ -142,7 +181,7 @@ async def test_a_second_transaction_starts_while_the_first_commits(writes):
 
 
 async def test_one_transaction_per_market_its_groups_in_order_and_merged_while_waiting(writes):
-    c = GroupCommitter(None, in_flight=2)  # type: ignore[arg-type]
+    c = GroupCommitter(FakePool(), in_flight=2)  # type: ignore[arg-type]
     c.start()
     a, b = FakeMarket(c, "a"), FakeMarket(c, "b")
     first = a.submit(1)
@@ -165,7 +204,7 @@ async def test_one_transaction_per_market_its_groups_in_order_and_merged_while_w
 
 
 async def test_a_group_without_rows_is_answered_at_once_when_nothing_of_its_market_is_in_flight(writes):
-    c = GroupCommitter(None, in_flight=1)  # type: ignore[arg-type]
+    c = GroupCommitter(FakePool(), in_flight=1)  # type: ignore[arg-type]
     c.start()
     a = FakeMarket(c, "a")
     assert await a.submit(0) == 0
@@ -174,7 +213,7 @@ async def test_a_group_without_rows_is_answered_at_once_when_nothing_of_its_mark
 
 
 async def test_at_most_in_flight_transactions_and_a_failed_one_is_retried_alone(writes):
-    c = GroupCommitter(None, in_flight=2)  # type: ignore[arg-type]
+    c = GroupCommitter(FakePool(), in_flight=2)  # type: ignore[arg-type]
     c.start()
     m = {k: FakeMarket(c, k) for k in "abcd"}
     writes.fail.add(0)
@@ -206,7 +245,7 @@ async def test_at_most_in_flight_transactions_and_a_failed_one_is_retried_alone(
 async def test_after_a_joint_failure_the_markets_retry_at_once_each_alone(writes):
     """A transient failure of a transaction of several markets: each is retried at once in
     a transaction of its own, side by side, not one after the other."""
-    c = GroupCommitter(None, in_flight=1)  # type: ignore[arg-type]
+    c = GroupCommitter(FakePool(), in_flight=1)  # type: ignore[arg-type]
     c.start()
     markets = [FakeMarket(c, f"m{i}") for i in range(5)]
     writes.fail.add(0)
@@ -224,7 +263,7 @@ async def test_after_a_joint_failure_the_markets_retry_at_once_each_alone(writes
 
 
 async def test_one_in_flight_never_overlaps(writes):
-    c = GroupCommitter(None, in_flight=1)  # type: ignore[arg-type]
+    c = GroupCommitter(FakePool(), in_flight=1)  # type: ignore[arg-type]
     c.start()
     a, b = FakeMarket(c, "a"), FakeMarket(c, "b")
     fa = a.submit(1)
@@ -240,7 +279,7 @@ async def test_one_in_flight_never_overlaps(writes):
 
 
 async def test_max_rows_closes_a_transaction(writes):
-    c = GroupCommitter(None, max_rows=3, in_flight=1)  # type: ignore[arg-type]
+    c = GroupCommitter(FakePool(), max_rows=3, in_flight=1)  # type: ignore[arg-type]
     c.start()
     z = FakeMarket(c, "z")
     busy = z.submit(1)
@@ -260,7 +299,7 @@ async def test_max_rows_closes_a_transaction(writes):
 
 
 async def test_a_failing_market_stops_alone(writes):
-    c = GroupCommitter(None, in_flight=2)  # type: ignore[arg-type]
+    c = GroupCommitter(FakePool(), in_flight=2)  # type: ignore[arg-type]
     c.start()
     bad, good = FakeMarket(c, "bad", explode_on=7), FakeMarket(c, "good")
     lost = bad.submit(7)
@@ -278,7 +317,7 @@ async def test_a_failing_market_stops_alone(writes):
 
 
 async def test_stop_stops_the_markets_still_attached(writes):
-    c = GroupCommitter(None, in_flight=1)  # type: ignore[arg-type]
+    c = GroupCommitter(FakePool(), in_flight=1)  # type: ignore[arg-type]
     c.start()
     a = FakeMarket(c, "a")
     waiting = a.submit(1)
@@ -299,7 +338,7 @@ async def test_a_market_the_database_refuses_for_good_does_not_hold_back_the_oth
         writes.order.extend((m, r) for m, j, _ in groups for r in j)
 
     monkeypatch.setattr(committer_module, "write_groups", refusing)
-    c = GroupCommitter(None, in_flight=1)  # type: ignore[arg-type]
+    c = GroupCommitter(FakePool(), in_flight=1)  # type: ignore[arg-type]
     c.start()
     p, q = FakeMarket(c, "p"), FakeMarket(c, "q")
     fp, fq = p.submit(1), q.submit(1)
@@ -314,7 +353,7 @@ async def test_a_market_the_database_refuses_for_good_does_not_hold_back_the_oth
 
 
 async def test_settled_waits_for_the_attempt_under_way(writes):
-    c = GroupCommitter(None, in_flight=1)  # type: ignore[arg-type]
+    c = GroupCommitter(FakePool(), in_flight=1)  # type: ignore[arg-type]
     c.start()
     a = FakeMarket(c, "a")
     await c.settled(a)  # nothing in flight: at once
@@ -334,7 +373,7 @@ class Boom(BaseException):
 
 
 async def test_markets_are_stopped_if_the_scheduler_task_ever_ends(writes):
-    c = GroupCommitter(None, in_flight=1)  # type: ignore[arg-type]
+    c = GroupCommitter(FakePool(), in_flight=1)  # type: ignore[arg-type]
     c.start()
     a, b = FakeMarket(c, "a"), FakeMarket(c, "b")
 
@@ -353,7 +392,7 @@ async def test_markets_are_stopped_if_the_scheduler_task_ever_ends(writes):
 
 
 async def test_a_long_pass_yields_to_the_event_loop(writes):
-    c = GroupCommitter(None, in_flight=1)  # type: ignore[arg-type]
+    c = GroupCommitter(FakePool(), in_flight=1)  # type: ignore[arg-type]
     c.start()
     seen: list[str] = []
     markets = [FakeMarket(c, f"m{i}") for i in range(5)]
@@ -377,7 +416,7 @@ async def test_a_long_pass_yields_to_the_event_loop(writes):
 
 
 async def test_a_backlogged_market_does_not_starve_the_others(writes):
-    c = GroupCommitter(None, in_flight=1)  # type: ignore[arg-type]
+    c = GroupCommitter(FakePool(), in_flight=1)  # type: ignore[arg-type]
     c.start()
     heavy, light = FakeMarket(c, "heavy", per_step=1), FakeMarket(c, "light")
     for i in range(200):
@@ -396,7 +435,7 @@ async def test_with_two_slots_free_the_outboxes_go_in_two_transactions_at_once(w
     equal rows, side by side (one would leave the second slot idle while all ten wait for
     it); each market's group whole, each answered after its own transaction only."""
     monkeypatch.setattr(committer_module, "SPLIT_ROWS", 8)
-    c = GroupCommitter(None, in_flight=2)  # type: ignore[arg-type]
+    c = GroupCommitter(FakePool(), in_flight=2)  # type: ignore[arg-type]
     c.start()
     markets = [FakeMarket(c, f"m{i}") for i in range(10)]
     futs = {mk.market_id: [mk.submit(v) for v in range(1, 4)] for mk in markets}  # 30 rows in all
@@ -416,7 +455,7 @@ async def test_with_two_slots_free_the_outboxes_go_in_two_transactions_at_once(w
 
 async def test_below_the_split_threshold_the_outboxes_share_one_transaction(writes, monkeypatch):
     monkeypatch.setattr(committer_module, "SPLIT_ROWS", 8)
-    c = GroupCommitter(None, in_flight=3)  # type: ignore[arg-type]
+    c = GroupCommitter(FakePool(), in_flight=3)  # type: ignore[arg-type]
     c.start()
     markets = [FakeMarket(c, f"m{i}") for i in range(5)]
     futs = [mk.submit(v) for mk in markets for v in (1, 2, 3)]  # 15 rows: fewer than 2 x 8
@@ -432,7 +471,7 @@ async def test_spreading_never_exceeds_the_slots_nor_cuts_a_group(writes, monkey
     """Small ``max_rows`` and many markets: at most ``in_flight`` transactions, a market's
     group never split, every row committed once, in each market's order."""
     monkeypatch.setattr(committer_module, "SPLIT_ROWS", 1)
-    c = GroupCommitter(None, max_rows=2, in_flight=in_flight)  # type: ignore[arg-type]
+    c = GroupCommitter(FakePool(), max_rows=2, in_flight=in_flight)  # type: ignore[arg-type]
     c.start()
     markets = [FakeMarket(c, f"m{i}") for i in range(7)]
     futs = [mk.submit(v) for mk in markets for v in (1, 2, 3)]
@@ -461,7 +500,7 @@ def _load(markets: list[FakeMarket], sizes: list[int]) -> list[asyncio.Future]:
     ([200, 30, 30], [["m0"], ["m1", "m2"]]),
 ])
 async def test_the_split_is_by_rows_at_the_real_threshold(writes, sizes, expected):
-    c = GroupCommitter(None, in_flight=2)  # type: ignore[arg-type]
+    c = GroupCommitter(FakePool(), in_flight=2)  # type: ignore[arg-type]
     c.start()
     markets = [FakeMarket(c, f"m{i}") for i in range(len(sizes))]
     futs = _load(markets, sizes)
@@ -481,7 +520,7 @@ async def test_the_split_is_by_rows_at_the_real_threshold(writes, sizes, expecte
 async def test_no_slot_stays_idle_while_an_outbox_waits(writes, in_flight, max_rows, sizes):
     """Whatever the sizes, after a pass either every slot is taken or no market without a
     transaction in flight has an outbox waiting; every row is committed once, in order."""
-    c = GroupCommitter(None, max_rows=max_rows, in_flight=in_flight)  # type: ignore[arg-type]
+    c = GroupCommitter(FakePool(), max_rows=max_rows, in_flight=in_flight)  # type: ignore[arg-type]
     c.start()
     markets = [FakeMarket(c, f"m{i}") for i in range(len(sizes))]
     futs = _load(markets, sizes)
@@ -501,7 +540,7 @@ async def test_no_slot_stays_idle_while_an_outbox_waits(writes, in_flight, max_r
 
 
 async def test_one_split_transaction_fails_the_other_commits_and_answers_alone(writes):
-    c = GroupCommitter(None, in_flight=2)  # type: ignore[arg-type]
+    c = GroupCommitter(FakePool(), in_flight=2)  # type: ignore[arg-type]
     c.start()
     markets = [FakeMarket(c, f"m{i}") for i in range(4)]
     futs = {mk.market_id: [mk.submit(v) for v in range(1, 41)] for mk in markets}
@@ -522,3 +561,94 @@ async def test_one_split_transaction_fails_the_other_commits_and_answers_alone(w
         assert await asyncio.gather(*futs[k]) == list(range(1, 41))
     assert [mk.failures != [] for mk in markets] == [True, True, False, False]
     await c.stop()
+
+
+async def test_while_a_transaction_commits_a_small_outbox_waits_for_it(writes, monkeypatch):
+    """With a transaction in flight, another starts only for OVERLAP_ROWS rows: fewer wait for
+    its COMMIT (a transaction's fixed cost is not paid for a row or two)."""
+    monkeypatch.setattr(committer_module, "OVERLAP_ROWS", 4)
+    c = GroupCommitter(FakePool(), in_flight=2)  # type: ignore[arg-type]
+    c.start()
+    a, b, d = FakeMarket(c, "a"), FakeMarket(c, "b"), FakeMarket(c, "d")
+    fa = a.submit(1)
+    await settle()
+    assert writes.started == [["a"]]  # nothing in flight: at once, whatever its size
+    fb = [b.submit(1), b.submit(2)]
+    await settle()
+    assert writes.started == [["a"]] and not any(f.done() for f in fb)  # 2 rows: they wait
+    writes.let(0)
+    assert await fa == 1
+    await settle()
+    assert writes.started == [["a"], ["b"]]  # the slot in flight came back: they go
+    fd = [d.submit(v) for v in (1, 2, 3, 4)]
+    await settle()
+    assert writes.started == [["a"], ["b"], ["d"]] and writes.max_running == 2  # 4 rows: overlap
+    writes.let(2)
+    assert await asyncio.gather(*fd) == [1, 2, 3, 4]
+    assert not any(f.done() for f in fb)
+    writes.let(1)
+    assert await asyncio.gather(*fb) == [1, 2]
+    await c.stop()
+
+
+async def test_a_retried_transaction_does_not_hold_back_a_small_outbox(writes, monkeypatch):
+    """A transaction being retried (with back-off, perhaps for seconds) does not count as one
+    about to come back: the others' outboxes use the free slot, however small."""
+    monkeypatch.setattr(committer_module, "OVERLAP_ROWS", 4)
+    c = GroupCommitter(FakePool(), in_flight=2)  # type: ignore[arg-type]
+    c.start()
+    a, b = FakeMarket(c, "a"), FakeMarket(c, "b")
+    writes.fail.add(0)
+    fa = a.submit(1)
+    await settle()
+    writes.let(0)  # fails: a is retried alone, in the same slot
+    await settle()
+    assert writes.started == [["a"], ["a"]]
+    fb = b.submit(1)
+    await settle()
+    assert writes.started == [["a"], ["a"], ["b"]]  # one row, yet at once
+    writes.let(2)
+    assert await fb == 1
+    writes.let(1)
+    assert await fa == 1
+    await c.stop()
+
+
+async def test_each_slot_keeps_its_connection_and_a_failed_one_is_replaced(writes):
+    """A commit is one round trip on the slot's own connection (not a pool acquire and release,
+    whose reset is a second round trip); a connection whose transaction failed is closed and
+    forgotten (asyncpg gives it back to its pool), the retry goes through the pool; stop gives
+    the rest back."""
+    pool = FakePool()
+    c = GroupCommitter(pool, in_flight=2)  # type: ignore[arg-type]
+    c.start()
+    a, b = FakeMarket(c, "a"), FakeMarket(c, "b")
+    for k in range(3):  # two transactions at once, three times over
+        fa = a.submit(k + 1)
+        await settle()
+        fb = b.submit(k + 1)
+        await settle()
+        assert writes.max_running == 2
+        writes.let(2 * k)
+        writes.let(2 * k + 1)
+        assert await asyncio.gather(fa, fb) == [k + 1, k + 1]
+    assert len(pool.acquired) == 2 and pool.released == []
+    assert set(writes.conns) == set(pool.acquired)
+    writes.fail.add(6)
+    fa = a.submit(9)
+    await settle()
+    failed = writes.conns[6]
+    writes.let(6)
+    await settle()
+    assert failed.terminated and pool.released == [] and failed not in c._conns
+    assert writes.conns[7] is pool  # the retry: through the pool
+    writes.let(7)
+    assert await fa == 9
+    fb = b.submit(10)
+    await settle()
+    assert writes.conns[8] in pool.acquired and writes.conns[8] is not failed
+    writes.let(8)
+    assert await fb == 10
+    await c.stop()
+    assert set(pool.released) == set(pool.acquired) - {failed}
+    assert not any(x.terminated for x in pool.released)

@@ -132,6 +132,7 @@ def test_bad_timezone_rejected() -> None:
         {"self_trade_prevention": "nope"},
         {"gate": "day_ahead", "open_days_before": 0},
         {"no_such_field": 1},
+        {"journal_pool_size": 2},  # the lock's and a commit's connections would leave none to spare
     ],
 )
 def test_invalid_values_rejected(overrides: dict) -> None:
