@@ -35,11 +35,16 @@ Connections. Each transaction slot keeps its own connection of the pool for as l
 scheduler runs (taken at its first commit): a commit is one round trip, and its markets are
 answered as soon as it returns. Taken and given back per commit, a connection's return to the
 pool (asyncpg resets it with a query of its own) cost every commit a second round trip before
-anyone was answered, and the event loop's turn that comes with it: with a hundred markets'
-steps between two turns, ~2 ms of each command's latency. A connection whose commit failed
-is closed, as is one the server closes (asyncpg gives it back to the pool, which replaces it);
-the retries go through the pool. The pool
-must hold the slots' connections, the markets' lock connection and one to spare.
+anyone was answered, and the event loop's turn that comes with it. A slot's connection that
+the server closes, or whose transaction failed (then closed here), is forgotten: asyncpg gives
+it back to the pool, and the slot takes a fresh one; so is one idle for ``IDLE_RECYCLE_S``. The
+retries go through the pool. The pool must hold the slots' connections, the markets' lock
+connection and one to spare.
+
+Overlap. While a transaction is in flight, the free slot takes the outboxes only once they
+hold ``OVERLAP_ROWS`` rows, or once that transaction has been in flight for
+``OVERLAP_WAIT_S`` (it may hang, or fail and be retried): smaller groups wait for its COMMIT,
+so that the transactions' fixed cost is not paid for a row or two each.
 
 Back-pressure and fairness. A market whose processed, uncommitted commands reach its cap is
 not stepped until its next COMMIT (its queue fills, and submitters wait or are refused
@@ -74,6 +79,13 @@ SPLIT_ROWS = 64
 #: their own); started for every few rows that came back meanwhile, a hundred markets' commits
 #: went to ~40 rows each and their throughput fell (docs/benchmarks.md, "Session 12")
 OVERLAP_ROWS = SPLIT_ROWS // 2
+#: ... but never for a transaction in flight longer than this (one that hangs, or is retried,
+#: does not hold the others back): the most the rule adds to a command's latency
+OVERLAP_WAIT_S = 0.05
+#: a slot's connection idle for this long is closed and replaced before its next commit (as the
+#: pool does with its idle connections): a network path that silently drops idle flows would
+#: otherwise hang the next commit until TCP gives up
+IDLE_RECYCLE_S = 300.0
 #: what the database refuses for good: retrying the same rows cannot help
 #: (a client-side encoding failure of a row, e.g. an integer beyond 64 bits for jsonb, is a
 #: TypeError or ValueError)
@@ -108,8 +120,8 @@ class Scheduled(Protocol):
         """The outbox as one group to commit (None: nothing processed since the last take)."""
         ...
 
-    def outbox_size(self) -> int:
-        """Commands processed since the last take (the next group's rows, at most)."""
+    def outbox_rows(self) -> int:
+        """Journal rows processed since the last take (the next group's rows)."""
         ...
 
     def committed(self, group: Group, seconds: float) -> None:
@@ -140,12 +152,13 @@ class GroupCommitter:
         self._wake = asyncio.Event()
         self._commits: set[asyncio.Task] = set()  # transactions in flight
         self._active = 0
-        self._retrying = 0  # of the transactions in flight, those being retried
         self._task: asyncio.Task | None = None
         self._lock_conn: asyncpg.Connection | None = None
         self._locked: set[str] = set()
         self._conns: set[asyncpg.Connection] = set()  # held for commits, one a transaction slot
-        self._idle: list[asyncpg.Connection] = []  # of those, the ones no transaction uses now
+        self._idle: list[tuple[asyncpg.Connection, float]] = []  # of those, unused now (and since when)
+        self._young: dict[asyncio.Task, float] = {}  # first attempts in flight: when they started
+        self._timer: asyncio.TimerHandle | None = None  # a pass once the transaction in flight is old
         self.commits = 0
         self.groups = 0
         self.passes = 0  # the scheduler's passes (engine steps of every woken market, then commits)
@@ -239,13 +252,17 @@ class GroupCommitter:
         for m in list(self._busy):
             self._release(m)
         self._active = 0
-        self._retrying = 0
+        self._young.clear()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         for m in list(self._markets):
             m.fail(RuntimeError("the market scheduler stopped"))
             self.detach(m)
         conns, self._conns, self._idle = self._conns, set(), []
         for conn in conns:
             with contextlib.suppress(Exception):
+                conn.remove_termination_listener(self._closed)
                 await self.pool.release(conn)
         if self._lock_conn is not None:
             conn, self._lock_conn = self._lock_conn, None
@@ -288,8 +305,8 @@ class GroupCommitter:
     def _start_commits(self) -> None:
         """Start transactions while a slot is free: the outboxes of markets without one in
         flight, in arrival order (a group without rows is answered at once, since nothing of
-        its market is in flight before it); while a transaction is in flight (not one being
-        retried), only once ``OVERLAP_ROWS`` rows wait. With several slots free and at least
+        its market is in flight before it); while a transaction is in flight, only once
+        ``OVERLAP_ROWS`` rows wait or it has been in flight for ``OVERLAP_WAIT_S`` (:meth:`_hold_back`). With several slots free and at least
         ``SPLIT_ROWS`` journal rows per slot, the outboxes are spread over that many
         transactions of about equal rows (:func:`_spread`; a market's group is never cut), and
         while a slot is free and a market's outbox waits, another transaction starts: PostgreSQL writes
@@ -299,7 +316,8 @@ class GroupCommitter:
         transaction, and the second slot was never used."""
         waiting = self._waiting
         busy = self._busy
-        if self._active > self._retrying and not self._worth_overlapping():
+        if self._active < self.in_flight and self._hold_back():
+            self._answer_rowless()
             return
         while self._active < self.in_flight and waiting:
             free = self.in_flight - self._active
@@ -329,23 +347,50 @@ class GroupCommitter:
             for chunk in _spread(items, rows, min(free, len(items), max(1, rows // SPLIT_ROWS))):
                 self._start(chunk)
 
-    def _worth_overlapping(self) -> bool:
-        """At least ``OVERLAP_ROWS`` rows wait in the outboxes of markets without a transaction
-        in flight (a transaction is in flight: these would start another)."""
+    def _hold_back(self) -> bool:
+        """Keep the waiting outboxes for the COMMIT of the transaction in flight: one is in
+        flight (its first attempt, for less than ``OVERLAP_WAIT_S``) and fewer than
+        ``OVERLAP_ROWS`` rows wait in the outboxes of markets without one. A pass is then
+        due once that transaction is too old to wait for, if it has not come back by then."""
+        if not self._young or not self._waiting:
+            return False
+        age = time.perf_counter() - max(self._young.values())
+        if age >= OVERLAP_WAIT_S:
+            return False
         rows = 0
         busy = self._busy
         for m in self._waiting:
             if m not in busy:
-                rows += m.outbox_size()
+                rows += m.outbox_rows()
                 if rows >= OVERLAP_ROWS:
-                    return True
-        return False
+                    return False
+        if self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(OVERLAP_WAIT_S - age, self._timed_out)
+        return True
+
+    def _timed_out(self) -> None:
+        self._timer = None
+        self._wake.set()
+
+    def _answer_rowless(self) -> None:
+        """Answer the groups without rows (commands refused without a change) of the markets
+        without a transaction in flight, as a transaction would (nothing of them is before)."""
+        busy = self._busy
+        for m in [m for m in self._waiting if m not in busy and not m.outbox_rows()]:
+            del self._waiting[m]
+            try:
+                group = m.take()
+                if group is not None:
+                    m.committed(group, 0.0)
+            except Exception as exc:  # noqa: BLE001 - a market's own failure stops it alone
+                self._failed(m, exc)
 
     def _start(self, items: list[tuple[Scheduled, Group]]) -> None:
         if self._active:
             self.overlapped += 1
         self._active += 1
         task = asyncio.create_task(self._commit(items), name="group-commit-tx")
+        self._young[task] = time.perf_counter()
         self._commits.add(task)
         task.add_done_callback(self._commits.discard)
 
@@ -369,12 +414,10 @@ class GroupCommitter:
                     self._note_failure(m, exc, 0.0)
                 # from now on each market alone, all at once: one market's failure cannot hold
                 # back the others (their first attempt without waiting), nor a retry the outboxes
-                # that wait for a slot (OVERLAP_ROWS does not apply while it lasts)
-                self._retrying += 1
-                try:
-                    await asyncio.gather(*(self._commit_alone(m, g, t) for m, g in items))
-                finally:
-                    self._retrying -= 1
+                # that wait for a slot (a pass now: OVERLAP_ROWS no longer applies)
+                self._young.pop(asyncio.current_task(), None)  # type: ignore[arg-type]
+                self._wake.set()
+                await asyncio.gather(*(self._commit_alone(m, g, t) for m, g in items))
                 return
             elapsed = time.perf_counter() - t
             self.commits += 1
@@ -383,6 +426,7 @@ class GroupCommitter:
                 self._hand_back(m, g, elapsed)
         finally:
             self._active -= 1
+            self._young.pop(asyncio.current_task(), None)  # type: ignore[arg-type]
             for m, _ in taken:
                 self._release(m)
             self._wake.set()  # a slot is free, and the markets' outboxes may go now
@@ -391,7 +435,12 @@ class GroupCommitter:
         """One transaction of ``items`` on the slot's own connection, kept for the next one if
         it succeeded; closed and given back to the pool if not (cancelled included: its state
         is then unknown)."""
-        conn = self._idle.pop() if self._idle else None
+        conn = None
+        if self._idle:
+            conn, since = self._idle.pop()
+            if time.perf_counter() - since > IDLE_RECYCLE_S:
+                self._drop(conn)
+                conn = None
         if conn is None:
             conn = await self.pool.acquire()
             self._conns.add(conn)
@@ -402,16 +451,23 @@ class GroupCommitter:
             ok = True
         finally:
             if ok and conn in self._conns:
-                self._idle.append(conn)
-            elif conn in self._conns:  # (not if stop() gave it back meanwhile)
-                conn.terminate()  # asyncpg gives a closed connection back to its pool itself
+                self._idle.append((conn, time.perf_counter()))
+            else:
+                self._drop(conn)
+
+    def _drop(self, conn: asyncpg.Connection) -> None:
+        """Close a slot's connection (its state unknown, or idle too long): asyncpg gives a
+        closed connection back to its pool itself."""
+        if conn in self._conns:
+            self._closed(conn)
+            with contextlib.suppress(Exception):  # closed already (by the server): nothing to do
+                conn.terminate()
 
     def _closed(self, conn: asyncpg.Connection) -> None:
         """A held connection closed (by the server, or after its transaction failed): forgotten;
         the next commit of its slot takes a fresh one."""
         self._conns.discard(conn)
-        if conn in self._idle:
-            self._idle.remove(conn)
+        self._idle = [(c, t) for c, t in self._idle if c is not conn]
 
     async def _commit_alone(self, m: Scheduled, g: Group, t: float) -> None:
         """Retry one market's group in transactions of its own, with back-off, until it is
@@ -440,6 +496,7 @@ class GroupCommitter:
             self._hand_back(m, g, time.perf_counter() - t)
             break
         self._release(m)
+        self._wake.set()  # what the market processed meanwhile may go now
 
     def _hand_back(self, m: Scheduled, g: Group, seconds: float) -> None:
         self._release(m)

@@ -144,7 +144,7 @@ class Settings(BaseSettings):
     snapshot_recovery: bool = True
     journal_max_batch: int = Field(2000, ge=1)
     #: the journal writer's pool: at least the markets' lock connection, a commit's own and one
-    #: to spare (a served deployment adds one per group-commit transaction slot)
+    #: to spare (`serve` adds the lock's and one per group-commit transaction slot to it)
     journal_pool_size: int = Field(4, ge=3)
     #: connections of the readers' pool (member and operator reads, the operator feed): reads never
     #: queue behind the journal writer's commits

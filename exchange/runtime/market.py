@@ -94,6 +94,7 @@ class MarketRuntime:
         self._space.set()
         # processed, not yet committing: the entries, and for each its caller's future and receipt time
         self._outbox: list[Entry] = []
+        self._outbox_rows = 0  # of the outbox's entries, those journaled (not quiet rejections)
         self._waiters: list[tuple[asyncio.Future | None, int]] = []
         self._committing = 0  # commands in the group being committed
         self._pending: set[asyncio.Future] = set()  # submitted, not yet resolved
@@ -216,6 +217,7 @@ class MarketRuntime:
     def _refuse_all(self, why: str) -> None:
         self._queue.clear()
         self._outbox = []
+        self._outbox_rows = 0
         self._waiters = []
         self._committing = 0
         self._space.set()  # a submitter waiting for room sees the market closed
@@ -306,6 +308,7 @@ class MarketRuntime:
             self.cmd_seq += 1
             self._journaled_ts = cmd.ts
             journaled = True
+            self._outbox_rows += 1
             outbox.append(Entry(self.cmd_seq, cmd, events, command_to_dict(cmd), origin))
             waiters.append((fut, t0))
         snap = self.snapshotter
@@ -315,8 +318,8 @@ class MarketRuntime:
             self._space.set()
         return bool(q) and len(outbox) + self._committing < self.max_uncommitted
 
-    def outbox_size(self) -> int:
-        return len(self._outbox)
+    def outbox_rows(self) -> int:
+        return self._outbox_rows
 
     def take(self) -> Group | None:
         """The outbox as one group: its journal and trade rows, and the entries to answer."""
@@ -325,6 +328,7 @@ class MarketRuntime:
             return None
         waiters = self._waiters
         self._outbox = []
+        self._outbox_rows = 0
         self._waiters = []
         jrows, trows = self.journal.rows(entries, self.engine)
         self._committing = len(entries)
