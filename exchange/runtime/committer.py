@@ -42,9 +42,10 @@ retries go through the pool. The pool must hold the slots' connections, the mark
 connection and one to spare.
 
 Overlap. While a transaction is in flight, the free slot takes the outboxes only once they
-hold ``OVERLAP_ROWS`` rows, or once that transaction has been in flight for
-``OVERLAP_WAIT_S`` (it may hang, or fail and be retried): smaller groups wait for its COMMIT,
-so that the transactions' fixed cost is not paid for a row or two each.
+hold ``OVERLAP_ROWS`` rows, or once that transaction has been in flight for half a commit's
+usual time (``OVERLAP_WAIT_FRACTION``; at most ``OVERLAP_WAIT_S``: it may hang, or fail and be
+retried): the transactions' fixed cost is not paid for a row or two each, and the two slots'
+transactions start about half a commit apart.
 
 Back-pressure and fairness. A market whose processed, uncommitted commands reach its cap is
 not stepped until its next COMMIT (its queue fills, and submitters wait or are refused
@@ -79,8 +80,12 @@ SPLIT_ROWS = 64
 #: their own); started for every few rows that came back meanwhile, a hundred markets' commits
 #: went to ~40 rows each and their throughput fell (docs/benchmarks.md, "Session 12")
 OVERLAP_ROWS = SPLIT_ROWS // 2
-#: ... but never for a transaction in flight longer than this (one that hangs, or is retried,
-#: does not hold the others back): the most the rule adds to a command's latency
+#: ... nor for a transaction in flight longer than this share of a commit's time (a moving
+#: average): the second transaction then starts about half a commit after the first, whatever
+#: the load (with 64 submitters over a hundred markets, 32 rows rarely waited and the commits
+#: went one at a time) ...
+OVERLAP_WAIT_FRACTION = 0.5
+#: ... and never longer than this (a transaction that hangs, or is retried, holds nobody back)
 OVERLAP_WAIT_S = 0.05
 #: a slot's connection idle for this long is closed and replaced before its next commit (as the
 #: pool does with its idle connections): a network path that silently drops idle flows would
@@ -160,6 +165,7 @@ class GroupCommitter:
         self._young: dict[asyncio.Task, float] = {}  # first attempts in flight: when they started
         self._timer: asyncio.TimerHandle | None = None  # a pass once the transaction in flight is old
         self.commits = 0
+        self.commit_s = 0.0  # a transaction's time, a moving average (OVERLAP_WAIT_FRACTION)
         self.groups = 0
         self.passes = 0  # the scheduler's passes (engine steps of every woken market, then commits)
         self.overlapped = 0  # transactions started while another one was in flight
@@ -306,7 +312,8 @@ class GroupCommitter:
         """Start transactions while a slot is free: the outboxes of markets without one in
         flight, in arrival order (a group without rows is answered at once, since nothing of
         its market is in flight before it); while a transaction is in flight, only once
-        ``OVERLAP_ROWS`` rows wait or it has been in flight for ``OVERLAP_WAIT_S`` (:meth:`_hold_back`). With several slots free and at least
+        ``OVERLAP_ROWS`` rows wait or it has been in flight long enough (:meth:`_hold_back`).
+        With several slots free and at least
         ``SPLIT_ROWS`` journal rows per slot, the outboxes are spread over that many
         transactions of about equal rows (:func:`_spread`; a market's group is never cut), and
         while a slot is free and a market's outbox waits, another transaction starts: PostgreSQL writes
@@ -349,13 +356,15 @@ class GroupCommitter:
 
     def _hold_back(self) -> bool:
         """Keep the waiting outboxes for the COMMIT of the transaction in flight: one is in
-        flight (its first attempt, for less than ``OVERLAP_WAIT_S``) and fewer than
-        ``OVERLAP_ROWS`` rows wait in the outboxes of markets without one. A pass is then
-        due once that transaction is too old to wait for, if it has not come back by then."""
+        flight (its first attempt, for less than ``OVERLAP_WAIT_FRACTION`` of a commit's time
+        and ``OVERLAP_WAIT_S``) and fewer than ``OVERLAP_ROWS`` rows wait in the outboxes of
+        markets without one. A pass is then due once that transaction is too old to wait for,
+        if it has not come back by then."""
         if not self._young or not self._waiting:
             return False
         age = time.perf_counter() - max(self._young.values())
-        if age >= OVERLAP_WAIT_S:
+        wait = min(OVERLAP_WAIT_S, self.commit_s * OVERLAP_WAIT_FRACTION)
+        if age >= wait:
             return False
         rows = 0
         busy = self._busy
@@ -365,7 +374,7 @@ class GroupCommitter:
                 if rows >= OVERLAP_ROWS:
                     return False
         if self._timer is None:
-            self._timer = asyncio.get_running_loop().call_later(OVERLAP_WAIT_S - age, self._timed_out)
+            self._timer = asyncio.get_running_loop().call_later(wait - age, self._timed_out)
         return True
 
     def _timed_out(self) -> None:
@@ -420,6 +429,7 @@ class GroupCommitter:
                 await asyncio.gather(*(self._commit_alone(m, g, t) for m, g in items))
                 return
             elapsed = time.perf_counter() - t
+            self.commit_s += (elapsed - self.commit_s) * 0.1
             self.commits += 1
             self.groups += len(items)
             for m, g in items:

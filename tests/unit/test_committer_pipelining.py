@@ -584,6 +584,7 @@ async def test_while_a_transaction_commits_a_small_outbox_waits_for_it(writes, m
     its COMMIT (a transaction's fixed cost is not paid for a row or two)."""
     monkeypatch.setattr(committer_module, "OVERLAP_ROWS", 4)
     c = GroupCommitter(FakePool(), in_flight=2)  # type: ignore[arg-type]
+    c.commit_s = 10.0  # commits that take long: the wait is OVERLAP_WAIT_S's
     c.start()
     a, b, d = FakeMarket(c, "a"), FakeMarket(c, "b"), FakeMarket(c, "d")
     fa = a.submit(1)
@@ -612,6 +613,7 @@ async def test_a_retried_transaction_does_not_hold_back_a_small_outbox(writes, m
     about to come back: the others' outboxes use the free slot, however small."""
     monkeypatch.setattr(committer_module, "OVERLAP_ROWS", 4)
     c = GroupCommitter(FakePool(), in_flight=2)  # type: ignore[arg-type]
+    c.commit_s = 10.0  # commits that take long: the wait is OVERLAP_WAIT_S's
     c.start()
     a, b = FakeMarket(c, "a"), FakeMarket(c, "b")
     writes.fail.add(0)
@@ -676,6 +678,7 @@ async def test_the_rows_of_a_market_with_a_transaction_in_flight_do_not_count(wr
     one for after that COMMIT, however large."""
     monkeypatch.setattr(committer_module, "OVERLAP_ROWS", 4)
     c = GroupCommitter(FakePool(), in_flight=2)  # type: ignore[arg-type]
+    c.commit_s = 10.0  # commits that take long: the wait is OVERLAP_WAIT_S's
     c.start()
     a, b = FakeMarket(c, "a"), FakeMarket(c, "b")
     fa = a.submit(1)
@@ -698,6 +701,7 @@ async def test_an_outbox_held_back_goes_when_the_transaction_fails(writes, monke
     back-off, perhaps for long), without waiting for another command to wake the scheduler."""
     monkeypatch.setattr(committer_module, "OVERLAP_ROWS", 4)
     c = GroupCommitter(FakePool(), in_flight=2)  # type: ignore[arg-type]
+    c.commit_s = 10.0  # commits that take long: the wait is OVERLAP_WAIT_S's
     c.start()
     a, b = FakeMarket(c, "a"), FakeMarket(c, "b")
     writes.fail.add(0)
@@ -721,6 +725,7 @@ async def test_an_outbox_held_back_goes_once_the_transaction_is_too_old_to_wait_
     monkeypatch.setattr(committer_module, "OVERLAP_ROWS", 4)
     monkeypatch.setattr(committer_module, "OVERLAP_WAIT_S", 0.05)
     c = GroupCommitter(FakePool(), in_flight=2)  # type: ignore[arg-type]
+    c.commit_s = 10.0  # commits that take long: the wait is OVERLAP_WAIT_S's
     c.start()
     a, b = FakeMarket(c, "a"), FakeMarket(c, "b")
     fa = a.submit(1)
@@ -744,6 +749,7 @@ async def test_refusals_are_answered_at_once_while_a_transaction_is_in_flight(wr
     back or not, it is answered in the pass, and it does not count towards OVERLAP_ROWS."""
     monkeypatch.setattr(committer_module, "OVERLAP_ROWS", 4)
     c = GroupCommitter(FakePool(), in_flight=2)  # type: ignore[arg-type]
+    c.commit_s = 10.0  # commits that take long: the wait is OVERLAP_WAIT_S's
     c.start()
     a, b, d = FakeMarket(c, "a"), FakeMarket(c, "b"), FakeMarket(c, "d")
     fa = a.submit(1)
@@ -803,3 +809,29 @@ async def test_a_connection_lost_while_idle_is_forgotten_and_stop_gives_nothing_
     assert writes.conns == [lost, pool.acquired[1]]
     await c.stop()
     assert pool.released == [pool.acquired[1]]
+
+
+async def test_the_second_transaction_starts_half_a_commit_after_the_first(writes, monkeypatch):
+    """Fewer than OVERLAP_ROWS rows wait for half a commit's usual time at most: then they go,
+    so that at a load too light to fill OVERLAP_ROWS the two slots still take turns."""
+    monkeypatch.setattr(committer_module, "OVERLAP_ROWS", 4)
+    c = GroupCommitter(FakePool(), in_flight=2)  # type: ignore[arg-type]
+    c.start()
+    c.commit_s = 0.2  # half of it: 0.1 s (OVERLAP_WAIT_S set far above)
+    monkeypatch.setattr(committer_module, "OVERLAP_WAIT_S", 10.0)
+    a, b = FakeMarket(c, "a"), FakeMarket(c, "b")
+    fa = a.submit(1)
+    await settle()
+    t = time.perf_counter()
+    fb = b.submit(1)
+    await settle()
+    assert writes.started == [["a"]]
+    while writes.started == [["a"]] and time.perf_counter() - t < 3:
+        await asyncio.sleep(0.005)
+    waited = time.perf_counter() - t
+    assert writes.started == [["a"], ["b"]] and 0.08 <= waited < 1.0
+    writes.let(1)
+    writes.let(0)
+    assert await asyncio.gather(fa, fb) == [1, 1]
+    assert 0.0 < c.commit_s < 0.2  # the average follows the commits that came back
+    await c.stop()
