@@ -28,10 +28,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from exchange.core.engine import MarketEngine
-from exchange.core.model import Command, Event, Tick, command_to_dict
+from exchange.core.model import Command, Event, Tick
 from exchange.runtime.clock import Clock
 from exchange.runtime.committer import Group, GroupCommitter
-from exchange.runtime.journal import Entry, Journal
+from exchange.runtime.journal import Entry, Journal, command_json
 from exchange.runtime.snapshots import SnapshotStore, Snapshotter, recover
 
 log = logging.getLogger(__name__)
@@ -302,14 +302,14 @@ class MarketRuntime:
             if engine.seq == before:
                 # A rejection that changed nothing: not journaled (replay does not need
                 # it), answered in order with the group so no answer overtakes another.
-                outbox.append(Entry(0, cmd, events, {}, origin))
+                outbox.append(Entry(0, cmd, events, None, origin))
                 waiters.append((fut, t0))
                 continue
             self.cmd_seq += 1
             self._journaled_ts = cmd.ts
             journaled = True
             self._outbox_rows += 1
-            outbox.append(Entry(self.cmd_seq, cmd, events, command_to_dict(cmd), origin))
+            outbox.append(Entry(self.cmd_seq, cmd, events, command_json(cmd), origin))
             waiters.append((fut, t0))
         snap = self.snapshotter
         if journaled and snap is not None and snap.due(self.cmd_seq):  # between commands: a fork, ~ms

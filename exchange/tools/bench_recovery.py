@@ -20,12 +20,12 @@ from functools import partial
 from typing import Any
 
 from exchange.core.engine import MarketConfig, MarketEngine
-from exchange.core.model import Command, Tick, command_to_dict
+from exchange.core.model import Command, Tick
 from exchange.core.units import from_us
 from exchange.runtime.clock import ManualClock
 from exchange.runtime.config import load_settings
 from exchange.runtime.db import create_pool
-from exchange.runtime.journal import Entry, Journal
+from exchange.runtime.journal import Entry, Journal, command_json
 from exchange.runtime.scratch import BENCH_T0, run_on_database
 from exchange.runtime.service import market_config, open_market
 from exchange.runtime.snapshots import SnapshotStore, encode
@@ -77,7 +77,7 @@ async def _build(dsn: str, n: int, tail: int, seed: int) -> tuple[str, int, int]
             if not events or engine.seq == before:
                 continue  # nothing to journal (a tick with nothing due, a quiet rejection)
             cmd_seq += 1
-            entries.append(Entry(cmd_seq, cmd, events, command_to_dict(cmd)))
+            entries.append(Entry(cmd_seq, cmd, events, command_json(cmd)))
             if len(entries) >= 20_000 or cmd_seq == n:  # the runtime's own rows, trades included
                 await journal.write(*journal.rows(entries, engine))
                 entries = []

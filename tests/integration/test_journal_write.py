@@ -9,10 +9,26 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import asyncpg
+import orjson
 import pytest
+from support.times import T0
 
+from exchange.core.engine import MarketEngine
+from exchange.core.model import command_to_dict, event_to_dict
 from exchange.core.units import from_us
-from exchange.runtime.journal import JOURNAL_COLUMNS, TRADE_COLUMNS, JournalConflict, write_groups
+from exchange.runtime.config import load_settings
+from exchange.runtime.db import RawJson
+from exchange.runtime.journal import (
+    JOURNAL_COLUMNS,
+    TRADE_COLUMNS,
+    Entry,
+    Journal,
+    JournalConflict,
+    command_json,
+    write_groups,
+)
+from exchange.runtime.service import market_config
+from exchange.tools import workload
 
 pytestmark = pytest.mark.integration
 
@@ -71,3 +87,34 @@ async def test_a_retry_is_accepted_only_when_identical(pool):
     other = [(*jrows[0][:5], {**jrows[0][5], "price": 1}, jrows[0][6]), *jrows[1:]]
     with pytest.raises(JournalConflict):
         await write_groups(pool, [("w5", other, [])])
+
+
+async def test_commands_and_events_encoded_by_the_journal_read_back_as_their_dicts(pool):
+    """The runtime's rows carry each command and its events as JSON encoded from the
+    dataclasses (journal.command_json / events_json): PostgreSQL stores exactly
+    command_to_dict's and event_to_dict's objects, and a retry of the same rows is recognised
+    as done while other contents under the same numbers are a conflict."""
+    engine = MarketEngine(market_config(load_settings()))
+    names = workload.members(20)
+    for c in workload.registrations(names, T0):
+        engine.process(c)
+    flow = workload.OrderFlow(sorted(p for p, pb in engine.products.items() if pb.state.value == "open"), names,
+                              seed=5, first_order_id=engine.next_order_id)
+    entries = []
+    for cmd in flow.stream(400, T0 + 1):  # processed as the runtime does (MarketRuntime.step)
+        before = engine.seq
+        events = engine.process(cmd)
+        flow.observe(events)
+        if events and engine.seq != before:  # not a quiet rejection (those are not journaled)
+            entries.append(Entry(len(entries) + 1, cmd, events, command_json(cmd)))
+    journal = Journal(pool, "w6")
+    jrows, trows = journal.rows(entries, engine)
+    assert trows  # the flow trades: trade rows too
+    await write_groups(pool, [("w6", jrows, trows)])
+    stored = await pool.fetch("SELECT cmd_seq, command, events FROM journal WHERE market_id = 'w6' ORDER BY cmd_seq")
+    assert [(r["cmd_seq"], r["command"], r["events"]) for r in stored] == [
+        (e.cmd_seq, command_to_dict(e.command), [event_to_dict(ev) for ev in e.events]) for e in entries]
+    await write_groups(pool, [("w6", jrows, trows)])  # a retry of a COMMIT whose answer was lost
+    changed = command_to_dict(entries[0].command) | {"ts": entries[0].command.ts + 1}
+    with pytest.raises(JournalConflict):
+        await write_groups(pool, [("w6", [(*jrows[0][:5], RawJson(orjson.dumps(changed)), jrows[0][6])], [])])
