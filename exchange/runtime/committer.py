@@ -92,8 +92,9 @@ OVERLAP_WAIT_S = 0.05
 #: otherwise hang the next commit until TCP gives up
 IDLE_RECYCLE_S = 300.0
 #: what the database refuses for good: retrying the same rows cannot help
-#: (a client-side encoding failure of a row, e.g. an integer beyond 64 bits for jsonb, is a
-#: TypeError or ValueError)
+#: (a client-side encoding failure of a trade row, e.g. an integer beyond 64 bits, is a
+#: TypeError or ValueError; a command or its events that JSON cannot hold fail earlier, in
+#: the market's engine step, which stops the market just the same)
 PERMANENT_ERRORS = (JournalConflict, asyncpg.DataError, asyncpg.IntegrityConstraintViolationError, TypeError,
                     ValueError)
 
@@ -373,8 +374,12 @@ class GroupCommitter:
                 rows += m.outbox_rows()
                 if rows >= OVERLAP_ROWS:
                     return False
-        if self._timer is None:
-            self._timer = asyncio.get_running_loop().call_later(wait - age, self._timed_out)
+        loop = asyncio.get_running_loop()
+        due = loop.time() + wait - age
+        if self._timer is None or self._timer.when() > due:  # none yet, or one for a later moment
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer = loop.call_later(wait - age, self._timed_out)
         return True
 
     def _timed_out(self) -> None:
@@ -429,7 +434,10 @@ class GroupCommitter:
                 await asyncio.gather(*(self._commit_alone(m, g, t) for m, g in items))
                 return
             elapsed = time.perf_counter() - t
-            self.commit_s += (elapsed - self.commit_s) * 0.1
+            # the first commit sets it; one far slower than usual (a checkpoint, a stall) moves
+            # it by at most 30 %
+            self.commit_s = elapsed if not self.commit_s else self.commit_s + (
+                min(elapsed, 4 * self.commit_s) - self.commit_s) * 0.1
             self.commits += 1
             self.groups += len(items)
             for m, g in items:

@@ -65,7 +65,7 @@ def _object(obj: Command | Event) -> bytes:
 def command_json(cmd: Command) -> RawJson:
     """The command's JSON object for the journal: :func:`~exchange.core.model.command_to_dict`'s
     object (the same keys, in the same order, the same values), without the dict. The journal
-    encodes every command and event it writes: from the dataclasses, orjson takes a third of
+    encodes every command and event it writes: from the dataclasses, orjson takes less than half
     the time the dicts took (12.3 against 5.1 µs a command with its events, measured on the
     bench's order flow), and the test suite checks both give the same JSON for every type."""
     return RawJson(_object(cmd))
