@@ -579,13 +579,38 @@ async def test_one_split_transaction_fails_the_other_commits_and_answers_alone(w
     await c.stop()
 
 
+def _overlap_committer(monkeypatch, commit_s: float = 10.0) -> GroupCommitter:
+    """Two slots, OVERLAP_ROWS = 4, a usual commit time of ``commit_s`` (10 s: commits that
+    take long, so that the wait is OVERLAP_WAIT_S's), started."""
+    monkeypatch.setattr(committer_module, "OVERLAP_ROWS", 4)
+    c = GroupCommitter(FakePool(), in_flight=2)  # type: ignore[arg-type]
+    c.commit_s = commit_s
+    c.start()
+    return c
+
+
+async def _second_waits_for_first(c: GroupCommitter, writes: FakeWrites,
+                                  timeout: float) -> tuple[asyncio.Future, asyncio.Future, float]:
+    """Market a's one row goes at once; market b's one row is held back for a's transaction
+    until the committer lets it go: (a's future, b's future, seconds from before a's start to
+    b's)."""
+    a, b = FakeMarket(c, "a"), FakeMarket(c, "b")
+    t = time.perf_counter()  # before a's transaction starts: the wait is measured from there
+    fa = a.submit(1)
+    await settle()
+    fb = b.submit(1)
+    await settle()
+    assert writes.started == [["a"]]
+    while writes.started == [["a"]] and time.perf_counter() - t < timeout:
+        await asyncio.sleep(0.005)
+    assert writes.started == [["a"], ["b"]]
+    return fa, fb, time.perf_counter() - t
+
+
 async def test_while_a_transaction_commits_a_small_outbox_waits_for_it(writes, monkeypatch):
     """With a transaction in flight, another starts only for OVERLAP_ROWS rows: fewer wait for
     its COMMIT (a transaction's fixed cost is not paid for a row or two)."""
-    monkeypatch.setattr(committer_module, "OVERLAP_ROWS", 4)
-    c = GroupCommitter(FakePool(), in_flight=2)  # type: ignore[arg-type]
-    c.commit_s = 10.0  # commits that take long: the wait is OVERLAP_WAIT_S's
-    c.start()
+    c = _overlap_committer(monkeypatch)
     a, b, d = FakeMarket(c, "a"), FakeMarket(c, "b"), FakeMarket(c, "d")
     fa = a.submit(1)
     await settle()
@@ -611,10 +636,7 @@ async def test_while_a_transaction_commits_a_small_outbox_waits_for_it(writes, m
 async def test_a_retried_transaction_does_not_hold_back_a_small_outbox(writes, monkeypatch):
     """A transaction being retried (with back-off, perhaps for seconds) does not count as one
     about to come back: the others' outboxes use the free slot, however small."""
-    monkeypatch.setattr(committer_module, "OVERLAP_ROWS", 4)
-    c = GroupCommitter(FakePool(), in_flight=2)  # type: ignore[arg-type]
-    c.commit_s = 10.0  # commits that take long: the wait is OVERLAP_WAIT_S's
-    c.start()
+    c = _overlap_committer(monkeypatch)
     a, b = FakeMarket(c, "a"), FakeMarket(c, "b")
     writes.fail.add(0)
     fa = a.submit(1)
@@ -676,10 +698,7 @@ async def test_each_slot_keeps_its_connection_and_a_failed_one_is_replaced(write
 async def test_the_rows_of_a_market_with_a_transaction_in_flight_do_not_count(writes, monkeypatch):
     """OVERLAP_ROWS counts what could go now: a market whose group is in flight keeps its next
     one for after that COMMIT, however large."""
-    monkeypatch.setattr(committer_module, "OVERLAP_ROWS", 4)
-    c = GroupCommitter(FakePool(), in_flight=2)  # type: ignore[arg-type]
-    c.commit_s = 10.0  # commits that take long: the wait is OVERLAP_WAIT_S's
-    c.start()
+    c = _overlap_committer(monkeypatch)
     a, b = FakeMarket(c, "a"), FakeMarket(c, "b")
     fa = a.submit(1)
     await settle()
@@ -699,10 +718,7 @@ async def test_the_rows_of_a_market_with_a_transaction_in_flight_do_not_count(wr
 async def test_an_outbox_held_back_goes_when_the_transaction_fails(writes, monkeypatch):
     """The rows held back for a transaction go as soon as it fails (it is then retried with
     back-off, perhaps for long), without waiting for another command to wake the scheduler."""
-    monkeypatch.setattr(committer_module, "OVERLAP_ROWS", 4)
-    c = GroupCommitter(FakePool(), in_flight=2)  # type: ignore[arg-type]
-    c.commit_s = 10.0  # commits that take long: the wait is OVERLAP_WAIT_S's
-    c.start()
+    c = _overlap_committer(monkeypatch)
     a, b = FakeMarket(c, "a"), FakeMarket(c, "b")
     writes.fail.add(0)
     fa = a.submit(1)
@@ -722,21 +738,10 @@ async def test_an_outbox_held_back_goes_when_the_transaction_fails(writes, monke
 async def test_an_outbox_held_back_goes_once_the_transaction_is_too_old_to_wait_for(writes, monkeypatch):
     """A transaction that hangs (a lost network path, a lock) holds the others back for
     OVERLAP_WAIT_S at most: then they use the free slot."""
-    monkeypatch.setattr(committer_module, "OVERLAP_ROWS", 4)
     monkeypatch.setattr(committer_module, "OVERLAP_WAIT_S", 0.05)
-    c = GroupCommitter(FakePool(), in_flight=2)  # type: ignore[arg-type]
-    c.commit_s = 10.0  # commits that take long: the wait is OVERLAP_WAIT_S's
-    c.start()
-    a, b = FakeMarket(c, "a"), FakeMarket(c, "b")
-    t = time.perf_counter()  # before a's transaction starts: b cannot go before t + 0.05
-    fa = a.submit(1)
-    await settle()
-    fb = b.submit(1)
-    await settle()
-    assert writes.started == [["a"]]
-    while writes.started == [["a"]] and time.perf_counter() - t < 2:
-        await asyncio.sleep(0.01)
-    assert writes.started == [["a"], ["b"]] and time.perf_counter() - t >= 0.05
+    c = _overlap_committer(monkeypatch)
+    fa, fb, waited = await _second_waits_for_first(c, writes, timeout=2)
+    assert waited >= 0.05
     writes.let(1)
     assert await fb == 1 and not fa.done()  # a still hangs; b no longer waits for it
     writes.let(0)
@@ -747,10 +752,7 @@ async def test_an_outbox_held_back_goes_once_the_transaction_is_too_old_to_wait_
 async def test_refusals_are_answered_at_once_while_a_transaction_is_in_flight(writes, monkeypatch):
     """A group without rows (commands refused without a change) needs no transaction: held
     back or not, it is answered in the pass, and it does not count towards OVERLAP_ROWS."""
-    monkeypatch.setattr(committer_module, "OVERLAP_ROWS", 4)
-    c = GroupCommitter(FakePool(), in_flight=2)  # type: ignore[arg-type]
-    c.commit_s = 10.0  # commits that take long: the wait is OVERLAP_WAIT_S's
-    c.start()
+    c = _overlap_committer(monkeypatch)
     a, b, d = FakeMarket(c, "a"), FakeMarket(c, "b"), FakeMarket(c, "d")
     fa = a.submit(1)
     await settle()
@@ -814,22 +816,10 @@ async def test_a_connection_lost_while_idle_is_forgotten_and_stop_gives_nothing_
 async def test_the_second_transaction_starts_half_a_commit_after_the_first(writes, monkeypatch):
     """Fewer than OVERLAP_ROWS rows wait for half a commit's usual time at most: then they go,
     so that at a load too light to fill OVERLAP_ROWS the two slots still take turns."""
-    monkeypatch.setattr(committer_module, "OVERLAP_ROWS", 4)
-    c = GroupCommitter(FakePool(), in_flight=2)  # type: ignore[arg-type]
-    c.start()
-    c.commit_s = 1.0  # half of it: 0.5 s (OVERLAP_WAIT_S set far above)
     monkeypatch.setattr(committer_module, "OVERLAP_WAIT_S", 10.0)
-    a, b = FakeMarket(c, "a"), FakeMarket(c, "b")
-    t = time.perf_counter()  # before a's transaction starts: b cannot go before t + 0.5
-    fa = a.submit(1)
-    await settle()
-    fb = b.submit(1)
-    await settle()
-    assert writes.started == [["a"]]
-    while writes.started == [["a"]] and time.perf_counter() - t < 5:
-        await asyncio.sleep(0.005)
-    waited = time.perf_counter() - t
-    assert writes.started == [["a"], ["b"]] and 0.5 <= waited < 0.95  # not a whole commit's 1.0 s
+    c = _overlap_committer(monkeypatch, commit_s=1.0)  # half of it: 0.5 s
+    fa, fb, waited = await _second_waits_for_first(c, writes, timeout=5)
+    assert 0.5 <= waited < 0.95  # not a whole commit's 1.0 s
     writes.let(1)
     writes.let(0)
     assert await asyncio.gather(fa, fb) == [1, 1]
