@@ -50,7 +50,15 @@ transactions start about half a commit apart.
 Back-pressure and fairness. A market whose processed, uncommitted commands reach its cap is
 not stepped until its next COMMIT (its queue fills, and submitters wait or are refused
 ``MarketBusy``); a pass that has run the engines for a few milliseconds yields to the event
-loop before stepping the markets left."""
+loop before stepping the markets left.
+
+A transaction's worth at a time. With a slot free, a pass ends once the markets it stepped
+hold ``PASS_ROWS`` rows that slot can take: their transaction starts, and the event loop's
+turn that follows sends it (and answers a transaction that came back meanwhile) before the
+markets left are stepped in the next pass. Stepping every ready market first (a hundred
+markets: ~60 steps, 1-1.3 ms a pass, then their groups' JSON) kept those rows, and the answer
+of the transaction that had come back during the pass, waiting for all of it: the writes
+seemed to take 3-4 ms where PostgreSQL needed 2 (docs/benchmarks.md, "Session 13")."""
 
 from __future__ import annotations
 
@@ -74,6 +82,10 @@ PASS_BUDGET_S = 0.005
 #: with several transaction slots free, the outboxes are spread over them from this many journal
 #: rows per transaction (fewer: one transaction, whose fixed cost would otherwise dominate)
 SPLIT_ROWS = 64
+#: a pass with a slot free ends once the markets it stepped hold this many journal rows for it:
+#: their transaction starts before the markets left are stepped (a hundred markets: +15-20 %
+#: commands/s against stepping them all first; 48 rows did the same, docs/benchmarks.md)
+PASS_ROWS = 64
 #: while a transaction is in flight, another starts only with at least this many journal rows:
 #: fewer wait for its COMMIT (or the next pass's rows). A transaction has a fixed cost in this
 #: process and in PostgreSQL (its round trip, its COMMIT's flush, the markets' answers in a turn of
@@ -164,7 +176,10 @@ class GroupCommitter:
         self._conns: set[asyncpg.Connection] = set()  # held for commits, one a transaction slot
         self._idle: list[tuple[asyncpg.Connection, float]] = []  # of those, unused now (and since when)
         self._young: dict[asyncio.Task, float] = {}  # first attempts in flight: when they started
-        self._timer: asyncio.TimerHandle | None = None  # a pass once the transaction in flight is old
+        # a pass once the transaction in flight is old, and when (the loop's time): uvloop's
+        # call_later gives a Handle without when() for delays under a millisecond
+        self._timer: asyncio.Handle | None = None
+        self._timer_due = 0.0
         self.commits = 0
         self.commit_s = 0.0  # a transaction's time, a moving average (OVERLAP_WAIT_FRACTION)
         self.groups = 0
@@ -287,11 +302,13 @@ class GroupCommitter:
             self.passes += 1
             if self._ready:
                 ready, self._ready = self._ready, {}
-                deferred: list[Scheduled] = []  # not stepped: the pass's budget was spent
+                deferred: list[Scheduled] = []  # not stepped: the pass's time, or its rows for a free slot, spent
                 again: list[Scheduled] = []  # stepped, more queued: after every other market
                 started = time.perf_counter()
+                free = self._active < self.in_flight
+                fresh = 0  # journal rows stepped in this pass that a free slot could take
                 for m in ready:
-                    if deferred or time.perf_counter() - started > PASS_BUDGET_S:
+                    if deferred or fresh >= PASS_ROWS or time.perf_counter() - started > PASS_BUDGET_S:
                         deferred.append(m)
                         continue
                     try:
@@ -302,6 +319,8 @@ class GroupCommitter:
                     self._waiting[m] = None
                     if more:
                         again.append(m)
+                    if free and m not in self._busy:
+                        fresh += m.outbox_rows()
                 if deferred or again:
                     self._ready = dict.fromkeys([*deferred, *self._ready, *again])
             self._start_commits()
@@ -376,10 +395,11 @@ class GroupCommitter:
                     return False
         loop = asyncio.get_running_loop()
         due = loop.time() + wait - age
-        if self._timer is None or self._timer.when() > due:  # none yet, or one for a later moment
+        if self._timer is None or self._timer_due > due:  # none yet, or one for a later moment
             if self._timer is not None:
                 self._timer.cancel()
             self._timer = loop.call_later(wait - age, self._timed_out)
+            self._timer_due = due
         return True
 
     def _timed_out(self) -> None:

@@ -11,6 +11,7 @@ import asyncio
 import time
 
 import pytest
+import uvloop
 
 from exchange.runtime import committer as committer_module
 from exchange.runtime.committer import Group, GroupCommitter
@@ -513,7 +514,10 @@ def _load(markets: list[FakeMarket], sizes: list[int]) -> list[asyncio.Future]:
     ([30, 30, 200], [["m0", "m1"], ["m2"]]),  # a large group last does not drag the others into its transaction
     ([200, 30, 30], [["m0"], ["m1", "m2"]]),
 ])
-async def test_the_split_is_by_rows_at_the_real_threshold(writes, sizes, expected):
+async def test_the_split_is_by_rows_at_the_real_threshold(writes, monkeypatch, sizes, expected):
+    # outboxes that a pass did not cut (a pass ends at PASS_ROWS, tested below): e.g. markets
+    # stepped while their transaction was in flight, or whose steps took more than a pass's rows
+    monkeypatch.setattr(committer_module, "PASS_ROWS", 10_000)
     c = GroupCommitter(FakePool(), in_flight=2)  # type: ignore[arg-type]
     c.start()
     markets = [FakeMarket(c, f"m{i}") for i in range(len(sizes))]
@@ -856,3 +860,69 @@ async def test_the_commit_time_average_starts_at_the_first_and_a_stall_moves_it_
     assert await f == 3
     assert c.commit_s == before
     await c.stop()
+
+
+class StepsAtWrite:
+    """The fake journal write, which also records how many times each market had been
+    stepped when each transaction started."""
+
+    def __init__(self, writes: FakeWrites, markets: list[FakeMarket]) -> None:
+        self.writes, self.markets, self.steps = writes, markets, []
+
+    async def __call__(self, conn, groups) -> None:
+        self.steps.append([mk.steps for mk in self.markets])
+        await self.writes(conn, groups)
+
+
+async def test_a_pass_ends_at_a_transactions_worth_of_rows_for_a_free_slot(writes, monkeypatch):
+    """With a slot free, the pass stops stepping once the markets it stepped hold PASS_ROWS rows:
+    their transaction starts before the next markets are stepped (they are, in the next pass,
+    in their order); with no slot free, the pass steps every market (their rows wait anyway)."""
+    monkeypatch.setattr(committer_module, "PASS_ROWS", 8)
+    c = GroupCommitter(FakePool(), in_flight=2)  # type: ignore[arg-type]
+    c.start()
+    markets = [FakeMarket(c, f"m{i}") for i in range(10)]
+    spy = StepsAtWrite(writes, markets)
+    monkeypatch.setattr(committer_module, "write_groups", spy)
+    futs = _load(markets, [3] * 10)  # queued before the first pass
+    await settle()
+    assert writes.started == [["m0", "m1", "m2"], ["m3", "m4", "m5"]]  # 9 rows each: at 8, the pass ended
+    assert spy.steps[0] == [1, 1, 1] + [0] * 7  # the others not stepped yet
+    assert spy.steps[1] == [1] * 6 + [0] * 4
+    assert [mk.steps for mk in markets] == [1] * 10  # no slot free: m6-m9 in one pass, all of them
+    assert c.passes == 3
+    writes.let(0)
+    await settle()
+    assert writes.started[2] == ["m6", "m7", "m8", "m9"]  # 12 rows, stepped in one pass, one transaction
+    writes.let(1)
+    writes.let(2)
+    assert await asyncio.gather(*futs) == [1, 2, 3] * 10
+    assert sorted(writes.order) == sorted((f"m{i}", v) for i in range(10) for v in (1, 2, 3))
+    await c.stop()
+
+
+def test_a_hold_back_shorter_than_a_millisecond_under_uvloop():
+    """uvloop's call_later gives a Handle without when() for a delay under a millisecond: a
+    second hold-back before that Handle ran asked it for when() (an AttributeError in the
+    scheduler's task, which stops every market). One hold-back a pass never got there; nothing
+    made sure of it, so the committer keeps the moment itself."""
+
+    async def main() -> None:
+        c = GroupCommitter(FakePool(), in_flight=2)  # type: ignore[arg-type]
+        c.commit_s = 0.002  # a wait of 1 ms
+        c.start()
+        m = FakeMarket(c, "m")
+        m.outbox.append((1, asyncio.get_running_loop().create_future()))  # one row: fewer than OVERLAP_ROWS
+        c._waiting[m] = None
+        loop_task = asyncio.current_task()
+        assert loop_task is not None
+        c._young[loop_task] = time.perf_counter() - 0.0007  # 0.3 ms left of the wait
+        assert c._hold_back()
+        assert type(c._timer).__name__ == "Handle"  # uvloop's call_soon handle: the case in point
+        assert c._hold_back()  # asked for the timer's moment again: no AttributeError
+        await asyncio.sleep(0.002)
+        assert c._timer is None  # it fired (and woke the scheduler for a pass)
+        c._young.clear()
+        await c.stop()
+
+    uvloop.run(main())
