@@ -53,12 +53,13 @@ not stepped until its next COMMIT (its queue fills, and submitters wait or are r
 loop before stepping the markets left.
 
 A transaction's worth at a time. With a slot free, a pass ends once the markets it stepped
-hold ``PASS_ROWS`` rows that slot can take: their transaction starts, and the event loop's
-turn that follows sends it (and answers a transaction that came back meanwhile) before the
-markets left are stepped in the next pass. Stepping every ready market first (a hundred
-markets: ~60 steps, 1-1.3 ms a pass, then their groups' JSON) kept those rows, and the answer
-of the transaction that had come back during the pass, waiting for all of it: the writes
-seemed to take 3-4 ms where PostgreSQL needed 2 (docs/benchmarks.md, "Session 13")."""
+hold ``PASS_ROWS`` rows that slot can take (at least ``OVERLAP_ROWS``, so that they are not
+held back): their transaction starts, and the event loop's turn that follows sends it (on the
+slot's kept connection) before the markets left are stepped in the next pass. Stepping every
+ready market first (a hundred markets: ~60 steps, 1-1.3 ms a pass, then their groups' JSON)
+kept those rows waiting for all of it, and with them a transaction that came back during the
+pass: the event loop sees its answer only between passes, so the writes seemed to take
+3-4 ms (docs/benchmarks.md, "Session 13")."""
 
 from __future__ import annotations
 
@@ -177,7 +178,7 @@ class GroupCommitter:
         self._idle: list[tuple[asyncpg.Connection, float]] = []  # of those, unused now (and since when)
         self._young: dict[asyncio.Task, float] = {}  # first attempts in flight: when they started
         # a pass once the transaction in flight is old, and when (the loop's time): uvloop's
-        # call_later gives a Handle without when() for delays under a millisecond
+        # call_later gives a Handle without when() for a delay under a millisecond
         self._timer: asyncio.Handle | None = None
         self._timer_due = 0.0
         self.commits = 0
@@ -307,8 +308,9 @@ class GroupCommitter:
                 started = time.perf_counter()
                 free = self._active < self.in_flight
                 fresh = 0  # journal rows stepped in this pass that a free slot could take
+                enough = max(PASS_ROWS, OVERLAP_ROWS)  # fewer could be held back, the slot left idle
                 for m in ready:
-                    if deferred or fresh >= PASS_ROWS or time.perf_counter() - started > PASS_BUDGET_S:
+                    if deferred or fresh >= enough or time.perf_counter() - started > PASS_BUDGET_S:
                         deferred.append(m)
                         continue
                     try:
@@ -394,11 +396,14 @@ class GroupCommitter:
                 if rows >= OVERLAP_ROWS:
                     return False
         loop = asyncio.get_running_loop()
-        due = loop.time() + wait - age
+        # at least a millisecond: uvloop runs a shorter call_later at the next turn, and the
+        # scheduler would go round in passes until the wait is over
+        delay = max(wait - age, 0.001)
+        due = loop.time() + delay
         if self._timer is None or self._timer_due > due:  # none yet, or one for a later moment
             if self._timer is not None:
                 self._timer.cancel()
-            self._timer = loop.call_later(wait - age, self._timed_out)
+            self._timer = loop.call_later(delay, self._timed_out)
             self._timer_due = due
         return True
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from types import SimpleNamespace
 
 import pytest
 import uvloop
@@ -875,52 +876,95 @@ class StepsAtWrite:
 
 
 async def test_a_pass_ends_at_a_transactions_worth_of_rows_for_a_free_slot(writes, monkeypatch):
-    """With a slot free, the pass stops stepping once the markets it stepped hold PASS_ROWS rows:
-    their transaction starts before the next markets are stepped (they are, in the next pass,
-    in their order); with no slot free, the pass steps every market (their rows wait anyway)."""
+    """With a slot free, the pass stops stepping once the markets it stepped hold PASS_ROWS rows
+    that slot can take (not those of a market whose transaction is in flight): their
+    transaction starts before the next markets are stepped (they are, in the next pass, in their
+    order); with no slot free, the pass steps every market (their rows wait anyway)."""
     monkeypatch.setattr(committer_module, "PASS_ROWS", 8)
     c = GroupCommitter(FakePool(), in_flight=2)  # type: ignore[arg-type]
     c.start()
+    b = FakeMarket(c, "b")
     markets = [FakeMarket(c, f"m{i}") for i in range(10)]
-    spy = StepsAtWrite(writes, markets)
+    spy = StepsAtWrite(writes, [b, *markets])
     monkeypatch.setattr(committer_module, "write_groups", spy)
-    futs = _load(markets, [3] * 10)  # queued before the first pass
+    futs = {"b": [b.submit(1)]}
     await settle()
-    assert writes.started == [["m0", "m1", "m2"], ["m3", "m4", "m5"]]  # 9 rows each: at 8, the pass ended
-    assert spy.steps[0] == [1, 1, 1] + [0] * 7  # the others not stepped yet
-    assert spy.steps[1] == [1] * 6 + [0] * 4
-    assert [mk.steps for mk in markets] == [1] * 10  # no slot free: m6-m9 in one pass, all of them
-    assert c.passes == 3
-    writes.let(0)
+    assert writes.started == [["b"]]  # in flight: one slot left
+    futs["b"] += [b.submit(v) for v in range(2, 11)]  # 9 rows that cannot go before b's first
+    futs.update(zip([mk.market_id for mk in markets], _chunks(_load(markets, [3] * 10), 3), strict=True))
     await settle()
-    assert writes.started[2] == ["m6", "m7", "m8", "m9"]  # 12 rows, stepped in one pass, one transaction
+    assert writes.started[1] == ["m0", "m1", "m2"]  # 9 rows for the free slot: the pass ended there
+    assert spy.steps[1] == [2, 1, 1, 1] + [0] * 7  # b's 9 rows did not count; m3-m9 not stepped yet
+    assert [mk.steps for mk in [b, *markets]] == [2] + [1] * 10  # no slot free: m3-m9 in one pass
+    assert len(writes.started) == 2
+    writes.let(0)  # b's first commits: the free slot takes every outbox waiting
+    await settle()
+    assert writes.started[2] == ["b", "m3", "m4", "m5", "m6", "m7", "m8", "m9"]
     writes.let(1)
     writes.let(2)
-    assert await asyncio.gather(*futs) == [1, 2, 3] * 10
-    assert sorted(writes.order) == sorted((f"m{i}", v) for i in range(10) for v in (1, 2, 3))
+    for k, fs in futs.items():
+        assert await asyncio.gather(*fs) == list(range(1, len(fs) + 1))
+        assert [v for m, v in writes.order if m == k] == list(range(1, len(fs) + 1))  # in the market's order
     await c.stop()
 
 
-def test_a_hold_back_shorter_than_a_millisecond_under_uvloop():
-    """uvloop's call_later gives a Handle without when() for a delay under a millisecond: a
-    second hold-back before that Handle ran asked it for when() (an AttributeError in the
-    scheduler's task, which stops every market). One hold-back a pass never got there; nothing
-    made sure of it, so the committer keeps the moment itself."""
+def _chunks(items: list, n: int) -> list[list]:
+    return [items[i:i + n] for i in range(0, len(items), n)]
+
+
+async def test_a_pass_is_not_cut_for_rows_that_would_be_held_back(writes, monkeypatch):
+    """PASS_ROWS below OVERLAP_ROWS: with a transaction in flight (young), the pass ends at
+    OVERLAP_ROWS rows, not at PASS_ROWS (those would be held back and the slot left idle)."""
+    monkeypatch.setattr(committer_module, "PASS_ROWS", 2)
+    c = _overlap_committer(monkeypatch)  # OVERLAP_ROWS = 4, a wait of OVERLAP_WAIT_S
+    a = FakeMarket(c, "a")
+    markets = [FakeMarket(c, f"m{i}") for i in range(4)]
+    fa = a.submit(1)
+    await settle()
+    assert writes.started == [["a"]]
+    passes = c.passes
+    futs = _load(markets, [3] * 4)
+    await settle()
+    assert writes.started == [["a"], ["m0", "m1"]]  # 6 rows >= 4: cut there, and gone
+    # that pass, then one for m2 and m3 (no slot free); a cut at m0's 3 rows would have been a
+    # pass for nothing (held back, the slot idle until the next)
+    assert c.passes - passes == 2
+    writes.let(0)
+    writes.let(1)
+    await settle()
+    assert writes.started[2] == ["m2", "m3"]
+    writes.let(2)
+    assert await fa == 1
+    assert await asyncio.gather(*futs) == [1, 2, 3] * 4
+    await c.stop()
+
+
+def test_a_hold_back_of_less_than_a_millisecond_under_uvloop(writes, monkeypatch):
+    """uvloop runs a call_later of less than a millisecond at the next turn, through a Handle
+    without when(). The hold-back's timer is at least a millisecond (the scheduler would go
+    round in passes until the wait is over), and a second hold-back before the timer ran does
+    not ask it for when() (an AttributeError in the scheduler's task stops every market)."""
+    now = [1000.0]
+    monkeypatch.setattr(committer_module, "time", SimpleNamespace(perf_counter=lambda: now[0]))
+    monkeypatch.setattr(committer_module, "OVERLAP_ROWS", 4)
 
     async def main() -> None:
         c = GroupCommitter(FakePool(), in_flight=2)  # type: ignore[arg-type]
         c.commit_s = 0.002  # a wait of 1 ms
         c.start()
         m = FakeMarket(c, "m")
-        m.outbox.append((1, asyncio.get_running_loop().create_future()))  # one row: fewer than OVERLAP_ROWS
+        m.outbox.append((1, asyncio.get_running_loop().create_future()))  # 1 row: fewer than OVERLAP_ROWS
         c._waiting[m] = None
-        loop_task = asyncio.current_task()
-        assert loop_task is not None
-        c._young[loop_task] = time.perf_counter() - 0.0007  # 0.3 ms left of the wait
-        assert c._hold_back()
-        assert type(c._timer).__name__ == "Handle"  # uvloop's call_soon handle: the case in point
-        assert c._hold_back()  # asked for the timer's moment again: no AttributeError
-        await asyncio.sleep(0.002)
+        me = asyncio.current_task()
+        assert me is not None
+        c._young[me] = now[0] - 0.0007  # in flight for 0.7 ms: 0.3 ms of the wait left
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        assert c._hold_back() and c._hold_back()  # asked for the timer's moment again: no error
+        assert c._timer is not None and c._timer_due - t0 >= 0.001
+        await asyncio.sleep(0)
+        assert c._timer is not None  # not at the next turn
+        await asyncio.sleep(0.01)
         assert c._timer is None  # it fired (and woke the scheduler for a pass)
         c._young.clear()
         await c.stop()
