@@ -29,6 +29,8 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
+import asyncpg
+
 from exchange.core.calendar import GateMode
 from exchange.core.controls import PriceControls
 from exchange.core.engine import MarketConfig, MarketEngine
@@ -331,22 +333,41 @@ async def _journal_markets_async(dsn: str, commands: int, seed: int, concurrency
     level = quiet.level
     if quiet.getEffectiveLevel() == logging.INFO:
         quiet.setLevel(logging.WARNING)
+    checkpoints = True
     try:
         for k in range(repeat):
             prefix = "bench" if k == 0 else f"bench-r{k}"
+            checkpoints = await _checkpoint(dsn) and checkpoints
             single = await _journal_async(dsn, commands, seed, concurrency, market_id=prefix)
             singles.append(single)
             for n in markets:
+                checkpoints = await _checkpoint(dsn) and checkpoints
                 r = await _shared_markets_run(dsn, n, commands, seed, concurrency, prefix=prefix, in_flight=in_flight)
                 shared[n].append(r)
                 ratios[n].append(round(r["commands_per_s"] / single["commands_per_s"], 3))
     finally:
         quiet.setLevel(level)
     return {"single_market": _median_run(singles), "markets": [_median_run(shared[n]) for n in markets],
-            "in_flight": in_flight, "repeat": repeat,
+            "in_flight": in_flight, "repeat": repeat, "checkpoint_before_each_run": checkpoints,
             "aggregate_vs_single": {str(n): statistics.median(ratios[n]) for n in markets},
             "aggregate_vs_single_runs": {str(n): ratios[n] for n in markets},
             "target": "aggregate >= single market, p99 <= 20 ms"}
+
+
+async def _checkpoint(dsn: str) -> bool:
+    """A CHECKPOINT before a run, so that every run starts in the same state: the WAL of the
+    runs before it (about 1 GB every 20 s at full load) otherwise starts one (``max_wal_size``)
+    in whichever run it happens to fill, and the full-page writes after it cost that run, and
+    a hundred markets most (docs/benchmarks.md, "Session 12"). False where the role may not
+    (PostgreSQL 15+: superuser or ``pg_checkpoint``); the runs then go on without."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute("CHECKPOINT")
+        return True
+    except asyncpg.InsufficientPrivilegeError:
+        return False
+    finally:
+        await conn.close()
 
 
 async def _shared_markets_run(dsn: str, n: int, commands: int, seed: int, concurrency: int,
