@@ -56,7 +56,7 @@ A transaction's worth at a time. With a slot free, a pass ends once the markets 
 hold ``PASS_ROWS`` rows that slot can take (at least ``OVERLAP_ROWS``, so that they are not
 held back): their transaction starts, and the event loop's turn that follows sends it (on the
 slot's kept connection) before the markets left are stepped in the next pass. Stepping every
-ready market first (a hundred markets: ~60 steps, 1-1.3 ms a pass, then their groups' JSON)
+ready market first (a hundred markets: 43-57 steps, 0.8-1.3 ms a pass, then their groups' JSON)
 kept those rows waiting for all of it, and with them a transaction that came back during the
 pass: the event loop sees its answer only between passes, so the writes seemed to take
 3-4 ms (docs/benchmarks.md, "Session 13")."""
@@ -84,8 +84,9 @@ PASS_BUDGET_S = 0.005
 #: rows per transaction (fewer: one transaction, whose fixed cost would otherwise dominate)
 SPLIT_ROWS = 64
 #: a pass with a slot free ends once the markets it stepped hold this many journal rows for it:
-#: their transaction starts before the markets left are stepped (a hundred markets: +15-20 %
-#: commands/s against stepping them all first; 48 rows did the same, docs/benchmarks.md)
+#: their transaction starts before the markets left are stepped (a hundred markets: +20-30 %
+#: against one market's figure, compared with stepping them all first; 48 rows did the same,
+#: docs/benchmarks.md, "Session 13")
 PASS_ROWS = 64
 #: while a transaction is in flight, another starts only with at least this many journal rows:
 #: fewer wait for its COMMIT (or the next pass's rows). A transaction has a fixed cost in this
@@ -178,7 +179,7 @@ class GroupCommitter:
         self._idle: list[tuple[asyncpg.Connection, float]] = []  # of those, unused now (and since when)
         self._young: dict[asyncio.Task, float] = {}  # first attempts in flight: when they started
         # a pass once the transaction in flight is old, and when (the loop's time): uvloop's
-        # call_later gives a Handle without when() for a delay under a millisecond
+        # call_later gives a Handle without when() for a delay that rounds to 0 ms
         self._timer: asyncio.Handle | None = None
         self._timer_due = 0.0
         self.commits = 0
@@ -396,8 +397,9 @@ class GroupCommitter:
                 if rows >= OVERLAP_ROWS:
                     return False
         loop = asyncio.get_running_loop()
-        # at least a millisecond: uvloop runs a shorter call_later at the next turn, and the
-        # scheduler would go round in passes until the wait is over
+        # at least a millisecond: uvloop rounds delays to whole milliseconds and runs one that
+        # rounds to 0 at the next turn, and the scheduler would go round in passes until the
+        # wait is over
         delay = max(wait - age, 0.001)
         due = loop.time() + delay
         if self._timer is None or self._timer_due > due:  # none yet, or one for a later moment
