@@ -774,9 +774,8 @@ async def test_refusals_are_answered_at_once_while_a_transaction_is_in_flight(wr
     await c.stop()
 
 
-async def test_a_slot_connection_idle_too_long_is_replaced(writes, monkeypatch):
-    """As the pool recycles idle connections: one a slot has not used for IDLE_RECYCLE_S is
-    closed and a fresh one taken before the next commit."""
+async def _one_slot_after_a_commit(writes: FakeWrites) -> tuple[FakePool, GroupCommitter, FakeMarket]:
+    """One slot, market a, and a's first row committed: the slot holds its connection, idle."""
     pool = FakePool()
     c = GroupCommitter(pool, in_flight=1)  # type: ignore[arg-type]
     c.start()
@@ -785,6 +784,13 @@ async def test_a_slot_connection_idle_too_long_is_replaced(writes, monkeypatch):
     await settle()
     writes.let(0)
     assert await f == 1
+    return pool, c, a
+
+
+async def test_a_slot_connection_idle_too_long_is_replaced(writes, monkeypatch):
+    """As the pool recycles idle connections: one a slot has not used for IDLE_RECYCLE_S is
+    closed and a fresh one taken before the next commit."""
+    pool, c, a = await _one_slot_after_a_commit(writes)
     monkeypatch.setattr(committer_module, "IDLE_RECYCLE_S", 0.0)
     f = a.submit(2)
     await settle()
@@ -798,14 +804,7 @@ async def test_a_slot_connection_idle_too_long_is_replaced(writes, monkeypatch):
 
 
 async def test_a_connection_lost_while_idle_is_forgotten_and_stop_gives_nothing_back_twice(writes):
-    pool = FakePool()
-    c = GroupCommitter(pool, in_flight=1)  # type: ignore[arg-type]
-    c.start()
-    a = FakeMarket(c, "a")
-    f = a.submit(1)
-    await settle()
-    writes.let(0)
-    assert await f == 1
+    pool, c, a = await _one_slot_after_a_commit(writes)
     lost = pool.acquired[0]
     lost.lose()  # the server closed it
     await settle()
